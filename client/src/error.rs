@@ -1,0 +1,100 @@
+//! The client's error type: every failure a caller may want to act on is its own
+//! variant, decoded from the status code and its `google.rpc.ErrorInfo` detail.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// What went wrong with a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The expected revision did not hold; nothing was written. `current` is the
+    /// stream's last revision (`None`: it does not exist).
+    #[error("wrong expected revision on '{stream}': expected {expected}, current {current:?}")]
+    WrongExpectedRevision {
+        /// The stream.
+        stream: String,
+        /// The expectation as the server printed it.
+        expected: String,
+        /// The stream's current revision.
+        current: Option<u64>,
+    },
+    /// The stream does not exist (or was soft-deleted).
+    #[error("stream '{stream}' not found")]
+    StreamNotFound {
+        /// The stream.
+        stream: String,
+    },
+    /// The stream was tombstoned and can never be used again.
+    #[error("stream '{stream}' is tombstoned")]
+    StreamDeleted {
+        /// The stream.
+        stream: String,
+    },
+    /// An event id was used before, and this append is not an exact retry.
+    #[error("duplicate event id: {0}")]
+    DuplicateEventId(String),
+    /// The request is malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The request exceeds a server limit.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The server is shutting down, stopped accepting writes, or cannot be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The server found corrupt data.
+    #[error("data loss on the server: {0}")]
+    Corrupt(String),
+    /// Connecting failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// Anything else, with the raw code and message.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// The gRPC code.
+        code: Code,
+        /// The server's message.
+        message: String,
+    },
+    /// Event data could not be (de)serialised as JSON.
+    #[error("JSON: {0}")]
+    Json(String),
+}
+
+impl From<Status> for Error {
+    fn from(status: Status) -> Self {
+        let (reason, metadata) = match status.get_details_error_info() {
+            Some(info) => (info.reason, info.metadata),
+            None => (String::new(), HashMap::new()),
+        };
+        let message = status.message().to_owned();
+        let field = |key: &str| metadata.get(key).cloned().unwrap_or_default();
+        match (status.code(), reason.as_str()) {
+            (_, "WRONG_EXPECTED_REVISION") => Error::WrongExpectedRevision {
+                stream: field("stream"),
+                expected: field("expected"),
+                current: field("current").parse().ok(),
+            },
+            (_, "STREAM_NOT_FOUND") => Error::StreamNotFound { stream: field("stream") },
+            (_, "STREAM_TOMBSTONED") => Error::StreamDeleted { stream: field("stream") },
+            (_, "DUPLICATE_EVENT_ID") => Error::DuplicateEventId(message),
+            (Code::InvalidArgument, _) => Error::InvalidArgument(message),
+            (Code::ResourceExhausted | Code::OutOfRange, _) => Error::LimitExceeded(message),
+            (Code::Unavailable, _) => Error::Unavailable(message),
+            (Code::DataLoss, _) => Error::Corrupt(message),
+            (code, _) => Error::Other { code, message },
+        }
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(error: tonic::transport::Error) -> Self {
+        Error::Connect(format!("{error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default()))
+    }
+}
+
+/// The result type of the client.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,288 @@
+//! `cairn-client`: a thin, typed Rust client for Cairn.
+//!
+//! ```no_run
+//! use cairn_client::{Client, EventData, ExpectedRevision, ReadOptions};
+//! use futures_core::Stream;
+//!
+//! # async fn demo() -> cairn_client::Result<()> {
+//! let client = Client::connect("http://127.0.0.1:7070").await?;
+//! let placed = EventData::json_text("OrderPlaced", r#"{"sku":"tea"}"#);
+//! let result = client.append("order-1", ExpectedRevision::NoStream, vec![placed]).await?;
+//! assert_eq!(result.current_revision, Some(0));
+//! let events = client.read_stream("order-1", ReadOptions::forwards()).await?.collect_all().await?;
+//! assert_eq!(events[0].event_type, "OrderPlaced");
+//! # Ok(()) }
+//! ```
+//!
+//! **Retries are safe.** Every event carries an id; appending the same events (same
+//! ids, same stream, same expectation) again after a timeout or a dropped
+//! connection returns the original result (`idempotent_replay == true`) instead of
+//! writing twice. Keep the ids when you retry.
+//!
+//! This crate only speaks the gRPC protocol (`cairn-proto`); it never sees the
+//! storage engine.
+
+mod error;
+mod types;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use cairn_proto::v1 as pb;
+use cairn_proto::v1::server_client::ServerClient;
+use cairn_proto::v1::streams_client::StreamsClient;
+use futures_core::Stream;
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::{Error, Result};
+pub use types::{
+    AppendResult, Direction, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions, RecordedEvent,
+    ServerInfo, StreamInfo, StreamMetadata, StreamPage, StreamState,
+};
+
+/// Largest message the client sends or accepts.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A connection to a Cairn server. Cheap to clone (clones share the connection).
+#[derive(Debug, Clone)]
+pub struct Client {
+    streams: StreamsClient<Channel>,
+    server: ServerClient<Channel>,
+}
+
+/// One stream's part of an atomic multi-stream append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    /// Target stream.
+    pub stream: String,
+    /// Expectation for this stream.
+    pub expected: ExpectedRevision,
+    /// Events.
+    pub events: Vec<EventData>,
+}
+
+impl StreamAppend {
+    /// A part.
+    pub fn new(stream: impl Into<String>, expected: ExpectedRevision, events: Vec<EventData>) -> Self {
+        Self { stream: stream.into(), expected, events }
+    }
+
+    fn into_proto(self) -> pb::AppendRequest {
+        pb::AppendRequest {
+            stream: self.stream,
+            expected: Some(self.expected.into()),
+            events: self.events.into_iter().map(EventData::into_proto).collect(),
+        }
+    }
+}
+
+impl Client {
+    /// Connects to `address`, e.g. `http://127.0.0.1:7070`.
+    pub async fn connect(address: impl Into<String>) -> Result<Self> {
+        let channel = Endpoint::from_shared(address.into())
+            .map_err(|error| Error::Connect(error.to_string()))?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Wraps an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        Self {
+            streams: StreamsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            server: ServerClient::new(channel),
+        }
+    }
+
+    /// Appends `events` to `stream` if `expected` holds.
+    pub async fn append(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        let request = StreamAppend::new(stream, expected, events).into_proto();
+        let response = self.streams.clone().append(request).await?;
+        Ok(response.into_inner().into())
+    }
+
+    /// Appends to several streams atomically (all parts or none).
+    pub async fn append_multi(&self, parts: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+        let request = pb::AppendMultiRequest { parts: parts.into_iter().map(StreamAppend::into_proto).collect() };
+        let response = self.streams.clone().append_multi(request).await?;
+        Ok(response.into_inner().results.into_iter().map(AppendResult::from).collect())
+    }
+
+    /// Reads `source`: a stream, `$all`, `$ce-<category>` or `$et-<type>`.
+    pub async fn read(&self, source: impl Into<String>, options: ReadOptions) -> Result<EventStream> {
+        let source = source.into();
+        let is_stream = !source.starts_with('$');
+        let from = match options.from {
+            ReadFrom::Default => None,
+            ReadFrom::Start => Some(pb::read_request::From::Start(())),
+            ReadFrom::End => Some(pb::read_request::From::End(())),
+            ReadFrom::At(at) if is_stream => Some(pb::read_request::From::Revision(at)),
+            ReadFrom::At(at) => Some(pb::read_request::From::Position(at)),
+        };
+        let filter = options.filter.map(|filter| pb::ReadFilter {
+            stream_prefixes: filter.stream_prefixes,
+            stream_regex: filter.stream_regex.unwrap_or_default(),
+            type_prefixes: filter.type_prefixes,
+            type_regex: filter.type_regex.unwrap_or_default(),
+        });
+        let request = pb::ReadRequest {
+            stream: source,
+            direction: match options.direction {
+                Direction::Forwards => pb::Direction::Forwards as i32,
+                Direction::Backwards => pb::Direction::Backwards as i32,
+            },
+            from,
+            max_count: options.max_count.unwrap_or(0),
+            filter,
+        };
+        let response = self.streams.clone().read(request).await?;
+        Ok(EventStream { inner: response.into_inner(), buffered: VecDeque::new(), next: None, done: false })
+    }
+
+    /// Reads one stream (by revision).
+    pub async fn read_stream(&self, stream: impl Into<String>, options: ReadOptions) -> Result<EventStream> {
+        self.read(stream, options).await
+    }
+
+    /// Reads `$all` (by position).
+    pub async fn read_all(&self, options: ReadOptions) -> Result<EventStream> {
+        self.read("$all", options).await
+    }
+
+    /// Reads a category: every stream named `<category>-...` (by position).
+    pub async fn read_category(&self, category: &str, options: ReadOptions) -> Result<EventStream> {
+        self.read(format!("$ce-{category}"), options).await
+    }
+
+    /// Reads every event of one type (by position).
+    pub async fn read_type(&self, event_type: &str, options: ReadOptions) -> Result<EventStream> {
+        self.read(format!("$et-{event_type}"), options).await
+    }
+
+    /// Soft-deletes a stream; returns the revision it had.
+    pub async fn delete(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Result<Option<u64>> {
+        let request = pb::DeleteRequest { stream: stream.into(), expected: Some(expected.into()) };
+        Ok(self.streams.clone().delete(request).await?.into_inner().deleted_at_revision)
+    }
+
+    /// Tombstones a stream: it can never be used again.
+    pub async fn tombstone(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Result<Option<u64>> {
+        let request = pb::DeleteRequest { stream: stream.into(), expected: Some(expected.into()) };
+        Ok(self.streams.clone().tombstone(request).await?.into_inner().deleted_at_revision)
+    }
+
+    /// A stream's state and metadata.
+    pub async fn get_stream_metadata(&self, stream: impl Into<String>) -> Result<StreamInfo> {
+        let request = pb::GetStreamMetadataRequest { stream: stream.into() };
+        Ok(self.streams.clone().get_stream_metadata(request).await?.into_inner().into())
+    }
+
+    /// Replaces a stream's metadata; `expected` applies to the metadata revision.
+    /// Returns the new metadata revision.
+    pub async fn set_stream_metadata(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Result<u64> {
+        let request = pb::SetStreamMetadataRequest {
+            stream: stream.into(),
+            expected: Some(expected.into()),
+            metadata: Some(metadata.into()),
+        };
+        Ok(self.streams.clone().set_stream_metadata(request).await?.into_inner().metadata_revision)
+    }
+
+    /// One page of streams whose name starts with `prefix`, after `after`.
+    pub async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<StreamPage> {
+        let request = pb::ListStreamsRequest {
+            prefix: prefix.to_owned(),
+            after: after.unwrap_or_default().to_owned(),
+            limit,
+        };
+        let response = self.streams.clone().list_streams(request).await?.into_inner();
+        Ok(StreamPage {
+            streams: response.streams.into_iter().map(StreamInfo::from).collect(),
+            next_after: response.next_after,
+        })
+    }
+
+    /// Server version, head and counts.
+    pub async fn info(&self) -> Result<ServerInfo> {
+        Ok(self.server.clone().info(()).await?.into_inner())
+    }
+}
+
+/// The events of a read, one at a time, as the server streams them in batches.
+pub struct EventStream {
+    inner: tonic::Streaming<pb::ReadResponse>,
+    buffered: VecDeque<pb::RecordedEvent>,
+    next: Option<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream").field("buffered", &self.buffered.len()).field("done", &self.done).finish()
+    }
+}
+
+impl EventStream {
+    /// Where a follow-up read would continue (revision or position), as last
+    /// reported by the server; `None` once the read reached the end.
+    pub fn next_from(&self) -> Option<u64> {
+        self.next
+    }
+
+    /// The next event, or `None` at the end.
+    pub async fn next_event(&mut self) -> Result<Option<RecordedEvent>> {
+        std::future::poll_fn(|context| Pin::new(&mut *self).poll_next(context)).await.transpose()
+    }
+
+    /// Collects every remaining event.
+    pub async fn collect_all(mut self) -> Result<Vec<RecordedEvent>> {
+        let mut events = Vec::new();
+        while let Some(event) = self.next_event().await? {
+            events.push(event);
+        }
+        Ok(events)
+    }
+}
+
+impl Stream for EventStream {
+    type Item = Result<RecordedEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Poll::Ready(Some(RecordedEvent::from_proto(event)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_next(context) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(status.into())));
+                }
+                Poll::Ready(Some(Ok(response))) => {
+                    self.next = response.next;
+                    self.buffered.extend(response.events);
+                }
+            }
+        }
+    }
+}

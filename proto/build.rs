@@ -1,0 +1,21 @@
+//! Compiles `cairn/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no
+//! system `protoc` is needed), generates prost messages and tonic stubs, and saves
+//! the encoded file descriptor set for server reflection.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["cairn/v1/cairn.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join("cairn_descriptor.bin"), descriptors.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The `cairn` binary: parses configuration, sets up logging, binds, and hands
+//! Ctrl-C / SIGTERM to `cairn_server::run`. Client subcommands go to `cli`.
+
+use std::process::ExitCode;
+
+use cairn_server::cli::{Cli, Command, run_client_command};
+use cairn_server::{LogFormat, Settings};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(settings: &Settings) {
+    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("received Ctrl-C"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cairn: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        None | Some(Command::Serve) => {
+            let settings = match cli.settings.resolve() {
+                Ok(settings) => settings,
+                Err(error) => {
+                    eprintln!("cairn: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&settings);
+            let result = runtime.block_on(async {
+                let store = cairn_server::open_store(&settings)?;
+                let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+                cairn_server::run(listener, store, settings, shutdown_signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "cairn stopped with an error");
+                    eprintln!("cairn: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(command) => match runtime.block_on(run_client_command(command)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cairn: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

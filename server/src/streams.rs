@@ -1,0 +1,320 @@
+//! The `cairn.v1.Streams` service: a thin adapter. It converts requests with
+//! `from_proto`, runs storage work on the committer (appends) or the blocking pool
+//! (reads), maps errors with `status::to_status`, and converts results with
+//! `to_proto`. Each call runs in a span carrying the stream and the outcome.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use cairn_proto::v1 as pb;
+use cairn_proto::v1::streams_server::Streams;
+use cairn_storage::{ReadFrom, ReadRequest, Store, StreamAppend};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::status::{invalid_argument, shutting_down, to_status};
+use crate::{from_proto, to_proto};
+
+/// Soft cap on the encoded size of one `ReadResponse` (a single event larger than
+/// this still goes alone).
+const READ_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default and largest page of `ListStreams`.
+const LIST_DEFAULT: usize = 100;
+
+/// Shared by every call of the service.
+#[derive(Clone)]
+pub struct StreamsService {
+    /// The store; appends go to its committer, reads run on the blocking pool.
+    store: Store,
+    /// Bounds appends waiting for the committer, so a sender never blocks a
+    /// runtime thread on the committer's full queue.
+    inflight_appends: Arc<Semaphore>,
+    /// Flips to `true` when the server shuts down; open reads end with UNAVAILABLE.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl StreamsService {
+    /// A service over `store`.
+    pub fn new(store: Store, max_inflight_appends: usize, shutdown: watch::Receiver<bool>) -> Self {
+        Self { store, inflight_appends: Arc::new(Semaphore::new(max_inflight_appends.max(1))), shutdown }
+    }
+
+    async fn commit(&self, parts: Vec<StreamAppend>) -> Result<Vec<cairn_storage::AppendResult>, Status> {
+        if *self.shutdown.borrow() {
+            return Err(shutting_down());
+        }
+        let _permit = self.inflight_appends.acquire().await.map_err(|_| shutting_down())?;
+        self.store.append_multi(parts).await.map_err(|error| to_status(&error))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(store))
+            .await
+            .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
+            .map_err(|error| to_status(&error))
+    }
+}
+
+/// Records the outcome on the current span and passes the result through.
+fn outcome<T>(result: Result<T, Status>) -> Result<T, Status> {
+    let span = tracing::Span::current();
+    match &result {
+        Ok(_) => {
+            span.record("outcome", "ok");
+        }
+        Err(status) => {
+            span.record("outcome", format!("{:?}", status.code()));
+            tracing::debug!(code = ?status.code(), message = status.message(), "request failed");
+        }
+    }
+    result
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Streams for StreamsService {
+    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("append", stream = %request.stream, events = request.events.len(), outcome = tracing::field::Empty);
+        async {
+            let result = async {
+                let part = from_proto::append(request)?;
+                let mut results = self.commit(vec![part]).await?;
+                results.pop().ok_or_else(|| Status::internal("append returned no result"))
+            }
+            .await;
+            outcome(result.map(|result| Response::new(to_proto::append_result(&result))))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn append_multi(
+        &self,
+        request: Request<pb::AppendMultiRequest>,
+    ) -> Result<Response<pb::AppendMultiResponse>, Status> {
+        let request = request.into_inner();
+        let streams: Vec<&str> = request.parts.iter().map(|part| part.stream.as_str()).collect();
+        let span = tracing::info_span!("append_multi", streams = ?streams, outcome = tracing::field::Empty);
+        async {
+            if request.parts.is_empty() {
+                return outcome(Err(invalid_argument("append_multi needs at least one part")));
+            }
+            let parts = request.parts.into_iter().map(from_proto::append).collect::<Result<Vec<_>, _>>();
+            let result = match parts {
+                Ok(parts) => self.commit(parts).await,
+                Err(status) => Err(status),
+            };
+            outcome(result.map(|results| {
+                Response::new(pb::AppendMultiResponse {
+                    results: results.iter().map(to_proto::append_result).collect(),
+                })
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
+        let _entered = span.enter();
+        let (read, max_total) = outcome(from_proto::read(request))?;
+        let page_limit = self.store.limits().max_read_page;
+        // The first page is read before answering so that NOT_FOUND and similar
+        // errors arrive as the call's status, not inside the stream.
+        let first = {
+            let read = with_count(&read, max_total, page_limit);
+            outcome(self.blocking(move |store| store.read(&read)).await)?
+        };
+        let (sender, receiver) = mpsc::channel(2);
+        let service = self.clone();
+        let read_span = span.clone();
+        tokio::spawn(
+            async move {
+                let mut read = read;
+                let mut page = first;
+                let mut sent: u64 = 0;
+                loop {
+                    sent += page.events.len() as u64;
+                    let next = page.next.filter(|_| sent < max_total);
+                    if !send_page(&sender, page, next).await {
+                        tracing::debug!("reader went away");
+                        return;
+                    }
+                    let Some(next) = next else { return };
+                    if *service.shutdown.borrow() {
+                        let _ = sender.send(Err(shutting_down())).await;
+                        return;
+                    }
+                    read.from = ReadFrom::At(next);
+                    let request = with_count(&read, max_total - sent, page_limit);
+                    page = match service.blocking(move |store| store.read(&request)).await {
+                        Ok(page) => page,
+                        Err(status) => {
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
+                    };
+                }
+            }
+            .instrument(read_span),
+        );
+        span.record("outcome", "ok");
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.delete_or_tombstone(request.into_inner(), false).await
+    }
+
+    async fn tombstone(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        self.delete_or_tombstone(request.into_inner(), true).await
+    }
+
+    async fn get_stream_metadata(
+        &self,
+        request: Request<pb::GetStreamMetadataRequest>,
+    ) -> Result<Response<pb::StreamInfo>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("get_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
+        let _entered = span.enter();
+        outcome((|| {
+            cairn_storage::validate_stream_name(&request.stream).map_err(|error| to_status(&error))?;
+            let info = self.store.stream_info(&request.stream).ok_or_else(|| {
+                to_status(&cairn_storage::Error::StreamNotFound { stream: request.stream.clone() })
+            })?;
+            Ok(Response::new(to_proto::stream_info(&info)))
+        })())
+    }
+
+    async fn set_stream_metadata(
+        &self,
+        request: Request<pb::SetStreamMetadataRequest>,
+    ) -> Result<Response<pb::SetStreamMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("set_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
+        async {
+            let result = async {
+                let expected = from_proto::expected_revision(request.expected, "set_stream_metadata")?;
+                let metadata = from_proto::metadata(request.metadata);
+                if *self.shutdown.borrow() {
+                    return Err(shutting_down());
+                }
+                self.store
+                    .set_metadata(request.stream, expected, metadata)
+                    .await
+                    .map_err(|error| to_status(&error))
+            }
+            .await;
+            outcome(result.map(|revision| Response::new(pb::SetStreamMetadataResponse { metadata_revision: revision })))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_streams(
+        &self,
+        request: Request<pb::ListStreamsRequest>,
+    ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("list_streams", prefix = %request.prefix, outcome = tracing::field::Empty);
+        async {
+            let max = self.store.limits().max_read_page;
+            let limit = match request.limit as usize {
+                0 => LIST_DEFAULT.min(max),
+                limit => limit.min(max),
+            };
+            let prefix = request.prefix;
+            let after = (!request.after.is_empty()).then_some(request.after);
+            let streams = match self
+                .blocking(move |store| store.list_streams(&prefix, after.as_deref(), limit + 1))
+                .await
+            {
+                Ok(streams) => streams,
+                Err(status) => return outcome(Err(status)),
+            };
+            let more = streams.len() > limit;
+            let streams: Vec<pb::StreamInfo> = streams.iter().take(limit).map(to_proto::stream_info).collect();
+            let next_after = if more { streams.last().map(|info| info.stream.clone()) } else { None };
+            outcome(Ok(Response::new(pb::ListStreamsResponse { streams, next_after })))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl StreamsService {
+    async fn delete_or_tombstone(
+        &self,
+        request: pb::DeleteRequest,
+        tombstone: bool,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let name = if tombstone { "tombstone" } else { "delete" };
+        let span = tracing::info_span!("delete", kind = name, stream = %request.stream, outcome = tracing::field::Empty);
+        async {
+            let expected = match from_proto::expected_revision(request.expected, name) {
+                Ok(expected) => expected,
+                Err(status) => return outcome(Err(status)),
+            };
+            if *self.shutdown.borrow() {
+                return outcome(Err(shutting_down()));
+            }
+            let ticket = if tombstone {
+                self.store.tombstone(request.stream, expected)
+            } else {
+                self.store.delete(request.stream, expected)
+            };
+            outcome(
+                ticket
+                    .await
+                    .map(|current| Response::new(pb::DeleteResponse { deleted_at_revision: current.revision() }))
+                    .map_err(|error| to_status(&error)),
+            )
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The same read with a page size of at most `remaining` and the page limit.
+fn with_count(read: &ReadRequest, remaining: u64, page_limit: usize) -> ReadRequest {
+    let mut read = read.clone();
+    read.max_count = usize::try_from(remaining).unwrap_or(usize::MAX).min(page_limit);
+    read
+}
+
+/// Sends a page as one or more responses of bounded size; `next` and
+/// `scanned_through` ride on the last. Returns false when the reader is gone.
+async fn send_page(
+    sender: &mpsc::Sender<Result<pb::ReadResponse, Status>>,
+    page: cairn_storage::ReadPage,
+    next: Option<u64>,
+) -> bool {
+    let mut response = pb::ReadResponse::default();
+    let mut bytes = 0usize;
+    for event in &page.events {
+        let size = event.data.len() + event.metadata.len() + event.stream.len() + 96;
+        if !response.events.is_empty() && bytes + size > READ_RESPONSE_BYTES {
+            if sender.send(Ok(std::mem::take(&mut response))).await.is_err() {
+                return false;
+            }
+            bytes = 0;
+        }
+        bytes += size;
+        response.events.push(to_proto::event(event));
+    }
+    response.next = next;
+    response.scanned_through = page.scanned_through;
+    sender.send(Ok(response)).await.is_ok()
+}

@@ -1,0 +1,567 @@
+//! The single writer: drains the request queue in groups, checks each request
+//! against the stream heads, writes one RocksDB `WriteBatch` per group with one
+//! WAL sync, then publishes and answers.
+//!
+//! Invariants this module keeps:
+//! - Only this thread writes `log`, `stream_index`, `streams`, the name indexes,
+//!   `event_ids`, the `head`/`next_stream_id` meta keys and the `Written` segment
+//!   counters. (The scavenger deletes hidden records and writes its own counters;
+//!   the keys never overlap.)
+//! - A request is checked entirely before any of it enters the batch: a failing
+//!   part leaves no trace (atomic multi-stream appends).
+//! - Nobody is answered before the group's write returned; a failed write poisons
+//!   the store (fail-stop) and every request of the group gets `Poisoned`.
+//! - Positions are assigned in queue order with no gap; the head meta key is
+//!   written in the same batch, so a restart never reuses a position.
+
+use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use rocksdb::{WriteBatch, WriteOptions};
+use uuid::Uuid;
+
+use crate::codec::{self, EventIdEntry, SegmentCounter, StreamRecord, cf, meta_key};
+use crate::error::{Error, Result};
+use crate::live::CommitNotice;
+use crate::model::{
+    AppendResult, CurrentRevision, ExpectedRevision, RecordedEvent, StreamAppend, StreamMetadata,
+    category_of,
+};
+use crate::store::{Durability, Shared};
+use crate::ticket::Responder;
+
+/// A request for the committer.
+pub(crate) enum Command {
+    Append { parts: Vec<StreamAppend>, reply: AppendReply },
+    Delete { stream: String, expected: ExpectedRevision, reply: Responder<CurrentRevision> },
+    Tombstone { stream: String, expected: ExpectedRevision, reply: Responder<CurrentRevision> },
+    SetMetadata {
+        stream: String,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+        reply: Responder<u64>,
+    },
+}
+
+impl Command {
+    fn size_hint(&self) -> usize {
+        match self {
+            Command::Append { parts, .. } => {
+                parts.iter().flat_map(|part| &part.events).map(|event| event.size() + 64).sum()
+            }
+            _ => 64,
+        }
+    }
+}
+
+/// Where an append's answer goes: all parts' results, or the only part's.
+pub(crate) enum AppendReply {
+    Multi(Responder<Vec<AppendResult>>),
+    Single(Responder<AppendResult>),
+}
+
+impl AppendReply {
+    fn send(self, result: Result<Vec<AppendResult>>) {
+        match self {
+            AppendReply::Multi(reply) => reply.send(result),
+            AppendReply::Single(reply) => reply.send(result.and_then(|mut results| {
+                results.pop().ok_or_else(|| Error::Io("an append returned no result".into()))
+            })),
+        }
+    }
+}
+
+/// An answer held back until the group is durable.
+enum Answer {
+    Append(AppendReply, Result<Vec<AppendResult>>),
+    Revision(Responder<CurrentRevision>, Result<CurrentRevision>),
+    MetadataRevision(Responder<u64>, Result<u64>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Append(reply, result) => reply.send(result),
+            Answer::Revision(reply, result) => reply.send(result),
+            Answer::MetadataRevision(reply, result) => reply.send(result),
+        }
+    }
+
+    /// Replaces a success by `error` (the group's write failed).
+    fn fail(self, error: &Error) -> Self {
+        match self {
+            Answer::Append(reply, Ok(_)) => Answer::Append(reply, Err(error.clone())),
+            Answer::Revision(reply, Ok(_)) => Answer::Revision(reply, Err(error.clone())),
+            Answer::MetadataRevision(reply, Ok(_)) => {
+                Answer::MetadataRevision(reply, Err(error.clone()))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Bounds of one group.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupLimits {
+    pub max_commands: usize,
+    pub max_bytes: usize,
+}
+
+/// The committer's own state. Everything here is private to the committer thread.
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    /// Next position to assign.
+    head: u64,
+    next_stream_id: u64,
+    /// Counters of the segment holding `head` (events, bytes written).
+    segment: (u64, u64, u64),
+    group_limits: GroupLimits,
+    /// Set after a failed write; every later request gets it.
+    poisoned: Option<Error>,
+    /// Shared copy of the poison for callers that check before queueing.
+    poison_flag: Arc<Mutex<Option<Error>>>,
+}
+
+/// The work of one group in progress.
+#[derive(Default)]
+struct Group {
+    batch: WriteBatch,
+    /// Stream records changed in this group, not yet in the catalog.
+    overlay: HashMap<String, StreamRecord>,
+    /// Event ids written in this group.
+    new_ids: HashMap<Uuid, EventIdEntry>,
+    events: Vec<Arc<RecordedEvent>>,
+    changed_streams: Vec<String>,
+    answers: Vec<Answer>,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        head: u64,
+        next_stream_id: u64,
+        segment: (u64, u64, u64),
+        group_limits: GroupLimits,
+        poison_flag: Arc<Mutex<Option<Error>>>,
+    ) -> Self {
+        Self { shared, head, next_stream_id, segment, group_limits, poisoned: None, poison_flag }
+    }
+
+    /// Runs until every sender is gone and the queue is drained.
+    pub(crate) fn run(mut self, queue: Receiver<Command>) {
+        while let Ok(first) = queue.recv() {
+            let mut bytes = first.size_hint();
+            let mut commands = vec![first];
+            while commands.len() < self.group_limits.max_commands
+                && bytes < self.group_limits.max_bytes
+            {
+                match queue.try_recv() {
+                    Ok(command) => {
+                        bytes += command.size_hint();
+                        commands.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(commands);
+        }
+        tracing::debug!(head = self.head, "committer stopped: queue closed and drained");
+    }
+
+    fn commit_group(&mut self, commands: Vec<Command>) {
+        let mut group = Group::default();
+        let head_before = self.head;
+        let next_stream_id_before = self.next_stream_id;
+        let segment_before = self.segment;
+        for command in commands {
+            self.prepare(command, &mut group);
+        }
+        if let Some(error) = &self.poisoned {
+            for answer in group.answers {
+                answer.fail(error).send();
+            }
+            return;
+        }
+        let wrote_something = !group.overlay.is_empty() || !group.events.is_empty();
+        if wrote_something {
+            self.put_counters(&mut group.batch);
+            let mut options = WriteOptions::default();
+            options.set_sync(self.shared.durability == Durability::Sync);
+            let written = self.shared.db.write_opt(std::mem::take(&mut group.batch), &options);
+            if let Err(error) = written {
+                let error = Error::Poisoned(format!("RocksDB write failed: {error}"));
+                tracing::error!(%error, "write failed; the store now refuses writes");
+                self.poisoned = Some(error.clone());
+                *self.poison_flag.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+                self.head = head_before;
+                self.next_stream_id = next_stream_id_before;
+                self.segment = segment_before;
+                for answer in group.answers {
+                    answer.fail(&error).send();
+                }
+                return;
+            }
+            self.shared.catalog.apply(group.overlay);
+            let notice = CommitNotice { head: self.head, changed_streams: group.changed_streams };
+            self.shared.live.publish(group.events, &notice);
+        }
+        for answer in group.answers {
+            answer.send();
+        }
+    }
+
+    fn put_counters(&mut self, batch: &mut WriteBatch) {
+        let meta = self.shared.cf(cf::META);
+        batch.put_cf(meta, meta_key::HEAD, self.head.to_be_bytes());
+        batch.put_cf(meta, meta_key::NEXT_STREAM_ID, self.next_stream_id.to_be_bytes());
+        let (segment, events, bytes) = self.segment;
+        batch.put_cf(
+            self.shared.cf(cf::SEGMENTS),
+            codec::segment_key(segment, SegmentCounter::Written),
+            codec::encode_counts(events, bytes),
+        );
+    }
+
+    fn prepare(&mut self, command: Command, group: &mut Group) {
+        let poisoned = self.poisoned.clone();
+        let answer = match command {
+            Command::Append { parts, reply } => {
+                let result = match poisoned {
+                    Some(error) => Err(error),
+                    None => self.prepare_append(parts, group),
+                };
+                Answer::Append(reply, result)
+            }
+            Command::Delete { stream, expected, reply } => {
+                let result = match poisoned {
+                    Some(error) => Err(error),
+                    None => self.prepare_delete(&stream, expected, false, group),
+                };
+                Answer::Revision(reply, result)
+            }
+            Command::Tombstone { stream, expected, reply } => {
+                let result = match poisoned {
+                    Some(error) => Err(error),
+                    None => self.prepare_delete(&stream, expected, true, group),
+                };
+                Answer::Revision(reply, result)
+            }
+            Command::SetMetadata { stream, expected, metadata, reply } => {
+                let result = match poisoned {
+                    Some(error) => Err(error),
+                    None => self.prepare_metadata(&stream, expected, metadata, group),
+                };
+                Answer::MetadataRevision(reply, result)
+            }
+        };
+        group.answers.push(answer);
+    }
+
+    /// The stream's record as of this point in the group.
+    fn record(&self, stream: &str, group: &Group) -> Option<StreamRecord> {
+        group.overlay.get(stream).cloned().or_else(|| self.shared.catalog.get(stream))
+    }
+
+    fn new_record(&mut self) -> StreamRecord {
+        let id = self.next_stream_id;
+        self.next_stream_id += 1;
+        StreamRecord { id, ..StreamRecord::default() }
+    }
+
+    fn prepare_append(
+        &mut self,
+        parts: Vec<StreamAppend>,
+        group: &mut Group,
+    ) -> Result<Vec<AppendResult>> {
+        // Pass 1: check every part; nothing is changed yet.
+        let mut plans = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let record = self.record(&part.stream, group);
+            if record.as_ref().is_some_and(|record| record.tombstoned) {
+                return Err(Error::StreamTombstoned { stream: part.stream.clone() });
+            }
+            let current = record.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
+            if let Some(replay) = self.find_replay(part, record.as_ref(), current, group)? {
+                plans.push(Err(replay));
+                continue;
+            }
+            if !part.expected.holds_for(current) {
+                return Err(Error::WrongExpectedRevision {
+                    stream: part.stream.clone(),
+                    expected: part.expected,
+                    current,
+                });
+            }
+            plans.push(Ok(record));
+        }
+        // Pass 2: apply.
+        let created = SystemTime::now();
+        let mut results = Vec::with_capacity(parts.len());
+        for (part, plan) in parts.into_iter().zip(plans) {
+            let record = match plan {
+                Err(replayed) => {
+                    results.push(replayed);
+                    continue;
+                }
+                Ok(record) => record,
+            };
+            if part.events.is_empty() {
+                let current = record.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
+                results.push(AppendResult { current, positions: None, idempotent_replay: false });
+                continue;
+            }
+            let mut record = match record {
+                Some(record) => record,
+                None => self.new_record(),
+            };
+            let first_position = self.head;
+            for event in part.events {
+                let position = self.head;
+                let revision = record.next_revision;
+                let encoded = codec::encode_record(position, &part.stream, revision, created, &event);
+                self.count_written(position, encoded.len() as u64, &mut group.batch);
+                let shared = &self.shared;
+                group.batch.put_cf(shared.cf(cf::LOG), codec::log_key(position), &encoded);
+                group.batch.put_cf(
+                    shared.cf(cf::STREAM_INDEX),
+                    codec::stream_index_key(record.id, revision),
+                    position.to_be_bytes(),
+                );
+                if let Some(category) = category_of(&part.stream) {
+                    group.batch.put_cf(
+                        shared.cf(cf::CATEGORY_INDEX),
+                        codec::name_index_key(category, position),
+                        [],
+                    );
+                }
+                group.batch.put_cf(
+                    shared.cf(cf::TYPE_INDEX),
+                    codec::name_index_key(&event.event_type, position),
+                    [],
+                );
+                let entry = EventIdEntry { stream_id: record.id, revision, position };
+                group.batch.put_cf(shared.cf(cf::EVENT_IDS), event.id.as_bytes(), entry.encode());
+                group.new_ids.insert(event.id, entry);
+                group.events.push(Arc::new(RecordedEvent {
+                    position,
+                    stream: part.stream.clone(),
+                    revision,
+                    id: event.id,
+                    event_type: event.event_type,
+                    content_type: event.content_type,
+                    created,
+                    metadata: event.metadata,
+                    data: event.data,
+                }));
+                record.next_revision += 1;
+                self.head += 1;
+            }
+            group.batch.put_cf(
+                self.shared.cf(cf::STREAMS),
+                part.stream.as_bytes(),
+                record.encode(&part.stream),
+            );
+            results.push(AppendResult {
+                current: record.current(),
+                positions: Some((first_position, self.head - 1)),
+                idempotent_replay: false,
+            });
+            group.overlay.insert(part.stream, record);
+        }
+        Ok(results)
+    }
+
+    /// Tracks the `Written` counters of the segment being filled; when `position`
+    /// opens a new segment, the finished one's counters go into the batch.
+    fn count_written(&mut self, position: u64, bytes: u64, batch: &mut WriteBatch) {
+        let segment = codec::segment_of(position);
+        if segment != self.segment.0 {
+            let (finished, events, written) = self.segment;
+            batch.put_cf(
+                self.shared.cf(cf::SEGMENTS),
+                codec::segment_key(finished, SegmentCounter::Written),
+                codec::encode_counts(events, written),
+            );
+            self.segment = (segment, 0, 0);
+        }
+        self.segment.1 += 1;
+        self.segment.2 += bytes;
+    }
+
+    /// Decides whether `part` is a retry of an append that already happened.
+    /// `Ok(Some(result))`: yes, answer with the original result and write nothing.
+    /// `Ok(None)`: none of its ids were written before; append normally.
+    /// `Err`: some ids were written, but not as this exact append.
+    fn find_replay(
+        &self,
+        part: &StreamAppend,
+        record: Option<&StreamRecord>,
+        current: CurrentRevision,
+        group: &Group,
+    ) -> Result<Option<AppendResult>> {
+        if part.events.is_empty() {
+            return Ok(None);
+        }
+        let entries = self.lookup_ids(part.events.iter().map(|event| event.id), group)?;
+        if entries.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let first = entries[0];
+        let exact_retry = record.zip(first).is_some_and(|(record, first)| {
+            first.stream_id == record.id
+                && entries.iter().enumerate().all(|(index, entry)| {
+                    entry.is_some_and(|entry| {
+                        entry.stream_id == record.id
+                            && entry.revision == first.revision + index as u64
+                            && entry.position >= first.position
+                    })
+                })
+        });
+        if !exact_retry {
+            let (index, entry) = entries
+                .iter()
+                .enumerate()
+                .find_map(|(index, entry)| entry.map(|entry| (index, entry)))
+                .ok_or_else(|| Error::Io("event id lookup lost its entry".into()))?;
+            return Err(Error::DuplicateEventId {
+                event_id: part.events[index].id,
+                stream: self.stream_name_at(entry.position, group).unwrap_or_else(|| part.stream.clone()),
+                revision: entry.revision,
+            });
+        }
+        let (Some(record), Some(first)) = (record, first) else {
+            return Ok(None);
+        };
+        let last = entries[entries.len() - 1].map_or(first, |entry| entry);
+        let expectation_matches_original = match part.expected {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => first.revision == 0 || first.revision == record.deleted_before,
+            ExpectedRevision::StreamExists => first.revision > 0,
+            ExpectedRevision::Exact(expected) => expected.checked_add(1) == Some(first.revision),
+        };
+        if !expectation_matches_original {
+            return Err(Error::WrongExpectedRevision {
+                stream: part.stream.clone(),
+                expected: part.expected,
+                current,
+            });
+        }
+        Ok(Some(AppendResult {
+            current: CurrentRevision::Revision(last.revision),
+            positions: Some((first.position, last.position)),
+            idempotent_replay: true,
+        }))
+    }
+
+    fn lookup_ids(
+        &self,
+        ids: impl Iterator<Item = Uuid>,
+        group: &Group,
+    ) -> Result<Vec<Option<EventIdEntry>>> {
+        let ids: Vec<Uuid> = ids.collect();
+        let event_ids = self.shared.cf(cf::EVENT_IDS);
+        let stored = self.shared.db.batched_multi_get_cf(
+            event_ids,
+            ids.iter().map(|id| id.as_bytes().as_slice()),
+            false,
+        );
+        ids.iter()
+            .zip(stored)
+            .map(|(id, stored)| {
+                if let Some(entry) = group.new_ids.get(id) {
+                    return Ok(Some(*entry));
+                }
+                match stored? {
+                    Some(value) => EventIdEntry::decode(id, &value).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    /// The stream name of the event at `position` (for error messages).
+    fn stream_name_at(&self, position: u64, group: &Group) -> Option<String> {
+        if position >= self.shared.live.head() {
+            return group.events.iter().find(|event| event.position == position).map(|e| e.stream.clone());
+        }
+        let value = self.shared.db.get_cf(self.shared.cf(cf::LOG), codec::log_key(position)).ok()??;
+        codec::decode_header(position, &value).ok().map(|header| header.stream.to_owned())
+    }
+
+    fn prepare_delete(
+        &mut self,
+        stream: &str,
+        expected: ExpectedRevision,
+        tombstone: bool,
+        group: &mut Group,
+    ) -> Result<CurrentRevision> {
+        let existing = self.record(stream, group);
+        if existing.as_ref().is_some_and(|record| record.tombstoned) {
+            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+        }
+        let current = existing.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
+        if !expected.holds_for(current) {
+            return Err(Error::WrongExpectedRevision { stream: stream.to_owned(), expected, current });
+        }
+        if !tombstone && current == CurrentRevision::NoStream {
+            return Err(Error::StreamNotFound { stream: stream.to_owned() });
+        }
+        let mut record = match existing {
+            Some(record) => record,
+            None => self.new_record(),
+        };
+        if tombstone {
+            record.tombstoned = true;
+        } else {
+            record.deleted_before = record.next_revision;
+        }
+        self.stage_record(stream, record, group);
+        Ok(current)
+    }
+
+    fn prepare_metadata(
+        &mut self,
+        stream: &str,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+        group: &mut Group,
+    ) -> Result<u64> {
+        if let Some(custom) = &metadata.custom {
+            serde_json::from_str::<serde_json::Value>(custom).map_err(|error| {
+                Error::InvalidArgument(format!("custom stream metadata is not valid JSON: {error}"))
+            })?;
+        }
+        let existing = self.record(stream, group);
+        if existing.as_ref().is_some_and(|record| record.tombstoned) {
+            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+        }
+        let current = existing
+            .as_ref()
+            .and_then(|record| record.metadata_revision)
+            .map_or(CurrentRevision::NoStream, CurrentRevision::Revision);
+        if !expected.holds_for(current) {
+            return Err(Error::WrongExpectedRevision {
+                stream: format!("$$metadata of {stream}"),
+                expected,
+                current,
+            });
+        }
+        let mut record = match existing {
+            Some(record) => record,
+            None => self.new_record(),
+        };
+        let revision = record.metadata_revision.map_or(0, |revision| revision + 1);
+        record.metadata_revision = Some(revision);
+        record.metadata = metadata;
+        self.stage_record(stream, record, group);
+        Ok(revision)
+    }
+
+    fn stage_record(&self, stream: &str, record: StreamRecord, group: &mut Group) {
+        group.batch.put_cf(self.shared.cf(cf::STREAMS), stream.as_bytes(), record.encode(stream));
+        group.overlay.insert(stream.to_owned(), record);
+        group.changed_streams.push(stream.to_owned());
+    }
+}

@@ -1,0 +1,128 @@
+//! The one error type of the storage boundary.
+//!
+//! Every variant says what went wrong in words a caller can act on; the server maps
+//! each variant to a gRPC status in exactly one place.
+
+use std::path::PathBuf;
+
+use crate::model::{CurrentRevision, ExpectedRevision};
+
+/// Everything that can go wrong in `cairn-storage`.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The expected revision of an append, delete or metadata change did not hold.
+    /// Nothing of the request was written.
+    #[error(
+        "wrong expected revision on stream '{stream}': expected {expected}, but the stream is at {current}"
+    )]
+    WrongExpectedRevision {
+        /// The stream whose expectation failed.
+        stream: String,
+        /// What the request expected.
+        expected: ExpectedRevision,
+        /// What the stream actually is at.
+        current: CurrentRevision,
+    },
+
+    /// The stream does not exist (never written, or soft-deleted and not recreated).
+    #[error("stream '{stream}' not found")]
+    StreamNotFound {
+        /// The stream asked for.
+        stream: String,
+    },
+
+    /// The stream was tombstoned: it can never be read or written again.
+    #[error("stream '{stream}' is tombstoned (hard-deleted); its name cannot be used again")]
+    StreamTombstoned {
+        /// The tombstoned stream.
+        stream: String,
+    },
+
+    /// An event id of the request was already written, but the request is not an
+    /// exact retry of the append that wrote it.
+    #[error(
+        "event id {event_id} was already written to stream '{stream}' at revision {revision}; \
+         a retry must resend the original append (same stream, same events, same order)"
+    )]
+    DuplicateEventId {
+        /// The offending id.
+        event_id: uuid::Uuid,
+        /// Where it was written.
+        stream: String,
+        /// Its revision there.
+        revision: u64,
+    },
+
+    /// The request is malformed (empty or reserved stream name, nil event id, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The request exceeds a configured limit.
+    #[error("limit exceeded: {what} is {actual}, the limit is {limit}")]
+    LimitExceeded {
+        /// Which limit.
+        what: &'static str,
+        /// The value of the request.
+        actual: u64,
+        /// The configured limit.
+        limit: u64,
+    },
+
+    /// A stored record failed its checksum or could not be decoded.
+    #[error("corrupt record in column family '{column_family}' at key {key}: {reason}")]
+    Corrupt {
+        /// The column family holding the record.
+        column_family: &'static str,
+        /// The record's key, human readable (for `log`, the global position).
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The database was written by a format this build does not understand.
+    #[error(
+        "the database at {path} has format version {found}, this build reads version {supported}; \
+         use a matching cairn release"
+    )]
+    UnsupportedFormat {
+        /// The data directory.
+        path: PathBuf,
+        /// The version stored in the database.
+        found: u32,
+        /// The version this build supports.
+        supported: u32,
+    },
+
+    /// A write or sync failed earlier; the store refuses further writes because the
+    /// state on disk is unknown. Restart the process to recover from the log.
+    #[error("the store stopped accepting writes after an I/O failure: {0}; restart to recover")]
+    Poisoned(String),
+
+    /// The store is shutting down (or shut down) and accepts no more requests.
+    #[error("the store is shutting down")]
+    ShuttingDown,
+
+    /// A subscriber asked the in-memory ring for events it no longer holds; read
+    /// them from storage instead.
+    #[error("position {requested} is no longer in the live ring (oldest held: {oldest})")]
+    FellBehind {
+        /// The position asked for.
+        requested: u64,
+        /// The oldest position still in the ring.
+        oldest: u64,
+    },
+
+    /// RocksDB reported an error.
+    #[error("storage I/O error: {0}")]
+    Io(String),
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(error: rocksdb::Error) -> Self {
+        Error::Io(error.into_string())
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

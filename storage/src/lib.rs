@@ -1,0 +1,52 @@
+//! `cairn-storage`: Cairn's log engine, a segmented append-only event log in
+//! RocksDB with per-stream optimistic concurrency and group commit.
+//!
+//! This crate owns the on-disk format (see `FORMAT.md` beside this crate) and
+//! every write to it. It knows nothing of gRPC, tokio or configuration files:
+//! callers get plain Rust types, and [`Ticket`]s they can either block on or
+//! `.await`.
+//!
+//! ```
+//! use cairn_storage::{EventData, ExpectedRevision, ReadRequest, ReadSource, Store, StoreOptions};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+//! let placed = EventData::json("OrderPlaced", r#"{"sku":"tea","qty":2}"#);
+//! let result = store.append("order-1", ExpectedRevision::NoStream, vec![placed]).wait().unwrap();
+//! assert_eq!(result.current.revision(), Some(0));
+//!
+//! let page = store.read(&ReadRequest::forwards(ReadSource::parse("$ce-order").unwrap(), 100)).unwrap();
+//! assert_eq!(page.events[0].event_type, "OrderPlaced");
+//! ```
+//!
+//! Module map:
+//! - `model`: request/response types and input validation.
+//! - `codec`: byte layouts of keys and values (the format).
+//! - `catalog`: in-memory stream heads and the visibility rule.
+//! - `committer`: the single writer thread (group commit).
+//! - `read`: read paths. `scavenge`: physical removal of hidden events.
+//! - `live`: published head and the ring of recent events for subscriptions.
+//! - `ticket`: one-shot replies usable from sync and async code.
+
+mod catalog;
+mod codec;
+mod committer;
+mod error;
+mod live;
+mod model;
+mod read;
+mod scavenge;
+mod store;
+mod ticket;
+
+pub use codec::{FORMAT_VERSION, SEGMENT_SIZE};
+pub use error::{Error, Result};
+pub use live::{CommitListener, CommitNotice, Live, RingLimits};
+pub use model::{
+    ALL_STREAM, AppendResult, CATEGORY_PREFIX, CurrentRevision, Direction, EVENT_TYPE_PREFIX,
+    EventData, ExpectedRevision, Limits, MAX_STREAM_NAME_BYTES, ReadFilter, ReadFrom, ReadPage,
+    ReadRequest, ReadSource, RecordedEvent, ScavengeReport, SegmentStats, StoreInfo, StreamAppend,
+    StreamInfo, StreamMetadata, StreamState, category_of, validate_stream_name,
+};
+pub use store::{Durability, Store, StoreOptions};
+pub use ticket::Ticket;

@@ -1,0 +1,658 @@
+//! The plain data types of the engine: what callers send in and what they get back.
+//!
+//! Nothing here touches RocksDB; the encoding of these types on disk lives in
+//! `codec`.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// The name of the stream of every event, in global order.
+pub const ALL_STREAM: &str = "$all";
+/// Prefix of the virtual category streams (`$ce-order` holds every `order-*` stream).
+pub const CATEGORY_PREFIX: &str = "$ce-";
+/// Prefix of the virtual event-type streams (`$et-OrderPlaced`).
+pub const EVENT_TYPE_PREFIX: &str = "$et-";
+/// The longest stream name, in bytes.
+pub const MAX_STREAM_NAME_BYTES: usize = 1024;
+/// The longest event type or content type, in bytes.
+pub const MAX_TYPE_NAME_BYTES: usize = 1024;
+
+/// An event as a client hands it in, before the store assigns its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventData {
+    /// Client-chosen id; retries with the same id are idempotent. Never nil.
+    pub id: Uuid,
+    /// The event type, e.g. `OrderPlaced`; 1..=1024 bytes.
+    pub event_type: String,
+    /// MIME type of `data`, e.g. `application/json`; at most 1024 bytes.
+    pub content_type: String,
+    /// Opaque application metadata.
+    pub metadata: Bytes,
+    /// The payload.
+    pub data: Bytes,
+}
+
+impl EventData {
+    /// A JSON event with a fresh random id.
+    pub fn json(event_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_type: event_type.into(),
+            content_type: "application/json".to_owned(),
+            metadata: Bytes::new(),
+            data: data.into(),
+        }
+    }
+
+    /// Replaces the id (for deterministic ids and idempotent retries).
+    #[must_use]
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// Bytes this event counts against the size limits.
+    pub fn size(&self) -> usize {
+        self.event_type.len() + self.content_type.len() + self.metadata.len() + self.data.len()
+    }
+}
+
+/// An event as stored: the client's data plus the place the store gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Global position in `$all`; strictly increasing, gap-free in commit order.
+    pub position: u64,
+    /// The stream it belongs to.
+    pub stream: String,
+    /// 0-based position within its stream.
+    pub revision: u64,
+    /// The client-chosen id.
+    pub id: Uuid,
+    /// The event type.
+    pub event_type: String,
+    /// MIME type of `data`.
+    pub content_type: String,
+    /// Server time of the commit, UTC.
+    pub created: SystemTime,
+    /// Application metadata.
+    pub metadata: Bytes,
+    /// The payload.
+    pub data: Bytes,
+}
+
+/// What a writer expects the stream's current revision to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpectedRevision {
+    /// No check.
+    Any,
+    /// The stream must not exist (never written, or soft-deleted).
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream's last revision must be exactly this.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedRevision::Any => f.write_str("any"),
+            ExpectedRevision::NoStream => f.write_str("no stream"),
+            ExpectedRevision::StreamExists => f.write_str("stream exists"),
+            ExpectedRevision::Exact(revision) => write!(f, "revision {revision}"),
+        }
+    }
+}
+
+/// Where a stream is now, as reported in a `WrongExpectedRevision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CurrentRevision {
+    /// The stream does not exist.
+    NoStream,
+    /// The stream's last revision.
+    Revision(u64),
+}
+
+impl CurrentRevision {
+    /// The revision, if the stream exists.
+    pub fn revision(self) -> Option<u64> {
+        match self {
+            CurrentRevision::NoStream => None,
+            CurrentRevision::Revision(revision) => Some(revision),
+        }
+    }
+}
+
+impl fmt::Display for CurrentRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CurrentRevision::NoStream => f.write_str("no stream"),
+            CurrentRevision::Revision(revision) => write!(f, "revision {revision}"),
+        }
+    }
+}
+
+impl ExpectedRevision {
+    /// Whether the expectation holds for a stream that is at `current`.
+    pub fn holds_for(self, current: CurrentRevision) -> bool {
+        match (self, current) {
+            (ExpectedRevision::Any, _) => true,
+            (ExpectedRevision::NoStream, CurrentRevision::NoStream) => true,
+            (ExpectedRevision::StreamExists, CurrentRevision::Revision(_)) => true,
+            (ExpectedRevision::Exact(expected), CurrentRevision::Revision(actual)) => {
+                expected == actual
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One stream's part of an append: the events and the expectation they carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAppend {
+    /// Target stream; 1..=1024 bytes of UTF-8, not starting with `$`.
+    pub stream: String,
+    /// The expectation checked before anything is written.
+    pub expected: ExpectedRevision,
+    /// The events, in order. May be empty (checks the expectation, writes nothing).
+    pub events: Vec<EventData>,
+}
+
+impl StreamAppend {
+    /// Builds a stream part.
+    pub fn new(stream: impl Into<String>, expected: ExpectedRevision, events: Vec<EventData>) -> Self {
+        Self { stream: stream.into(), expected, events }
+    }
+}
+
+/// The outcome of one stream's part of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's last revision after the append (`NoStream` only for an empty
+    /// append to a stream that does not exist).
+    pub current: CurrentRevision,
+    /// Global position of the first and last event written, or `None` when the
+    /// append wrote nothing.
+    pub positions: Option<(u64, u64)>,
+    /// True when the events had already been written by an earlier identical append
+    /// and this result is that earlier one's.
+    pub idempotent_replay: bool,
+}
+
+/// Whether a stream can be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamState {
+    /// Readable and writable.
+    Live,
+    /// Soft-deleted: reads as not found until written again; revisions continue.
+    SoftDeleted,
+    /// Hard-deleted: the name can never be used again.
+    Tombstoned,
+}
+
+/// User-settable stream metadata. Hidden events are skipped by every read and
+/// removed by a scavenge.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamMetadata {
+    /// Keep at most this many of the newest events.
+    pub max_count: Option<u64>,
+    /// Hide events older than this.
+    pub max_age: Option<Duration>,
+    /// Hide events with a revision below this.
+    pub truncate_before: Option<u64>,
+    /// Application JSON (validated as JSON on write).
+    pub custom: Option<String>,
+}
+
+/// What the store knows about one stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The stream's name.
+    pub name: String,
+    /// Whether it is live, soft-deleted or tombstoned.
+    pub state: StreamState,
+    /// The last revision ever written (also after a soft delete), if any.
+    pub last_revision: Option<u64>,
+    /// The first revision a read could return now; everything below is hidden.
+    pub first_visible_revision: u64,
+    /// Stream metadata.
+    pub metadata: StreamMetadata,
+    /// How often the metadata was set; the revision `set_metadata` expects.
+    pub metadata_revision: Option<u64>,
+}
+
+impl StreamInfo {
+    /// The revision a writer's expectation is checked against.
+    pub fn current(&self) -> CurrentRevision {
+        match (self.state, self.last_revision) {
+            (StreamState::Live, Some(revision)) => CurrentRevision::Revision(revision),
+            _ => CurrentRevision::NoStream,
+        }
+    }
+}
+
+/// Read direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Oldest first.
+    #[default]
+    Forwards,
+    /// Newest first.
+    Backwards,
+}
+
+/// Where a read starts. For a stream the number is a revision; for `$all`, a
+/// category or an event type it is a global position. The start is inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The oldest event (forwards) or the newest (backwards).
+    #[default]
+    Start,
+    /// The newest event; forwards from the end reads nothing.
+    End,
+    /// This revision or position, inclusive.
+    At(u64),
+}
+
+/// What to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadSource {
+    /// One stream, by revision.
+    Stream(String),
+    /// Every event, by position.
+    All,
+    /// Every stream `<category>-*`, by position.
+    Category(String),
+    /// Every event of one type, by position.
+    EventType(String),
+}
+
+impl ReadSource {
+    /// Parses a stream name as given by a client: `$all`, `$ce-x`, `$et-x` or a
+    /// plain stream.
+    pub fn parse(name: &str) -> Result<Self> {
+        if name == ALL_STREAM {
+            Ok(ReadSource::All)
+        } else if let Some(category) = name.strip_prefix(CATEGORY_PREFIX) {
+            validate_nonempty("category", category)?;
+            Ok(ReadSource::Category(category.to_owned()))
+        } else if let Some(event_type) = name.strip_prefix(EVENT_TYPE_PREFIX) {
+            validate_nonempty("event type", event_type)?;
+            Ok(ReadSource::EventType(event_type.to_owned()))
+        } else {
+            validate_stream_name(name)?;
+            Ok(ReadSource::Stream(name.to_owned()))
+        }
+    }
+}
+
+/// A server-side filter: an event passes when it matches every part that is set.
+#[derive(Debug, Clone, Default)]
+pub struct ReadFilter {
+    /// Stream names starting with any of these (empty: no constraint).
+    pub stream_prefixes: Vec<String>,
+    /// Stream names matching this regex.
+    pub stream_regex: Option<regex::Regex>,
+    /// Event types starting with any of these (empty: no constraint).
+    pub type_prefixes: Vec<String>,
+    /// Event types matching this regex.
+    pub type_regex: Option<regex::Regex>,
+}
+
+impl PartialEq for ReadFilter {
+    fn eq(&self, other: &Self) -> bool {
+        self.stream_prefixes == other.stream_prefixes
+            && self.type_prefixes == other.type_prefixes
+            && self.stream_regex.as_ref().map(regex::Regex::as_str)
+                == other.stream_regex.as_ref().map(regex::Regex::as_str)
+            && self.type_regex.as_ref().map(regex::Regex::as_str)
+                == other.type_regex.as_ref().map(regex::Regex::as_str)
+    }
+}
+
+impl ReadFilter {
+    /// Compiles a regex for a filter, mapping a bad pattern to `InvalidArgument`.
+    pub fn regex(pattern: &str) -> Result<regex::Regex> {
+        regex::Regex::new(pattern)
+            .map_err(|error| Error::InvalidArgument(format!("bad filter regex '{pattern}': {error}")))
+    }
+
+    /// Whether the filter constrains nothing.
+    pub fn is_empty(&self) -> bool {
+        self.stream_prefixes.is_empty()
+            && self.stream_regex.is_none()
+            && self.type_prefixes.is_empty()
+            && self.type_regex.is_none()
+    }
+
+    /// Whether an event of `stream` with `event_type` passes.
+    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
+        let prefixed = |prefixes: &[String], value: &str| {
+            prefixes.is_empty() || prefixes.iter().any(|prefix| value.starts_with(prefix.as_str()))
+        };
+        prefixed(&self.stream_prefixes, stream)
+            && self.stream_regex.as_ref().is_none_or(|regex| regex.is_match(stream))
+            && prefixed(&self.type_prefixes, event_type)
+            && self.type_regex.as_ref().is_none_or(|regex| regex.is_match(event_type))
+    }
+}
+
+/// A read request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadRequest {
+    /// What to read.
+    pub source: ReadSource,
+    /// Which way.
+    pub direction: Direction,
+    /// Where to start (inclusive).
+    pub from: ReadFrom,
+    /// At most this many events are returned (capped by the store's page limit).
+    pub max_count: usize,
+    /// Server-side filter (any source; most useful on `$all`).
+    pub filter: ReadFilter,
+}
+
+impl ReadRequest {
+    /// Forwards from the start, up to `max_count` events, no filter.
+    pub fn forwards(source: ReadSource, max_count: usize) -> Self {
+        Self {
+            source,
+            direction: Direction::Forwards,
+            from: ReadFrom::Start,
+            max_count,
+            filter: ReadFilter::default(),
+        }
+    }
+
+    /// Backwards from the end, up to `max_count` events, no filter.
+    pub fn backwards(source: ReadSource, max_count: usize) -> Self {
+        Self {
+            source,
+            direction: Direction::Backwards,
+            from: ReadFrom::End,
+            max_count,
+            filter: ReadFilter::default(),
+        }
+    }
+
+    /// Sets the start.
+    #[must_use]
+    pub fn from(mut self, from: ReadFrom) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Sets the filter.
+    #[must_use]
+    pub fn filter(mut self, filter: ReadFilter) -> Self {
+        self.filter = filter;
+        self
+    }
+}
+
+/// One page of a read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReadPage {
+    /// The visible, matching events, in the requested direction.
+    pub events: Vec<RecordedEvent>,
+    /// Where the next page starts (pass as `ReadFrom::At`), or `None` when the read
+    /// reached the end of what exists now.
+    pub next: Option<u64>,
+    /// For position-ordered sources: the last position examined, matching or not.
+    /// A filtered subscriber may checkpoint here.
+    pub scanned_through: Option<u64>,
+}
+
+/// Head and size of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// The position the next event will get (= number of events ever appended).
+    pub head: u64,
+    /// Streams the store knows, in any state.
+    pub stream_count: u64,
+    /// Events ever appended minus events removed by scavenges.
+    pub event_count: u64,
+}
+
+/// Statistics of one log segment (a fixed range of positions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SegmentStats {
+    /// Segment number: positions `number * SEGMENT_SIZE ..`.
+    pub number: u64,
+    /// Events written into the segment.
+    pub events_written: u64,
+    /// Record bytes written into the segment.
+    pub bytes_written: u64,
+    /// Events removed by scavenges.
+    pub events_removed: u64,
+    /// Record bytes removed by scavenges.
+    pub bytes_removed: u64,
+}
+
+/// What a scavenge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScavengeReport {
+    /// Records examined.
+    pub scanned: u64,
+    /// Hidden records removed.
+    pub removed: u64,
+    /// Record bytes removed.
+    pub bytes_removed: u64,
+    /// Segments visited.
+    pub segments: u64,
+}
+
+/// Size limits, checked before a request reaches the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single event (type + content type + metadata + data), bytes.
+    pub max_event_bytes: usize,
+    /// Largest append request (all its events), bytes.
+    pub max_append_bytes: usize,
+    /// Most events in one append request.
+    pub max_events_per_append: usize,
+    /// Most events one read returns.
+    pub max_read_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 4 * 1024 * 1024,
+            max_append_bytes: 4 * 1024 * 1024,
+            max_events_per_append: 10_000,
+            max_read_page: 10_000,
+        }
+    }
+}
+
+/// The category of a stream: the text before its first `-`, if there is one and
+/// it is not empty.
+pub fn category_of(stream: &str) -> Option<&str> {
+    match stream.split_once('-') {
+        Some((category, _)) if !category.is_empty() => Some(category),
+        _ => None,
+    }
+}
+
+fn validate_nonempty(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} must not be empty")));
+    }
+    if value.len() > MAX_STREAM_NAME_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is {} bytes, the limit is {MAX_STREAM_NAME_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a user stream name: 1..=1024 bytes, not reserved (`$...`).
+pub fn validate_stream_name(stream: &str) -> Result<()> {
+    validate_nonempty("stream name", stream)?;
+    if stream.starts_with('$') {
+        return Err(Error::InvalidArgument(format!(
+            "stream name '{stream}' is reserved: names starting with '$' belong to the system"
+        )));
+    }
+    Ok(())
+}
+
+impl Limits {
+    /// Checks an append request against the limits and the naming rules.
+    pub fn validate_append(&self, parts: &[StreamAppend]) -> Result<()> {
+        if parts.is_empty() {
+            return Err(Error::InvalidArgument("an append needs at least one stream".into()));
+        }
+        let mut total_events = 0usize;
+        let mut total_bytes = 0usize;
+        let mut streams = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for part in parts {
+            validate_stream_name(&part.stream)?;
+            if !streams.insert(part.stream.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "stream '{}' appears twice in one append; put all its events in one part",
+                    part.stream
+                )));
+            }
+            for event in &part.events {
+                if event.id.is_nil() {
+                    return Err(Error::InvalidArgument("event id must not be the nil UUID".into()));
+                }
+                if !ids.insert(event.id) {
+                    return Err(Error::InvalidArgument(format!(
+                        "event id {} appears twice in one append",
+                        event.id
+                    )));
+                }
+                if event.event_type.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "event {} has an empty type",
+                        event.id
+                    )));
+                }
+                if event.event_type.len() > MAX_TYPE_NAME_BYTES
+                    || event.content_type.len() > MAX_TYPE_NAME_BYTES
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "event {}: type and content type are limited to {MAX_TYPE_NAME_BYTES} bytes",
+                        event.id
+                    )));
+                }
+                let size = event.size();
+                if size > self.max_event_bytes {
+                    return Err(Error::LimitExceeded {
+                        what: "event size in bytes",
+                        actual: size as u64,
+                        limit: self.max_event_bytes as u64,
+                    });
+                }
+                total_bytes += size;
+            }
+            total_events += part.events.len();
+        }
+        if total_events > self.max_events_per_append {
+            return Err(Error::LimitExceeded {
+                what: "events in one append",
+                actual: total_events as u64,
+                limit: self.max_events_per_append as u64,
+            });
+        }
+        if total_bytes > self.max_append_bytes {
+            return Err(Error::LimitExceeded {
+                what: "append size in bytes",
+                actual: total_bytes as u64,
+                limit: self.max_append_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_is_text_before_first_dash() {
+        assert_eq!(category_of("order-42"), Some("order"));
+        assert_eq!(category_of("order-42-x"), Some("order"));
+        assert_eq!(category_of("order"), None);
+        assert_eq!(category_of("-42"), None);
+    }
+
+    #[test]
+    fn expectations() {
+        use CurrentRevision::Revision;
+        use ExpectedRevision::{Any, Exact, StreamExists};
+        let missing = CurrentRevision::NoStream;
+        assert!(Any.holds_for(missing));
+        assert!(ExpectedRevision::NoStream.holds_for(missing));
+        assert!(!ExpectedRevision::NoStream.holds_for(Revision(0)));
+        assert!(StreamExists.holds_for(Revision(3)));
+        assert!(!StreamExists.holds_for(missing));
+        assert!(Exact(3).holds_for(Revision(3)));
+        assert!(!Exact(3).holds_for(Revision(4)));
+        assert!(!Exact(0).holds_for(missing));
+    }
+
+    #[test]
+    fn parse_sources() {
+        assert_eq!(ReadSource::parse("$all").unwrap(), ReadSource::All);
+        assert_eq!(ReadSource::parse("$ce-order").unwrap(), ReadSource::Category("order".into()));
+        assert_eq!(ReadSource::parse("$et-Placed").unwrap(), ReadSource::EventType("Placed".into()));
+        assert_eq!(ReadSource::parse("a-1").unwrap(), ReadSource::Stream("a-1".into()));
+        assert!(ReadSource::parse("$other").is_err());
+        assert!(ReadSource::parse("").is_err());
+        assert!(ReadSource::parse("$ce-").is_err());
+        assert!(ReadSource::parse(&"x".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn filter_matches_all_set_parts() {
+        let filter = ReadFilter {
+            stream_prefixes: vec!["order-".into()],
+            type_regex: Some(ReadFilter::regex("^Order(Placed|Paid)$").unwrap()),
+            ..ReadFilter::default()
+        };
+        assert!(filter.matches("order-1", "OrderPlaced"));
+        assert!(!filter.matches("order-1", "OrderShipped"));
+        assert!(!filter.matches("cart-1", "OrderPlaced"));
+        assert!(ReadFilter::default().matches("x", "y"));
+        assert!(ReadFilter::regex("(").is_err());
+    }
+
+    fn event(size: usize) -> EventData {
+        EventData::json("T", vec![b'x'; size])
+    }
+
+    #[test]
+    fn append_validation() {
+        let limits = Limits { max_event_bytes: 100, max_append_bytes: 150, max_events_per_append: 3, max_read_page: 10 };
+        let ok = StreamAppend::new("s-1", ExpectedRevision::Any, vec![event(10)]);
+        assert!(limits.validate_append(std::slice::from_ref(&ok)).is_ok());
+        assert!(limits.validate_append(&[]).is_err());
+        let big = StreamAppend::new("s-1", ExpectedRevision::Any, vec![event(200)]);
+        assert!(matches!(limits.validate_append(&[big]), Err(Error::LimitExceeded { .. })));
+        let many = StreamAppend::new("s-1", ExpectedRevision::Any, (0..4).map(|_| event(1)).collect());
+        assert!(matches!(limits.validate_append(&[many]), Err(Error::LimitExceeded { .. })));
+        let total = StreamAppend::new("s-1", ExpectedRevision::Any, (0..2).map(|_| event(90)).collect());
+        assert!(matches!(limits.validate_append(&[total]), Err(Error::LimitExceeded { .. })));
+        let reserved = StreamAppend::new("$x", ExpectedRevision::Any, vec![event(1)]);
+        assert!(matches!(limits.validate_append(&[reserved]), Err(Error::InvalidArgument(_))));
+        let twice = vec![ok.clone(), ok.clone()];
+        assert!(matches!(limits.validate_append(&twice), Err(Error::InvalidArgument(_))));
+        let e = event(1);
+        let dup = StreamAppend::new("s-2", ExpectedRevision::Any, vec![e.clone(), e]);
+        assert!(matches!(limits.validate_append(&[dup]), Err(Error::InvalidArgument(_))));
+        let nil = StreamAppend::new("s-2", ExpectedRevision::Any, vec![event(1).with_id(Uuid::nil())]);
+        assert!(matches!(limits.validate_append(&[nil]), Err(Error::InvalidArgument(_))));
+    }
+}

@@ -1,0 +1,292 @@
+//! The read paths: a stream by revision, `$all` by position, a category or an
+//! event type through their indexes. Reads run on the caller's thread against a
+//! RocksDB snapshot and never wait for the committer.
+//!
+//! Every path applies the same visibility rule (`StreamRecord::is_visible`) and
+//! never returns anything at or beyond the published head, so a read never shows
+//! an event whose stream the catalog does not know yet.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use rocksdb::{DBRawIteratorWithThreadMode, DB, ReadOptions, SnapshotWithThreadMode};
+
+use crate::codec::{self, StreamRecord, cf};
+use crate::error::{Error, Result};
+use crate::model::{
+    Direction, ReadFilter, ReadFrom, ReadPage, ReadRequest, ReadSource, RecordedEvent,
+};
+use crate::store::{Shared, Store};
+
+/// Records examined per call at most, relative to the page size, so a sparse
+/// filter returns (with `next` and `scanned_through`) instead of scanning forever.
+const SCAN_FACTOR: usize = 16;
+const MIN_SCAN: usize = 4096;
+
+impl Store {
+    /// Reads one page. See [`ReadRequest`] and [`ReadPage`]; continue with
+    /// `ReadFrom::At(page.next)` until `next` is `None`.
+    pub fn read(&self, request: &ReadRequest) -> Result<ReadPage> {
+        let shared = self.shared();
+        let max = request.max_count.min(shared.limits.max_read_page);
+        let head = shared.live.head();
+        let snapshot = shared.db.snapshot();
+        let reader = Reader { shared, snapshot: &snapshot, head, now: SystemTime::now() };
+        match &request.source {
+            ReadSource::Stream(stream) => reader.stream(stream, request, max),
+            ReadSource::All => reader.positions(None, request, max),
+            ReadSource::Category(category) => {
+                reader.positions(Some((cf::CATEGORY_INDEX, codec::name_index_prefix(category))), request, max)
+            }
+            ReadSource::EventType(event_type) => {
+                reader.positions(Some((cf::TYPE_INDEX, codec::name_index_prefix(event_type))), request, max)
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    shared: &'a Shared,
+    snapshot: &'a SnapshotWithThreadMode<'a, DB>,
+    /// Published head at the start of the read: the exclusive upper bound.
+    head: u64,
+    now: SystemTime,
+}
+
+impl Reader<'_> {
+    fn iterator(&self, column_family: &str) -> DBRawIteratorWithThreadMode<'_, DB> {
+        let mut options = ReadOptions::default();
+        options.fill_cache(true);
+        self.snapshot.raw_iterator_cf_opt(self.shared.cf(column_family), options)
+    }
+
+    fn stream(&self, stream: &str, request: &ReadRequest, max: usize) -> Result<ReadPage> {
+        let record = self.shared.catalog.get(stream);
+        let record = match record {
+            None => return Err(Error::StreamNotFound { stream: stream.to_owned() }),
+            Some(record) if record.tombstoned => {
+                return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+            }
+            Some(record) if record.current().revision().is_none() => {
+                return Err(Error::StreamNotFound { stream: stream.to_owned() });
+            }
+            Some(record) => record,
+        };
+        let first = record.first_visible_revision();
+        let end = record.next_revision; // exclusive
+        let mut page = ReadPage::default();
+        if max == 0 || end == 0 {
+            return Ok(page);
+        }
+        let (start, forwards) = match (request.direction, request.from) {
+            (Direction::Forwards, ReadFrom::Start) => (first, true),
+            (Direction::Forwards, ReadFrom::At(revision)) => (revision.max(first), true),
+            (Direction::Forwards, ReadFrom::End) => return Ok(page),
+            (Direction::Backwards, ReadFrom::End) => (end - 1, false),
+            (Direction::Backwards, ReadFrom::At(revision)) => (revision.min(end - 1), false),
+            (Direction::Backwards, ReadFrom::Start) => return Ok(page),
+        };
+        if start >= end || start < first {
+            return Ok(page);
+        }
+        let mut iterator = self.iterator(cf::STREAM_INDEX);
+        let seek_key = codec::stream_index_key(record.id, start);
+        if forwards {
+            iterator.seek(seek_key);
+        } else {
+            iterator.seek_for_prev(seek_key);
+        }
+        let mut positions = Vec::with_capacity(max.min(1024));
+        let mut next = None;
+        while iterator.valid() {
+            let Some(key) = iterator.key() else { break };
+            if key.len() != 16 || codec::read_u64(&key[..8]) != record.id {
+                break;
+            }
+            let revision = codec::read_u64(&key[8..]);
+            if revision >= end || revision < first {
+                break;
+            }
+            if positions.len() == max {
+                next = Some(revision);
+                break;
+            }
+            let value = iterator.value().unwrap_or_default();
+            if value.len() != 8 {
+                return Err(Error::Corrupt {
+                    column_family: cf::STREAM_INDEX,
+                    key: format!("{stream}@{revision}"),
+                    reason: "value is not an 8-byte position".into(),
+                });
+            }
+            positions.push(codec::read_u64(value));
+            if forwards {
+                iterator.next();
+            } else {
+                iterator.prev();
+            }
+        }
+        iterator.status()?;
+        for event in self.fetch(&positions)? {
+            if record.is_visible(event.revision, event.created, self.now)
+                && request.filter.matches(&event.stream, &event.event_type)
+            {
+                page.events.push(event);
+            }
+        }
+        page.next = next;
+        Ok(page)
+    }
+
+    /// Loads and decodes the records at `positions`, in the given order. A position
+    /// whose record is gone (scavenged after the index was read) is skipped.
+    fn fetch(&self, positions: &[u64]) -> Result<Vec<RecordedEvent>> {
+        let log = self.shared.cf(cf::LOG);
+        let keys: Vec<[u8; 8]> = positions.iter().map(|position| codec::log_key(*position)).collect();
+        let values = self.snapshot.multi_get_cf(keys.iter().map(|key| (log, key)));
+        let mut events = Vec::with_capacity(positions.len());
+        for (position, value) in positions.iter().zip(values) {
+            if let Some(value) = value? {
+                events.push(codec::decode_record(*position, value)?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// `$all` (no index) or a category / event type (an index of positions).
+    fn positions(
+        &self,
+        index: Option<(&'static str, Vec<u8>)>,
+        request: &ReadRequest,
+        max: usize,
+    ) -> Result<ReadPage> {
+        let mut page = ReadPage::default();
+        if max == 0 || self.head == 0 {
+            return Ok(page);
+        }
+        let last = self.head - 1;
+        let forwards = request.direction == Direction::Forwards;
+        let start = match (request.direction, request.from) {
+            (Direction::Forwards, ReadFrom::Start) => 0,
+            (Direction::Forwards, ReadFrom::At(position)) => position,
+            (Direction::Forwards, ReadFrom::End) => return Ok(page),
+            (Direction::Backwards, ReadFrom::End) => last,
+            (Direction::Backwards, ReadFrom::At(position)) => position.min(last),
+            (Direction::Backwards, ReadFrom::Start) => return Ok(page),
+        };
+        if start > last {
+            return Ok(page);
+        }
+        let scan_limit = max.saturating_mul(SCAN_FACTOR).max(MIN_SCAN);
+        let column_family = index.as_ref().map_or(cf::LOG, |(name, _)| *name);
+        let prefix = index.as_ref().map(|(_, prefix)| prefix.as_slice());
+        let key_of = |position: u64| match prefix {
+            Some(prefix) => {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(&position.to_be_bytes());
+                key
+            }
+            None => codec::log_key(position).to_vec(),
+        };
+        let mut iterator = self.iterator(column_family);
+        if forwards {
+            iterator.seek(key_of(start));
+        } else {
+            iterator.seek_for_prev(key_of(start));
+        }
+        let catalog = self.shared.catalog.read();
+        let mut scanned = 0usize;
+        let mut pending: Vec<u64> = Vec::new();
+        let mut visible = Visibility { catalog: &catalog, now: self.now, filter: &request.filter };
+        while iterator.valid() && page.events.len() < max {
+            let Some(key) = iterator.key() else { break };
+            let position = match prefix {
+                Some(prefix) => {
+                    if key.len() != prefix.len() + 8 || !key.starts_with(prefix) {
+                        break;
+                    }
+                    codec::read_u64(&key[prefix.len()..])
+                }
+                None => codec::read_u64(key),
+            };
+            if position > last {
+                break;
+            }
+            if scanned == scan_limit {
+                page.next = Some(position);
+                break;
+            }
+            scanned += 1;
+            page.scanned_through = Some(position);
+            match prefix {
+                None => {
+                    let value = iterator.value().unwrap_or_default();
+                    let header = codec::decode_header(position, value)?;
+                    if visible.check(header.stream, header.revision, header.created, header.event_type) {
+                        page.events.push(codec::decode_record(position, value.to_vec())?);
+                    }
+                }
+                Some(_) => {
+                    pending.push(position);
+                    if pending.len() >= max - page.events.len() {
+                        self.take_visible(&mut pending, &mut visible, &mut page)?;
+                    }
+                }
+            }
+            if forwards {
+                iterator.next();
+            } else {
+                iterator.prev();
+            }
+        }
+        iterator.status()?;
+        self.take_visible(&mut pending, &mut visible, &mut page)?;
+        if page.next.is_none() && page.events.len() == max && iterator.valid() {
+            // The page is full: the next page starts at the following entry, if any.
+            if let Some(key) = iterator.key() {
+                let position = match prefix {
+                    Some(prefix) if key.starts_with(prefix) && key.len() == prefix.len() + 8 => {
+                        Some(codec::read_u64(&key[prefix.len()..]))
+                    }
+                    Some(_) => None,
+                    None => Some(codec::read_u64(key)),
+                };
+                page.next = position.filter(|position| *position <= last);
+            }
+        }
+        Ok(page)
+    }
+
+    fn take_visible(
+        &self,
+        pending: &mut Vec<u64>,
+        visible: &mut Visibility<'_>,
+        page: &mut ReadPage,
+    ) -> Result<()> {
+        for event in self.fetch(pending)? {
+            if visible.check(&event.stream, event.revision, event.created, &event.event_type) {
+                page.events.push(event);
+            }
+        }
+        pending.clear();
+        Ok(())
+    }
+}
+
+/// The visibility rule plus the request's filter, for one page.
+struct Visibility<'a> {
+    catalog: &'a HashMap<String, StreamRecord>,
+    now: SystemTime,
+    filter: &'a ReadFilter,
+}
+
+impl Visibility<'_> {
+    fn check(&mut self, stream: &str, revision: u64, created: SystemTime, event_type: &str) -> bool {
+        // A stream below the published head is always in the catalog; treat a
+        // missing one as hidden rather than guess.
+        self.catalog
+            .get(stream)
+            .is_some_and(|record| record.is_visible(revision, created, self.now))
+            && self.filter.matches(stream, event_type)
+    }
+}

@@ -1,0 +1,450 @@
+//! `Store`: opening the database, recovering state, and the public API that
+//! routes writes to the committer and runs reads on the caller's thread.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
+    IteratorMode, Options,
+};
+
+use crate::catalog::Catalog;
+use crate::codec::{self, FORMAT_VERSION, SegmentCounter, StreamRecord, cf, meta_key};
+use crate::committer::{AppendReply, Command, Committer, GroupLimits};
+use crate::error::{Error, Result};
+use crate::live::{Live, RingLimits};
+use crate::model::{
+    AppendResult, CurrentRevision, ExpectedRevision, Limits, SegmentStats, StoreInfo, StreamAppend,
+    StreamInfo, StreamMetadata, validate_stream_name,
+};
+use crate::ticket::{self, Ticket};
+
+/// When an append is acknowledged, relative to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The WAL is fsynced (fdatasync) once per group before anyone in the group is
+    /// answered. An acknowledged append survives a process kill and a power loss.
+    #[default]
+    Sync,
+    /// The WAL is written to the OS but not synced. An acknowledged append survives
+    /// a process kill (the OS still has it) but NOT a power loss or kernel crash.
+    /// For tests and benchmarks labelled "not durable".
+    Unsynced,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Durability of acknowledged appends.
+    pub durability: Durability,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Bounds of the in-memory ring of recent events.
+    pub ring: RingLimits,
+    /// Requests waiting for the committer; senders block when it is full.
+    pub queue_capacity: usize,
+    /// Most requests committed in one group.
+    pub max_group_requests: usize,
+    /// Most payload bytes committed in one group (a single larger request still
+    /// forms a group of its own).
+    pub max_group_bytes: usize,
+    /// RocksDB block cache, bytes.
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Sync,
+            limits: Limits::default(),
+            ring: RingLimits::default(),
+            queue_capacity: 8192,
+            max_group_requests: 2048,
+            max_group_bytes: 32 * 1024 * 1024,
+            block_cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// State shared by the committer, readers and the scavenger.
+pub(crate) struct Shared {
+    pub(crate) db: DB,
+    pub(crate) catalog: Catalog,
+    pub(crate) live: Live,
+    pub(crate) durability: Durability,
+    pub(crate) limits: Limits,
+    /// Events removed by scavenges (for `info`).
+    pub(crate) events_removed: Mutex<u64>,
+    /// Serialises scavenges.
+    pub(crate) scavenge_lock: Mutex<()>,
+}
+
+impl Shared {
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        // Every column family in `cf::ALL` is created at open; a missing one is a
+        // programming error, not a runtime condition.
+        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family '{name}' was opened"))
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// `None` once shutdown began.
+    queue: Mutex<Option<SyncSender<Command>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the committer after a failed write (fail-stop).
+    poison: Arc<Mutex<Option<Error>>>,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_committer();
+    }
+}
+
+impl Inner {
+    fn stop_committer(&self) {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let handle = self.committer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the committer thread panicked");
+        }
+    }
+}
+
+/// A handle to an open event store. Cheap to clone; all clones share one database
+/// and one committer. The committer stops when [`Store::shutdown`] is called or the
+/// last clone is dropped, after answering everything already queued.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+fn column_family_options(name: &str, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut options = Options::default();
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(if name == cf::LOG {
+        DBCompressionType::Lz4
+    } else {
+        DBCompressionType::None
+    });
+    options
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    ///
+    /// Refuses a database of another format version with
+    /// [`Error::UnsupportedFormat`].
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let existed = path.join("CURRENT").exists();
+        let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_bytes_per_sync(1 << 20);
+        let descriptors = cf::ALL
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, &cache)));
+        let db = DB::open_cf_descriptors(&db_options, &path, descriptors)?;
+
+        let meta = db.cf_handle(cf::META).ok_or_else(|| Error::Io("meta column family missing".into()))?;
+        match db.get_cf(meta, meta_key::FORMAT_VERSION)? {
+            Some(value) if value.len() == 4 => {
+                let found = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
+                if found != FORMAT_VERSION {
+                    return Err(Error::UnsupportedFormat { path, found, supported: FORMAT_VERSION });
+                }
+            }
+            Some(_) => {
+                return Err(Error::UnsupportedFormat { path, found: 0, supported: FORMAT_VERSION });
+            }
+            None if existed && has_any_key(&db)? => {
+                return Err(Error::UnsupportedFormat { path, found: 0, supported: FORMAT_VERSION });
+            }
+            None => {
+                let mut write = rocksdb::WriteOptions::default();
+                write.set_sync(true);
+                db.put_cf_opt(meta, meta_key::FORMAT_VERSION, FORMAT_VERSION.to_be_bytes(), &write)?;
+            }
+        }
+
+        let read_u64 = |key: &[u8], name: &str| -> Result<u64> {
+            match db.get_cf(meta, key)? {
+                Some(value) => codec::decode_u64(cf::META, name, &value),
+                None => Ok(0),
+            }
+        };
+        let mut head = read_u64(meta_key::HEAD, "head")?;
+        let next_stream_id = read_u64(meta_key::NEXT_STREAM_ID, "next_stream_id")?;
+        let events_removed = read_u64(meta_key::EVENTS_REMOVED, "events_removed")?;
+        let log = db.cf_handle(cf::LOG).ok_or_else(|| Error::Io("log column family missing".into()))?;
+        if let Some(item) = db.iterator_cf(log, IteratorMode::End).next() {
+            let (key, _) = item?;
+            head = head.max(codec::read_u64(&key) + 1);
+        }
+
+        let mut streams = HashMap::new();
+        let streams_cf = db.cf_handle(cf::STREAMS).ok_or_else(|| Error::Io("streams column family missing".into()))?;
+        for item in db.iterator_cf(streams_cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            let name = String::from_utf8(key.to_vec()).map_err(|_| Error::Corrupt {
+                column_family: cf::STREAMS,
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: "stream name is not UTF-8".into(),
+            })?;
+            let record = StreamRecord::decode(&name, &value)?;
+            streams.insert(name, record);
+        }
+
+        let segment_number = codec::segment_of(head);
+        let segments = db.cf_handle(cf::SEGMENTS).ok_or_else(|| Error::Io("segments column family missing".into()))?;
+        let (events, bytes) = match db.get_cf(segments, codec::segment_key(segment_number, SegmentCounter::Written))? {
+            Some(value) => codec::decode_counts(&value)?,
+            None => (0, 0),
+        };
+        tracing::info!(path = %path.display(), head, streams = streams.len(), "store opened");
+
+        let shared = Arc::new(Shared {
+            db,
+            catalog: Catalog::new(streams),
+            live: Live::new(head, options.ring),
+            durability: options.durability,
+            limits: options.limits,
+            events_removed: Mutex::new(events_removed),
+            scavenge_lock: Mutex::new(()),
+        });
+        let poison = Arc::new(Mutex::new(None));
+        let committer = Committer::new(
+            Arc::clone(&shared),
+            head,
+            next_stream_id.max(1),
+            (segment_number, events, bytes),
+            GroupLimits {
+                max_commands: options.max_group_requests.max(1),
+                max_bytes: options.max_group_bytes,
+            },
+            Arc::clone(&poison),
+        );
+        let (sender, receiver) = sync_channel(options.queue_capacity.max(1));
+        let handle = std::thread::Builder::new()
+            .name("cairn-committer".into())
+            .spawn(move || committer.run(receiver))
+            .map_err(|error| Error::Io(format!("cannot start the committer thread: {error}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                queue: Mutex::new(Some(sender)),
+                committer: Mutex::new(Some(handle)),
+                poison,
+                path,
+            }),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> Limits {
+        self.inner.shared.limits
+    }
+
+    /// The head watch and live ring, for subscriptions.
+    pub fn live(&self) -> &Live {
+        &self.inner.shared.live
+    }
+
+    fn submit<T>(&self, make: impl FnOnce(ticket::Responder<T>) -> Command) -> Ticket<T> {
+        if let Some(error) = self.inner.poison.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            return Ticket::ready(Err(error));
+        }
+        let sender = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(sender) = sender else {
+            return Ticket::ready(Err(Error::ShuttingDown));
+        };
+        let (ticket, responder) = ticket::channel();
+        // A send fails only when the committer is gone; the dropped responder then
+        // resolves the ticket to `ShuttingDown`.
+        let _ = sender.send(make(responder));
+        ticket
+    }
+
+    /// Appends to one or more streams atomically: every part's expectation holds
+    /// and all events are written, or nothing is. Returns one result per part, in
+    /// order. Blocks only while the queue is full; the ticket resolves when the
+    /// group holding the request is durable (per [`Durability`]).
+    ///
+    /// Retrying an append with the same event ids is safe: if it was written, the
+    /// original result comes back with `idempotent_replay` set.
+    pub fn append_multi(&self, parts: Vec<StreamAppend>) -> Ticket<Vec<AppendResult>> {
+        if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::Append { parts, reply: AppendReply::Multi(reply) })
+    }
+
+    /// Appends to one stream; see [`Store::append_multi`].
+    pub fn append(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<crate::EventData>,
+    ) -> Ticket<AppendResult> {
+        let parts = vec![StreamAppend::new(stream, expected, events)];
+        if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::Append { parts, reply: AppendReply::Single(reply) })
+    }
+
+    /// Soft-deletes a stream: it reads as not found until written again, and its
+    /// revisions then continue. Returns the revision it had.
+    pub fn delete(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Ticket<CurrentRevision> {
+        let stream = stream.into();
+        if let Err(error) = validate_stream_name(&stream) {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::Delete { stream, expected, reply })
+    }
+
+    /// Hard-deletes a stream: it can never be read or written again.
+    pub fn tombstone(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Ticket<CurrentRevision> {
+        let stream = stream.into();
+        if let Err(error) = validate_stream_name(&stream) {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::Tombstone { stream, expected, reply })
+    }
+
+    /// Replaces a stream's metadata. `expected` applies to the metadata revision
+    /// (`NoStream` = never set). Returns the new metadata revision.
+    pub fn set_metadata(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    ) -> Ticket<u64> {
+        let stream = stream.into();
+        if let Err(error) = validate_stream_name(&stream) {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::SetMetadata { stream, expected, metadata, reply })
+    }
+
+    /// What the store knows about one stream (also deleted ones); `None` if never
+    /// written, deleted or given metadata.
+    pub fn stream_info(&self, stream: &str) -> Option<StreamInfo> {
+        self.inner.shared.catalog.get(stream).map(|record| record.info(stream))
+    }
+
+    /// Streams whose name starts with `prefix`, in name order, starting after
+    /// `after` (exclusive) when given, at most `limit`.
+    pub fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
+        let shared = &self.inner.shared;
+        let mut start = prefix.as_bytes().to_vec();
+        if let Some(after) = after
+            && after.as_bytes() >= start.as_slice()
+        {
+            start = after.as_bytes().to_vec();
+            start.push(0);
+        }
+        let mut streams = Vec::new();
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        for item in shared.db.iterator_cf(shared.cf(cf::STREAMS), mode) {
+            if streams.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&key).into_owned();
+            streams.push(StreamRecord::decode(&name, &value)?.info(&name));
+        }
+        Ok(streams)
+    }
+
+    /// Head and counts.
+    pub fn info(&self) -> StoreInfo {
+        let shared = &self.inner.shared;
+        let head = shared.live.head();
+        let removed = *shared.events_removed.lock().unwrap_or_else(PoisonError::into_inner);
+        StoreInfo {
+            head,
+            stream_count: shared.catalog.len() as u64,
+            event_count: head.saturating_sub(removed),
+        }
+    }
+
+    /// Per-segment statistics, oldest segment first.
+    pub fn segments(&self) -> Result<Vec<SegmentStats>> {
+        let shared = &self.inner.shared;
+        let mut stats: Vec<SegmentStats> = Vec::new();
+        for item in shared.db.iterator_cf(shared.cf(cf::SEGMENTS), IteratorMode::Start) {
+            let (key, value) = item?;
+            if key.len() != 9 {
+                continue;
+            }
+            let number = codec::read_u64(&key[..8]);
+            let (events, bytes) = codec::decode_counts(&value)?;
+            if stats.last().is_none_or(|last| last.number != number) {
+                stats.push(SegmentStats { number, ..SegmentStats::default() });
+            }
+            if let Some(segment) = stats.last_mut() {
+                if key[8] == SegmentCounter::Written as u8 {
+                    segment.events_written = events;
+                    segment.bytes_written = bytes;
+                } else {
+                    segment.events_removed = events;
+                    segment.bytes_removed = bytes;
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Stops accepting requests, answers everything already queued, and waits for
+    /// the committer to finish. Reads keep working on other clones until dropped.
+    pub fn shutdown(&self) {
+        self.inner.stop_committer();
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+}
+
+fn has_any_key(db: &DB) -> Result<bool> {
+    for name in cf::ALL {
+        if let Some(handle) = db.cf_handle(name)
+            && db.iterator_cf(handle, IteratorMode::Start).next().is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
