@@ -138,19 +138,19 @@ pub(crate) fn table(report: &Report) -> String {
         "{}",
         line(header.iter().map(|cell| (*cell).to_owned()).collect())
     );
+    // Each cell is its text plus one space either side; numbers align right.
     let rule: Vec<String> = widths
         .iter()
         .enumerate()
         .map(|(column, width)| {
-            let dashes = "-".repeat(width.saturating_sub(1));
             if column == 0 {
-                format!("{dashes}-")
+                "-".repeat(width + 2)
             } else {
-                format!("{dashes}:")
+                format!("{}:", "-".repeat(width + 1))
             }
         })
         .collect();
-    let _ = writeln!(out, "|-{}-|", rule.join("-|-"));
+    let _ = writeln!(out, "|{}|", rule.join("|"));
     for row in rows {
         let _ = writeln!(out, "{}", line(row));
     }

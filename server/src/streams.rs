@@ -147,12 +147,12 @@ impl Streams for StreamsService {
                 let mut sent: u64 = 0;
                 loop {
                     sent += page.events.len() as u64;
-                    let next = page.next.filter(|_| sent < max_total);
+                    let next = page.next;
                     if !send_page(&sender, page, next).await {
                         tracing::debug!("reader went away");
                         return;
                     }
-                    let Some(next) = next else { return };
+                    let Some(next) = next.filter(|_| sent < max_total) else { return };
                     if *service.shutdown.borrow() {
                         let _ = sender.send(Err(shutting_down())).await;
                         return;

@@ -31,13 +31,20 @@ impl TestServer {
         let mut settings = Settings::for_tests(data.path().to_path_buf());
         adjust(&mut settings);
         let store = cairn_server::open_store(&settings).expect("open store");
-        let listener = tokio::net::TcpListener::bind(settings.listen).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .expect("bind");
         let address = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cairn_server::run(listener, store, settings, async move {
             let _ = stopped.await;
         }));
-        Self { address, data, stop: Some(stop), task: Some(task) }
+        Self {
+            address,
+            data,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// The URL clients connect to.

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use rocksdb::{DBRawIteratorWithThreadMode, DB, ReadOptions, SnapshotWithThreadMode};
 
+use crate::catalog::Catalog;
 use crate::codec::{self, StreamRecord, cf};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -194,10 +195,10 @@ impl Reader<'_> {
         } else {
             iterator.seek_for_prev(key_of(start));
         }
-        let catalog = self.shared.catalog.read();
         let mut scanned = 0usize;
         let mut pending: Vec<u64> = Vec::new();
-        let mut visible = Visibility { catalog: &catalog, now: self.now, filter: &request.filter };
+        let mut visible =
+            Visibility { catalog: &self.shared.catalog, seen: HashMap::new(), now: self.now, filter: &request.filter };
         while iterator.valid() && page.events.len() < max {
             let Some(key) = iterator.key() else { break };
             let position = match prefix {
@@ -273,20 +274,29 @@ impl Reader<'_> {
     }
 }
 
-/// The visibility rule plus the request's filter, for one page.
+/// The visibility rule plus the request's filter, for one page. Stream records
+/// are copied out of the catalog once per stream and page, so the catalog lock is
+/// held only for single lookups and never delays the committer for a whole page.
 struct Visibility<'a> {
-    catalog: &'a HashMap<String, StreamRecord>,
+    catalog: &'a Catalog,
+    seen: HashMap<String, Option<StreamRecord>>,
     now: SystemTime,
     filter: &'a ReadFilter,
 }
 
 impl Visibility<'_> {
     fn check(&mut self, stream: &str, revision: u64, created: SystemTime, event_type: &str) -> bool {
+        if !self.filter.matches(stream, event_type) {
+            return false;
+        }
+        if !self.seen.contains_key(stream) {
+            self.seen.insert(stream.to_owned(), self.catalog.get(stream));
+        }
         // A stream below the published head is always in the catalog; treat a
         // missing one as hidden rather than guess.
-        self.catalog
+        self.seen
             .get(stream)
+            .and_then(Option::as_ref)
             .is_some_and(|record| record.is_visible(revision, created, self.now))
-            && self.filter.matches(stream, event_type)
     }
 }

@@ -54,14 +54,16 @@ fn put_log_value(dir: &Path, position: u64, value: &[u8]) {
 }
 
 fn assert_corrupt_at(result: Result<Vec<RecordedEvent>, Error>, position: u64, what: &str) {
-    match result {
-        Err(error @ Error::Corrupt { column_family, ref key, .. }) => {
-            assert_eq!(column_family, "log", "{what}: {error}");
-            assert_eq!(key, &position.to_string(), "{what}: {error}");
-            assert!(error.to_string().contains(&format!("at key {position}")), "{what}: message '{error}'");
-        }
-        other => panic!("{what}: expected Corrupt at {position}, got {other:?}"),
-    }
+    let error = match result {
+        Err(error) => error,
+        Ok(events) => panic!("{what}: expected Corrupt at {position}, read {events:?}"),
+    };
+    let Error::Corrupt { column_family, key, .. } = &error else {
+        panic!("{what}: expected Corrupt at {position}, got {error:?}");
+    };
+    assert_eq!(*column_family, "log", "{what}: {error}");
+    assert_eq!(key, &position.to_string(), "{what}: {error}");
+    assert!(error.to_string().contains(&format!("at key {position}")), "{what}: message '{error}'");
 }
 
 /// Checks every read path with the record at position 1 (order-1 revision 1,

@@ -509,6 +509,7 @@ impl Runner {
             self.store.append(part.stream, part.expected, part.events).wait().map(|result| vec![result])
         };
         assert_eq!(actual, expected, "append {:?}", request.parts);
+        eprintln!("STAT append {}", match &actual { Ok(r) if r.iter().any(|r| r.idempotent_replay) => "replay".to_string(), Ok(_) => "ok".to_string(), Err(e) => format!("{:?}", e).split(' ').next().unwrap().to_string() });
         self.fill_created();
         self.sent.push(request);
     }
@@ -565,6 +566,7 @@ impl Runner {
                     self.store.delete(name, expected).wait()
                 };
                 assert_eq!(actual, model, "{op:?} resolved to {expected:?}");
+                eprintln!("STAT delete{tombstone} {}", match &actual { Ok(_) => "ok".to_string(), Err(e) => format!("{:?}", e).split(' ').next().unwrap().to_string() });
             }
             Op::SetMetadata { stream, expect, max_count, truncate_before } => {
                 let name = STREAMS[*stream];
@@ -787,6 +789,7 @@ fn run(ops: &[Op]) {
     check_all(&runner.store, &runner.model, Ring::Everything);
 
     let hidden = runner.model.hidden_present();
+    eprintln!("STAT hidden {} of {}", hidden, runner.model.head());
     let report = runner.store.scavenge().expect("scavenge");
     assert_eq!(report.removed, hidden, "events removed by the scavenge: {report:?}");
     runner.model.scavenge();
@@ -816,7 +819,11 @@ fn run(ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+    // PROPTEST_CASES=2000 for a deeper run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(32),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op_strategy(), 1..40)) {

@@ -1,0 +1,939 @@
+//! The real `cairn` binary as a child process: startup on an ephemeral port,
+//! SIGTERM (clean exit 0, everything readable after a restart), kill -9 after
+//! acknowledged appends (every acknowledged event survives, unacknowledged
+//! appends are all-or-nothing), the data directory lock, `--help`, and the client
+//! subcommands.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use cairn_client::{
+    AppendResult, Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent,
+    StreamAppend,
+};
+use uuid::Uuid;
+
+/// How long the daemon may take to start serving or to exit after a signal.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A `cairn` command with no `CAIRN_*` variables inherited and its working
+/// directory in `cwd`, so neither the environment nor a stray `./cairn.toml`
+/// changes what the test asked for.
+fn cairn_command(cwd: &Path) -> Command {
+    let mut command = Command::new(CAIRN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("CAIRN_") {
+            command.env_remove(key);
+        }
+    }
+    command.current_dir(cwd).stdin(Stdio::null());
+    command
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`), which the human log
+/// format may put around field names.
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(character) = chars.next() {
+        if character == '\u{1b}' {
+            for next in chars.by_ref() {
+                if next.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(character);
+        }
+    }
+    plain
+}
+
+/// The bound address from the "cairn serving" log line, in either format:
+/// JSON `"listen":"127.0.0.1:41234"` or human `listen=127.0.0.1:41234`.
+fn serving_address(line: &str) -> Option<SocketAddr> {
+    let line = strip_ansi(line);
+    if !line.contains("cairn serving") {
+        return None;
+    }
+    let text = if let Some((_, rest)) = line.split_once("\"listen\":\"") {
+        rest.split('"').next()?
+    } else {
+        let (_, rest) = line.split_once("listen=")?;
+        rest.split_whitespace().next()?
+    };
+    text.parse().ok()
+}
+
+/// Polls `child` until it exits or `timeout` passes.
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a short-lived `cairn` command to completion (killed and failed after
+/// `PROCESS_TIMEOUT`), capturing its output.
+fn run_cairn(cwd: &Path, args: &[&str]) -> Output {
+    let mut child = cairn_command(cwd)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cairn");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let Some(status) = wait_with_timeout(&mut child, PROCESS_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "`cairn {}` did not finish within {PROCESS_TIMEOUT:?}",
+            args.join(" ")
+        );
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// A running `cairn` daemon. Dropping it kills the process.
+struct Daemon {
+    child: Child,
+    address: SocketAddr,
+    /// Every stderr line so far (a thread keeps draining the pipe).
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// What starting a daemon led to.
+enum Started {
+    Serving(Daemon),
+    /// The process exited before it logged "cairn serving".
+    Exited {
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+impl Started {
+    fn serving(self) -> Daemon {
+        match self {
+            Started::Serving(daemon) => daemon,
+            Started::Exited { status, stderr } => {
+                panic!("cairn exited with {status} before serving; stderr:\n{stderr}")
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts `cairn --listen 127.0.0.1:0 --data <data> --durability sync` with
+    /// the given log format and waits for its "cairn serving" line.
+    fn start(root: &Path, data: &Path, log_format: &str) -> Started {
+        let mut child = cairn_command(root)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--durability",
+                "sync",
+                "--log-level",
+                "info",
+            ])
+            .arg("--data")
+            .arg(data)
+            .args(["--log-format", log_format])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (lines, received) = mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().expect("log").push(line.clone());
+                    // Nobody listens once the address is known; keep draining.
+                    let _ = lines.send(line);
+                }
+            });
+        }
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(remaining) {
+                Ok(line) => {
+                    if let Some(address) = serving_address(&line) {
+                        return Started::Serving(Daemon {
+                            child,
+                            address,
+                            log,
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stderr closed: the process is exiting.
+                    let status = wait_with_timeout(&mut child, PROCESS_TIMEOUT);
+                    let stderr = log.lock().expect("log").join("\n");
+                    let Some(status) = status else {
+                        let _ = child.kill();
+                        panic!("cairn closed stderr but did not exit; stderr:\n{stderr}");
+                    };
+                    return Started::Exited { status, stderr };
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "cairn did not log \"cairn serving\" within {PROCESS_TIMEOUT:?}; stderr:\n{}",
+                        log.lock().expect("log").join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    fn stderr(&self) -> String {
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// Sends SIGTERM (through kill(1): tests cannot use `unsafe`) and waits for
+    /// the exit status.
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
+        match wait_with_timeout(&mut self.child, PROCESS_TIMEOUT) {
+            Some(status) => status,
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "cairn did not exit within {PROCESS_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to flush or close anything.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let status = self.child.wait().expect("wait");
+        assert!(
+            !status.success(),
+            "a SIGKILLed process cannot exit 0: {status}"
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// What an acknowledged append promised about one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    id: Uuid,
+    stream: String,
+    revision: u64,
+    position: u64,
+    event_type: String,
+    content_type: String,
+    metadata: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl Written {
+    fn of(event: &RecordedEvent) -> Self {
+        Self {
+            id: event.id,
+            stream: event.stream.clone(),
+            revision: event.revision,
+            position: event.position,
+            event_type: event.event_type.clone(),
+            content_type: event.content_type.clone(),
+            metadata: event.metadata.to_vec(),
+            data: event.data.to_vec(),
+        }
+    }
+
+    /// The events an acknowledged append wrote, from its result.
+    fn acknowledged(stream: &str, events: &[EventData], result: &AppendResult) -> Vec<Self> {
+        let count = events.len() as u64;
+        let (first, last) = result
+            .positions
+            .expect("an append of events reports positions");
+        assert_eq!(
+            last - first + 1,
+            count,
+            "one append's events get consecutive positions: {result:?}"
+        );
+        let current = result.current_revision.expect("current revision");
+        let first_revision = current + 1 - count;
+        events
+            .iter()
+            .enumerate()
+            .map(|(offset, event)| Self {
+                id: event.id,
+                stream: stream.to_owned(),
+                revision: first_revision + offset as u64,
+                position: first + offset as u64,
+                event_type: event.event_type.clone(),
+                content_type: event.content_type.clone(),
+                metadata: event.metadata.to_vec(),
+                data: event.data.to_vec(),
+            })
+            .collect()
+    }
+}
+
+async fn read_everything(client: &Client, source: &str) -> Vec<RecordedEvent> {
+    client
+        .read(source, ReadOptions::forwards())
+        .await
+        .expect("read")
+        .collect_all()
+        .await
+        .expect("collect")
+}
+
+/// A mix of JSON and binary events (every byte value, metadata) for one append.
+fn workload_events(round: usize, count: usize) -> Vec<EventData> {
+    (0..count)
+        .map(|n| {
+            if (round + n) % 3 == 0 {
+                let bytes: Vec<u8> = (0..=255u8)
+                    .map(|b| b.wrapping_add((round + n) as u8))
+                    .collect();
+                EventData::binary(format!("Blob{}", n % 2), bytes)
+                    .metadata(format!("{{\"round\":{round}}}"))
+            } else {
+                EventData::json_text("Noted", format!("{{\"round\":{round},\"n\":{n}}}"))
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let runtime = runtime();
+    let streams = ["order-1", "order-2", "order-3", "cart-1", "cart-2"];
+
+    let mut daemon = Daemon::start(root.path(), &data, "json").serving();
+    let (expected, before) = runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let mut last: HashMap<&str, u64> = HashMap::new();
+        let mut expected = Vec::new();
+        let expectation = |last: &HashMap<&str, u64>, stream: &str| match last.get(stream) {
+            Some(&revision) => ExpectedRevision::Exact(revision),
+            None => ExpectedRevision::NoStream,
+        };
+        for round in 0..80 {
+            let stream = streams[round % streams.len()];
+            let events = workload_events(round, 1 + round % 7);
+            if round % 10 == 9 {
+                // Every tenth round also writes to the next stream, atomically.
+                let other = streams[(round + 1) % streams.len()];
+                let other_events = workload_events(round + 1000, 2);
+                let results = client
+                    .append_multi(vec![
+                        StreamAppend::new(stream, expectation(&last, stream), events.clone()),
+                        StreamAppend::new(other, expectation(&last, other), other_events.clone()),
+                    ])
+                    .await
+                    .expect("append_multi");
+                expected.extend(Written::acknowledged(stream, &events, &results[0]));
+                expected.extend(Written::acknowledged(other, &other_events, &results[1]));
+                last.insert(stream, results[0].current_revision.expect("revision"));
+                last.insert(other, results[1].current_revision.expect("revision"));
+            } else {
+                let result = client
+                    .append(stream, expectation(&last, stream), events.clone())
+                    .await
+                    .expect("append");
+                expected.extend(Written::acknowledged(stream, &events, &result));
+                last.insert(stream, result.current_revision.expect("revision"));
+            }
+        }
+        expected.sort_by_key(|written| written.position);
+        let before = read_everything(&client, "$all").await;
+        assert_eq!(
+            before.iter().map(Written::of).collect::<Vec<_>>(),
+            expected,
+            "$all before the restart"
+        );
+        // The client stays connected across SIGTERM: an idle connection must not
+        // hold up shutdown.
+        (expected, before)
+    });
+    assert!(
+        expected.len() >= 300,
+        "a few hundred events: {}",
+        expected.len()
+    );
+    assert_eq!(
+        expected
+            .iter()
+            .map(|written| written.position)
+            .collect::<Vec<_>>(),
+        (0..expected.len() as u64).collect::<Vec<_>>(),
+        "acknowledged positions are gap-free from 0"
+    );
+
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM must end in exit 0, got {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+    drop(daemon);
+
+    let mut daemon = Daemon::start(root.path(), &data, "json").serving();
+    runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let after = read_everything(&client, "$all").await;
+        assert_eq!(
+            after, before,
+            "$all after the restart: same ids, revisions, positions, timestamps, bytes"
+        );
+        for stream in streams {
+            let events = read_everything(&client, stream).await;
+            let written: Vec<Written> = expected
+                .iter()
+                .filter(|written| written.stream == stream)
+                .cloned()
+                .collect();
+            assert_eq!(
+                events.iter().map(Written::of).collect::<Vec<_>>(),
+                written,
+                "stream {stream}"
+            );
+            assert_eq!(
+                events
+                    .iter()
+                    .map(|event| event.revision)
+                    .collect::<Vec<_>>(),
+                (0..events.len() as u64).collect::<Vec<_>>(),
+                "{stream}: revisions 0.."
+            );
+        }
+        let info = client.info().await.expect("info");
+        assert_eq!(info.head_position, expected.len() as u64, "{info:?}");
+        assert_eq!(info.event_count, expected.len() as u64, "{info:?}");
+        assert_eq!(info.stream_count, streams.len() as u64, "{info:?}");
+        assert_eq!(info.durability, "sync");
+
+        // The heads were recovered: expectations and positions continue.
+        let order_1: Vec<&Written> = expected
+            .iter()
+            .filter(|written| written.stream == "order-1")
+            .collect();
+        let last_revision = order_1.last().expect("order-1 has events").revision;
+        let result = client
+            .append(
+                "order-1",
+                ExpectedRevision::Exact(last_revision),
+                vec![EventData::json_text("After", "{}")],
+            )
+            .await
+            .expect("append after restart");
+        assert_eq!(result.current_revision, Some(last_revision + 1));
+        assert_eq!(
+            result.positions,
+            Some((expected.len() as u64, expected.len() as u64))
+        );
+        match client
+            .append(
+                "order-1",
+                ExpectedRevision::NoStream,
+                vec![EventData::json_text("X", "{}")],
+            )
+            .await
+        {
+            Err(Error::WrongExpectedRevision { current, .. }) => {
+                assert_eq!(current, Some(last_revision + 1))
+            }
+            other => panic!("NoStream on an existing stream after restart: {other:?}"),
+        }
+        // An acknowledged id retried after the restart is still recognised.
+        let first = &order_1[0];
+        let retry = client
+            .append(
+                "order-1",
+                ExpectedRevision::Any,
+                vec![EventData::json_text("Retry", "{}").id(first.id)],
+            )
+            .await;
+        assert!(
+            matches!(retry, Err(Error::DuplicateEventId(_)))
+                || matches!(retry, Ok(result) if result.idempotent_replay),
+            "an old id is not written twice: {retry:?}"
+        );
+    });
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "second SIGTERM: {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn kill_9_keeps_every_acknowledged_append() {
+    const WRITERS: usize = 4;
+    const KILL_AFTER: usize = 400;
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let runtime = runtime();
+
+    let mut daemon = Daemon::start(root.path(), &data, "json").serving();
+    // Every request sent (its ids, all streams together) and every event acknowledged.
+    let attempted: Arc<Mutex<Vec<Vec<Uuid>>>> = Arc::default();
+    let acknowledged: Arc<Mutex<Vec<Written>>> = Arc::default();
+    runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for writer in 0..WRITERS {
+            let (client, count) = (client.clone(), Arc::clone(&count));
+            let (attempted, acknowledged) = (Arc::clone(&attempted), Arc::clone(&acknowledged));
+            writers.push(tokio::spawn(async move {
+                let mut last: HashMap<String, u64> = HashMap::new();
+                let expectation = |last: &HashMap<String, u64>, stream: &str| {
+                    last.get(stream)
+                        .map_or(ExpectedRevision::NoStream, |&revision| {
+                            ExpectedRevision::Exact(revision)
+                        })
+                };
+                // Runs until the server dies under it.
+                for round in 0.. {
+                    let stream = format!("kill{writer}-{}", round % 3);
+                    let events = workload_events(round, 1 + round % 4);
+                    if writer == 0 && round % 2 == 1 {
+                        let other = format!("kill{writer}-multi");
+                        let other_events = workload_events(round + 1, 2);
+                        let ids = events
+                            .iter()
+                            .chain(&other_events)
+                            .map(|event| event.id)
+                            .collect();
+                        attempted.lock().expect("lock").push(ids);
+                        let parts = vec![
+                            StreamAppend::new(&stream, expectation(&last, &stream), events.clone()),
+                            StreamAppend::new(
+                                &other,
+                                expectation(&last, &other),
+                                other_events.clone(),
+                            ),
+                        ];
+                        let Ok(results) = client.append_multi(parts).await else {
+                            break;
+                        };
+                        let mut written = Written::acknowledged(&stream, &events, &results[0]);
+                        written.extend(Written::acknowledged(&other, &other_events, &results[1]));
+                        count.fetch_add(written.len(), Ordering::SeqCst);
+                        acknowledged.lock().expect("lock").extend(written);
+                        last.insert(stream, results[0].current_revision.expect("revision"));
+                        last.insert(other, results[1].current_revision.expect("revision"));
+                    } else {
+                        attempted
+                            .lock()
+                            .expect("lock")
+                            .push(events.iter().map(|event| event.id).collect());
+                        let Ok(result) = client
+                            .append(&stream, expectation(&last, &stream), events.clone())
+                            .await
+                        else {
+                            break;
+                        };
+                        let written = Written::acknowledged(&stream, &events, &result);
+                        count.fetch_add(written.len(), Ordering::SeqCst);
+                        acknowledged.lock().expect("lock").extend(written);
+                        last.insert(stream, result.current_revision.expect("revision"));
+                    }
+                }
+            }));
+        }
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        while count.load(Ordering::SeqCst) < KILL_AFTER {
+            assert!(
+                Instant::now() < deadline,
+                "only {} events acknowledged in {PROCESS_TIMEOUT:?}",
+                count.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Writers are mid-flight: some appends are queued or committing right now.
+        daemon.kill_9();
+        for writer in writers {
+            tokio::time::timeout(PROCESS_TIMEOUT, writer)
+                .await
+                .expect("a writer kept going after the server died")
+                .expect("writer task");
+        }
+    });
+    drop(daemon);
+    let attempted = std::mem::take(&mut *attempted.lock().expect("lock"));
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().expect("lock"));
+
+    let mut daemon = Daemon::start(root.path(), &data, "json").serving();
+    runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let all = read_everything(&client, "$all").await;
+        assert_eq!(
+            all.iter().map(|event| event.position).collect::<Vec<_>>(),
+            (0..all.len() as u64).collect::<Vec<_>>(),
+            "$all is gap-free after kill -9"
+        );
+        let by_id: HashMap<Uuid, Written> = all
+            .iter()
+            .map(|event| (event.id, Written::of(event)))
+            .collect();
+        assert_eq!(by_id.len(), all.len(), "no event id appears twice");
+        for written in &acknowledged {
+            assert_eq!(
+                by_id.get(&written.id),
+                Some(written),
+                "acknowledged event lost or changed by kill -9"
+            );
+        }
+        let mut present = 0;
+        for ids in &attempted {
+            let found = ids.iter().filter(|id| by_id.contains_key(id)).count();
+            assert!(
+                found == 0 || found == ids.len(),
+                "an append survived in part: {found} of {} events",
+                ids.len()
+            );
+            present += found;
+        }
+        assert_eq!(
+            present,
+            all.len(),
+            "every stored event came from an attempted append"
+        );
+        let mut per_stream: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for event in &all {
+            per_stream
+                .entry(&event.stream)
+                .or_default()
+                .push(event.revision);
+        }
+        for (stream, revisions) in per_stream {
+            assert_eq!(
+                revisions,
+                (0..revisions.len() as u64).collect::<Vec<_>>(),
+                "{stream}: revisions in $all order"
+            );
+            let read = read_everything(&client, stream).await;
+            assert_eq!(
+                read.len(),
+                revisions.len(),
+                "{stream}: stream read agrees with $all"
+            );
+        }
+        let info = client.info().await.expect("info");
+        assert_eq!(info.head_position, all.len() as u64, "{info:?}");
+        println!(
+            "kill -9: {} events acknowledged, {} stored ({} from appends that were in flight)",
+            acknowledged.len(),
+            all.len(),
+            all.len() - acknowledged.len()
+        );
+    });
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "SIGTERM after recovery: {status}; stderr:\n{}",
+        daemon.stderr()
+    );
+}
+
+#[test]
+fn a_second_server_on_a_held_data_dir_fails_clearly() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let mut first = Daemon::start(root.path(), &data, "json").serving();
+    match Daemon::start(root.path(), &data, "human") {
+        Started::Serving(second) => {
+            panic!(
+                "a second server opened {} while {} holds it; stderr:\n{}",
+                data.display(),
+                first.url(),
+                second.stderr()
+            )
+        }
+        Started::Exited { status, stderr } => {
+            assert!(
+                !status.success() && status.code().is_some(),
+                "a clean non-zero exit, got {status}"
+            );
+            assert!(
+                stderr.to_lowercase().contains("lock"),
+                "the error names the lock:\n{stderr}"
+            );
+            assert!(
+                stderr.contains("cannot open the store"),
+                "the error says what failed:\n{stderr}"
+            );
+        }
+    }
+    // The first server is unaffected.
+    runtime().block_on(async {
+        let client = Client::connect(first.url()).await.expect("connect");
+        client
+            .append(
+                "s-1",
+                ExpectedRevision::NoStream,
+                vec![EventData::json_text("E", "{}")],
+            )
+            .await
+            .expect("append");
+    });
+    let status = first.terminate();
+    assert!(status.success(), "{status}; stderr:\n{}", first.stderr());
+}
+
+#[test]
+fn help_lists_the_settings() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let help = run_cairn(root.path(), &["--help"]);
+    let stdout = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "cairn --help: {}", help.status);
+    for needle in [
+        "--listen",
+        "--data",
+        "--durability",
+        "--log-format",
+        "CAIRN_LISTEN",
+        "CAIRN_DATA",
+        "append",
+        "read",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "--help does not mention {needle}:\n{stdout}"
+        );
+    }
+    let version = run_cairn(root.path(), &["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    let bad = run_cairn(root.path(), &["--durability", "sometimes"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad flag is a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("sometimes"));
+}
+
+#[test]
+fn client_subcommands_against_a_running_server() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let mut daemon = Daemon::start(root.path(), &data, "human").serving();
+    let url = daemon.url();
+    let cwd = root.path();
+    let stdout = |output: &Output| String::from_utf8_lossy(&output.stdout).into_owned();
+    let ok = |args: &[&str]| {
+        let output = run_cairn(cwd, args);
+        assert!(
+            output.status.success(),
+            "cairn {} failed with {}:\n{}{}",
+            args.join(" "),
+            output.status,
+            stdout(&output),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output)
+    };
+
+    let first = ok(&[
+        "append",
+        "--addr",
+        &url,
+        "order-7",
+        "Placed",
+        r#"{"a":1}"#,
+        "--expected",
+        "no-stream",
+    ]);
+    assert_eq!(
+        first.trim(),
+        r#"{"current_revision":0,"positions":[0,0],"idempotent_replay":false}"#
+    );
+
+    let again = run_cairn(
+        cwd,
+        &[
+            "append",
+            "--addr",
+            &url,
+            "order-7",
+            "Placed",
+            r#"{"a":1}"#,
+            "--expected",
+            "no-stream",
+        ],
+    );
+    assert!(
+        !again.status.success(),
+        "no-stream on an existing stream must fail"
+    );
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        message.contains("wrong expected revision"),
+        "stderr names the problem: {message}"
+    );
+
+    let id = Uuid::new_v4().to_string();
+    let paid = [
+        "append",
+        "--addr",
+        &url,
+        "order-7",
+        "Paid",
+        r#"{"b":[1,2]}"#,
+        "--expected",
+        "0",
+        "--id",
+        &id,
+    ];
+    assert_eq!(
+        ok(&paid).trim(),
+        r#"{"current_revision":1,"positions":[1,1],"idempotent_replay":false}"#
+    );
+    assert_eq!(
+        ok(&paid).trim(),
+        r#"{"current_revision":1,"positions":[1,1],"idempotent_replay":true}"#,
+        "the same id again is an idempotent replay"
+    );
+    ok(&["append", "--addr", &url, "cart-1", "Added", r#""tea""#]);
+
+    let read = ok(&["read", "--addr", &url, "order-7"]);
+    let lines: Vec<&str> = read.lines().collect();
+    assert_eq!(lines.len(), 2, "{read}");
+    assert!(
+        lines[0].starts_with(r#"{"position":0,"stream":"order-7","revision":0,"id":""#),
+        "{read}"
+    );
+    assert!(
+        lines[0].ends_with(r#","type":"Placed","data":{"a":1}}"#),
+        "{read}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            r#"{{"position":1,"stream":"order-7","revision":1,"id":"{id}","type":"Paid","data":{{"b":[1,2]}}}}"#
+        )
+    );
+
+    let all = ok(&[
+        "read",
+        "--addr",
+        &url,
+        "$all",
+        "--backwards",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(all.lines().count(), 1, "{all}");
+    assert!(
+        all.contains(r#""position":2,"stream":"cart-1","revision":0"#)
+            && all.contains(r#""data":"tea""#),
+        "{all}"
+    );
+
+    let streams = ok(&["streams", "--addr", &url]);
+    assert_eq!(
+        streams.lines().collect::<Vec<_>>(),
+        [
+            "cart-1\tLive\tlast_revision=0",
+            "order-7\tLive\tlast_revision=1"
+        ]
+    );
+    assert_eq!(
+        ok(&["streams", "--addr", &url, "--prefix", "ord"])
+            .lines()
+            .count(),
+        1
+    );
+
+    let info = ok(&["info", "--addr", &url]);
+    for needle in [
+        "head_position 3",
+        "streams 2",
+        "events 3",
+        "durability sync",
+        env!("CARGO_PKG_VERSION"),
+    ] {
+        assert!(info.contains(needle), "info lacks {needle:?}:\n{info}");
+    }
+
+    assert_eq!(ok(&["health", "--addr", &url]).trim(), "SERVING");
+
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}; stderr:\n{}", daemon.stderr());
+    let down = run_cairn(cwd, &["health", "--addr", &url]);
+    assert!(
+        !down.status.success(),
+        "health against a stopped server must fail:\n{}",
+        stdout(&down)
+    );
+}
+
+#[test]
+fn serving_line_parses_in_both_formats() {
+    let json = r#"{"timestamp":"t","level":"INFO","fields":{"message":"cairn serving","listen":"127.0.0.1:41234","data":"d"}}"#;
+    assert_eq!(
+        serving_address(json),
+        Some("127.0.0.1:41234".parse().unwrap())
+    );
+    let human = "2026-01-01T00:00:00Z  INFO cairn_server: cairn serving \u{1b}[3mlisten\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:7 data=d";
+    assert_eq!(serving_address(human), Some("127.0.0.1:7".parse().unwrap()));
+    assert_eq!(serving_address("listen=127.0.0.1:7 something else"), None);
+}
