@@ -7,13 +7,16 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["cairn/v1/cairn.proto"];
+    let protos = ["cairn/v1/cairn.proto", "cairn/v1/subscriptions.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out_dir.join("cairn_descriptor.bin"), descriptors.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("cairn_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(descriptors)?;

@@ -449,8 +449,8 @@ mod tests {
 
     #[test]
     fn default_cases() {
-        let cases = cases(20_000, false);
-        let summary: Vec<(usize, usize, u64)> = cases
+        let default = cases(20_000, false);
+        let summary: Vec<(usize, usize, u64)> = default
             .iter()
             .map(|case| (case.writers, case.batch, case.appends))
             .collect();

@@ -78,8 +78,12 @@ impl From<Status> for Error {
                 expected: field("expected"),
                 current: field("current").parse().ok(),
             },
-            (_, "STREAM_NOT_FOUND") => Error::StreamNotFound { stream: field("stream") },
-            (_, "STREAM_TOMBSTONED") => Error::StreamDeleted { stream: field("stream") },
+            (_, "STREAM_NOT_FOUND") => Error::StreamNotFound {
+                stream: field("stream"),
+            },
+            (_, "STREAM_TOMBSTONED") => Error::StreamDeleted {
+                stream: field("stream"),
+            },
             (_, "DUPLICATE_EVENT_ID") => Error::DuplicateEventId(message),
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),
             (Code::ResourceExhausted | Code::OutOfRange, _) => Error::LimitExceeded(message),
@@ -92,7 +96,12 @@ impl From<Status> for Error {
 
 impl From<tonic::transport::Error> for Error {
     fn from(error: tonic::transport::Error) -> Self {
-        Error::Connect(format!("{error}: {}", std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default()))
+        Error::Connect(format!(
+            "{error}: {}",
+            std::error::Error::source(&error)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        ))
     }
 }
 

@@ -23,6 +23,7 @@
 //! storage engine.
 
 mod error;
+mod subscription;
 mod types;
 
 use std::collections::VecDeque;
@@ -32,13 +33,17 @@ use std::task::{Context, Poll};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
+use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
 use futures_core::Stream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::{Error, Result};
+pub use subscription::{
+    ResilientSubscription, SubscribeFrom, SubscribeOptions, Subscription, SubscriptionMessage,
+};
 pub use types::{
-    AppendResult, Direction, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions, RecordedEvent,
-    ServerInfo, StreamInfo, StreamMetadata, StreamPage, StreamState,
+    AppendResult, Direction, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions,
+    RecordedEvent, ServerInfo, StreamInfo, StreamMetadata, StreamPage, StreamState,
 };
 
 /// Largest message the client sends or accepts.
@@ -48,6 +53,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct Client {
     streams: StreamsClient<Channel>,
+    subscriptions: SubscriptionsClient<Channel>,
     server: ServerClient<Channel>,
 }
 
@@ -64,8 +70,16 @@ pub struct StreamAppend {
 
 impl StreamAppend {
     /// A part.
-    pub fn new(stream: impl Into<String>, expected: ExpectedRevision, events: Vec<EventData>) -> Self {
-        Self { stream: stream.into(), expected, events }
+    pub fn new(
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Self {
+        Self {
+            stream: stream.into(),
+            expected,
+            events,
+        }
     }
 
     fn into_proto(self) -> pb::AppendRequest {
@@ -94,6 +108,8 @@ impl Client {
             streams: StreamsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            subscriptions: SubscriptionsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             server: ServerClient::new(channel),
         }
     }
@@ -112,13 +128,24 @@ impl Client {
 
     /// Appends to several streams atomically (all parts or none).
     pub async fn append_multi(&self, parts: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        let request = pb::AppendMultiRequest { parts: parts.into_iter().map(StreamAppend::into_proto).collect() };
+        let request = pb::AppendMultiRequest {
+            parts: parts.into_iter().map(StreamAppend::into_proto).collect(),
+        };
         let response = self.streams.clone().append_multi(request).await?;
-        Ok(response.into_inner().results.into_iter().map(AppendResult::from).collect())
+        Ok(response
+            .into_inner()
+            .results
+            .into_iter()
+            .map(AppendResult::from)
+            .collect())
     }
 
     /// Reads `source`: a stream, `$all`, `$ce-<category>` or `$et-<type>`.
-    pub async fn read(&self, source: impl Into<String>, options: ReadOptions) -> Result<EventStream> {
+    pub async fn read(
+        &self,
+        source: impl Into<String>,
+        options: ReadOptions,
+    ) -> Result<EventStream> {
         let source = source.into();
         let is_stream = !source.starts_with('$');
         let from = match options.from {
@@ -128,12 +155,7 @@ impl Client {
             ReadFrom::At(at) if is_stream => Some(pb::read_request::From::Revision(at)),
             ReadFrom::At(at) => Some(pb::read_request::From::Position(at)),
         };
-        let filter = options.filter.map(|filter| pb::ReadFilter {
-            stream_prefixes: filter.stream_prefixes,
-            stream_regex: filter.stream_regex.unwrap_or_default(),
-            type_prefixes: filter.type_prefixes,
-            type_regex: filter.type_regex.unwrap_or_default(),
-        });
+        let filter = options.filter.map(filter_to_proto);
         let request = pb::ReadRequest {
             stream: source,
             direction: match options.direction {
@@ -145,11 +167,20 @@ impl Client {
             filter,
         };
         let response = self.streams.clone().read(request).await?;
-        Ok(EventStream { inner: response.into_inner(), buffered: VecDeque::new(), next: None, done: false })
+        Ok(EventStream {
+            inner: response.into_inner(),
+            buffered: VecDeque::new(),
+            next: None,
+            done: false,
+        })
     }
 
     /// Reads one stream (by revision).
-    pub async fn read_stream(&self, stream: impl Into<String>, options: ReadOptions) -> Result<EventStream> {
+    pub async fn read_stream(
+        &self,
+        stream: impl Into<String>,
+        options: ReadOptions,
+    ) -> Result<EventStream> {
         self.read(stream, options).await
     }
 
@@ -169,21 +200,55 @@ impl Client {
     }
 
     /// Soft-deletes a stream; returns the revision it had.
-    pub async fn delete(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Result<Option<u64>> {
-        let request = pb::DeleteRequest { stream: stream.into(), expected: Some(expected.into()) };
-        Ok(self.streams.clone().delete(request).await?.into_inner().deleted_at_revision)
+    pub async fn delete(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+    ) -> Result<Option<u64>> {
+        let request = pb::DeleteRequest {
+            stream: stream.into(),
+            expected: Some(expected.into()),
+        };
+        Ok(self
+            .streams
+            .clone()
+            .delete(request)
+            .await?
+            .into_inner()
+            .deleted_at_revision)
     }
 
     /// Tombstones a stream: it can never be used again.
-    pub async fn tombstone(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Result<Option<u64>> {
-        let request = pb::DeleteRequest { stream: stream.into(), expected: Some(expected.into()) };
-        Ok(self.streams.clone().tombstone(request).await?.into_inner().deleted_at_revision)
+    pub async fn tombstone(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+    ) -> Result<Option<u64>> {
+        let request = pb::DeleteRequest {
+            stream: stream.into(),
+            expected: Some(expected.into()),
+        };
+        Ok(self
+            .streams
+            .clone()
+            .tombstone(request)
+            .await?
+            .into_inner()
+            .deleted_at_revision)
     }
 
     /// A stream's state and metadata.
     pub async fn get_stream_metadata(&self, stream: impl Into<String>) -> Result<StreamInfo> {
-        let request = pb::GetStreamMetadataRequest { stream: stream.into() };
-        Ok(self.streams.clone().get_stream_metadata(request).await?.into_inner().into())
+        let request = pb::GetStreamMetadataRequest {
+            stream: stream.into(),
+        };
+        Ok(self
+            .streams
+            .clone()
+            .get_stream_metadata(request)
+            .await?
+            .into_inner()
+            .into())
     }
 
     /// Replaces a stream's metadata; `expected` applies to the metadata revision.
@@ -199,17 +264,33 @@ impl Client {
             expected: Some(expected.into()),
             metadata: Some(metadata.into()),
         };
-        Ok(self.streams.clone().set_stream_metadata(request).await?.into_inner().metadata_revision)
+        Ok(self
+            .streams
+            .clone()
+            .set_stream_metadata(request)
+            .await?
+            .into_inner()
+            .metadata_revision)
     }
 
     /// One page of streams whose name starts with `prefix`, after `after`.
-    pub async fn list_streams(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<StreamPage> {
+    pub async fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<StreamPage> {
         let request = pb::ListStreamsRequest {
             prefix: prefix.to_owned(),
             after: after.unwrap_or_default().to_owned(),
             limit,
         };
-        let response = self.streams.clone().list_streams(request).await?.into_inner();
+        let response = self
+            .streams
+            .clone()
+            .list_streams(request)
+            .await?
+            .into_inner();
         Ok(StreamPage {
             streams: response.streams.into_iter().map(StreamInfo::from).collect(),
             next_after: response.next_after,
@@ -219,6 +300,15 @@ impl Client {
     /// Server version, head and counts.
     pub async fn info(&self) -> Result<ServerInfo> {
         Ok(self.server.clone().info(()).await?.into_inner())
+    }
+}
+
+fn filter_to_proto(filter: Filter) -> pb::ReadFilter {
+    pb::ReadFilter {
+        stream_prefixes: filter.stream_prefixes,
+        stream_regex: filter.stream_regex.unwrap_or_default(),
+        type_prefixes: filter.type_prefixes,
+        type_regex: filter.type_regex.unwrap_or_default(),
     }
 }
 
@@ -232,7 +322,10 @@ pub struct EventStream {
 
 impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventStream").field("buffered", &self.buffered.len()).field("done", &self.done).finish()
+        f.debug_struct("EventStream")
+            .field("buffered", &self.buffered.len())
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -245,7 +338,9 @@ impl EventStream {
 
     /// The next event, or `None` at the end.
     pub async fn next_event(&mut self) -> Result<Option<RecordedEvent>> {
-        std::future::poll_fn(|context| Pin::new(&mut *self).poll_next(context)).await.transpose()
+        std::future::poll_fn(|context| Pin::new(&mut *self).poll_next(context))
+            .await
+            .transpose()
     }
 
     /// Collects every remaining event.

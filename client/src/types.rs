@@ -61,13 +61,20 @@ impl EventData {
 
     /// An event whose data is already JSON text (`application/json`).
     pub fn json_text(event_type: impl Into<String>, json: impl Into<Bytes>) -> Self {
-        Self { content_type: "application/json".into(), ..Self::binary(event_type, json) }
+        Self {
+            content_type: "application/json".into(),
+            ..Self::binary(event_type, json)
+        }
     }
 
     /// An event serialising `value` as JSON.
     #[cfg(feature = "json")]
-    pub fn json<T: serde::Serialize>(event_type: impl Into<String>, value: &T) -> crate::Result<Self> {
-        let data = serde_json::to_vec(value).map_err(|error| crate::Error::Json(error.to_string()))?;
+    pub fn json<T: serde::Serialize>(
+        event_type: impl Into<String>,
+        value: &T,
+    ) -> crate::Result<Self> {
+        let data =
+            serde_json::to_vec(value).map_err(|error| crate::Error::Json(error.to_string()))?;
         Ok(Self::json_text(event_type, data))
     }
 
@@ -134,8 +141,10 @@ impl RecordedEvent {
     }
 
     pub(crate) fn from_proto(event: pb::RecordedEvent) -> crate::Result<Self> {
-        let id = Uuid::try_parse(&event.id)
-            .map_err(|error| crate::Error::Other { code: tonic::Code::Internal, message: format!("server sent a bad id: {error}") })?;
+        let id = Uuid::try_parse(&event.id).map_err(|error| crate::Error::Other {
+            code: tonic::Code::Internal,
+            message: format!("server sent a bad id: {error}"),
+        })?;
         let created = event
             .created
             .and_then(|created| SystemTime::try_from(created).ok())
@@ -233,7 +242,10 @@ impl ReadOptions {
 
     /// Backwards from the end, everything.
     pub fn backwards() -> Self {
-        Self { direction: Direction::Backwards, ..Self::default() }
+        Self {
+            direction: Direction::Backwards,
+            ..Self::default()
+        }
     }
 
     /// Starts at a revision or position.

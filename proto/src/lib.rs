@@ -18,4 +18,5 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every Cairn .proto file, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));

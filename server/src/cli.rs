@@ -93,10 +93,9 @@ pub fn parse_expected(text: &str) -> Result<ExpectedRevision, String> {
         "any" => Ok(ExpectedRevision::Any),
         "no-stream" | "no_stream" => Ok(ExpectedRevision::NoStream),
         "exists" | "stream-exists" => Ok(ExpectedRevision::StreamExists),
-        number => number
-            .parse()
-            .map(ExpectedRevision::Exact)
-            .map_err(|_| format!("expected revision '{text}' is not any, no-stream, exists or a number")),
+        number => number.parse().map(ExpectedRevision::Exact).map_err(|_| {
+            format!("expected revision '{text}' is not any, no-stream, exists or a number")
+        }),
     }
 }
 
@@ -110,7 +109,9 @@ fn escape_json(text: &str) -> String {
             '\n' => escaped.push_str("\\n"),
             '\r' => escaped.push_str("\\r"),
             '\t' => escaped.push_str("\\t"),
-            control if (control as u32) < 0x20 => escaped.push_str(&format!("\\u{:04x}", control as u32)),
+            control if (control as u32) < 0x20 => {
+                escaped.push_str(&format!("\\u{:04x}", control as u32))
+            }
             other => escaped.push(other),
         }
     }
@@ -122,7 +123,14 @@ fn escape_json(text: &str) -> String {
 pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Serve => Err("serve is not a client command".into()),
-        Command::Append { addr, stream, event_type, data, expected, id } => {
+        Command::Append {
+            addr,
+            stream,
+            event_type,
+            data,
+            expected,
+            id,
+        } => {
             let expected = parse_expected(&expected)?;
             let data = match data.strip_prefix('@') {
                 Some(path) => std::fs::read(PathBuf::from(path))?,
@@ -136,14 +144,30 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             let result = client.append(stream, expected, vec![event]).await?;
             println!(
                 "{{\"current_revision\":{},\"positions\":{},\"idempotent_replay\":{}}}",
-                result.current_revision.map_or("null".to_owned(), |r| r.to_string()),
-                result.positions.map_or("null".to_owned(), |(first, last)| format!("[{first},{last}]")),
+                result
+                    .current_revision
+                    .map_or("null".to_owned(), |r| r.to_string()),
+                result
+                    .positions
+                    .map_or("null".to_owned(), |(first, last)| format!(
+                        "[{first},{last}]"
+                    )),
                 result.idempotent_replay
             );
             Ok(())
         }
-        Command::Read { addr, stream, backwards, from, count } => {
-            let mut options = if backwards { ReadOptions::backwards() } else { ReadOptions::forwards() };
+        Command::Read {
+            addr,
+            stream,
+            backwards,
+            from,
+            count,
+        } => {
+            let mut options = if backwards {
+                ReadOptions::backwards()
+            } else {
+                ReadOptions::forwards()
+            };
             if let Some(from) = from {
                 options = options.from(ReadFrom::At(from));
             }
@@ -154,7 +178,11 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             let mut events = client.read(stream, options).await?;
             while let Some(event) = events.next_event().await? {
                 let data = String::from_utf8_lossy(&event.data);
-                let data = if event.content_type == "application/json" { data.into_owned() } else { escape_json(&data) };
+                let data = if event.content_type == "application/json" {
+                    data.into_owned()
+                } else {
+                    escape_json(&data)
+                };
                 println!(
                     "{{\"position\":{},\"stream\":{},\"revision\":{},\"id\":\"{}\",\"type\":{},\"data\":{}}}",
                     event.position,
@@ -167,7 +195,11 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             }
             Ok(())
         }
-        Command::Streams { addr, prefix, limit } => {
+        Command::Streams {
+            addr,
+            prefix,
+            limit,
+        } => {
             let client = Client::connect(addr).await?;
             let page = client.list_streams(&prefix, None, limit).await?;
             for stream in page.streams {
@@ -175,26 +207,43 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
                     "{}\t{:?}\tlast_revision={}",
                     stream.stream,
                     stream.state,
-                    stream.last_revision.map_or("-".to_owned(), |r| r.to_string())
+                    stream
+                        .last_revision
+                        .map_or("-".to_owned(), |r| r.to_string())
                 );
             }
             Ok(())
         }
         Command::Health { addr } => {
             use tonic_health::pb::health_check_response::ServingStatus;
-            let channel = tonic::transport::Endpoint::from_shared(addr)?.connect().await?;
+            let channel = tonic::transport::Endpoint::from_shared(addr)?
+                .connect()
+                .await?;
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let response = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+            let response = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?;
             let status = response.into_inner().status();
             println!("{}", status.as_str_name());
-            if status == ServingStatus::Serving { Ok(()) } else { Err("not serving".into()) }
+            if status == ServingStatus::Serving {
+                Ok(())
+            } else {
+                Err("not serving".into())
+            }
         }
         Command::Info { addr } => {
             let client = Client::connect(addr).await?;
             let info = client.info().await?;
             println!(
                 "version {}\nhead_position {}\nstreams {}\nevents {}\nuptime_seconds {}\ndurability {}",
-                info.version, info.head_position, info.stream_count, info.event_count, info.uptime_seconds, info.durability
+                info.version,
+                info.head_position,
+                info.stream_count,
+                info.event_count,
+                info.uptime_seconds,
+                info.durability
             );
             Ok(())
         }

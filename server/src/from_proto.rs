@@ -17,7 +17,10 @@ use crate::status::{invalid_argument, to_status};
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// A required expected revision.
-pub fn expected_revision(expected: Option<pb::ExpectedRevision>, what: &str) -> Result<ExpectedRevision, Status> {
+pub fn expected_revision(
+    expected: Option<pb::ExpectedRevision>,
+    what: &str,
+) -> Result<ExpectedRevision, Status> {
     use pb::expected_revision::Kind;
     match expected.and_then(|expected| expected.kind) {
         Some(Kind::Any(())) => Ok(ExpectedRevision::Any),
@@ -35,22 +38,42 @@ pub fn event(event: pb::ProposedEvent) -> Result<EventData, Status> {
     let id = if event.id.is_empty() {
         Uuid::new_v4()
     } else {
-        Uuid::try_parse(&event.id)
-            .map_err(|error| invalid_argument(format!("event id '{}' is not a UUID: {error}", event.id)))?
+        Uuid::try_parse(&event.id).map_err(|error| {
+            invalid_argument(format!("event id '{}' is not a UUID: {error}", event.id))
+        })?
     };
     if event.r#type.is_empty() {
-        return Err(invalid_argument(format!("event {id}: `type` must not be empty")));
+        return Err(invalid_argument(format!(
+            "event {id}: `type` must not be empty"
+        )));
     }
-    let content_type =
-        if event.content_type.is_empty() { DEFAULT_CONTENT_TYPE.to_owned() } else { event.content_type };
-    Ok(EventData { id, event_type: event.r#type, content_type, metadata: event.metadata, data: event.data })
+    let content_type = if event.content_type.is_empty() {
+        DEFAULT_CONTENT_TYPE.to_owned()
+    } else {
+        event.content_type
+    };
+    Ok(EventData {
+        id,
+        event_type: event.r#type,
+        content_type,
+        metadata: event.metadata,
+        data: event.data,
+    })
 }
 
 /// One stream's part of an append.
 pub fn append(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
     let expected = expected_revision(request.expected, &format!("append to '{}'", request.stream))?;
-    let events = request.events.into_iter().map(event).collect::<Result<Vec<_>, _>>()?;
-    Ok(StreamAppend { stream: request.stream, expected, events })
+    let events = request
+        .events
+        .into_iter()
+        .map(event)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(StreamAppend {
+        stream: request.stream,
+        expected,
+        events,
+    })
 }
 
 /// A read request. `max_count` 0 (no limit) is represented as `u64::MAX`.
@@ -60,7 +83,12 @@ pub fn read(request: pb::ReadRequest) -> Result<(ReadRequest, u64), Status> {
     let direction = match pb::Direction::try_from(request.direction) {
         Ok(pb::Direction::Forwards) => Direction::Forwards,
         Ok(pb::Direction::Backwards) => Direction::Backwards,
-        Err(_) => return Err(invalid_argument(format!("unknown direction {}", request.direction))),
+        Err(_) => {
+            return Err(invalid_argument(format!(
+                "unknown direction {}",
+                request.direction
+            )));
+        }
     };
     let is_stream = matches!(source, ReadSource::Stream(_));
     let from = match request.from {
@@ -71,15 +99,32 @@ pub fn read(request: pb::ReadRequest) -> Result<(ReadRequest, u64), Status> {
         Some(From::Revision(revision)) if is_stream => ReadFrom::At(revision),
         Some(From::Position(position)) if !is_stream => ReadFrom::At(position),
         Some(From::Revision(_)) => {
-            return Err(invalid_argument("`revision` applies to a stream; use `position` for $all, $ce- and $et-"));
+            return Err(invalid_argument(
+                "`revision` applies to a stream; use `position` for $all, $ce- and $et-",
+            ));
         }
         Some(From::Position(_)) => {
-            return Err(invalid_argument("`position` applies to $all, $ce- and $et-; use `revision` for a stream"));
+            return Err(invalid_argument(
+                "`position` applies to $all, $ce- and $et-; use `revision` for a stream",
+            ));
         }
     };
     let filter = filter(request.filter.unwrap_or_default())?;
-    let max_count = if request.max_count == 0 { u64::MAX } else { request.max_count };
-    Ok((ReadRequest { source, direction, from, max_count: 0, filter }, max_count))
+    let max_count = if request.max_count == 0 {
+        u64::MAX
+    } else {
+        request.max_count
+    };
+    Ok((
+        ReadRequest {
+            source,
+            direction,
+            from,
+            max_count: 0,
+            filter,
+        },
+        max_count,
+    ))
 }
 
 /// A server-side filter.
@@ -88,7 +133,9 @@ pub fn filter(filter: pb::ReadFilter) -> Result<ReadFilter, Status> {
         if pattern.is_empty() {
             Ok(None)
         } else {
-            ReadFilter::regex(&pattern).map(Some).map_err(|error| to_status(&error))
+            ReadFilter::regex(&pattern)
+                .map(Some)
+                .map_err(|error| to_status(&error))
         }
     };
     Ok(ReadFilter {
@@ -118,25 +165,47 @@ mod tests {
     fn unset_expectation_is_invalid() {
         let error = expected_revision(None, "append").unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        let error = expected_revision(Some(pb::ExpectedRevision { kind: None }), "append").unwrap_err();
+        let error =
+            expected_revision(Some(pb::ExpectedRevision { kind: None }), "append").unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
     fn malformed_ids_and_types() {
-        let bad_id = pb::ProposedEvent { id: "not-a-uuid".into(), r#type: "T".into(), ..Default::default() };
-        assert_eq!(event(bad_id).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let bad_id = pb::ProposedEvent {
+            id: "not-a-uuid".into(),
+            r#type: "T".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            event(bad_id).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let no_type = pb::ProposedEvent::default();
-        assert_eq!(event(no_type).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let assigned = event(pb::ProposedEvent { r#type: "T".into(), ..Default::default() }).unwrap();
+        assert_eq!(
+            event(no_type).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let assigned = event(pb::ProposedEvent {
+            r#type: "T".into(),
+            ..Default::default()
+        })
+        .unwrap();
         assert!(!assigned.id.is_nil());
         assert_eq!(assigned.content_type, DEFAULT_CONTENT_TYPE);
     }
 
     #[test]
     fn read_requests() {
-        let (request, max) = read(pb::ReadRequest { stream: "$all".into(), ..Default::default() }).unwrap();
-        assert_eq!((request.source, request.from, max), (ReadSource::All, ReadFrom::Start, u64::MAX));
+        let (request, max) = read(pb::ReadRequest {
+            stream: "$all".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (request.source, request.from, max),
+            (ReadSource::All, ReadFrom::Start, u64::MAX)
+        );
         let backwards = pb::ReadRequest {
             stream: "s-1".into(),
             direction: pb::Direction::Backwards as i32,
@@ -150,16 +219,38 @@ mod tests {
             from: Some(pb::read_request::From::Position(3)),
             ..Default::default()
         };
-        assert_eq!(read(wrong).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            read(wrong).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let bad_regex = pb::ReadRequest {
             stream: "$all".into(),
-            filter: Some(pb::ReadFilter { stream_regex: "(".into(), ..Default::default() }),
+            filter: Some(pb::ReadFilter {
+                stream_regex: "(".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert_eq!(read(bad_regex).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let reserved = pb::ReadRequest { stream: "$nope".into(), ..Default::default() };
-        assert_eq!(read(reserved).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let direction = pb::ReadRequest { stream: "$all".into(), direction: 7, ..Default::default() };
-        assert_eq!(read(direction).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            read(bad_regex).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let reserved = pb::ReadRequest {
+            stream: "$nope".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            read(reserved).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let direction = pb::ReadRequest {
+            stream: "$all".into(),
+            direction: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            read(direction).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -21,6 +21,7 @@ mod server_info;
 mod settings;
 mod status;
 mod streams;
+pub mod subscriptions;
 mod to_proto;
 
 use std::future::Future;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use cairn_proto::v1::server_server::ServerServer;
 use cairn_proto::v1::streams_server::StreamsServer;
+use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
 use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -42,6 +44,9 @@ pub use status::to_status;
 fn max_message_bytes(settings: &Settings) -> usize {
     (settings.max_append_bytes.saturating_mul(2)).max(16 * 1024 * 1024)
 }
+
+/// How long shutdown waits for open calls before dropping their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +71,10 @@ pub fn open_store(settings: &Settings) -> Result<Store, ServerError> {
     let options = StoreOptions {
         durability: settings.durability.into(),
         limits: settings.limits(),
+        ring: cairn_storage::RingLimits {
+            max_events: settings.live_ring_events.max(1),
+            ..cairn_storage::RingLimits::default()
+        },
         ..StoreOptions::default()
     };
     Ok(Store::open(&settings.data, options)?)
@@ -82,8 +91,12 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<StreamsServer<streams::StreamsService>>().await;
-    health_reporter.set_serving::<ServerServer<server_info::ServerInfoService>>().await;
+    health_reporter
+        .set_serving::<StreamsServer<streams::StreamsService>>()
+        .await;
+    health_reporter
+        .set_serving::<ServerServer<server_info::ServerInfoService>>()
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
@@ -102,25 +115,55 @@ pub async fn run(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let server_info = ServerServer::new(server_info::ServerInfoService::new(store.clone(), settings.durability.into()));
+    let (subscriptions, subscription_stats) = subscriptions::SubscriptionsService::new(
+        store.clone(),
+        settings.subscription_limits(),
+        shutdown_receiver.clone(),
+    );
+    let subscriptions =
+        SubscriptionsServer::new(subscriptions).max_encoding_message_size(max_message);
+    let server_info = ServerServer::new(server_info::ServerInfoService::new(
+        store.clone(),
+        settings.durability.into(),
+        subscription_stats,
+    ));
 
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, data = %settings.data.display(), durability = ?settings.durability, "cairn serving");
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: refusing new calls, ending open streams");
-        health_reporter.set_not_serving::<StreamsServer<streams::StreamsService>>().await;
+        health_reporter
+            .set_not_serving::<StreamsServer<streams::StreamsService>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         let _ = shutdown_sender.send(true);
     };
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(streams)
+        .add_service(subscriptions)
         .add_service(server_info)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // Graceful shutdown waits for every open call. Reads and subscriptions end
+    // on the signal, but a call the server cannot end (a health Watch, a client
+    // that stopped reading) would hold the process forever: after a grace period
+    // the remaining connections are dropped.
+    let mut signalled = shutdown_receiver.clone();
+    tokio::select! {
+        served = serve => served?,
+        () = async {
+            let _ = signalled.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
+        }
+    }
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())
         .await

@@ -60,6 +60,13 @@ pub struct Settings {
     pub max_read_page: usize,
     /// Appends in flight at once (beyond it, callers wait).
     pub max_inflight_appends: usize,
+    /// Most concurrent subscriptions.
+    pub max_subscriptions: usize,
+    /// Messages buffered per subscription.
+    pub subscription_buffer: usize,
+    /// Recent events kept in memory for live delivery; a subscriber further
+    /// behind is served from storage.
+    pub live_ring_events: usize,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `cairn=debug`).
@@ -77,6 +84,14 @@ impl Settings {
         }
     }
 
+    /// The subscription limits these settings describe.
+    pub fn subscription_limits(&self) -> crate::subscriptions::SubscriptionLimits {
+        crate::subscriptions::SubscriptionLimits {
+            max_subscriptions: self.max_subscriptions,
+            buffer: self.subscription_buffer,
+        }
+    }
+
     /// Defaults for tests: loopback on an ephemeral port, the given data dir.
     pub fn for_tests(data: PathBuf) -> Self {
         Self {
@@ -88,6 +103,9 @@ impl Settings {
             max_events_per_append: Limits::default().max_events_per_append,
             max_read_page: Limits::default().max_read_page,
             max_inflight_appends: 4096,
+            max_subscriptions: 1024,
+            subscription_buffer: 128,
+            live_ring_events: 16_384,
             log_format: LogFormat::Human,
             log_level: "info".into(),
         }
@@ -126,6 +144,15 @@ pub struct SettingsArgs {
     /// Appends in flight at once [default: 4096].
     #[arg(long, env = "CAIRN_MAX_INFLIGHT_APPENDS")]
     pub max_inflight_appends: Option<usize>,
+    /// Most concurrent subscriptions [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Messages buffered per subscription [default: 128].
+    #[arg(long, env = "CAIRN_SUBSCRIPTION_BUFFER")]
+    pub subscription_buffer: Option<usize>,
+    /// Recent events kept in memory for live subscribers [default: 16384].
+    #[arg(long, env = "CAIRN_LIVE_RING_EVENTS")]
+    pub live_ring_events: Option<usize>,
     /// Log format [default: human].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -156,6 +183,9 @@ impl SettingsArgs {
             .set_default("max_events_per_append", limits.max_events_per_append as u64)?
             .set_default("max_read_page", limits.max_read_page as u64)?
             .set_default("max_inflight_appends", 4096u64)?
+            .set_default("max_subscriptions", 1024u64)?
+            .set_default("subscription_buffer", 128u64)?
+            .set_default("live_ring_events", 16_384u64)?
             .set_default("log_format", "human")?
             .set_default("log_level", "info")?;
         builder = match &self.config {
@@ -163,16 +193,37 @@ impl SettingsArgs {
             None => builder.add_source(config::File::with_name("cairn.toml").required(false)),
         };
         let text = |value: &dyn std::fmt::Display| value.to_string();
-        let overrides: [(&str, Option<String>); 10] = [
+        let overrides: [(&str, Option<String>); 13] = [
             ("listen", self.listen.as_ref().map(|v| text(v))),
             ("data", self.data.as_ref().map(|v| v.display().to_string())),
-            ("durability", self.durability.map(|v| format!("{v:?}").to_lowercase())),
+            (
+                "durability",
+                self.durability.map(|v| format!("{v:?}").to_lowercase()),
+            ),
             ("max_append_bytes", self.max_append_bytes.map(|v| text(&v))),
             ("max_event_bytes", self.max_event_bytes.map(|v| text(&v))),
-            ("max_events_per_append", self.max_events_per_append.map(|v| text(&v))),
+            (
+                "max_events_per_append",
+                self.max_events_per_append.map(|v| text(&v)),
+            ),
             ("max_read_page", self.max_read_page.map(|v| text(&v))),
-            ("max_inflight_appends", self.max_inflight_appends.map(|v| text(&v))),
-            ("log_format", self.log_format.map(|v| format!("{v:?}").to_lowercase())),
+            (
+                "max_inflight_appends",
+                self.max_inflight_appends.map(|v| text(&v)),
+            ),
+            (
+                "max_subscriptions",
+                self.max_subscriptions.map(|v| text(&v)),
+            ),
+            (
+                "subscription_buffer",
+                self.subscription_buffer.map(|v| text(&v)),
+            ),
+            ("live_ring_events", self.live_ring_events.map(|v| text(&v))),
+            (
+                "log_format",
+                self.log_format.map(|v| format!("{v:?}").to_lowercase()),
+            ),
             ("log_level", self.log_level.clone()),
         ];
         for (key, value) in overrides {
@@ -189,12 +240,25 @@ mod tests {
     #[test]
     fn defaults_then_file_then_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let defaults = SettingsArgs { config: Some(dir.path().join("none.toml")), ..SettingsArgs::default() };
-        assert!(defaults.resolve().is_err(), "an explicit missing file is an error");
+        let defaults = SettingsArgs {
+            config: Some(dir.path().join("none.toml")),
+            ..SettingsArgs::default()
+        };
+        assert!(
+            defaults.resolve().is_err(),
+            "an explicit missing file is an error"
+        );
 
         let file = dir.path().join("cairn.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nmax_read_page = 50\ndurability = \"unsynced\"\n").unwrap();
-        let from_file = SettingsArgs { config: Some(file.clone()), ..SettingsArgs::default() };
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nmax_read_page = 50\ndurability = \"unsynced\"\n",
+        )
+        .unwrap();
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        };
         let settings = from_file.resolve().unwrap();
         assert_eq!(settings.listen.port(), 9000);
         assert_eq!(settings.max_read_page, 50);
@@ -219,7 +283,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cairn.toml");
         std::fs::write(&file, "durability = \"sometimes\"\n").unwrap();
-        let args = SettingsArgs { config: Some(file), ..SettingsArgs::default() };
+        let args = SettingsArgs {
+            config: Some(file),
+            ..SettingsArgs::default()
+        };
         assert!(args.resolve().is_err());
     }
 }

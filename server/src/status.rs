@@ -20,12 +20,21 @@ pub fn status_with_reason(
     reason: &str,
     metadata: HashMap<String, String>,
 ) -> Status {
-    Status::with_error_details(code, message, ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata))
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
 }
 
 /// An INVALID_ARGUMENT status for malformed requests caught in the adapter.
 pub fn invalid_argument(message: impl Into<String>) -> Status {
-    status_with_reason(Code::InvalidArgument, message, "INVALID_ARGUMENT", HashMap::new())
+    status_with_reason(
+        Code::InvalidArgument,
+        message,
+        "INVALID_ARGUMENT",
+        HashMap::new(),
+    )
 }
 
 /// UNAVAILABLE because the server is shutting down.
@@ -37,10 +46,17 @@ pub fn shutting_down() -> Status {
 pub fn to_status(error: &Error) -> Status {
     let message = error.to_string();
     let meta = |pairs: &[(&str, String)]| -> HashMap<String, String> {
-        pairs.iter().map(|(key, value)| ((*key).to_owned(), value.clone())).collect()
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect()
     };
     let (code, reason, metadata) = match error {
-        Error::WrongExpectedRevision { stream, expected, current } => (
+        Error::WrongExpectedRevision {
+            stream,
+            expected,
+            current,
+        } => (
             Code::FailedPrecondition,
             "WRONG_EXPECTED_REVISION",
             meta(&[
@@ -48,15 +64,27 @@ pub fn to_status(error: &Error) -> Status {
                 ("expected", expected.to_string()),
                 (
                     "current",
-                    current.revision().map_or_else(|| "no_stream".to_owned(), |revision| revision.to_string()),
+                    current
+                        .revision()
+                        .map_or_else(|| "no_stream".to_owned(), |revision| revision.to_string()),
                 ),
             ]),
         ),
-        Error::StreamNotFound { stream } => (Code::NotFound, "STREAM_NOT_FOUND", meta(&[("stream", stream.clone())])),
-        Error::StreamTombstoned { stream } => {
-            (Code::FailedPrecondition, "STREAM_TOMBSTONED", meta(&[("stream", stream.clone())]))
-        }
-        Error::DuplicateEventId { event_id, stream, revision } => (
+        Error::StreamNotFound { stream } => (
+            Code::NotFound,
+            "STREAM_NOT_FOUND",
+            meta(&[("stream", stream.clone())]),
+        ),
+        Error::StreamTombstoned { stream } => (
+            Code::FailedPrecondition,
+            "STREAM_TOMBSTONED",
+            meta(&[("stream", stream.clone())]),
+        ),
+        Error::DuplicateEventId {
+            event_id,
+            stream,
+            revision,
+        } => (
             Code::AlreadyExists,
             "DUPLICATE_EVENT_ID",
             meta(&[
@@ -66,15 +94,28 @@ pub fn to_status(error: &Error) -> Status {
             ]),
         ),
         Error::InvalidArgument(_) => (Code::InvalidArgument, "INVALID_ARGUMENT", HashMap::new()),
-        Error::LimitExceeded { what, actual, limit } => (
+        Error::LimitExceeded {
+            what,
+            actual,
+            limit,
+        } => (
             Code::ResourceExhausted,
             "LIMIT_EXCEEDED",
-            meta(&[("limit_name", (*what).to_owned()), ("actual", actual.to_string()), ("limit", limit.to_string())]),
+            meta(&[
+                ("limit_name", (*what).to_owned()),
+                ("actual", actual.to_string()),
+                ("limit", limit.to_string()),
+            ]),
         ),
-        Error::Corrupt { column_family, key, .. } => (
+        Error::Corrupt {
+            column_family, key, ..
+        } => (
             Code::DataLoss,
             "CORRUPT",
-            meta(&[("column_family", (*column_family).to_owned()), ("key", key.clone())]),
+            meta(&[
+                ("column_family", (*column_family).to_owned()),
+                ("key", key.clone()),
+            ]),
         ),
         Error::UnsupportedFormat { .. } => (Code::Internal, "UNSUPPORTED_FORMAT", HashMap::new()),
         Error::Poisoned(_) => (Code::Unavailable, "STORE_STOPPED", HashMap::new()),
@@ -93,7 +134,9 @@ mod tests {
     use super::*;
 
     fn reason_of(status: &Status) -> (String, HashMap<String, String>) {
-        let info = status.get_details_error_info().expect("every status carries ErrorInfo");
+        let info = status
+            .get_details_error_info()
+            .expect("every status carries ErrorInfo");
         assert_eq!(info.domain, ERROR_DOMAIN);
         (info.reason, info.metadata)
     }
@@ -110,30 +153,62 @@ mod tests {
                 Code::FailedPrecondition,
                 "WRONG_EXPECTED_REVISION",
             ),
-            (Error::StreamNotFound { stream: "s".into() }, Code::NotFound, "STREAM_NOT_FOUND"),
-            (Error::StreamTombstoned { stream: "s".into() }, Code::FailedPrecondition, "STREAM_TOMBSTONED"),
             (
-                Error::DuplicateEventId { event_id: uuid::Uuid::nil(), stream: "s".into(), revision: 2 },
+                Error::StreamNotFound { stream: "s".into() },
+                Code::NotFound,
+                "STREAM_NOT_FOUND",
+            ),
+            (
+                Error::StreamTombstoned { stream: "s".into() },
+                Code::FailedPrecondition,
+                "STREAM_TOMBSTONED",
+            ),
+            (
+                Error::DuplicateEventId {
+                    event_id: uuid::Uuid::nil(),
+                    stream: "s".into(),
+                    revision: 2,
+                },
                 Code::AlreadyExists,
                 "DUPLICATE_EVENT_ID",
             ),
-            (Error::InvalidArgument("x".into()), Code::InvalidArgument, "INVALID_ARGUMENT"),
             (
-                Error::LimitExceeded { what: "event size in bytes", actual: 10, limit: 5 },
+                Error::InvalidArgument("x".into()),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                Error::LimitExceeded {
+                    what: "event size in bytes",
+                    actual: 10,
+                    limit: 5,
+                },
                 Code::ResourceExhausted,
                 "LIMIT_EXCEEDED",
             ),
             (
-                Error::Corrupt { column_family: "log", key: "7".into(), reason: "crc".into() },
+                Error::Corrupt {
+                    column_family: "log",
+                    key: "7".into(),
+                    reason: "crc".into(),
+                },
                 Code::DataLoss,
                 "CORRUPT",
             ),
             (
-                Error::UnsupportedFormat { path: "d".into(), found: 9, supported: 1 },
+                Error::UnsupportedFormat {
+                    path: "d".into(),
+                    found: 9,
+                    supported: 1,
+                },
                 Code::Internal,
                 "UNSUPPORTED_FORMAT",
             ),
-            (Error::Poisoned("fsync".into()), Code::Unavailable, "STORE_STOPPED"),
+            (
+                Error::Poisoned("fsync".into()),
+                Code::Unavailable,
+                "STORE_STOPPED",
+            ),
             (Error::ShuttingDown, Code::Unavailable, "SHUTTING_DOWN"),
             (Error::Io("disk".into()), Code::Internal, "IO"),
         ];

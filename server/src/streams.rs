@@ -21,6 +21,8 @@ use crate::{from_proto, to_proto};
 /// Soft cap on the encoded size of one `ReadResponse` (a single event larger than
 /// this still goes alone).
 const READ_RESPONSE_BYTES: usize = 1024 * 1024;
+/// How long a read task tries to hand its closing status to a slow client.
+const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default and largest page of `ListStreams`.
 const LIST_DEFAULT: usize = 100;
 
@@ -39,15 +41,29 @@ pub struct StreamsService {
 impl StreamsService {
     /// A service over `store`.
     pub fn new(store: Store, max_inflight_appends: usize, shutdown: watch::Receiver<bool>) -> Self {
-        Self { store, inflight_appends: Arc::new(Semaphore::new(max_inflight_appends.max(1))), shutdown }
+        Self {
+            store,
+            inflight_appends: Arc::new(Semaphore::new(max_inflight_appends.max(1))),
+            shutdown,
+        }
     }
 
-    async fn commit(&self, parts: Vec<StreamAppend>) -> Result<Vec<cairn_storage::AppendResult>, Status> {
+    async fn commit(
+        &self,
+        parts: Vec<StreamAppend>,
+    ) -> Result<Vec<cairn_storage::AppendResult>, Status> {
         if *self.shutdown.borrow() {
             return Err(shutting_down());
         }
-        let _permit = self.inflight_appends.acquire().await.map_err(|_| shutting_down())?;
-        self.store.append_multi(parts).await.map_err(|error| to_status(&error))
+        let _permit = self
+            .inflight_appends
+            .acquire()
+            .await
+            .map_err(|_| shutting_down())?;
+        self.store
+            .append_multi(parts)
+            .await
+            .map_err(|error| to_status(&error))
     }
 
     async fn blocking<T: Send + 'static>(
@@ -81,14 +97,19 @@ type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + 
 
 #[tonic::async_trait]
 impl Streams for StreamsService {
-    async fn append(&self, request: Request<pb::AppendRequest>) -> Result<Response<pb::AppendResponse>, Status> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
         let request = request.into_inner();
         let span = tracing::info_span!("append", stream = %request.stream, events = request.events.len(), outcome = tracing::field::Empty);
         async {
             let result = async {
                 let part = from_proto::append(request)?;
                 let mut results = self.commit(vec![part]).await?;
-                results.pop().ok_or_else(|| Status::internal("append returned no result"))
+                results
+                    .pop()
+                    .ok_or_else(|| Status::internal("append returned no result"))
             }
             .await;
             outcome(result.map(|result| Response::new(to_proto::append_result(&result))))
@@ -102,13 +123,23 @@ impl Streams for StreamsService {
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendMultiResponse>, Status> {
         let request = request.into_inner();
-        let streams: Vec<&str> = request.parts.iter().map(|part| part.stream.as_str()).collect();
+        let streams: Vec<&str> = request
+            .parts
+            .iter()
+            .map(|part| part.stream.as_str())
+            .collect();
         let span = tracing::info_span!("append_multi", streams = ?streams, outcome = tracing::field::Empty);
         async {
             if request.parts.is_empty() {
-                return outcome(Err(invalid_argument("append_multi needs at least one part")));
+                return outcome(Err(invalid_argument(
+                    "append_multi needs at least one part",
+                )));
             }
-            let parts = request.parts.into_iter().map(from_proto::append).collect::<Result<Vec<_>, _>>();
+            let parts = request
+                .parts
+                .into_iter()
+                .map(from_proto::append)
+                .collect::<Result<Vec<_>, _>>();
             let result = match parts {
                 Ok(parts) => self.commit(parts).await,
                 Err(status) => Err(status),
@@ -125,9 +156,13 @@ impl Streams for StreamsService {
 
     type ReadStream = ReadStream;
 
-    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<pb::ReadRequest>,
+    ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
+        let span =
+            tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
         let _entered = span.enter();
         let (read, max_total) = outcome(from_proto::read(request))?;
         let page_limit = self.store.limits().max_read_page;
@@ -144,17 +179,24 @@ impl Streams for StreamsService {
             async move {
                 let mut read = read;
                 let mut page = first;
+                let mut shutdown = service.shutdown.clone();
                 let mut sent: u64 = 0;
                 loop {
                     sent += page.events.len() as u64;
                     let next = page.next;
-                    if !send_page(&sender, page, next).await {
+                    if !send_page(&sender, &mut shutdown, page, next).await {
                         tracing::debug!("reader went away");
                         return;
                     }
-                    let Some(next) = next.filter(|_| sent < max_total) else { return };
+                    let Some(next) = next.filter(|_| sent < max_total) else {
+                        return;
+                    };
                     if *service.shutdown.borrow() {
-                        let _ = sender.send(Err(shutting_down())).await;
+                        let _ = tokio::time::timeout(
+                            FINAL_STATUS_WAIT,
+                            sender.send(Err(shutting_down())),
+                        )
+                        .await;
                         return;
                     }
                     read.from = ReadFrom::At(next);
@@ -162,7 +204,9 @@ impl Streams for StreamsService {
                     page = match service.blocking(move |store| store.read(&request)).await {
                         Ok(page) => page,
                         Err(status) => {
-                            let _ = sender.send(Err(status)).await;
+                            let _ =
+                                tokio::time::timeout(FINAL_STATUS_WAIT, sender.send(Err(status)))
+                                    .await;
                             return;
                         }
                     };
@@ -174,11 +218,17 @@ impl Streams for StreamsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.delete_or_tombstone(request.into_inner(), false).await
     }
 
-    async fn tombstone(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+    async fn tombstone(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
         self.delete_or_tombstone(request.into_inner(), true).await
     }
 
@@ -190,9 +240,12 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("get_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
         let _entered = span.enter();
         outcome((|| {
-            cairn_storage::validate_stream_name(&request.stream).map_err(|error| to_status(&error))?;
+            cairn_storage::validate_stream_name(&request.stream)
+                .map_err(|error| to_status(&error))?;
             let info = self.store.stream_info(&request.stream).ok_or_else(|| {
-                to_status(&cairn_storage::Error::StreamNotFound { stream: request.stream.clone() })
+                to_status(&cairn_storage::Error::StreamNotFound {
+                    stream: request.stream.clone(),
+                })
             })?;
             Ok(Response::new(to_proto::stream_info(&info)))
         })())
@@ -206,7 +259,8 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("set_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
         async {
             let result = async {
-                let expected = from_proto::expected_revision(request.expected, "set_stream_metadata")?;
+                let expected =
+                    from_proto::expected_revision(request.expected, "set_stream_metadata")?;
                 let metadata = from_proto::metadata(request.metadata);
                 if *self.shutdown.borrow() {
                     return Err(shutting_down());
@@ -217,7 +271,11 @@ impl Streams for StreamsService {
                     .map_err(|error| to_status(&error))
             }
             .await;
-            outcome(result.map(|revision| Response::new(pb::SetStreamMetadataResponse { metadata_revision: revision })))
+            outcome(result.map(|revision| {
+                Response::new(pb::SetStreamMetadataResponse {
+                    metadata_revision: revision,
+                })
+            }))
         }
         .instrument(span)
         .await
@@ -245,9 +303,20 @@ impl Streams for StreamsService {
                 Err(status) => return outcome(Err(status)),
             };
             let more = streams.len() > limit;
-            let streams: Vec<pb::StreamInfo> = streams.iter().take(limit).map(to_proto::stream_info).collect();
-            let next_after = if more { streams.last().map(|info| info.stream.clone()) } else { None };
-            outcome(Ok(Response::new(pb::ListStreamsResponse { streams, next_after })))
+            let streams: Vec<pb::StreamInfo> = streams
+                .iter()
+                .take(limit)
+                .map(to_proto::stream_info)
+                .collect();
+            let next_after = if more {
+                streams.last().map(|info| info.stream.clone())
+            } else {
+                None
+            };
+            outcome(Ok(Response::new(pb::ListStreamsResponse {
+                streams,
+                next_after,
+            })))
         }
         .instrument(span)
         .await
@@ -278,7 +347,11 @@ impl StreamsService {
             outcome(
                 ticket
                     .await
-                    .map(|current| Response::new(pb::DeleteResponse { deleted_at_revision: current.revision() }))
+                    .map(|current| {
+                        Response::new(pb::DeleteResponse {
+                            deleted_at_revision: current.revision(),
+                        })
+                    })
                     .map_err(|error| to_status(&error)),
             )
         }
@@ -290,7 +363,9 @@ impl StreamsService {
 /// The same read with a page size of at most `remaining` and the page limit.
 fn with_count(read: &ReadRequest, remaining: u64, page_limit: usize) -> ReadRequest {
     let mut read = read.clone();
-    read.max_count = usize::try_from(remaining).unwrap_or(usize::MAX).min(page_limit);
+    read.max_count = usize::try_from(remaining)
+        .unwrap_or(usize::MAX)
+        .min(page_limit);
     read
 }
 
@@ -298,15 +373,23 @@ fn with_count(read: &ReadRequest, remaining: u64, page_limit: usize) -> ReadRequ
 /// `scanned_through` ride on the last. Returns false when the reader is gone.
 async fn send_page(
     sender: &mpsc::Sender<Result<pb::ReadResponse, Status>>,
+    shutdown: &mut watch::Receiver<bool>,
     page: cairn_storage::ReadPage,
     next: Option<u64>,
 ) -> bool {
+    let mut send = async |response: pb::ReadResponse| {
+        tokio::select! {
+            sent = sender.send(Ok(response)) => sent.is_ok(),
+            // A reader that stopped reading must not hold up shutdown.
+            _ = shutdown.wait_for(|stopping| *stopping) => false,
+        }
+    };
     let mut response = pb::ReadResponse::default();
     let mut bytes = 0usize;
     for event in &page.events {
         let size = event.data.len() + event.metadata.len() + event.stream.len() + 96;
         if !response.events.is_empty() && bytes + size > READ_RESPONSE_BYTES {
-            if sender.send(Ok(std::mem::take(&mut response))).await.is_err() {
+            if !send(std::mem::take(&mut response)).await {
                 return false;
             }
             bytes = 0;
@@ -316,5 +399,5 @@ async fn send_page(
     }
     response.next = next;
     response.scanned_through = page.scanned_through;
-    sender.send(Ok(response)).await.is_ok()
+    send(response).await
 }

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::subscriptions_server::Subscriptions;
 use cairn_storage::{
-    Error as StoreError, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store, StreamState,
-    category_of,
+    Error as StoreError, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store,
+    StreamState, category_of,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::Stream;
@@ -36,6 +36,8 @@ use crate::{from_proto, to_proto};
 const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
 /// Events per storage page during catch-up.
 const CATCH_UP_PAGE: usize = 500;
+/// How long the task tries to hand the closing status to a slow client.
+const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Events taken from the ring at a time.
 const LIVE_BATCH: usize = 256;
 
@@ -50,7 +52,10 @@ pub struct SubscriptionLimits {
 
 impl Default for SubscriptionLimits {
     fn default() -> Self {
-        Self { max_subscriptions: 1024, buffer: 128 }
+        Self {
+            max_subscriptions: 1024,
+            buffer: 128,
+        }
     }
 }
 
@@ -87,7 +92,11 @@ pub struct SubscriptionsService {
 
 impl SubscriptionsService {
     /// A service over `store`. Registers a commit listener on the store.
-    pub fn new(store: Store, limits: SubscriptionLimits, shutdown: watch::Receiver<bool>) -> (Self, Arc<SubscriptionStats>) {
+    pub fn new(
+        store: Store,
+        limits: SubscriptionLimits,
+        shutdown: watch::Receiver<bool>,
+    ) -> (Self, Arc<SubscriptionStats>) {
         let (head_sender, heads) = watch::channel(store.live().head());
         store.live().add_listener(Box::new(move |notice| {
             head_sender.send_replace(notice.head);
@@ -120,7 +129,9 @@ impl Target {
         match self {
             Target::Stream(stream) => &event.stream == stream,
             Target::Positions(ReadSource::All) => true,
-            Target::Positions(ReadSource::Category(category)) => category_of(&event.stream) == Some(category.as_str()),
+            Target::Positions(ReadSource::Category(category)) => {
+                category_of(&event.stream) == Some(category.as_str())
+            }
             Target::Positions(ReadSource::EventType(event_type)) => &event.event_type == event_type,
             Target::Positions(ReadSource::Stream(stream)) => &event.stream == stream,
         }
@@ -136,7 +147,7 @@ struct Subscription {
     /// Stream targets: the next revision to deliver. Position targets: the next
     /// position to examine.
     cursor: u64,
-    /// Events examined without a match since the last checkpoint.
+    /// Positions examined without a match since the last checkpoint.
     unmatched: u64,
     sender: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
     heads: watch::Receiver<u64>,
@@ -157,12 +168,19 @@ enum Stop {
 type Step<T = ()> = Result<T, Stop>;
 
 fn content(content: pb::subscribe_response::Content) -> pb::SubscribeResponse {
-    pb::SubscribeResponse { content: Some(content) }
+    pb::SubscribeResponse {
+        content: Some(content),
+    }
 }
 
 impl Subscription {
     async fn send(&self, message: pb::SubscribeResponse) -> Step {
-        self.sender.send(Ok(message)).await.map_err(|_| Stop::Gone)
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::Gone),
+            // A subscriber that stopped reading must not hold up shutdown.
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(shutting_down())),
+        }
     }
 
     async fn deliver(&mut self, event: &RecordedEvent) -> Step {
@@ -173,41 +191,75 @@ impl Subscription {
         if !at_or_after_cursor {
             return Ok(());
         }
-        self.send(content(pb::subscribe_response::Content::Event(to_proto::event(event)))).await?;
+        self.send(content(pb::subscribe_response::Content::Event(
+            to_proto::event(event),
+        )))
+        .await?;
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.cursor = match self.target {
             Target::Stream(_) => event.revision + 1,
             Target::Positions(_) => event.position + 1,
         };
-        self.unmatched = 0;
         Ok(())
     }
 
-    /// Counts `examined` unmatched events up to `position` and sends a checkpoint
-    /// when the interval is reached.
-    async fn examined(&mut self, examined: u64, position: u64) -> Step {
-        let Some(interval) = self.checkpoint_interval else { return Ok(()) };
-        self.unmatched += examined;
-        if self.unmatched >= interval {
-            self.unmatched = 0;
-            self.send(content(pb::subscribe_response::Content::Checkpoint(pb::Checkpoint { position }))).await?;
+    /// Position targets: accounts every position in `[cursor, end)` as examined
+    /// without a match, sends a checkpoint at each interval boundary, and moves
+    /// the cursor to `end`. Checkpoints never precede a delivered event, so
+    /// resuming from one can neither skip nor repeat an event.
+    async fn skip_to(&mut self, end: u64) -> Step {
+        let Target::Positions(_) = self.target else {
+            return Ok(());
+        };
+        if end <= self.cursor {
+            return Ok(());
         }
+        if let Some(interval) = self.checkpoint_interval {
+            let mut start = self.cursor;
+            let mut remaining = end - self.cursor;
+            while remaining > 0 {
+                let needed = interval - self.unmatched;
+                if remaining < needed {
+                    self.unmatched += remaining;
+                    break;
+                }
+                let position = start + needed - 1;
+                self.send(content(pb::subscribe_response::Content::Checkpoint(
+                    pb::Checkpoint { position },
+                )))
+                .await?;
+                self.unmatched = 0;
+                start += needed;
+                remaining -= needed;
+            }
+        }
+        self.cursor = end;
         Ok(())
     }
 
     fn check_shutdown(&self) -> Step {
-        if *self.shutdown.borrow() { Err(Stop::Fail(shutting_down())) } else { Ok(()) }
+        if *self.shutdown.borrow() {
+            Err(Stop::Fail(shutting_down()))
+        } else {
+            Ok(())
+        }
     }
 
     /// Ends a stream subscription whose stream was deleted or tombstoned.
     fn check_stream_state(&self) -> Step {
-        let Target::Stream(stream) = &self.target else { return Ok(()) };
+        let Target::Stream(stream) = &self.target else {
+            return Ok(());
+        };
         match self.store.stream_info(stream).map(|info| info.state) {
             Some(StreamState::Tombstoned) => {
-                Err(Stop::Fail(to_status(&StoreError::StreamTombstoned { stream: stream.clone() })))
+                Err(Stop::Fail(to_status(&StoreError::StreamTombstoned {
+                    stream: stream.clone(),
+                })))
             }
             Some(StreamState::SoftDeleted) => {
-                Err(Stop::Fail(to_status(&StoreError::StreamNotFound { stream: stream.clone() })))
+                Err(Stop::Fail(to_status(&StoreError::StreamNotFound {
+                    stream: stream.clone(),
+                })))
             }
             _ => Ok(()),
         }
@@ -229,31 +281,29 @@ impl Subscription {
             let store = self.store.clone();
             let page = tokio::task::spawn_blocking(move || store.read(&request))
                 .await
-                .map_err(|error| Stop::Fail(Status::internal(format!("storage task failed: {error}"))))?;
+                .map_err(|error| {
+                    Stop::Fail(Status::internal(format!("storage task failed: {error}")))
+                })?;
             let page = match page {
                 Ok(page) => page,
                 // A stream that does not exist yet: nothing to catch up on.
-                Err(StoreError::StreamNotFound { .. }) if self.check_stream_state().is_ok() => return Ok(head_before),
+                Err(StoreError::StreamNotFound { .. }) if self.check_stream_state().is_ok() => {
+                    return Ok(head_before);
+                }
                 Err(error) => return Err(Stop::Fail(to_status(&error))),
             };
-            let mut last_delivered = None;
             for event in &page.events {
+                self.skip_to(event.position).await?;
                 self.deliver(event).await?;
-                last_delivered = Some(event.position);
             }
-            if let (Target::Positions(_), Some(scanned)) = (&self.target, page.scanned_through) {
-                let examined_from = last_delivered.map_or(self.cursor, |position| position + 1);
-                self.cursor = self.cursor.max(scanned + 1);
-                self.examined((scanned + 1).saturating_sub(examined_from), scanned).await?;
+            if let Some(scanned) = page.scanned_through {
+                self.skip_to(scanned + 1).await?;
             }
             match page.next {
-                Some(next) => {
-                    if let Target::Positions(_) = self.target {
-                        self.cursor = self.cursor.max(next);
-                    } else {
-                        self.cursor = self.cursor.max(next);
-                    }
-                }
+                Some(next) => match self.target {
+                    Target::Positions(_) => self.skip_to(next).await?,
+                    Target::Stream(_) => self.cursor = self.cursor.max(next),
+                },
                 None => return Ok(head_before),
             }
         }
@@ -268,11 +318,14 @@ impl Subscription {
                 Ok(batch) => batch,
                 Err(StoreError::FellBehind { requested, .. }) => {
                     self.stats.fell_behind.fetch_add(1, Ordering::Relaxed);
-                    let message = pb::FellBehind { position: requested };
-                    self.send(content(pb::subscribe_response::Content::FellBehind(message))).await?;
-                    if let Target::Positions(_) = self.target {
-                        self.cursor = self.cursor.max(requested);
-                    }
+                    let message = pb::FellBehind {
+                        position: requested,
+                    };
+                    self.send(content(pb::subscribe_response::Content::FellBehind(
+                        message,
+                    )))
+                    .await?;
+                    self.skip_to(requested).await?;
                     return Ok(());
                 }
                 Err(error) => return Err(Stop::Fail(to_status(&error))),
@@ -296,15 +349,14 @@ impl Subscription {
             }
             for event in batch {
                 position = event.position + 1;
-                if self.target.matches(&event) && self.filter.matches(&event.stream, &event.event_type) && self.is_visible(&event) {
+                if self.target.matches(&event)
+                    && self.filter.matches(&event.stream, &event.event_type)
+                    && self.is_visible(&event)
+                {
+                    self.skip_to(event.position).await?;
                     self.deliver(&event).await?;
                 } else {
-                    if let Target::Positions(_) = self.target {
-                        self.cursor = self.cursor.max(position);
-                    }
-                    if !matches!(self.target, Target::Stream(_)) {
-                        self.examined(1, event.position).await?;
-                    }
+                    self.skip_to(position).await?;
                 }
             }
         }
@@ -316,11 +368,16 @@ impl Subscription {
         })
     }
 
-    async fn run(mut self) -> Step {
+    async fn run(&mut self) -> Step {
         loop {
             let live_from = self.catch_up().await?;
             let head = self.store.live().head();
-            self.send(content(pb::subscribe_response::Content::CaughtUp(pb::CaughtUp { head_position: head }))).await?;
+            self.send(content(pb::subscribe_response::Content::CaughtUp(
+                pb::CaughtUp {
+                    head_position: head,
+                },
+            )))
+            .await?;
             self.live(live_from).await?;
         }
     }
@@ -330,7 +387,10 @@ impl Subscription {
 impl Subscriptions for SubscriptionsService {
     type SubscribeStream = SubscribeStream;
 
-    async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         use pb::subscribe_request::From;
         let request = request.into_inner();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -350,18 +410,28 @@ impl Subscriptions for SubscriptionsService {
         let (cursor, start_live) = match request.from {
             None | Some(From::Start(())) => (0, false),
             Some(From::End(())) => match &target {
-                Target::Stream(stream) => {
-                    (self.store.stream_info(stream).and_then(|info| info.last_revision).map_or(0, |r| r + 1), true)
-                }
+                Target::Stream(stream) => (
+                    self.store
+                        .stream_info(stream)
+                        .and_then(|info| info.last_revision)
+                        .map_or(0, |r| r + 1),
+                    true,
+                ),
                 Target::Positions(_) => (head, true),
             },
             Some(From::AfterRevision(revision)) if is_stream => (revision.saturating_add(1), false),
-            Some(From::AfterPosition(position)) if !is_stream => (position.saturating_add(1), false),
+            Some(From::AfterPosition(position)) if !is_stream => {
+                (position.saturating_add(1), false)
+            }
             Some(From::AfterRevision(_)) => {
-                return Err(crate::status::invalid_argument("after_revision applies to streams; use after_position"));
+                return Err(crate::status::invalid_argument(
+                    "after_revision applies to streams; use after_position",
+                ));
             }
             Some(From::AfterPosition(_)) => {
-                return Err(crate::status::invalid_argument("after_position applies to $all, $ce- and $et-; use after_revision"));
+                return Err(crate::status::invalid_argument(
+                    "after_position applies to $all, $ce- and $et-; use after_revision",
+                ));
             }
         };
         let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
@@ -394,13 +464,23 @@ impl Subscriptions for SubscriptionsService {
         stats.active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(
             async move {
-                let confirmation = pb::Confirmation { subscription_id: id.to_string() };
-                let mut result = subscription.send(content(pb::subscribe_response::Content::Confirmation(confirmation))).await;
+                let confirmation = pb::Confirmation {
+                    subscription_id: id.to_string(),
+                };
+                let mut result = subscription
+                    .send(content(pb::subscribe_response::Content::Confirmation(
+                        confirmation,
+                    )))
+                    .await;
                 if result.is_ok() {
                     result = if start_live {
                         async {
                             subscription
-                                .send(content(pb::subscribe_response::Content::CaughtUp(pb::CaughtUp { head_position: head })))
+                                .send(content(pb::subscribe_response::Content::CaughtUp(
+                                    pb::CaughtUp {
+                                        head_position: head,
+                                    },
+                                )))
                                 .await?;
                             subscription.live(head).await?;
                             subscription.run().await
@@ -412,7 +492,9 @@ impl Subscriptions for SubscriptionsService {
                 }
                 if let Err(Stop::Fail(status)) = result {
                     tracing::debug!(code = ?status.code(), "subscription ended");
-                    let _ = subscription.sender.send(Err(status)).await;
+                    // Bounded: a client that stopped reading cannot hold the task.
+                    let final_send = subscription.sender.send(Err(status));
+                    let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
                 }
                 stats.active.fetch_sub(1, Ordering::Relaxed);
             }

@@ -17,6 +17,9 @@ use cairn_client::{
     AppendResult, Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent,
     StreamAppend,
 };
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
 /// How long the daemon may take to start serving or to exit after a signal.
@@ -227,7 +230,7 @@ impl Daemon {
 
     /// Sends SIGTERM (through kill(1): tests cannot use `unsafe`) and waits for
     /// the exit status.
-    fn terminate(&mut self) -> ExitStatus {
+    fn terminate(&mut self, context: &str) -> ExitStatus {
         let pid = self.child.id().to_string();
         let kill = Command::new("kill")
             .args(["-TERM", &pid])
@@ -240,7 +243,7 @@ impl Daemon {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!(
-                    "cairn did not exit within {PROCESS_TIMEOUT:?} of SIGTERM; stderr:\n{}",
+                    "cairn did not exit within {PROCESS_TIMEOUT:?} of SIGTERM ({context}); stderr:\n{}",
                     self.stderr()
                 );
             }
@@ -346,7 +349,7 @@ async fn read_everything(client: &Client, source: &str) -> Vec<RecordedEvent> {
 fn workload_events(round: usize, count: usize) -> Vec<EventData> {
     (0..count)
         .map(|n| {
-            if (round + n) % 3 == 0 {
+            if (round + n).is_multiple_of(3) {
                 let bytes: Vec<u8> = (0..=255u8)
                     .map(|b| b.wrapping_add((round + n) as u8))
                     .collect();
@@ -427,7 +430,7 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
         "acknowledged positions are gap-free from 0"
     );
 
-    let status = daemon.terminate();
+    let status = daemon.terminate("an idle client connected");
     assert!(
         status.success(),
         "SIGTERM must end in exit 0, got {status}; stderr:\n{}",
@@ -517,7 +520,7 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
             "an old id is not written twice: {retry:?}"
         );
     });
-    let status = daemon.terminate();
+    let status = daemon.terminate("after the restart");
     assert!(
         status.success(),
         "second SIGTERM: {status}; stderr:\n{}",
@@ -525,10 +528,32 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
     );
 }
 
+/// How a test stops the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: in-flight appends are finished, exit 0.
+    Term,
+    /// SIGKILL: nothing is finished or flushed.
+    Kill,
+}
+
 #[test]
 fn kill_9_keeps_every_acknowledged_append() {
+    appends_in_flight_survive(Stop::Kill);
+}
+
+#[test]
+fn sigterm_with_appends_in_flight_exits_zero_and_keeps_them() {
+    appends_in_flight_survive(Stop::Term);
+}
+
+/// Writers append concurrently (single and multi-stream) until the daemon is
+/// stopped under them; after a restart every acknowledged event is there with
+/// the acknowledged stream, revision and position, and every append that was in
+/// flight is either wholly there or wholly absent.
+fn appends_in_flight_survive(stop: Stop) {
     const WRITERS: usize = 4;
-    const KILL_AFTER: usize = 400;
+    const STOP_AFTER: usize = 400;
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
     let runtime = runtime();
@@ -602,7 +627,7 @@ fn kill_9_keeps_every_acknowledged_append() {
             }));
         }
         let deadline = Instant::now() + PROCESS_TIMEOUT;
-        while count.load(Ordering::SeqCst) < KILL_AFTER {
+        while count.load(Ordering::SeqCst) < STOP_AFTER {
             assert!(
                 Instant::now() < deadline,
                 "only {} events acknowledged in {PROCESS_TIMEOUT:?}",
@@ -611,7 +636,17 @@ fn kill_9_keeps_every_acknowledged_append() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         // Writers are mid-flight: some appends are queued or committing right now.
-        daemon.kill_9();
+        match stop {
+            Stop::Kill => daemon.kill_9(),
+            Stop::Term => {
+                let status = daemon.terminate("appends in flight");
+                assert!(
+                    status.success(),
+                    "SIGTERM during appends: {status}; stderr:\n{}",
+                    daemon.stderr()
+                );
+            }
+        }
         for writer in writers {
             tokio::time::timeout(PROCESS_TIMEOUT, writer)
                 .await
@@ -630,7 +665,7 @@ fn kill_9_keeps_every_acknowledged_append() {
         assert_eq!(
             all.iter().map(|event| event.position).collect::<Vec<_>>(),
             (0..all.len() as u64).collect::<Vec<_>>(),
-            "$all is gap-free after kill -9"
+            "$all is gap-free after {stop:?}"
         );
         let by_id: HashMap<Uuid, Written> = all
             .iter()
@@ -641,7 +676,7 @@ fn kill_9_keeps_every_acknowledged_append() {
             assert_eq!(
                 by_id.get(&written.id),
                 Some(written),
-                "acknowledged event lost or changed by kill -9"
+                "acknowledged event lost or changed by {stop:?}"
             );
         }
         let mut present = 0;
@@ -682,18 +717,88 @@ fn kill_9_keeps_every_acknowledged_append() {
         let info = client.info().await.expect("info");
         assert_eq!(info.head_position, all.len() as u64, "{info:?}");
         println!(
-            "kill -9: {} events acknowledged, {} stored ({} from appends that were in flight)",
+            "{stop:?}: {} events acknowledged, {} stored ({} from appends that were in flight)",
             acknowledged.len(),
             all.len(),
             all.len() - acknowledged.len()
         );
     });
-    let status = daemon.terminate();
+    let status = daemon.terminate("after recovery");
     assert!(
         status.success(),
         "SIGTERM after recovery: {status}; stderr:\n{}",
         daemon.stderr()
     );
+}
+
+#[test]
+fn sigterm_ends_an_open_health_watch() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut daemon = Daemon::start(root.path(), &root.path().join("data"), "json").serving();
+    let runtime = runtime();
+    // A load balancer or grpc client-side health checking keeps a Watch open
+    // for as long as the server lives; it must not keep the server alive.
+    let watch = runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(daemon.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel);
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch
+            .message()
+            .await
+            .expect("watch message")
+            .expect("a status");
+        assert_eq!(first.status(), ServingStatus::Serving);
+        watch
+    });
+    let status = daemon.terminate("a grpc.health.v1 Watch is open");
+    assert!(status.success(), "{status}; stderr:\n{}", daemon.stderr());
+    drop(watch);
+}
+
+#[test]
+fn sigterm_ends_a_read_whose_client_stopped_reading() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut daemon = Daemon::start(root.path(), &root.path().join("data"), "json").serving();
+    let runtime = runtime();
+    let stalled = runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        // 64 MiB: far more than the server's send queue, the HTTP/2 windows and
+        // the socket buffers hold, so the server cannot finish this read while
+        // the client does not take it.
+        let blob = vec![7u8; 4096];
+        for round in 0..32 {
+            let events = (0..500)
+                .map(|_| EventData::binary("Blob", blob.clone()))
+                .collect();
+            client
+                .append(format!("big-{round}"), ExpectedRevision::NoStream, events)
+                .await
+                .expect("append");
+        }
+        let mut read = client
+            .read("$all", ReadOptions::forwards())
+            .await
+            .expect("read");
+        read.next_event()
+            .await
+            .expect("first event")
+            .expect("an event");
+        // Kept, never polled again: a slow or stuck consumer.
+        read
+    });
+    let status = daemon.terminate("a Read is open and its client stopped reading");
+    assert!(status.success(), "{status}; stderr:\n{}", daemon.stderr());
+    drop(stalled);
 }
 
 #[test]
@@ -737,7 +842,7 @@ fn a_second_server_on_a_held_data_dir_fails_clearly() {
             .await
             .expect("append");
     });
-    let status = first.terminate();
+    let status = first.terminate("the first server");
     assert!(status.success(), "{status}; stderr:\n{}", first.stderr());
 }
 
@@ -916,7 +1021,7 @@ fn client_subcommands_against_a_running_server() {
 
     assert_eq!(ok(&["health", "--addr", &url]).trim(), "SERVING");
 
-    let status = daemon.terminate();
+    let status = daemon.terminate("after the CLI commands");
     assert!(status.success(), "{status}; stderr:\n{}", daemon.stderr());
     let down = run_cairn(cwd, &["health", "--addr", &url]);
     assert!(

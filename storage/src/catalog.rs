@@ -41,7 +41,9 @@ impl StreamRecord {
             .metadata
             .max_count
             .map_or(0, |max_count| self.next_revision.saturating_sub(max_count));
-        self.deleted_before.max(self.metadata.truncate_before.unwrap_or(0)).max(by_count)
+        self.deleted_before
+            .max(self.metadata.truncate_before.unwrap_or(0))
+            .max(by_count)
     }
 
     /// Whether an event of this stream at `revision`, committed at `created`, is
@@ -51,7 +53,9 @@ impl StreamRecord {
             return false;
         }
         match self.metadata.max_age {
-            Some(max_age) => created.checked_add(max_age).is_none_or(|expiry| expiry >= now),
+            Some(max_age) => created
+                .checked_add(max_age)
+                .is_none_or(|expiry| expiry >= now),
             None => true,
         }
     }
@@ -76,7 +80,9 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     pub(crate) fn new(streams: HashMap<String, StreamRecord>) -> Self {
-        Self { streams: RwLock::new(streams) }
+        Self {
+            streams: RwLock::new(streams),
+        }
     }
 
     /// A read view for one page of work.
@@ -110,10 +116,17 @@ mod tests {
     #[test]
     fn visibility_rules() {
         let now = SystemTime::now();
-        let mut record = StreamRecord { id: 1, next_revision: 10, ..StreamRecord::default() };
+        let mut record = StreamRecord {
+            id: 1,
+            next_revision: 10,
+            ..StreamRecord::default()
+        };
         assert_eq!(record.current(), CurrentRevision::Revision(9));
         assert!(record.is_visible(0, now, now));
-        record.metadata = StreamMetadata { max_count: Some(3), ..StreamMetadata::default() };
+        record.metadata = StreamMetadata {
+            max_count: Some(3),
+            ..StreamMetadata::default()
+        };
         assert_eq!(record.first_visible_revision(), 7);
         record.metadata.truncate_before = Some(8);
         assert_eq!(record.first_visible_revision(), 8);

@@ -38,8 +38,16 @@ pub mod cf {
     /// (segment, kind) -> counters.
     pub const SEGMENTS: &str = "segments";
     /// Every column family, in open order.
-    pub const ALL: [&str; 8] =
-        [META, LOG, STREAM_INDEX, STREAMS, CATEGORY_INDEX, TYPE_INDEX, EVENT_IDS, SEGMENTS];
+    pub const ALL: [&str; 8] = [
+        META,
+        LOG,
+        STREAM_INDEX,
+        STREAMS,
+        CATEGORY_INDEX,
+        TYPE_INDEX,
+        EVENT_IDS,
+        SEGMENTS,
+    ];
 }
 
 /// Keys of the `meta` column family.
@@ -92,7 +100,11 @@ pub fn encode_counts(events: u64, bytes: u64) -> [u8; 16] {
 /// Decodes a `segments` value.
 pub fn decode_counts(value: &[u8]) -> Result<(u64, u64)> {
     if value.len() != 16 {
-        return Err(corrupt(cf::SEGMENTS, "segment counters", "length is not 16"));
+        return Err(corrupt(
+            cf::SEGMENTS,
+            "segment counters",
+            "length is not 16",
+        ));
     }
     Ok((read_u64(&value[..8]), read_u64(&value[8..])))
 }
@@ -112,8 +124,16 @@ pub fn decode_u64(column_family: &'static str, key: &str, value: &[u8]) -> Resul
     Ok(read_u64(value))
 }
 
-fn corrupt(column_family: &'static str, key: impl Into<String>, reason: impl Into<String>) -> Error {
-    Error::Corrupt { column_family, key: key.into(), reason: reason.into() }
+fn corrupt(
+    column_family: &'static str,
+    key: impl Into<String>,
+    reason: impl Into<String>,
+) -> Error {
+    Error::Corrupt {
+        column_family,
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// `log` key: the position.
@@ -204,14 +224,17 @@ pub fn encode_record(
     created: SystemTime,
     event: &EventData,
 ) -> Vec<u8> {
-    let mut record = Vec::with_capacity(
-        1 + 8 + 16 + 8 + 2 + 2 + 2 + 4 + 4 + 4 + stream.len() + event.size(),
-    );
+    let mut record =
+        Vec::with_capacity(1 + 8 + 16 + 8 + 2 + 2 + 2 + 4 + 4 + 4 + stream.len() + event.size());
     record.push(RECORD_VERSION);
     record.extend_from_slice(&revision.to_be_bytes());
     record.extend_from_slice(event.id.as_bytes());
     record.extend_from_slice(&nanos_since_epoch(created).to_be_bytes());
-    for short in [stream.as_bytes(), event.event_type.as_bytes(), event.content_type.as_bytes()] {
+    for short in [
+        stream.as_bytes(),
+        event.event_type.as_bytes(),
+        event.content_type.as_bytes(),
+    ] {
         record.extend_from_slice(&(short.len() as u16).to_be_bytes());
         record.extend_from_slice(short);
     }
@@ -240,9 +263,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, len: usize) -> Result<std::ops::Range<usize>> {
-        let end = self.offset.checked_add(len).filter(|end| *end <= self.bytes.len()).ok_or_else(
-            || corrupt(cf::LOG, self.position.to_string(), "record is truncated"),
-        )?;
+        let end = self
+            .offset
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| corrupt(cf::LOG, self.position.to_string(), "record is truncated"))?;
         let range = self.offset..end;
         self.offset = end;
         Ok(range)
@@ -268,7 +293,11 @@ impl Reader<'_> {
     fn string(&mut self, len: usize, what: &str) -> Result<String> {
         let range = self.take(len)?;
         String::from_utf8(self.bytes[range].to_vec()).map_err(|_| {
-            corrupt(cf::LOG, self.position.to_string(), format!("{what} is not UTF-8"))
+            corrupt(
+                cf::LOG,
+                self.position.to_string(),
+                format!("{what} is not UTF-8"),
+            )
         })
     }
 }
@@ -291,14 +320,23 @@ pub struct RecordHeader<'a> {
 /// Checks a record's crc and returns its header fields.
 pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
     verify_crc(position, record)?;
-    let mut reader = Reader { bytes: record, offset: 0, position };
+    let mut reader = Reader {
+        bytes: record,
+        offset: 0,
+        position,
+    };
     let version_range = reader.take(1)?;
     if record[version_range.start] != RECORD_VERSION {
-        return Err(corrupt(cf::LOG, position.to_string(), "unknown record version"));
+        return Err(corrupt(
+            cf::LOG,
+            position.to_string(),
+            "unknown record version",
+        ));
     }
     let revision = reader.u64()?;
     let id_range = reader.take(16)?;
-    let id = Uuid::from_slice(&record[id_range]).map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
+    let id = Uuid::from_slice(&record[id_range])
+        .map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
     let created = time_from_nanos(reader.u64()? as i64);
     let stream_len = reader.u16()?;
     let stream_range = reader.take(stream_len)?;
@@ -308,12 +346,22 @@ pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
         .map_err(|_| corrupt(cf::LOG, position.to_string(), "stream name is not UTF-8"))?;
     let event_type = std::str::from_utf8(&record[type_range])
         .map_err(|_| corrupt(cf::LOG, position.to_string(), "event type is not UTF-8"))?;
-    Ok(RecordHeader { stream, revision, event_type, created, id })
+    Ok(RecordHeader {
+        stream,
+        revision,
+        event_type,
+        created,
+        id,
+    })
 }
 
 fn verify_crc(position: u64, record: &[u8]) -> Result<()> {
     if record.len() < 4 {
-        return Err(corrupt(cf::LOG, position.to_string(), "record is shorter than its checksum"));
+        return Err(corrupt(
+            cf::LOG,
+            position.to_string(),
+            "record is shorter than its checksum",
+        ));
     }
     let (body, crc) = record.split_at(record.len() - 4);
     let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
@@ -333,14 +381,23 @@ fn verify_crc(position: u64, record: &[u8]) -> Result<()> {
 pub fn decode_record(position: u64, record: Vec<u8>) -> Result<RecordedEvent> {
     verify_crc(position, &record)?;
     let record = Bytes::from(record);
-    let mut reader = Reader { bytes: &record, offset: 0, position };
+    let mut reader = Reader {
+        bytes: &record,
+        offset: 0,
+        position,
+    };
     let version_range = reader.take(1)?;
     if record[version_range.start] != RECORD_VERSION {
-        return Err(corrupt(cf::LOG, position.to_string(), "unknown record version"));
+        return Err(corrupt(
+            cf::LOG,
+            position.to_string(),
+            "unknown record version",
+        ));
     }
     let revision = reader.u64()?;
     let id_range = reader.take(16)?;
-    let id = Uuid::from_slice(&record[id_range]).map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
+    let id = Uuid::from_slice(&record[id_range])
+        .map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
     let created = time_from_nanos(reader.u64()? as i64);
     let len = reader.u16()?;
     let stream = reader.string(len, "stream name")?;
@@ -353,9 +410,23 @@ pub fn decode_record(position: u64, record: Vec<u8>) -> Result<RecordedEvent> {
     let len = reader.u32()?;
     let data = record.slice(reader.take(len)?);
     if reader.offset + 4 != record.len() {
-        return Err(corrupt(cf::LOG, position.to_string(), "trailing bytes after the payload"));
+        return Err(corrupt(
+            cf::LOG,
+            position.to_string(),
+            "trailing bytes after the payload",
+        ));
     }
-    Ok(RecordedEvent { position, stream, revision, id, event_type, content_type, created, metadata, data })
+    Ok(RecordedEvent {
+        position,
+        stream,
+        revision,
+        id,
+        event_type,
+        content_type,
+        created,
+        metadata,
+        data,
+    })
 }
 
 /// A stream's persistent state: the `streams` value.
@@ -392,13 +463,34 @@ impl StreamRecord {
         value.extend_from_slice(&self.next_revision.to_be_bytes());
         value.extend_from_slice(&self.deleted_before.to_be_bytes());
         value.push(u8::from(self.tombstoned));
-        value.extend_from_slice(&self.metadata_revision.map_or(0, |revision| revision + 1).to_be_bytes());
+        value.extend_from_slice(
+            &self
+                .metadata_revision
+                .map_or(0, |revision| revision + 1)
+                .to_be_bytes(),
+        );
         let metadata = &self.metadata;
         let mut flags = 0u8;
-        flags |= if metadata.max_count.is_some() { FLAG_MAX_COUNT } else { 0 };
-        flags |= if metadata.max_age.is_some() { FLAG_MAX_AGE } else { 0 };
-        flags |= if metadata.truncate_before.is_some() { FLAG_TRUNCATE_BEFORE } else { 0 };
-        flags |= if metadata.custom.is_some() { FLAG_CUSTOM } else { 0 };
+        flags |= if metadata.max_count.is_some() {
+            FLAG_MAX_COUNT
+        } else {
+            0
+        };
+        flags |= if metadata.max_age.is_some() {
+            FLAG_MAX_AGE
+        } else {
+            0
+        };
+        flags |= if metadata.truncate_before.is_some() {
+            FLAG_TRUNCATE_BEFORE
+        } else {
+            0
+        };
+        flags |= if metadata.custom.is_some() {
+            FLAG_CUSTOM
+        } else {
+            0
+        };
         value.push(flags);
         if let Some(max_count) = metadata.max_count {
             value.extend_from_slice(&max_count.to_be_bytes());
@@ -433,7 +525,11 @@ impl StreamRecord {
         if hasher.finalize() != u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]) {
             return Err(bad("crc32 mismatch"));
         }
-        let mut reader = Reader { bytes: body, offset: 0, position: 0 };
+        let mut reader = Reader {
+            bytes: body,
+            offset: 0,
+            position: 0,
+        };
         let mut take = |len: usize| reader.take(len).map_err(|_| bad("value is truncated"));
         let version = take(1)?;
         if body[version.start] != STREAM_VERSION {
@@ -465,10 +561,18 @@ impl StreamRecord {
             ]) as usize;
             let custom = take(len)?;
             metadata.custom = Some(
-                String::from_utf8(body[custom].to_vec()).map_err(|_| bad("custom metadata is not UTF-8"))?,
+                String::from_utf8(body[custom].to_vec())
+                    .map_err(|_| bad("custom metadata is not UTF-8"))?,
             );
         }
-        Ok(Self { id, next_revision, deleted_before, tombstoned, metadata_revision, metadata })
+        Ok(Self {
+            id,
+            next_revision,
+            deleted_before,
+            tombstoned,
+            metadata_revision,
+            metadata,
+        })
     }
 }
 
@@ -495,9 +599,15 @@ mod tests {
         assert_eq!(decoded.metadata, event.metadata);
         assert_eq!(decoded.data, event.data);
         let header = decode_header(42, &record).unwrap();
-        assert_eq!((header.stream, header.event_type, header.revision), ("order-1", "Placed", 7));
+        assert_eq!(
+            (header.stream, header.event_type, header.revision),
+            ("order-1", "Placed", 7)
+        );
         // The crc covers the position: a record under another key is corrupt.
-        assert!(matches!(decode_record(43, record.clone()), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode_record(43, record.clone()),
+            Err(Error::Corrupt { .. })
+        ));
         for index in [0, 5, 30, record.len() - 1] {
             let mut flipped = record.clone();
             flipped[index] ^= 0x40;
@@ -525,8 +635,14 @@ mod tests {
         let value = record.encode("s-1");
         assert_eq!(StreamRecord::decode("s-1", &value).unwrap(), record);
         assert!(StreamRecord::decode("s-2", &value).is_err());
-        let plain = StreamRecord { id: 1, ..StreamRecord::default() };
-        assert_eq!(StreamRecord::decode("x", &plain.encode("x")).unwrap(), plain);
+        let plain = StreamRecord {
+            id: 1,
+            ..StreamRecord::default()
+        };
+        assert_eq!(
+            StreamRecord::decode("x", &plain.encode("x")).unwrap(),
+            plain
+        );
     }
 
     #[test]

@@ -34,9 +34,20 @@ use crate::ticket::Responder;
 
 /// A request for the committer.
 pub(crate) enum Command {
-    Append { parts: Vec<StreamAppend>, reply: AppendReply },
-    Delete { stream: String, expected: ExpectedRevision, reply: Responder<CurrentRevision> },
-    Tombstone { stream: String, expected: ExpectedRevision, reply: Responder<CurrentRevision> },
+    Append {
+        parts: Vec<StreamAppend>,
+        reply: AppendReply,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedRevision,
+        reply: Responder<CurrentRevision>,
+    },
+    Tombstone {
+        stream: String,
+        expected: ExpectedRevision,
+        reply: Responder<CurrentRevision>,
+    },
     SetMetadata {
         stream: String,
         expected: ExpectedRevision,
@@ -48,9 +59,11 @@ pub(crate) enum Command {
 impl Command {
     fn size_hint(&self) -> usize {
         match self {
-            Command::Append { parts, .. } => {
-                parts.iter().flat_map(|part| &part.events).map(|event| event.size() + 64).sum()
-            }
+            Command::Append { parts, .. } => parts
+                .iter()
+                .flat_map(|part| &part.events)
+                .map(|event| event.size() + 64)
+                .sum(),
             _ => 64,
         }
     }
@@ -67,7 +80,9 @@ impl AppendReply {
         match self {
             AppendReply::Multi(reply) => reply.send(result),
             AppendReply::Single(reply) => reply.send(result.and_then(|mut results| {
-                results.pop().ok_or_else(|| Error::Io("an append returned no result".into()))
+                results
+                    .pop()
+                    .ok_or_else(|| Error::Io("an append returned no result".into()))
             })),
         }
     }
@@ -146,7 +161,15 @@ impl Committer {
         group_limits: GroupLimits,
         poison_flag: Arc<Mutex<Option<Error>>>,
     ) -> Self {
-        Self { shared, head, next_stream_id, segment, group_limits, poisoned: None, poison_flag }
+        Self {
+            shared,
+            head,
+            next_stream_id,
+            segment,
+            group_limits,
+            poisoned: None,
+            poison_flag,
+        }
     }
 
     /// Runs until every sender is gone and the queue is drained.
@@ -167,7 +190,10 @@ impl Committer {
             }
             self.commit_group(commands);
         }
-        tracing::debug!(head = self.head, "committer stopped: queue closed and drained");
+        tracing::debug!(
+            head = self.head,
+            "committer stopped: queue closed and drained"
+        );
     }
 
     fn commit_group(&mut self, commands: Vec<Command>) {
@@ -189,12 +215,18 @@ impl Committer {
             self.put_counters(&mut group.batch);
             let mut options = WriteOptions::default();
             options.set_sync(self.shared.durability == Durability::Sync);
-            let written = self.shared.db.write_opt(std::mem::take(&mut group.batch), &options);
+            let written = self
+                .shared
+                .db
+                .write_opt(std::mem::take(&mut group.batch), &options);
             if let Err(error) = written {
                 let error = Error::Poisoned(format!("RocksDB write failed: {error}"));
                 tracing::error!(%error, "write failed; the store now refuses writes");
                 self.poisoned = Some(error.clone());
-                *self.poison_flag.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+                *self
+                    .poison_flag
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
                 self.head = head_before;
                 self.next_stream_id = next_stream_id_before;
                 self.segment = segment_before;
@@ -204,7 +236,10 @@ impl Committer {
                 return;
             }
             self.shared.catalog.apply(group.overlay);
-            let notice = CommitNotice { head: self.head, changed_streams: group.changed_streams };
+            let notice = CommitNotice {
+                head: self.head,
+                changed_streams: group.changed_streams,
+            };
             self.shared.live.publish(group.events, &notice);
         }
         for answer in group.answers {
@@ -215,7 +250,11 @@ impl Committer {
     fn put_counters(&mut self, batch: &mut WriteBatch) {
         let meta = self.shared.cf(cf::META);
         batch.put_cf(meta, meta_key::HEAD, self.head.to_be_bytes());
-        batch.put_cf(meta, meta_key::NEXT_STREAM_ID, self.next_stream_id.to_be_bytes());
+        batch.put_cf(
+            meta,
+            meta_key::NEXT_STREAM_ID,
+            self.next_stream_id.to_be_bytes(),
+        );
         let (segment, events, bytes) = self.segment;
         batch.put_cf(
             self.shared.cf(cf::SEGMENTS),
@@ -234,21 +273,34 @@ impl Committer {
                 };
                 Answer::Append(reply, result)
             }
-            Command::Delete { stream, expected, reply } => {
+            Command::Delete {
+                stream,
+                expected,
+                reply,
+            } => {
                 let result = match poisoned {
                     Some(error) => Err(error),
                     None => self.prepare_delete(&stream, expected, false, group),
                 };
                 Answer::Revision(reply, result)
             }
-            Command::Tombstone { stream, expected, reply } => {
+            Command::Tombstone {
+                stream,
+                expected,
+                reply,
+            } => {
                 let result = match poisoned {
                     Some(error) => Err(error),
                     None => self.prepare_delete(&stream, expected, true, group),
                 };
                 Answer::Revision(reply, result)
             }
-            Command::SetMetadata { stream, expected, metadata, reply } => {
+            Command::SetMetadata {
+                stream,
+                expected,
+                metadata,
+                reply,
+            } => {
                 let result = match poisoned {
                     Some(error) => Err(error),
                     None => self.prepare_metadata(&stream, expected, metadata, group),
@@ -261,13 +313,20 @@ impl Committer {
 
     /// The stream's record as of this point in the group.
     fn record(&self, stream: &str, group: &Group) -> Option<StreamRecord> {
-        group.overlay.get(stream).cloned().or_else(|| self.shared.catalog.get(stream))
+        group
+            .overlay
+            .get(stream)
+            .cloned()
+            .or_else(|| self.shared.catalog.get(stream))
     }
 
     fn new_record(&mut self) -> StreamRecord {
         let id = self.next_stream_id;
         self.next_stream_id += 1;
-        StreamRecord { id, ..StreamRecord::default() }
+        StreamRecord {
+            id,
+            ..StreamRecord::default()
+        }
     }
 
     fn prepare_append(
@@ -280,9 +339,13 @@ impl Committer {
         for part in &parts {
             let record = self.record(&part.stream, group);
             if record.as_ref().is_some_and(|record| record.tombstoned) {
-                return Err(Error::StreamTombstoned { stream: part.stream.clone() });
+                return Err(Error::StreamTombstoned {
+                    stream: part.stream.clone(),
+                });
             }
-            let current = record.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
+            let current = record
+                .as_ref()
+                .map_or(CurrentRevision::NoStream, StreamRecord::current);
             if let Some(replay) = self.find_replay(part, record.as_ref(), current, group)? {
                 plans.push(Err(replay));
                 continue;
@@ -308,8 +371,14 @@ impl Committer {
                 Ok(record) => record,
             };
             if part.events.is_empty() {
-                let current = record.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
-                results.push(AppendResult { current, positions: None, idempotent_replay: false });
+                let current = record
+                    .as_ref()
+                    .map_or(CurrentRevision::NoStream, StreamRecord::current);
+                results.push(AppendResult {
+                    current,
+                    positions: None,
+                    idempotent_replay: false,
+                });
                 continue;
             }
             let mut record = match record {
@@ -320,10 +389,13 @@ impl Committer {
             for event in part.events {
                 let position = self.head;
                 let revision = record.next_revision;
-                let encoded = codec::encode_record(position, &part.stream, revision, created, &event);
+                let encoded =
+                    codec::encode_record(position, &part.stream, revision, created, &event);
                 self.count_written(position, encoded.len() as u64, &mut group.batch);
                 let shared = &self.shared;
-                group.batch.put_cf(shared.cf(cf::LOG), codec::log_key(position), &encoded);
+                group
+                    .batch
+                    .put_cf(shared.cf(cf::LOG), codec::log_key(position), &encoded);
                 group.batch.put_cf(
                     shared.cf(cf::STREAM_INDEX),
                     codec::stream_index_key(record.id, revision),
@@ -341,8 +413,16 @@ impl Committer {
                     codec::name_index_key(&event.event_type, position),
                     [],
                 );
-                let entry = EventIdEntry { stream_id: record.id, revision, position };
-                group.batch.put_cf(shared.cf(cf::EVENT_IDS), event.id.as_bytes(), entry.encode());
+                let entry = EventIdEntry {
+                    stream_id: record.id,
+                    revision,
+                    position,
+                };
+                group.batch.put_cf(
+                    shared.cf(cf::EVENT_IDS),
+                    event.id.as_bytes(),
+                    entry.encode(),
+                );
                 group.new_ids.insert(event.id, entry);
                 group.events.push(Arc::new(RecordedEvent {
                     position,
@@ -427,7 +507,9 @@ impl Committer {
                 .ok_or_else(|| Error::Io("event id lookup lost its entry".into()))?;
             return Err(Error::DuplicateEventId {
                 event_id: part.events[index].id,
-                stream: self.stream_name_at(entry.position, group).unwrap_or_else(|| part.stream.clone()),
+                stream: self
+                    .stream_name_at(entry.position, group)
+                    .unwrap_or_else(|| part.stream.clone()),
                 revision: entry.revision,
             });
         }
@@ -437,7 +519,10 @@ impl Committer {
         let last = entries[entries.len() - 1].map_or(first, |entry| entry);
         let expectation_matches_original = match part.expected {
             ExpectedRevision::Any => true,
-            ExpectedRevision::NoStream => first.revision == 0 || first.revision == record.deleted_before,
+            // The soft-delete point may have moved since the original append
+            // (the stream was deleted again), so it cannot be checked; the ids
+            // already prove this is the same append.
+            ExpectedRevision::NoStream => true,
             ExpectedRevision::StreamExists => first.revision > 0,
             ExpectedRevision::Exact(expected) => expected.checked_add(1) == Some(first.revision),
         };
@@ -484,10 +569,20 @@ impl Committer {
     /// The stream name of the event at `position` (for error messages).
     fn stream_name_at(&self, position: u64, group: &Group) -> Option<String> {
         if position >= self.shared.live.head() {
-            return group.events.iter().find(|event| event.position == position).map(|e| e.stream.clone());
+            return group
+                .events
+                .iter()
+                .find(|event| event.position == position)
+                .map(|e| e.stream.clone());
         }
-        let value = self.shared.db.get_cf(self.shared.cf(cf::LOG), codec::log_key(position)).ok()??;
-        codec::decode_header(position, &value).ok().map(|header| header.stream.to_owned())
+        let value = self
+            .shared
+            .db
+            .get_cf(self.shared.cf(cf::LOG), codec::log_key(position))
+            .ok()??;
+        codec::decode_header(position, &value)
+            .ok()
+            .map(|header| header.stream.to_owned())
     }
 
     fn prepare_delete(
@@ -499,14 +594,24 @@ impl Committer {
     ) -> Result<CurrentRevision> {
         let existing = self.record(stream, group);
         if existing.as_ref().is_some_and(|record| record.tombstoned) {
-            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+            return Err(Error::StreamTombstoned {
+                stream: stream.to_owned(),
+            });
         }
-        let current = existing.as_ref().map_or(CurrentRevision::NoStream, StreamRecord::current);
+        let current = existing
+            .as_ref()
+            .map_or(CurrentRevision::NoStream, StreamRecord::current);
         if !expected.holds_for(current) {
-            return Err(Error::WrongExpectedRevision { stream: stream.to_owned(), expected, current });
+            return Err(Error::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
         }
         if !tombstone && current == CurrentRevision::NoStream {
-            return Err(Error::StreamNotFound { stream: stream.to_owned() });
+            return Err(Error::StreamNotFound {
+                stream: stream.to_owned(),
+            });
         }
         let mut record = match existing {
             Some(record) => record,
@@ -535,7 +640,9 @@ impl Committer {
         }
         let existing = self.record(stream, group);
         if existing.as_ref().is_some_and(|record| record.tombstoned) {
-            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+            return Err(Error::StreamTombstoned {
+                stream: stream.to_owned(),
+            });
         }
         let current = existing
             .as_ref()
@@ -560,7 +667,11 @@ impl Committer {
     }
 
     fn stage_record(&self, stream: &str, record: StreamRecord, group: &mut Group) {
-        group.batch.put_cf(self.shared.cf(cf::STREAMS), stream.as_bytes(), record.encode(stream));
+        group.batch.put_cf(
+            self.shared.cf(cf::STREAMS),
+            stream.as_bytes(),
+            record.encode(stream),
+        );
         group.overlay.insert(stream.to_owned(), record);
         group.changed_streams.push(stream.to_owned());
     }

@@ -39,7 +39,10 @@ pub struct RingLimits {
 
 impl Default for RingLimits {
     fn default() -> Self {
-        Self { max_events: 16_384, max_bytes: 64 * 1024 * 1024 }
+        Self {
+            max_events: 16_384,
+            max_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -68,7 +71,11 @@ impl Live {
         Self {
             head: Mutex::new(head),
             head_moved: Condvar::new(),
-            ring: RwLock::new(Ring { start: head, events: VecDeque::new(), bytes: 0 }),
+            ring: RwLock::new(Ring {
+                start: head,
+                events: VecDeque::new(),
+                bytes: 0,
+            }),
             limits,
             listeners: RwLock::new(Vec::new()),
         }
@@ -100,7 +107,10 @@ impl Live {
 
     /// Registers a callback run after every committed group.
     pub fn add_listener(&self, listener: CommitListener) {
-        self.listeners.write().unwrap_or_else(PoisonError::into_inner).push(listener);
+        self.listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
     }
 
     /// Events from `position` (inclusive), at most `max`, from the ring. Empty when
@@ -109,7 +119,10 @@ impl Live {
     pub fn read_from(&self, position: u64, max: usize) -> Result<Vec<Arc<RecordedEvent>>> {
         let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
         if position < ring.start {
-            return Err(Error::FellBehind { requested: position, oldest: ring.start });
+            return Err(Error::FellBehind {
+                requested: position,
+                oldest: ring.start,
+            });
         }
         let skip = usize::try_from(position - ring.start).unwrap_or(usize::MAX);
         Ok(ring.events.iter().skip(skip).take(max).cloned().collect())
@@ -117,7 +130,10 @@ impl Live {
 
     /// The oldest position the ring holds (equal to the head when empty).
     pub fn ring_start(&self) -> u64 {
-        self.ring.read().unwrap_or_else(PoisonError::into_inner).start
+        self.ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .start
     }
 
     /// Number of events and payload bytes the ring holds now.
@@ -149,7 +165,12 @@ impl Live {
         }
         *self.head.lock().unwrap_or_else(PoisonError::into_inner) = notice.head;
         self.head_moved.notify_all();
-        for listener in self.listeners.read().unwrap_or_else(PoisonError::into_inner).iter() {
+        for listener in self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             listener(notice);
         }
     }

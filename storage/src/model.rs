@@ -165,8 +165,16 @@ pub struct StreamAppend {
 
 impl StreamAppend {
     /// Builds a stream part.
-    pub fn new(stream: impl Into<String>, expected: ExpectedRevision, events: Vec<EventData>) -> Self {
-        Self { stream: stream.into(), expected, events }
+    pub fn new(
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+        events: Vec<EventData>,
+    ) -> Self {
+        Self {
+            stream: stream.into(),
+            expected,
+            events,
+        }
     }
 }
 
@@ -318,8 +326,9 @@ impl PartialEq for ReadFilter {
 impl ReadFilter {
     /// Compiles a regex for a filter, mapping a bad pattern to `InvalidArgument`.
     pub fn regex(pattern: &str) -> Result<regex::Regex> {
-        regex::Regex::new(pattern)
-            .map_err(|error| Error::InvalidArgument(format!("bad filter regex '{pattern}': {error}")))
+        regex::Regex::new(pattern).map_err(|error| {
+            Error::InvalidArgument(format!("bad filter regex '{pattern}': {error}"))
+        })
     }
 
     /// Whether the filter constrains nothing.
@@ -333,12 +342,21 @@ impl ReadFilter {
     /// Whether an event of `stream` with `event_type` passes.
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
         let prefixed = |prefixes: &[String], value: &str| {
-            prefixes.is_empty() || prefixes.iter().any(|prefix| value.starts_with(prefix.as_str()))
+            prefixes.is_empty()
+                || prefixes
+                    .iter()
+                    .any(|prefix| value.starts_with(prefix.as_str()))
         };
         prefixed(&self.stream_prefixes, stream)
-            && self.stream_regex.as_ref().is_none_or(|regex| regex.is_match(stream))
+            && self
+                .stream_regex
+                .as_ref()
+                .is_none_or(|regex| regex.is_match(stream))
             && prefixed(&self.type_prefixes, event_type)
-            && self.type_regex.as_ref().is_none_or(|regex| regex.is_match(event_type))
+            && self
+                .type_regex
+                .as_ref()
+                .is_none_or(|regex| regex.is_match(event_type))
     }
 }
 
@@ -508,7 +526,9 @@ impl Limits {
     /// Checks an append request against the limits and the naming rules.
     pub fn validate_append(&self, parts: &[StreamAppend]) -> Result<()> {
         if parts.is_empty() {
-            return Err(Error::InvalidArgument("an append needs at least one stream".into()));
+            return Err(Error::InvalidArgument(
+                "an append needs at least one stream".into(),
+            ));
         }
         let mut total_events = 0usize;
         let mut total_bytes = 0usize;
@@ -524,7 +544,9 @@ impl Limits {
             }
             for event in &part.events {
                 if event.id.is_nil() {
-                    return Err(Error::InvalidArgument("event id must not be the nil UUID".into()));
+                    return Err(Error::InvalidArgument(
+                        "event id must not be the nil UUID".into(),
+                    ));
                 }
                 if !ids.insert(event.id) {
                     return Err(Error::InvalidArgument(format!(
@@ -606,9 +628,18 @@ mod tests {
     #[test]
     fn parse_sources() {
         assert_eq!(ReadSource::parse("$all").unwrap(), ReadSource::All);
-        assert_eq!(ReadSource::parse("$ce-order").unwrap(), ReadSource::Category("order".into()));
-        assert_eq!(ReadSource::parse("$et-Placed").unwrap(), ReadSource::EventType("Placed".into()));
-        assert_eq!(ReadSource::parse("a-1").unwrap(), ReadSource::Stream("a-1".into()));
+        assert_eq!(
+            ReadSource::parse("$ce-order").unwrap(),
+            ReadSource::Category("order".into())
+        );
+        assert_eq!(
+            ReadSource::parse("$et-Placed").unwrap(),
+            ReadSource::EventType("Placed".into())
+        );
+        assert_eq!(
+            ReadSource::parse("a-1").unwrap(),
+            ReadSource::Stream("a-1".into())
+        );
         assert!(ReadSource::parse("$other").is_err());
         assert!(ReadSource::parse("").is_err());
         assert!(ReadSource::parse("$ce-").is_err());
@@ -635,24 +666,62 @@ mod tests {
 
     #[test]
     fn append_validation() {
-        let limits = Limits { max_event_bytes: 100, max_append_bytes: 150, max_events_per_append: 3, max_read_page: 10 };
+        let limits = Limits {
+            max_event_bytes: 100,
+            max_append_bytes: 150,
+            max_events_per_append: 3,
+            max_read_page: 10,
+        };
         let ok = StreamAppend::new("s-1", ExpectedRevision::Any, vec![event(10)]);
         assert!(limits.validate_append(std::slice::from_ref(&ok)).is_ok());
         assert!(limits.validate_append(&[]).is_err());
         let big = StreamAppend::new("s-1", ExpectedRevision::Any, vec![event(200)]);
-        assert!(matches!(limits.validate_append(&[big]), Err(Error::LimitExceeded { .. })));
-        let many = StreamAppend::new("s-1", ExpectedRevision::Any, (0..4).map(|_| event(1)).collect());
-        assert!(matches!(limits.validate_append(&[many]), Err(Error::LimitExceeded { .. })));
-        let total = StreamAppend::new("s-1", ExpectedRevision::Any, (0..2).map(|_| event(90)).collect());
-        assert!(matches!(limits.validate_append(&[total]), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(
+            limits.validate_append(&[big]),
+            Err(Error::LimitExceeded { .. })
+        ));
+        let many = StreamAppend::new(
+            "s-1",
+            ExpectedRevision::Any,
+            (0..4).map(|_| event(1)).collect(),
+        );
+        assert!(matches!(
+            limits.validate_append(&[many]),
+            Err(Error::LimitExceeded { .. })
+        ));
+        let total = StreamAppend::new(
+            "s-1",
+            ExpectedRevision::Any,
+            (0..2).map(|_| event(90)).collect(),
+        );
+        assert!(matches!(
+            limits.validate_append(&[total]),
+            Err(Error::LimitExceeded { .. })
+        ));
         let reserved = StreamAppend::new("$x", ExpectedRevision::Any, vec![event(1)]);
-        assert!(matches!(limits.validate_append(&[reserved]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            limits.validate_append(&[reserved]),
+            Err(Error::InvalidArgument(_))
+        ));
         let twice = vec![ok.clone(), ok.clone()];
-        assert!(matches!(limits.validate_append(&twice), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            limits.validate_append(&twice),
+            Err(Error::InvalidArgument(_))
+        ));
         let e = event(1);
         let dup = StreamAppend::new("s-2", ExpectedRevision::Any, vec![e.clone(), e]);
-        assert!(matches!(limits.validate_append(&[dup]), Err(Error::InvalidArgument(_))));
-        let nil = StreamAppend::new("s-2", ExpectedRevision::Any, vec![event(1).with_id(Uuid::nil())]);
-        assert!(matches!(limits.validate_append(&[nil]), Err(Error::InvalidArgument(_))));
+        assert!(matches!(
+            limits.validate_append(&[dup]),
+            Err(Error::InvalidArgument(_))
+        ));
+        let nil = StreamAppend::new(
+            "s-2",
+            ExpectedRevision::Any,
+            vec![event(1).with_id(Uuid::nil())],
+        );
+        assert!(matches!(
+            limits.validate_append(&[nil]),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 }

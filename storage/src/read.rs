@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use rocksdb::{DBRawIteratorWithThreadMode, DB, ReadOptions, SnapshotWithThreadMode};
+use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, SnapshotWithThreadMode};
 
 use crate::catalog::Catalog;
 use crate::codec::{self, StreamRecord, cf};
@@ -32,16 +32,25 @@ impl Store {
         let max = request.max_count.min(shared.limits.max_read_page);
         let head = shared.live.head();
         let snapshot = shared.db.snapshot();
-        let reader = Reader { shared, snapshot: &snapshot, head, now: SystemTime::now() };
+        let reader = Reader {
+            shared,
+            snapshot: &snapshot,
+            head,
+            now: SystemTime::now(),
+        };
         match &request.source {
             ReadSource::Stream(stream) => reader.stream(stream, request, max),
             ReadSource::All => reader.positions(None, request, max),
-            ReadSource::Category(category) => {
-                reader.positions(Some((cf::CATEGORY_INDEX, codec::name_index_prefix(category))), request, max)
-            }
-            ReadSource::EventType(event_type) => {
-                reader.positions(Some((cf::TYPE_INDEX, codec::name_index_prefix(event_type))), request, max)
-            }
+            ReadSource::Category(category) => reader.positions(
+                Some((cf::CATEGORY_INDEX, codec::name_index_prefix(category))),
+                request,
+                max,
+            ),
+            ReadSource::EventType(event_type) => reader.positions(
+                Some((cf::TYPE_INDEX, codec::name_index_prefix(event_type))),
+                request,
+                max,
+            ),
         }
     }
 }
@@ -58,18 +67,27 @@ impl Reader<'_> {
     fn iterator(&self, column_family: &str) -> DBRawIteratorWithThreadMode<'_, DB> {
         let mut options = ReadOptions::default();
         options.fill_cache(true);
-        self.snapshot.raw_iterator_cf_opt(self.shared.cf(column_family), options)
+        self.snapshot
+            .raw_iterator_cf_opt(self.shared.cf(column_family), options)
     }
 
     fn stream(&self, stream: &str, request: &ReadRequest, max: usize) -> Result<ReadPage> {
         let record = self.shared.catalog.get(stream);
         let record = match record {
-            None => return Err(Error::StreamNotFound { stream: stream.to_owned() }),
+            None => {
+                return Err(Error::StreamNotFound {
+                    stream: stream.to_owned(),
+                });
+            }
             Some(record) if record.tombstoned => {
-                return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+                return Err(Error::StreamTombstoned {
+                    stream: stream.to_owned(),
+                });
             }
             Some(record) if record.current().revision().is_none() => {
-                return Err(Error::StreamNotFound { stream: stream.to_owned() });
+                return Err(Error::StreamNotFound {
+                    stream: stream.to_owned(),
+                });
             }
             Some(record) => record,
         };
@@ -143,8 +161,13 @@ impl Reader<'_> {
     /// whose record is gone (scavenged after the index was read) is skipped.
     fn fetch(&self, positions: &[u64]) -> Result<Vec<RecordedEvent>> {
         let log = self.shared.cf(cf::LOG);
-        let keys: Vec<[u8; 8]> = positions.iter().map(|position| codec::log_key(*position)).collect();
-        let values = self.snapshot.multi_get_cf(keys.iter().map(|key| (log, key)));
+        let keys: Vec<[u8; 8]> = positions
+            .iter()
+            .map(|position| codec::log_key(*position))
+            .collect();
+        let values = self
+            .snapshot
+            .multi_get_cf(keys.iter().map(|key| (log, key)));
         let mut events = Vec::with_capacity(positions.len());
         for (position, value) in positions.iter().zip(values) {
             if let Some(value) = value? {
@@ -197,8 +220,12 @@ impl Reader<'_> {
         }
         let mut scanned = 0usize;
         let mut pending: Vec<u64> = Vec::new();
-        let mut visible =
-            Visibility { catalog: &self.shared.catalog, seen: HashMap::new(), now: self.now, filter: &request.filter };
+        let mut visible = Visibility {
+            catalog: &self.shared.catalog,
+            seen: HashMap::new(),
+            now: self.now,
+            filter: &request.filter,
+        };
         while iterator.valid() && page.events.len() < max {
             let Some(key) = iterator.key() else { break };
             let position = match prefix {
@@ -223,8 +250,14 @@ impl Reader<'_> {
                 None => {
                     let value = iterator.value().unwrap_or_default();
                     let header = codec::decode_header(position, value)?;
-                    if visible.check(header.stream, header.revision, header.created, header.event_type) {
-                        page.events.push(codec::decode_record(position, value.to_vec())?);
+                    if visible.check(
+                        header.stream,
+                        header.revision,
+                        header.created,
+                        header.event_type,
+                    ) {
+                        page.events
+                            .push(codec::decode_record(position, value.to_vec())?);
                     }
                 }
                 Some(_) => {
@@ -265,7 +298,12 @@ impl Reader<'_> {
         page: &mut ReadPage,
     ) -> Result<()> {
         for event in self.fetch(pending)? {
-            if visible.check(&event.stream, event.revision, event.created, &event.event_type) {
+            if visible.check(
+                &event.stream,
+                event.revision,
+                event.created,
+                &event.event_type,
+            ) {
                 page.events.push(event);
             }
         }
@@ -285,12 +323,19 @@ struct Visibility<'a> {
 }
 
 impl Visibility<'_> {
-    fn check(&mut self, stream: &str, revision: u64, created: SystemTime, event_type: &str) -> bool {
+    fn check(
+        &mut self,
+        stream: &str,
+        revision: u64,
+        created: SystemTime,
+        event_type: &str,
+    ) -> bool {
         if !self.filter.matches(stream, event_type) {
             return false;
         }
         if !self.seen.contains_key(stream) {
-            self.seen.insert(stream.to_owned(), self.catalog.get(stream));
+            self.seen
+                .insert(stream.to_owned(), self.catalog.get(stream));
         }
         // A stream below the published head is always in the catalog; treat a
         // missing one as hidden rather than guess.

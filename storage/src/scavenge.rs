@@ -30,7 +30,10 @@ impl Store {
     /// writes; one scavenge runs at a time (a second caller waits).
     pub fn scavenge(&self) -> Result<ScavengeReport> {
         let shared = self.shared();
-        let _one_at_a_time = shared.scavenge_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = shared
+            .scavenge_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let head = shared.live.head();
         let now = SystemTime::now();
         let mut report = ScavengeReport::default();
@@ -56,7 +59,9 @@ impl Store {
                 let stream_id = {
                     let catalog = shared.catalog.read();
                     match catalog.get(header.stream) {
-                        Some(record) if !record.is_visible(header.revision, header.created, now) => {
+                        Some(record)
+                            if !record.is_visible(header.revision, header.created, now) =>
+                        {
                             Some(record.id)
                         }
                         _ => None,
@@ -64,17 +69,32 @@ impl Store {
                 };
                 let Some(stream_id) = stream_id else { continue };
                 batch.delete_cf(shared.cf(cf::LOG), codec::log_key(position));
-                batch.delete_cf(shared.cf(cf::STREAM_INDEX), codec::stream_index_key(stream_id, header.revision));
+                batch.delete_cf(
+                    shared.cf(cf::STREAM_INDEX),
+                    codec::stream_index_key(stream_id, header.revision),
+                );
                 if let Some(category) = category_of(header.stream) {
-                    batch.delete_cf(shared.cf(cf::CATEGORY_INDEX), codec::name_index_key(category, position));
+                    batch.delete_cf(
+                        shared.cf(cf::CATEGORY_INDEX),
+                        codec::name_index_key(category, position),
+                    );
                 }
-                batch.delete_cf(shared.cf(cf::TYPE_INDEX), codec::name_index_key(header.event_type, position));
+                batch.delete_cf(
+                    shared.cf(cf::TYPE_INDEX),
+                    codec::name_index_key(header.event_type, position),
+                );
                 batch.delete_cf(shared.cf(cf::EVENT_IDS), header.id.as_bytes());
                 removed_here.0 += 1;
                 removed_here.1 += value.len() as u64;
                 in_batch += 1;
                 if in_batch == CHUNK {
-                    self.commit_removals(std::mem::take(&mut batch), segment, &mut removed_here, &mut report, &sync)?;
+                    self.commit_removals(
+                        std::mem::take(&mut batch),
+                        segment,
+                        &mut removed_here,
+                        &mut report,
+                        &sync,
+                    )?;
                     in_batch = 0;
                 }
             }
@@ -83,8 +103,16 @@ impl Store {
             }
         }
         if report.removed > 0 {
-            for name in [cf::LOG, cf::STREAM_INDEX, cf::CATEGORY_INDEX, cf::TYPE_INDEX, cf::EVENT_IDS] {
-                shared.db.compact_range_cf(shared.cf(name), None::<&[u8]>, None::<&[u8]>);
+            for name in [
+                cf::LOG,
+                cf::STREAM_INDEX,
+                cf::CATEGORY_INDEX,
+                cf::TYPE_INDEX,
+                cf::EVENT_IDS,
+            ] {
+                shared
+                    .db
+                    .compact_range_cf(shared.cf(name), None::<&[u8]>, None::<&[u8]>);
             }
         }
         tracing::info!(?report, "scavenge finished");
@@ -108,9 +136,20 @@ impl Store {
             Some(value) => codec::decode_counts(&value)?,
             None => (0, 0),
         };
-        batch.put_cf(segments, key, codec::encode_counts(events + removed.0, bytes + removed.1));
-        let mut total = shared.events_removed.lock().unwrap_or_else(PoisonError::into_inner);
-        batch.put_cf(shared.cf(cf::META), meta_key::EVENTS_REMOVED, (*total + removed.0).to_be_bytes());
+        batch.put_cf(
+            segments,
+            key,
+            codec::encode_counts(events + removed.0, bytes + removed.1),
+        );
+        let mut total = shared
+            .events_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        batch.put_cf(
+            shared.cf(cf::META),
+            meta_key::EVENTS_REMOVED,
+            (*total + removed.0).to_be_bytes(),
+        );
         shared.db.write_opt(batch, sync)?;
         *total += removed.0;
         report.removed += removed.0;

@@ -87,7 +87,9 @@ impl Shared {
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
         // Every column family in `cf::ALL` is created at open; a missing one is a
         // programming error, not a runtime condition.
-        self.db.cf_handle(name).unwrap_or_else(|| panic!("column family '{name}' was opened"))
+        self.db
+            .cf_handle(name)
+            .unwrap_or_else(|| panic!("column family '{name}' was opened"))
     }
 }
 
@@ -109,8 +111,15 @@ impl Drop for Inner {
 
 impl Inner {
     fn stop_committer(&self) {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let handle = self.committer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle
             && handle.join().is_err()
         {
@@ -129,7 +138,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,24 +179,43 @@ impl Store {
             .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, &cache)));
         let db = DB::open_cf_descriptors(&db_options, &path, descriptors)?;
 
-        let meta = db.cf_handle(cf::META).ok_or_else(|| Error::Io("meta column family missing".into()))?;
+        let meta = db
+            .cf_handle(cf::META)
+            .ok_or_else(|| Error::Io("meta column family missing".into()))?;
         match db.get_cf(meta, meta_key::FORMAT_VERSION)? {
             Some(value) if value.len() == 4 => {
                 let found = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
                 if found != FORMAT_VERSION {
-                    return Err(Error::UnsupportedFormat { path, found, supported: FORMAT_VERSION });
+                    return Err(Error::UnsupportedFormat {
+                        path,
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
             }
             Some(_) => {
-                return Err(Error::UnsupportedFormat { path, found: 0, supported: FORMAT_VERSION });
+                return Err(Error::UnsupportedFormat {
+                    path,
+                    found: 0,
+                    supported: FORMAT_VERSION,
+                });
             }
             None if existed && has_any_key(&db)? => {
-                return Err(Error::UnsupportedFormat { path, found: 0, supported: FORMAT_VERSION });
+                return Err(Error::UnsupportedFormat {
+                    path,
+                    found: 0,
+                    supported: FORMAT_VERSION,
+                });
             }
             None => {
                 let mut write = rocksdb::WriteOptions::default();
                 write.set_sync(true);
-                db.put_cf_opt(meta, meta_key::FORMAT_VERSION, FORMAT_VERSION.to_be_bytes(), &write)?;
+                db.put_cf_opt(
+                    meta,
+                    meta_key::FORMAT_VERSION,
+                    FORMAT_VERSION.to_be_bytes(),
+                    &write,
+                )?;
             }
         }
 
@@ -198,14 +228,18 @@ impl Store {
         let mut head = read_u64(meta_key::HEAD, "head")?;
         let next_stream_id = read_u64(meta_key::NEXT_STREAM_ID, "next_stream_id")?;
         let events_removed = read_u64(meta_key::EVENTS_REMOVED, "events_removed")?;
-        let log = db.cf_handle(cf::LOG).ok_or_else(|| Error::Io("log column family missing".into()))?;
+        let log = db
+            .cf_handle(cf::LOG)
+            .ok_or_else(|| Error::Io("log column family missing".into()))?;
         if let Some(item) = db.iterator_cf(log, IteratorMode::End).next() {
             let (key, _) = item?;
             head = head.max(codec::read_u64(&key) + 1);
         }
 
         let mut streams = HashMap::new();
-        let streams_cf = db.cf_handle(cf::STREAMS).ok_or_else(|| Error::Io("streams column family missing".into()))?;
+        let streams_cf = db
+            .cf_handle(cf::STREAMS)
+            .ok_or_else(|| Error::Io("streams column family missing".into()))?;
         for item in db.iterator_cf(streams_cf, IteratorMode::Start) {
             let (key, value) = item?;
             let name = String::from_utf8(key.to_vec()).map_err(|_| Error::Corrupt {
@@ -218,8 +252,13 @@ impl Store {
         }
 
         let segment_number = codec::segment_of(head);
-        let segments = db.cf_handle(cf::SEGMENTS).ok_or_else(|| Error::Io("segments column family missing".into()))?;
-        let (events, bytes) = match db.get_cf(segments, codec::segment_key(segment_number, SegmentCounter::Written))? {
+        let segments = db
+            .cf_handle(cf::SEGMENTS)
+            .ok_or_else(|| Error::Io("segments column family missing".into()))?;
+        let (events, bytes) = match db.get_cf(
+            segments,
+            codec::segment_key(segment_number, SegmentCounter::Written),
+        )? {
             Some(value) => codec::decode_counts(&value)?,
             None => (0, 0),
         };
@@ -277,10 +316,21 @@ impl Store {
     }
 
     fn submit<T>(&self, make: impl FnOnce(ticket::Responder<T>) -> Command) -> Ticket<T> {
-        if let Some(error) = self.inner.poison.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        if let Some(error) = self
+            .inner
+            .poison
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
             return Ticket::ready(Err(error));
         }
-        let sender = self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let sender = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let Some(sender) = sender else {
             return Ticket::ready(Err(Error::ShuttingDown));
         };
@@ -302,7 +352,10 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Append { parts, reply: AppendReply::Multi(reply) })
+        self.submit(|reply| Command::Append {
+            parts,
+            reply: AppendReply::Multi(reply),
+        })
     }
 
     /// Appends to one stream; see [`Store::append_multi`].
@@ -316,26 +369,45 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Append { parts, reply: AppendReply::Single(reply) })
+        self.submit(|reply| Command::Append {
+            parts,
+            reply: AppendReply::Single(reply),
+        })
     }
 
     /// Soft-deletes a stream: it reads as not found until written again, and its
     /// revisions then continue. Returns the revision it had.
-    pub fn delete(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Ticket<CurrentRevision> {
+    pub fn delete(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+    ) -> Ticket<CurrentRevision> {
         let stream = stream.into();
         if let Err(error) = validate_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Delete { stream, expected, reply })
+        self.submit(|reply| Command::Delete {
+            stream,
+            expected,
+            reply,
+        })
     }
 
     /// Hard-deletes a stream: it can never be read or written again.
-    pub fn tombstone(&self, stream: impl Into<String>, expected: ExpectedRevision) -> Ticket<CurrentRevision> {
+    pub fn tombstone(
+        &self,
+        stream: impl Into<String>,
+        expected: ExpectedRevision,
+    ) -> Ticket<CurrentRevision> {
         let stream = stream.into();
         if let Err(error) = validate_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Tombstone { stream, expected, reply })
+        self.submit(|reply| Command::Tombstone {
+            stream,
+            expected,
+            reply,
+        })
     }
 
     /// Replaces a stream's metadata. `expected` applies to the metadata revision
@@ -350,18 +422,32 @@ impl Store {
         if let Err(error) = validate_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::SetMetadata { stream, expected, metadata, reply })
+        self.submit(|reply| Command::SetMetadata {
+            stream,
+            expected,
+            metadata,
+            reply,
+        })
     }
 
     /// What the store knows about one stream (also deleted ones); `None` if never
     /// written, deleted or given metadata.
     pub fn stream_info(&self, stream: &str) -> Option<StreamInfo> {
-        self.inner.shared.catalog.get(stream).map(|record| record.info(stream))
+        self.inner
+            .shared
+            .catalog
+            .get(stream)
+            .map(|record| record.info(stream))
     }
 
     /// Streams whose name starts with `prefix`, in name order, starting after
     /// `after` (exclusive) when given, at most `limit`.
-    pub fn list_streams(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<StreamInfo>> {
+    pub fn list_streams(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StreamInfo>> {
         let shared = &self.inner.shared;
         let mut start = prefix.as_bytes().to_vec();
         if let Some(after) = after
@@ -390,7 +476,10 @@ impl Store {
     pub fn info(&self) -> StoreInfo {
         let shared = &self.inner.shared;
         let head = shared.live.head();
-        let removed = *shared.events_removed.lock().unwrap_or_else(PoisonError::into_inner);
+        let removed = *shared
+            .events_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         StoreInfo {
             head,
             stream_count: shared.catalog.len() as u64,
@@ -402,7 +491,10 @@ impl Store {
     pub fn segments(&self) -> Result<Vec<SegmentStats>> {
         let shared = &self.inner.shared;
         let mut stats: Vec<SegmentStats> = Vec::new();
-        for item in shared.db.iterator_cf(shared.cf(cf::SEGMENTS), IteratorMode::Start) {
+        for item in shared
+            .db
+            .iterator_cf(shared.cf(cf::SEGMENTS), IteratorMode::Start)
+        {
             let (key, value) = item?;
             if key.len() != 9 {
                 continue;
@@ -410,7 +502,10 @@ impl Store {
             let number = codec::read_u64(&key[..8]);
             let (events, bytes) = codec::decode_counts(&value)?;
             if stats.last().is_none_or(|last| last.number != number) {
-                stats.push(SegmentStats { number, ..SegmentStats::default() });
+                stats.push(SegmentStats {
+                    number,
+                    ..SegmentStats::default()
+                });
             }
             if let Some(segment) = stats.last_mut() {
                 if key[8] == SegmentCounter::Written as u8 {
@@ -447,4 +542,3 @@ fn has_any_key(db: &DB) -> Result<bool> {
     }
     Ok(false)
 }
-

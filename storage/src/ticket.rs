@@ -40,10 +40,19 @@ pub(crate) struct Responder<T> {
 /// A connected ticket and responder.
 pub(crate) fn channel<T>() -> (Ticket<T>, Responder<T>) {
     let slot = Arc::new(Slot {
-        state: Mutex::new(SlotState { answer: None, closed: false, waker: None }),
+        state: Mutex::new(SlotState {
+            answer: None,
+            closed: false,
+            waker: None,
+        }),
         answered: Condvar::new(),
     });
-    (Ticket { slot: Arc::clone(&slot) }, Responder { slot })
+    (
+        Ticket {
+            slot: Arc::clone(&slot),
+        },
+        Responder { slot },
+    )
 }
 
 impl<T> Ticket<T> {
@@ -56,7 +65,11 @@ impl<T> Ticket<T> {
 
     /// Blocks the current thread until the answer arrives.
     pub fn wait(self) -> Result<T> {
-        let mut state = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(answer) = state.answer.take() {
                 return answer;
@@ -64,7 +77,11 @@ impl<T> Ticket<T> {
             if state.closed {
                 return Err(Error::ShuttingDown);
             }
-            state = self.slot.answered.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .slot
+                .answered
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -73,7 +90,11 @@ impl<T> Future for Ticket<T> {
     type Output = Result<T>;
 
     fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(answer) = state.answer.take() {
             return Poll::Ready(answer);
         }
@@ -88,7 +109,11 @@ impl<T> Future for Ticket<T> {
 impl<T> Responder<T> {
     /// Delivers the answer and wakes the caller.
     pub(crate) fn send(self, answer: Result<T>) {
-        let mut state = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         state.answer = Some(answer);
         self.wake(&mut state);
     }
@@ -104,7 +129,11 @@ impl<T> Responder<T> {
 
 impl<T> Drop for Responder<T> {
     fn drop(&mut self) {
-        let mut state = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if !state.closed {
             self.wake(&mut state);
         }

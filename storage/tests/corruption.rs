@@ -10,11 +10,22 @@ use cairn_storage::{
 };
 
 /// Every column family of a Cairn database (FORMAT.md).
-const COLUMN_FAMILIES: [&str; 8] =
-    ["default", "log", "stream_index", "streams", "category_index", "type_index", "event_ids", "segments"];
+const COLUMN_FAMILIES: [&str; 8] = [
+    "default",
+    "log",
+    "stream_index",
+    "streams",
+    "category_index",
+    "type_index",
+    "event_ids",
+    "segments",
+];
 
 fn options() -> StoreOptions {
-    StoreOptions { durability: Durability::Unsynced, ..StoreOptions::default() }
+    StoreOptions {
+        durability: Durability::Unsynced,
+        ..StoreOptions::default()
+    }
 }
 
 /// Opens the database directly, bypassing the store.
@@ -23,7 +34,9 @@ fn raw(dir: &Path) -> rocksdb::DB {
 }
 
 fn read(store: &Store, source: ReadSource) -> Result<Vec<RecordedEvent>, Error> {
-    store.read(&ReadRequest::forwards(source, 100)).map(|page| page.events)
+    store
+        .read(&ReadRequest::forwards(source, 100))
+        .map(|page| page.events)
 }
 
 fn stream(name: &str) -> ReadSource {
@@ -35,16 +48,35 @@ fn populate(dir: &Path) -> Vec<RecordedEvent> {
     let store = Store::open(dir, options()).expect("open");
     let placed = || EventData::json("Placed", r#"{"sku":"tea","qty":2}"#);
     let noted = || EventData::json("Noted", r#"{"note":"hello"}"#);
-    store.append("order-1", ExpectedRevision::NoStream, vec![placed(), placed(), placed()]).wait().expect("order-1");
-    store.append("other-1", ExpectedRevision::NoStream, vec![noted(), noted()]).wait().expect("other-1");
-    store.append("order-2", ExpectedRevision::NoStream, vec![noted()]).wait().expect("order-2");
+    store
+        .append(
+            "order-1",
+            ExpectedRevision::NoStream,
+            vec![placed(), placed(), placed()],
+        )
+        .wait()
+        .expect("order-1");
+    store
+        .append(
+            "other-1",
+            ExpectedRevision::NoStream,
+            vec![noted(), noted()],
+        )
+        .wait()
+        .expect("other-1");
+    store
+        .append("order-2", ExpectedRevision::NoStream, vec![noted()])
+        .wait()
+        .expect("order-2");
     read(&store, ReadSource::All).expect("read back")
 }
 
 fn log_value(dir: &Path, position: u64) -> Vec<u8> {
     let db = raw(dir);
     let log = db.cf_handle("log").expect("log column family");
-    db.get_cf(log, position.to_be_bytes()).expect("get").expect("record present")
+    db.get_cf(log, position.to_be_bytes())
+        .expect("get")
+        .expect("record present")
 }
 
 fn put_log_value(dir: &Path, position: u64, value: &[u8]) {
@@ -58,38 +90,100 @@ fn assert_corrupt_at(result: Result<Vec<RecordedEvent>, Error>, position: u64, w
         Err(error) => error,
         Ok(events) => panic!("{what}: expected Corrupt at {position}, read {events:?}"),
     };
-    let Error::Corrupt { column_family, key, .. } = &error else {
+    let Error::Corrupt {
+        column_family, key, ..
+    } = &error
+    else {
         panic!("{what}: expected Corrupt at {position}, got {error:?}");
     };
     assert_eq!(*column_family, "log", "{what}: {error}");
     assert_eq!(key, &position.to_string(), "{what}: {error}");
-    assert!(error.to_string().contains(&format!("at key {position}")), "{what}: message '{error}'");
+    assert!(
+        error.to_string().contains(&format!("at key {position}")),
+        "{what}: message '{error}'"
+    );
 }
 
 /// Checks every read path with the record at position 1 (order-1 revision 1,
 /// type Placed) damaged; paths that do not touch it still work.
 fn check_damage_at_1(dir: &Path, intact: &[RecordedEvent], how: &str) {
-    let store = Store::open(dir, options()).expect("a damaged record does not stop the store from opening");
-    let backwards = |source: ReadSource| store.read(&ReadRequest::backwards(source, 100)).map(|page| page.events);
-    assert_corrupt_at(read(&store, ReadSource::All), 1, &format!("{how}: $all forwards"));
-    assert_corrupt_at(backwards(ReadSource::All), 1, &format!("{how}: $all backwards"));
-    assert_corrupt_at(read(&store, stream("order-1")), 1, &format!("{how}: order-1 forwards"));
-    assert_corrupt_at(backwards(stream("order-1")), 1, &format!("{how}: order-1 backwards"));
-    assert_corrupt_at(read(&store, ReadSource::Category("order".into())), 1, &format!("{how}: $ce-order"));
-    assert_corrupt_at(read(&store, ReadSource::EventType("Placed".into())), 1, &format!("{how}: $et-Placed"));
+    let store =
+        Store::open(dir, options()).expect("a damaged record does not stop the store from opening");
+    let backwards = |source: ReadSource| {
+        store
+            .read(&ReadRequest::backwards(source, 100))
+            .map(|page| page.events)
+    };
+    assert_corrupt_at(
+        read(&store, ReadSource::All),
+        1,
+        &format!("{how}: $all forwards"),
+    );
+    assert_corrupt_at(
+        backwards(ReadSource::All),
+        1,
+        &format!("{how}: $all backwards"),
+    );
+    assert_corrupt_at(
+        read(&store, stream("order-1")),
+        1,
+        &format!("{how}: order-1 forwards"),
+    );
+    assert_corrupt_at(
+        backwards(stream("order-1")),
+        1,
+        &format!("{how}: order-1 backwards"),
+    );
+    assert_corrupt_at(
+        read(&store, ReadSource::Category("order".into())),
+        1,
+        &format!("{how}: $ce-order"),
+    );
+    assert_corrupt_at(
+        read(&store, ReadSource::EventType("Placed".into())),
+        1,
+        &format!("{how}: $et-Placed"),
+    );
 
-    assert_eq!(read(&store, stream("other-1")), Ok(intact[3..5].to_vec()), "{how}: other-1 is intact");
-    assert_eq!(read(&store, ReadSource::Category("other".into())), Ok(intact[3..5].to_vec()), "{how}");
-    assert_eq!(read(&store, ReadSource::EventType("Noted".into())), Ok(intact[3..].to_vec()), "{how}");
+    assert_eq!(
+        read(&store, stream("other-1")),
+        Ok(intact[3..5].to_vec()),
+        "{how}: other-1 is intact"
+    );
+    assert_eq!(
+        read(&store, ReadSource::Category("other".into())),
+        Ok(intact[3..5].to_vec()),
+        "{how}"
+    );
+    assert_eq!(
+        read(&store, ReadSource::EventType("Noted".into())),
+        Ok(intact[3..].to_vec()),
+        "{how}"
+    );
     let after = ReadRequest::forwards(ReadSource::All, 100).from(ReadFrom::At(2));
-    assert_eq!(store.read(&after).map(|page| page.events), Ok(intact[2..].to_vec()), "{how}: $all after it");
+    assert_eq!(
+        store.read(&after).map(|page| page.events),
+        Ok(intact[2..].to_vec()),
+        "{how}: $all after it"
+    );
     let after = ReadRequest::forwards(stream("order-1"), 100).from(ReadFrom::At(2));
-    assert_eq!(store.read(&after).map(|page| page.events), Ok(intact[2..3].to_vec()), "{how}: order-1 after it");
+    assert_eq!(
+        store.read(&after).map(|page| page.events),
+        Ok(intact[2..3].to_vec()),
+        "{how}: order-1 after it"
+    );
     let before = ReadRequest::backwards(ReadSource::All, 100).from(ReadFrom::At(0));
-    assert_eq!(store.read(&before).map(|page| page.events), Ok(intact[..1].to_vec()), "{how}: $all before it");
+    assert_eq!(
+        store.read(&before).map(|page| page.events),
+        Ok(intact[..1].to_vec()),
+        "{how}: $all before it"
+    );
 
     // A scavenge must not take a damaged record for something it may skip or drop.
-    assert!(matches!(store.scavenge(), Err(Error::Corrupt { .. })), "{how}: scavenge over a damaged record");
+    assert!(
+        matches!(store.scavenge(), Err(Error::Corrupt { .. })),
+        "{how}: scavenge over a damaged record"
+    );
 }
 
 #[test]
@@ -142,18 +236,29 @@ fn other_format_version_is_refused() {
     let intact = populate(dir.path());
     let put_version = |value: &[u8]| {
         let db = raw(dir.path());
-        db.put(b"format_version", value).expect("put format_version");
+        db.put(b"format_version", value)
+            .expect("put format_version");
     };
 
     put_version(&(FORMAT_VERSION + 1).to_be_bytes());
     assert_eq!(
         open_error(dir.path()),
-        Error::UnsupportedFormat { path: dir.path().to_path_buf(), found: FORMAT_VERSION + 1, supported: FORMAT_VERSION }
+        Error::UnsupportedFormat {
+            path: dir.path().to_path_buf(),
+            found: FORMAT_VERSION + 1,
+            supported: FORMAT_VERSION
+        }
     );
     put_version(&0u32.to_be_bytes());
-    assert!(matches!(open_error(dir.path()), Error::UnsupportedFormat { found: 0, .. }));
+    assert!(matches!(
+        open_error(dir.path()),
+        Error::UnsupportedFormat { found: 0, .. }
+    ));
     put_version(&[0, 1]);
-    assert!(matches!(open_error(dir.path()), Error::UnsupportedFormat { .. }), "a malformed version");
+    assert!(
+        matches!(open_error(dir.path()), Error::UnsupportedFormat { .. }),
+        "a malformed version"
+    );
 
     // The refusals changed nothing: with the right version back, all is there.
     put_version(&FORMAT_VERSION.to_be_bytes());
@@ -165,8 +270,13 @@ fn other_format_version_is_refused() {
 fn missing_format_version_in_a_non_empty_database_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     populate(dir.path());
-    raw(dir.path()).delete(b"format_version").expect("delete format_version");
-    assert!(matches!(open_error(dir.path()), Error::UnsupportedFormat { found: 0, .. }));
+    raw(dir.path())
+        .delete(b"format_version")
+        .expect("delete format_version");
+    assert!(matches!(
+        open_error(dir.path()),
+        Error::UnsupportedFormat { found: 0, .. }
+    ));
 
     // Some other program's RocksDB is not a Cairn database either.
     let foreign = tempfile::tempdir().expect("temp dir");
@@ -176,5 +286,8 @@ fn missing_format_version_in_a_non_empty_database_is_refused() {
         let db = rocksdb::DB::open(&options, foreign.path()).expect("create foreign db");
         db.put(b"user:1", b"alice").expect("put");
     }
-    assert!(matches!(open_error(foreign.path()), Error::UnsupportedFormat { found: 0, .. }));
+    assert!(matches!(
+        open_error(foreign.path()),
+        Error::UnsupportedFormat { found: 0, .. }
+    ));
 }

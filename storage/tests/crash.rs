@@ -31,7 +31,10 @@ const EVENT_TYPE: &str = "Written";
 const KILL_WINDOW_MS: (u64, u64) = (300, 1500);
 
 fn sync_options() -> StoreOptions {
-    StoreOptions { durability: Durability::Sync, ..StoreOptions::default() }
+    StoreOptions {
+        durability: Durability::Sync,
+        ..StoreOptions::default()
+    }
 }
 
 /// A random number below `bound`, without a dependency for it.
@@ -46,7 +49,9 @@ fn random_below(bound: u64) -> u64 {
 /// parent can check every stored byte without knowing what the child sent.
 fn payload(id: Uuid, batch: Uuid, index: usize, size: usize) -> Bytes {
     let pad = id.simple().to_string().repeat(8);
-    Bytes::from(format!(r#"{{"id":"{id}","batch":"{batch}","index":{index},"size":{size},"pad":"{pad}"}}"#))
+    Bytes::from(format!(
+        r#"{{"id":"{id}","batch":"{batch}","index":{index},"size":{size},"pad":"{pad}"}}"#
+    ))
 }
 
 fn batch(size: usize) -> Vec<EventData> {
@@ -68,19 +73,36 @@ fn batch(size: usize) -> Vec<EventData> {
 /// Prints one `ACK <stream> <revision> <position> <event-id>` line per event of an
 /// acknowledged append, flushed before the next append starts.
 fn acknowledge(stream: &str, events: &[EventData], result: &AppendResult) {
-    let (first, last) = result.positions.unwrap_or_else(|| fail(&format!("{stream}: no positions in {result:?}")));
-    let last_revision = result.current.revision().unwrap_or_else(|| fail(&format!("{stream}: {result:?}")));
+    let (first, last) = result
+        .positions
+        .unwrap_or_else(|| fail(&format!("{stream}: no positions in {result:?}")));
+    let last_revision = result
+        .current
+        .revision()
+        .unwrap_or_else(|| fail(&format!("{stream}: {result:?}")));
     if result.idempotent_replay || last - first + 1 != events.len() as u64 {
-        fail(&format!("{stream}: unexpected result {result:?} for {} events", events.len()));
+        fail(&format!(
+            "{stream}: unexpected result {result:?} for {} events",
+            events.len()
+        ));
     }
     let first_revision = last_revision + 1 - events.len() as u64;
     let mut lines = String::new();
     for (index, event) in events.iter().enumerate() {
         let offset = index as u64;
-        lines.push_str(&format!("ACK {stream} {} {} {}\n", first_revision + offset, first + offset, event.id));
+        lines.push_str(&format!(
+            "ACK {stream} {} {} {}\n",
+            first_revision + offset,
+            first + offset,
+            event.id
+        ));
     }
     let mut stdout = std::io::stdout().lock();
-    if stdout.write_all(lines.as_bytes()).and_then(|()| stdout.flush()).is_err() {
+    if stdout
+        .write_all(lines.as_bytes())
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         // The parent is gone; nothing left to report to.
         std::process::exit(0);
     }
@@ -96,11 +118,14 @@ fn fail(message: &str) -> ! {
 fn write_forever(store: &Store, writer: usize) -> ! {
     let own = format!("own-{writer}");
     // Continue where the previous (killed) child stopped, acknowledged or not.
-    let mut next_revision = store.stream_info(&own).and_then(|info| info.last_revision).map_or(0, |last| last + 1);
+    let mut next_revision = store
+        .stream_info(&own)
+        .and_then(|info| info.last_revision)
+        .map_or(0, |last| last + 1);
     let mut round = 0u64;
     loop {
         round += 1;
-        let size = if round % 4 == 0 { 5 } else { 1 };
+        let size = if round.is_multiple_of(4) { 5 } else { 1 };
         let events = batch(size);
         let expected = match next_revision {
             0 => ExpectedRevision::NoStream,
@@ -113,7 +138,10 @@ fn write_forever(store: &Store, writer: usize) -> ! {
         next_revision += size as u64;
 
         let events = batch(1);
-        match store.append(SHARED_STREAM, ExpectedRevision::Any, events.clone()).wait() {
+        match store
+            .append(SHARED_STREAM, ExpectedRevision::Any, events.clone())
+            .wait()
+        {
             Ok(result) => acknowledge(SHARED_STREAM, &events, &result),
             Err(error) => fail(&format!("append to {SHARED_STREAM}: {error}")),
         }
@@ -123,9 +151,12 @@ fn write_forever(store: &Store, writer: usize) -> ! {
 /// The child process: appends until killed. A no-op in a normal test run.
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else { return };
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
     std::panic::set_hook(Box::new(|info| fail(&info.to_string())));
-    let store = Store::open(&dir, sync_options()).unwrap_or_else(|error| fail(&format!("open: {error}")));
+    let store =
+        Store::open(&dir, sync_options()).unwrap_or_else(|error| fail(&format!("open: {error}")));
     let writers: Vec<_> = (0..WRITERS)
         .map(|writer| {
             let store = store.clone();
@@ -183,7 +214,10 @@ impl Drop for Killer {
 fn run_child_and_kill(dir: &Path) -> Vec<Ack> {
     let exe = std::env::current_exe().expect("current test binary");
     let started = Instant::now();
-    let kill_at = started + Duration::from_millis(KILL_WINDOW_MS.0 + random_below(KILL_WINDOW_MS.1 - KILL_WINDOW_MS.0));
+    let kill_at = started
+        + Duration::from_millis(
+            KILL_WINDOW_MS.0 + random_below(KILL_WINDOW_MS.1 - KILL_WINDOW_MS.0),
+        );
     let mut child = Killer(
         Command::new(exe)
             .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -230,18 +264,28 @@ fn run_child_and_kill(dir: &Path) -> Vec<Ack> {
     // The random moment: not a wait for anything to settle.
     std::thread::sleep(kill_at.saturating_duration_since(Instant::now()));
     if let Some(status) = child.0.try_wait().expect("try_wait") {
-        panic!("the child exited on its own ({status}); stderr:\n{}", errors.join().unwrap_or_default());
+        panic!(
+            "the child exited on its own ({status}); stderr:\n{}",
+            errors.join().unwrap_or_default()
+        );
     }
     child.0.kill().expect("SIGKILL the child");
     let status = child.0.wait().expect("reap the child");
-    assert!(!status.success(), "the child was killed, not finished: {status}");
+    assert!(
+        !status.success(),
+        "the child was killed, not finished: {status}"
+    );
     let acks = reader.join().expect("stdout reader");
     let stderr = errors.join().unwrap_or_default();
     eprintln!(
         "child killed after {:?} with {} acknowledged events{}",
         started.elapsed(),
         acks.len(),
-        if stderr.is_empty() { String::new() } else { format!("; stderr:\n{stderr}") }
+        if stderr.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr:\n{stderr}")
+        }
     );
     assert!(!acks.is_empty());
     acks
@@ -251,7 +295,9 @@ fn read_all(store: &Store, source: ReadSource) -> Vec<RecordedEvent> {
     let mut request = ReadRequest::forwards(source.clone(), 1000);
     let mut events = Vec::new();
     loop {
-        let page = store.read(&request).unwrap_or_else(|error| panic!("reading {source:?}: {error}"));
+        let page = store
+            .read(&request)
+            .unwrap_or_else(|error| panic!("reading {source:?}: {error}"));
         events.extend(page.events);
         match page.next {
             Some(next) => request.from = ReadFrom::At(next),
@@ -262,14 +308,46 @@ fn read_all(store: &Store, source: ReadSource) -> Vec<RecordedEvent> {
 
 /// The fields of a payload, checked against the event that carries it.
 fn check_payload(event: &RecordedEvent) -> (Uuid, usize, usize) {
-    let value: serde_json::Value = serde_json::from_slice(&event.data)
-        .unwrap_or_else(|error| panic!("payload at {} is not JSON ({error}): {:?}", event.position, event.data));
-    let field = |name: &str| value.get(name).unwrap_or_else(|| panic!("payload at {} lacks {name}", event.position));
-    let text = |name: &str| field(name).as_str().unwrap_or_else(|| panic!("{name} at {}", event.position)).to_owned();
-    let number = |name: &str| field(name).as_u64().unwrap_or_else(|| panic!("{name} at {}", event.position)) as usize;
-    assert_eq!(text("id"), event.id.to_string(), "payload id at {}", event.position);
-    assert_eq!(text("pad"), event.id.simple().to_string().repeat(8), "payload pad at {}", event.position);
-    assert_eq!(event.metadata, Bytes::from(format!("m:{}", event.id)), "metadata at {}", event.position);
+    let value: serde_json::Value = serde_json::from_slice(&event.data).unwrap_or_else(|error| {
+        panic!(
+            "payload at {} is not JSON ({error}): {:?}",
+            event.position, event.data
+        )
+    });
+    let field = |name: &str| {
+        value
+            .get(name)
+            .unwrap_or_else(|| panic!("payload at {} lacks {name}", event.position))
+    };
+    let text = |name: &str| {
+        field(name)
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} at {}", event.position))
+            .to_owned()
+    };
+    let number = |name: &str| {
+        field(name)
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} at {}", event.position)) as usize
+    };
+    assert_eq!(
+        text("id"),
+        event.id.to_string(),
+        "payload id at {}",
+        event.position
+    );
+    assert_eq!(
+        text("pad"),
+        event.id.simple().to_string().repeat(8),
+        "payload pad at {}",
+        event.position
+    );
+    assert_eq!(
+        event.metadata,
+        Bytes::from(format!("m:{}", event.id)),
+        "metadata at {}",
+        event.position
+    );
     assert_eq!(event.event_type, EVENT_TYPE);
     assert_eq!(event.content_type, "application/json");
     let batch = Uuid::parse_str(&text("batch")).expect("batch id");
@@ -282,13 +360,17 @@ fn verify(dir: &Path, acks: &[Ack]) {
     let head = store.info().head;
     let all = read_all(&store, ReadSource::All);
     let positions: Vec<u64> = all.iter().map(|event| event.position).collect();
-    assert_eq!(positions, (0..head).collect::<Vec<_>>(), "$all is gap-free from 0 to the head");
+    assert_eq!(
+        positions,
+        (0..head).collect::<Vec<_>>(),
+        "$all is gap-free from 0 to the head"
+    );
 
     // Every acknowledged event, where it was acknowledged.
     for ack in acks {
-        let event = all.get(ack.position as usize).unwrap_or_else(|| {
-            panic!("acknowledged {ack:?} is lost: the head is {head}")
-        });
+        let event = all
+            .get(ack.position as usize)
+            .unwrap_or_else(|| panic!("acknowledged {ack:?} is lost: the head is {head}"));
         assert_eq!(
             (event.stream.as_str(), event.revision, event.id),
             (ack.stream.as_str(), ack.revision, ack.id),
@@ -310,8 +392,16 @@ fn verify(dir: &Path, acks: &[Ack]) {
         assert_eq!(members.len(), size, "batch {batch} is torn: {members:?}");
         for (offset, (index, _, event)) in members.iter().enumerate() {
             assert_eq!(*index, offset, "batch {batch} out of order");
-            assert_eq!(event.position, members[0].2.position + offset as u64, "batch {batch} not contiguous");
-            assert_eq!(event.revision, members[0].2.revision + offset as u64, "batch {batch} revisions");
+            assert_eq!(
+                event.position,
+                members[0].2.position + offset as u64,
+                "batch {batch} not contiguous"
+            );
+            assert_eq!(
+                event.revision,
+                members[0].2.revision + offset as u64,
+                "batch {batch} revisions"
+            );
         }
     }
 
@@ -321,15 +411,40 @@ fn verify(dir: &Path, acks: &[Ack]) {
     for info in &streams {
         let events = read_all(&store, ReadSource::Stream(info.name.clone()));
         let revisions: Vec<u64> = events.iter().map(|event| event.revision).collect();
-        assert_eq!(revisions, (0..events.len() as u64).collect::<Vec<_>>(), "{} is gap-free", info.name);
-        assert_eq!(info.last_revision, (events.len() as u64).checked_sub(1), "{} head", info.name);
-        let in_all: Vec<&RecordedEvent> = all.iter().filter(|event| event.stream == info.name).collect();
-        assert_eq!(events.iter().collect::<Vec<_>>(), in_all, "{} in $all", info.name);
+        assert_eq!(
+            revisions,
+            (0..events.len() as u64).collect::<Vec<_>>(),
+            "{} is gap-free",
+            info.name
+        );
+        assert_eq!(
+            info.last_revision,
+            (events.len() as u64).checked_sub(1),
+            "{} head",
+            info.name
+        );
+        let in_all: Vec<&RecordedEvent> = all
+            .iter()
+            .filter(|event| event.stream == info.name)
+            .collect();
+        assert_eq!(
+            events.iter().collect::<Vec<_>>(),
+            in_all,
+            "{} in $all",
+            info.name
+        );
         seen += events.len();
     }
     assert_eq!(seen, all.len(), "every event belongs to a listed stream");
-    assert_eq!(read_all(&store, ReadSource::Category("own".into())).len(), all.len() - streams_len(&all, SHARED_STREAM));
-    eprintln!("verified: head {head}, {} acknowledged, {} streams", acks.len(), streams.len());
+    assert_eq!(
+        read_all(&store, ReadSource::Category("own".into())).len(),
+        all.len() - streams_len(&all, SHARED_STREAM)
+    );
+    eprintln!(
+        "verified: head {head}, {} acknowledged, {} streams",
+        acks.len(),
+        streams.len()
+    );
 }
 
 fn streams_len(all: &[RecordedEvent], stream: &str) -> usize {
@@ -340,10 +455,17 @@ fn streams_len(all: &[RecordedEvent], stream: &str) -> usize {
 /// a restart never reuses what was acknowledged before it.
 fn check_unique(acks: &[Ack]) {
     let positions: HashSet<u64> = acks.iter().map(|ack| ack.position).collect();
-    assert_eq!(positions.len(), acks.len(), "a position was acknowledged twice");
+    assert_eq!(
+        positions.len(),
+        acks.len(),
+        "a position was acknowledged twice"
+    );
     let ids: HashSet<Uuid> = acks.iter().map(|ack| ack.id).collect();
     assert_eq!(ids.len(), acks.len(), "an id was acknowledged twice");
-    let slots: HashSet<(&str, u64)> = acks.iter().map(|ack| (ack.stream.as_str(), ack.revision)).collect();
+    let slots: HashSet<(&str, u64)> = acks
+        .iter()
+        .map(|ack| (ack.stream.as_str(), ack.revision))
+        .collect();
     assert_eq!(slots.len(), acks.len(), "a revision was acknowledged twice");
 }
 
@@ -383,12 +505,19 @@ fn garbage_after_the_wal_tail_is_ignored() {
         check_unique(&acks);
         let wal = newest_wal(dir.path());
         let garbage: Vec<u8> = (0..256).flat_map(|_| Uuid::new_v4().into_bytes()).collect();
-        let mut file = std::fs::OpenOptions::new().append(true).open(&wal).expect("open the WAL");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&wal)
+            .expect("open the WAL");
         // A torn record header (zeros), then noise: what a crash mid-write can leave.
         file.write_all(&[0u8; 7]).expect("append zeros");
         file.write_all(&garbage).expect("append garbage");
         file.sync_all().expect("sync the WAL");
-        eprintln!("round {round}: appended {} bytes to {}", garbage.len() + 7, wal.display());
+        eprintln!(
+            "round {round}: appended {} bytes to {}",
+            garbage.len() + 7,
+            wal.display()
+        );
         verify(dir.path(), &acks);
     }
 }

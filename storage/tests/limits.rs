@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use cairn_storage::{
     AppendResult, CurrentRevision, Durability, Error, EventData, ExpectedRevision, Limits,
-    MAX_STREAM_NAME_BYTES, ReadRequest, ReadSource, Store, StoreOptions, StreamAppend,
-    StreamInfo, StreamMetadata,
+    MAX_STREAM_NAME_BYTES, ReadRequest, ReadSource, Store, StoreOptions, StreamAppend, StreamInfo,
+    StreamMetadata,
 };
 use uuid::Uuid;
 
@@ -33,7 +33,11 @@ impl Fixture {
         };
         let store = Store::open(dir.path(), options).expect("open");
         store
-            .append("known-1", ExpectedRevision::NoStream, vec![event(), event()])
+            .append(
+                "known-1",
+                ExpectedRevision::NoStream,
+                vec![event(), event()],
+            )
             .wait()
             .expect("setup append");
         Self { _dir: dir, store }
@@ -41,19 +45,32 @@ impl Fixture {
 
     /// What a refused request must not change.
     fn snapshot(&self) -> (u64, Vec<StreamInfo>) {
-        (self.store.info().head, self.store.list_streams("", None, 1000).expect("list_streams"))
+        (
+            self.store.info().head,
+            self.store
+                .list_streams("", None, 1000)
+                .expect("list_streams"),
+        )
     }
 
     /// Runs `request`, expects `check` to accept its error, and checks nothing was
     /// written.
-    fn refused<T: std::fmt::Debug>(&self, request: impl FnOnce(&Store) -> Result<T, Error>, check: impl FnOnce(&Error) -> bool) {
+    fn refused<T: std::fmt::Debug>(
+        &self,
+        request: impl FnOnce(&Store) -> Result<T, Error>,
+        check: impl FnOnce(&Error) -> bool,
+    ) {
         let before = self.snapshot();
         let outcome = request(&self.store);
         match &outcome {
             Err(error) => assert!(check(error), "unexpected error: {error:?}"),
             Ok(value) => panic!("request was accepted: {value:?}"),
         }
-        assert_eq!(self.snapshot(), before, "a refused request ({outcome:?}) changed the store");
+        assert_eq!(
+            self.snapshot(),
+            before,
+            "a refused request ({outcome:?}) changed the store"
+        );
     }
 }
 
@@ -73,15 +90,29 @@ fn sized(bytes: usize) -> EventData {
 fn oversized_event_is_limit_exceeded() {
     let fixture = Fixture::new();
     fixture.refused(
-        |store| store.append("s-1", ExpectedRevision::Any, vec![sized(MAX_EVENT_BYTES + 1)]).wait(),
+        |store| {
+            store
+                .append(
+                    "s-1",
+                    ExpectedRevision::Any,
+                    vec![sized(MAX_EVENT_BYTES + 1)],
+                )
+                .wait()
+        },
         |error| {
             matches!(error, Error::LimitExceeded { actual, limit, .. }
                 if *actual == MAX_EVENT_BYTES as u64 + 1 && *limit == MAX_EVENT_BYTES as u64)
         },
     );
     // The limit itself is allowed.
-    let result = fixture.store.append("s-1", ExpectedRevision::Any, vec![sized(MAX_EVENT_BYTES)]).wait();
-    assert_eq!(result.map(|result| result.current), Ok(CurrentRevision::Revision(0)));
+    let result = fixture
+        .store
+        .append("s-1", ExpectedRevision::Any, vec![sized(MAX_EVENT_BYTES)])
+        .wait();
+    assert_eq!(
+        result.map(|result| result.current),
+        Ok(CurrentRevision::Revision(0))
+    );
 }
 
 #[test]
@@ -108,12 +139,30 @@ fn too_many_events_per_append_is_limit_exceeded() {
     );
     // The count is over the whole request, across streams.
     let parts = vec![
-        StreamAppend::new("s-1", ExpectedRevision::Any, (0..6).map(|_| event()).collect()),
-        StreamAppend::new("s-2", ExpectedRevision::Any, (0..6).map(|_| event()).collect()),
+        StreamAppend::new(
+            "s-1",
+            ExpectedRevision::Any,
+            (0..6).map(|_| event()).collect(),
+        ),
+        StreamAppend::new(
+            "s-2",
+            ExpectedRevision::Any,
+            (0..6).map(|_| event()).collect(),
+        ),
     ];
-    fixture.refused(|store| store.append_multi(parts).wait(), |error| matches!(error, Error::LimitExceeded { .. }));
+    fixture.refused(
+        |store| store.append_multi(parts).wait(),
+        |error| matches!(error, Error::LimitExceeded { .. }),
+    );
     let events: Vec<EventData> = (0..MAX_EVENTS_PER_APPEND).map(|_| event()).collect();
-    assert!(fixture.store.append("s-1", ExpectedRevision::Any, events).wait().is_ok(), "the limit itself is allowed");
+    assert!(
+        fixture
+            .store
+            .append("s-1", ExpectedRevision::Any, events)
+            .wait()
+            .is_ok(),
+        "the limit itself is allowed"
+    );
 }
 
 #[test]
@@ -122,27 +171,68 @@ fn bad_stream_names_are_invalid_arguments() {
     let too_long = "x".repeat(MAX_STREAM_NAME_BYTES + 1);
     for name in ["", too_long.as_str(), "$reserved", "$all", "$ce-known"] {
         let invalid = |error: &Error| matches!(error, Error::InvalidArgument(_));
-        fixture.refused(|store| store.append(name, ExpectedRevision::Any, vec![event()]).wait(), invalid);
         fixture.refused(
-            |store| store.append_multi(vec![StreamAppend::new(name, ExpectedRevision::Any, vec![event()])]).wait(),
+            |store| {
+                store
+                    .append(name, ExpectedRevision::Any, vec![event()])
+                    .wait()
+            },
             invalid,
         );
-        fixture.refused(|store| store.delete(name, ExpectedRevision::Any).wait(), invalid);
-        fixture.refused(|store| store.tombstone(name, ExpectedRevision::Any).wait(), invalid);
         fixture.refused(
-            |store| store.set_metadata(name, ExpectedRevision::Any, StreamMetadata::default()).wait(),
+            |store| {
+                store
+                    .append_multi(vec![StreamAppend::new(
+                        name,
+                        ExpectedRevision::Any,
+                        vec![event()],
+                    )])
+                    .wait()
+            },
+            invalid,
+        );
+        fixture.refused(
+            |store| store.delete(name, ExpectedRevision::Any).wait(),
+            invalid,
+        );
+        fixture.refused(
+            |store| store.tombstone(name, ExpectedRevision::Any).wait(),
+            invalid,
+        );
+        fixture.refused(
+            |store| {
+                store
+                    .set_metadata(name, ExpectedRevision::Any, StreamMetadata::default())
+                    .wait()
+            },
             invalid,
         );
     }
     // 1024 bytes is allowed, and so is multi-byte UTF-8 up to the byte limit.
     let longest = "y".repeat(MAX_STREAM_NAME_BYTES);
-    assert!(fixture.store.append(longest.as_str(), ExpectedRevision::NoStream, vec![event()]).wait().is_ok());
+    assert!(
+        fixture
+            .store
+            .append(longest.as_str(), ExpectedRevision::NoStream, vec![event()])
+            .wait()
+            .is_ok()
+    );
     let wide = "é".repeat(MAX_STREAM_NAME_BYTES / 2);
     assert_eq!(wide.len(), MAX_STREAM_NAME_BYTES);
-    assert!(fixture.store.append(wide.as_str(), ExpectedRevision::NoStream, vec![event()]).wait().is_ok());
+    assert!(
+        fixture
+            .store
+            .append(wide.as_str(), ExpectedRevision::NoStream, vec![event()])
+            .wait()
+            .is_ok()
+    );
     let wide_too_long = format!("{wide}z");
     fixture.refused(
-        |store| store.append(wide_too_long.as_str(), ExpectedRevision::Any, vec![event()]).wait(),
+        |store| {
+            store
+                .append(wide_too_long.as_str(), ExpectedRevision::Any, vec![event()])
+                .wait()
+        },
         |error| matches!(error, Error::InvalidArgument(_)),
     );
 }
@@ -151,7 +241,15 @@ fn bad_stream_names_are_invalid_arguments() {
 fn nil_event_id_is_an_invalid_argument() {
     let fixture = Fixture::new();
     fixture.refused(
-        |store| store.append("s-1", ExpectedRevision::Any, vec![event(), event().with_id(Uuid::nil())]).wait(),
+        |store| {
+            store
+                .append(
+                    "s-1",
+                    ExpectedRevision::Any,
+                    vec![event(), event().with_id(Uuid::nil())],
+                )
+                .wait()
+        },
         |error| matches!(error, Error::InvalidArgument(message) if message.contains("nil")),
     );
 }
@@ -162,7 +260,11 @@ fn empty_event_type_is_an_invalid_argument() {
     let mut untyped = event();
     untyped.event_type = String::new();
     fixture.refused(
-        |store| store.append("s-1", ExpectedRevision::Any, vec![untyped]).wait(),
+        |store| {
+            store
+                .append("s-1", ExpectedRevision::Any, vec![untyped])
+                .wait()
+        },
         |error| matches!(error, Error::InvalidArgument(_)),
     );
 }
@@ -172,7 +274,15 @@ fn duplicate_id_within_one_append_is_an_invalid_argument() {
     let fixture = Fixture::new();
     let twice = event();
     fixture.refused(
-        |store| store.append("s-1", ExpectedRevision::Any, vec![twice.clone(), event(), twice.clone()]).wait(),
+        |store| {
+            store
+                .append(
+                    "s-1",
+                    ExpectedRevision::Any,
+                    vec![twice.clone(), event(), twice.clone()],
+                )
+                .wait()
+        },
         |error| matches!(error, Error::InvalidArgument(_)),
     );
     // Across the parts of one multi-stream append as well.
@@ -180,7 +290,10 @@ fn duplicate_id_within_one_append_is_an_invalid_argument() {
         StreamAppend::new("s-1", ExpectedRevision::Any, vec![twice.clone()]),
         StreamAppend::new("s-2", ExpectedRevision::Any, vec![twice]),
     ];
-    fixture.refused(|store| store.append_multi(parts).wait(), |error| matches!(error, Error::InvalidArgument(_)));
+    fixture.refused(
+        |store| store.append_multi(parts).wait(),
+        |error| matches!(error, Error::InvalidArgument(_)),
+    );
 }
 
 #[test]
@@ -191,8 +304,14 @@ fn same_stream_twice_in_one_multi_append_is_an_invalid_argument() {
         StreamAppend::new("s-2", ExpectedRevision::Any, vec![event()]),
         StreamAppend::new("s-1", ExpectedRevision::Any, vec![event()]),
     ];
-    fixture.refused(|store| store.append_multi(parts).wait(), |error| matches!(error, Error::InvalidArgument(_)));
-    fixture.refused(|store| store.append_multi(Vec::new()).wait(), |error| matches!(error, Error::InvalidArgument(_)));
+    fixture.refused(
+        |store| store.append_multi(parts).wait(),
+        |error| matches!(error, Error::InvalidArgument(_)),
+    );
+    fixture.refused(
+        |store| store.append_multi(Vec::new()).wait(),
+        |error| matches!(error, Error::InvalidArgument(_)),
+    );
 }
 
 #[test]
@@ -202,18 +321,41 @@ fn reading_an_unknown_stream_is_stream_not_found() {
         ReadRequest::forwards(ReadSource::Stream("unknown-1".into()), 10),
         ReadRequest::backwards(ReadSource::Stream("unknown-1".into()), 10),
     ] {
-        assert_eq!(fixture.store.read(&request), Err(Error::StreamNotFound { stream: "unknown-1".into() }));
+        assert_eq!(
+            fixture.store.read(&request),
+            Err(Error::StreamNotFound {
+                stream: "unknown-1".into()
+            })
+        );
     }
     assert_eq!(fixture.store.stream_info("unknown-1"), None);
     // Unknown categories and event types are empty, not missing.
-    let page = fixture.store.read(&ReadRequest::forwards(ReadSource::Category("unknown".into()), 10));
+    let page = fixture.store.read(&ReadRequest::forwards(
+        ReadSource::Category("unknown".into()),
+        10,
+    ));
     assert_eq!(page.map(|page| page.events.len()), Ok(0));
-    let page = fixture.store.read(&ReadRequest::forwards(ReadSource::EventType("Unknown".into()), 10));
+    let page = fixture.store.read(&ReadRequest::forwards(
+        ReadSource::EventType("Unknown".into()),
+        10,
+    ));
     assert_eq!(page.map(|page| page.events.len()), Ok(0));
     // A soft-deleted stream reads as not found too.
-    fixture.store.delete("known-1", ExpectedRevision::Exact(1)).wait().expect("delete");
-    let page = fixture.store.read(&ReadRequest::forwards(ReadSource::Stream("known-1".into()), 10));
-    assert_eq!(page, Err(Error::StreamNotFound { stream: "known-1".into() }));
+    fixture
+        .store
+        .delete("known-1", ExpectedRevision::Exact(1))
+        .wait()
+        .expect("delete");
+    let page = fixture.store.read(&ReadRequest::forwards(
+        ReadSource::Stream("known-1".into()),
+        10,
+    ));
+    assert_eq!(
+        page,
+        Err(Error::StreamNotFound {
+            stream: "known-1".into()
+        })
+    );
     fixture.refused(
         |store| store.delete("known-1", ExpectedRevision::Any).wait(),
         |error| matches!(error, Error::StreamNotFound { stream } if stream == "known-1"),
@@ -224,28 +366,63 @@ fn reading_an_unknown_stream_is_stream_not_found() {
 fn tombstoned_stream_refuses_everything() {
     let fixture = Fixture::new();
     let store = &fixture.store;
-    assert_eq!(store.tombstone("known-1", ExpectedRevision::Exact(1)).wait(), Ok(CurrentRevision::Revision(1)));
-    let tombstoned = |error: &Error| matches!(error, Error::StreamTombstoned { stream } if stream == "known-1");
-    for expected in [ExpectedRevision::Any, ExpectedRevision::NoStream, ExpectedRevision::Exact(1)] {
-        fixture.refused(|store| store.append("known-1", expected, vec![event()]).wait(), tombstoned);
-        fixture.refused(|store| store.append("known-1", expected, Vec::new()).wait(), tombstoned);
+    assert_eq!(
+        store
+            .tombstone("known-1", ExpectedRevision::Exact(1))
+            .wait(),
+        Ok(CurrentRevision::Revision(1))
+    );
+    let tombstoned =
+        |error: &Error| matches!(error, Error::StreamTombstoned { stream } if stream == "known-1");
+    for expected in [
+        ExpectedRevision::Any,
+        ExpectedRevision::NoStream,
+        ExpectedRevision::Exact(1),
+    ] {
+        fixture.refused(
+            |store| store.append("known-1", expected, vec![event()]).wait(),
+            tombstoned,
+        );
+        fixture.refused(
+            |store| store.append("known-1", expected, Vec::new()).wait(),
+            tombstoned,
+        );
     }
     let parts = vec![
         StreamAppend::new("fresh-1", ExpectedRevision::Any, vec![event()]),
         StreamAppend::new("known-1", ExpectedRevision::Any, vec![event()]),
     ];
     fixture.refused(|store| store.append_multi(parts).wait(), tombstoned);
-    fixture.refused(|store| store.delete("known-1", ExpectedRevision::Any).wait(), tombstoned);
-    fixture.refused(|store| store.tombstone("known-1", ExpectedRevision::Any).wait(), tombstoned);
     fixture.refused(
-        |store| store.set_metadata("known-1", ExpectedRevision::Any, StreamMetadata::default()).wait(),
+        |store| store.delete("known-1", ExpectedRevision::Any).wait(),
         tombstoned,
     );
     fixture.refused(
-        |store| store.read(&ReadRequest::forwards(ReadSource::Stream("known-1".into()), 10)),
+        |store| store.tombstone("known-1", ExpectedRevision::Any).wait(),
         tombstoned,
     );
-    assert_eq!(store.stream_info("fresh-1"), None, "the failed multi-append created nothing");
+    fixture.refused(
+        |store| {
+            store
+                .set_metadata("known-1", ExpectedRevision::Any, StreamMetadata::default())
+                .wait()
+        },
+        tombstoned,
+    );
+    fixture.refused(
+        |store| {
+            store.read(&ReadRequest::forwards(
+                ReadSource::Stream("known-1".into()),
+                10,
+            ))
+        },
+        tombstoned,
+    );
+    assert_eq!(
+        store.stream_info("fresh-1"),
+        None,
+        "the failed multi-append created nothing"
+    );
 }
 
 #[test]
@@ -253,20 +430,44 @@ fn wrong_expected_revision_reports_the_current_revision() {
     let fixture = Fixture::new();
     let wrong = |stream: &'static str, expected: ExpectedRevision, current: CurrentRevision| {
         move |error: &Error| {
-            *error == Error::WrongExpectedRevision { stream: stream.to_owned(), expected, current }
+            *error
+                == Error::WrongExpectedRevision {
+                    stream: stream.to_owned(),
+                    expected,
+                    current,
+                }
         }
     };
     let at_1 = CurrentRevision::Revision(1);
-    for expected in [ExpectedRevision::Exact(0), ExpectedRevision::Exact(2), ExpectedRevision::NoStream] {
-        fixture.refused(|store| store.append("known-1", expected, vec![event()]).wait(), wrong("known-1", expected, at_1));
+    for expected in [
+        ExpectedRevision::Exact(0),
+        ExpectedRevision::Exact(2),
+        ExpectedRevision::NoStream,
+    ] {
+        fixture.refused(
+            |store| store.append("known-1", expected, vec![event()]).wait(),
+            wrong("known-1", expected, at_1),
+        );
         // An empty append only checks the expectation.
-        fixture.refused(|store| store.append("known-1", expected, Vec::new()).wait(), wrong("known-1", expected, at_1));
-        fixture.refused(|store| store.delete("known-1", expected).wait(), wrong("known-1", expected, at_1));
-        fixture.refused(|store| store.tombstone("known-1", expected).wait(), wrong("known-1", expected, at_1));
+        fixture.refused(
+            |store| store.append("known-1", expected, Vec::new()).wait(),
+            wrong("known-1", expected, at_1),
+        );
+        fixture.refused(
+            |store| store.delete("known-1", expected).wait(),
+            wrong("known-1", expected, at_1),
+        );
+        fixture.refused(
+            |store| store.tombstone("known-1", expected).wait(),
+            wrong("known-1", expected, at_1),
+        );
     }
     for expected in [ExpectedRevision::Exact(0), ExpectedRevision::StreamExists] {
         let none = CurrentRevision::NoStream;
-        fixture.refused(|store| store.append("new-1", expected, vec![event()]).wait(), wrong("new-1", expected, none));
+        fixture.refused(
+            |store| store.append("new-1", expected, vec![event()]).wait(),
+            wrong("new-1", expected, none),
+        );
     }
     // One failing part fails the whole multi-stream append.
     let parts = vec![
@@ -279,16 +480,37 @@ fn wrong_expected_revision_reports_the_current_revision() {
     );
     // Metadata has its own revision.
     fixture.refused(
-        |store| store.set_metadata("known-1", ExpectedRevision::Exact(0), StreamMetadata::default()).wait(),
+        |store| {
+            store
+                .set_metadata(
+                    "known-1",
+                    ExpectedRevision::Exact(0),
+                    StreamMetadata::default(),
+                )
+                .wait()
+        },
         |error| {
-            matches!(error, Error::WrongExpectedRevision { current: CurrentRevision::NoStream, .. })
+            matches!(
+                error,
+                Error::WrongExpectedRevision {
+                    current: CurrentRevision::NoStream,
+                    ..
+                }
+            )
         },
     );
     // And the empty append whose expectation holds answers without writing.
     let before = fixture.snapshot();
     assert_eq!(
-        fixture.store.append("known-1", ExpectedRevision::Exact(1), Vec::new()).wait(),
-        Ok(AppendResult { current: at_1, positions: None, idempotent_replay: false })
+        fixture
+            .store
+            .append("known-1", ExpectedRevision::Exact(1), Vec::new())
+            .wait(),
+        Ok(AppendResult {
+            current: at_1,
+            positions: None,
+            idempotent_replay: false
+        })
     );
     assert_eq!(fixture.snapshot(), before);
 }
@@ -296,27 +518,73 @@ fn wrong_expected_revision_reports_the_current_revision() {
 #[test]
 fn reusing_an_event_id_in_another_stream_is_duplicate_event_id() {
     let fixture = Fixture::new();
-    let page = fixture.store.read(&ReadRequest::forwards(ReadSource::Stream("known-1".into()), 10)).expect("read");
+    let page = fixture
+        .store
+        .read(&ReadRequest::forwards(
+            ReadSource::Stream("known-1".into()),
+            10,
+        ))
+        .expect("read");
     let taken = page.events[1].id;
     let mut reused = event();
     reused.id = taken;
     let duplicate = |error: &Error| {
-        *error == Error::DuplicateEventId { event_id: taken, stream: "known-1".into(), revision: 1 }
+        *error
+            == Error::DuplicateEventId {
+                event_id: taken,
+                stream: "known-1".into(),
+                revision: 1,
+            }
     };
-    fixture.refused(|store| store.append("other-1", ExpectedRevision::Any, vec![event(), reused.clone()]).wait(), duplicate);
+    fixture.refused(
+        |store| {
+            store
+                .append(
+                    "other-1",
+                    ExpectedRevision::Any,
+                    vec![event(), reused.clone()],
+                )
+                .wait()
+        },
+        duplicate,
+    );
     // The id in its own stream, but among new events or out of order: not a retry.
     fixture.refused(
-        |store| store.append("known-1", ExpectedRevision::Any, vec![event(), reused.clone()]).wait(),
+        |store| {
+            store
+                .append(
+                    "known-1",
+                    ExpectedRevision::Any,
+                    vec![event(), reused.clone()],
+                )
+                .wait()
+        },
         duplicate,
     );
     fixture.refused(
-        |store| store.append("known-1", ExpectedRevision::Any, vec![reused.clone(), event()]).wait(),
+        |store| {
+            store
+                .append(
+                    "known-1",
+                    ExpectedRevision::Any,
+                    vec![reused.clone(), event()],
+                )
+                .wait()
+        },
         duplicate,
     );
     let mut first = event();
     first.id = page.events[0].id;
     fixture.refused(
-        |store| store.append("known-1", ExpectedRevision::Any, vec![reused.clone(), first]).wait(),
+        |store| {
+            store
+                .append(
+                    "known-1",
+                    ExpectedRevision::Any,
+                    vec![reused.clone(), first],
+                )
+                .wait()
+        },
         duplicate,
     );
     let parts = vec![
@@ -330,13 +598,35 @@ fn reusing_an_event_id_in_another_stream_is_duplicate_event_id() {
 fn invalid_custom_metadata_json_is_an_invalid_argument() {
     let fixture = Fixture::new();
     for custom in ["{not json", "", "{\"a\":1} trailing"] {
-        let metadata = StreamMetadata { custom: Some(custom.to_owned()), ..StreamMetadata::default() };
+        let metadata = StreamMetadata {
+            custom: Some(custom.to_owned()),
+            ..StreamMetadata::default()
+        };
         fixture.refused(
-            |store| store.set_metadata("known-1", ExpectedRevision::Any, metadata).wait(),
+            |store| {
+                store
+                    .set_metadata("known-1", ExpectedRevision::Any, metadata)
+                    .wait()
+            },
             |error| matches!(error, Error::InvalidArgument(_)),
         );
     }
-    let metadata = StreamMetadata { custom: Some(r#"{"owner":"shop"}"#.into()), ..StreamMetadata::default() };
-    assert_eq!(fixture.store.set_metadata("known-1", ExpectedRevision::NoStream, metadata.clone()).wait(), Ok(0));
-    assert_eq!(fixture.store.stream_info("known-1").map(|info| info.metadata), Some(metadata));
+    let metadata = StreamMetadata {
+        custom: Some(r#"{"owner":"shop"}"#.into()),
+        ..StreamMetadata::default()
+    };
+    assert_eq!(
+        fixture
+            .store
+            .set_metadata("known-1", ExpectedRevision::NoStream, metadata.clone())
+            .wait(),
+        Ok(0)
+    );
+    assert_eq!(
+        fixture
+            .store
+            .stream_info("known-1")
+            .map(|info| info.metadata),
+        Some(metadata)
+    );
 }

@@ -19,6 +19,14 @@ use proptest::prelude::*;
 use proptest::sample::{Index, subsequence};
 use uuid::Uuid;
 
+/// Storage bug (reported, pinned by `retry_of_no_stream_append_survives_a_later_soft_delete`
+/// below): `find_replay` checks a `NoStream` retry against the stream's *current*
+/// soft-delete point, so once the stream was soft-deleted again the retry fails with
+/// `WrongExpectedRevision { expected: NoStream, current: NoStream }` instead of
+/// returning the original result. While true, the model expects that behaviour so
+/// the property test keeps looking for other bugs; set to false once it is fixed.
+const TOLERATE_NO_STREAM_RETRY_BUG: bool = false;
+
 const STREAMS: [&str; 4] = ["a-1", "a-2", "b-1", "c"];
 const TYPES: [&str; 3] = ["Created", "Updated", "Closed"];
 /// Large enough for any read of a test case in one page.
@@ -58,8 +66,13 @@ impl StreamModel {
     }
 
     fn first_visible(&self) -> u64 {
-        let by_count = self.metadata.max_count.map_or(0, |count| self.next_revision.saturating_sub(count));
-        self.deleted_before.max(self.metadata.truncate_before.unwrap_or(0)).max(by_count)
+        let by_count = self
+            .metadata
+            .max_count
+            .map_or(0, |count| self.next_revision.saturating_sub(count));
+        self.deleted_before
+            .max(self.metadata.truncate_before.unwrap_or(0))
+            .max(by_count)
     }
 
     fn visible(&self, revision: u64) -> bool {
@@ -108,13 +121,18 @@ fn holds(expected: ExpectedRevision, current: CurrentRevision) -> bool {
         (ExpectedRevision::Any, _) => true,
         (ExpectedRevision::NoStream, CurrentRevision::NoStream) => true,
         (ExpectedRevision::StreamExists, CurrentRevision::Revision(_)) => true,
-        (ExpectedRevision::Exact(expected), CurrentRevision::Revision(actual)) => expected == actual,
+        (ExpectedRevision::Exact(expected), CurrentRevision::Revision(actual)) => {
+            expected == actual
+        }
         _ => false,
     }
 }
 
 fn category(stream: &str) -> Option<&str> {
-    stream.split_once('-').map(|(category, _)| category).filter(|category| !category.is_empty())
+    stream
+        .split_once('-')
+        .map(|(category, _)| category)
+        .filter(|category| !category.is_empty())
 }
 
 impl Model {
@@ -123,7 +141,9 @@ impl Model {
     }
 
     fn current(&self, stream: &str) -> CurrentRevision {
-        self.streams.get(stream).map_or(CurrentRevision::NoStream, StreamModel::current)
+        self.streams
+            .get(stream)
+            .map_or(CurrentRevision::NoStream, StreamModel::current)
     }
 
     fn is_visible(&self, event: &ModelEvent) -> bool {
@@ -131,7 +151,10 @@ impl Model {
     }
 
     fn hidden_present(&self) -> u64 {
-        self.events.iter().filter(|event| event.present && !self.is_visible(event)).count() as u64
+        self.events
+            .iter()
+            .filter(|event| event.present && !self.is_visible(event))
+            .count() as u64
     }
 
     /// Whether `part` retries an earlier append: `Ok(Some)` with the original
@@ -140,20 +163,33 @@ impl Model {
     /// A retry with the expectation of the original append is always a replay
     /// (DESIGN §2). With another expectation the store accepts the replay when that
     /// expectation would have held for the original append (`find_replay`).
-    fn replay(&self, part: &StreamAppend, current: CurrentRevision) -> Result<Option<AppendResult>, Error> {
-        let entries: Vec<Option<&IdEntry>> = part.events.iter().map(|event| self.ids.get(&event.id)).collect();
+    fn replay(
+        &self,
+        part: &StreamAppend,
+        current: CurrentRevision,
+    ) -> Result<Option<AppendResult>, Error> {
+        let entries: Vec<Option<&IdEntry>> = part
+            .events
+            .iter()
+            .map(|event| self.ids.get(&event.id))
+            .collect();
         if entries.iter().all(Option::is_none) {
             return Ok(None);
         }
         let first = entries[0];
         let exact = first.is_some_and(|first| {
             entries.iter().enumerate().all(|(index, entry)| {
-                entry.is_some_and(|entry| entry.stream == part.stream && entry.revision == first.revision + index as u64)
+                entry.is_some_and(|entry| {
+                    entry.stream == part.stream && entry.revision == first.revision + index as u64
+                })
             })
         });
         let (Some(first), Some(Some(last)), true) = (first, entries.last(), exact) else {
             // Not an exact retry: the first known id is reported.
-            let known = entries.iter().enumerate().find_map(|(index, entry)| entry.map(|entry| (index, entry)));
+            let known = entries
+                .iter()
+                .enumerate()
+                .find_map(|(index, entry)| entry.map(|entry| (index, entry)));
             return match known {
                 Some((index, entry)) => Err(Error::DuplicateEventId {
                     event_id: part.events[index].id,
@@ -166,11 +202,16 @@ impl Model {
         let record = &self.streams[&part.stream];
         let would_have_held = match part.expected {
             ExpectedRevision::Any => true,
-            ExpectedRevision::NoStream => first.revision == 0 || first.revision == record.deleted_before,
+            ExpectedRevision::NoStream => {
+                first.revision == 0 || first.revision == record.deleted_before
+            }
             ExpectedRevision::StreamExists => first.revision > 0,
             ExpectedRevision::Exact(expected) => expected + 1 == first.revision,
         };
-        if part.expected != first.expected && !would_have_held {
+        let known_bug = TOLERATE_NO_STREAM_RETRY_BUG
+            && part.expected == ExpectedRevision::NoStream
+            && first.expected == ExpectedRevision::NoStream;
+        if (part.expected != first.expected || known_bug) && !would_have_held {
             return Err(Error::WrongExpectedRevision {
                 stream: part.stream.clone(),
                 expected: part.expected,
@@ -189,7 +230,9 @@ impl Model {
         for part in parts {
             let record = self.streams.get(&part.stream);
             if record.is_some_and(|record| record.tombstoned) {
-                return Err(Error::StreamTombstoned { stream: part.stream.clone() });
+                return Err(Error::StreamTombstoned {
+                    stream: part.stream.clone(),
+                });
             }
             let current = self.current(&part.stream);
             let replay = self.replay(part, current)?;
@@ -210,7 +253,11 @@ impl Model {
             }
             if part.events.is_empty() {
                 let current = self.current(&part.stream);
-                results.push(AppendResult { current, positions: None, idempotent_replay: false });
+                results.push(AppendResult {
+                    current,
+                    positions: None,
+                    idempotent_replay: false,
+                });
                 continue;
             }
             let record = self.streams.entry(part.stream.clone()).or_default();
@@ -235,7 +282,12 @@ impl Model {
                 });
                 self.ids.insert(
                     event.id,
-                    IdEntry { stream: part.stream.clone(), revision, position, expected: part.expected },
+                    IdEntry {
+                        stream: part.stream.clone(),
+                        revision,
+                        position,
+                        expected: part.expected,
+                    },
                 );
                 record.next_revision += 1;
             }
@@ -248,16 +300,33 @@ impl Model {
         Ok(results)
     }
 
-    fn delete(&mut self, stream: &str, expected: ExpectedRevision, tombstone: bool) -> Result<CurrentRevision, Error> {
-        if self.streams.get(stream).is_some_and(|record| record.tombstoned) {
-            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+    fn delete(
+        &mut self,
+        stream: &str,
+        expected: ExpectedRevision,
+        tombstone: bool,
+    ) -> Result<CurrentRevision, Error> {
+        if self
+            .streams
+            .get(stream)
+            .is_some_and(|record| record.tombstoned)
+        {
+            return Err(Error::StreamTombstoned {
+                stream: stream.to_owned(),
+            });
         }
         let current = self.current(stream);
         if !holds(expected, current) {
-            return Err(Error::WrongExpectedRevision { stream: stream.to_owned(), expected, current });
+            return Err(Error::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected,
+                current,
+            });
         }
         if !tombstone && current == CurrentRevision::NoStream {
-            return Err(Error::StreamNotFound { stream: stream.to_owned() });
+            return Err(Error::StreamNotFound {
+                stream: stream.to_owned(),
+            });
         }
         let record = self.streams.entry(stream.to_owned()).or_default();
         if tombstone {
@@ -274,8 +343,14 @@ impl Model {
         expected: ExpectedRevision,
         metadata: StreamMetadata,
     ) -> Result<u64, Error> {
-        if self.streams.get(stream).is_some_and(|record| record.tombstoned) {
-            return Err(Error::StreamTombstoned { stream: stream.to_owned() });
+        if self
+            .streams
+            .get(stream)
+            .is_some_and(|record| record.tombstoned)
+        {
+            return Err(Error::StreamTombstoned {
+                stream: stream.to_owned(),
+            });
         }
         let current = self
             .streams
@@ -311,26 +386,45 @@ impl Model {
 
     /// The visible events of a source, oldest first, or the error reading it gives.
     fn read(&self, source: &ReadSource) -> Result<Vec<RecordedEvent>, Error> {
-        let visible = self.events.iter().filter(|event| self.is_visible(event)).map(|event| &event.event);
+        let visible = self
+            .events
+            .iter()
+            .filter(|event| self.is_visible(event))
+            .map(|event| &event.event);
         let events = match source {
             ReadSource::Stream(stream) => {
                 match self.streams.get(stream) {
-                    None => return Err(Error::StreamNotFound { stream: stream.clone() }),
+                    None => {
+                        return Err(Error::StreamNotFound {
+                            stream: stream.clone(),
+                        });
+                    }
                     Some(record) if record.tombstoned => {
-                        return Err(Error::StreamTombstoned { stream: stream.clone() });
+                        return Err(Error::StreamTombstoned {
+                            stream: stream.clone(),
+                        });
                     }
                     Some(record) if record.current() == CurrentRevision::NoStream => {
-                        return Err(Error::StreamNotFound { stream: stream.clone() });
+                        return Err(Error::StreamNotFound {
+                            stream: stream.clone(),
+                        });
                     }
                     Some(_) => {}
                 }
-                visible.filter(|event| &event.stream == stream).cloned().collect()
+                visible
+                    .filter(|event| &event.stream == stream)
+                    .cloned()
+                    .collect()
             }
             ReadSource::All => visible.cloned().collect(),
-            ReadSource::Category(name) => {
-                visible.filter(|event| category(&event.stream) == Some(name.as_str())).cloned().collect()
-            }
-            ReadSource::EventType(name) => visible.filter(|event| &event.event_type == name).cloned().collect(),
+            ReadSource::Category(name) => visible
+                .filter(|event| category(&event.stream) == Some(name.as_str()))
+                .cloned()
+                .collect(),
+            ReadSource::EventType(name) => visible
+                .filter(|event| &event.event_type == name)
+                .cloned()
+                .collect(),
         };
         Ok(events)
     }
@@ -359,29 +453,59 @@ struct EventSpec {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { stream: usize, expect: Expect, events: Vec<EventSpec> },
-    Multi { parts: Vec<(usize, Expect, Vec<EventSpec>)> },
+    Append {
+        stream: usize,
+        expect: Expect,
+        events: Vec<EventSpec>,
+    },
+    Multi {
+        parts: Vec<(usize, Expect, Vec<EventSpec>)>,
+    },
     /// Resends an earlier append request exactly (same ids, same expectations).
-    Retry { which: Index },
+    Retry {
+        which: Index,
+    },
     /// Sends the events of an earlier append's first part to another stream.
-    RetryElsewhere { which: Index, shift: usize, expect: Expect },
-    Delete { stream: usize, expect: Expect },
-    Tombstone { stream: usize, expect: Expect },
-    SetMetadata { stream: usize, expect: Expect, max_count: Option<u64>, truncate_before: Option<u64> },
+    RetryElsewhere {
+        which: Index,
+        shift: usize,
+        expect: Expect,
+    },
+    Delete {
+        stream: usize,
+        expect: Expect,
+    },
+    Tombstone {
+        stream: usize,
+        expect: Expect,
+    },
+    SetMetadata {
+        stream: usize,
+        expect: Expect,
+        max_count: Option<u64>,
+        truncate_before: Option<u64>,
+    },
 }
 
 fn expect_strategy() -> impl Strategy<Value = Expect> {
     prop_oneof![
-        2 => Just(Expect::Any),
+        3 => Just(Expect::Any),
         2 => Just(Expect::NoStream),
         1 => Just(Expect::StreamExists),
-        4 => (-2i8..=1).prop_map(Expect::Near),
+        4 => Just(Expect::Near(0)),
+        1 => Just(Expect::Near(-1)),
+        1 => Just(Expect::Near(1)),
     ]
 }
 
 fn events_strategy() -> impl Strategy<Value = Vec<EventSpec>> {
-    let event = (0..TYPES.len(), any::<bool>(), any::<bool>())
-        .prop_map(|(type_index, binary, with_metadata)| EventSpec { type_index, binary, with_metadata });
+    let event = (0..TYPES.len(), any::<bool>(), any::<bool>()).prop_map(
+        |(type_index, binary, with_metadata)| EventSpec {
+            type_index,
+            binary,
+            with_metadata,
+        },
+    );
     prop_oneof![
         1 => Just(Vec::new()),
         8 => proptest::collection::vec(event, 1..=3),
@@ -391,21 +515,21 @@ fn events_strategy() -> impl Strategy<Value = Vec<EventSpec>> {
 fn op_strategy() -> impl Strategy<Value = Op> {
     let stream = 0..STREAMS.len();
     prop_oneof![
-        8 => (stream.clone(), expect_strategy(), events_strategy())
+        12 => (stream.clone(), expect_strategy(), events_strategy())
             .prop_map(|(stream, expect, events)| Op::Append { stream, expect, events }),
-        3 => (
+        4 => (
             subsequence((0..STREAMS.len()).collect::<Vec<_>>(), 2..=3),
             proptest::collection::vec((expect_strategy(), events_strategy()), 3),
         )
             .prop_map(|(streams, specs)| Op::Multi {
                 parts: streams.into_iter().zip(specs).map(|(stream, (expect, events))| (stream, expect, events)).collect(),
             }),
-        3 => any::<Index>().prop_map(|which| Op::Retry { which }),
+        4 => any::<Index>().prop_map(|which| Op::Retry { which }),
         1 => (any::<Index>(), 1..STREAMS.len(), expect_strategy())
             .prop_map(|(which, shift, expect)| Op::RetryElsewhere { which, shift, expect }),
-        2 => (stream.clone(), expect_strategy()).prop_map(|(stream, expect)| Op::Delete { stream, expect }),
+        4 => (stream.clone(), expect_strategy()).prop_map(|(stream, expect)| Op::Delete { stream, expect }),
         1 => (stream.clone(), expect_strategy()).prop_map(|(stream, expect)| Op::Tombstone { stream, expect }),
-        2 => (
+        3 => (
             stream,
             expect_strategy(),
             proptest::option::of(0..4u64),
@@ -448,27 +572,51 @@ struct Runner {
 }
 
 fn options() -> StoreOptions {
-    StoreOptions { durability: Durability::Unsynced, ..StoreOptions::default() }
+    StoreOptions {
+        durability: Durability::Unsynced,
+        ..StoreOptions::default()
+    }
 }
 
 impl Runner {
     fn new() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), options()).expect("open store");
-        Self { dir, store, model: Model::default(), sent: Vec::new(), next_event: 1 }
+        Self {
+            dir,
+            store,
+            model: Model::default(),
+            sent: Vec::new(),
+            next_event: 1,
+        }
     }
 
     /// Closes the store and opens the same directory again.
     fn reopen(self) -> Self {
-        let Runner { dir, store, model, sent, next_event } = self;
+        let Runner {
+            dir,
+            store,
+            model,
+            sent,
+            next_event,
+        } = self;
         // The old store must be closed (RocksDB's lock) before the new one opens.
         drop(store);
         let store = Store::open(dir.path(), options()).expect("reopen store");
-        Runner { dir, store, model, sent, next_event }
+        Runner {
+            dir,
+            store,
+            model,
+            sent,
+            next_event,
+        }
     }
 
     fn last_revision(&self, stream: &str) -> Option<u64> {
-        self.model.streams.get(stream).and_then(|record| record.next_revision.checked_sub(1))
+        self.model
+            .streams
+            .get(stream)
+            .and_then(|record| record.next_revision.checked_sub(1))
     }
 
     fn make_events(&mut self, specs: &[EventSpec]) -> Vec<EventData> {
@@ -478,7 +626,10 @@ impl Runner {
                 let n = self.next_event;
                 self.next_event += 1;
                 let (content_type, data) = if spec.binary {
-                    ("application/octet-stream", Bytes::from(vec![n as u8; (n % 7) as usize]))
+                    (
+                        "application/octet-stream",
+                        Bytes::from(vec![n as u8; (n % 7) as usize]),
+                    )
                 } else {
                     ("application/json", Bytes::from(format!("{{\"n\":{n}}}")))
                 };
@@ -487,7 +638,11 @@ impl Runner {
                     id: Uuid::from_u128(0x00c0_ffee_0000_0000_0000_0000_0000_0000 | n),
                     event_type: TYPES[spec.type_index].to_owned(),
                     content_type: content_type.to_owned(),
-                    metadata: if spec.with_metadata { Bytes::from(format!("{{\"m\":{n}}}")) } else { Bytes::new() },
+                    metadata: if spec.with_metadata {
+                        Bytes::from(format!("{{\"m\":{n}}}"))
+                    } else {
+                        Bytes::new()
+                    },
                     data,
                 }
             })
@@ -506,10 +661,12 @@ impl Runner {
             self.store.append_multi(request.parts.clone()).wait()
         } else {
             let part = request.parts[0].clone();
-            self.store.append(part.stream, part.expected, part.events).wait().map(|result| vec![result])
+            self.store
+                .append(part.stream, part.expected, part.events)
+                .wait()
+                .map(|result| vec![result])
         };
         assert_eq!(actual, expected, "append {:?}", request.parts);
-        eprintln!("STAT append {}", match &actual { Ok(r) if r.iter().any(|r| r.idempotent_replay) => "replay".to_string(), Ok(_) => "ok".to_string(), Err(e) => format!("{:?}", e).split(' ').next().unwrap().to_string() });
         self.fill_created();
         self.sent.push(request);
     }
@@ -517,10 +674,22 @@ impl Runner {
     /// Copies `created` of new events from the live ring into the model, and checks
     /// the ring holds exactly what the model appended.
     fn fill_created(&mut self) {
-        let missing = self.model.events.iter().position(|event| event.event.created == UNIX_EPOCH);
+        let missing = self
+            .model
+            .events
+            .iter()
+            .position(|event| event.event.created == UNIX_EPOCH);
         let Some(from) = missing else { return };
-        let ring = self.store.live().read_from(from as u64, ALL).expect("ring holds new events");
-        assert_eq!(ring.len(), self.model.events.len() - from, "ring holds every new event");
+        let ring = self
+            .store
+            .live()
+            .read_from(from as u64, ALL)
+            .expect("ring holds new events");
+        assert_eq!(
+            ring.len(),
+            self.model.events.len() - from,
+            "ring holds every new event"
+        );
         for (model, stored) in self.model.events[from..].iter_mut().zip(ring) {
             model.event.created = stored.created;
             assert_eq!(*stored, model.event, "event in the live ring");
@@ -529,12 +698,22 @@ impl Runner {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Append { stream, expect, events } => {
+            Op::Append {
+                stream,
+                expect,
+                events,
+            } => {
                 let part = self.part(*stream, *expect, events);
-                self.send(SentAppend { parts: vec![part], multi: false });
+                self.send(SentAppend {
+                    parts: vec![part],
+                    multi: false,
+                });
             }
             Op::Multi { parts } => {
-                let parts = parts.iter().map(|(stream, expect, events)| self.part(*stream, *expect, events)).collect();
+                let parts = parts
+                    .iter()
+                    .map(|(stream, expect, events)| self.part(*stream, *expect, events))
+                    .collect();
                 self.send(SentAppend { parts, multi: true });
             }
             Op::Retry { which } => {
@@ -544,16 +723,26 @@ impl Runner {
                 let request = self.sent[which.index(self.sent.len())].clone();
                 self.send(request);
             }
-            Op::RetryElsewhere { which, shift, expect } => {
+            Op::RetryElsewhere {
+                which,
+                shift,
+                expect,
+            } => {
                 if self.sent.is_empty() {
                     return;
                 }
                 let original = self.sent[which.index(self.sent.len())].parts[0].clone();
-                let from = STREAMS.iter().position(|name| *name == original.stream).expect("known stream");
+                let from = STREAMS
+                    .iter()
+                    .position(|name| *name == original.stream)
+                    .expect("known stream");
                 let stream = STREAMS[(from + shift) % STREAMS.len()];
                 let expected = resolve(*expect, self.last_revision(stream));
                 let part = StreamAppend::new(stream, expected, original.events);
-                self.send(SentAppend { parts: vec![part], multi: false });
+                self.send(SentAppend {
+                    parts: vec![part],
+                    multi: false,
+                });
             }
             Op::Delete { stream, expect } | Op::Tombstone { stream, expect } => {
                 let tombstone = matches!(op, Op::Tombstone { .. });
@@ -566,11 +755,19 @@ impl Runner {
                     self.store.delete(name, expected).wait()
                 };
                 assert_eq!(actual, model, "{op:?} resolved to {expected:?}");
-                eprintln!("STAT delete{tombstone} {}", match &actual { Ok(_) => "ok".to_string(), Err(e) => format!("{:?}", e).split(' ').next().unwrap().to_string() });
             }
-            Op::SetMetadata { stream, expect, max_count, truncate_before } => {
+            Op::SetMetadata {
+                stream,
+                expect,
+                max_count,
+                truncate_before,
+            } => {
                 let name = STREAMS[*stream];
-                let last = self.model.streams.get(name).and_then(|record| record.metadata_revision);
+                let last = self
+                    .model
+                    .streams
+                    .get(name)
+                    .and_then(|record| record.metadata_revision);
                 let expected = resolve(*expect, last);
                 let metadata = StreamMetadata {
                     max_count: *max_count,
@@ -583,7 +780,11 @@ impl Runner {
                 assert_eq!(actual, model, "{op:?} resolved to {expected:?}");
             }
         }
-        assert_eq!(self.store.info().head, self.model.head(), "head after {op:?}");
+        assert_eq!(
+            self.store.info().head,
+            self.model.head(),
+            "head after {op:?}"
+        );
         for name in STREAMS {
             assert_eq!(
                 self.store.stream_info(name),
@@ -597,8 +798,19 @@ impl Runner {
 // ---------------------------------------------------------------------------
 // Comparing every read path with the model.
 
-fn request(source: &ReadSource, direction: Direction, from: ReadFrom, max_count: usize) -> ReadRequest {
-    ReadRequest { source: source.clone(), direction, from, max_count, filter: ReadFilter::default() }
+fn request(
+    source: &ReadSource,
+    direction: Direction,
+    from: ReadFrom,
+    max_count: usize,
+) -> ReadRequest {
+    ReadRequest {
+        source: source.clone(),
+        direction,
+        from,
+        max_count,
+        filter: ReadFilter::default(),
+    }
 }
 
 /// Reads every page of `request`, following `page.next`.
@@ -606,7 +818,10 @@ fn read_paged(store: &Store, mut request: ReadRequest) -> Result<Vec<RecordedEve
     let mut events = Vec::new();
     for _ in 0..ALL {
         let page = store.read(&request)?;
-        assert!(page.events.len() <= request.max_count, "page larger than max_count");
+        assert!(
+            page.events.len() <= request.max_count,
+            "page larger than max_count"
+        );
         events.extend(page.events);
         match page.next {
             Some(next) => request.from = ReadFrom::At(next),
@@ -632,47 +847,122 @@ fn check_source(store: &Store, model: &Model, source: &ReadSource) {
     let context = |what: &str| format!("{what} of {source:?}");
 
     let page = store.read(&request(source, Direction::Forwards, ReadFrom::Start, ALL));
-    assert_eq!(page.as_ref().map(|page| &page.events), forwards.as_ref(), "{}", context("forwards read"));
+    assert_eq!(
+        page.as_ref().map(|page| &page.events),
+        forwards.as_ref(),
+        "{}",
+        context("forwards read")
+    );
     if let Ok(page) = page {
-        assert_eq!(page.next, None, "{}", context("next of a complete forwards read"));
+        assert_eq!(
+            page.next,
+            None,
+            "{}",
+            context("next of a complete forwards read")
+        );
     }
     let page = store.read(&request(source, Direction::Backwards, ReadFrom::End, ALL));
-    assert_eq!(page.as_ref().map(|page| &page.events), backwards.as_ref(), "{}", context("backwards read"));
+    assert_eq!(
+        page.as_ref().map(|page| &page.events),
+        backwards.as_ref(),
+        "{}",
+        context("backwards read")
+    );
     if let Ok(page) = page {
-        assert_eq!(page.next, None, "{}", context("next of a complete backwards read"));
+        assert_eq!(
+            page.next,
+            None,
+            "{}",
+            context("next of a complete backwards read")
+        );
     }
 
     for size in [1, 2, 3] {
-        let paged = read_paged(store, request(source, Direction::Forwards, ReadFrom::Start, size));
-        assert_eq!(paged, forwards, "{}", context(&format!("forwards read in pages of {size}")));
-        let paged = read_paged(store, request(source, Direction::Backwards, ReadFrom::End, size));
-        assert_eq!(paged, backwards, "{}", context(&format!("backwards read in pages of {size}")));
+        let paged = read_paged(
+            store,
+            request(source, Direction::Forwards, ReadFrom::Start, size),
+        );
+        assert_eq!(
+            paged,
+            forwards,
+            "{}",
+            context(&format!("forwards read in pages of {size}"))
+        );
+        let paged = read_paged(
+            store,
+            request(source, Direction::Backwards, ReadFrom::End, size),
+        );
+        assert_eq!(
+            paged,
+            backwards,
+            "{}",
+            context(&format!("backwards read in pages of {size}"))
+        );
     }
 
-    let empty = forwards.as_ref().map(|_| Vec::<RecordedEvent>::new()).map_err(Clone::clone);
-    for (direction, from) in [(Direction::Forwards, ReadFrom::End), (Direction::Backwards, ReadFrom::Start)] {
+    let empty = forwards
+        .as_ref()
+        .map(|_| Vec::<RecordedEvent>::new())
+        .map_err(Clone::clone);
+    for (direction, from) in [
+        (Direction::Forwards, ReadFrom::End),
+        (Direction::Backwards, ReadFrom::Start),
+    ] {
         let page = store.read(&request(source, direction, from, ALL));
-        assert_eq!(page.map(|page| page.events), empty, "{}", context(&format!("{direction:?} from {from:?}")));
+        assert_eq!(
+            page.map(|page| page.events),
+            empty,
+            "{}",
+            context(&format!("{direction:?} from {from:?}"))
+        );
     }
     let page = store.read(&request(source, Direction::Forwards, ReadFrom::Start, 0));
-    assert_eq!(page.map(|page| page.events), empty, "{}", context("read of max_count 0"));
+    assert_eq!(
+        page.map(|page| page.events),
+        empty,
+        "{}",
+        context("read of max_count 0")
+    );
 
     let end = match source {
-        ReadSource::Stream(stream) => model.streams.get(stream).map_or(0, |record| record.next_revision),
+        ReadSource::Stream(stream) => model
+            .streams
+            .get(stream)
+            .map_or(0, |record| record.next_revision),
         _ => model.head(),
     };
     for at in [0, 1, end / 2, end.saturating_sub(1), end, end + 3, u64::MAX] {
         let from = ReadFrom::At(at);
         let want = forwards.clone().map(|events| {
-            events.into_iter().filter(|event| sort_key(source, event) >= at).collect::<Vec<_>>()
+            events
+                .into_iter()
+                .filter(|event| sort_key(source, event) >= at)
+                .collect::<Vec<_>>()
         });
-        let got = store.read(&request(source, Direction::Forwards, from, ALL)).map(|page| page.events);
-        assert_eq!(got, want, "{}", context(&format!("forwards read from {at}")));
+        let got = store
+            .read(&request(source, Direction::Forwards, from, ALL))
+            .map(|page| page.events);
+        assert_eq!(
+            got,
+            want,
+            "{}",
+            context(&format!("forwards read from {at}"))
+        );
         let want = backwards.clone().map(|events| {
-            events.into_iter().filter(|event| sort_key(source, event) <= at).collect::<Vec<_>>()
+            events
+                .into_iter()
+                .filter(|event| sort_key(source, event) <= at)
+                .collect::<Vec<_>>()
         });
-        let got = store.read(&request(source, Direction::Backwards, from, ALL)).map(|page| page.events);
-        assert_eq!(got, want, "{}", context(&format!("backwards read from {at}")));
+        let got = store
+            .read(&request(source, Direction::Backwards, from, ALL))
+            .map(|page| page.events);
+        assert_eq!(
+            got,
+            want,
+            "{}",
+            context(&format!("backwards read from {at}"))
+        );
     }
 }
 
@@ -685,14 +975,18 @@ fn check_filtered(store: &Store, model: &Model, source: &ReadSource, filter: &Re
         .collect();
     let mut backwards = forwards.clone();
     backwards.reverse();
-    for (direction, from, want) in
-        [(Direction::Forwards, ReadFrom::Start, &forwards), (Direction::Backwards, ReadFrom::End, &backwards)]
-    {
+    for (direction, from, want) in [
+        (Direction::Forwards, ReadFrom::Start, &forwards),
+        (Direction::Backwards, ReadFrom::End, &backwards),
+    ] {
         for size in [2, ALL] {
             let mut filtered = request(source, direction, from, size);
             filtered.filter = filter.clone();
             let got = read_paged(store, filtered).expect("filtered read");
-            assert_eq!(&got, want, "{direction:?} read of {source:?} with {filter:?} in pages of {size}");
+            assert_eq!(
+                &got, want,
+                "{direction:?} read of {source:?} with {filter:?} in pages of {size}"
+            );
         }
     }
 }
@@ -709,8 +1003,16 @@ enum Ring {
 fn check_all(store: &Store, model: &Model, ring: Ring) {
     let info = store.info();
     assert_eq!(info.head, model.head(), "info().head");
-    assert_eq!(info.stream_count, model.streams.len() as u64, "info().stream_count");
-    assert_eq!(info.event_count, model.head() - model.removed, "info().event_count");
+    assert_eq!(
+        info.stream_count,
+        model.streams.len() as u64,
+        "info().stream_count"
+    );
+    assert_eq!(
+        info.event_count,
+        model.head() - model.removed,
+        "info().event_count"
+    );
 
     for name in STREAMS {
         assert_eq!(
@@ -719,14 +1021,32 @@ fn check_all(store: &Store, model: &Model, ring: Ring) {
             "stream_info({name})"
         );
     }
-    let infos: Vec<StreamInfo> = model.streams.iter().map(|(name, record)| record.info(name)).collect();
-    assert_eq!(store.list_streams("", None, 100).expect("list_streams"), infos, "list_streams");
-    let a: Vec<StreamInfo> = infos.iter().filter(|info| info.name.starts_with("a-")).cloned().collect();
-    assert_eq!(store.list_streams("a-", None, 100).expect("list_streams"), a, "list_streams(a-)");
+    let infos: Vec<StreamInfo> = model
+        .streams
+        .iter()
+        .map(|(name, record)| record.info(name))
+        .collect();
+    assert_eq!(
+        store.list_streams("", None, 100).expect("list_streams"),
+        infos,
+        "list_streams"
+    );
+    let a: Vec<StreamInfo> = infos
+        .iter()
+        .filter(|info| info.name.starts_with("a-"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        store.list_streams("a-", None, 100).expect("list_streams"),
+        a,
+        "list_streams(a-)"
+    );
     let mut paged = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store.list_streams("", after.as_deref(), 1).expect("list_streams page");
+        let page = store
+            .list_streams("", after.as_deref(), 1)
+            .expect("list_streams page");
         assert!(page.len() <= 1, "list_streams limit");
         let Some(last) = page.last() else { break };
         after = Some(last.name.clone());
@@ -734,7 +1054,10 @@ fn check_all(store: &Store, model: &Model, ring: Ring) {
     }
     assert_eq!(paged, infos, "list_streams one at a time");
 
-    let mut sources: Vec<ReadSource> = STREAMS.iter().map(|name| ReadSource::Stream((*name).to_owned())).collect();
+    let mut sources: Vec<ReadSource> = STREAMS
+        .iter()
+        .map(|name| ReadSource::Stream((*name).to_owned()))
+        .collect();
     sources.push(ReadSource::All);
     for category in ["a", "b", "c"] {
         sources.push(ReadSource::Category(category.to_owned()));
@@ -758,24 +1081,47 @@ fn check_all(store: &Store, model: &Model, ring: Ring) {
     };
     check_filtered(store, model, &ReadSource::All, &by_prefix_and_type);
     check_filtered(store, model, &ReadSource::All, &by_regex_and_type_prefix);
-    check_filtered(store, model, &ReadSource::Category("a".into()), &by_prefix_and_type);
-    check_filtered(store, model, &ReadSource::EventType("Updated".into()), &by_regex_and_type_prefix);
+    check_filtered(
+        store,
+        model,
+        &ReadSource::Category("a".into()),
+        &by_prefix_and_type,
+    );
+    check_filtered(
+        store,
+        model,
+        &ReadSource::EventType("Updated".into()),
+        &by_regex_and_type_prefix,
+    );
 
     let live = store.live();
-    assert_eq!(live.wait_beyond(model.head().saturating_sub(1), Duration::ZERO), model.head(), "live head");
+    assert_eq!(
+        live.wait_beyond(model.head().saturating_sub(1), Duration::ZERO),
+        model.head(),
+        "live head"
+    );
     let since = match ring {
         Ring::Everything => 0,
         Ring::Since(head) => head,
     };
-    let held: Vec<RecordedEvent> =
-        live.read_from(since, ALL).expect("ring").into_iter().map(|event| (*event).clone()).collect();
-    let appended: Vec<RecordedEvent> =
-        model.events[since as usize..].iter().map(|event| event.event.clone()).collect();
+    let held: Vec<RecordedEvent> = live
+        .read_from(since, ALL)
+        .expect("ring")
+        .into_iter()
+        .map(|event| (*event).clone())
+        .collect();
+    let appended: Vec<RecordedEvent> = model.events[since as usize..]
+        .iter()
+        .map(|event| event.event.clone())
+        .collect();
     assert_eq!(held, appended, "live ring from {since}");
     if since > 0 {
         assert_eq!(
             live.read_from(0, ALL).map(|events| events.len()),
-            Err(Error::FellBehind { requested: 0, oldest: since }),
+            Err(Error::FellBehind {
+                requested: 0,
+                oldest: since
+            }),
             "ring after reopen"
         );
     }
@@ -789,31 +1135,58 @@ fn run(ops: &[Op]) {
     check_all(&runner.store, &runner.model, Ring::Everything);
 
     let hidden = runner.model.hidden_present();
-    eprintln!("STAT hidden {} of {}", hidden, runner.model.head());
     let report = runner.store.scavenge().expect("scavenge");
-    assert_eq!(report.removed, hidden, "events removed by the scavenge: {report:?}");
+    assert_eq!(
+        report.removed, hidden,
+        "events removed by the scavenge: {report:?}"
+    );
     runner.model.scavenge();
     check_all(&runner.store, &runner.model, Ring::Everything);
     let segments = runner.store.segments().expect("segments");
     if runner.model.head() > 0 {
         assert_eq!(segments.len(), 1, "{segments:?}");
-        assert_eq!(segments[0].events_written, runner.model.head(), "{segments:?}");
-        assert_eq!(segments[0].events_removed, runner.model.removed, "{segments:?}");
-        assert_eq!(segments[0].bytes_removed, report.bytes_removed, "{segments:?}");
+        assert_eq!(
+            segments[0].events_written,
+            runner.model.head(),
+            "{segments:?}"
+        );
+        assert_eq!(
+            segments[0].events_removed, runner.model.removed,
+            "{segments:?}"
+        );
+        assert_eq!(
+            segments[0].bytes_removed, report.bytes_removed,
+            "{segments:?}"
+        );
     }
 
     let mut runner = runner.reopen();
-    check_all(&runner.store, &runner.model, Ring::Since(runner.model.head()));
-    assert_eq!(runner.store.scavenge().expect("second scavenge").removed, 0, "nothing left to scavenge");
+    check_all(
+        &runner.store,
+        &runner.model,
+        Ring::Since(runner.model.head()),
+    );
+    assert_eq!(
+        runner.store.scavenge().expect("second scavenge").removed,
+        0,
+        "nothing left to scavenge"
+    );
 
     // The reopened store continues where the model is: positions after the old head
     // (also when a scavenge removed the newest records), revisions where each
     // stream stopped.
     let reopened_at = runner.model.head();
     for stream in 0..STREAMS.len() {
-        let spec = EventSpec { type_index: stream % TYPES.len(), binary: false, with_metadata: false };
+        let spec = EventSpec {
+            type_index: stream % TYPES.len(),
+            binary: false,
+            with_metadata: false,
+        };
         let part = runner.part(stream, Expect::Any, &[spec]);
-        runner.send(SentAppend { parts: vec![part], multi: false });
+        runner.send(SentAppend {
+            parts: vec![part],
+            multi: false,
+        });
     }
     check_all(&runner.store, &runner.model, Ring::Since(reopened_at));
 }
@@ -845,15 +1218,35 @@ fn event(n: u128) -> EventData {
 fn retry_of_no_stream_append_survives_a_later_soft_delete() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), options()).expect("open");
-    store.append("a-1", ExpectedRevision::NoStream, vec![event(1)]).wait().expect("first life");
-    store.delete("a-1", ExpectedRevision::Exact(0)).wait().expect("delete");
+    store
+        .append("a-1", ExpectedRevision::NoStream, vec![event(1)])
+        .wait()
+        .expect("first life");
+    store
+        .delete("a-1", ExpectedRevision::Exact(0))
+        .wait()
+        .expect("delete");
     let second = vec![event(2), event(3)];
-    let original = store.append("a-1", ExpectedRevision::NoStream, second.clone()).wait().expect("second life");
+    let original = store
+        .append("a-1", ExpectedRevision::NoStream, second.clone())
+        .wait()
+        .expect("second life");
     assert_eq!(original.positions, Some((1, 2)));
-    store.delete("a-1", ExpectedRevision::Exact(2)).wait().expect("delete again");
+    store
+        .delete("a-1", ExpectedRevision::Exact(2))
+        .wait()
+        .expect("delete again");
 
-    let retried = store.append("a-1", ExpectedRevision::NoStream, second).wait();
-    assert_eq!(retried, Ok(AppendResult { idempotent_replay: true, ..original }));
+    let retried = store
+        .append("a-1", ExpectedRevision::NoStream, second)
+        .wait();
+    assert_eq!(
+        retried,
+        Ok(AppendResult {
+            idempotent_replay: true,
+            ..original
+        })
+    );
     assert_eq!(store.info().head, 3, "the retry wrote nothing");
 }
 
@@ -877,14 +1270,27 @@ fn retries_return_the_original_result() {
     let mut originals = Vec::new();
     for expected in cases {
         let events = vec![next(), next()];
-        let result = store.append("a-1", expected, events.clone()).wait().expect("append");
+        let result = store
+            .append("a-1", expected, events.clone())
+            .wait()
+            .expect("append");
         originals.push((expected, events, result));
     }
-    store.append("a-1", ExpectedRevision::Any, vec![next()]).wait().expect("the stream moves on");
+    store
+        .append("a-1", ExpectedRevision::Any, vec![next()])
+        .wait()
+        .expect("the stream moves on");
     let head = store.info().head;
     for (expected, events, result) in originals {
         let retried = store.append("a-1", expected, events).wait();
-        assert_eq!(retried, Ok(AppendResult { idempotent_replay: true, ..result }), "retry of {expected:?}");
+        assert_eq!(
+            retried,
+            Ok(AppendResult {
+                idempotent_replay: true,
+                ..result
+            }),
+            "retry of {expected:?}"
+        );
     }
     assert_eq!(store.info().head, head, "retries wrote nothing");
 }

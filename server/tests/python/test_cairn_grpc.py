@@ -145,10 +145,8 @@ class Checks:
     def check_read_stream(self):
         events = self.read(self.order)
         mine = [entry for entry in self.appended if entry[1] == self.order]
-        expect(
-            [(e.id, e.stream, e.revision, e.position) for e in events] == mine,
-            "stream read returns exactly what was acknowledged:\n  %s\n  %s" % (events, mine),
-        )
+        read = [(e.id, e.stream, e.revision, e.position) for e in events]
+        expect(read == mine, "stream read returns exactly what was acknowledged:\n  %s\n  %s" % (read, mine))
         expect([e.type for e in events] == ["OrderPlaced"] * 3 + ["OrderPaid"], "event types survive")
         expect(events[1].data == b'{"n":1}', "data survives: %r" % events[1].data)
         expect(events[0].metadata == b'{"source":"python"}', "metadata survives")

@@ -27,7 +27,11 @@ impl TestServer {
 
     /// Starts a server after letting the caller adjust the settings.
     pub async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// Starts a server on an existing data directory.
+    pub async fn start_in(data: tempfile::TempDir, adjust: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = Settings::for_tests(data.path().to_path_buf());
         adjust(&mut settings);
         let store = cairn_server::open_store(&settings).expect("open store");
@@ -60,6 +64,14 @@ impl TestServer {
     /// Triggers shutdown and waits for `run` to return.
     pub async fn stop(mut self) {
         self.stop_in_place().await;
+    }
+
+    /// Stops the server and hands back its data directory (to restart on it).
+    pub async fn stop_keep_data(mut self) -> (tempfile::TempDir, SocketAddr) {
+        self.stop_in_place().await;
+        let address = self.address;
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
+        (data, address)
     }
 
     /// Like `stop`, but keeps the data directory for inspection.
