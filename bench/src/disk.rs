@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::BoxError;
-use crate::stats::{Latency, round};
+use crate::stats::{Latency, round, round_to};
 
 /// Block written before each sync.
 const BLOCK: usize = 4096;
@@ -37,7 +37,7 @@ impl SyncRate {
     pub(crate) fn to_json(self) -> Value {
         json!({
             "syncs": self.syncs,
-            "seconds": round(self.seconds * 1_000.0) / 1_000.0,
+            "seconds": round_to(self.seconds, 3),
             "syncs_per_second": round(self.per_second),
             "latency": self.latency.to_json(),
         })

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::disk::SyncRate;
 use crate::machine::Machine;
-use crate::stats::round;
+use crate::stats::{round, round_to};
 use crate::storage::{CaseResult, sync_ratio};
 
 /// Everything one run measured.
@@ -184,18 +184,19 @@ pub(crate) fn json(report: &Report) -> Value {
                 "streams_per_writer": result.spec.streams_per_writer,
                 "events": result.events,
                 "appends": result.appends,
-                "seconds": round(result.seconds * 1_000.0) / 1_000.0,
+                "seconds": round_to(result.seconds, 3),
                 "events_per_second": round(result.events_per_second()),
                 "latency": result.latency.to_json(),
                 "groups": result.groups,
                 "events_per_group": result.groups.filter(|&g| g > 0).map(|g| round(result.events as f64 / g as f64)),
-                "ratio_to_fsync_rate": sync_ratio(result, &reference).map(|ratio| round(ratio * 100.0) / 100.0),
+                "ratio_to_fsync_rate": sync_ratio(result, &reference).map(|ratio| round_to(ratio, 2)),
                 "capped": result.capped,
             })
         })
         .collect();
     json!({
         "benchmark": "cairn-bench storage",
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": report.machine.to_json(),
         "dir": report.dir.display().to_string(),
         "fdatasync_before": report.fsync_before.to_json(),

@@ -56,7 +56,13 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// Rounds to one decimal, for readable JSON.
 pub(crate) fn round(value: f64) -> f64 {
-    (value * 10.0).round() / 10.0
+    round_to(value, 1)
+}
+
+/// Rounds to `decimals` decimals, for readable JSON.
+pub(crate) fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 #[cfg(test)]
@@ -72,6 +78,13 @@ mod tests {
         assert_eq!(latency.p99_us, 99.0);
         assert_eq!(latency.max_us, 100.0);
         assert_eq!(latency.mean_us, 50.5);
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(round(2.04), 2.0);
+        assert_eq!(round_to(2.000_099_9, 3), 2.0);
+        assert_eq!(round_to(5.104_9, 2), 5.1);
     }
 
     #[test]

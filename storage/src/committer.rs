@@ -513,7 +513,7 @@ impl Committer {
                 revision: entry.revision,
             });
         }
-        let (Some(record), Some(first)) = (record, first) else {
+        let (Some(_), Some(first)) = (record, first) else {
             return Ok(None);
         };
         let last = entries[entries.len() - 1].map_or(first, |entry| entry);
