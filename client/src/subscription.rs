@@ -95,6 +95,12 @@ pub enum SubscriptionMessage {
 }
 
 /// A live subscription; ends with an error when the connection or server does.
+///
+/// Read it promptly. All calls of one [`Client`] share one HTTP/2 connection, and
+/// data the server has sent but you have not read counts against that
+/// connection's flow-control window: an unread subscription can hold up the
+/// responses of other calls on the same `Client`. Give subscriptions you may not
+/// read for a while a `Client` of their own.
 pub struct Subscription {
     inner: tonic::Streaming<pb::SubscribeResponse>,
 }
