@@ -24,6 +24,9 @@ const STREAM: &str = "numbers";
 /// The type of each event; its data is the integer as JSON text, e.g. `42`.
 const EVENT_TYPE: &str = "NumberAdded";
 
+/// How a service folds one integer into its state.
+type Step = fn(i64, i64) -> i64;
+
 /// A service: folds every integer of the stream into `state` with `step`, and
 /// publishes the revision it has reduced up to with the state at that revision,
 /// so `main` knows when it has seen the numbers it appended.
@@ -31,7 +34,7 @@ async fn reduce(
     name: &'static str,
     address: String,
     initial: i64,
-    step: fn(i64, i64) -> i64,
+    step: Step,
     reduced_up_to: watch::Sender<Option<(u64, i64)>>,
 ) -> Result<(), cairn_client::Error> {
     let client = Client::connect(address).await?;
@@ -75,7 +78,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
 
     let mut progress = Vec::new();
-    let services: [(&'static str, i64, fn(i64, i64) -> i64); 2] = [
+    let services: [(&'static str, i64, Step); 2] = [
         ("sum", 0, i64::saturating_add),
         ("product", 1, i64::saturating_mul),
     ];
@@ -90,7 +93,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let writer = Client::connect(address).await?;
     let mut last = None;
     for number in numbers {
-        let event = EventData::json("NumberAdded", &number)?;
+        let event = EventData::json(EVENT_TYPE, &number)?;
         let result = writer
             .append(STREAM, ExpectedRevision::Any, vec![event])
             .await?;
