@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["cairn/v1/cairn.proto", "cairn/v1/subscriptions.proto"];
+    let protos = [
+        "cairn/v1/cairn.proto",
+        "cairn/v1/subscriptions.proto",
+        "cairn/v1/persistent.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -17,6 +17,7 @@
 
 pub mod cli;
 mod from_proto;
+mod persistent;
 mod server_info;
 mod settings;
 mod status;
@@ -27,6 +28,7 @@ mod to_proto;
 use std::future::Future;
 use std::time::Duration;
 
+use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use cairn_proto::v1::server_server::ServerServer;
 use cairn_proto::v1::streams_server::StreamsServer;
 use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
@@ -61,6 +63,9 @@ pub enum ServerError {
     /// Reflection could not be set up.
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Persistent subscription groups could not be restored.
+    #[error("cannot restore persistent subscription groups: {0}")]
+    Groups(String),
     /// Binding the listen address failed.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
@@ -97,6 +102,9 @@ pub async fn run(
     health_reporter
         .set_serving::<ServerServer<server_info::ServerInfoService>>()
         .await;
+    health_reporter
+        .set_serving::<PersistentSubscriptionsServer<persistent::PersistentService>>()
+        .await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
@@ -115,13 +123,17 @@ pub async fn run(
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let (subscriptions, subscription_stats) = subscriptions::SubscriptionsService::new(
-        store.clone(),
-        settings.subscription_limits(),
-        shutdown_receiver.clone(),
-    );
+    let feeds = subscriptions::Feeds::new(store.clone(), shutdown_receiver.clone());
+    let (subscriptions, subscription_stats) =
+        subscriptions::SubscriptionsService::new(feeds.clone(), settings.subscription_limits());
     let subscriptions =
         SubscriptionsServer::new(subscriptions).max_encoding_message_size(max_message);
+    let groups = persistent::Groups::load(store.clone(), feeds, shutdown_receiver.clone())
+        .await
+        .map_err(|error| ServerError::Groups(error.to_string()))?;
+    let persistent_subscriptions =
+        PersistentSubscriptionsServer::new(persistent::PersistentService::new(groups))
+            .max_encoding_message_size(max_message);
     let server_info = ServerServer::new(server_info::ServerInfoService::new(
         store.clone(),
         settings.durability.into(),
@@ -148,6 +160,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(streams)
         .add_service(subscriptions)
+        .add_service(persistent_subscriptions)
         .add_service(server_info)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     // Graceful shutdown waits for every open call. Reads and subscriptions end

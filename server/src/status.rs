@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 
 use cairn_storage::Error;
+
+use crate::persistent::GroupError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -127,6 +129,28 @@ pub fn to_status(error: &Error) -> Status {
     status_with_reason(code, message, reason, metadata)
 }
 
+/// Maps a persistent-subscription error to the status a client sees.
+pub(crate) fn group_status(error: &GroupError) -> Status {
+    let group_meta = |group: &str| HashMap::from([("group".to_owned(), group.to_owned())]);
+    let (code, reason, metadata) = match error {
+        GroupError::Store(error) => return to_status(error),
+        GroupError::NotFound { group } => (Code::NotFound, "GROUP_NOT_FOUND", group_meta(group)),
+        GroupError::Exists { group } => (Code::AlreadyExists, "GROUP_EXISTS", group_meta(group)),
+        GroupError::InvalidArgument(_) => {
+            (Code::InvalidArgument, "INVALID_ARGUMENT", HashMap::new())
+        }
+        GroupError::ReplayInProgress { group, .. } => (
+            Code::FailedPrecondition,
+            "LIMIT_EXCEEDED",
+            group_meta(group),
+        ),
+        GroupError::Corrupt(_) => (Code::DataLoss, "CORRUPT", HashMap::new()),
+        GroupError::ShuttingDown => return shutting_down(),
+        GroupError::Internal(_) => (Code::Internal, "IO", HashMap::new()),
+    };
+    status_with_reason(code, error.to_string(), reason, metadata)
+}
+
 #[cfg(test)]
 mod tests {
     use cairn_storage::{CurrentRevision, ExpectedRevision};
@@ -218,6 +242,51 @@ mod tests {
             assert_eq!(status.message(), error.to_string());
             assert_eq!(reason_of(&status).0, reason);
         }
+    }
+
+    #[test]
+    fn every_group_error_maps_to_its_code_and_reason() {
+        let group = || "billing".to_owned();
+        let cases: Vec<(GroupError, Code, &str)> = vec![
+            (
+                GroupError::NotFound { group: group() },
+                Code::NotFound,
+                "GROUP_NOT_FOUND",
+            ),
+            (
+                GroupError::Exists { group: group() },
+                Code::AlreadyExists,
+                "GROUP_EXISTS",
+            ),
+            (
+                GroupError::InvalidArgument("bad".into()),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                GroupError::ReplayInProgress {
+                    group: group(),
+                    remaining: 3,
+                },
+                Code::FailedPrecondition,
+                "LIMIT_EXCEEDED",
+            ),
+            (GroupError::Corrupt("x".into()), Code::DataLoss, "CORRUPT"),
+            (GroupError::Internal("x".into()), Code::Internal, "IO"),
+            (GroupError::ShuttingDown, Code::Unavailable, "SHUTTING_DOWN"),
+            (
+                GroupError::Store(Error::StreamNotFound { stream: "s".into() }),
+                Code::NotFound,
+                "STREAM_NOT_FOUND",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = group_status(&error);
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(reason_of(&status).0, reason, "{error}");
+        }
+        let (_, metadata) = reason_of(&group_status(&GroupError::NotFound { group: group() }));
+        assert_eq!(metadata["group"], "billing");
     }
 
     #[test]

@@ -240,7 +240,7 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("get_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
         let _entered = span.enter();
         outcome((|| {
-            cairn_storage::validate_stream_name(&request.stream)
+            cairn_storage::validate_stored_stream_name(&request.stream)
                 .map_err(|error| to_status(&error))?;
             let info = self.store.stream_info(&request.stream).ok_or_else(|| {
                 to_status(&cairn_storage::Error::StreamNotFound {
@@ -259,6 +259,7 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("set_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
         async {
             let result = async {
+                from_proto::writable_stream(&request.stream)?;
                 let expected =
                     from_proto::expected_revision(request.expected, "set_stream_metadata")?;
                 let metadata = from_proto::metadata(request.metadata);
@@ -332,7 +333,9 @@ impl StreamsService {
         let name = if tombstone { "tombstone" } else { "delete" };
         let span = tracing::info_span!("delete", kind = name, stream = %request.stream, outcome = tracing::field::Empty);
         async {
-            let expected = match from_proto::expected_revision(request.expected, name) {
+            let expected = match from_proto::writable_stream(&request.stream)
+                .and_then(|()| from_proto::expected_revision(request.expected, name))
+            {
                 Ok(expected) => expected,
                 Err(status) => return outcome(Err(status)),
             };

@@ -24,8 +24,8 @@ use cairn_storage::{
     StreamState, category_of,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -70,9 +70,10 @@ pub struct SubscriptionStats {
     pub delivered: AtomicU64,
 }
 
-/// The service.
+/// Starts subscription tasks; shared by client subscriptions and persistent
+/// subscription groups.
 #[derive(Clone)]
-pub struct SubscriptionsService {
+pub(crate) struct Feeds {
     /// The store read from.
     store: Store,
     /// The committed head, updated by a store commit listener (also bumped when
@@ -80,36 +81,115 @@ pub struct SubscriptionsService {
     heads: watch::Receiver<u64>,
     /// Server shutdown.
     shutdown: watch::Receiver<bool>,
-    /// One permit per open subscription.
-    slots: Arc<Semaphore>,
-    /// Per-subscription buffer.
-    buffer: usize,
     /// Counters.
     stats: Arc<SubscriptionStats>,
     /// For subscription ids.
     next_id: Arc<AtomicU64>,
 }
 
-impl SubscriptionsService {
-    /// A service over `store`. Registers a commit listener on the store.
-    pub fn new(
-        store: Store,
-        limits: SubscriptionLimits,
-        shutdown: watch::Receiver<bool>,
-    ) -> (Self, Arc<SubscriptionStats>) {
+/// Where and how a subscription task starts.
+pub(crate) struct FeedSpec {
+    /// What it follows.
+    pub target: Target,
+    /// Position targets: which events pass.
+    pub filter: ReadFilter,
+    /// Filtered position targets: a checkpoint every this many examined events.
+    pub checkpoint_interval: Option<u64>,
+    /// The first revision (stream targets) or position (others) to deliver.
+    pub cursor: u64,
+    /// Skip history: send `CaughtUp` at once and serve from the ring from this
+    /// position (the head when `cursor` was taken, so nothing at or after the
+    /// cursor is missed).
+    pub live_from: Option<u64>,
+    /// Messages buffered between the task and its consumer.
+    pub buffer: usize,
+    /// A client subscription's slot, released when the task ends.
+    pub slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Feeds {
+    /// Feeds over `store`. Registers a commit listener on the store.
+    pub(crate) fn new(store: Store, shutdown: watch::Receiver<bool>) -> Self {
         let (head_sender, heads) = watch::channel(store.live().head());
         store.live().add_listener(Box::new(move |notice| {
             head_sender.send_replace(notice.head);
         }));
-        let stats = Arc::new(SubscriptionStats::default());
-        let service = Self {
+        Self {
             store,
             heads,
             shutdown,
+            stats: Arc::new(SubscriptionStats::default()),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Spawns a subscription task. Its first message is `Confirmation`; it ends
+    /// with an error item (e.g. UNAVAILABLE at shutdown) or when the receiver
+    /// is dropped.
+    pub(crate) fn start(&self, spec: FeedSpec) -> mpsc::Receiver<Result<Feed, Status>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("subscription", id);
+        let (sender, receiver) = mpsc::channel(spec.buffer.max(1));
+        let mut subscription = Subscription {
+            store: self.store.clone(),
+            target: spec.target,
+            filter: spec.filter,
+            checkpoint_interval: spec.checkpoint_interval,
+            cursor: spec.cursor,
+            unmatched: 0,
+            sender,
+            heads: self.heads.clone(),
+            shutdown: self.shutdown.clone(),
+            stats: Arc::clone(&self.stats),
+            _slot: spec.slot,
+        };
+        let stats = Arc::clone(&self.stats);
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        let live_from = spec.live_from;
+        tokio::spawn(
+            async move {
+                let result = async {
+                    subscription.send(Feed::Confirmation(id)).await?;
+                    if let Some(head) = live_from {
+                        subscription.send(Feed::CaughtUp { head }).await?;
+                        subscription.live(head).await?;
+                    }
+                    subscription.run().await
+                }
+                .await;
+                if let Err(Stop::Fail(status)) = result {
+                    tracing::debug!(code = ?status.code(), "subscription ended");
+                    // Bounded: a client that stopped reading cannot hold the task.
+                    let final_send = subscription.sender.send(Err(status));
+                    let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
+                }
+                stats.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(span),
+        );
+        receiver
+    }
+}
+
+/// The `cairn.v1.Subscriptions` service.
+#[derive(Clone)]
+pub struct SubscriptionsService {
+    /// Starts the tasks.
+    feeds: Feeds,
+    /// One permit per open client subscription.
+    slots: Arc<Semaphore>,
+    /// Per-subscription buffer.
+    buffer: usize,
+}
+
+impl SubscriptionsService {
+    /// The service over `feeds`.
+    pub(crate) fn new(feeds: Feeds, limits: SubscriptionLimits) -> (Self, Arc<SubscriptionStats>) {
+        let stats = Arc::clone(&feeds.stats);
+        let service = Self {
+            feeds,
             slots: Arc::new(Semaphore::new(limits.max_subscriptions.max(1))),
             buffer: limits.buffer.max(1),
-            stats: Arc::clone(&stats),
-            next_id: Arc::new(AtomicU64::new(1)),
         };
         (service, stats)
     }
@@ -117,14 +197,69 @@ impl SubscriptionsService {
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
 
+/// What a subscription task emits, before conversion to the wire. Persistent
+/// subscription groups consume these directly.
+#[derive(Debug)]
+pub(crate) enum Feed {
+    /// First message: the subscription's id.
+    Confirmation(u64),
+    /// The next event.
+    Event(RecordedEvent),
+    /// History is exhausted; live delivery follows.
+    CaughtUp {
+        /// The committed head at that moment.
+        head: u64,
+    },
+    /// The subscriber fell behind the ring and returns to storage reads.
+    FellBehind {
+        /// The next position to be read.
+        position: u64,
+    },
+    /// Filtered position targets: every position up to this one was examined.
+    Checkpoint {
+        /// The last examined position.
+        position: u64,
+    },
+}
+
+impl Feed {
+    fn into_proto(self) -> pb::SubscribeResponse {
+        use pb::subscribe_response::Content;
+        let content = match self {
+            Feed::Confirmation(id) => Content::Confirmation(pb::Confirmation {
+                subscription_id: id.to_string(),
+            }),
+            Feed::Event(event) => Content::Event(to_proto::event(&event)),
+            Feed::CaughtUp { head } => Content::CaughtUp(pb::CaughtUp {
+                head_position: head,
+            }),
+            Feed::FellBehind { position } => Content::FellBehind(pb::FellBehind { position }),
+            Feed::Checkpoint { position } => Content::Checkpoint(pb::Checkpoint { position }),
+        };
+        pb::SubscribeResponse {
+            content: Some(content),
+        }
+    }
+}
+
 /// What a subscription follows.
 #[derive(Debug, Clone)]
-enum Target {
+pub(crate) enum Target {
+    /// One stream, by revision.
     Stream(String),
+    /// `$all`, a category or an event type, by position.
     Positions(ReadSource),
 }
 
 impl Target {
+    /// The target of a parsed source.
+    pub(crate) fn of(source: ReadSource) -> Self {
+        match source {
+            ReadSource::Stream(stream) => Target::Stream(stream),
+            other => Target::Positions(other),
+        }
+    }
+
     fn matches(&self, event: &RecordedEvent) -> bool {
         match self {
             Target::Stream(stream) => &event.stream == stream,
@@ -149,12 +284,12 @@ struct Subscription {
     cursor: u64,
     /// Positions examined without a match since the last checkpoint.
     unmatched: u64,
-    sender: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
+    sender: mpsc::Sender<Result<Feed, Status>>,
     heads: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<SubscriptionStats>,
-    /// Held for the subscription's lifetime.
-    _slot: OwnedSemaphorePermit,
+    /// Held for the subscription's lifetime (client subscriptions only).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 /// Why the task stopped sending.
@@ -167,14 +302,8 @@ enum Stop {
 
 type Step<T = ()> = Result<T, Stop>;
 
-fn content(content: pb::subscribe_response::Content) -> pb::SubscribeResponse {
-    pb::SubscribeResponse {
-        content: Some(content),
-    }
-}
-
 impl Subscription {
-    async fn send(&self, message: pb::SubscribeResponse) -> Step {
+    async fn send(&self, message: Feed) -> Step {
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
             sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::Gone),
@@ -191,10 +320,7 @@ impl Subscription {
         if !at_or_after_cursor {
             return Ok(());
         }
-        self.send(content(pb::subscribe_response::Content::Event(
-            to_proto::event(event),
-        )))
-        .await?;
+        self.send(Feed::Event(event.clone())).await?;
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.cursor = match self.target {
             Target::Stream(_) => event.revision + 1,
@@ -224,10 +350,7 @@ impl Subscription {
                     break;
                 }
                 let position = start + needed - 1;
-                self.send(content(pb::subscribe_response::Content::Checkpoint(
-                    pb::Checkpoint { position },
-                )))
-                .await?;
+                self.send(Feed::Checkpoint { position }).await?;
                 self.unmatched = 0;
                 start += needed;
                 remaining -= needed;
@@ -318,12 +441,9 @@ impl Subscription {
                 Ok(batch) => batch,
                 Err(StoreError::FellBehind { requested, .. }) => {
                     self.stats.fell_behind.fetch_add(1, Ordering::Relaxed);
-                    let message = pb::FellBehind {
+                    self.send(Feed::FellBehind {
                         position: requested,
-                    };
-                    self.send(content(pb::subscribe_response::Content::FellBehind(
-                        message,
-                    )))
+                    })
                     .await?;
                     self.skip_to(requested).await?;
                     return Ok(());
@@ -372,12 +492,7 @@ impl Subscription {
         loop {
             let live_from = self.catch_up().await?;
             let head = self.store.live().head();
-            self.send(content(pb::subscribe_response::Content::CaughtUp(
-                pb::CaughtUp {
-                    head_position: head,
-                },
-            )))
-            .await?;
+            self.send(Feed::CaughtUp { head }).await?;
             self.live(live_from).await?;
         }
     }
@@ -391,49 +506,16 @@ impl Subscriptions for SubscriptionsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        use pb::subscribe_request::From;
         let request = request.into_inner();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let span = tracing::info_span!("subscribe", id, stream = %request.stream);
+        let span = tracing::info_span!("subscribe", stream = %request.stream);
         let _entered = span.enter();
-        if *self.shutdown.borrow() {
+        if *self.feeds.shutdown.borrow() {
             return Err(shutting_down());
         }
         let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
         let filter = from_proto::filter(request.filter.unwrap_or_default())?;
-        let target = match source {
-            ReadSource::Stream(stream) => Target::Stream(stream),
-            other => Target::Positions(other),
-        };
-        let is_stream = matches!(target, Target::Stream(_));
-        let head = self.store.live().head();
-        let (cursor, start_live) = match request.from {
-            None | Some(From::Start(())) => (0, false),
-            Some(From::End(())) => match &target {
-                Target::Stream(stream) => (
-                    self.store
-                        .stream_info(stream)
-                        .and_then(|info| info.last_revision)
-                        .map_or(0, |r| r + 1),
-                    true,
-                ),
-                Target::Positions(_) => (head, true),
-            },
-            Some(From::AfterRevision(revision)) if is_stream => (revision.saturating_add(1), false),
-            Some(From::AfterPosition(position)) if !is_stream => {
-                (position.saturating_add(1), false)
-            }
-            Some(From::AfterRevision(_)) => {
-                return Err(crate::status::invalid_argument(
-                    "after_revision applies to streams; use after_position",
-                ));
-            }
-            Some(From::AfterPosition(_)) => {
-                return Err(crate::status::invalid_argument(
-                    "after_position applies to $all, $ce- and $et-; use after_revision",
-                ));
-            }
-        };
+        let target = Target::of(source);
+        let (cursor, live_from) = start_of(&self.feeds.store, &target, request.from)?;
         let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             status_with_reason(
                 tonic::Code::ResourceExhausted,
@@ -446,60 +528,59 @@ impl Subscriptions for SubscriptionsService {
             0 => DEFAULT_CHECKPOINT_INTERVAL,
             interval => u64::from(interval),
         });
-        let (sender, receiver) = mpsc::channel(self.buffer);
-        let mut subscription = Subscription {
-            store: self.store.clone(),
+        let receiver = self.feeds.start(FeedSpec {
             target,
             filter,
             checkpoint_interval,
             cursor,
-            unmatched: 0,
-            sender,
-            heads: self.heads.clone(),
-            shutdown: self.shutdown.clone(),
-            stats: Arc::clone(&self.stats),
-            _slot: slot,
-        };
-        let stats = Arc::clone(&self.stats);
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(
-            async move {
-                let confirmation = pb::Confirmation {
-                    subscription_id: id.to_string(),
-                };
-                let mut result = subscription
-                    .send(content(pb::subscribe_response::Content::Confirmation(
-                        confirmation,
-                    )))
-                    .await;
-                if result.is_ok() {
-                    result = if start_live {
-                        async {
-                            subscription
-                                .send(content(pb::subscribe_response::Content::CaughtUp(
-                                    pb::CaughtUp {
-                                        head_position: head,
-                                    },
-                                )))
-                                .await?;
-                            subscription.live(head).await?;
-                            subscription.run().await
-                        }
-                        .await
-                    } else {
-                        subscription.run().await
-                    };
-                }
-                if let Err(Stop::Fail(status)) = result {
-                    tracing::debug!(code = ?status.code(), "subscription ended");
-                    // Bounded: a client that stopped reading cannot hold the task.
-                    let final_send = subscription.sender.send(Err(status));
-                    let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
-                }
-                stats.active.fetch_sub(1, Ordering::Relaxed);
-            }
-            .instrument(span.clone()),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+            live_from,
+            buffer: self.buffer,
+            slot: Some(slot),
+        });
+        let responses = ReceiverStream::new(receiver).map(|item| item.map(Feed::into_proto));
+        Ok(Response::new(Box::pin(responses)))
+    }
+}
+
+/// The first revision or position to deliver for a `from` of the protocol, and
+/// for `End` the head to serve the ring from (see [`FeedSpec::live_from`]).
+pub(crate) fn start_of(
+    store: &Store,
+    target: &Target,
+    from: Option<pb::subscribe_request::From>,
+) -> Result<(u64, Option<u64>), Status> {
+    use pb::subscribe_request::From;
+    let is_stream = matches!(target, Target::Stream(_));
+    Ok(match from {
+        None | Some(From::Start(())) => (0, None),
+        Some(From::End(())) => {
+            // Head first: an event committed in between is then at or after
+            // both the ring start and the cursor, so it is delivered.
+            let head = store.live().head();
+            (end_of(store, target), Some(head))
+        }
+        Some(From::AfterRevision(revision)) if is_stream => (revision.saturating_add(1), None),
+        Some(From::AfterPosition(position)) if !is_stream => (position.saturating_add(1), None),
+        Some(From::AfterRevision(_)) => {
+            return Err(crate::status::invalid_argument(
+                "after_revision applies to streams; use after_position",
+            ));
+        }
+        Some(From::AfterPosition(_)) => {
+            return Err(crate::status::invalid_argument(
+                "after_position applies to $all, $ce- and $et-; use after_revision",
+            ));
+        }
+    })
+}
+
+/// The revision (streams) or position (others) the next event will get.
+pub(crate) fn end_of(store: &Store, target: &Target) -> u64 {
+    match target {
+        Target::Stream(stream) => store
+            .stream_info(stream)
+            .and_then(|info| info.last_revision)
+            .map_or(0, |revision| revision + 1),
+        Target::Positions(_) => store.live().head(),
     }
 }

@@ -3,6 +3,8 @@
 use cairn_proto::v1 as pb;
 use cairn_storage::{AppendResult, RecordedEvent, StreamInfo, StreamMetadata, StreamState};
 
+use crate::persistent::{GroupReport, GroupSettings, Strategy};
+
 /// A recorded event.
 pub fn event(event: &RecordedEvent) -> pb::RecordedEvent {
     pb::RecordedEvent {
@@ -52,5 +54,61 @@ pub fn stream_info(info: &StreamInfo) -> pb::StreamInfo {
         first_visible_revision: info.first_visible_revision,
         metadata: Some(metadata(&info.metadata)),
         metadata_revision: info.metadata_revision,
+    }
+}
+
+/// A group's settings, every field set.
+pub(crate) fn group_settings(settings: &GroupSettings) -> pb::GroupSettings {
+    let strategy = match settings.strategy {
+        Strategy::RoundRobin => pb::DeliveryStrategy::RoundRobin,
+        Strategy::DispatchToSingle => pb::DeliveryStrategy::DispatchToSingle,
+        Strategy::PinnedByStream => pb::DeliveryStrategy::PinnedByStream,
+    };
+    pb::GroupSettings {
+        strategy: strategy.into(),
+        max_retries: Some(settings.max_retries),
+        message_timeout_ms: Some(settings.message_timeout_ms),
+        max_in_flight_per_consumer: Some(settings.max_in_flight_per_consumer),
+        checkpoint_after_events: Some(settings.checkpoint_after_events),
+        checkpoint_after_ms: Some(settings.checkpoint_after_ms),
+    }
+}
+
+/// A group's definition and live state.
+pub(crate) fn group_info(report: &GroupReport) -> pb::GroupInfo {
+    let definition = &report.definition;
+    let status = &report.status;
+    pb::GroupInfo {
+        group: definition.group.clone(),
+        stream: definition.stream.clone(),
+        filter: Some(pb::ReadFilter {
+            stream_prefixes: definition.filter.stream_prefixes.clone(),
+            stream_regex: definition.filter.stream_regex.clone(),
+            type_prefixes: definition.filter.type_prefixes.clone(),
+            type_regex: definition.filter.type_regex.clone(),
+        }),
+        settings: Some(group_settings(&definition.settings)),
+        checkpoint_position: status.checkpoint.map(|checkpoint| checkpoint.position),
+        checkpoint_revision: status.checkpoint.and_then(|checkpoint| checkpoint.revision),
+        in_flight: status.in_flight,
+        waiting: status.waiting,
+        parked: report.parked,
+        delivered_total: status.delivered_total,
+        acked_total: status.acked_total,
+        retried_total: status.retried_total,
+        parked_total: status.parked_total,
+        consumers: status
+            .consumers
+            .iter()
+            .map(|consumer| pb::ConsumerInfo {
+                consumer_id: consumer.id.to_string(),
+                name: consumer.name.clone(),
+                max_in_flight: consumer.max_in_flight,
+                in_flight: consumer.in_flight,
+                delivered: consumer.delivered,
+                acked: consumer.acked,
+                nacked: consumer.nacked,
+            })
+            .collect(),
     }
 }

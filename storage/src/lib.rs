@@ -45,8 +45,9 @@ pub use live::{CommitListener, CommitNotice, Live, RingLimits};
 pub use model::{
     ALL_STREAM, AppendResult, CATEGORY_PREFIX, CurrentRevision, Direction, EVENT_TYPE_PREFIX,
     EventData, ExpectedRevision, Limits, MAX_STREAM_NAME_BYTES, ReadFilter, ReadFrom, ReadPage,
-    ReadRequest, ReadSource, RecordedEvent, ScavengeReport, SegmentStats, StoreInfo, StreamAppend,
-    StreamInfo, StreamMetadata, StreamState, category_of, validate_stream_name,
+    ReadRequest, ReadSource, RecordedEvent, SYSTEM_STREAM_PREFIX, ScavengeReport, SegmentStats,
+    StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
+    validate_stored_stream_name, validate_stream_name,
 };
 pub use store::{Durability, Store, StoreOptions};
 pub use ticket::Ticket;

@@ -17,6 +17,10 @@ pub const ALL_STREAM: &str = "$all";
 pub const CATEGORY_PREFIX: &str = "$ce-";
 /// Prefix of the virtual event-type streams (`$et-OrderPlaced`).
 pub const EVENT_TYPE_PREFIX: &str = "$et-";
+/// Prefix of system streams (`$sys-ps-groups`, ...): written by the server for
+/// its own state, readable by anyone, never written by a client (the server's
+/// API refuses client writes to any `$` name; see [`validate_stream_name`]).
+pub const SYSTEM_STREAM_PREFIX: &str = "$sys-";
 /// The longest stream name, in bytes.
 pub const MAX_STREAM_NAME_BYTES: usize = 1024;
 /// The longest event type or content type, in bytes.
@@ -293,7 +297,7 @@ impl ReadSource {
             validate_nonempty("event type", event_type)?;
             Ok(ReadSource::EventType(event_type.to_owned()))
         } else {
-            validate_stream_name(name)?;
+            validate_stored_stream_name(name)?;
             Ok(ReadSource::Stream(name.to_owned()))
         }
     }
@@ -511,7 +515,7 @@ fn validate_nonempty(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a user stream name: 1..=1024 bytes, not reserved (`$...`).
+/// Checks a name a client may write to: 1..=1024 bytes, not reserved (`$...`).
 pub fn validate_stream_name(stream: &str) -> Result<()> {
     validate_nonempty("stream name", stream)?;
     if stream.starts_with('$') {
@@ -520,6 +524,15 @@ pub fn validate_stream_name(stream: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Checks a name the store may hold: a client stream name (see
+/// [`validate_stream_name`]) or a system stream (`$sys-...`).
+pub fn validate_stored_stream_name(stream: &str) -> Result<()> {
+    if stream.starts_with(SYSTEM_STREAM_PREFIX) && stream.len() > SYSTEM_STREAM_PREFIX.len() {
+        return validate_nonempty("stream name", stream);
+    }
+    validate_stream_name(stream)
 }
 
 impl Limits {
@@ -535,7 +548,7 @@ impl Limits {
         let mut streams = std::collections::HashSet::new();
         let mut ids = std::collections::HashSet::new();
         for part in parts {
-            validate_stream_name(&part.stream)?;
+            validate_stored_stream_name(&part.stream)?;
             if !streams.insert(part.stream.as_str()) {
                 return Err(Error::InvalidArgument(format!(
                     "stream '{}' appears twice in one append; put all its events in one part",

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::live::{Live, RingLimits};
 use crate::model::{
     AppendResult, CurrentRevision, ExpectedRevision, Limits, SegmentStats, StoreInfo, StreamAppend,
-    StreamInfo, StreamMetadata, validate_stream_name,
+    StreamInfo, StreamMetadata, validate_stored_stream_name,
 };
 use crate::ticket::{self, Ticket};
 
@@ -383,7 +383,7 @@ impl Store {
         expected: ExpectedRevision,
     ) -> Ticket<CurrentRevision> {
         let stream = stream.into();
-        if let Err(error) = validate_stream_name(&stream) {
+        if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
         self.submit(|reply| Command::Delete {
@@ -400,7 +400,7 @@ impl Store {
         expected: ExpectedRevision,
     ) -> Ticket<CurrentRevision> {
         let stream = stream.into();
-        if let Err(error) = validate_stream_name(&stream) {
+        if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
         self.submit(|reply| Command::Tombstone {
@@ -419,7 +419,7 @@ impl Store {
         metadata: StreamMetadata,
     ) -> Ticket<u64> {
         let stream = stream.into();
-        if let Err(error) = validate_stream_name(&stream) {
+        if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
         self.submit(|reply| Command::SetMetadata {

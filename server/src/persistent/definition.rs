@@ -1,0 +1,314 @@
+//! A group's definition and settings, and the records that store them.
+//!
+//! Everything a group needs after a restart lives in system streams:
+//! - `$sys-ps-groups`: `GroupCreated` (a whole [`GroupDefinition`]),
+//!   `GroupUpdated` (new [`GroupSettings`]) and `GroupDeleted`, folded in order at
+//!   startup;
+//! - `$sys-ps-<group>-checkpoint`: `$checkpoint` records ([`Checkpoint`]), of which
+//!   only the newest matters (the stream keeps one, `max_count` 1);
+//! - `$sys-ps-<group>-parked`: `$parked` records ([`ParkedRecord`]); events up to
+//!   its `truncate_before` were replayed.
+//!
+//! This module owns the JSON shape of those records; changing a field name is a
+//! format change.
+
+use cairn_storage::{ReadFilter, ReadSource};
+use serde::{Deserialize, Serialize};
+
+use super::GroupError;
+
+/// The stream of group definitions.
+pub(crate) const GROUPS_STREAM: &str = "$sys-ps-groups";
+/// Event type of a checkpoint record.
+pub(crate) const CHECKPOINT_TYPE: &str = "$checkpoint";
+/// Event type of a parked-event record.
+pub(crate) const PARKED_TYPE: &str = "$parked";
+/// The longest group name.
+const MAX_GROUP_NAME: usize = 200;
+/// The largest per-consumer in-flight limit.
+pub(crate) const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
+
+/// The stream holding a group's checkpoint.
+pub(crate) fn checkpoint_stream(group: &str) -> String {
+    format!("$sys-ps-{group}-checkpoint")
+}
+
+/// The stream holding a group's parked events.
+pub(crate) fn parked_stream(group: &str) -> String {
+    format!("$sys-ps-{group}-parked")
+}
+
+/// Checks a group name: 1..=200 characters of `[A-Za-z0-9_.-]`, so it is safe
+/// inside system stream names.
+pub(crate) fn validate_group_name(group: &str) -> Result<(), GroupError> {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if group.is_empty() || group.len() > MAX_GROUP_NAME || !group.chars().all(valid_char) {
+        return Err(GroupError::InvalidArgument(format!(
+            "group name '{group}' is invalid: use 1 to {MAX_GROUP_NAME} characters of A-Z, a-z, 0-9, '_', '.', '-'"
+        )));
+    }
+    Ok(())
+}
+
+/// How a group shares events among its consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub(crate) enum Strategy {
+    /// The next consumer with room.
+    #[default]
+    RoundRobin,
+    /// The longest-connected consumer; the others stand by.
+    DispatchToSingle,
+    /// One consumer per stream, one event of a stream at a time.
+    PinnedByStream,
+}
+
+/// A group's tunables; see `GroupSettings` in `persistent.proto`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GroupSettings {
+    pub strategy: Strategy,
+    pub max_retries: u32,
+    pub message_timeout_ms: u32,
+    pub max_in_flight_per_consumer: u32,
+    pub checkpoint_after_events: u32,
+    pub checkpoint_after_ms: u32,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::RoundRobin,
+            max_retries: 10,
+            message_timeout_ms: 30_000,
+            max_in_flight_per_consumer: 64,
+            checkpoint_after_events: 100,
+            checkpoint_after_ms: 1_000,
+        }
+    }
+}
+
+impl GroupSettings {
+    /// Refuses settings the group cannot run with.
+    pub(crate) fn validate(&self) -> Result<(), GroupError> {
+        let fail = |message: String| Err(GroupError::InvalidArgument(message));
+        if self.message_timeout_ms < 10 {
+            return fail(format!(
+                "message_timeout_ms is {}, the minimum is 10",
+                self.message_timeout_ms
+            ));
+        }
+        if !(1..=MAX_IN_FLIGHT_LIMIT).contains(&self.max_in_flight_per_consumer) {
+            return fail(format!(
+                "max_in_flight_per_consumer is {}, it must be 1 to {MAX_IN_FLIGHT_LIMIT}",
+                self.max_in_flight_per_consumer
+            ));
+        }
+        if self.checkpoint_after_events == 0 || self.checkpoint_after_ms == 0 {
+            return fail(
+                "checkpoint_after_events and checkpoint_after_ms must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The `$all` filter of a group, as stored (regexes as their source text).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FilterSpec {
+    pub stream_prefixes: Vec<String>,
+    pub stream_regex: String,
+    pub type_prefixes: Vec<String>,
+    pub type_regex: String,
+}
+
+impl FilterSpec {
+    /// True when the filter lets everything through.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.stream_prefixes.is_empty()
+            && self.stream_regex.is_empty()
+            && self.type_prefixes.is_empty()
+            && self.type_regex.is_empty()
+    }
+
+    /// The compiled filter.
+    pub(crate) fn compile(&self) -> Result<ReadFilter, GroupError> {
+        let regex = |pattern: &str| -> Result<Option<regex::Regex>, GroupError> {
+            if pattern.is_empty() {
+                return Ok(None);
+            }
+            ReadFilter::regex(pattern)
+                .map(Some)
+                .map_err(|error| GroupError::InvalidArgument(error.to_string()))
+        };
+        Ok(ReadFilter {
+            stream_prefixes: self.stream_prefixes.clone(),
+            stream_regex: regex(&self.stream_regex)?,
+            type_prefixes: self.type_prefixes.clone(),
+            type_regex: regex(&self.type_regex)?,
+        })
+    }
+}
+
+/// Everything that defines a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GroupDefinition {
+    /// The group's name.
+    pub group: String,
+    /// What it follows, as a client names it (`orders-1`, `$ce-orders`, `$all`).
+    pub stream: String,
+    /// `$all` only.
+    pub filter: FilterSpec,
+    /// The first revision (stream groups) or position (others) to deliver when
+    /// the group has no checkpoint yet. "From the end" is resolved to a number
+    /// at creation, so a restart before the first checkpoint skips nothing.
+    pub start_cursor: u64,
+    pub settings: GroupSettings,
+}
+
+impl GroupDefinition {
+    /// The parsed source.
+    pub(crate) fn source(&self) -> Result<ReadSource, GroupError> {
+        ReadSource::parse(&self.stream)
+            .map_err(|error| GroupError::InvalidArgument(error.to_string()))
+    }
+
+    /// Checks the whole definition.
+    pub(crate) fn validate(&self) -> Result<(), GroupError> {
+        validate_group_name(&self.group)?;
+        let source = self.source()?;
+        if !self.filter.is_empty() && source != ReadSource::All {
+            return Err(GroupError::InvalidArgument(
+                "a filter applies only to groups on $all".into(),
+            ));
+        }
+        self.filter.compile()?;
+        self.settings.validate()
+    }
+}
+
+/// A record of `$sys-ps-groups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum GroupRecord {
+    /// A new group.
+    GroupCreated(GroupDefinition),
+    /// New settings for a group.
+    GroupUpdated {
+        group: String,
+        settings: GroupSettings,
+    },
+    /// A group was deleted.
+    GroupDeleted { group: String },
+}
+
+impl GroupRecord {
+    /// The event type the record is stored under.
+    pub(crate) fn event_type(&self) -> &'static str {
+        match self {
+            GroupRecord::GroupCreated(_) => "GroupCreated",
+            GroupRecord::GroupUpdated { .. } => "GroupUpdated",
+            GroupRecord::GroupDeleted { .. } => "GroupDeleted",
+        }
+    }
+}
+
+/// Where a group stands: the last source event such that it and every event
+/// before it were acked, skipped or parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    /// Its position (position groups: possibly a filtered-out position).
+    pub position: u64,
+    /// Stream groups: its revision.
+    pub revision: Option<u64>,
+}
+
+impl Checkpoint {
+    /// The cursor to resume from: the next revision (stream groups) or position.
+    pub(crate) fn resume_cursor(&self, is_stream: bool) -> u64 {
+        match (is_stream, self.revision) {
+            (true, Some(revision)) => revision + 1,
+            _ => self.position + 1,
+        }
+    }
+}
+
+/// A record of a group's parked stream: which event was parked and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ParkedRecord {
+    pub stream: String,
+    pub revision: u64,
+    pub position: u64,
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    pub retry_count: u32,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_names_are_checked() {
+        assert!(validate_group_name("orders-handler.v2_a").is_ok());
+        for bad in ["", "a b", "x/y", "$x", &"n".repeat(201)] {
+            assert!(validate_group_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert!(GroupSettings::default().validate().is_ok());
+        let zero_in_flight = GroupSettings {
+            max_in_flight_per_consumer: 0,
+            ..GroupSettings::default()
+        };
+        assert!(zero_in_flight.validate().is_err());
+        let tiny_timeout = GroupSettings {
+            message_timeout_ms: 1,
+            ..GroupSettings::default()
+        };
+        assert!(tiny_timeout.validate().is_err());
+    }
+
+    #[test]
+    fn filters_only_on_all() {
+        let definition = GroupDefinition {
+            group: "g".into(),
+            stream: "orders-1".into(),
+            filter: FilterSpec {
+                stream_prefixes: vec!["a".into()],
+                ..FilterSpec::default()
+            },
+            start_cursor: 0,
+            settings: GroupSettings::default(),
+        };
+        assert!(definition.validate().is_err());
+        let on_all = GroupDefinition {
+            stream: "$all".into(),
+            ..definition
+        };
+        assert!(on_all.validate().is_ok());
+    }
+
+    #[test]
+    fn records_round_trip_as_json() {
+        let record = GroupRecord::GroupUpdated {
+            group: "g".into(),
+            settings: GroupSettings::default(),
+        };
+        let json = serde_json::to_vec(&record).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<GroupRecord>(&json).unwrap(),
+            record
+        );
+    }
+
+    #[test]
+    fn resume_cursor_follows_the_group_kind() {
+        let checkpoint = Checkpoint {
+            position: 40,
+            revision: Some(3),
+        };
+        assert_eq!(checkpoint.resume_cursor(true), 4);
+        assert_eq!(checkpoint.resume_cursor(false), 41);
+    }
+}
