@@ -36,6 +36,18 @@ pub enum Error {
     /// An event id was used before, and this append is not an exact retry.
     #[error("duplicate event id: {0}")]
     DuplicateEventId(String),
+    /// No persistent subscription group of that name.
+    #[error("persistent subscription group '{group}' not found")]
+    GroupNotFound {
+        /// The group.
+        group: String,
+    },
+    /// A group of that name exists already.
+    #[error("persistent subscription group '{group}' already exists")]
+    GroupExists {
+        /// The group.
+        group: String,
+    },
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -85,6 +97,12 @@ impl From<Status> for Error {
                 stream: field("stream"),
             },
             (_, "DUPLICATE_EVENT_ID") => Error::DuplicateEventId(message),
+            (_, "GROUP_NOT_FOUND") => Error::GroupNotFound {
+                group: field("group"),
+            },
+            (_, "GROUP_EXISTS") => Error::GroupExists {
+                group: field("group"),
+            },
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),
             (Code::ResourceExhausted | Code::OutOfRange, _) => Error::LimitExceeded(message),
             (Code::Unavailable, _) => Error::Unavailable(message),

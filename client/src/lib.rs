@@ -23,6 +23,7 @@
 //! storage engine.
 
 mod error;
+mod persistent;
 mod subscription;
 mod types;
 
@@ -31,6 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use cairn_proto::v1 as pb;
+use cairn_proto::v1::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
 use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
@@ -38,6 +40,10 @@ use futures_core::Stream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::{Error, Result};
+pub use persistent::{
+    Consumer, ConsumerInfo, Delivery, GroupInfo, GroupOptions, GroupSettings, GroupStart,
+    NackAction, Strategy,
+};
 pub use subscription::{
     ResilientSubscription, SubscribeFrom, SubscribeOptions, Subscription, SubscriptionMessage,
 };
@@ -54,6 +60,7 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct Client {
     streams: StreamsClient<Channel>,
     subscriptions: SubscriptionsClient<Channel>,
+    persistent: PersistentSubscriptionsClient<Channel>,
     server: ServerClient<Channel>,
 }
 
@@ -109,6 +116,8 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
             subscriptions: SubscriptionsClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            persistent: PersistentSubscriptionsClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             server: ServerClient::new(channel),
         }
