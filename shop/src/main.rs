@@ -1,0 +1,2 @@
+//! The `shop` binary.
+fn main() {}

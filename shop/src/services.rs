@@ -1,0 +1,119 @@
+//! Starting the services: each with its own Cairn connections and its own
+//! SQLite file in its own data directory. Owns no state of its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_client::Client;
+
+use crate::accounting::{AccountingProjection, InvoiceHandler};
+use crate::catalog::{CatalogProjection, StockHandler};
+use crate::customers::{CreditHandler, CustomersProjection};
+use crate::error::{Result, ShopError};
+use crate::orders::{DecisionHandler, OrdersProjection};
+use crate::readmodel::{Db, Projection, run_projection};
+use crate::saga::{Handler, run_catch_up};
+
+/// One of the four back-end services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// Categories, products, stock.
+    Catalog,
+    /// Customers, credit.
+    Customers,
+    /// Orders.
+    Orders,
+    /// Invoices, revenue.
+    Accounting,
+}
+
+impl Service {
+    /// Every service.
+    pub const ALL: [Service; 4] = [
+        Service::Catalog,
+        Service::Customers,
+        Service::Orders,
+        Service::Accounting,
+    ];
+
+    /// Its name (also its SQLite file's name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Catalog => "catalog",
+            Service::Customers => "customers",
+            Service::Orders => "orders",
+            Service::Accounting => "accounting",
+        }
+    }
+}
+
+/// Where a service finds Cairn and keeps its files.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Cairn's URL, e.g. `http://127.0.0.1:7070`.
+    pub cairn: String,
+    /// This service's own data directory.
+    pub data: PathBuf,
+}
+
+impl ServiceConfig {
+    /// Opens (creating the directory) the service's SQLite file `name.sqlite`.
+    pub fn open_db(&self, name: &str) -> Result<Db> {
+        std::fs::create_dir_all(&self.data).map_err(|error| {
+            ShopError::Internal(format!("cannot create {}: {error}", self.data.display()))
+        })?;
+        Db::open(&self.data.join(format!("{name}.sqlite")))
+    }
+}
+
+/// How long a starting service waits for Cairn to accept connections.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A new connection to Cairn, retried while Cairn is starting.
+pub async fn connect(url: &str) -> Result<Client> {
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    loop {
+        match Client::connect(url.to_owned()).await {
+            Ok(client) => return Ok(client),
+            Err(error) if Instant::now() < deadline => {
+                tracing::info!(%error, url, "waiting for Cairn");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Runs a service until an error stops it: its read model and its saga
+/// handler, each on its own connections.
+pub async fn run(service: Service, config: ServiceConfig) -> Result<()> {
+    let db = config.open_db(service.name())?;
+    match service {
+        Service::Catalog => run_parts(&config, db, CatalogProjection, StockHandler).await,
+        Service::Customers => run_parts(&config, db, CustomersProjection, CreditHandler).await,
+        Service::Orders => run_parts(&config, db, OrdersProjection, DecisionHandler).await,
+        Service::Accounting => run_parts(&config, db, AccountingProjection, InvoiceHandler).await,
+    }
+}
+
+async fn run_parts<P: Projection, H: Handler>(
+    config: &ServiceConfig,
+    db: Db,
+    projection: P,
+    handler: H,
+) -> Result<()> {
+    let projection_client = connect(&config.cairn).await?;
+    let subscriber = connect(&config.cairn).await?;
+    let commands = connect(&config.cairn).await?;
+    tracing::info!(
+        projection = projection.name(),
+        handler = handler.name(),
+        "service started"
+    );
+    tokio::try_join!(
+        run_projection(projection_client, db.clone(), Arc::new(projection)),
+        run_catch_up(subscriber, commands, db, Arc::new(handler)),
+    )?;
+    Ok(())
+}
