@@ -13,10 +13,12 @@
 
 pub mod accounting;
 pub mod catalog;
+pub mod cli;
 pub mod customers;
 pub mod error;
 pub mod events;
 pub mod eventstore;
+pub mod gateway;
 pub mod orders;
 pub mod readmodel;
 pub mod saga;
