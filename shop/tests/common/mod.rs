@@ -1,0 +1,239 @@
+//! Shared harness: a real Cairn server on 127.0.0.1:0 in this process, the four
+//! shop services and the gateway as tasks, each with its own Cairn connections
+//! and its own data directory, and an HTTP client for the gateway.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cairn_client::Client;
+use reqwest::StatusCode;
+use serde_json::Value;
+use shop::services::{self, Service, ServiceConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for the saga and the read models to converge.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A running in-process Cairn server.
+pub struct Cairn {
+    pub address: SocketAddr,
+    _data: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), cairn_server::ServerError>>>,
+}
+
+impl Cairn {
+    pub async fn start() -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let settings = cairn_server::Settings::for_tests(data.path().to_path_buf());
+        let store = cairn_server::open_store(&settings).expect("open store");
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cairn_server::run(listener, store, settings, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            _data: data,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.url()).await.expect("connect")
+    }
+}
+
+impl Drop for Cairn {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The shop: four services and a gateway, as tasks.
+pub struct Shop {
+    pub cairn: Cairn,
+    pub data: tempfile::TempDir,
+    pub gateway: String,
+    pub http: reqwest::Client,
+    services: HashMap<&'static str, JoinHandle<shop::Result<()>>>,
+    gateway_task: JoinHandle<shop::Result<()>>,
+}
+
+impl Shop {
+    pub async fn start() -> Self {
+        let cairn = Cairn::start().await;
+        let data = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
+        let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+        let config = ServiceConfig {
+            cairn: cairn.url(),
+            data: data.path().join("gateway"),
+        };
+        let gateway_task =
+            tokio::spawn(shop::gateway::run(config, listener, std::future::pending()));
+        let mut shop = Self {
+            cairn,
+            data,
+            gateway,
+            http: reqwest::Client::new(),
+            services: HashMap::new(),
+            gateway_task,
+        };
+        for service in Service::ALL {
+            shop.start_service(service);
+        }
+        shop
+    }
+
+    /// The data directory of one service.
+    pub fn service_data(&self, service: Service) -> PathBuf {
+        self.data.path().join(service.name())
+    }
+
+    /// Starts (or restarts, on the same data directory) one service.
+    pub fn start_service(&mut self, service: Service) {
+        let config = ServiceConfig {
+            cairn: self.cairn.url(),
+            data: self.service_data(service),
+        };
+        let task = tokio::spawn(services::run(service, config));
+        assert!(
+            self.services.insert(service.name(), task).is_none(),
+            "already running"
+        );
+    }
+
+    /// Kills one service as a crash would: its task is dropped wherever it is.
+    pub async fn kill_service(&mut self, service: Service) {
+        let task = self.services.remove(service.name()).expect("running");
+        task.abort();
+        let _ = task.await;
+    }
+
+    /// Fails the test if a service or the gateway stopped with an error.
+    pub fn assert_running(&self) {
+        for (name, task) in &self.services {
+            assert!(!task.is_finished(), "service {name} stopped");
+        }
+        assert!(!self.gateway_task.is_finished(), "gateway stopped");
+    }
+
+    /// One SQLite query on a service's own read model (a separate connection).
+    pub fn query_service<T>(
+        &self,
+        service: Service,
+        sql: &str,
+        row: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<T> {
+        let path = self
+            .service_data(service)
+            .join(format!("{}.sqlite", service.name()));
+        let connection = rusqlite::Connection::open(path).ok()?;
+        connection.query_row(sql, [], row).ok()
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.gateway))
+            .send()
+            .await
+            .expect("GET");
+        answer(response).await
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.gateway))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        answer(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// Posts and expects success; returns the new resource's id.
+    pub async fn create(&self, path: &str, body: Value) -> String {
+        let (status, answer) = self.post(path, body).await;
+        assert!(status.is_success(), "POST {path}: {status} {answer}");
+        answer["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Polls `GET path` until `ready` accepts the answer.
+    pub async fn get_until(&self, path: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let what = format!("GET {path}");
+        eventually(&what, || async {
+            let (status, value) = self.get(path).await;
+            (status.is_success() && ready(&value)).then_some(value)
+        })
+        .await
+    }
+
+    /// Waits until an order is approved or rejected; returns it.
+    pub async fn settled_order(&self, id: &str) -> Value {
+        self.get_until(&format!("/api/orders/{id}"), |order| {
+            let status = order["status"].as_str().unwrap_or("");
+            status == "rejected" || (status == "approved" && order["invoice_number"].is_number())
+        })
+        .await
+    }
+}
+
+async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// Polls `check` until it yields a value; panics after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
