@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shop::cli;
+use shop::saga::Driver;
 use shop::services::{self, Service, ServiceConfig};
 
 #[derive(Parser)]
@@ -24,6 +25,11 @@ struct Args {
     /// Data directory: a service's own (for `all`: one subdirectory per service).
     #[arg(long, env = "SHOP_DATA", default_value = "./shop-data", global = true)]
     data: PathBuf,
+    /// How the services' saga handlers receive events: `persistent` (consumer
+    /// groups, several instances can share a service's work) or `catch-up`
+    /// (checkpoint in the service's SQLite, one instance per service).
+    #[arg(long, env = "SHOP_SAGA", default_value = "persistent", value_parser = parse_driver, global = true)]
+    saga: Driver,
     /// The gateway's URL (CLI commands).
     #[arg(
         long,
@@ -213,6 +219,7 @@ async fn serve(args: Args) -> shop::Result<()> {
     let config = |data: PathBuf| ServiceConfig {
         cairn: args.cairn.clone(),
         data,
+        driver: args.saga,
     };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -254,6 +261,16 @@ async fn serve(args: Args) -> shop::Result<()> {
     tokio::select! {
         result = services::run(service, config(args.data.clone())) => result,
         () = shutdown => Ok(()),
+    }
+}
+
+fn parse_driver(value: &str) -> Result<Driver, String> {
+    match value {
+        "persistent" => Ok(Driver::Persistent),
+        "catch-up" => Ok(Driver::CatchUp),
+        other => Err(format!(
+            "'{other}' is not a saga driver: use persistent or catch-up"
+        )),
     }
 }
 

@@ -6,10 +6,14 @@
 //! are therefore idempotent: their events carry ids derived from the cause's id
 //! and they check the aggregate before deciding.
 //!
-//! Driver in use: a catch-up subscription to `$all` with a durable checkpoint
-//! in the service's SQLite (`checkpoints` table, owned by `readmodel`). The
-//! handlers do not depend on it and can move to a persistent subscription
-//! (consumer group) unchanged.
+//! Two drivers, chosen per service ([`Driver`]):
+//! - [`Driver::Persistent`] (the default): a persistent subscription (consumer
+//!   group named after the handler) on `$all`; the server keeps the group's
+//!   checkpoint, shares events among every running instance of the service,
+//!   redelivers what is not acked and parks what keeps failing.
+//! - [`Driver::CatchUp`]: a catch-up subscription to `$all` with a durable
+//!   checkpoint in the service's SQLite (`checkpoints` table, owned by
+//!   `readmodel`); one instance per service.
 //!
 //! Owns the `parked` table: events a handler refused permanently, kept for a
 //! person to look at instead of blocking the saga.
@@ -18,10 +22,24 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_client::{Client, Filter, RecordedEvent, SubscribeOptions, SubscriptionMessage};
+use cairn_client::{
+    Client, Filter, GroupOptions, GroupSettings, GroupStart, NackAction, RecordedEvent,
+    SubscribeOptions, SubscriptionMessage,
+};
+use tokio::task::JoinSet;
 
 use crate::error::Result;
 use crate::readmodel::{Db, write_checkpoint};
+
+/// How a service's saga handler receives its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driver {
+    /// A consumer group on the server (several instances share the work).
+    #[default]
+    Persistent,
+    /// A catch-up subscription with the checkpoint in the service's SQLite.
+    CatchUp,
+}
 
 /// One step of the saga: reacts to one event by writing its effect.
 pub trait Handler: Send + Sync + 'static {
@@ -122,5 +140,102 @@ async fn handle_until_done<H: Handler>(
                     .await;
             }
         }
+    }
+}
+
+/// Events one consumer of a group works on at once. Handlers of different
+/// events may then write the same aggregate concurrently: the expected
+/// revision serialises them and `eventstore::execute` retries the loser.
+pub const MAX_IN_FLIGHT: u32 = 8;
+
+/// Deliveries after the first before the server parks an event.
+const MAX_RETRIES: u32 = 10;
+
+/// Runs `handler` forever as a consumer of its group (created from the start
+/// of `$all`, with the handler's filter, if it does not exist yet). Each event
+/// is acked after its effect is written; a transient failure is nacked for a
+/// retry, a permanent one is parked with its reason. A lost connection is
+/// re-established with a growing pause; the server redelivers what was not
+/// acked.
+///
+/// `subscriber` carries only the consumer's call and `client` the handler's
+/// reads and appends (see [`run_catch_up`]).
+pub async fn run_persistent<H: Handler>(
+    subscriber: Client,
+    client: Client,
+    handler: Arc<H>,
+    consumer_name: String,
+) -> Result<()> {
+    let group = handler.name();
+    let options = GroupOptions {
+        start: GroupStart::Beginning,
+        filter: Some(handler.filter()),
+        settings: GroupSettings {
+            max_retries: Some(MAX_RETRIES),
+            max_in_flight_per_consumer: Some(MAX_IN_FLIGHT),
+            ..GroupSettings::default()
+        },
+    };
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let consumed = async {
+            match subscriber
+                .create_group(group, "$all", options.clone())
+                .await
+            {
+                Ok(()) | Err(cairn_client::Error::GroupExists { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+            let consumer = subscriber
+                .consume(group, consumer_name.clone(), MAX_IN_FLIGHT)
+                .await?;
+            consume(consumer, &client, &handler).await
+        };
+        match consumed.await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(group, %error, "consumer lost; joining again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Handles a consumer's deliveries, up to its in-flight limit at once.
+async fn consume<H: Handler>(
+    mut consumer: cairn_client::Consumer,
+    client: &Client,
+    handler: &Arc<H>,
+) -> Result<()> {
+    let mut working = JoinSet::new();
+    loop {
+        let delivery = tokio::select! {
+            delivery = consumer.next() => delivery?,
+            Some(done) = working.join_next(), if !working.is_empty() => {
+                done.map_err(|error| crate::ShopError::Internal(format!("handler task: {error}")))??;
+                continue;
+            }
+        };
+        let Some(delivery) = delivery else {
+            return Ok(());
+        };
+        let (client, handler) = (client.clone(), handler.clone());
+        working.spawn(async move {
+            match handler.handle(&client, &delivery.event).await {
+                Ok(()) => delivery.ack().await?,
+                Err(error) if error.is_transient() || matches!(error, crate::ShopError::Conflict(_)) => {
+                    tracing::warn!(handler = handler.name(), %error, retry = delivery.retry_count, "retrying");
+                    delivery.nack(NackAction::Retry, error.to_string()).await?;
+                }
+                Err(error) => {
+                    tracing::error!(handler = handler.name(), stream = %delivery.event.stream,
+                        event_type = %delivery.event.event_type, %error, "parking event");
+                    delivery.nack(NackAction::Park, error.to_string()).await?;
+                }
+            }
+            Ok::<(), crate::ShopError>(())
+        });
     }
 }

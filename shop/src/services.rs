@@ -13,7 +13,7 @@ use crate::customers::{CreditHandler, CustomersProjection};
 use crate::error::{Result, ShopError};
 use crate::orders::{DecisionHandler, OrdersProjection};
 use crate::readmodel::{Db, Projection, run_projection};
-use crate::saga::{Handler, run_catch_up};
+use crate::saga::{Driver, Handler, run_catch_up, run_persistent};
 
 /// One of the four back-end services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct ServiceConfig {
     pub cairn: String,
     /// This service's own data directory.
     pub data: PathBuf,
+    /// How its saga handler receives events.
+    pub driver: Driver,
 }
 
 impl ServiceConfig {
@@ -111,9 +113,21 @@ async fn run_parts<P: Projection, H: Handler>(
         handler = handler.name(),
         "service started"
     );
+    let handler = Arc::new(handler);
+    let saga = async {
+        match config.driver {
+            Driver::Persistent => {
+                let consumer = format!("{}-{}", handler.name(), uuid::Uuid::new_v4().simple());
+                run_persistent(subscriber, commands, handler.clone(), consumer).await
+            }
+            Driver::CatchUp => {
+                run_catch_up(subscriber, commands, db.clone(), handler.clone()).await
+            }
+        }
+    };
     tokio::try_join!(
         run_projection(projection_client, db.clone(), Arc::new(projection)),
-        run_catch_up(subscriber, commands, db, Arc::new(handler)),
+        saga,
     )?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use cairn_client::{Client, ReadOptions};
 use common::{Shop, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shop::saga::Driver;
 use shop::services::Service;
 
 async fn events_of(client: &Client, stream: &str) -> Vec<String> {
@@ -245,6 +246,18 @@ async fn play_story(shop: &mut Shop, crash_orders: bool) {
 async fn the_story_of_the_issue_plays_out() {
     let mut shop = Shop::start().await;
     play_story(&mut shop, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_story_plays_out_with_the_saga_on_catch_up_subscriptions() {
+    let mut shop = Shop::start_with(Driver::CatchUp).await;
+    play_story(&mut shop, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_story_survives_the_orders_service_restarting_midway_on_catch_up() {
+    let mut shop = Shop::start_with(Driver::CatchUp).await;
+    play_story(&mut shop, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use cairn_client::Client;
 use reqwest::StatusCode;
 use serde_json::Value;
+use shop::saga::Driver;
 use shop::services::{self, Service, ServiceConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -75,12 +76,19 @@ pub struct Shop {
     pub data: tempfile::TempDir,
     pub gateway: String,
     pub http: reqwest::Client,
+    pub driver: Driver,
     services: HashMap<&'static str, JoinHandle<shop::Result<()>>>,
     gateway_task: JoinHandle<shop::Result<()>>,
 }
 
 impl Shop {
+    /// The shop with its saga on persistent subscriptions.
     pub async fn start() -> Self {
+        Self::start_with(Driver::Persistent).await
+    }
+
+    /// The shop with its saga on `driver`.
+    pub async fn start_with(driver: Driver) -> Self {
         let cairn = Cairn::start().await;
         let data = tempfile::tempdir().expect("temp dir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -90,6 +98,7 @@ impl Shop {
         let config = ServiceConfig {
             cairn: cairn.url(),
             data: data.path().join("gateway"),
+            driver,
         };
         let gateway_task =
             tokio::spawn(shop::gateway::run(config, listener, std::future::pending()));
@@ -98,6 +107,7 @@ impl Shop {
             data,
             gateway,
             http: reqwest::Client::new(),
+            driver,
             services: HashMap::new(),
             gateway_task,
         };
@@ -117,6 +127,7 @@ impl Shop {
         let config = ServiceConfig {
             cairn: self.cairn.url(),
             data: self.service_data(service),
+            driver: self.driver,
         };
         let task = tokio::spawn(services::run(service, config));
         assert!(
