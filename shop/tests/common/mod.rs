@@ -78,6 +78,8 @@ pub struct Shop {
     pub http: reqwest::Client,
     pub driver: Driver,
     services: HashMap<&'static str, JoinHandle<shop::Result<()>>>,
+    /// Second instances of services (sharing the work through their groups).
+    extra: Vec<JoinHandle<shop::Result<()>>>,
     gateway_task: JoinHandle<shop::Result<()>>,
 }
 
@@ -109,6 +111,7 @@ impl Shop {
             http: reqwest::Client::new(),
             driver,
             services: HashMap::new(),
+            extra: Vec::new(),
             gateway_task,
         };
         for service in Service::ALL {
@@ -136,6 +139,20 @@ impl Shop {
         );
     }
 
+    /// Starts another instance of a service, with its own data directory.
+    pub fn start_extra_instance(&mut self, service: Service) {
+        let config = ServiceConfig {
+            cairn: self.cairn.url(),
+            data: self
+                .data
+                .path()
+                .join(format!("{}-{}", service.name(), self.extra.len() + 2)),
+            driver: self.driver,
+        };
+        self.extra
+            .push(tokio::spawn(services::run(service, config)));
+    }
+
     /// Kills one service as a crash would: its task is dropped wherever it is.
     pub async fn kill_service(&mut self, service: Service) {
         let task = self.services.remove(service.name()).expect("running");
@@ -147,6 +164,9 @@ impl Shop {
     pub fn assert_running(&self) {
         for (name, task) in &self.services {
             assert!(!task.is_finished(), "service {name} stopped");
+        }
+        for task in &self.extra {
+            assert!(!task.is_finished(), "an extra service instance stopped");
         }
         assert!(!self.gateway_task.is_finished(), "gateway stopped");
     }
