@@ -1,21 +1,43 @@
 //! `cairn-bench`: Cairn's load generator (see `shared/WORKLOAD.md` and
 //! `bench/README.md`).
 //!
-//! Today it has one subcommand, `storage`: a micro-benchmark of the storage
-//! engine alone (no server, no network), which measures durable appends against
-//! the disk's own fdatasync rate. The server workloads W1-W6 and the peer
-//! comparisons arrive with the server.
-//!
 //! ```text
-//! cairn-bench storage [--dir PATH] [--events N] [--unsynced] [--json FILE]
+//! cairn-bench run       [--addr URL] [--unsynced] [--only w1,w2,...] [--json FILE]
+//! cairn-bench subscribe [--addr URL] [--json FILE]
+//! cairn-bench crash     [--runs R] [--clients N]
+//! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! ```
+//!
+//! - `run`: the server workloads W1-W6 through `cairn-client`, written against
+//!   the small [`target::Target`] trait so a peer store can be measured by the
+//!   same code later.
+//! - `subscribe`: live delivery latency and catch-up read rate of `$all`.
+//! - `crash`: SIGKILLs the server under concurrent appends, restarts it and
+//!   checks that every acknowledged event survived exactly once.
+//! - `storage`: the storage engine alone, in-process, against the disk's
+//!   fdatasync rate.
+//!
+//! Module map: `workload` builds the event, `workloads` runs W1-W5 (and W6's
+//! writer), `w6` the subscriber process, `target` the store seam, `server`
+//! the child `cairn` process, `verify` the crash test's checker, `disk`,
+//! `stats`, `machine`, `report` and `targets` the measuring and reporting.
 
+mod clock;
+mod crash;
 mod disk;
 mod machine;
 mod report;
+mod run;
+mod server;
 mod stats;
 mod storage;
+mod subscribe;
+mod target;
+mod targets;
+mod verify;
+mod w6;
 mod workload;
+mod workloads;
 
 use std::process::ExitCode;
 
@@ -37,15 +59,38 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The workloads W1-W6 of WORKLOAD.md against a server (started here
+    /// unless --addr is given), with ratios to the targets.
+    Run(run::RunArgs),
+    /// Subscriber figures: live append->delivery latency and catch-up rate.
+    Subscribe(subscribe::SubscribeArgs),
+    /// Crash test: SIGKILL the server under load, restart, and check that
+    /// every acknowledged event is there exactly once.
+    Crash(crash::CrashArgs),
     /// Micro-benchmark of the storage engine: durable single-event and batched
     /// appends with 1..64 writer threads, compared with the disk's fdatasync rate.
     Storage(storage::StorageArgs),
+    /// W6's subscriber process (started by `run`).
+    #[command(hide = true)]
+    Subscriber(w6::SubscriberArgs),
+}
+
+/// Runs an async subcommand on a multi-threaded runtime.
+fn block_on(future: impl Future<Output = Result<(), BoxError>>) -> Result<(), BoxError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => block_on(run::run(&args)),
+        Command::Subscribe(args) => block_on(subscribe::run(&args)),
+        Command::Crash(args) => block_on(crash::run(&args)),
         Command::Storage(args) => storage::run(&args),
+        Command::Subscriber(args) => block_on(w6::subscriber(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,15 @@
 //! The benchmark event of `shared/WORKLOAD.md`: type `BenchEvent`, a
 //! deterministic UUID, and exactly 256 bytes of compact JSON data
-//! `{"id":…,"stream":…,"seq":…,"t":<ns>,"pad":"xxx…"}`.
+//! `{"id":…,"stream":…,"seq":…,"t":<ns>,"pad":"xxx…"}`, where `t` is
+//! `CLOCK_MONOTONIC` in nanoseconds when the event was built (see
+//! [`crate::clock`]), so a subscriber in another process can time delivery.
 
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_storage::EventData;
 use uuid::{Builder, Uuid};
+
+use crate::clock;
 
 /// The event type of every benchmark event.
 pub(crate) const EVENT_TYPE: &str = "BenchEvent";
@@ -20,6 +23,11 @@ pub(crate) fn stream_name(writer: usize, k: usize) -> String {
     format!("w-{writer}-{k:04}")
 }
 
+/// The stream `<prefix>-<i:04>` of WORKLOAD.md (e.g. `w1-0042`).
+pub(crate) fn workload_stream(prefix: &str, i: u64) -> String {
+    format!("{prefix}-{i:04}")
+}
+
 /// A deterministic, well-formed (version 4 layout) id: case, writer and the
 /// writer's event sequence number, so ids never repeat within a run.
 pub(crate) fn event_id(case: u32, writer: usize, seq: u64) -> Uuid {
@@ -31,12 +39,15 @@ pub(crate) fn event_id(case: u32, writer: usize, seq: u64) -> Uuid {
     Builder::from_random_bytes(bytes).into_uuid()
 }
 
-/// The JSON data of one event, padded to exactly [`DATA_BYTES`]. `t` is the wall
-/// clock in nanoseconds since the Unix epoch, taken now.
+/// The JSON data of one event, padded to exactly [`DATA_BYTES`], with `t` =
+/// the monotonic clock now.
 pub(crate) fn payload(id: &Uuid, stream: &str, seq: u64) -> String {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
+    payload_at(id, stream, seq, clock::monotonic_ns())
+}
+
+/// The JSON data of one event with a given `t`, padded to exactly
+/// [`DATA_BYTES`].
+pub(crate) fn payload_at(id: &Uuid, stream: &str, seq: u64, t: u64) -> String {
     let mut data = String::with_capacity(DATA_BYTES);
     // Writing to a String cannot fail.
     let _ = write!(
@@ -52,6 +63,22 @@ pub(crate) fn payload(id: &Uuid, stream: &str, seq: u64) -> String {
     data.extend(std::iter::repeat_n('x', pad));
     data.push_str(closing);
     data
+}
+
+/// The `t` field of an event's data (the monotonic clock when it was built), if
+/// the data is a benchmark event. Scans for the field instead of parsing the
+/// whole document: subscribers call this on the delivery path.
+pub(crate) fn event_time(data: &[u8]) -> Option<u64> {
+    const FIELD: &[u8] = b"\"t\":";
+    let start = data.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let digits = data[start..]
+        .iter()
+        .take_while(|byte| byte.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&data[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// One benchmark event for `stream`, built now.
@@ -80,6 +107,23 @@ mod tests {
                 .as_str()
                 .is_some_and(|pad| pad.bytes().all(|b| b == b'x'))
         );
+    }
+
+    #[test]
+    fn time_is_found_again() {
+        let id = event_id(6, 0, 5);
+        let data = payload_at(&id, &workload_stream("w6", 0), 5, 123_456_789_012);
+        assert_eq!(data.len(), DATA_BYTES);
+        assert_eq!(event_time(data.as_bytes()), Some(123_456_789_012));
+        assert_eq!(event_time(b"{\"x\":1}"), None);
+        let now = payload(&id, "w6-0000", 5);
+        assert!(event_time(now.as_bytes()).is_some_and(|t| t > 0));
+    }
+
+    #[test]
+    fn workload_streams() {
+        assert_eq!(workload_stream("w1", 42), "w1-0042");
+        assert_eq!(workload_stream("w3", 0), "w3-0000");
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! Running the `cairn` binary as a child process: find it, start it on a data
+//! directory and a free loopback port, wait until its health service says
+//! SERVING, and stop it gently (SIGTERM) or not (SIGKILL).
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::BoxError;
+
+/// How long a starting server may take to report SERVING (opening a large
+/// store replays its WAL).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Durability the server is started with (its `--durability` flag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Acknowledged after fdatasync.
+    Sync,
+    /// Acknowledged before any fsync: NOT durable.
+    Unsynced,
+}
+
+impl Durability {
+    /// The flag's value.
+    pub(crate) fn flag(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::Unsynced => "unsynced",
+        }
+    }
+}
+
+/// The `cairn` binary: `flag` if given, else the one next to this executable
+/// (cargo builds both into the same directory).
+pub(crate) fn server_binary(flag: Option<&Path>) -> Result<PathBuf, BoxError> {
+    let path = match flag {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or("the cairn-bench executable has no directory")?
+            .join("cairn"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "server binary {} not found: build it (cargo build --release --workspace --bins) \
+             or pass --server-bin",
+            path.display()
+        )
+        .into())
+    }
+}
+
+/// A free port on 127.0.0.1, found by binding port 0. Another process could
+/// take it before the server binds it; the server then fails to start and says
+/// so.
+fn free_port() -> Result<u16, BoxError> {
+    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// A running `cairn` server that this process started.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    /// The child; `None` once it was stopped or killed.
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    address: String,
+    /// Where its stderr goes, to show when it fails.
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `binary` on `data` with `durability`, logging to `log` (appended),
+    /// and waits until it reports SERVING. The working directory is `data`'s
+    /// parent and `CAIRN_*` variables are removed, so no stray `cairn.toml` or
+    /// environment changes the settings.
+    pub(crate) async fn start(
+        binary: &Path,
+        data: &Path,
+        durability: Durability,
+        log: &Path,
+    ) -> Result<Self, BoxError> {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let log_file = File::options().create(true).append(true).open(log)?;
+        let mut command = Command::new(binary);
+        command
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data")
+            .arg(data)
+            .arg("--durability")
+            .arg(durability.flag())
+            .arg("--log-level")
+            .arg("warn")
+            .current_dir(data.parent().unwrap_or(data))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CAIRN_") {
+                command.env_remove(name);
+            }
+        }
+        let child = command
+            .spawn()
+            .map_err(|error| format!("cannot start {}: {error}", binary.display()))?;
+        let mut server = Self {
+            child: Some(child),
+            address: format!("http://{listen}"),
+            log: log.to_path_buf(),
+        };
+        server.wait_serving().await?;
+        Ok(server)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Polls `grpc.health.v1.Health/Check` until the server says SERVING.
+    async fn wait_serving(&mut self) -> Result<(), BoxError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(format!(
+                    "the server exited while starting ({status}); its log:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            if self.serving().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the server did not report SERVING within {START_TIMEOUT:?}; its log:\n{}",
+                    self.log_tail()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the health service answers SERVING now.
+    async fn serving(&self) -> bool {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(self.address.clone()) else {
+            return false;
+        };
+        let Ok(channel) = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        HealthClient::new(channel)
+            .check(request)
+            .await
+            .is_ok_and(|response| response.into_inner().status == ServingStatus::Serving as i32)
+    }
+
+    /// The last lines of the server's log.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// SIGKILL: the process dies at once, wherever it was (a crash).
+    pub(crate) fn kill(&mut self) -> Result<(), BoxError> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within [`STOP_TIMEOUT`].
+    /// Returns whether it stopped by itself.
+    pub(crate) fn stop(&mut self) -> Result<bool, BoxError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
+        // std has no way to send SIGTERM and the workspace forbids unsafe code;
+        // kill(1) sends it.
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while sent && Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(false)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Never leave a server behind, even when a workload failed.
+        let _ = self.kill();
+    }
+}
