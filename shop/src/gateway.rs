@@ -298,10 +298,17 @@ fn all_linked(resources: Vec<Value>, collection: &str, id_field: &str) -> Value 
     )
 }
 
-/// An event as JSON: its place in the log and its data.
+/// An event as JSON: its place in the log and its data. Password hashes are
+/// kept in the log (the customers service checks logins against them) but
+/// never served.
 fn event_json(event: &RecordedEvent) -> Value {
-    let data = serde_json::from_slice::<Value>(&event.data)
+    let mut data = serde_json::from_slice::<Value>(&event.data)
         .unwrap_or_else(|_| json!(String::from_utf8_lossy(&event.data)));
+    if let Some(hash) = data.get_mut("password_hash")
+        && !hash.is_null()
+    {
+        *hash = json!("(hidden)");
+    }
     json!({
         "id": event.id,
         "stream": event.stream,
@@ -855,6 +862,7 @@ async fn dashboard_data(State(state): State<AppState>) -> ApiResult {
         "customers": customers,
         "orders": orders,
         "revenue": revenue.into_iter().next().unwrap_or(Value::Null),
+        "live_viewers": state.feed.receiver_count(),
     })))
 }
 
