@@ -51,6 +51,12 @@ pub(crate) fn thousands(value: f64) -> String {
 /// A Markdown table: the first column aligned left, the others (numbers) right;
 /// ends with a newline.
 pub(crate) fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    markdown_table_with(header, rows, &[0])
+}
+
+/// A Markdown table whose columns listed in `left` (text) align left and the
+/// others (numbers) right; ends with a newline.
+pub(crate) fn markdown_table_with(header: &[&str], rows: &[Vec<String>], left: &[usize]) -> String {
     let widths: Vec<usize> = (0..header.len())
         .map(|column| {
             rows.iter()
@@ -66,7 +72,7 @@ pub(crate) fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
             .enumerate()
             .map(|(column, &width)| {
                 let cell = cells.get(column).map_or("", String::as_str);
-                if column == 0 {
+                if left.contains(&column) {
                     format!("{cell:<width$}")
                 } else {
                     format!("{cell:>width$}")
@@ -83,7 +89,7 @@ pub(crate) fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
         .iter()
         .enumerate()
         .map(|(column, width)| {
-            if column == 0 {
+            if left.contains(&column) {
                 "-".repeat(width + 2)
             } else {
                 format!("{}:", "-".repeat(width + 1))

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::BoxError;
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
-use crate::report::{markdown_table, thousands};
+use crate::report::{markdown_table_with, thousands};
 use crate::server::{self, Durability, ServerProcess};
 use crate::stats::round;
 use crate::target::Cairn;
@@ -394,7 +394,7 @@ fn table(report: &RunReport) -> String {
             ]
         })
         .collect();
-    out.push_str(&markdown_table(&header, &rows));
+    out.push_str(&markdown_table_with(&header, &rows, &[0, header.len() - 1]));
 
     let verdicts = report.verdicts();
     if !verdicts.is_empty() {
@@ -415,9 +415,10 @@ fn table(report: &RunReport) -> String {
                 ]
             })
             .collect();
-        out.push_str(&markdown_table(
+        out.push_str(&markdown_table_with(
             &["workload", "measure", "value", "goal", "met"],
             &rows,
+            &[0, 1, 3, 4],
         ));
     }
     out
