@@ -238,8 +238,11 @@ impl NackAction {
 }
 
 /// One member of a group. Events arrive with [`Consumer::next`]; answer each
-/// with [`Delivery::ack`] or [`Delivery::nack`]. Dropping the consumer leaves
-/// the group: the events it holds go to the others.
+/// with [`Delivery::ack`] or [`Delivery::nack`]. [`Consumer::close`] leaves the
+/// group after the server has every ack sent so far; dropping the consumer
+/// leaves at once, and acks still on the way may be lost (their events are
+/// delivered again: at-least-once). Either way, the events it holds go to the
+/// others.
 pub struct Consumer {
     id: String,
     max_in_flight: u32,
@@ -333,6 +336,31 @@ impl Consumer {
                     requests: self.requests.clone(),
                 }));
             }
+        }
+    }
+
+    /// Leaves the group cleanly: the server receives every ack and nack sent
+    /// before, then gives the events this consumer still holds to the others
+    /// (without counting a retry). Answer or drop every [`Delivery`] first:
+    /// each keeps the call open. Gives up waiting after 5 s.
+    pub async fn close(self) -> Result<()> {
+        let Consumer {
+            mut responses,
+            requests,
+            ..
+        } = self;
+        drop(requests);
+        let drain = async {
+            // Events that still arrive go back to the group when the server
+            // sees the close.
+            while responses.message().await?.is_some() {}
+            Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), drain).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(
+                "the server did not confirm the close within 5 s".into(),
+            )),
         }
     }
 

@@ -110,10 +110,13 @@ pub(crate) enum Command {
         sender: ConsumerSender,
         reply: oneshot::Sender<u64>,
     },
-    /// A consumer's call ended, or must end with `status`.
+    /// A consumer's call ended, or must end with `status`. `graceful`: the
+    /// consumer closed its side after sending its last acks, so what it still
+    /// holds goes back without counting a retry.
     Leave {
         consumer: u64,
         status: Option<Status>,
+        graceful: bool,
     },
     /// Events finished by a consumer.
     Ack { ids: Vec<Uuid> },
@@ -414,13 +417,17 @@ impl GroupActor {
                 sender,
                 reply,
             } => self.join(name, max_in_flight, sender, reply),
-            Command::Leave { consumer, status } => {
+            Command::Leave {
+                consumer,
+                status,
+                graceful,
+            } => {
                 if let Some(status) = status
                     && let Some(gone) = self.consumer_mut(consumer)
                 {
                     let _ = gone.sender.try_send(Err(status));
                 }
-                self.leave(consumer, true);
+                self.leave(consumer, !graceful);
             }
             Command::Ack { ids } => {
                 for id in ids {
@@ -514,7 +521,8 @@ impl GroupActor {
 
     /// Removes a consumer and gives its in-flight events back, oldest first.
     /// `count_retry`: a disconnect counts as a retry (a handler that crashes its
-    /// process on an event must not loop forever); an explicit STOP does not.
+    /// process on an event must not loop forever); a graceful close or an
+    /// explicit STOP does not.
     fn leave(&mut self, consumer: u64, count_retry: bool) {
         let Some(index) = self.consumers.iter().position(|c| c.id == consumer) else {
             return;

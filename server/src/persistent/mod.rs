@@ -425,13 +425,15 @@ impl GroupConsumer {
             .is_ok()
     }
 
-    /// Leaves the group, ending the call with `status` if given.
-    pub(crate) async fn leave(&self, status: Option<tonic::Status>) {
+    /// Leaves the group, ending the call with `status` if given. `graceful`:
+    /// the consumer closed its side cleanly (see `Command::Leave`).
+    pub(crate) async fn leave(&self, status: Option<tonic::Status>, graceful: bool) {
         let _ = self
             .commands
             .send(Command::Leave {
                 consumer: self.id,
                 status,
+                graceful,
             })
             .await;
     }

@@ -167,35 +167,45 @@ impl PersistentSubscriptions for PersistentService {
 /// leaves (its in-flight events go to the others).
 async fn read_acks(mut requests: Streaming<pb::ConsumeRequest>, consumer: GroupConsumer) {
     use pb::consume_request::Content;
-    let ending = loop {
+    let (ending, graceful) = loop {
         let message = match requests.message().await {
             Ok(Some(message)) => message,
-            // The client closed its side or vanished.
-            Ok(None) | Err(_) => break None,
+            // The client closed its side after its last acks (`Consumer::close`).
+            Ok(None) => break (None, true),
+            // The client vanished.
+            Err(_) => break (None, false),
         };
         let delivered = match message.content {
             Some(Content::Ack(ack)) => match from_proto::event_ids(ack.event_ids) {
                 Ok(ids) => consumer.ack(ids).await,
-                Err(status) => break Some(status),
+                Err(status) => break (Some(status), false),
             },
             Some(Content::Nack(nack)) => {
                 let action = from_proto::nack_action(nack.action);
                 match from_proto::event_ids(nack.event_ids) {
                     Ok(ids) => consumer.nack(ids, action, nack.reason).await,
-                    Err(status) => break Some(status),
+                    Err(status) => break (Some(status), false),
                 }
             }
             Some(Content::Open(_)) => {
-                break Some(invalid_argument(
-                    "`open` was already sent; send acks and nacks on this call",
-                ));
+                break (
+                    Some(invalid_argument(
+                        "`open` was already sent; send acks and nacks on this call",
+                    )),
+                    false,
+                );
             }
-            None => break Some(invalid_argument("a Consume message without content")),
+            None => {
+                break (
+                    Some(invalid_argument("a Consume message without content")),
+                    false,
+                );
+            }
         };
         if !delivered {
             // The group is gone; its actor already ended the call.
             return;
         }
     };
-    consumer.leave(ending).await;
+    consumer.leave(ending, graceful).await;
 }
