@@ -166,6 +166,95 @@ pub fn metadata(metadata: Option<pb::StreamMetadata>) -> StreamMetadata {
     }
 }
 
+/// A new group's definition. "From the end" is resolved to a number here, so
+/// the group starts where the source ended at creation, even across restarts.
+pub(crate) fn group_definition(
+    request: pb::CreateGroupRequest,
+    store: &cairn_storage::Store,
+) -> Result<GroupDefinition, Status> {
+    use pb::create_group_request::Start;
+    let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
+    let target = Target::of(source);
+    let is_stream = matches!(target, Target::Stream(_));
+    let start_cursor = match request.start {
+        None | Some(Start::StartBeginning(())) => 0,
+        Some(Start::StartEnd(())) => end_of(store, &target),
+        Some(Start::StartAfterRevision(revision)) if is_stream => revision.saturating_add(1),
+        Some(Start::StartAfterPosition(position)) if !is_stream => position.saturating_add(1),
+        Some(Start::StartAfterRevision(_)) => {
+            return Err(invalid_argument(
+                "start_after_revision applies to stream groups; use start_after_position",
+            ));
+        }
+        Some(Start::StartAfterPosition(_)) => {
+            return Err(invalid_argument(
+                "start_after_position applies to $all, $ce- and $et- groups; use start_after_revision",
+            ));
+        }
+    };
+    let filter = request.filter.unwrap_or_default();
+    Ok(GroupDefinition {
+        group: request.group,
+        stream: request.stream,
+        filter: FilterSpec {
+            stream_prefixes: filter.stream_prefixes,
+            stream_regex: filter.stream_regex,
+            type_prefixes: filter.type_prefixes,
+            type_regex: filter.type_regex,
+        },
+        start_cursor,
+        settings: group_settings(
+            GroupSettings::default(),
+            &request.settings.unwrap_or_default(),
+        ),
+    })
+}
+
+/// `base` with every field the request sets replaced.
+pub(crate) fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSettings {
+    let strategy = match pb::DeliveryStrategy::try_from(patch.strategy) {
+        Ok(pb::DeliveryStrategy::RoundRobin) => Strategy::RoundRobin,
+        Ok(pb::DeliveryStrategy::DispatchToSingle) => Strategy::DispatchToSingle,
+        Ok(pb::DeliveryStrategy::PinnedByStream) => Strategy::PinnedByStream,
+        Ok(pb::DeliveryStrategy::Unspecified) | Err(_) => base.strategy,
+    };
+    GroupSettings {
+        strategy,
+        max_retries: patch.max_retries.unwrap_or(base.max_retries),
+        message_timeout_ms: patch.message_timeout_ms.unwrap_or(base.message_timeout_ms),
+        max_in_flight_per_consumer: patch
+            .max_in_flight_per_consumer
+            .unwrap_or(base.max_in_flight_per_consumer),
+        checkpoint_after_events: patch
+            .checkpoint_after_events
+            .unwrap_or(base.checkpoint_after_events),
+        checkpoint_after_ms: patch
+            .checkpoint_after_ms
+            .unwrap_or(base.checkpoint_after_ms),
+    }
+}
+
+/// Event ids of acks and nacks.
+pub(crate) fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
+    ids.into_iter()
+        .map(|id| {
+            Uuid::parse_str(&id).map_err(|_| {
+                invalid_argument(format!("'{id}' is not an event id (expected a UUID)"))
+            })
+        })
+        .collect()
+}
+
+/// A nack's action; unspecified or unknown values mean RETRY.
+pub(crate) fn nack_action(action: i32) -> NackAction {
+    match pb::NackAction::try_from(action) {
+        Ok(pb::NackAction::Park) => NackAction::Park,
+        Ok(pb::NackAction::Skip) => NackAction::Skip,
+        Ok(pb::NackAction::Stop) => NackAction::Stop,
+        Ok(pb::NackAction::Retry | pb::NackAction::Unspecified) | Err(_) => NackAction::Retry,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,94 +350,5 @@ mod tests {
             read(direction).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
-    }
-}
-
-/// A new group's definition. "From the end" is resolved to a number here, so
-/// the group starts where the source ended at creation, even across restarts.
-pub(crate) fn group_definition(
-    request: pb::CreateGroupRequest,
-    store: &cairn_storage::Store,
-) -> Result<GroupDefinition, Status> {
-    use pb::create_group_request::Start;
-    let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
-    let target = Target::of(source);
-    let is_stream = matches!(target, Target::Stream(_));
-    let start_cursor = match request.start {
-        None | Some(Start::StartBeginning(())) => 0,
-        Some(Start::StartEnd(())) => end_of(store, &target),
-        Some(Start::StartAfterRevision(revision)) if is_stream => revision.saturating_add(1),
-        Some(Start::StartAfterPosition(position)) if !is_stream => position.saturating_add(1),
-        Some(Start::StartAfterRevision(_)) => {
-            return Err(invalid_argument(
-                "start_after_revision applies to stream groups; use start_after_position",
-            ));
-        }
-        Some(Start::StartAfterPosition(_)) => {
-            return Err(invalid_argument(
-                "start_after_position applies to $all, $ce- and $et- groups; use start_after_revision",
-            ));
-        }
-    };
-    let filter = request.filter.unwrap_or_default();
-    Ok(GroupDefinition {
-        group: request.group,
-        stream: request.stream,
-        filter: FilterSpec {
-            stream_prefixes: filter.stream_prefixes,
-            stream_regex: filter.stream_regex,
-            type_prefixes: filter.type_prefixes,
-            type_regex: filter.type_regex,
-        },
-        start_cursor,
-        settings: group_settings(
-            GroupSettings::default(),
-            &request.settings.unwrap_or_default(),
-        ),
-    })
-}
-
-/// `base` with every field the request sets replaced.
-pub(crate) fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSettings {
-    let strategy = match pb::DeliveryStrategy::try_from(patch.strategy) {
-        Ok(pb::DeliveryStrategy::RoundRobin) => Strategy::RoundRobin,
-        Ok(pb::DeliveryStrategy::DispatchToSingle) => Strategy::DispatchToSingle,
-        Ok(pb::DeliveryStrategy::PinnedByStream) => Strategy::PinnedByStream,
-        Ok(pb::DeliveryStrategy::Unspecified) | Err(_) => base.strategy,
-    };
-    GroupSettings {
-        strategy,
-        max_retries: patch.max_retries.unwrap_or(base.max_retries),
-        message_timeout_ms: patch.message_timeout_ms.unwrap_or(base.message_timeout_ms),
-        max_in_flight_per_consumer: patch
-            .max_in_flight_per_consumer
-            .unwrap_or(base.max_in_flight_per_consumer),
-        checkpoint_after_events: patch
-            .checkpoint_after_events
-            .unwrap_or(base.checkpoint_after_events),
-        checkpoint_after_ms: patch
-            .checkpoint_after_ms
-            .unwrap_or(base.checkpoint_after_ms),
-    }
-}
-
-/// Event ids of acks and nacks.
-pub(crate) fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
-    ids.into_iter()
-        .map(|id| {
-            Uuid::parse_str(&id).map_err(|_| {
-                invalid_argument(format!("'{id}' is not an event id (expected a UUID)"))
-            })
-        })
-        .collect()
-}
-
-/// A nack's action; unspecified or unknown values mean RETRY.
-pub(crate) fn nack_action(action: i32) -> NackAction {
-    match pb::NackAction::try_from(action) {
-        Ok(pb::NackAction::Park) => NackAction::Park,
-        Ok(pb::NackAction::Skip) => NackAction::Skip,
-        Ok(pb::NackAction::Stop) => NackAction::Stop,
-        Ok(pb::NackAction::Retry | pb::NackAction::Unspecified) | Err(_) => NackAction::Retry,
     }
 }

@@ -338,7 +338,7 @@ async fn a_restarted_server_resumes_the_group_from_its_checkpoint() {
     assert_eq!(groups.len(), 1, "the group survived the restart");
     assert_eq!(groups[0].settings.checkpoint_after_events, Some(50));
     let resumed_at = groups[0].checkpoint_revision.expect("a checkpoint") as usize;
-    assert!(resumed_at >= 900 && resumed_at < 1_000, "{resumed_at}");
+    assert!((900..1_000).contains(&resumed_at), "{resumed_at}");
     let mut consumer = client
         .consume("ledger", "ledger-2", 20)
         .await

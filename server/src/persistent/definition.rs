@@ -185,7 +185,9 @@ impl GroupDefinition {
     }
 }
 
-/// A record of `$sys-ps-groups`.
+/// A record of `$sys-ps-groups`. The variant names are the stored event types
+/// and JSON tags, so they keep their `Group` prefix.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum GroupRecord {
     /// A new group.
