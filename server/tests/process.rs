@@ -1042,3 +1042,108 @@ fn serving_line_parses_in_both_formats() {
     assert_eq!(serving_address(human), Some("127.0.0.1:7".parse().unwrap()));
     assert_eq!(serving_address("listen=127.0.0.1:7 something else"), None);
 }
+
+/// A consumer group survives kill -9: its definition and its last durable
+/// checkpoint come back, delivery resumes right after that checkpoint, and no
+/// event of the source is lost.
+#[test]
+fn kill_9_keeps_a_consumer_groups_checkpoint() {
+    use cairn_client::{GroupOptions, GroupSettings};
+
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let runtime = runtime();
+    let mut daemon = Daemon::start(root.path(), &data, "json").serving();
+    let (ids, acked, durable) = runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let events: Vec<EventData> = (0..500)
+            .map(|n| EventData::json_text("Paid", format!("{{\"n\":{n}}}")))
+            .collect();
+        let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+        client
+            .append("pay-1", ExpectedRevision::NoStream, events)
+            .await
+            .expect("append");
+        let options = GroupOptions {
+            settings: GroupSettings {
+                checkpoint_after_events: Some(10),
+                ..GroupSettings::default()
+            },
+            ..GroupOptions::default()
+        };
+        client
+            .create_group("payments", "pay-1", options)
+            .await
+            .expect("create group");
+        let mut consumer = client
+            .consume("payments", "payments-1", 10)
+            .await
+            .expect("consume");
+        let mut acked = Vec::new();
+        while acked.len() < 300 {
+            let delivery = consumer.next().await.expect("next").expect("open");
+            delivery.ack().await.expect("ack");
+            acked.push(delivery.event.id);
+        }
+        // Wait until a checkpoint past revision 250 is durable (readable).
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        let durable = loop {
+            let last = client
+                .read_stream(
+                    "$sys-ps-payments-checkpoint",
+                    ReadOptions::backwards().max_count(1),
+                )
+                .await
+                .expect("read checkpoint")
+                .collect_all()
+                .await
+                .unwrap_or_default();
+            let revision = last.first().map(|event| {
+                let checkpoint: serde_json::Value =
+                    serde_json::from_slice(&event.data).expect("checkpoint json");
+                checkpoint["revision"]
+                    .as_u64()
+                    .expect("a stream group's revision")
+            });
+            if let Some(revision) = revision.filter(|revision| *revision >= 250) {
+                break revision;
+            }
+            assert!(Instant::now() < deadline, "no durable checkpoint past 250");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        (ids, acked, durable)
+    });
+    daemon.kill_9();
+
+    let daemon = Daemon::start(root.path(), &data, "json").serving();
+    runtime.block_on(async {
+        let client = Client::connect(daemon.url()).await.expect("connect");
+        let info = client
+            .group_info("payments")
+            .await
+            .expect("the group survived");
+        let resumed = info.checkpoint_revision.expect("a checkpoint");
+        assert!(
+            resumed >= durable,
+            "checkpoint {resumed} < durable {durable}"
+        );
+        assert!(resumed < 300, "never past what was acked: {resumed}");
+        let mut consumer = client
+            .consume("payments", "payments-2", 10)
+            .await
+            .expect("consume");
+        let mut after = Vec::new();
+        while after.len() < 500 - (resumed as usize + 1) {
+            let delivery = consumer.next().await.expect("next").expect("open");
+            delivery.ack().await.expect("ack");
+            after.push(delivery.event.id);
+        }
+        assert_eq!(
+            after,
+            ids[resumed as usize + 1..].to_vec(),
+            "delivery resumes right after the checkpoint"
+        );
+        let all: std::collections::HashSet<Uuid> = acked.iter().chain(&after).copied().collect();
+        assert_eq!(all.len(), 500, "no event lost");
+    });
+}
