@@ -746,9 +746,15 @@ impl GroupActor {
             self.push_mark(None, checkpoint);
             return;
         }
+        self.window_bytes += event.data.len();
+        let key = self.track(event, false);
+        self.push_mark(Some(key), checkpoint);
+    }
+
+    /// Starts tracking an event: it waits for a consumer at the back of the queue.
+    fn track(&mut self, event: RecordedEvent, replayed: bool) -> u64 {
         let key = self.next_key;
         self.next_key += 1;
-        self.window_bytes += event.data.len();
         self.by_event_id.insert(event.id, key);
         self.entries.insert(
             key,
@@ -756,11 +762,11 @@ impl GroupActor {
                 event,
                 retry_count: 0,
                 state: EntryState::Waiting,
-                replayed: false,
+                replayed,
             },
         );
         self.waiting.push_back(key);
-        self.push_mark(Some(key), checkpoint);
+        key
     }
 
     fn push_mark(&mut self, key: Option<u64>, checkpoint: Checkpoint) {
@@ -1078,19 +1084,7 @@ impl GroupActor {
             if self.by_event_id.contains_key(&event.id) {
                 continue;
             }
-            let key = self.next_key;
-            self.next_key += 1;
-            self.by_event_id.insert(event.id, key);
-            self.entries.insert(
-                key,
-                Entry {
-                    event,
-                    retry_count: 0,
-                    state: EntryState::Waiting,
-                    replayed: true,
-                },
-            );
-            self.waiting.push_back(key);
+            self.track(event, true);
             remaining += 1;
         }
         self.replay = Some(Replay {
