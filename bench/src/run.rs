@@ -9,7 +9,7 @@
 //! reads, the same streams and counts are written untimed first.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -85,6 +85,9 @@ struct RunReport {
     /// Workloads written untimed because `--only` left them out.
     filled: Vec<String>,
     results: Vec<Measured>,
+    /// fdatasync/s just before and after W1 and W2, which are compared with
+    /// the disk: its rate drifts within minutes.
+    around: Vec<(String, (f64, f64))>,
 }
 
 impl RunReport {
@@ -98,7 +101,20 @@ impl RunReport {
     }
 
     fn verdicts(&self) -> Vec<Verdict> {
-        verdicts(&self.results, self.fsync_reference(), self.durable())
+        let own: Vec<(String, f64)> = self
+            .around
+            .iter()
+            .map(|(id, (before, after))| (id.clone(), (before + after) / 2.0))
+            .collect();
+        verdicts(&self.results, self.fsync_reference(), &own, self.durable())
+    }
+
+    /// The probes around workload `id`, if it had its own.
+    fn around(&self, id: &str) -> Option<(f64, f64)> {
+        self.around
+            .iter()
+            .find(|(own, _)| own == id)
+            .map(|(_, rates)| *rates)
     }
 }
 
@@ -220,7 +236,8 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
         info.version, info.durability
     );
 
-    let (results, filled) = workloads_in_order(&target, &address, &selected, cap).await?;
+    let (results, filled, around) =
+        workloads_in_order(&target, &address, &selected, cap, (scratch.path(), probe)).await?;
 
     eprintln!("measuring the fdatasync rate again ...");
     let fsync_after = disk::fdatasync_rate(scratch.path(), probe)?;
@@ -241,6 +258,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
         fsync_after,
         filled,
         results,
+        around,
     };
     println!("{}", table(&report));
     if let Some(path) = &args.json {
@@ -251,13 +269,18 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
 }
 
 /// Runs the null loop, the round trip and the selected workloads in order.
-/// Returns the results and the workloads written untimed instead.
+/// W1 and W2, which are compared with the disk, get an fdatasync probe of
+/// their own just before and after (`probe`: directory and length). Returns
+/// the results, the workloads written untimed instead, and the probes.
 async fn workloads_in_order(
     target: &Cairn,
     address: &str,
     selected: &[&str],
     cap: Duration,
-) -> Result<(Vec<Measured>, Vec<String>), BoxError> {
+    probe: (&Path, Duration),
+) -> Result<Outcome, BoxError> {
+    let (probe_dir, probe_length) = probe;
+    let mut around = Vec::new();
     let mut results = Vec::new();
     let mut filled = Vec::new();
     let mut record = |result: Measured| {
@@ -291,6 +314,12 @@ async fn workloads_in_order(
             continue;
         }
         eprintln!("{workload} ...");
+        let compared_with_disk = matches!(workload, "W1" | "W2");
+        let before = if compared_with_disk {
+            Some(disk::fdatasync_rate(probe_dir, probe_length)?.per_second)
+        } else {
+            None
+        };
         let result = match workload {
             "W1" => workloads::w1(target, cap).await?,
             "W2" => workloads::w2(target, cap).await?,
@@ -302,10 +331,17 @@ async fn workloads_in_order(
             "W5" => workloads::w5(target).await?,
             _ => w6::w6(target, address).await?,
         };
+        if let Some(before) = before {
+            let after = disk::fdatasync_rate(probe_dir, probe_length)?.per_second;
+            around.push((workload.to_owned(), (before, after)));
+        }
         record(result);
     }
-    Ok((results, filled))
+    Ok((results, filled, around))
 }
+
+/// What [`workloads_in_order`] returns: results, fills, probes around W1/W2.
+type Outcome = (Vec<Measured>, Vec<String>, Vec<(String, (f64, f64))>);
 
 /// Milliseconds from microseconds, three decimals.
 fn ms(us: f64) -> String {
@@ -375,7 +411,16 @@ fn table(report: &RunReport) -> String {
                 ("W4", _) => "latency per page of 1,000".to_owned(),
                 ("rtt", _) => "Server.Info".to_owned(),
                 ("null", _) => "no store call".to_owned(),
-                _ => String::new(),
+                _ => report
+                    .around(&result.id)
+                    .map(|(before, after)| {
+                        format!(
+                            "fdatasync {} /s before, {} /s after",
+                            thousands(before),
+                            thousands(after)
+                        )
+                    })
+                    .unwrap_or_default(),
             };
             vec![
                 format!(
@@ -400,7 +445,8 @@ fn table(report: &RunReport) -> String {
     if !verdicts.is_empty() {
         let _ = writeln!(
             out,
-            "\nAgainst WORKLOAD.md's targets (fdatasync reference: mean of the two probes, {:.0}/s):\n",
+            "\nAgainst WORKLOAD.md's targets (fdatasync reference: W1 and W2 the mean of the probes \
+             around each, others the mean of the run's two probes, {:.0}/s):\n",
             report.fsync_reference()
         );
         let rows: Vec<Vec<String>> = verdicts
@@ -441,7 +487,16 @@ fn json(report: &RunReport) -> Value {
         "fdatasync_after": report.fsync_after.to_json(),
         "fdatasync_reference_per_second": round(report.fsync_reference()),
         "filled_untimed": report.filled,
-        "workloads": report.results.iter().map(Measured::to_json).collect::<Vec<_>>(),
+        "workloads": report.results.iter().map(|result| {
+            let mut figures = result.to_json();
+            if let Some((before, after)) = report.around(&result.id) {
+                figures["fdatasync_around"] = json!({
+                    "before_per_second": round(before),
+                    "after_per_second": round(after),
+                });
+            }
+            figures
+        }).collect::<Vec<_>>(),
         "targets": report.verdicts().iter().map(Verdict::to_json).collect::<Vec<_>>(),
     })
 }

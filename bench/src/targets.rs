@@ -60,17 +60,29 @@ impl Verdict {
 }
 
 /// Compares `results` with the targets. `fsync_per_second` is the disk's rate in
-/// this run; `durable` says whether the server acknowledged after fsync.
-pub(crate) fn verdicts(results: &[Measured], fsync_per_second: f64, durable: bool) -> Vec<Verdict> {
+/// this run; `own_fsync` the rate measured around a single workload (the mean
+/// of probes just before and after it), which takes precedence; `durable` says whether the server acknowledged after fsync.
+pub(crate) fn verdicts(
+    results: &[Measured],
+    fsync_per_second: f64,
+    own_fsync: &[(String, f64)],
+    durable: bool,
+) -> Vec<Verdict> {
     let find = |id: &str| {
         results
             .iter()
             .find(|result| result.id == id && !result.capped)
     };
+    let fsync_for = |id: &str| {
+        own_fsync
+            .iter()
+            .find(|(own, _)| own == id)
+            .map_or(fsync_per_second, |(_, rate)| *rate)
+    };
     let durable_only = |met: bool| durable.then_some(met);
     let mut out = Vec::new();
     if let Some(w1) = find("W1") {
-        let ratio = w1.events_per_second() / fsync_per_second;
+        let ratio = w1.events_per_second() / fsync_for("W1");
         out.push(Verdict {
             workload: "W1",
             measure: "ev/s ÷ fdatasync/s",
@@ -92,7 +104,7 @@ pub(crate) fn verdicts(results: &[Measured], fsync_per_second: f64, durable: boo
         }
     }
     if let Some(w2) = find("W2") {
-        let ratio = w2.events_per_second() / fsync_per_second;
+        let ratio = w2.events_per_second() / fsync_for("W2");
         out.push(Verdict {
             workload: "W2",
             measure: "ev/s ÷ fdatasync/s",
@@ -178,22 +190,29 @@ mod tests {
     #[test]
     fn ratios_against_the_disk_and_the_anchors() {
         let results = [measured("W1", 300, 1.0), measured("W2", 6_000, 1.0)];
-        let durable = verdicts(&results, 310.0, true);
+        let durable = verdicts(&results, 310.0, &[], true);
         assert_eq!(durable.len(), 3);
         assert_eq!(durable[0].met, Some(true)); // 0.97x of fdatasync
         assert_eq!(durable[1].met, Some(true)); // 19.4x of fdatasync
         assert!((durable[1].value - 6_000.0 / 310.0).abs() < 1e-9);
         assert_eq!(durable[2].met, Some(false)); // 1.94x PostgreSQL
-        let not_durable = verdicts(&results, 310.0, false);
+        let not_durable = verdicts(&results, 310.0, &[], false);
         assert_eq!(not_durable[0].met, None);
         assert_eq!(not_durable[1].workload, "W1");
         assert_eq!(not_durable[1].met, Some(false)); // 300 ev/s is not 2x Redis
     }
 
     #[test]
+    fn a_workload_s_own_probes_take_precedence() {
+        let w1 = measured("W1", 300, 1.0);
+        let verdict = &verdicts(&[w1], 3_000.0, &[("W1".to_owned(), 300.0)], true)[0];
+        assert!((verdict.value - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn capped_workloads_are_not_judged() {
         let mut w1 = measured("W1", 10, 300.0);
         w1.capped = true;
-        assert!(verdicts(&[w1], 300.0, true).is_empty());
+        assert!(verdicts(&[w1], 300.0, &[], true).is_empty());
     }
 }
