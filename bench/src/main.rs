@@ -6,6 +6,7 @@
 //! cairn-bench subscribe [--addr URL] [--json FILE]
 //! cairn-bench crash     [--runs R] [--clients N]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
+//! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--dir PATH] [--json FILE]
 //! ```
 //!
 //! - `run`: the server workloads W1-W6 through `cairn-client`, written against
@@ -23,9 +24,11 @@
 //! `stats`, `machine`, `report` and `targets` the measuring and reporting.
 
 mod clock;
+mod compare;
 mod crash;
 mod disk;
 mod machine;
+mod peers;
 mod report;
 mod run;
 mod server;
@@ -73,6 +76,12 @@ enum Command {
     /// W6's subscriber process (started by `run`).
     #[command(hide = true)]
     Subscriber(w6::SubscriberArgs),
+    /// Cairn and its peers (PostgreSQL, Redis, NATS, UmaDB) through W1-W6 in
+    /// one run: one table with Cairn/peer ratios (peers from bench/peers.sh).
+    Compare(compare::CompareArgs),
+    /// W6's subscriber process for a peer (started by `compare`).
+    #[command(hide = true)]
+    PeerSubscriber(peers::PeerSubscriberArgs),
 }
 
 /// Runs an async subcommand on a multi-threaded runtime.
@@ -91,6 +100,8 @@ fn main() -> ExitCode {
         Command::Crash(args) => block_on(crash::run(&args)),
         Command::Storage(args) => storage::run(&args),
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
+        Command::Compare(args) => block_on(compare::run(&args)),
+        Command::PeerSubscriber(args) => block_on(peers::subscriber(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
