@@ -25,8 +25,8 @@ use crate::peers::{self, Peer, PeerServer};
 use crate::report::{markdown_table_with, thousands};
 use crate::server::{self, Durability, ServerProcess};
 use crate::stats::{Latency, round};
-use crate::target::{Cairn, Target};
-use crate::workload::workload_stream;
+use crate::target::{Cairn, Expected, NewEvent, Target};
+use crate::workload::{event_id, payload, workload_stream};
 use crate::workloads::{self, Measured, W6_EVENTS, case, single_appends};
 
 /// How long W6's subscriber process may take to subscribe.
@@ -372,6 +372,39 @@ async fn workloads_in_order<T: Target>(
         record(workloads::w5(target).await?);
     }
     record(w6(target, subscriber).await?);
+    conflicts_rejected(target).await?;
+    eprintln!("  wrong expected revisions rejected, nothing written");
+    Ok(())
+}
+
+/// The store rejects appends whose expectation does not hold and writes
+/// nothing for them: a second connection (which has not seen the stream)
+/// appends to an existing stream as if it were new, then with a revision that
+/// does not exist yet. Runs after W6, on a stream no workload reads.
+async fn conflicts_rejected<T: Target>(target: &T) -> Result<(), BoxError> {
+    let stream = workload_stream("conflict", 0);
+    let event = |seq| {
+        let id = event_id(case::NULL, 1, seq);
+        let data = payload(&id, &stream, seq);
+        vec![NewEvent { id, data }]
+    };
+    target.append(&stream, Expected::NoStream, event(0)).await?;
+    let other = target.connect_another().await?;
+    for (seq, expected) in [(1, Expected::NoStream), (2, Expected::Exact(1))] {
+        if other.append(&stream, expected, event(seq)).await.is_ok() {
+            return Err(
+                format!("an append to {stream} expecting {expected:?} was accepted").into(),
+            );
+        }
+    }
+    let read = other.read_stream(&stream).await?;
+    if read.len() != 1 {
+        return Err(format!(
+            "{stream} holds {} events after the rejected appends, not 1",
+            read.len()
+        )
+        .into());
+    }
     Ok(())
 }
 
