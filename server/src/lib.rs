@@ -85,6 +85,22 @@ pub fn open_store(settings: &Settings) -> Result<Store, ServerError> {
     Ok(Store::open(&settings.data, options)?)
 }
 
+/// Accepted connections with Nagle's algorithm off. gRPC writes a response as
+/// several small frames; with Nagle on, the last one waits for the client's
+/// delayed ACK (about 40 ms). tonic sets this only on listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+        Ok(stream)
+    })
+}
+
 /// Serves until `shutdown` resolves, then: stops accepting, ends open streams
 /// with UNAVAILABLE, waits for in-flight calls, drains the committer (every
 /// queued append is answered) and returns.
@@ -162,7 +178,7 @@ pub async fn run(
         .add_service(subscriptions)
         .add_service(persistent_subscriptions)
         .add_service(server_info)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(accept_nodelay(listener), signal);
     // Graceful shutdown waits for every open call. Reads and subscriptions end
     // on the signal, but a call the server cannot end (a health Watch, a client
     // that stopped reading) would hold the process forever: after a grace period
