@@ -7,6 +7,7 @@
 //! cairn-bench crash     [--runs R] [--clients N]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--dir PATH] [--json FILE]
+//! cairn-bench persistent [--addr URL] [--events N] [--json FILE]
 //! ```
 //!
 //! - `run`: the server workloads W1-W6 through `cairn-client`, written against
@@ -29,6 +30,7 @@ mod crash;
 mod disk;
 mod machine;
 mod peers;
+mod persistent;
 mod report;
 mod run;
 mod server;
@@ -79,6 +81,8 @@ enum Command {
     /// Cairn and its peers (PostgreSQL, Redis, NATS, UmaDB) through W1-W6 in
     /// one run: one table with Cairn/peer ratios (peers from bench/peers.sh).
     Compare(compare::CompareArgs),
+    /// Consumer groups: events/s delivered and acked with 1 and 4 consumers.
+    Persistent(persistent::PersistentArgs),
     /// W6's subscriber process for a peer (started by `compare`).
     #[command(hide = true)]
     PeerSubscriber(peers::PeerSubscriberArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Storage(args) => storage::run(&args),
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
         Command::Compare(args) => block_on(compare::run(&args)),
+        Command::Persistent(args) => block_on(persistent::run(&args)),
         Command::PeerSubscriber(args) => block_on(peers::subscriber(&args)),
     };
     match result {
