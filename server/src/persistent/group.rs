@@ -1026,6 +1026,28 @@ impl GroupActor {
         self.stats.delivered_total += 1;
         self.timeouts
             .push(Reverse((Instant::now() + timeout, key, delivery)));
+        self.prune_timeouts();
+    }
+
+    /// Acked events leave their timeout in the heap until its deadline; at high
+    /// rates that is many per second of timeout. Once stale ones outnumber the
+    /// events in flight, drop them, so the heap stays proportional to what is
+    /// in flight.
+    fn prune_timeouts(&mut self) {
+        const SLACK: usize = 4096;
+        let in_flight: usize = self
+            .consumers
+            .iter()
+            .map(|consumer| consumer.in_flight.len())
+            .sum();
+        if self.timeouts.len() <= 2 * in_flight + SLACK {
+            return;
+        }
+        let entries = &self.entries;
+        self.timeouts.retain(|Reverse((_, key, delivery))| {
+            matches!(entries.get(key).map(|entry| entry.state),
+                Some(EntryState::InFlight { delivery: current, .. }) if current == *delivery)
+        });
     }
 
     fn start_replay(&mut self, max: u64, reply: oneshot::Sender<Result<u64, GroupError>>) {
