@@ -29,7 +29,6 @@ use std::time::Duration;
 use cairn_proto::v1 as pb;
 use cairn_storage::{
     EventData, ExpectedRevision, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store,
-    StreamMetadata,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -37,6 +36,9 @@ use tonic::Status;
 use uuid::Uuid;
 
 use super::GroupError;
+
+mod replay;
+
 use super::definition::{
     CHECKPOINT_TYPE, Checkpoint, GroupDefinition, GroupSettings, PARKED_TYPE, ParkedRecord,
     Strategy, checkpoint_stream, parked_stream,
@@ -44,6 +46,7 @@ use super::definition::{
 use crate::status::shutting_down;
 use crate::subscriptions::{Feed, FeedSpec, Feeds, Target};
 use crate::to_proto;
+use replay::{Replay, ReplayBatch};
 
 /// Most events read from the source and not yet passed by the checkpoint.
 pub(crate) const WINDOW_EVENTS: usize = 10_000;
@@ -157,12 +160,6 @@ pub(crate) enum Command {
     ReplayTruncated,
 }
 
-/// Parked events read back for a replay.
-pub(crate) struct ReplayBatch {
-    /// (parked-stream revision, the original event if it still exists).
-    events: Vec<(u64, Option<RecordedEvent>)>,
-}
-
 /// What happens to an event now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EntryState {
@@ -207,16 +204,6 @@ impl Consumer {
     fn has_room(&self) -> bool {
         self.in_flight.len() < self.max_in_flight as usize && self.sender.capacity() > 0
     }
-}
-
-/// A replay in progress.
-struct Replay {
-    /// Replayed events not finished yet.
-    remaining: u64,
-    /// The parked stream's `truncate_before` once they are.
-    truncate_to: u64,
-    /// The truncation write is running.
-    truncating: bool,
 }
 
 /// The actor's state.
@@ -1050,108 +1037,6 @@ impl GroupActor {
         });
     }
 
-    fn start_replay(&mut self, max: u64, reply: oneshot::Sender<Result<u64, GroupError>>) {
-        if let Some(replay) = &self.replay {
-            let _ = reply.send(Err(GroupError::ReplayInProgress {
-                group: self.definition.group.clone(),
-                remaining: replay.remaining,
-            }));
-            return;
-        }
-        // Marks the replay as running until the batch is loaded.
-        self.replay = Some(Replay {
-            remaining: 0,
-            truncate_to: 0,
-            truncating: true,
-        });
-        let limit = if max == 0 {
-            REPLAY_LIMIT
-        } else {
-            max.min(REPLAY_LIMIT)
-        };
-        let store = self.store.clone();
-        let group = self.definition.group.clone();
-        let loopback = self.loopback.clone();
-        tokio::spawn(async move {
-            let loaded = tokio::task::spawn_blocking(move || load_parked(&store, &group, limit))
-                .await
-                .unwrap_or_else(|error| Err(GroupError::Internal(error.to_string())));
-            let _ = loopback.send(Command::ReplayLoaded { loaded, reply }).await;
-        });
-    }
-
-    fn on_replay_loaded(
-        &mut self,
-        loaded: Result<ReplayBatch, GroupError>,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
-    ) {
-        let batch = match loaded {
-            Ok(batch) => batch,
-            Err(error) => {
-                self.replay = None;
-                let _ = reply.send(Err(error));
-                return;
-            }
-        };
-        let Some(last) = batch.events.last().map(|(revision, _)| *revision) else {
-            self.replay = None;
-            let _ = reply.send(Ok(0));
-            return;
-        };
-        let replayed = batch.events.len() as u64;
-        let mut remaining = 0;
-        for (_, event) in batch.events {
-            // Gone (deleted or scavenged) or already outstanding: nothing to do.
-            let Some(event) = event else { continue };
-            if self.by_event_id.contains_key(&event.id) {
-                continue;
-            }
-            self.track(event, true);
-            remaining += 1;
-        }
-        self.replay = Some(Replay {
-            remaining,
-            truncate_to: last + 1,
-            truncating: false,
-        });
-        let _ = reply.send(Ok(replayed));
-        self.maybe_truncate_parked();
-    }
-
-    /// Once every replayed event is finished, hides them in the parked stream.
-    fn maybe_truncate_parked(&mut self) {
-        let Some(replay) = &mut self.replay else {
-            return;
-        };
-        if replay.truncating || replay.remaining > 0 {
-            return;
-        }
-        replay.truncating = true;
-        let truncate_to = replay.truncate_to;
-        let store = self.store.clone();
-        let stream = parked_stream(&self.definition.group);
-        let loopback = self.loopback.clone();
-        tokio::spawn(async move {
-            let metadata = store
-                .stream_info(&stream)
-                .map(|info| info.metadata)
-                .unwrap_or_default();
-            let metadata = StreamMetadata {
-                truncate_before: Some(truncate_to),
-                ..metadata
-            };
-            if let Err(error) = store
-                .set_metadata(stream, ExpectedRevision::Any, metadata)
-                .await
-            {
-                // The replayed events stay visible in the parked stream; a later
-                // replay delivers them again (at-least-once).
-                tracing::warn!(%error, "could not truncate the parked stream after a replay");
-            }
-            let _ = loopback.send(Command::ReplayTruncated).await;
-        });
-    }
-
     /// Ends every consumer's call (group deleted or server stopping).
     fn end_all(&mut self, status: Status) {
         for consumer in self.consumers.drain(..) {
@@ -1168,38 +1053,4 @@ async fn next_feed(
         Some(feed) => feed.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Reads up to `limit` parked records and the events they point at.
-fn load_parked(store: &Store, group: &str, limit: u64) -> Result<ReplayBatch, GroupError> {
-    let stream = parked_stream(group);
-    let Some(info) = store.stream_info(&stream) else {
-        return Ok(ReplayBatch { events: Vec::new() });
-    };
-    let request = ReadRequest::forwards(ReadSource::Stream(stream), limit as usize)
-        .from(ReadFrom::At(info.first_visible_revision));
-    let page = match store.read(&request) {
-        Ok(page) => page,
-        Err(cairn_storage::Error::StreamNotFound { .. }) => {
-            return Ok(ReplayBatch { events: Vec::new() });
-        }
-        Err(error) => return Err(error.into()),
-    };
-    let mut events = Vec::with_capacity(page.events.len());
-    for parked in page.events {
-        let record: ParkedRecord = serde_json::from_slice(&parked.data).map_err(|error| {
-            GroupError::Corrupt(format!("parked record of group '{group}': {error}"))
-        })?;
-        let original = ReadRequest::forwards(ReadSource::Stream(record.stream.clone()), 1)
-            .from(ReadFrom::At(record.revision));
-        let event = match store.read(&original) {
-            Ok(page) => page
-                .events
-                .into_iter()
-                .find(|event| event.revision == record.revision && event.id == record.event_id),
-            Err(_) => None,
-        };
-        events.push((parked.revision, event));
-    }
-    Ok(ReplayBatch { events })
 }
