@@ -21,6 +21,7 @@
 //!
 //! Everything happens on the actor task; storage writes (parking, checkpoints,
 //! replay truncation) run on spawned tasks that report back as commands.
+//! Replaying parked events lives in `group/replay.rs`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
