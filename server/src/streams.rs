@@ -21,6 +21,13 @@ use crate::{from_proto, to_proto};
 /// Soft cap on the encoded size of one `ReadResponse` (a single event larger than
 /// this still goes alone).
 const READ_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Most events one storage call of a read returns. A read is served in chunks
+/// of this size, and the next chunk is read on the blocking pool while the
+/// current one is encoded, sent and decoded by the client: storage, encoding and
+/// the client overlap instead of taking turns on the whole page. Small enough to
+/// pipeline a 1,000-event page; large enough that the per-chunk hop (blocking
+/// pool, channel, one gRPC message) stays a small share.
+const READ_CHUNK_EVENTS: usize = 256;
 /// How long a read task tries to hand its closing status to a slow client.
 const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default and largest page of `ListStreams`.
@@ -70,11 +77,22 @@ impl StreamsService {
         &self,
         work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
     ) -> Result<T, Status> {
+        self.start_blocking(work).await
+    }
+
+    /// Starts `work` on the blocking pool at once (not when first polled, unlike
+    /// an `async fn`) and returns its outcome as a future.
+    fn start_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
+    ) -> impl Future<Output = Result<T, Status>> + Send + 'static {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || work(store))
-            .await
-            .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
-            .map_err(|error| to_status(&error))
+        let task = tokio::task::spawn_blocking(move || work(store));
+        async move {
+            task.await
+                .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
+                .map_err(|error| to_status(&error))
+        }
     }
 }
 
@@ -165,12 +183,12 @@ impl Streams for StreamsService {
             tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
         let _entered = span.enter();
         let (read, max_total) = outcome(from_proto::read(request))?;
-        let page_limit = self.store.limits().max_read_page;
-        // The first page is read before answering so that NOT_FOUND and similar
+        let page_limit = self.store.limits().max_read_page.min(READ_CHUNK_EVENTS);
+        // The first chunk is read before answering so that NOT_FOUND and similar
         // errors arrive as the call's status, not inside the stream.
         let first = {
             let read = with_count(&read, max_total, page_limit);
-            outcome(self.blocking(move |store| store.read(&read)).await)?
+            outcome(self.blocking(move |store| read_chunk(&store, &read)).await)?
         };
         let (sender, receiver) = mpsc::channel(2);
         let service = self.clone();
@@ -178,17 +196,23 @@ impl Streams for StreamsService {
         tokio::spawn(
             async move {
                 let mut read = read;
-                let mut page = first;
+                let mut chunk = first;
                 let mut shutdown = service.shutdown.clone();
                 let mut sent: u64 = 0;
                 loop {
-                    sent += page.events.len() as u64;
-                    let next = page.next;
-                    if !send_page(&sender, &mut shutdown, page, next).await {
+                    sent += chunk.events;
+                    // Start reading the next chunk now; at most one chunk is read
+                    // ahead of the one being sent.
+                    let ahead = chunk.next.filter(|_| sent < max_total).map(|next| {
+                        read.from = ReadFrom::At(next);
+                        let request = with_count(&read, max_total - sent, page_limit);
+                        service.start_blocking(move |store| read_chunk(&store, &request))
+                    });
+                    if !send_chunk(&sender, &mut shutdown, chunk.responses).await {
                         tracing::debug!("reader went away");
                         return;
                     }
-                    let Some(next) = next.filter(|_| sent < max_total) else {
+                    let Some(ahead) = ahead else {
                         return;
                     };
                     if *service.shutdown.borrow() {
@@ -199,10 +223,8 @@ impl Streams for StreamsService {
                         .await;
                         return;
                     }
-                    read.from = ReadFrom::At(next);
-                    let request = with_count(&read, max_total - sent, page_limit);
-                    page = match service.blocking(move |store| store.read(&request)).await {
-                        Ok(page) => page,
+                    chunk = match ahead.await {
+                        Ok(chunk) => chunk,
                         Err(status) => {
                             let _ =
                                 tokio::time::timeout(FINAL_STATUS_WAIT, sender.send(Err(status)))
@@ -372,35 +394,63 @@ fn with_count(read: &ReadRequest, remaining: u64, page_limit: usize) -> ReadRequ
     read
 }
 
-/// Sends a page as one or more responses of bounded size; `next` and
-/// `scanned_through` ride on the last. Returns false when the reader is gone.
-async fn send_page(
-    sender: &mpsc::Sender<Result<pb::ReadResponse, Status>>,
-    shutdown: &mut watch::Receiver<bool>,
-    page: cairn_storage::ReadPage,
+/// One storage page of a read, already converted to responses.
+struct Chunk {
+    /// At least one response; `next` and `scanned_through` ride on the last.
+    responses: Vec<pb::ReadResponse>,
+    /// Events in `responses`.
+    events: u64,
+    /// Where the following chunk starts, if the read goes on.
     next: Option<u64>,
-) -> bool {
-    let mut send = async |response: pb::ReadResponse| {
-        tokio::select! {
-            sent = sender.send(Ok(response)) => sent.is_ok(),
-            // A reader that stopped reading must not hold up shutdown.
-            _ = shutdown.wait_for(|stopping| *stopping) => false,
-        }
+}
+
+/// Reads one page and converts it to responses of bounded size. Runs on the
+/// blocking pool, so the conversion (and dropping the storage events) does not
+/// take runtime time from encoding and sending the previous chunk.
+fn read_chunk(store: &Store, read: &ReadRequest) -> Result<Chunk, cairn_storage::Error> {
+    let page = store.read(read)?;
+    let events = page.events.len() as u64;
+    let mut responses = Vec::with_capacity(1);
+    let mut response = pb::ReadResponse {
+        events: Vec::with_capacity(page.events.len()),
+        ..pb::ReadResponse::default()
     };
-    let mut response = pb::ReadResponse::default();
     let mut bytes = 0usize;
-    for event in &page.events {
+    for event in page.events {
         let size = event.data.len() + event.metadata.len() + event.stream.len() + 96;
         if !response.events.is_empty() && bytes + size > READ_RESPONSE_BYTES {
-            if !send(std::mem::take(&mut response)).await {
-                return false;
-            }
+            responses.push(std::mem::take(&mut response));
             bytes = 0;
         }
         bytes += size;
-        response.events.push(to_proto::event(event));
+        response.events.push(to_proto::event_owned(event));
     }
-    response.next = next;
+    response.next = page.next;
     response.scanned_through = page.scanned_through;
-    send(response).await
+    responses.push(response);
+    Ok(Chunk {
+        responses,
+        events,
+        next: page.next,
+    })
+}
+
+/// Sends a chunk's responses in order. Returns false when the reader is gone or
+/// the server is shutting down.
+async fn send_chunk(
+    sender: &mpsc::Sender<Result<pb::ReadResponse, Status>>,
+    shutdown: &mut watch::Receiver<bool>,
+    responses: Vec<pb::ReadResponse>,
+) -> bool {
+    for response in responses {
+        let sent = tokio::select! {
+            sent = sender.send(Ok(response)) => sent.is_ok(),
+            // A reader that stopped reading must not hold up shutdown.
+            _ = shutdown.wait_for(|stopping| *stopping) => false,
+        };
+        if !sent {
+            return false;
+        }
+    }
+    true
 }

@@ -261,7 +261,7 @@ struct Reader<'a> {
     position: u64,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn take(&mut self, len: usize) -> Result<std::ops::Range<usize>> {
         let end = self
             .offset
@@ -290,9 +290,9 @@ impl Reader<'_> {
         Ok(read_u64(&self.bytes[range]))
     }
 
-    fn string(&mut self, len: usize, what: &str) -> Result<String> {
+    fn str(&mut self, len: usize, what: &str) -> Result<&'a str> {
         let range = self.take(len)?;
-        String::from_utf8(self.bytes[range].to_vec()).map_err(|_| {
+        std::str::from_utf8(&self.bytes[range]).map_err(|_| {
             corrupt(
                 cf::LOG,
                 self.position.to_string(),
@@ -302,8 +302,11 @@ impl Reader<'_> {
     }
 }
 
-/// The fields of a record needed to decide visibility, without copying payloads.
-#[derive(Debug, Clone, Copy)]
+/// A record whose crc and layout were checked, borrowing its bytes: what
+/// visibility needs, without copying anything. [`RecordHeader::to_event`] turns
+/// it into an owned event without parsing or checksumming again, so a read pays
+/// the crc and the parse once per record.
+#[derive(Debug, Clone)]
 pub struct RecordHeader<'a> {
     /// The stream name.
     pub stream: &'a str,
@@ -315,9 +318,37 @@ pub struct RecordHeader<'a> {
     pub created: SystemTime,
     /// Event id.
     pub id: Uuid,
+    /// MIME type of the data.
+    content_type: &'a str,
+    /// Where the metadata and the data lie in the record.
+    metadata: std::ops::Range<usize>,
+    data: std::ops::Range<usize>,
 }
 
-/// Checks a record's crc and returns its header fields.
+impl RecordHeader<'_> {
+    /// The owned event at `position`. `record` must be the bytes this header was
+    /// decoded from: they are copied once, and `metadata` and `data` share that copy.
+    pub fn to_event(&self, position: u64, record: &[u8]) -> RecordedEvent {
+        self.event_sharing(position, Bytes::copy_from_slice(record))
+    }
+
+    fn event_sharing(&self, position: u64, record: Bytes) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            stream: self.stream.to_owned(),
+            revision: self.revision,
+            id: self.id,
+            event_type: self.event_type.to_owned(),
+            content_type: self.content_type.to_owned(),
+            created: self.created,
+            metadata: record.slice(self.metadata.clone()),
+            data: record.slice(self.data.clone()),
+        }
+    }
+}
+
+/// Checks a record's crc and its whole layout, and returns its fields without
+/// copying.
 pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
     verify_crc(position, record)?;
     let mut reader = Reader {
@@ -338,20 +369,32 @@ pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
     let id = Uuid::from_slice(&record[id_range])
         .map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
     let created = time_from_nanos(reader.u64()? as i64);
-    let stream_len = reader.u16()?;
-    let stream_range = reader.take(stream_len)?;
-    let type_len = reader.u16()?;
-    let type_range = reader.take(type_len)?;
-    let stream = std::str::from_utf8(&record[stream_range])
-        .map_err(|_| corrupt(cf::LOG, position.to_string(), "stream name is not UTF-8"))?;
-    let event_type = std::str::from_utf8(&record[type_range])
-        .map_err(|_| corrupt(cf::LOG, position.to_string(), "event type is not UTF-8"))?;
+    let len = reader.u16()?;
+    let stream = reader.str(len, "stream name")?;
+    let len = reader.u16()?;
+    let event_type = reader.str(len, "event type")?;
+    let len = reader.u16()?;
+    let content_type = reader.str(len, "content type")?;
+    let len = reader.u32()?;
+    let metadata = reader.take(len)?;
+    let len = reader.u32()?;
+    let data = reader.take(len)?;
+    if reader.offset + 4 != record.len() {
+        return Err(corrupt(
+            cf::LOG,
+            position.to_string(),
+            "trailing bytes after the payload",
+        ));
+    }
     Ok(RecordHeader {
         stream,
         revision,
         event_type,
         created,
         id,
+        content_type,
+        metadata,
+        data,
     })
 }
 
@@ -377,56 +420,13 @@ fn verify_crc(position: u64, record: &[u8]) -> Result<()> {
 }
 
 /// Checks a record's crc and decodes it whole. `metadata` and `data` share the
-/// record's buffer (no copy).
+/// record's buffer (no copy). Reads use [`decode_header`] and
+/// [`RecordHeader::to_event`] (they hold borrowed RocksDB bytes); tests use this.
+#[cfg(test)]
 pub fn decode_record(position: u64, record: Vec<u8>) -> Result<RecordedEvent> {
-    verify_crc(position, &record)?;
     let record = Bytes::from(record);
-    let mut reader = Reader {
-        bytes: &record,
-        offset: 0,
-        position,
-    };
-    let version_range = reader.take(1)?;
-    if record[version_range.start] != RECORD_VERSION {
-        return Err(corrupt(
-            cf::LOG,
-            position.to_string(),
-            "unknown record version",
-        ));
-    }
-    let revision = reader.u64()?;
-    let id_range = reader.take(16)?;
-    let id = Uuid::from_slice(&record[id_range])
-        .map_err(|_| corrupt(cf::LOG, position.to_string(), "bad id"))?;
-    let created = time_from_nanos(reader.u64()? as i64);
-    let len = reader.u16()?;
-    let stream = reader.string(len, "stream name")?;
-    let len = reader.u16()?;
-    let event_type = reader.string(len, "event type")?;
-    let len = reader.u16()?;
-    let content_type = reader.string(len, "content type")?;
-    let len = reader.u32()?;
-    let metadata = record.slice(reader.take(len)?);
-    let len = reader.u32()?;
-    let data = record.slice(reader.take(len)?);
-    if reader.offset + 4 != record.len() {
-        return Err(corrupt(
-            cf::LOG,
-            position.to_string(),
-            "trailing bytes after the payload",
-        ));
-    }
-    Ok(RecordedEvent {
-        position,
-        stream,
-        revision,
-        id,
-        event_type,
-        content_type,
-        created,
-        metadata,
-        data,
-    })
+    let header = decode_header(position, &record)?;
+    Ok(header.event_sharing(position, record.clone()))
 }
 
 /// A stream's persistent state: the `streams` value.

@@ -146,7 +146,7 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        for event in self.fetch(&positions)? {
+        for event in self.fetch(&positions, forwards)? {
             if record.is_visible(event.revision, event.created, self.now)
                 && request.filter.matches(&event.stream, &event.event_type)
             {
@@ -159,21 +159,37 @@ impl Reader<'_> {
 
     /// Loads and decodes the records at `positions`, in the given order. A position
     /// whose record is gone (scavenged after the index was read) is skipped.
-    fn fetch(&self, positions: &[u64]) -> Result<Vec<RecordedEvent>> {
-        let log = self.shared.cf(cf::LOG);
-        let keys: Vec<[u8; 8]> = positions
-            .iter()
-            .map(|position| codec::log_key(*position))
-            .collect();
-        let values = self
-            .snapshot
-            .multi_get_cf(keys.iter().map(|key| (log, key)));
+    ///
+    /// One log iterator serves the whole list: it seeks only when the next
+    /// position is not the entry it already stands on, so runs of adjacent
+    /// positions (a stream written in batches) cost a step each, not a lookup.
+    /// Positions are monotonic in the direction of the read (index order).
+    fn fetch(&self, positions: &[u64], forwards: bool) -> Result<Vec<RecordedEvent>> {
         let mut events = Vec::with_capacity(positions.len());
-        for (position, value) in positions.iter().zip(values) {
-            if let Some(value) = value? {
-                events.push(codec::decode_record(*position, value)?);
+        let Some(&first) = positions.first() else {
+            return Ok(events);
+        };
+        let mut iterator = self.iterator(cf::LOG);
+        iterator.seek(codec::log_key(first));
+        for &position in positions {
+            let key = codec::log_key(position);
+            if iterator.key() != Some(&key[..]) {
+                iterator.seek(key);
+                if iterator.key() != Some(&key[..]) {
+                    iterator.status()?;
+                    continue; // scavenged meanwhile
+                }
+            }
+            let value = iterator.value().unwrap_or_default();
+            let header = codec::decode_header(position, value)?;
+            events.push(header.to_event(position, value));
+            if forwards {
+                iterator.next();
+            } else {
+                iterator.prev();
             }
         }
+        iterator.status()?;
         Ok(events)
     }
 
@@ -249,6 +265,8 @@ impl Reader<'_> {
             match prefix {
                 None => {
                     let value = iterator.value().unwrap_or_default();
+                    // One crc and one parse per record: the header decides
+                    // visibility, then the same parse builds the event.
                     let header = codec::decode_header(position, value)?;
                     if visible.check(
                         header.stream,
@@ -256,14 +274,13 @@ impl Reader<'_> {
                         header.created,
                         header.event_type,
                     ) {
-                        page.events
-                            .push(codec::decode_record(position, value.to_vec())?);
+                        page.events.push(header.to_event(position, value));
                     }
                 }
                 Some(_) => {
                     pending.push(position);
                     if pending.len() >= max - page.events.len() {
-                        self.take_visible(&mut pending, &mut visible, &mut page)?;
+                        self.take_visible(&mut pending, forwards, &mut visible, &mut page)?;
                     }
                 }
             }
@@ -274,7 +291,7 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        self.take_visible(&mut pending, &mut visible, &mut page)?;
+        self.take_visible(&mut pending, forwards, &mut visible, &mut page)?;
         if page.next.is_none() && page.events.len() == max && iterator.valid() {
             // The page is full: the next page starts at the following entry, if any.
             if let Some(key) = iterator.key() {
@@ -294,10 +311,11 @@ impl Reader<'_> {
     fn take_visible(
         &self,
         pending: &mut Vec<u64>,
+        forwards: bool,
         visible: &mut Visibility<'_>,
         page: &mut ReadPage,
     ) -> Result<()> {
-        for event in self.fetch(pending)? {
+        for event in self.fetch(pending, forwards)? {
             if visible.check(
                 &event.stream,
                 event.revision,
@@ -333,15 +351,19 @@ impl Visibility<'_> {
         if !self.filter.matches(stream, event_type) {
             return false;
         }
-        if !self.seen.contains_key(stream) {
-            self.seen
-                .insert(stream.to_owned(), self.catalog.get(stream));
+        let visible = |record: Option<&StreamRecord>| {
+            // A stream below the published head is always in the catalog; treat a
+            // missing one as hidden rather than guess.
+            record.is_some_and(|record| record.is_visible(revision, created, self.now))
+        };
+        // One hash lookup per event; the name is copied and the catalog's lock
+        // taken only for a stream's first event in the page.
+        if let Some(record) = self.seen.get(stream) {
+            return visible(record.as_ref());
         }
-        // A stream below the published head is always in the catalog; treat a
-        // missing one as hidden rather than guess.
-        self.seen
-            .get(stream)
-            .and_then(Option::as_ref)
-            .is_some_and(|record| record.is_visible(revision, created, self.now))
+        let record = self.catalog.get(stream);
+        let answer = visible(record.as_ref());
+        self.seen.insert(stream.to_owned(), record);
+        answer
     }
 }
