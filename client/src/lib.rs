@@ -27,7 +27,6 @@ mod persistent;
 mod subscription;
 mod types;
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -178,7 +177,7 @@ impl Client {
         let response = self.streams.clone().read(request).await?;
         Ok(EventStream {
             inner: response.into_inner(),
-            buffered: VecDeque::new(),
+            buffered: Vec::new().into_iter(),
             next: None,
             done: false,
         })
@@ -324,7 +323,9 @@ fn filter_to_proto(filter: Filter) -> pb::ReadFilter {
 /// The events of a read, one at a time, as the server streams them in batches.
 pub struct EventStream {
     inner: tonic::Streaming<pb::ReadResponse>,
-    buffered: VecDeque<pb::RecordedEvent>,
+    /// The current response's remaining events; taken whole from the response
+    /// (no copy into another queue).
+    buffered: std::vec::IntoIter<pb::RecordedEvent>,
     next: Option<u64>,
     done: bool,
 }
@@ -367,7 +368,7 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            if let Some(event) = self.buffered.pop_front() {
+            if let Some(event) = self.buffered.next() {
                 return Poll::Ready(Some(RecordedEvent::from_proto(event)));
             }
             if self.done {
@@ -384,7 +385,7 @@ impl Stream for EventStream {
                 }
                 Poll::Ready(Some(Ok(response))) => {
                     self.next = response.next;
-                    self.buffered.extend(response.events);
+                    self.buffered = response.events.into_iter();
                 }
             }
         }

@@ -28,6 +28,9 @@ const READ_RESPONSE_BYTES: usize = 1024 * 1024;
 /// pipeline a 1,000-event page; large enough that the per-chunk hop (blocking
 /// pool, channel, one gRPC message) stays a small share.
 const READ_CHUNK_EVENTS: usize = 256;
+/// The first chunk is smaller: nothing overlaps with it (it is read before the
+/// call is answered), so it should arrive quickly and start the pipeline.
+const READ_FIRST_CHUNK_EVENTS: usize = 64;
 /// How long a read task tries to hand its closing status to a slow client.
 const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default and largest page of `ListStreams`.
@@ -187,7 +190,7 @@ impl Streams for StreamsService {
         // The first chunk is read before answering so that NOT_FOUND and similar
         // errors arrive as the call's status, not inside the stream.
         let first = {
-            let read = with_count(&read, max_total, page_limit);
+            let read = with_count(&read, max_total, page_limit.min(READ_FIRST_CHUNK_EVENTS));
             outcome(self.blocking(move |store| read_chunk(&store, &read)).await)?
         };
         let (sender, receiver) = mpsc::channel(2);
