@@ -24,6 +24,11 @@
 //! the child `cairn` process, `verify` the crash test's checker, `disk`,
 //! `stats`, `machine`, `report` and `targets` the measuring and reporting.
 
+/// The same allocator as the `cairn` binary, so client-side figures are not
+/// dominated by glibc's malloc either.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod clock;
 mod compare;
 mod crash;
