@@ -202,8 +202,13 @@ struct Consumer {
 }
 
 impl Consumer {
+    /// Whether an event may be sent now. A consumer whose call ended (receiver
+    /// dropped, removed at the next tick or `Leave`) has no room: otherwise the
+    /// pump would hand it the same event again and again.
     fn has_room(&self) -> bool {
-        self.in_flight.len() < self.max_in_flight as usize && self.sender.capacity() > 0
+        !self.sender.is_closed()
+            && self.in_flight.len() < self.max_in_flight as usize
+            && self.sender.capacity() > 0
     }
 }
 
@@ -222,6 +227,8 @@ pub(crate) struct GroupActor {
     feed: Option<mpsc::Receiver<Result<Feed, Status>>>,
     /// When to reopen a failed feed.
     reopen_at: Option<Instant>,
+    /// The last feed failure logged, so a persisting one is logged once.
+    last_feed_error: Option<String>,
     /// The next revision or position to read from the source.
     source_cursor: u64,
 
@@ -330,6 +337,7 @@ impl GroupActor {
             shutdown,
             feed: None,
             reopen_at: Some(Instant::now()),
+            last_feed_error: None,
             source_cursor,
             entries: HashMap::new(),
             by_event_id: HashMap::new(),
@@ -687,7 +695,10 @@ impl GroupActor {
 
     fn on_feed(&mut self, item: Option<Result<Feed, Status>>) {
         match item {
-            Some(Ok(Feed::Event(event))) => self.on_source_event(event),
+            Some(Ok(Feed::Event(event))) => {
+                self.last_feed_error = None;
+                self.on_source_event(event);
+            }
             Some(Ok(Feed::Checkpoint { position })) => {
                 self.source_cursor = self.source_cursor.max(position + 1);
                 self.push_mark(
@@ -700,9 +711,14 @@ impl GroupActor {
             }
             Some(Ok(Feed::Confirmation(_) | Feed::CaughtUp { .. } | Feed::FellBehind { .. })) => {}
             Some(Err(status)) => {
-                if status.code() != tonic::Code::Unavailable {
-                    tracing::warn!(group = %self.definition.group, message = status.message(), "source feed ended; reopening");
+                // Once per cause: a deleted source stream fails every reopen.
+                let cause = status.message().to_owned();
+                if status.code() != tonic::Code::Unavailable
+                    && self.last_feed_error.as_deref() != Some(cause.as_str())
+                {
+                    tracing::warn!(group = %self.definition.group, message = %cause, "source feed ended; reopening every second until it works");
                 }
+                self.last_feed_error = Some(cause);
                 self.feed = None;
                 self.reopen_at = Some(Instant::now() + REOPEN_DELAY);
             }
