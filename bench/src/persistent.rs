@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::BoxError;
 use crate::machine::Machine;
 use crate::report::{markdown_table, thousands};
-use crate::server::{self, Durability, ServerProcess};
+use crate::server;
 use crate::stats::round;
 use crate::workload::{event_id, payload};
 
@@ -93,28 +93,13 @@ pub(crate) async fn run(args: &PersistentArgs) -> Result<(), BoxError> {
     let scratch = tempfile::Builder::new()
         .prefix("cairn-bench-persistent-")
         .tempdir_in(&dir)?;
-    let mut server = None;
-    let address = match &args.addr {
-        Some(addr) => addr.clone(),
-        None => {
-            let binary = server::server_binary(args.server_bin.as_deref())?;
-            let durability = if args.unsynced {
-                Durability::Unsynced
-            } else {
-                Durability::Sync
-            };
-            let started = ServerProcess::start(
-                &binary,
-                &scratch.path().join("data"),
-                durability,
-                &scratch.path().join("server.log"),
-            )
-            .await?;
-            let address = started.address().to_owned();
-            server = Some(started);
-            address
-        }
-    };
+    let (address, mut server) = server::given_or_started(
+        args.addr.as_deref(),
+        args.server_bin.as_deref(),
+        args.unsynced,
+        scratch.path(),
+    )
+    .await?;
     let client = Client::connect(address.clone()).await?;
     let info = client.info().await?;
     eprintln!(

@@ -18,7 +18,7 @@ use crate::BoxError;
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
 use crate::report::{markdown_table_with, thousands};
-use crate::server::{self, Durability, ServerProcess};
+use crate::server;
 use crate::stats::round;
 use crate::target::Cairn;
 use crate::targets::{Verdict, verdicts};
@@ -184,43 +184,13 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
     let fsync_before = disk::fdatasync_rate(scratch.path(), probe)?;
     eprintln!("  {:.0} fdatasync/s", fsync_before.per_second);
 
-    let mut server = match &args.addr {
-        Some(_) => {
-            if args.unsynced {
-                eprintln!("note: --unsynced has no effect with --addr");
-            }
-            None
-        }
-        None => {
-            let binary = server::server_binary(args.server_bin.as_deref())?;
-            let durability = if args.unsynced {
-                Durability::Unsynced
-            } else {
-                Durability::Sync
-            };
-            let data = scratch.path().join("data");
-            eprintln!(
-                "starting {} --durability {} on {} ...",
-                binary.display(),
-                durability.flag(),
-                data.display()
-            );
-            Some(
-                ServerProcess::start(
-                    &binary,
-                    &data,
-                    durability,
-                    &scratch.path().join("server.log"),
-                )
-                .await?,
-            )
-        }
-    };
-    let address = match (&args.addr, &server) {
-        (Some(addr), _) => addr.clone(),
-        (None, Some(server)) => server.address().to_owned(),
-        (None, None) => unreachable!("a server is started when no address is given"),
-    };
+    let (address, mut server) = server::given_or_started(
+        args.addr.as_deref(),
+        args.server_bin.as_deref(),
+        args.unsynced,
+        scratch.path(),
+    )
+    .await?;
 
     let target = Cairn::connect(&address).await?;
     let info = target.client().info().await?;

@@ -39,6 +39,40 @@ impl Durability {
     }
 }
 
+/// The server a benchmark talks to: `addr` when given, else a fresh `cairn`
+/// (see [`server_binary`]) started on `scratch/data` with `unsynced` durability
+/// or not, logging to `scratch/server.log`. Returns its address and the started
+/// process, if any, for the caller to stop at the end.
+pub(crate) async fn given_or_started(
+    addr: Option<&str>,
+    server_bin: Option<&Path>,
+    unsynced: bool,
+    scratch: &Path,
+) -> Result<(String, Option<ServerProcess>), BoxError> {
+    if let Some(addr) = addr {
+        if unsynced {
+            eprintln!("note: --unsynced has no effect with --addr");
+        }
+        return Ok((addr.to_owned(), None));
+    }
+    let binary = server_binary(server_bin)?;
+    let durability = if unsynced {
+        Durability::Unsynced
+    } else {
+        Durability::Sync
+    };
+    let data = scratch.join("data");
+    eprintln!(
+        "starting {} --durability {} on {} ...",
+        binary.display(),
+        durability.flag(),
+        data.display()
+    );
+    let started =
+        ServerProcess::start(&binary, &data, durability, &scratch.join("server.log")).await?;
+    Ok((started.address().to_owned(), Some(started)))
+}
+
 /// The `cairn` binary: `flag` if given, else the one next to this executable
 /// (cargo builds both into the same directory).
 pub(crate) fn server_binary(flag: Option<&Path>) -> Result<PathBuf, BoxError> {

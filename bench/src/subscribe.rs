@@ -24,7 +24,7 @@ use crate::BoxError;
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
 use crate::report::{markdown_table, thousands};
-use crate::server::{self, Durability, ServerProcess};
+use crate::server;
 use crate::stats::{Latency, round, round_to};
 use crate::target::{Cairn, Delivery, EventSubscription, Expected, NewEvent, SubscribeAt, Target};
 use crate::w6::follow;
@@ -108,28 +108,13 @@ pub(crate) async fn run(args: &SubscribeArgs) -> Result<(), BoxError> {
     let fsync_before = disk::fdatasync_rate(scratch.path(), probe)?;
     eprintln!("  {:.0} fdatasync/s", fsync_before.per_second);
 
-    let mut server = None;
-    let address = match &args.addr {
-        Some(addr) => addr.clone(),
-        None => {
-            let binary = server::server_binary(args.server_bin.as_deref())?;
-            let durability = if args.unsynced {
-                Durability::Unsynced
-            } else {
-                Durability::Sync
-            };
-            let started = ServerProcess::start(
-                &binary,
-                &scratch.path().join("data"),
-                durability,
-                &scratch.path().join("server.log"),
-            )
-            .await?;
-            let address = started.address().to_owned();
-            server = Some(started);
-            address
-        }
-    };
+    let (address, mut server) = server::given_or_started(
+        args.addr.as_deref(),
+        args.server_bin.as_deref(),
+        args.unsynced,
+        scratch.path(),
+    )
+    .await?;
     let target = Cairn::connect(&address).await?;
     let info = target.client().info().await?;
     eprintln!(
