@@ -302,20 +302,27 @@ impl Groups {
         Ok(())
     }
 
+    /// Sends a group's actor a command carrying a reply channel and waits for
+    /// the reply. An actor that is gone (group deleted meanwhile) is NOT_FOUND.
+    async fn ask<T>(
+        &self,
+        group: &str,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<(T, mpsc::Sender<Command>), GroupError> {
+        let commands = self.commands(group)?;
+        let gone = || GroupError::NotFound {
+            group: group.to_owned(),
+        };
+        let (reply, answer) = oneshot::channel();
+        commands.send(command(reply)).await.map_err(|_| gone())?;
+        let answer = answer.await.map_err(|_| gone())?;
+        Ok((answer, commands))
+    }
+
     /// One group's report.
     pub(crate) async fn report(&self, group: &str) -> Result<GroupReport, GroupError> {
         let definition = self.definition(group)?;
-        let commands = self.commands(group)?;
-        let (reply, status) = oneshot::channel();
-        commands
-            .send(Command::Status { reply })
-            .await
-            .map_err(|_| GroupError::NotFound {
-                group: group.to_owned(),
-            })?;
-        let status = status.await.map_err(|_| GroupError::NotFound {
-            group: group.to_owned(),
-        })?;
+        let (status, _) = self.ask(group, |reply| Command::Status { reply }).await?;
         Ok(GroupReport {
             parked: self.parked_count(group),
             definition,
@@ -354,16 +361,10 @@ impl Groups {
     /// Moves up to `max` parked events (0: as many as one call allows) back
     /// into delivery. Returns how many.
     pub(crate) async fn replay_parked(&self, group: &str, max: u64) -> Result<u64, GroupError> {
-        let commands = self.commands(group)?;
-        let (reply, replayed) = oneshot::channel();
-        let gone = || GroupError::NotFound {
-            group: group.to_owned(),
-        };
-        commands
-            .send(Command::Replay { max, reply })
-            .await
-            .map_err(|_| gone())?;
-        replayed.await.map_err(|_| gone())?
+        let (replayed, _) = self
+            .ask(group, |reply| Command::Replay { max, reply })
+            .await?;
+        replayed
     }
 
     /// Joins a consumer to a group. Returns its id and the group's command
@@ -376,21 +377,14 @@ impl Groups {
         sender: ConsumerSender,
     ) -> Result<(u64, GroupConsumer), GroupError> {
         self.refuse_when_stopping()?;
-        let commands = self.commands(group)?;
-        let (reply, joined) = oneshot::channel();
-        let gone = || GroupError::NotFound {
-            group: group.to_owned(),
-        };
-        commands
-            .send(Command::Join {
+        let (id, commands) = self
+            .ask(group, |reply| Command::Join {
                 name,
                 max_in_flight,
                 sender,
                 reply,
             })
-            .await
-            .map_err(|_| gone())?;
-        let id = joined.await.map_err(|_| gone())?;
+            .await?;
         Ok((id, GroupConsumer { id, commands }))
     }
 }
