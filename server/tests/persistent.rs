@@ -229,8 +229,13 @@ async fn an_event_that_always_fails_is_retried_then_parked_and_replayed() {
         vec![0, 1, 2, 3],
         "first delivery plus max_retries"
     );
-    let info = wait_for_info(&client, "mailer", |info| info.parked == 1).await;
-    assert_eq!(info.parked_total, 1);
+    // The parked count is read from the parked stream, the totals from the
+    // group's actor, which learns the park is durable a moment later: wait
+    // for both.
+    let info = wait_for_info(&client, "mailer", |info| {
+        info.parked == 1 && info.parked_total == 1
+    })
+    .await;
     assert_eq!(info.retried_total, 3);
     // Parking finished the event: the checkpoint passed it.
     let info = wait_for_info(&client, "mailer", |info| {
@@ -363,9 +368,6 @@ async fn a_restarted_server_resumes_the_group_from_its_checkpoint() {
 async fn pinned_groups_keep_each_streams_order_across_retries() {
     let server = TestServer::start().await;
     let writer = server.client().await;
-    for n in 0..8 {
-        fill(&writer, &format!("cart-{n}"), 60).await;
-    }
     writer
         .create_group(
             "carts",
@@ -374,16 +376,24 @@ async fn pinned_groups_keep_each_streams_order_across_retries() {
         )
         .await
         .expect("create");
-    let finished = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
+    // Pins stick while their consumer is connected, so a consumer alone with
+    // the whole backlog would take every stream: all three join (`consume`
+    // returns once the server confirmed) before the first event is written.
+    let mut consumers = Vec::new();
     for n in 0..3 {
         let client = server.client().await;
+        let consumer = client
+            .consume("carts", format!("carts-{n}"), 8)
+            .await
+            .expect("consume");
+        consumers.push((client, consumer));
+    }
+    let finished = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (client, mut consumer) in consumers {
         let finished = Arc::clone(&finished);
         tasks.push(tokio::spawn(async move {
-            let mut consumer = client
-                .consume("carts", format!("carts-{n}"), 8)
-                .await
-                .expect("consume");
+            let _connection = client;
             // (stream, revision) in the order this consumer finished them.
             let mut done: Vec<(String, u64)> = Vec::new();
             loop {
@@ -406,6 +416,9 @@ async fn pinned_groups_keep_each_streams_order_across_retries() {
                 finished.fetch_add(1, Ordering::SeqCst);
             }
         }));
+    }
+    for n in 0..8 {
+        fill(&writer, &format!("cart-{n}"), 60).await;
     }
     let mut owners: HashMap<String, usize> = HashMap::new();
     let mut total = 0;

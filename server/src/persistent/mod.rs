@@ -92,6 +92,9 @@ struct Handle {
 pub(crate) struct GroupReport {
     pub definition: GroupDefinition,
     pub status: GroupStatus,
+    /// Read from the parked stream, not from the actor: a park that just
+    /// became durable can show here a moment before `status.parked_total`
+    /// counts it.
     pub parked: u64,
 }
 
