@@ -36,6 +36,7 @@ use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::task::TaskTracker;
 
 pub use settings::{DurabilitySetting, LogFormat, Settings, SettingsArgs, SettingsError};
 pub use status::to_status;
@@ -132,14 +133,21 @@ pub async fn run(
         .build_v1alpha()?;
 
     let max_message = max_message_bytes(&settings);
+    // Every task that holds the store or writes to it (reads, subscription
+    // feeds, group actors and their writes) is spawned here, so that `run`
+    // returns only once they are done: group actors write their checkpoints
+    // before the committer stops, and the data directory is released.
+    let background = TaskTracker::new();
     let streams = StreamsServer::new(streams::StreamsService::new(
         store.clone(),
         settings.max_inflight_appends,
         shutdown_receiver.clone(),
+        background.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let feeds = subscriptions::Feeds::new(store.clone(), shutdown_receiver.clone());
+    let feeds =
+        subscriptions::Feeds::new(store.clone(), shutdown_receiver.clone(), background.clone());
     let (subscriptions, subscription_stats) =
         subscriptions::SubscriptionsService::new(feeds.clone(), settings.subscription_limits());
     let subscriptions =
@@ -192,6 +200,19 @@ pub async fn run(
         } => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
         }
+    }
+    // The shutdown signal has ended every feed and group actor (the actors
+    // write their final checkpoints on the way out); wait for them, bounded,
+    // since a storage read cannot be interrupted.
+    background.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, background.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = background.len(),
+            "background tasks still running after the grace period"
+        );
     }
     let closing = store.clone();
     tokio::task::spawn_blocking(move || closing.shutdown())

@@ -12,6 +12,7 @@ use cairn_storage::{ReadFrom, ReadRequest, Store, StreamAppend};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -46,15 +47,24 @@ pub struct StreamsService {
     inflight_appends: Arc<Semaphore>,
     /// Flips to `true` when the server shuts down; open reads end with UNAVAILABLE.
     shutdown: watch::Receiver<bool>,
+    /// The server's background tasks (read-ahead and storage work), which
+    /// `run` waits for before it closes the store.
+    tasks: TaskTracker,
 }
 
 impl StreamsService {
-    /// A service over `store`.
-    pub fn new(store: Store, max_inflight_appends: usize, shutdown: watch::Receiver<bool>) -> Self {
+    /// A service over `store`, spawning its tasks on `tasks`.
+    pub fn new(
+        store: Store,
+        max_inflight_appends: usize,
+        shutdown: watch::Receiver<bool>,
+        tasks: TaskTracker,
+    ) -> Self {
         Self {
             store,
             inflight_appends: Arc::new(Semaphore::new(max_inflight_appends.max(1))),
             shutdown,
+            tasks,
         }
     }
 
@@ -90,7 +100,7 @@ impl StreamsService {
         work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
     ) -> impl Future<Output = Result<T, Status>> + Send + 'static {
         let store = self.store.clone();
-        let task = tokio::task::spawn_blocking(move || work(store));
+        let task = self.tasks.spawn_blocking(move || work(store));
         async move {
             task.await
                 .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
@@ -196,7 +206,7 @@ impl Streams for StreamsService {
         let (sender, receiver) = mpsc::channel(2);
         let service = self.clone();
         let read_span = span.clone();
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 let mut read = read;
                 let mut chunk = first;

@@ -26,6 +26,7 @@ use cairn_storage::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -85,6 +86,9 @@ pub(crate) struct Feeds {
     stats: Arc<SubscriptionStats>,
     /// For subscription ids.
     next_id: Arc<AtomicU64>,
+    /// The server's background tasks: `run` waits for them before it closes
+    /// the store.
+    tasks: TaskTracker,
 }
 
 /// Where and how a subscription task starts.
@@ -108,8 +112,9 @@ pub(crate) struct FeedSpec {
 }
 
 impl Feeds {
-    /// Feeds over `store`. Registers a commit listener on the store.
-    pub(crate) fn new(store: Store, shutdown: watch::Receiver<bool>) -> Self {
+    /// Feeds over `store`, their tasks tracked by `tasks`. Registers a commit
+    /// listener on the store.
+    pub(crate) fn new(store: Store, shutdown: watch::Receiver<bool>, tasks: TaskTracker) -> Self {
         let (head_sender, heads) = watch::channel(store.live().head());
         store.live().add_listener(Box::new(move |notice| {
             head_sender.send_replace(notice.head);
@@ -120,7 +125,14 @@ impl Feeds {
             shutdown,
             stats: Arc::new(SubscriptionStats::default()),
             next_id: Arc::new(AtomicU64::new(1)),
+            tasks,
         }
+    }
+
+    /// The server's background tasks; anything spawned that holds the store
+    /// or writes to it is spawned here.
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
     }
 
     /// Spawns a subscription task. Its first message is `Confirmation`; it ends
@@ -146,7 +158,7 @@ impl Feeds {
         let stats = Arc::clone(&self.stats);
         stats.active.fetch_add(1, Ordering::Relaxed);
         let live_from = spec.live_from;
-        tokio::spawn(
+        self.tasks.spawn(
             async move {
                 let result = async {
                     subscription.send(Feed::Confirmation(id)).await?;

@@ -305,6 +305,56 @@ async fn unacked_events_are_redelivered_after_the_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clean_shutdown_writes_the_groups_final_checkpoint() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    fill(&client, "tally-1", 100).await;
+    // Thresholds no run reaches: only the shutdown writes a checkpoint.
+    client
+        .create_group(
+            "tally",
+            "tally-1",
+            settings(|s| {
+                s.checkpoint_after_events = Some(100_000);
+                s.checkpoint_after = Some(Duration::from_secs(3_600));
+            }),
+        )
+        .await
+        .expect("create");
+    let mut consumer = client
+        .consume("tally", "tally-1", 10)
+        .await
+        .expect("consume");
+    for _ in 0..40 {
+        next_delivery(&mut consumer).await.ack().await.expect("ack");
+    }
+    // Leaving cleanly hands the server every ack first.
+    consumer.close().await.expect("close");
+    let info = wait_for_info(&client, "tally", |info| info.consumers.is_empty()).await;
+    assert_eq!(info.acked_total, 40);
+    assert_eq!(info.checkpoint_revision, Some(39));
+    let written = client
+        .read_stream(
+            "$sys-ps-tally-checkpoint",
+            cairn_client::ReadOptions::forwards(),
+        )
+        .await;
+    assert!(
+        matches!(written, Err(cairn_client::Error::StreamNotFound { .. })),
+        "no checkpoint written before the shutdown"
+    );
+    drop(client);
+    // `stop` returns only when the actor wrote its checkpoint and the store
+    // is closed: reopening the directory at once must work.
+    let (data, _) = server.stop_keep_data().await;
+    let server = TestServer::start_in(data, |_| {}).await;
+    let client = server.client().await;
+    let groups = client.list_groups().await.expect("list");
+    assert_eq!(groups[0].checkpoint_revision, Some(39));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restarted_server_resumes_the_group_from_its_checkpoint() {
     let server = TestServer::start().await;
     let client = server.client().await;

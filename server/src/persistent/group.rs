@@ -622,7 +622,7 @@ impl GroupActor {
             vec![json_event(PARKED_TYPE, data)],
         );
         let loopback = self.loopback.clone();
-        tokio::spawn(async move {
+        self.feeds.tasks().spawn(async move {
             let result = ticket.await.map(|_| ()).map_err(|error| error.to_string());
             let _ = loopback.send(Command::Parked { key, result }).await;
         });
@@ -813,7 +813,7 @@ impl GroupActor {
         self.last_write = Instant::now();
         let ticket = self.write_checkpoint(checkpoint);
         let loopback = self.loopback.clone();
-        tokio::spawn(async move {
+        self.feeds.tasks().spawn(async move {
             let result = ticket.await.map(|_| ()).map_err(|error| error.to_string());
             let _ = loopback
                 .send(Command::CheckpointWritten { checkpoint, result })

@@ -157,7 +157,7 @@ impl Groups {
             commands.clone(),
         )?;
         let span = tracing::info_span!("group", group = %definition.group);
-        tokio::spawn(actor.run().instrument(span));
+        self.inner.feeds.tasks().spawn(actor.run().instrument(span));
         self.lock().insert(
             definition.group.clone(),
             Handle {

@@ -55,7 +55,7 @@ impl GroupActor {
         let store = self.store.clone();
         let group = self.definition.group.clone();
         let loopback = self.loopback.clone();
-        tokio::spawn(async move {
+        self.feeds.tasks().spawn(async move {
             let loaded = tokio::task::spawn_blocking(move || load_parked(&store, &group, limit))
                 .await
                 .unwrap_or_else(|error| Err(GroupError::Internal(error.to_string())));
@@ -114,7 +114,7 @@ impl GroupActor {
         let store = self.store.clone();
         let stream = parked_stream(&self.definition.group);
         let loopback = self.loopback.clone();
-        tokio::spawn(async move {
+        self.feeds.tasks().spawn(async move {
             let metadata = store
                 .stream_info(&stream)
                 .map(|info| info.metadata)
