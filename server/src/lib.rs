@@ -152,9 +152,14 @@ pub async fn run(
         subscriptions::SubscriptionsService::new(feeds.clone(), settings.subscription_limits());
     let subscriptions =
         SubscriptionsServer::new(subscriptions).max_encoding_message_size(max_message);
-    let groups = persistent::Groups::load(store.clone(), feeds, shutdown_receiver.clone())
-        .await
-        .map_err(|error| ServerError::Groups(error.to_string()))?;
+    let groups = persistent::Groups::load(
+        store.clone(),
+        feeds,
+        shutdown_receiver.clone(),
+        settings.group_limits(),
+    )
+    .await
+    .map_err(|error| ServerError::Groups(error.to_string()))?;
     let persistent_subscriptions =
         PersistentSubscriptionsServer::new(persistent::PersistentService::new(groups))
             .max_encoding_message_size(max_message);

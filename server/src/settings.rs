@@ -64,6 +64,10 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// Messages buffered per subscription.
     pub subscription_buffer: usize,
+    /// Most persistent subscription groups.
+    pub max_groups: usize,
+    /// Most consumers connected to one group at once.
+    pub max_consumers_per_group: usize,
     /// Recent events kept in memory for live delivery; a subscriber further
     /// behind is served from storage.
     pub live_ring_events: usize,
@@ -92,6 +96,14 @@ impl Settings {
         }
     }
 
+    /// The persistent subscription limits these settings describe.
+    pub(crate) fn group_limits(&self) -> crate::persistent::GroupLimits {
+        crate::persistent::GroupLimits {
+            max_groups: self.max_groups,
+            max_consumers_per_group: self.max_consumers_per_group,
+        }
+    }
+
     /// Defaults for tests: loopback on an ephemeral port, the given data dir.
     pub fn for_tests(data: PathBuf) -> Self {
         Self {
@@ -105,6 +117,8 @@ impl Settings {
             max_inflight_appends: 4096,
             max_subscriptions: 1024,
             subscription_buffer: 128,
+            max_groups: 1024,
+            max_consumers_per_group: 256,
             live_ring_events: 16_384,
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -150,6 +164,12 @@ pub struct SettingsArgs {
     /// Messages buffered per subscription [default: 128].
     #[arg(long, env = "CAIRN_SUBSCRIPTION_BUFFER")]
     pub subscription_buffer: Option<usize>,
+    /// Most persistent subscription groups [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_GROUPS")]
+    pub max_groups: Option<usize>,
+    /// Most consumers connected to one group at once [default: 256].
+    #[arg(long, env = "CAIRN_MAX_CONSUMERS_PER_GROUP")]
+    pub max_consumers_per_group: Option<usize>,
     /// Recent events kept in memory for live subscribers [default: 16384].
     #[arg(long, env = "CAIRN_LIVE_RING_EVENTS")]
     pub live_ring_events: Option<usize>,
@@ -185,6 +205,8 @@ impl SettingsArgs {
             .set_default("max_inflight_appends", 4096u64)?
             .set_default("max_subscriptions", 1024u64)?
             .set_default("subscription_buffer", 128u64)?
+            .set_default("max_groups", 1024u64)?
+            .set_default("max_consumers_per_group", 256u64)?
             .set_default("live_ring_events", 16_384u64)?
             .set_default("log_format", "human")?
             .set_default("log_level", "info")?;
@@ -193,7 +215,7 @@ impl SettingsArgs {
             None => builder.add_source(config::File::with_name("cairn.toml").required(false)),
         };
         let text = |value: &dyn std::fmt::Display| value.to_string();
-        let overrides: [(&str, Option<String>); 13] = [
+        let overrides: [(&str, Option<String>); 15] = [
             ("listen", self.listen.as_ref().map(|v| text(v))),
             ("data", self.data.as_ref().map(|v| v.display().to_string())),
             (
@@ -218,6 +240,11 @@ impl SettingsArgs {
             (
                 "subscription_buffer",
                 self.subscription_buffer.map(|v| text(&v)),
+            ),
+            ("max_groups", self.max_groups.map(|v| text(&v))),
+            (
+                "max_consumers_per_group",
+                self.max_consumers_per_group.map(|v| text(&v)),
             ),
             ("live_ring_events", self.live_ring_events.map(|v| text(&v))),
             (

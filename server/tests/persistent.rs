@@ -837,6 +837,19 @@ async fn malformed_consume_calls_are_refused() {
         tonic::Code::InvalidArgument
     );
 
+    // A call that never sends `open` is ended, not kept forever. Its request
+    // side stays open (the sender is alive) and silent.
+    let (_silent, nothing) = tokio::sync::mpsc::channel::<pb::ConsumeRequest>(1);
+    let silent = tokio::time::timeout(
+        DEADLINE,
+        raw.consume(tokio_stream::wrappers::ReceiverStream::new(nothing)),
+    )
+    .await
+    .expect("the server ends a silent call");
+    let status = silent.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("no `open`"), "{status:?}");
+
     // A malformed id ends the call with INVALID_ARGUMENT; the event it held
     // goes back to the group.
     let (requests, outgoing) = tokio::sync::mpsc::channel(8);
@@ -893,5 +906,46 @@ async fn malformed_consume_calls_are_refused() {
     let mut consumer = client.consume("raw", "good", 2).await.expect("consume");
     let delivery = next_delivery(&mut consumer).await;
     assert_eq!(delivery.event.id, ids[0], "the held event came back");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_and_consumer_limits_are_enforced_with_resource_exhausted() {
+    let server = TestServer::start_with(|settings| {
+        settings.max_groups = 2;
+        settings.max_consumers_per_group = 2;
+    })
+    .await;
+    let client = server.client().await;
+    fill(&client, "cap-1", 1).await;
+    for group in ["cap-a", "cap-b"] {
+        client
+            .create_group(group, "cap-1", GroupOptions::default())
+            .await
+            .expect("create");
+    }
+    let third = client
+        .create_group("cap-c", "cap-1", GroupOptions::default())
+        .await;
+    assert!(
+        matches!(third, Err(Error::LimitExceeded(ref message)) if message.contains("max_groups")),
+        "{third:?}"
+    );
+    assert_eq!(client.list_groups().await.expect("list").len(), 2);
+
+    let first = client.consume("cap-a", "one", 1).await.expect("consume");
+    let second = client.consume("cap-a", "two", 1).await.expect("consume");
+    let refused = client.consume("cap-a", "three", 1).await;
+    assert!(
+        matches!(refused, Err(Error::LimitExceeded(ref message)) if message.contains("max_consumers_per_group")),
+        "{:?}",
+        refused.err()
+    );
+    // The limit is per group, and a consumer that leaves frees its place.
+    let other = client.consume("cap-b", "three", 1).await.expect("consume");
+    first.close().await.expect("close");
+    wait_for_info(&client, "cap-a", |info| info.consumers.len() == 1).await;
+    let again = client.consume("cap-a", "three", 1).await.expect("consume");
+    drop((second, other, again));
     server.stop().await;
 }

@@ -111,8 +111,11 @@ pub(crate) enum Command {
     Join {
         name: String,
         max_in_flight: u32,
+        /// Refused when the group already has this many consumers.
+        max_consumers: usize,
         sender: ConsumerSender,
-        reply: oneshot::Sender<u64>,
+        /// The consumer's id, or why it may not join.
+        reply: oneshot::Sender<Result<u64, GroupError>>,
     },
     /// A consumer's call ended, or must end with `status`. `graceful`: the
     /// consumer closed its side after sending its last acks, so what it still
@@ -410,9 +413,10 @@ impl GroupActor {
             Command::Join {
                 name,
                 max_in_flight,
+                max_consumers,
                 sender,
                 reply,
-            } => self.join(name, max_in_flight, sender, reply),
+            } => self.join(name, max_in_flight, max_consumers, sender, reply),
             Command::Leave {
                 consumer,
                 status,
@@ -483,9 +487,17 @@ impl GroupActor {
         &mut self,
         name: String,
         max_in_flight: u32,
+        max_consumers: usize,
         sender: ConsumerSender,
-        reply: oneshot::Sender<u64>,
+        reply: oneshot::Sender<Result<u64, GroupError>>,
     ) {
+        if self.consumers.len() >= max_consumers {
+            let _ = reply.send(Err(GroupError::LimitExceeded(format!(
+                "group '{}' already has {max_consumers} consumers (the server's max_consumers_per_group)",
+                self.definition.group
+            ))));
+            return;
+        }
         let group_limit = self.settings().max_in_flight_per_consumer;
         let max_in_flight = match max_in_flight {
             0 => group_limit,
@@ -499,7 +511,7 @@ impl GroupActor {
                 max_in_flight,
             })),
         };
-        if sender.try_send(Ok(joined)).is_err() || reply.send(id).is_err() {
+        if sender.try_send(Ok(joined)).is_err() || reply.send(Ok(id)).is_err() {
             return;
         }
         tracing::debug!(group = %self.definition.group, consumer = id, %name, "consumer joined");

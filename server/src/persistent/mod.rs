@@ -37,6 +37,15 @@ use crate::subscriptions::Feeds;
 /// Commands queued per group actor (acks from consumers wait when it is full).
 const COMMAND_BUFFER: usize = 1024;
 
+/// How many groups and consumers the server takes (beyond: RESOURCE_EXHAUSTED).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupLimits {
+    /// Most groups.
+    pub max_groups: usize,
+    /// Most consumers connected to one group at once.
+    pub max_consumers_per_group: usize,
+}
+
 /// Why a persistent-subscription call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -71,6 +80,9 @@ pub(crate) enum GroupError {
     /// A stored record could not be decoded.
     #[error("corrupt persistent subscription state: {0}")]
     Corrupt(String),
+    /// A server limit (groups, consumers per group) is reached.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// A task failed unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -108,6 +120,7 @@ struct Inner {
     store: Store,
     feeds: Feeds,
     shutdown: watch::Receiver<bool>,
+    limits: GroupLimits,
     /// Running groups by name. Never held across an await.
     groups: Mutex<BTreeMap<String, Handle>>,
     /// Serialises changes (create/update/delete) and their records.
@@ -120,6 +133,7 @@ impl Groups {
         store: Store,
         feeds: Feeds,
         shutdown: watch::Receiver<bool>,
+        limits: GroupLimits,
     ) -> Result<Self, GroupError> {
         let reading = store.clone();
         let restored = tokio::task::spawn_blocking(move || restore(&reading))
@@ -130,6 +144,7 @@ impl Groups {
                 store,
                 feeds,
                 shutdown,
+                limits,
                 groups: Mutex::new(BTreeMap::new()),
                 changes: tokio::sync::Mutex::new(()),
             }),
@@ -222,10 +237,20 @@ impl Groups {
         definition.validate()?;
         self.refuse_when_stopping()?;
         let _change = self.inner.changes.lock().await;
-        if self.lock().contains_key(&definition.group) {
-            return Err(GroupError::Exists {
-                group: definition.group,
-            });
+        let running = {
+            let groups = self.lock();
+            if groups.contains_key(&definition.group) {
+                return Err(GroupError::Exists {
+                    group: definition.group,
+                });
+            }
+            groups.len()
+        };
+        let max_groups = self.inner.limits.max_groups;
+        if running >= max_groups {
+            return Err(GroupError::LimitExceeded(format!(
+                "the server already has {max_groups} persistent subscription groups (its max_groups); delete one first"
+            )));
         }
         self.record(&GroupRecord::GroupCreated(definition.clone()))
             .await?;
@@ -380,14 +405,16 @@ impl Groups {
         sender: ConsumerSender,
     ) -> Result<(u64, GroupConsumer), GroupError> {
         self.refuse_when_stopping()?;
-        let (id, commands) = self
+        let (joined, commands) = self
             .ask(group, |reply| Command::Join {
                 name,
                 max_in_flight,
+                max_consumers: self.inner.limits.max_consumers_per_group,
                 sender,
                 reply,
             })
             .await?;
+        let id = joined?;
         Ok((id, GroupConsumer { id, commands }))
     }
 }

@@ -3,6 +3,7 @@
 //! (`status::group_status`). No group logic lives here.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptions;
@@ -15,6 +16,9 @@ use tracing::Instrument;
 use super::{GroupConsumer, GroupError, Groups};
 use crate::status::{group_status, invalid_argument};
 use crate::{from_proto, to_proto};
+
+/// How long a Consume call may take to send its `open` message.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The service.
 #[derive(Clone)]
@@ -133,9 +137,16 @@ impl PersistentSubscriptions for PersistentService {
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         use pb::consume_request::Content;
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
+        // A call that never says which group it joins would hold a stream and a
+        // task forever.
+        let first = tokio::time::timeout(OPEN_TIMEOUT, requests.message())
+            .await
+            .map_err(|_| {
+                invalid_argument(format!(
+                    "Consume sent no `open` message within {} s",
+                    OPEN_TIMEOUT.as_secs()
+                ))
+            })??
             .ok_or_else(|| invalid_argument("Consume ended before its `open` message"))?;
         let Some(Content::Open(open)) = first.content else {
             return Err(invalid_argument(
