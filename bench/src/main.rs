@@ -8,6 +8,9 @@
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--dir PATH] [--json FILE]
 //! cairn-bench persistent [--addr URL] [--events N] [--json FILE]
+//! cairn-bench large     [--addr URL] [--sizes 65536,1048576] [--counts 2000,200] [--json FILE]
+//! cairn-bench many-streams [--addr URL] [--streams N] [--clients W] [--json FILE]
+//! cairn-bench fanout    [--addr URL] [--subscribers 1,10,100] [--events K] [--json FILE]
 //! ```
 //!
 //! - `run`: the server workloads W1-W6 through `cairn-client`, written against
@@ -33,7 +36,10 @@ mod clock;
 mod compare;
 mod crash;
 mod disk;
+mod fanout;
+mod large;
 mod machine;
+mod many_streams;
 mod peers;
 mod persistent;
 mod report;
@@ -88,6 +94,15 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Consumer groups: events/s delivered and acked with 1 and 4 consumers.
     Persistent(persistent::PersistentArgs),
+    /// Large events (64 KiB and 1 MiB): sequential durable appends and reads
+    /// back, ev/s and MB/s, content checked byte for byte.
+    Large(large::LargeArgs),
+    /// 1,000,000 streams of one event each from 16 clients: append rate, and
+    /// the server's memory and data-directory size as they grow.
+    ManyStreams(many_streams::ManyStreamsArgs),
+    /// Fan-out: one writer, 1/10/100 live subscribers of `$all`: delivery
+    /// latency and total delivered events/s.
+    Fanout(fanout::FanoutArgs),
     /// W6's subscriber process for a peer (started by `compare`).
     #[command(hide = true)]
     PeerSubscriber(peers::PeerSubscriberArgs),
@@ -111,6 +126,9 @@ fn main() -> ExitCode {
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
         Command::Compare(args) => block_on(compare::run(&args)),
         Command::Persistent(args) => block_on(persistent::run(&args)),
+        Command::Large(args) => block_on(large::run(&args)),
+        Command::ManyStreams(args) => block_on(many_streams::run(&args)),
+        Command::Fanout(args) => block_on(fanout::run(&args)),
         Command::PeerSubscriber(args) => block_on(peers::subscriber(&args)),
     };
     match result {

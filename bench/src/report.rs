@@ -1,10 +1,11 @@
 //! The report: a Markdown table for people and a JSON document for tools.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use crate::BoxError;
 use crate::disk::SyncRate;
 use crate::machine::Machine;
 use crate::stats::{round, round_to};
@@ -46,6 +47,49 @@ pub(crate) fn thousands(value: f64) -> String {
         out.push(digit);
     }
     out
+}
+
+/// The first lines of a server benchmark's report: its name and date, the
+/// machine, and the server's version, durability and filesystem.
+pub(crate) fn server_header(
+    benchmark: &str,
+    machine: &Machine,
+    info: &cairn_client::ServerInfo,
+) -> String {
+    format!(
+        "{benchmark}, {}\nmachine: {}\nserver: cairn {}, durability {}; data on {}\n",
+        machine.date,
+        machine.summary(),
+        info.version,
+        info.durability,
+        machine.filesystem_summary()
+    )
+}
+
+/// Writes a server benchmark's figures to `path` as pretty JSON: what ran
+/// (`benchmark`, the command line), where (machine, `dir`), the server
+/// (version and durability from `Server.Info`, `address`), then the fields of
+/// `figures` (an object).
+pub(crate) fn write_server_json(
+    path: &Path,
+    benchmark: &str,
+    (machine, dir): (&Machine, &Path),
+    (info, address): (&cairn_client::ServerInfo, &str),
+    figures: Value,
+) -> Result<(), BoxError> {
+    let mut document = json!({
+        "benchmark": benchmark,
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine.to_json(),
+        "dir": dir.display().to_string(),
+        "server": { "version": info.version, "durability": info.durability, "address": address },
+    });
+    if let (Some(document), Value::Object(figures)) = (document.as_object_mut(), figures) {
+        document.extend(figures);
+    }
+    std::fs::write(path, serde_json::to_string_pretty(&document)? + "\n")?;
+    eprintln!("figures written to {}", path.display());
+    Ok(())
 }
 
 /// A Markdown table: the first column aligned left, the others (numbers) right;

@@ -73,6 +73,93 @@ pub(crate) async fn given_or_started(
     Ok((started.address().to_owned(), Some(started)))
 }
 
+/// The options of a benchmark that talks to one server, started here unless
+/// `--addr` is given (flattened into its arguments).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerArgs {
+    /// Run against this server instead of starting one.
+    #[arg(long, value_name = "URL")]
+    pub(crate) addr: Option<String>,
+
+    /// Start the server with `--durability unsynced` (NOT durable).
+    #[arg(long)]
+    pub(crate) unsynced: bool,
+
+    /// Directory for the server's fresh data directory, removed afterwards (not
+    /// tmpfs). Default: the system temp directory.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) dir: Option<PathBuf>,
+
+    /// The `cairn` binary. Default: `cairn` next to this executable.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) server_bin: Option<PathBuf>,
+}
+
+/// A benchmark's server and its scratch directory (removed when dropped).
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// `--dir`, or the system temp directory.
+    pub(crate) dir: PathBuf,
+    /// `<dir>/<prefix>XXXX`: the started server's `data` and `server.log`.
+    pub(crate) scratch: tempfile::TempDir,
+    /// The server's address.
+    pub(crate) address: String,
+    /// The server this run started, if it did.
+    pub(crate) server: Option<ServerProcess>,
+}
+
+impl ServerArgs {
+    /// Creates the scratch directory (`prefix` names it) and starts the server
+    /// in it, or takes `--addr`.
+    pub(crate) async fn session(&self, prefix: &str) -> Result<Session, BoxError> {
+        let dir = match &self.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                dir.clone()
+            }
+            None => std::env::temp_dir(),
+        };
+        let scratch = tempfile::Builder::new().prefix(prefix).tempdir_in(&dir)?;
+        let (address, server) = given_or_started(
+            self.addr.as_deref(),
+            self.server_bin.as_deref(),
+            self.unsynced,
+            scratch.path(),
+        )
+        .await?;
+        Ok(Session {
+            dir,
+            scratch,
+            address,
+            server,
+        })
+    }
+}
+
+impl Session {
+    /// The started server's data directory (`None` with `--addr`).
+    pub(crate) fn data_dir(&self) -> Option<PathBuf> {
+        self.server
+            .as_ref()
+            .map(|_| self.scratch.path().join("data"))
+    }
+
+    /// The started server's process id (`None` with `--addr` or once stopped).
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        self.server.as_ref().and_then(ServerProcess::pid)
+    }
+
+    /// Stops the started server (SIGTERM), saying so if it had to be killed.
+    pub(crate) fn stop(&mut self) -> Result<(), BoxError> {
+        if let Some(server) = self.server.as_mut()
+            && !server.stop()?
+        {
+            eprintln!("warning: the server did not stop on SIGTERM and was killed");
+        }
+        Ok(())
+    }
+}
+
 /// The `cairn` binary: `flag` if given, else the one next to this executable
 /// (cargo builds both into the same directory).
 pub(crate) fn server_binary(flag: Option<&Path>) -> Result<PathBuf, BoxError> {
@@ -161,6 +248,11 @@ impl ServerProcess {
     /// `http://127.0.0.1:<port>`.
     pub(crate) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Polls `grpc.health.v1.Health/Check` until the server says SERVING.

@@ -18,13 +18,13 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::BoxError;
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
 use crate::report::{markdown_table, thousands};
-use crate::server;
+use crate::server::{ServerArgs, Session};
 use crate::stats::{Latency, round, round_to};
 use crate::target::{Cairn, Delivery, EventSubscription, Expected, NewEvent, SubscribeAt, Target};
 use crate::w6::follow;
@@ -34,13 +34,8 @@ use crate::workloads::{case, check_appended, single_appends};
 /// Options of `cairn-bench subscribe`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubscribeArgs {
-    /// Run against this server instead of starting one.
-    #[arg(long, value_name = "URL")]
-    addr: Option<String>,
-
-    /// Start the server with `--durability unsynced` (NOT durable).
-    #[arg(long)]
-    unsynced: bool,
+    #[command(flatten)]
+    server: ServerBenchArgs,
 
     /// Events written before the catch-up subscription.
     #[arg(long, value_name = "N", default_value_t = 150_000)]
@@ -49,23 +44,142 @@ pub(crate) struct SubscribeArgs {
     /// Single appends timed in the live phase.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     live: u64,
+}
+
+/// The options of a benchmark against one server that also probes the disk
+/// (`subscribe`, `fanout`): the server, the probe's length, the JSON file.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServerBenchArgs {
+    #[command(flatten)]
+    server: ServerArgs,
 
     /// Also write the figures to this file as JSON.
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-
-    /// Directory for the server's fresh data directory and the fdatasync
-    /// probe (not tmpfs). Default: the system temp directory.
-    #[arg(long, value_name = "PATH")]
-    dir: Option<PathBuf>,
-
-    /// The `cairn` binary. Default: `cairn` next to this executable.
-    #[arg(long, value_name = "PATH")]
-    server_bin: Option<PathBuf>,
+    pub(crate) json: Option<PathBuf>,
 
     /// Length of each fdatasync probe.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     fsync_seconds: f64,
+}
+
+/// A server under measurement, with what is known about where it runs: the
+/// machine, the disk's fdatasync rate before the benchmark, and the server's
+/// own `Server.Info`.
+#[derive(Debug)]
+pub(crate) struct ServerBench {
+    /// Where it runs.
+    pub(crate) machine: Machine,
+    /// The fdatasync probe before the benchmark.
+    pub(crate) fsync_before: SyncRate,
+    /// One connection to the server.
+    pub(crate) target: Cairn,
+    /// What the server says about itself.
+    pub(crate) info: cairn_client::ServerInfo,
+    /// Length of each fdatasync probe.
+    probe: Duration,
+    /// The server, its address and the scratch directory (data, probe file).
+    session: Session,
+}
+
+impl ServerBenchArgs {
+    /// Starts the server (or takes `--addr`) in a fresh scratch directory
+    /// named after `name`, probes the disk there, and connects.
+    pub(crate) async fn start(&self, name: &str) -> Result<ServerBench, BoxError> {
+        let probe = Duration::try_from_secs_f64(self.fsync_seconds)
+            .ok()
+            .filter(|probe| !probe.is_zero())
+            .ok_or("--fsync-seconds must be a positive number")?;
+        let session = self.server.session(&format!("cairn-bench-{name}-")).await?;
+        let machine = Machine::describe(&session.dir);
+        if machine.on_memory_fs() {
+            eprintln!(
+                "warning: {} is on a memory filesystem; fsync costs nothing there",
+                session.dir.display()
+            );
+        }
+        eprintln!(
+            "measuring the fdatasync rate in {} ...",
+            session.dir.display()
+        );
+        let fsync_before = disk::fdatasync_rate(session.scratch.path(), probe)?;
+        eprintln!("  {:.0} fdatasync/s", fsync_before.per_second);
+
+        let target = Cairn::connect(&session.address).await?;
+        let info = target.client().info().await?;
+        eprintln!(
+            "server {}: cairn {}, durability {}",
+            session.address, info.version, info.durability
+        );
+        Ok(ServerBench {
+            machine,
+            fsync_before,
+            target,
+            info,
+            probe,
+            session,
+        })
+    }
+}
+
+impl ServerBench {
+    /// Probes the disk again and stops the server if it was started here;
+    /// returns the second probe.
+    pub(crate) fn finish(&mut self) -> Result<SyncRate, BoxError> {
+        eprintln!("measuring the fdatasync rate again ...");
+        let fsync_after = disk::fdatasync_rate(self.session.scratch.path(), self.probe)?;
+        self.session.stop()?;
+        Ok(fsync_after)
+    }
+
+    /// The server's address.
+    pub(crate) fn address(&self) -> &str {
+        &self.session.address
+    }
+
+    /// The report's first lines: benchmark, machine, server, disk.
+    pub(crate) fn header(&self, benchmark: &str, fsync_after: &SyncRate) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{benchmark}, {}", self.machine.date);
+        let _ = writeln!(out, "machine: {}", self.machine.summary());
+        let _ = writeln!(
+            out,
+            "server: cairn {}, durability {}; data on {}",
+            self.info.version,
+            self.info.durability,
+            self.machine.filesystem_summary()
+        );
+        let _ = writeln!(
+            out,
+            "fdatasync: {} /s before, {} /s after\n",
+            thousands(self.fsync_before.per_second),
+            thousands(fsync_after.per_second)
+        );
+        out
+    }
+
+    /// The JSON report's common fields; the caller adds its figures.
+    pub(crate) fn json(&self, benchmark: &str, fsync_after: &SyncRate) -> Value {
+        json!({
+            "benchmark": benchmark,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "machine": self.machine.to_json(),
+            "dir": self.session.dir.display().to_string(),
+            "server": {
+                "version": self.info.version,
+                "durability": self.info.durability,
+                "address": self.session.address,
+            },
+            "fdatasync_before": self.fsync_before.to_json(),
+            "fdatasync_after": fsync_after.to_json(),
+        })
+    }
+}
+
+/// Writes a JSON report to `path` (`--json`).
+pub(crate) fn write_json(path: &std::path::Path, figures: &Value) -> Result<(), BoxError> {
+    std::fs::write(path, serde_json::to_string_pretty(figures)? + "\n")?;
+    eprintln!("figures written to {}", path.display());
+    Ok(())
 }
 
 /// Events per append while filling the store.
@@ -80,52 +194,16 @@ struct CatchUp {
 
 /// Runs `cairn-bench subscribe`.
 pub(crate) async fn run(args: &SubscribeArgs) -> Result<(), BoxError> {
-    let probe = Duration::try_from_secs_f64(args.fsync_seconds)
-        .ok()
-        .filter(|probe| !probe.is_zero())
-        .ok_or("--fsync-seconds must be a positive number")?;
     if args.live == 0 {
         return Err("--live must be at least 1".into());
     }
-    let dir = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => std::env::temp_dir(),
-    };
-    let machine = Machine::describe(&dir);
-    if machine.on_memory_fs() {
-        eprintln!(
-            "warning: {} is on a memory filesystem; fsync costs nothing there",
-            dir.display()
-        );
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-bench-subscribe-")
-        .tempdir_in(&dir)?;
-    eprintln!("measuring the fdatasync rate in {} ...", dir.display());
-    let fsync_before = disk::fdatasync_rate(scratch.path(), probe)?;
-    eprintln!("  {:.0} fdatasync/s", fsync_before.per_second);
-
-    let (address, mut server) = server::given_or_started(
-        args.addr.as_deref(),
-        args.server_bin.as_deref(),
-        args.unsynced,
-        scratch.path(),
-    )
-    .await?;
-    let target = Cairn::connect(&address).await?;
-    let info = target.client().info().await?;
-    eprintln!(
-        "server {address}: cairn {}, durability {}",
-        info.version, info.durability
-    );
+    let mut bench = args.server.start("subscribe").await?;
+    let target = &bench.target;
 
     eprintln!("writing {} events (untimed) ...", args.events);
-    fill(&target, args.events).await?;
+    fill(target, args.events).await?;
     eprintln!("catch-up subscription from the start of $all ...");
-    let catch_up = catch_up(&target).await?;
+    let catch_up = catch_up(target).await?;
     eprintln!(
         "  {} events in {:.2} s: {:.0} ev/s",
         catch_up.events,
@@ -133,7 +211,7 @@ pub(crate) async fn run(args: &SubscribeArgs) -> Result<(), BoxError> {
         catch_up.events as f64 / catch_up.seconds
     );
     eprintln!("live: {} single appends, each waited for ...", args.live);
-    let (delivery, append) = live(&target, args.live).await?;
+    let (delivery, append) = live(target, args.live).await?;
     eprintln!(
         "  append->delivery p50 {:.3} ms, p99 {:.3} ms; append p50 {:.3} ms",
         delivery.p50_us / 1_000.0,
@@ -141,48 +219,24 @@ pub(crate) async fn run(args: &SubscribeArgs) -> Result<(), BoxError> {
         append.p50_us / 1_000.0
     );
 
-    eprintln!("measuring the fdatasync rate again ...");
-    let fsync_after = disk::fdatasync_rate(scratch.path(), probe)?;
-    if let Some(server) = server.as_mut()
-        && !server.stop()?
-    {
-        eprintln!("warning: the server did not stop on SIGTERM and was killed");
-    }
-
+    let fsync_after = bench.finish()?;
     println!(
         "{}",
-        table(
-            &machine,
-            &info,
-            &fsync_before,
-            &fsync_after,
-            catch_up,
-            delivery,
-            append
-        )
+        table(&bench, &fsync_after, catch_up, delivery, append)
     );
-    if let Some(path) = &args.json {
-        let figures = json!({
-            "benchmark": "cairn-bench subscribe",
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "machine": machine.to_json(),
-            "dir": dir.display().to_string(),
-            "server": { "version": info.version, "durability": info.durability, "address": address },
-            "fdatasync_before": fsync_before.to_json(),
-            "fdatasync_after": fsync_after.to_json(),
-            "catch_up": {
-                "events": catch_up.events,
-                "seconds": round_to(catch_up.seconds, 3),
-                "events_per_second": round(catch_up.events as f64 / catch_up.seconds),
-            },
-            "live": {
-                "append_to_delivery": delivery.to_json(),
-                "append": append.to_json(),
-                "delivery_adds_ms_p50": round_to((delivery.p50_us - append.p50_us) / 1_000.0, 3),
-            },
+    if let Some(path) = &args.server.json {
+        let mut figures = bench.json("cairn-bench subscribe", &fsync_after);
+        figures["catch_up"] = json!({
+            "events": catch_up.events,
+            "seconds": round_to(catch_up.seconds, 3),
+            "events_per_second": round(catch_up.events as f64 / catch_up.seconds),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&figures)? + "\n")?;
-        eprintln!("figures written to {}", path.display());
+        figures["live"] = json!({
+            "append_to_delivery": delivery.to_json(),
+            "append": append.to_json(),
+            "delivery_adds_ms_p50": round_to((delivery.p50_us - append.p50_us) / 1_000.0, 3),
+        });
+        write_json(path, &figures)?;
     }
     Ok(())
 }
@@ -268,31 +322,14 @@ async fn live(target: &Cairn, count: u64) -> Result<(Latency, Latency), BoxError
 
 /// The report as text.
 fn table(
-    machine: &Machine,
-    info: &cairn_client::ServerInfo,
-    fsync_before: &SyncRate,
+    bench: &ServerBench,
     fsync_after: &SyncRate,
     catch_up: CatchUp,
     delivery: Latency,
     append: Latency,
 ) -> String {
     let ms = |us: f64| format!("{:.3}", us / 1_000.0);
-    let mut out = String::new();
-    let _ = writeln!(out, "cairn-bench subscribe, {}", machine.date);
-    let _ = writeln!(out, "machine: {}", machine.summary());
-    let _ = writeln!(
-        out,
-        "server: cairn {}, durability {}; data on {}",
-        info.version,
-        info.durability,
-        machine.filesystem_summary()
-    );
-    let _ = writeln!(
-        out,
-        "fdatasync: {} /s before, {} /s after\n",
-        thousands(fsync_before.per_second),
-        thousands(fsync_after.per_second)
-    );
+    let mut out = bench.header("cairn-bench subscribe", fsync_after);
     let rows = vec![
         vec![
             "catch-up: $all from the start until CaughtUp".to_owned(),

@@ -11,7 +11,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use cairn_client::{
-    Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, SubscribeOptions,
+    AppendResult, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, SubscribeOptions,
     SubscriptionMessage,
 };
 use uuid::Uuid;
@@ -40,6 +40,15 @@ impl Expected {
         match self {
             Self::NoStream => count - 1,
             Self::Exact(last) => last + count,
+        }
+    }
+}
+
+impl From<Expected> for ExpectedRevision {
+    fn from(expected: Expected) -> Self {
+        match expected {
+            Expected::NoStream => Self::NoStream,
+            Expected::Exact(revision) => Self::Exact(revision),
         }
     }
 }
@@ -75,6 +84,15 @@ pub(crate) struct Appended {
     pub(crate) last_revision: Option<u64>,
     /// `$all` positions of the first and last event written.
     pub(crate) positions: Option<(u64, u64)>,
+}
+
+impl From<AppendResult> for Appended {
+    fn from(result: AppendResult) -> Self {
+        Self {
+            last_revision: result.current_revision,
+            positions: result.positions,
+        }
+    }
 }
 
 /// Where a subscription to `$all` starts.
@@ -192,19 +210,12 @@ impl Target for Cairn {
         expected: Expected,
         events: Vec<NewEvent>,
     ) -> Result<Appended, BoxError> {
-        let expected = match expected {
-            Expected::NoStream => ExpectedRevision::NoStream,
-            Expected::Exact(revision) => ExpectedRevision::Exact(revision),
-        };
         let events = events
             .into_iter()
             .map(|event| EventData::json_text(EVENT_TYPE, event.data).id(event.id))
             .collect();
-        let result = self.client.append(stream, expected, events).await?;
-        Ok(Appended {
-            last_revision: result.current_revision,
-            positions: result.positions,
-        })
+        let result = self.client.append(stream, expected.into(), events).await?;
+        Ok(result.into())
     }
 
     async fn read_all(&self, position: u64, max: u64) -> Result<Vec<StoredEvent>, BoxError> {

@@ -59,6 +59,10 @@ pub(crate) mod case {
     pub(crate) const FILL: u32 = 20;
     /// The null loop (nothing is written).
     pub(crate) const NULL: u32 = 10;
+    /// `cairn-bench large`.
+    pub(crate) const LARGE: u32 = 30;
+    /// `cairn-bench many-streams`.
+    pub(crate) const MANY_STREAMS: u32 = 31;
 }
 
 /// What one workload measured.
