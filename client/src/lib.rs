@@ -25,6 +25,7 @@
 mod error;
 mod persistent;
 mod subscription;
+mod transport;
 mod types;
 
 use std::pin::Pin;
@@ -36,7 +37,8 @@ use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
 use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
 use futures_core::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use transport::{Direct, Transport};
 
 pub use error::{Error, Result};
 pub use persistent::{
@@ -57,10 +59,10 @@ const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// A connection to a Cairn server. Cheap to clone (clones share the connection).
 #[derive(Debug, Clone)]
 pub struct Client {
-    streams: StreamsClient<Channel>,
-    subscriptions: SubscriptionsClient<Channel>,
-    persistent: PersistentSubscriptionsClient<Channel>,
-    server: ServerClient<Channel>,
+    streams: StreamsClient<Transport>,
+    subscriptions: SubscriptionsClient<Transport>,
+    persistent: PersistentSubscriptionsClient<Transport>,
+    server: ServerClient<Transport>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -99,26 +101,56 @@ impl StreamAppend {
 
 impl Client {
     /// Connects to `address`, e.g. `http://127.0.0.1:7070`.
+    ///
+    /// The client holds one HTTP/2 connection (with TCP_NODELAY) and opens it
+    /// again on the first call after it closed (a server restart, say); a call
+    /// made while the server is away fails with [`Error::Unavailable`] and is
+    /// not retried here.
     pub async fn connect(address: impl Into<String>) -> Result<Self> {
-        let channel = Endpoint::from_shared(address.into())
-            .map_err(|error| Error::Connect(error.to_string()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        Ok(Self::from_channel(channel))
+        let address = address.into();
+        let origin: http::Uri = address
+            .parse()
+            .map_err(|error| Error::Connect(format!("bad address {address:?}: {error}")))?;
+        let authority = match (origin.scheme_str(), origin.authority()) {
+            (Some("http"), Some(authority)) => authority.to_string(),
+            _ => {
+                return Err(Error::Connect(format!(
+                    "bad address {address:?}: expected http://host:port"
+                )));
+            }
+        };
+        let direct = Direct::connect(authority)
+            .await
+            .map_err(|error| Error::Connect(format!("cannot connect to {address}: {error}")))?;
+        Ok(Self::over(Transport::Direct(direct), Some(origin)))
     }
 
-    /// Wraps an existing channel.
+    /// Wraps an existing tonic channel (for TLS, timeouts or load balancing
+    /// set up by the caller).
     pub fn from_channel(channel: Channel) -> Self {
+        Self::over(Transport::Channel(channel), None)
+    }
+
+    /// The service clients over `transport`; `origin` (scheme and authority)
+    /// is set on every request when the transport does not add it itself.
+    fn over(transport: Transport, origin: Option<http::Uri>) -> Self {
+        macro_rules! service {
+            ($client:ident) => {
+                match &origin {
+                    Some(origin) => $client::with_origin(transport.clone(), origin.clone()),
+                    None => $client::new(transport.clone()),
+                }
+            };
+        }
         Self {
-            streams: StreamsClient::new(channel.clone())
+            streams: service!(StreamsClient)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            subscriptions: SubscriptionsClient::new(channel.clone())
+            subscriptions: service!(SubscriptionsClient)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            persistent: PersistentSubscriptionsClient::new(channel.clone())
+            persistent: service!(PersistentSubscriptionsClient)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            server: ServerClient::new(channel),
+            server: service!(ServerClient),
         }
     }
 

@@ -783,3 +783,27 @@ async fn stopped_server_is_unavailable_and_keeps_acknowledged_writes() {
         .unwrap();
     assert_eq!(page.events.len(), 1);
 }
+
+#[tokio::test]
+async fn a_client_reconnects_after_the_server_restarts() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    client
+        .append("r-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .await
+        .unwrap();
+    let (data, address) = server.stop_keep_data().await;
+    let down = client
+        .append("r-1", ExpectedRevision::Any, vec![event("E", 1)])
+        .await;
+    assert!(matches!(down, Err(Error::Unavailable(_))), "{down:?}");
+
+    // Back on the same address: the same client carries on, no new connect.
+    let server = TestServer::start_in(data, |settings| settings.listen = address).await;
+    let next = client
+        .append("r-1", ExpectedRevision::Exact(0), vec![event("E", 2)])
+        .await
+        .unwrap();
+    assert_eq!(next.current_revision, Some(1));
+    server.stop().await;
+}

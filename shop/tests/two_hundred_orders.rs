@@ -94,10 +94,22 @@ async fn two_hundred_orders(shop: Shop) {
         .map(|o| o["quantity"].as_i64().expect("quantity"))
         .sum();
     assert!(sold <= STOCK, "sold {sold} of {STOCK}");
+    // An order shows as rejected before the catalog has released the stock it
+    // reserved (compensation follows the rejection): wait for the stream to
+    // settle, then check it exactly.
     let client = shop.cairn.client().await;
-    let aggregate = load::<Product>(&client, &format!("product-{product}"))
-        .await
-        .expect("load");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let aggregate = loop {
+        let aggregate = load::<Product>(&client, &format!("product-{product}"))
+            .await
+            .expect("load");
+        let settled = i64::from(aggregate.state.stock) == STOCK - sold
+            && aggregate.state.reservations.len() == approved.len();
+        if settled || std::time::Instant::now() > deadline {
+            break aggregate;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(i64::from(aggregate.state.stock), STOCK - sold);
     assert_eq!(aggregate.state.reservations.len(), approved.len());
     let view = shop
