@@ -22,20 +22,15 @@ use serde_json::json;
 use crate::BoxError;
 use crate::machine::Machine;
 use crate::report::{markdown_table, thousands};
-use crate::server;
+use crate::server::ServerArgs;
 use crate::stats::round;
 use crate::workload::{event_id, payload};
 
 /// Options of `cairn-bench persistent`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PersistentArgs {
-    /// Run against this server instead of starting one.
-    #[arg(long, value_name = "URL")]
-    addr: Option<String>,
-
-    /// Start the server with `--durability unsynced` (NOT durable).
-    #[arg(long)]
-    unsynced: bool,
+    #[command(flatten)]
+    server: ServerArgs,
 
     /// Events each group consumes.
     #[arg(long, value_name = "N", default_value_t = 20_000)]
@@ -48,15 +43,6 @@ pub(crate) struct PersistentArgs {
     /// Also write the figures to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-
-    /// Directory for the server's fresh data directory (not tmpfs). Default:
-    /// the system temp directory.
-    #[arg(long, value_name = "PATH")]
-    dir: Option<PathBuf>,
-
-    /// The `cairn` binary. Default: `cairn` next to this executable.
-    #[arg(long, value_name = "PATH")]
-    server_bin: Option<PathBuf>,
 }
 
 /// Streams the events are spread over.
@@ -82,24 +68,9 @@ pub(crate) async fn run(args: &PersistentArgs) -> Result<(), BoxError> {
     if args.events == 0 {
         return Err("--events must be at least 1".into());
     }
-    let dir = match &args.dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            dir.clone()
-        }
-        None => std::env::temp_dir(),
-    };
-    let machine = Machine::describe(&dir);
-    let scratch = tempfile::Builder::new()
-        .prefix("cairn-bench-persistent-")
-        .tempdir_in(&dir)?;
-    let (address, mut server) = server::given_or_started(
-        args.addr.as_deref(),
-        args.server_bin.as_deref(),
-        args.unsynced,
-        scratch.path(),
-    )
-    .await?;
+    let mut session = args.server.session("cairn-bench-persistent-").await?;
+    let machine = Machine::describe(&session.dir);
+    let address = session.address.clone();
     let client = Client::connect(address.clone()).await?;
     let info = client.info().await?;
     eprintln!(
@@ -122,11 +93,7 @@ pub(crate) async fn run(args: &PersistentArgs) -> Result<(), BoxError> {
         );
         cases.push(case);
     }
-    if let Some(server) = server.as_mut()
-        && !server.stop()?
-    {
-        eprintln!("warning: the server did not stop on SIGTERM and was killed");
-    }
+    session.stop()?;
 
     let rows: Vec<Vec<String>> = cases
         .iter()
