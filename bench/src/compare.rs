@@ -11,12 +11,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{ChildStdout, Command};
 
 use crate::BoxError;
 use crate::disk::{self, SyncRate};
@@ -24,15 +21,11 @@ use crate::machine::Machine;
 use crate::peers::{self, Peer, PeerServer};
 use crate::report::{markdown_table_with, thousands};
 use crate::server::{self, Durability, ServerProcess};
-use crate::stats::{Latency, round};
+use crate::stats::round;
 use crate::target::{Cairn, Expected, NewEvent, Target};
+use crate::w6;
 use crate::workload::{event_id, payload, workload_stream};
-use crate::workloads::{self, Measured, W6_EVENTS, case, single_appends};
-
-/// How long W6's subscriber process may take to subscribe.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long after the last append it may take to report.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::workloads::{self, Measured, case};
 
 /// Options of `cairn-bench compare`.
 #[derive(Debug, clap::Args)]
@@ -371,7 +364,7 @@ async fn workloads_in_order<T: Target>(
     if w3_complete {
         record(workloads::w5(target).await?);
     }
-    record(w6(target, subscriber).await?);
+    record(w6::w6_with(target, subscriber).await?);
     conflicts_rejected(target).await?;
     eprintln!("  wrong expected revisions rejected, nothing written");
     Ok(())
@@ -406,78 +399,6 @@ async fn conflicts_rejected<T: Target>(target: &T) -> Result<(), BoxError> {
         .into());
     }
     Ok(())
-}
-
-/// Reads the next line of the subscriber process, with a deadline.
-async fn next_line(
-    lines: &mut Lines<BufReader<ChildStdout>>,
-    timeout: Duration,
-    waiting_for: &str,
-) -> Result<String, BoxError> {
-    match tokio::time::timeout(timeout, lines.next_line()).await {
-        Ok(Ok(Some(line))) => Ok(line),
-        Ok(Ok(None)) => Err(format!("the subscriber process exited before {waiting_for}").into()),
-        Ok(Err(error)) => Err(error.into()),
-        Err(_) => Err(format!("no {waiting_for} from the subscriber within {timeout:?}").into()),
-    }
-}
-
-/// W6 as `w6::w6` runs it for Cairn, with the subscriber process started with
-/// `subscriber` (Cairn's `subscriber` or a peer's `peer-subscriber`).
-async fn w6<T: Target>(target: &T, subscriber: &[String]) -> Result<Measured, BoxError> {
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(subscriber)
-        .arg("--count")
-        .arg(W6_EVENTS.to_string())
-        .arg("--prefix")
-        .arg("w6-")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or("the subscriber process has no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = next_line(&mut lines, READY_TIMEOUT, "\"ready\"").await?;
-    if ready.trim() != "ready" {
-        return Err(format!("the subscriber process said {ready:?} instead of \"ready\"").into());
-    }
-    let start = Instant::now();
-    let appends = single_appends(target, case::W6, &workload_stream("w6", 0), W6_EVENTS).await?;
-    let seconds = start.elapsed().as_secs_f64();
-    let report = next_line(&mut lines, REPORT_TIMEOUT, "latencies").await?;
-    let report: Value = serde_json::from_str(&report)?;
-    let latencies: Vec<u64> = report["latencies_ns"]
-        .as_array()
-        .ok_or("the subscriber's report has no latencies")?
-        .iter()
-        .filter_map(Value::as_u64)
-        .collect();
-    let status = child.wait().await?;
-    if !status.success() {
-        return Err(format!("the subscriber process failed: {status}").into());
-    }
-    if latencies.len() as u64 != W6_EVENTS {
-        return Err(format!(
-            "the subscriber reported {} deliveries, not {W6_EVENTS}",
-            latencies.len()
-        )
-        .into());
-    }
-    Ok(Measured {
-        id: "W6".to_owned(),
-        what: "subscriber in another process follows $all from its end; 1,000 single appends \
-               to w6-0000, each waited for; latency = append -> delivery"
-            .to_owned(),
-        events: W6_EVENTS,
-        operations: W6_EVENTS,
-        seconds,
-        latency: Latency::from_nanos(latencies),
-        append_latency: Some(Latency::from_nanos(appends)),
-        capped: false,
-    })
 }
 
 /// Everything the comparison measured.

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{ChildStdout, Command};
 
 use crate::BoxError;
 use crate::clock;
@@ -115,35 +115,37 @@ async fn next_line(
     }
 }
 
-/// Kills the child when a failure leaves it running.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.start_kill();
-    }
+/// W6 for Cairn: the subscriber process is `cairn-bench subscriber --addr
+/// <address>`.
+pub(crate) async fn w6<T: Target>(target: &T, address: &str) -> Result<Measured, BoxError> {
+    let subscriber = [
+        "subscriber".to_owned(),
+        "--addr".to_owned(),
+        address.to_owned(),
+    ];
+    w6_with(target, &subscriber).await
 }
 
-/// W6: starts the subscriber process against `address`, waits until it is
-/// subscribed, then appends 1,000 single events to `w6-0000`, each waited
-/// for, and collects the child's latencies.
-pub(crate) async fn w6<T: Target>(target: &T, address: &str) -> Result<Measured, BoxError> {
-    let mut child = KillOnDrop(
-        Command::new(std::env::current_exe()?)
-            .arg("subscriber")
-            .arg("--addr")
-            .arg(address)
-            .arg("--count")
-            .arg(W6_EVENTS.to_string())
-            .arg("--prefix")
-            .arg("w6-")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?,
-    );
+/// W6: starts this executable with `subscriber` (Cairn's `subscriber`, or a
+/// peer's `peer-subscriber`) as the subscriber process, waits until it is
+/// subscribed, then appends 1,000 single events to `w6-0000` through
+/// `target`, each waited for, and collects the child's latencies.
+pub(crate) async fn w6_with<T: Target>(
+    target: &T,
+    subscriber: &[String],
+) -> Result<Measured, BoxError> {
+    // `kill_on_drop`: a failure below must not leave the child running.
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(subscriber)
+        .arg("--count")
+        .arg(W6_EVENTS.to_string())
+        .arg("--prefix")
+        .arg("w6-")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
     let stdout = child
-        .0
         .stdout
         .take()
         .ok_or("the subscriber process has no stdout")?;
@@ -165,7 +167,7 @@ pub(crate) async fn w6<T: Target>(target: &T, address: &str) -> Result<Measured,
         .iter()
         .filter_map(serde_json::Value::as_u64)
         .collect();
-    let status = child.0.wait().await?;
+    let status = child.wait().await?;
     if !status.success() {
         return Err(format!("the subscriber process failed: {status}").into());
     }
