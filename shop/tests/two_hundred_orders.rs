@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 
 use cairn_client::ReadOptions;
-use common::Shop;
+use common::{Shop, eventually};
 use serde_json::{Value, json};
 use shop::catalog::Product;
 use shop::eventstore::load;
@@ -98,18 +98,14 @@ async fn two_hundred_orders(shop: Shop) {
     // reserved (compensation follows the rejection): wait for the stream to
     // settle, then check it exactly.
     let client = shop.cairn.client().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let aggregate = loop {
-        let aggregate = load::<Product>(&client, &format!("product-{product}"))
-            .await
-            .expect("load");
+    let stream = format!("product-{product}");
+    let aggregate = eventually("the product stream to settle", || async {
+        let aggregate = load::<Product>(&client, &stream).await.expect("load");
         let settled = i64::from(aggregate.state.stock) == STOCK - sold
             && aggregate.state.reservations.len() == approved.len();
-        if settled || std::time::Instant::now() > deadline {
-            break aggregate;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+        settled.then_some(aggregate)
+    })
+    .await;
     assert_eq!(i64::from(aggregate.state.stock), STOCK - sold);
     assert_eq!(aggregate.state.reservations.len(), approved.len());
     let view = shop
