@@ -5,7 +5,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p cairn-server --bin cairn \
+RUN cargo build --release --locked -p cairn-cli --bin cairn \
  && cp target/release/cairn /usr/local/bin/cairn
 
 FROM debian:bookworm-slim

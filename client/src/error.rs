@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use cairn_proto::reason;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -85,22 +86,22 @@ impl From<Status> for Error {
         let message = status.message().to_owned();
         let field = |key: &str| metadata.get(key).cloned().unwrap_or_default();
         match (status.code(), reason.as_str()) {
-            (_, "WRONG_EXPECTED_REVISION") => Error::WrongExpectedRevision {
+            (_, reason::WRONG_EXPECTED_REVISION) => Error::WrongExpectedRevision {
                 stream: field("stream"),
                 expected: field("expected"),
                 current: field("current").parse().ok(),
             },
-            (_, "STREAM_NOT_FOUND") => Error::StreamNotFound {
+            (_, reason::STREAM_NOT_FOUND) => Error::StreamNotFound {
                 stream: field("stream"),
             },
-            (_, "STREAM_TOMBSTONED") => Error::StreamDeleted {
+            (_, reason::STREAM_TOMBSTONED) => Error::StreamDeleted {
                 stream: field("stream"),
             },
-            (_, "DUPLICATE_EVENT_ID") => Error::DuplicateEventId(message),
-            (_, "GROUP_NOT_FOUND") => Error::GroupNotFound {
+            (_, reason::DUPLICATE_EVENT_ID) => Error::DuplicateEventId(message),
+            (_, reason::GROUP_NOT_FOUND) => Error::GroupNotFound {
                 group: field("group"),
             },
-            (_, "GROUP_EXISTS") => Error::GroupExists {
+            (_, reason::GROUP_EXISTS) => Error::GroupExists {
                 group: field("group"),
             },
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),

@@ -38,6 +38,7 @@ use cairn_proto::v1::streams_client::StreamsClient;
 use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
 use futures_core::Stream;
 use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
 use transport::{Direct, Transport};
 
 pub use error::{Error, Result};
@@ -63,6 +64,7 @@ pub struct Client {
     subscriptions: SubscriptionsClient<Transport>,
     persistent: PersistentSubscriptionsClient<Transport>,
     server: ServerClient<Transport>,
+    health: HealthClient<Transport>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -151,6 +153,7 @@ impl Client {
             persistent: service!(PersistentSubscriptionsClient)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             server: service!(ServerClient),
+            health: service!(HealthClient),
         }
     }
 
@@ -340,6 +343,21 @@ impl Client {
     /// Server version, head and counts.
     pub async fn info(&self) -> Result<ServerInfo> {
         Ok(self.server.clone().info(()).await?.into_inner())
+    }
+
+    /// Whether the server is serving (`grpc.health.v1`, overall status): false
+    /// while it is shutting down.
+    pub async fn is_serving(&self) -> Result<bool> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_check_response::ServingStatus;
+        let response = self
+            .health
+            .clone()
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok(response.into_inner().status() == ServingStatus::Serving)
     }
 }
 

@@ -20,3 +20,44 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every Cairn .proto file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/cairn_descriptor.bin"));
+
+/// The machine-readable error contract of `cairn.v1`: every error status carries a
+/// `google.rpc.ErrorInfo` detail with [`ERROR_DOMAIN`](reason::ERROR_DOMAIN) and
+/// one of these reasons. Defined once here; the server sets them and the client
+/// matches on them.
+pub mod reason {
+    /// The `domain` of every `ErrorInfo` Cairn sends.
+    pub const ERROR_DOMAIN: &str = "cairn";
+    /// The expected revision did not hold (metadata `stream`, `expected`, `current`).
+    pub const WRONG_EXPECTED_REVISION: &str = "WRONG_EXPECTED_REVISION";
+    /// The stream does not exist (metadata `stream`).
+    pub const STREAM_NOT_FOUND: &str = "STREAM_NOT_FOUND";
+    /// The stream was tombstoned (metadata `stream`).
+    pub const STREAM_TOMBSTONED: &str = "STREAM_TOMBSTONED";
+    /// An event id was already written elsewhere (metadata `event_id`, `stream`, `revision`).
+    pub const DUPLICATE_EVENT_ID: &str = "DUPLICATE_EVENT_ID";
+    /// The request is malformed.
+    pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
+    /// A configured limit was exceeded (metadata `limit_name`, `actual`, `limit` when known).
+    pub const LIMIT_EXCEEDED: &str = "LIMIT_EXCEEDED";
+    /// Too many writes in flight; retry later.
+    pub const OVERLOADED: &str = "OVERLOADED";
+    /// Stored data failed its checksum or could not be decoded.
+    pub const CORRUPT: &str = "CORRUPT";
+    /// The data directory has a format this build does not read.
+    pub const UNSUPPORTED_FORMAT: &str = "UNSUPPORTED_FORMAT";
+    /// The store stopped accepting writes after an I/O failure (fail-stop).
+    pub const STORE_STOPPED: &str = "STORE_STOPPED";
+    /// The server is shutting down.
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+    /// No consumer group of that name (metadata `group`).
+    pub const GROUP_NOT_FOUND: &str = "GROUP_NOT_FOUND";
+    /// The consumer group name is taken (metadata `group`).
+    pub const GROUP_EXISTS: &str = "GROUP_EXISTS";
+    /// A replay of the group's parked events is already running (metadata `group`).
+    pub const REPLAY_IN_PROGRESS: &str = "REPLAY_IN_PROGRESS";
+    /// The group cannot run as stored (metadata `group`).
+    pub const GROUP_BROKEN: &str = "GROUP_BROKEN";
+    /// An internal failure (storage I/O, a failed task); the message says more.
+    pub const INTERNAL: &str = "IO";
+}

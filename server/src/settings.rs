@@ -58,7 +58,8 @@ pub struct Settings {
     pub max_events_per_append: usize,
     /// Most events per read page.
     pub max_read_page: usize,
-    /// Appends in flight at once (beyond it, callers wait).
+    /// Writes (appends, deletes, metadata) in flight at once; beyond it
+    /// RESOURCE_EXHAUSTED at once.
     pub max_inflight_appends: usize,
     /// Most concurrent subscriptions.
     pub max_subscriptions: usize,
@@ -88,19 +89,18 @@ impl Settings {
         }
     }
 
-    /// The subscription limits these settings describe.
-    pub fn subscription_limits(&self) -> crate::subscriptions::SubscriptionLimits {
-        crate::subscriptions::SubscriptionLimits {
-            max_subscriptions: self.max_subscriptions,
-            buffer: self.subscription_buffer,
-        }
-    }
-
-    /// The persistent subscription limits these settings describe.
-    pub(crate) fn group_limits(&self) -> crate::persistent::GroupLimits {
-        crate::persistent::GroupLimits {
-            max_groups: self.max_groups,
-            max_consumers_per_group: self.max_consumers_per_group,
+    /// What the engine may hold at once, as these settings describe.
+    pub fn engine_options(&self) -> cairn_engine::EngineOptions {
+        cairn_engine::EngineOptions {
+            max_inflight_writes: self.max_inflight_appends,
+            subscriptions: cairn_engine::SubscriptionLimits {
+                max_subscriptions: self.max_subscriptions,
+                buffer: self.subscription_buffer,
+            },
+            groups: cairn_engine::GroupLimits {
+                max_groups: self.max_groups,
+                max_consumers_per_group: self.max_consumers_per_group,
+            },
         }
     }
 
@@ -155,7 +155,7 @@ pub struct SettingsArgs {
     /// Most events per read page [default: 10000].
     #[arg(long, env = "CAIRN_MAX_READ_PAGE")]
     pub max_read_page: Option<usize>,
-    /// Appends in flight at once [default: 4096].
+    /// Writes in flight at once; beyond it RESOURCE_EXHAUSTED [default: 4096].
     #[arg(long, env = "CAIRN_MAX_INFLIGHT_APPENDS")]
     pub max_inflight_appends: Option<usize>,
     /// Most concurrent subscriptions [default: 1024].

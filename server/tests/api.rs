@@ -1,32 +1,12 @@
 //! Every RPC of `cairn.v1` through the real client against an in-process server.
 
-mod common;
-
 use cairn_client::{
-    Client, Direction, Error, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions,
-    StreamAppend, StreamMetadata, StreamState,
+    Direction, Error, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions, StreamAppend,
+    StreamMetadata, StreamState,
 };
 use cairn_proto::v1 as pb;
-use common::TestServer;
+use cairn_testkit::{TestServer, client_numbered, read_all_client, read_all_client_with};
 use uuid::Uuid;
-
-fn event(kind: &str, n: u64) -> EventData {
-    EventData::json_text(kind, format!("{{\"n\":{n}}}"))
-}
-
-async fn read_all_of(
-    client: &Client,
-    source: &str,
-    options: ReadOptions,
-) -> Vec<cairn_client::RecordedEvent> {
-    client
-        .read(source, options)
-        .await
-        .expect("read")
-        .collect_all()
-        .await
-        .expect("collect")
-}
 
 #[tokio::test]
 async fn append_then_read_every_source() {
@@ -36,7 +16,7 @@ async fn append_then_read_every_source() {
         .append(
             "order-1",
             ExpectedRevision::NoStream,
-            vec![event("Placed", 0), event("Paid", 1)],
+            vec![client_numbered("Placed", 0), client_numbered("Paid", 1)],
         )
         .await
         .unwrap();
@@ -46,16 +26,20 @@ async fn append_then_read_every_source() {
         .append(
             "order-2",
             ExpectedRevision::NoStream,
-            vec![event("Placed", 2)],
+            vec![client_numbered("Placed", 2)],
         )
         .await
         .unwrap();
     client
-        .append("cart-1", ExpectedRevision::Any, vec![event("Added", 3)])
+        .append(
+            "cart-1",
+            ExpectedRevision::Any,
+            vec![client_numbered("Added", 3)],
+        )
         .await
         .unwrap();
 
-    let stream = read_all_of(&client, "order-1", ReadOptions::forwards()).await;
+    let stream = read_all_client(&client, "order-1").await.expect("read");
     assert_eq!(
         stream.iter().map(|e| e.revision).collect::<Vec<_>>(),
         [0, 1]
@@ -64,31 +48,33 @@ async fn append_then_read_every_source() {
     assert_eq!(&stream[1].data[..], b"{\"n\":1}");
     assert_eq!(stream[0].content_type, "application/json");
 
-    let backwards = read_all_of(&client, "order-1", ReadOptions::backwards()).await;
+    let backwards = read_all_client_with(&client, "order-1", ReadOptions::backwards())
+        .await
+        .expect("read");
     assert_eq!(
         backwards.iter().map(|e| e.revision).collect::<Vec<_>>(),
         [1, 0]
     );
 
-    let all = read_all_of(&client, "$all", ReadOptions::forwards()).await;
+    let all = read_all_client(&client, "$all").await.expect("read");
     assert_eq!(
         all.iter().map(|e| e.position).collect::<Vec<_>>(),
         [0, 1, 2, 3]
     );
 
-    let category = read_all_of(&client, "$ce-order", ReadOptions::forwards()).await;
+    let category = read_all_client(&client, "$ce-order").await.expect("read");
     assert_eq!(
         category.iter().map(|e| e.position).collect::<Vec<_>>(),
         [0, 1, 2]
     );
 
-    let placed = read_all_of(&client, "$et-Placed", ReadOptions::forwards()).await;
+    let placed = read_all_client(&client, "$et-Placed").await.expect("read");
     assert_eq!(
         placed.iter().map(|e| e.stream.as_str()).collect::<Vec<_>>(),
         ["order-1", "order-2"]
     );
 
-    let filtered = read_all_of(
+    let filtered = read_all_client_with(
         &client,
         "$all",
         ReadOptions::forwards().filter(Filter {
@@ -96,7 +82,8 @@ async fn append_then_read_every_source() {
             ..Filter::default()
         }),
     )
-    .await;
+    .await
+    .expect("read");
     assert_eq!(
         filtered
             .iter()
@@ -105,22 +92,24 @@ async fn append_then_read_every_source() {
         ["Paid", "Added"]
     );
 
-    let from = read_all_of(
+    let from = read_all_client_with(
         &client,
         "$all",
         ReadOptions::forwards().from(ReadFrom::At(2)).max_count(1),
     )
-    .await;
+    .await
+    .expect("read");
     assert_eq!(from.iter().map(|e| e.position).collect::<Vec<_>>(), [2]);
-    let from_rev = read_all_of(
+    let from_rev = read_all_client_with(
         &client,
         "order-1",
         ReadOptions::forwards().from(ReadFrom::At(1)),
     )
-    .await;
+    .await
+    .expect("read");
     assert_eq!(from_rev.len(), 1);
     assert_eq!(
-        read_all_of(
+        read_all_client_with(
             &client,
             "$all",
             ReadOptions {
@@ -130,6 +119,7 @@ async fn append_then_read_every_source() {
             }
         )
         .await
+        .expect("read")
         .iter()
         .map(|e| e.position)
         .collect::<Vec<_>>(),
@@ -149,7 +139,11 @@ async fn every_expected_revision_case() {
     assert_eq!(
         wrong(
             client
-                .append("s-1", ExpectedRevision::StreamExists, vec![event("E", 0)])
+                .append(
+                    "s-1",
+                    ExpectedRevision::StreamExists,
+                    vec![client_numbered("E", 0)]
+                )
                 .await
         ),
         None
@@ -157,19 +151,31 @@ async fn every_expected_revision_case() {
     assert_eq!(
         wrong(
             client
-                .append("s-1", ExpectedRevision::Exact(0), vec![event("E", 0)])
+                .append(
+                    "s-1",
+                    ExpectedRevision::Exact(0),
+                    vec![client_numbered("E", 0)]
+                )
                 .await
         ),
         None
     );
     client
-        .append("s-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "s-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     assert_eq!(
         wrong(
             client
-                .append("s-1", ExpectedRevision::NoStream, vec![event("E", 1)])
+                .append(
+                    "s-1",
+                    ExpectedRevision::NoStream,
+                    vec![client_numbered("E", 1)]
+                )
                 .await
         ),
         Some(0)
@@ -177,21 +183,33 @@ async fn every_expected_revision_case() {
     assert_eq!(
         wrong(
             client
-                .append("s-1", ExpectedRevision::Exact(5), vec![event("E", 1)])
+                .append(
+                    "s-1",
+                    ExpectedRevision::Exact(5),
+                    vec![client_numbered("E", 1)]
+                )
                 .await
         ),
         Some(0)
     );
     client
-        .append("s-1", ExpectedRevision::Exact(0), vec![event("E", 1)])
+        .append(
+            "s-1",
+            ExpectedRevision::Exact(0),
+            vec![client_numbered("E", 1)],
+        )
         .await
         .unwrap();
     client
-        .append("s-1", ExpectedRevision::StreamExists, vec![event("E", 2)])
+        .append(
+            "s-1",
+            ExpectedRevision::StreamExists,
+            vec![client_numbered("E", 2)],
+        )
         .await
         .unwrap();
     let any = client
-        .append("s-1", ExpectedRevision::Any, vec![event("E", 3)])
+        .append("s-1", ExpectedRevision::Any, vec![client_numbered("E", 3)])
         .await
         .unwrap();
     assert_eq!(any.current_revision, Some(3));
@@ -210,8 +228,8 @@ async fn retries_with_the_same_ids_are_idempotent() {
     let server = TestServer::start().await;
     let client = server.client().await;
     let events = vec![
-        event("E", 0).id(Uuid::new_v4()),
-        event("E", 1).id(Uuid::new_v4()),
+        client_numbered("E", 0).id(Uuid::new_v4()),
+        client_numbered("E", 1).id(Uuid::new_v4()),
     ];
     let original = client
         .append("s-1", ExpectedRevision::NoStream, events.clone())
@@ -232,9 +250,7 @@ async fn retries_with_the_same_ids_are_idempotent() {
         .unwrap();
     assert!(retry_any.idempotent_replay);
     assert_eq!(
-        read_all_of(&client, "s-1", ReadOptions::forwards())
-            .await
-            .len(),
+        read_all_client(&client, "s-1").await.expect("read").len(),
         2
     );
     // The same id in another stream is refused.
@@ -257,12 +273,12 @@ async fn multi_stream_appends_are_atomic() {
             StreamAppend::new(
                 "order-1",
                 ExpectedRevision::NoStream,
-                vec![event("Placed", 0)],
+                vec![client_numbered("Placed", 0)],
             ),
             StreamAppend::new(
                 "stock-1",
                 ExpectedRevision::NoStream,
-                vec![event("Reserved", 0)],
+                vec![client_numbered("Reserved", 0)],
             ),
         ])
         .await
@@ -274,12 +290,12 @@ async fn multi_stream_appends_are_atomic() {
             StreamAppend::new(
                 "order-1",
                 ExpectedRevision::Exact(0),
-                vec![event("Approved", 1)],
+                vec![client_numbered("Approved", 1)],
             ),
             StreamAppend::new(
                 "stock-1",
                 ExpectedRevision::Exact(7),
-                vec![event("Taken", 1)],
+                vec![client_numbered("Taken", 1)],
             ),
         ])
         .await;
@@ -313,17 +329,25 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
     };
     invalid(
         client
-            .append("", ExpectedRevision::Any, vec![event("E", 0)])
+            .append("", ExpectedRevision::Any, vec![client_numbered("E", 0)])
             .await,
     );
     invalid(
         client
-            .append("$system", ExpectedRevision::Any, vec![event("E", 0)])
+            .append(
+                "$system",
+                ExpectedRevision::Any,
+                vec![client_numbered("E", 0)],
+            )
             .await,
     );
     invalid(
         client
-            .append("x".repeat(1025), ExpectedRevision::Any, vec![event("E", 0)])
+            .append(
+                "x".repeat(1025),
+                ExpectedRevision::Any,
+                vec![client_numbered("E", 0)],
+            )
             .await,
     );
     invalid(
@@ -331,7 +355,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
             .append(
                 "s-1",
                 ExpectedRevision::Any,
-                vec![event("E", 0).id(Uuid::nil())],
+                vec![client_numbered("E", 0).id(Uuid::nil())],
             )
             .await,
     );
@@ -344,7 +368,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
             )
             .await,
     );
-    let same = event("E", 0);
+    let same = client_numbered("E", 0);
     invalid(
         client
             .append("s-1", ExpectedRevision::Any, vec![same.clone(), same])
@@ -363,7 +387,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
         .append(
             "s-1",
             ExpectedRevision::Any,
-            (0..11).map(|n| event("E", n)).collect(),
+            (0..11).map(|n| client_numbered("E", n)).collect(),
         )
         .await;
     assert!(matches!(many, Err(Error::LimitExceeded(_))), "{many:?}");
@@ -388,9 +412,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
     assert!(matches!(huge, Err(Error::LimitExceeded(_))), "{huge:?}");
 
     // Raw protocol: malformed UUID, missing expectation, wrong cursor kind.
-    let mut raw = pb::streams_client::StreamsClient::connect(server.url())
-        .await
-        .unwrap();
+    let mut raw = pb::streams_client::StreamsClient::new(server.channel().await);
     let bad_id = raw
         .append(pb::AppendRequest {
             stream: "s-1".into(),
@@ -464,7 +486,7 @@ async fn delete_tombstone_and_metadata() {
         .append(
             "s-1",
             ExpectedRevision::NoStream,
-            (0..5).map(|n| event("E", n)).collect(),
+            (0..5).map(|n| client_numbered("E", n)).collect(),
         )
         .await
         .unwrap();
@@ -481,7 +503,7 @@ async fn delete_tombstone_and_metadata() {
         .await
         .unwrap();
     assert_eq!(revision, 0);
-    let visible = read_all_of(&client, "s-1", ReadOptions::forwards()).await;
+    let visible = read_all_client(&client, "s-1").await.expect("read");
     assert_eq!(
         visible.iter().map(|e| e.revision).collect::<Vec<_>>(),
         [3, 4]
@@ -531,12 +553,17 @@ async fn delete_tombstone_and_metadata() {
         StreamState::SoftDeleted
     );
     assert!(
-        read_all_of(&client, "$all", ReadOptions::forwards())
+        read_all_client(&client, "$all")
             .await
+            .expect("read")
             .is_empty()
     );
     let recreated = client
-        .append("s-1", ExpectedRevision::NoStream, vec![event("E", 5)])
+        .append(
+            "s-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 5)],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -558,7 +585,7 @@ async fn delete_tombstone_and_metadata() {
         Err(Error::StreamDeleted { .. })
     ));
     let write = client
-        .append("s-1", ExpectedRevision::Any, vec![event("E", 6)])
+        .append("s-1", ExpectedRevision::Any, vec![client_numbered("E", 6)])
         .await;
     assert!(
         matches!(write, Err(Error::StreamDeleted { .. })),
@@ -584,13 +611,17 @@ async fn list_streams_in_pages_and_info() {
             .append(
                 format!("user-{n:02}"),
                 ExpectedRevision::NoStream,
-                vec![event("E", n)],
+                vec![client_numbered("E", n)],
             )
             .await
             .unwrap();
     }
     client
-        .append("other", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "other",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     let mut names = Vec::new();
@@ -624,7 +655,9 @@ async fn reads_a_10000_event_stream_in_pages() {
     let server = TestServer::start_with(|settings| settings.max_read_page = 1000).await;
     let client = server.client().await;
     for batch in 0..20u64 {
-        let events = (0..500).map(|n| event("E", batch * 500 + n)).collect();
+        let events = (0..500)
+            .map(|n| client_numbered("E", batch * 500 + n))
+            .collect();
         let expected = if batch == 0 {
             ExpectedRevision::NoStream
         } else {
@@ -633,7 +666,7 @@ async fn reads_a_10000_event_stream_in_pages() {
         client.append("big-1", expected, events).await.unwrap();
     }
     // One call: the server pages internally.
-    let everything = read_all_of(&client, "big-1", ReadOptions::forwards()).await;
+    let everything = read_all_client(&client, "big-1").await.expect("read");
     assert_eq!(everything.len(), 10_000);
     assert!(
         everything
@@ -669,7 +702,9 @@ async fn reads_a_10000_event_stream_in_pages() {
         }
     }
     assert_eq!(seen, 10_000);
-    let last = read_all_of(&client, "$all", ReadOptions::backwards().max_count(1)).await;
+    let last = read_all_client_with(&client, "$all", ReadOptions::backwards().max_count(1))
+        .await
+        .expect("read");
     assert_eq!(last[0].position, 9_999);
     server.stop().await;
 }
@@ -692,7 +727,7 @@ async fn concurrent_appenders_each_revision_written_once() {
                 };
                 let expected = current.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
                 match client
-                    .append(stream, expected, vec![event("E", writer)])
+                    .append(stream, expected, vec![client_numbered("E", writer)])
                     .await
                 {
                     Ok(_) => written += 1,
@@ -707,12 +742,9 @@ async fn concurrent_appenders_each_revision_written_once() {
     }
     let mut total = 0;
     for stream in 0..3 {
-        let events = read_all_of(
-            &client,
-            &format!("shared-{stream}"),
-            ReadOptions::forwards(),
-        )
-        .await;
+        let events = read_all_client(&client, &format!("shared-{stream}"))
+            .await
+            .expect("read");
         assert!(
             events
                 .iter()
@@ -722,7 +754,7 @@ async fn concurrent_appenders_each_revision_written_once() {
         total += events.len();
     }
     assert_eq!(total, 400);
-    let all = read_all_of(&client, "$all", ReadOptions::forwards()).await;
+    let all = read_all_client(&client, "$all").await.expect("read");
     assert!(
         all.iter()
             .enumerate()
@@ -739,7 +771,7 @@ async fn a_reader_that_vanishes_mid_stream_costs_nothing() {
         .append(
             "s-1",
             ExpectedRevision::NoStream,
-            (0..5000).map(|n| event("E", n)).collect(),
+            (0..5000).map(|n| client_numbered("E", n)).collect(),
         )
         .await
         .unwrap();
@@ -750,7 +782,11 @@ async fn a_reader_that_vanishes_mid_stream_costs_nothing() {
         drop(stream);
     }
     let next = client
-        .append("s-1", ExpectedRevision::Exact(4999), vec![event("E", 1)])
+        .append(
+            "s-1",
+            ExpectedRevision::Exact(4999),
+            vec![client_numbered("E", 1)],
+        )
         .await
         .unwrap();
     assert_eq!(next.current_revision, Some(5000));
@@ -765,12 +801,16 @@ async fn stopped_server_is_unavailable_and_keeps_acknowledged_writes() {
     .await;
     let client = server.client().await;
     client
-        .append("s-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "s-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     server.stop_in_place().await;
     let after = client
-        .append("s-1", ExpectedRevision::Any, vec![event("E", 1)])
+        .append("s-1", ExpectedRevision::Any, vec![client_numbered("E", 1)])
         .await;
     assert!(matches!(after, Err(Error::Unavailable(_))), "{after:?}");
     let settings = cairn_server::Settings::for_tests(server.data.path().to_path_buf());
@@ -789,19 +829,27 @@ async fn a_client_reconnects_after_the_server_restarts() {
     let server = TestServer::start().await;
     let client = server.client().await;
     client
-        .append("r-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "r-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     let (data, address) = server.stop_keep_data().await;
     let down = client
-        .append("r-1", ExpectedRevision::Any, vec![event("E", 1)])
+        .append("r-1", ExpectedRevision::Any, vec![client_numbered("E", 1)])
         .await;
     assert!(matches!(down, Err(Error::Unavailable(_))), "{down:?}");
 
     // Back on the same address: the same client carries on, no new connect.
     let server = TestServer::start_in(data, |settings| settings.listen = address).await;
     let next = client
-        .append("r-1", ExpectedRevision::Exact(0), vec![event("E", 2)])
+        .append(
+            "r-1",
+            ExpectedRevision::Exact(0),
+            vec![client_numbered("E", 2)],
+        )
         .await
         .unwrap();
     assert_eq!(next.current_revision, Some(1));

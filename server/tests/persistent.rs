@@ -1,8 +1,6 @@
 //! Persistent subscriptions (consumer groups) through the real client: sharing,
 //! redelivery, parking and replay, restarts, strategies, and bad input.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,22 +10,20 @@ use cairn_client::{
     Client, Consumer, Delivery, Error, EventData, ExpectedRevision, Filter, GroupOptions,
     GroupSettings, GroupStart, NackAction, Strategy,
 };
-use common::TestServer;
+use cairn_testkit::{TestServer, client_numbered, eventually_within, read_all_client};
 use uuid::Uuid;
 
 /// Generous bound for anything that should happen "soon".
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn event(n: u64) -> EventData {
-    EventData::json_text("Counted", format!("{{\"n\":{n}}}"))
-}
 
 /// Appends `count` events to `stream` in batches; returns their ids in order.
 async fn fill(client: &Client, stream: &str, count: u64) -> Vec<Uuid> {
     let mut ids = Vec::new();
     let mut next = 0;
     while next < count {
-        let batch: Vec<EventData> = (next..count.min(next + 500)).map(event).collect();
+        let batch: Vec<EventData> = (next..count.min(next + 500))
+            .map(|n| client_numbered("Counted", n))
+            .collect();
         ids.extend(batch.iter().map(|event| event.id));
         next += batch.len() as u64;
         client
@@ -71,18 +67,12 @@ async fn wait_for_info(
     group: &str,
     done: impl Fn(&cairn_client::GroupInfo) -> bool,
 ) -> cairn_client::GroupInfo {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let what = format!("group {group} to reach the state");
+    eventually_within(DEADLINE, &what, || async {
         let info = client.group_info(group).await.expect("info");
-        if done(&info) {
-            return info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "group never reached the state; last: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if done(&info) { Ok(info) } else { Err(info) }
+    })
+    .await
 }
 
 fn settings(change: impl FnOnce(&mut GroupSettings)) -> GroupOptions {
@@ -245,14 +235,7 @@ async fn an_event_that_always_fails_is_retried_then_parked_and_replayed() {
     assert_eq!(info.in_flight, 0);
 
     // The parked stream is readable and says why.
-    let parked = client
-        .read_stream(
-            "$sys-ps-mailer-parked",
-            cairn_client::ReadOptions::forwards(),
-        )
-        .await
-        .expect("read parked")
-        .collect_all()
+    let parked = read_all_client(&client, "$sys-ps-mailer-parked")
         .await
         .expect("parked events");
     assert_eq!(parked.len(), 1);
@@ -611,7 +594,11 @@ async fn all_groups_filter_and_never_see_system_streams() {
     for n in 0..30 {
         let stream = if n % 3 == 0 { "audit-1" } else { "other-1" };
         client
-            .append(stream, ExpectedRevision::Any, vec![event(n)])
+            .append(
+                stream,
+                ExpectedRevision::Any,
+                vec![client_numbered("Counted", n)],
+            )
             .await
             .expect("append");
     }
@@ -621,6 +608,7 @@ async fn all_groups_filter_and_never_see_system_streams() {
         delivery.ack().await.expect("ack");
     }
     // The group's own checkpoint writes land in $all; they must not come back.
+    // A deliberate window: nothing may arrive within it (no condition to await).
     let quiet = tokio::time::timeout(Duration::from_millis(500), consumer.next()).await;
     assert!(quiet.is_err(), "nothing else delivered: {quiet:?}");
     server.stop().await;
@@ -794,7 +782,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
         .append(
             "$sys-ps-taken-checkpoint",
             ExpectedRevision::Any,
-            vec![event(1)],
+            vec![client_numbered("Counted", 1)],
         )
         .await;
     assert!(
@@ -821,9 +809,7 @@ async fn malformed_consume_calls_are_refused() {
         .create_group("raw", "raw-1", GroupOptions::default())
         .await
         .expect("create");
-    let mut raw = PersistentSubscriptionsClient::connect(server.url())
-        .await
-        .expect("connect");
+    let mut raw = PersistentSubscriptionsClient::new(server.channel().await);
 
     // The first message must be `open`.
     let not_open = pb::ConsumeRequest {

@@ -2,13 +2,11 @@
 //! (grpcio, stubs generated from `proto/cairn/v1/cairn.proto`, reflection via
 //! grpcio-reflection) against an in-process server.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::TestServer;
+use cairn_testkit::TestServer;
 
 const PYTHON_PACKAGES: &str = "grpcio grpcio-tools grpcio-reflection";
 

@@ -2,9 +2,7 @@
 //! tools use) and grpc.health.v1, through their own generated clients against an
 //! in-process server.
 
-mod common;
-
-use common::TestServer;
+use cairn_testkit::TestServer;
 use prost::Message;
 use prost_types::FileDescriptorProto;
 use tonic::transport::Channel;
@@ -12,14 +10,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::{v1, v1alpha};
-
-async fn channel(server: &TestServer) -> Channel {
-    tonic::transport::Endpoint::from_shared(server.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect")
-}
 
 /// One request on the bidirectional v1 reflection stream; its single response.
 async fn reflect_v1(
@@ -67,7 +57,7 @@ async fn reflection_v1_lists_services_and_serves_their_files() {
     use v1::server_reflection_response::MessageResponse;
 
     let server = TestServer::start().await;
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
 
     let MessageResponse::ListServicesResponse(list) =
         reflect_v1(&channel, MessageRequest::ListServices(String::new())).await
@@ -197,7 +187,7 @@ async fn reflection_v1alpha_lists_services() {
 
     let server = TestServer::start().await;
     let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&server).await);
+        v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);
     let requests = [
         v1alpha::ServerReflectionRequest {
             host: String::new(),
@@ -258,7 +248,7 @@ async fn reflection_v1alpha_lists_services() {
 #[tokio::test]
 async fn health_reports_serving() {
     let server = TestServer::start().await;
-    let mut health = HealthClient::new(channel(&server).await);
+    let mut health = HealthClient::new(server.channel().await);
     for service in ["", "cairn.v1.Streams", "cairn.v1.Server"] {
         let response = health
             .check(HealthCheckRequest {

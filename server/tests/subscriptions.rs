@@ -1,21 +1,15 @@
 //! Catch-up subscriptions: history then live, no gap, no duplicate, bounded memory.
 
-mod common;
-
 use std::time::Duration;
 
 use cairn_client::{
-    Client, Error, EventData, ExpectedRevision, Filter, ReadOptions, RecordedEvent,
-    SubscribeOptions, Subscription, SubscriptionMessage,
+    Error, ExpectedRevision, Filter, RecordedEvent, SubscribeOptions, Subscription,
+    SubscriptionMessage,
 };
-use common::TestServer;
+use cairn_testkit::{TestServer, client_numbered, eventually, read_all_client};
 use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn event(kind: &str, n: u64) -> EventData {
-    EventData::json_text(kind, format!("{{\"n\":{n}}}"))
-}
 
 /// Collects events from a subscription until `count` arrived; fails on timeout.
 async fn collect(
@@ -35,6 +29,8 @@ async fn collect(
             SubscriptionMessage::Event(event) => {
                 events.push(event);
                 if slow && events.len().is_multiple_of(50) {
+                    // A deliberately slow reader, not a wait for anything:
+                    // it pauses every 50 events.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
@@ -43,16 +39,6 @@ async fn collect(
         }
     }
     (events, caught_up)
-}
-
-async fn read_back(client: &Client, source: &str, options: ReadOptions) -> Vec<RecordedEvent> {
-    client
-        .read(source, options)
-        .await
-        .unwrap()
-        .collect_all()
-        .await
-        .unwrap()
 }
 
 fn ids(events: &[RecordedEvent]) -> Vec<(u64, uuid::Uuid)> {
@@ -75,7 +61,7 @@ async fn eight_subscribers_four_writers(per_writer: u64) {
         .append(
             "order-0",
             ExpectedRevision::NoStream,
-            vec![event("Even", 0)],
+            vec![client_numbered("Even", 0)],
         )
         .await
         .unwrap();
@@ -169,7 +155,7 @@ async fn eight_subscribers_four_writers(per_writer: u64) {
                 let size = 1 + (n % 7).min(per_writer - 1 - n);
                 let events = (0..size)
                     .map(|i| {
-                        event(
+                        client_numbered(
                             if (n + i).is_multiple_of(2) {
                                 "Even"
                             } else {
@@ -192,8 +178,20 @@ async fn eight_subscribers_four_writers(per_writer: u64) {
             }
         }));
     }
-    // The eighth subscriber joins mid-way.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The eighth subscriber joins mid-way: once the writers are under way
+    // (watched on a connection of its own, see above), or one of them ended
+    // (its result is checked below).
+    let watcher = server.client().await;
+    eventually("the writers to be under way", || async {
+        let head = watcher.info().await.expect("info").head_position;
+        let ended = writers.iter().any(tokio::task::JoinHandle::is_finished);
+        if head > per_writer || ended {
+            Ok(())
+        } else {
+            Err(head)
+        }
+    })
+    .await;
     let late = client
         .subscribe("$all", SubscribeOptions::from_start())
         .await
@@ -206,7 +204,7 @@ async fn eight_subscribers_four_writers(per_writer: u64) {
     // The subscriptions above were not read during the writes, so their data
     // holds `client`'s HTTP/2 connection window: read back on another connection.
     let reader = server.client().await;
-    let all = read_back(&reader, "$all", ReadOptions::forwards()).await;
+    let all = read_all_client(&reader, "$all").await.unwrap();
     assert_eq!(all.len() as u64, 4 * per_writer + 1);
     let expected = |name: &str| -> Vec<RecordedEvent> {
         match name {
@@ -246,7 +244,8 @@ async fn eight_subscribers_four_writers(per_writer: u64) {
                 "subscriber {name} saw a different sequence"
             );
             assert!(caught_up >= 1, "subscriber {name} never caught up");
-            // Nothing more arrives: no duplicate at the end.
+            // Nothing more arrives: no duplicate at the end. A deliberate
+            // window: nothing may arrive within it (no condition to await).
             let extra = timeout(Duration::from_millis(200), subscription.next_message()).await;
             if let Ok(Ok(Some(SubscriptionMessage::Event(event)))) = extra {
                 panic!("subscriber {name} got an extra event {event:?}");
@@ -273,7 +272,7 @@ async fn resilient_subscription_resumes_across_a_server_restart() {
         .append(
             "s-1",
             ExpectedRevision::NoStream,
-            (0..500).map(|n| event("E", n)).collect(),
+            (0..500).map(|n| client_numbered("E", n)).collect(),
         )
         .await
         .unwrap();
@@ -293,7 +292,7 @@ async fn resilient_subscription_resumes_across_a_server_restart() {
         .append(
             "s-1",
             ExpectedRevision::Exact(499),
-            (500..1000).map(|n| event("E", n)).collect(),
+            (500..1000).map(|n| client_numbered("E", n)).collect(),
         )
         .await
         .unwrap();
@@ -326,7 +325,9 @@ async fn a_stalled_subscriber_neither_slows_writers_nor_grows_memory() {
         .unwrap();
     // Never read from `stalled` while 5,000 events are written.
     for batch in 0..50u64 {
-        let events = (0..100).map(|n| event("E", batch * 100 + n)).collect();
+        let events = (0..100)
+            .map(|n| client_numbered("E", batch * 100 + n))
+            .collect();
         client
             .append("s-1", ExpectedRevision::Any, events)
             .await
@@ -378,7 +379,9 @@ async fn a_subscriber_that_falls_behind_live_goes_back_to_storage() {
             .append(
                 "s-1",
                 ExpectedRevision::Any,
-                (0..100).map(|n| event("E", batch * 100 + n)).collect(),
+                (0..100)
+                    .map(|n| client_numbered("E", batch * 100 + n))
+                    .collect(),
             )
             .await
             .unwrap();
@@ -414,7 +417,7 @@ async fn filtered_subscriptions_get_checkpoints() {
         .append(
             "s-1",
             ExpectedRevision::Any,
-            (0..1000).map(|n| event("Noise", n)).collect(),
+            (0..1000).map(|n| client_numbered("Noise", n)).collect(),
         )
         .await
         .unwrap();
@@ -442,7 +445,11 @@ async fn filtered_subscriptions_get_checkpoints() {
     assert!(checkpoints.len() >= 2, "{checkpoints:?}");
     assert!(checkpoints.windows(2).all(|pair| pair[0] < pair[1]));
     client
-        .append("s-1", ExpectedRevision::Any, vec![event("Wanted", 0)])
+        .append(
+            "s-1",
+            ExpectedRevision::Any,
+            vec![client_numbered("Wanted", 0)],
+        )
         .await
         .unwrap();
     loop {
@@ -480,11 +487,19 @@ async fn deleting_the_stream_ends_its_subscriptions() {
     let server = TestServer::start().await;
     let client = server.client().await;
     client
-        .append("s-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "s-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     client
-        .append("s-2", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "s-2",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     let mut first = client
@@ -514,7 +529,11 @@ async fn deleting_the_stream_ends_its_subscriptions() {
         Error::StreamDeleted { .. }
     ));
     client
-        .append("later-1", ExpectedRevision::NoStream, vec![event("E", 0)])
+        .append(
+            "later-1",
+            ExpectedRevision::NoStream,
+            vec![client_numbered("E", 0)],
+        )
         .await
         .unwrap();
     loop {
@@ -562,8 +581,9 @@ async fn limits_bad_requests_and_shutdown() {
         )
         .await;
     assert!(matches!(regex, Err(Error::InvalidArgument(_))), "{regex:?}");
+    // Both subscriptions are live on the server (the third was refused for
+    // them) when it stops under the waiting subscriber.
     let wait_for_end = tokio::spawn(async move { end_of(&mut first).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
     server.stop().await;
     let error = wait_for_end.await.unwrap();
     assert!(matches!(error, Error::Unavailable(_)), "{error:?}");

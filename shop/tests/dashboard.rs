@@ -9,13 +9,16 @@
 mod common;
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use common::{Shop, eventually};
+use cairn_testkit::eventually;
+use common::Shop;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 fn chromium_installed() -> bool {
@@ -30,10 +33,14 @@ fn chromium_installed() -> bool {
 /// A page of a headless Chromium, driven over the DevTools protocol.
 struct Browser {
     process: tokio::process::Child,
-    page: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    /// Behind a lock so that commands take `&self`, as `eventually`'s checks
+    /// need; one command at a time holds it until its answer arrived.
+    page: Mutex<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
     >,
-    next_id: u64,
+    next_id: AtomicU64,
     _profile: tempfile::TempDir,
 }
 
@@ -91,23 +98,22 @@ impl Browser {
             .expect("connect to the page");
         Self {
             process,
-            page,
-            next_id: 0,
+            page: Mutex::new(page),
+            next_id: AtomicU64::new(0),
             _profile: profile,
         }
     }
 
     /// Sends one DevTools command and returns its result.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
+    async fn call(&self, method: &str, params: Value) -> Value {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let command = json!({ "id": id, "method": method, "params": params });
-        self.page
-            .send(Message::text(command.to_string()))
+        let mut page = self.page.lock().await;
+        page.send(Message::text(command.to_string()))
             .await
             .expect("send");
         loop {
-            let message = self.page.next().await.expect("open").expect("message");
+            let message = page.next().await.expect("open").expect("message");
             let Message::Text(text) = message else {
                 continue;
             };
@@ -120,7 +126,7 @@ impl Browser {
     }
 
     /// Evaluates a JavaScript expression in the page; returns its value.
-    async fn evaluate(&mut self, expression: &str) -> Value {
+    async fn evaluate(&self, expression: &str) -> Value {
         let result = self
             .call(
                 "Runtime.evaluate",
@@ -131,19 +137,17 @@ impl Browser {
     }
 
     /// Polls `expression` until `ready` accepts its value.
-    async fn wait_for(&mut self, expression: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + common::PATIENCE;
-        loop {
+    async fn wait_for(&self, expression: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let what = format!("the page to satisfy `{expression}`");
+        eventually(&what, || async {
             let value = self.evaluate(expression).await;
             if ready(&value) {
-                return value;
+                Ok(value)
+            } else {
+                Err(value.to_string())
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "page never satisfied `{expression}`; last value {value}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 

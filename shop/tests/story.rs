@@ -5,21 +5,18 @@
 
 mod common;
 
-use cairn_client::{Client, ReadOptions};
-use common::{Shop, eventually};
+use cairn_client::Client;
+use cairn_testkit::{eventually, read_all_client};
+use common::Shop;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shop::saga::Driver;
 use shop::services::Service;
 
 async fn events_of(client: &Client, stream: &str) -> Vec<String> {
-    client
-        .read_stream(stream, ReadOptions::forwards())
+    read_all_client(client, stream)
         .await
         .expect("read")
-        .collect_all()
-        .await
-        .expect("read all")
         .into_iter()
         .map(|event| event.event_type)
         .collect()

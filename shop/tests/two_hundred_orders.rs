@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use cairn_client::ReadOptions;
-use common::{Shop, eventually};
+use cairn_testkit::{eventually, read_all_client};
+use common::Shop;
 use serde_json::{Value, json};
 use shop::catalog::Product;
 use shop::eventstore::load;
@@ -154,13 +154,9 @@ async fn two_hundred_orders(shop: Shop) {
 
     // Each order was decided exactly once in the log.
     for id in &order_ids {
-        let events = client
-            .read_stream(format!("order-{id}"), ReadOptions::forwards())
+        let events = read_all_client(&client, &format!("order-{id}"))
             .await
-            .expect("read")
-            .collect_all()
-            .await
-            .expect("read all");
+            .expect("read");
         assert_eq!(events.len(), 2, "order {id}: {events:?}");
     }
     shop.assert_running();

@@ -9,12 +9,19 @@
 //!   the keys never overlap.)
 //! - A request is checked entirely before any of it enters the batch: a failing
 //!   part leaves no trace (atomic multi-stream appends).
-//! - Nobody is answered before the group's write returned; a failed write poisons
-//!   the store (fail-stop) and every request of the group gets `Poisoned`.
+//! - Nobody is answered before the group's write returned.
+//! - Fail-stop: when the group's write fails, or anything panics while a group is
+//!   handled, the store is poisoned. Every request of that group, every request
+//!   still queued and every later one gets `Error::Poisoned`; none is told its
+//!   write happened, and none gets a check result (such as a wrong expected
+//!   revision) computed against requests of the group that were not written. The
+//!   thread keeps running so that nothing queued is answered `ShuttingDown`, and a
+//!   restart recovers from what RocksDB holds.
 //! - Positions are assigned in queue order with no gap; the head meta key is
 //!   written in the same batch, so a restart never reuses a position.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
@@ -29,42 +36,121 @@ use crate::model::{
     AppendResult, CurrentRevision, ExpectedRevision, RecordedEvent, StreamAppend, StreamMetadata,
     category_of,
 };
-use crate::store::{Durability, Shared};
+use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
 
-/// A request for the committer.
-pub(crate) enum Command {
-    Append {
-        parts: Vec<StreamAppend>,
-        reply: AppendReply,
-    },
-    Delete {
+/// A request for the committer: what to do, and where its answer goes.
+///
+/// The two halves are apart so that the committer can hold every reply of a
+/// group outside the code that may panic, and answer each one even then. Build
+/// commands with the constructors, which pair each request with its kind of reply.
+pub(crate) struct Command {
+    request: Request,
+    /// Public to the store so that it can answer a request the queue refused.
+    pub(crate) reply: Reply,
+}
+
+impl Command {
+    pub(crate) fn append(parts: Vec<StreamAppend>, reply: AppendReply) -> Self {
+        Self {
+            request: Request::Append { parts },
+            reply: Reply::Append(reply),
+        }
+    }
+
+    /// A soft delete, or a tombstone (hard delete) when `tombstone` is set.
+    pub(crate) fn delete(
         stream: String,
         expected: ExpectedRevision,
+        tombstone: bool,
         reply: Responder<CurrentRevision>,
-    },
-    Tombstone {
-        stream: String,
-        expected: ExpectedRevision,
-        reply: Responder<CurrentRevision>,
-    },
-    SetMetadata {
+    ) -> Self {
+        Self {
+            request: Request::Delete {
+                stream,
+                expected,
+                tombstone,
+            },
+            reply: Reply::Revision(reply),
+        }
+    }
+
+    pub(crate) fn set_metadata(
         stream: String,
         expected: ExpectedRevision,
         metadata: StreamMetadata,
         reply: Responder<u64>,
-    },
-}
+    ) -> Self {
+        Self {
+            request: Request::SetMetadata {
+                stream,
+                expected,
+                metadata,
+            },
+            reply: Reply::MetadataRevision(reply),
+        }
+    }
 
-impl Command {
     fn size_hint(&self) -> usize {
-        match self {
-            Command::Append { parts, .. } => parts
+        match &self.request {
+            Request::Append { parts } => parts
                 .iter()
                 .flat_map(|part| &part.events)
                 .map(|event| event.size() + 64)
                 .sum(),
             _ => 64,
+        }
+    }
+}
+
+/// What a command asks for.
+enum Request {
+    Append {
+        parts: Vec<StreamAppend>,
+    },
+    Delete {
+        stream: String,
+        expected: ExpectedRevision,
+        tombstone: bool,
+    },
+    SetMetadata {
+        stream: String,
+        expected: ExpectedRevision,
+        metadata: StreamMetadata,
+    },
+}
+
+/// Where a command's answer goes; the variant matches the command's request.
+pub(crate) enum Reply {
+    Append(AppendReply),
+    Revision(Responder<CurrentRevision>),
+    MetadataRevision(Responder<u64>),
+}
+
+impl Reply {
+    /// Answers with the outcome of the request this reply belongs to.
+    fn send(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Reply::Append(reply), Outcome::Append(result)) => reply.send(result),
+            (Reply::Revision(reply), Outcome::Revision(result)) => reply.send(result),
+            (Reply::MetadataRevision(reply), Outcome::MetadataRevision(result)) => {
+                reply.send(result);
+            }
+            // The constructors of `Command` pair every request with its kind of
+            // reply, and `Committer::prepare` answers each request with the
+            // outcome of its kind, so this is never reached.
+            (reply, _) => reply.fail(&Error::Io(
+                "internal error: a request was answered with another kind of result".into(),
+            )),
+        }
+    }
+
+    /// Answers with `error`.
+    pub(crate) fn fail(self, error: &Error) {
+        match self {
+            Reply::Append(reply) => reply.send(Err(error.clone())),
+            Reply::Revision(reply) => reply.send(Err(error.clone())),
+            Reply::MetadataRevision(reply) => reply.send(Err(error.clone())),
         }
     }
 }
@@ -88,33 +174,11 @@ impl AppendReply {
     }
 }
 
-/// An answer held back until the group is durable.
-enum Answer {
-    Append(AppendReply, Result<Vec<AppendResult>>),
-    Revision(Responder<CurrentRevision>, Result<CurrentRevision>),
-    MetadataRevision(Responder<u64>, Result<u64>),
-}
-
-impl Answer {
-    fn send(self) {
-        match self {
-            Answer::Append(reply, result) => reply.send(result),
-            Answer::Revision(reply, result) => reply.send(result),
-            Answer::MetadataRevision(reply, result) => reply.send(result),
-        }
-    }
-
-    /// Replaces a success by `error` (the group's write failed).
-    fn fail(self, error: &Error) -> Self {
-        match self {
-            Answer::Append(reply, Ok(_)) => Answer::Append(reply, Err(error.clone())),
-            Answer::Revision(reply, Ok(_)) => Answer::Revision(reply, Err(error.clone())),
-            Answer::MetadataRevision(reply, Ok(_)) => {
-                Answer::MetadataRevision(reply, Err(error.clone()))
-            }
-            other => other,
-        }
-    }
+/// A request's result, held back until the group is durable.
+enum Outcome {
+    Append(Result<Vec<AppendResult>>),
+    Revision(Result<CurrentRevision>),
+    MetadataRevision(Result<u64>),
 }
 
 /// Bounds of one group.
@@ -133,7 +197,9 @@ pub(crate) struct Committer {
     /// Counters of the segment holding `head` (events, bytes written).
     segment: (u64, u64, u64),
     group_limits: GroupLimits,
-    /// Set after a failed write; every later request gets it.
+    /// The test seam consulted before each group's write (`StoreOptions::write_fault`).
+    write_fault: Option<WriteFault>,
+    /// Set after a failed write or a panic; every later request gets it.
     poisoned: Option<Error>,
     /// Shared copy of the poison for callers that check before queueing.
     poison_flag: Arc<Mutex<Option<Error>>>,
@@ -149,7 +215,8 @@ struct Group {
     new_ids: HashMap<Uuid, EventIdEntry>,
     events: Vec<Arc<RecordedEvent>>,
     changed_streams: Vec<String>,
-    answers: Vec<Answer>,
+    /// One per request, in queue order.
+    outcomes: Vec<Outcome>,
 }
 
 impl Committer {
@@ -159,6 +226,7 @@ impl Committer {
         next_stream_id: u64,
         segment: (u64, u64, u64),
         group_limits: GroupLimits,
+        write_fault: Option<WriteFault>,
         poison_flag: Arc<Mutex<Option<Error>>>,
     ) -> Self {
         Self {
@@ -167,6 +235,7 @@ impl Committer {
             next_stream_id,
             segment,
             group_limits,
+            write_fault,
             poisoned: None,
             poison_flag,
         }
@@ -196,45 +265,79 @@ impl Committer {
         );
     }
 
+    /// Commits one group and answers every request in it, also when the write
+    /// fails or something panics (then all of them get `Poisoned`).
     fn commit_group(&mut self, commands: Vec<Command>) {
-        let mut group = Group::default();
-        let head_before = self.head;
-        let next_stream_id_before = self.next_stream_id;
-        let segment_before = self.segment;
-        for command in commands {
-            self.prepare(command, &mut group);
+        let mut requests = Vec::with_capacity(commands.len());
+        let mut replies = VecDeque::with_capacity(commands.len());
+        for Command { request, reply } in commands {
+            requests.push(request);
+            replies.push_back(reply);
         }
         if let Some(error) = &self.poisoned {
-            for answer in group.answers {
-                answer.fail(error).send();
+            for reply in replies {
+                reply.fail(error);
             }
             return;
+        }
+        let before = (self.head, self.next_stream_id, self.segment);
+        // The replies live outside the unwinding code: after a panic every one not
+        // yet answered is still here to be told `Poisoned` (a dropped reply would
+        // read as `ShuttingDown`), and the thread lives on to answer the queue.
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+            let outcomes = self.write_group(requests)?;
+            for outcome in outcomes {
+                if let Some(reply) = replies.pop_front() {
+                    reply.send(outcome);
+                }
+            }
+            Ok(())
+        }));
+        let error = match handled {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error,
+            Err(payload) => Error::Poisoned(format!(
+                "the committer thread panicked: {}",
+                panic_message(payload.as_ref())
+            )),
+        };
+        tracing::error!(%error, "the store now refuses writes");
+        (self.head, self.next_stream_id, self.segment) = before;
+        self.poisoned = Some(error.clone());
+        // Set before anyone of the group is answered, so that a caller who sees
+        // `Poisoned` and tries again is refused before queueing.
+        *self
+            .poison_flag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+        for reply in replies {
+            reply.fail(&error);
+        }
+    }
+
+    /// Checks every request, writes the group's batch and publishes it. Returns
+    /// one outcome per request, in order, or the poison when the write failed
+    /// (then nothing of the group reached the catalog or the live ring).
+    fn write_group(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>> {
+        let mut group = Group::default();
+        let context = WriteFaultContext {
+            requests: requests.len(),
+            events: 0,
+            first_position: self.head,
+        };
+        for request in requests {
+            let outcome = self.prepare(request, &mut group);
+            group.outcomes.push(outcome);
         }
         let wrote_something = !group.overlay.is_empty() || !group.events.is_empty();
         if wrote_something {
             self.put_counters(&mut group.batch);
-            let mut options = WriteOptions::default();
-            options.set_sync(self.shared.durability == Durability::Sync);
-            let written = self
-                .shared
-                .db
-                .write_opt(std::mem::take(&mut group.batch), &options);
-            if let Err(error) = written {
-                let error = Error::Poisoned(format!("RocksDB write failed: {error}"));
-                tracing::error!(%error, "write failed; the store now refuses writes");
-                self.poisoned = Some(error.clone());
-                *self
-                    .poison_flag
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
-                self.head = head_before;
-                self.next_stream_id = next_stream_id_before;
-                self.segment = segment_before;
-                for answer in group.answers {
-                    answer.fail(&error).send();
-                }
-                return;
-            }
+            let context = WriteFaultContext {
+                events: group.events.len(),
+                ..context
+            };
+            self.write(std::mem::take(&mut group.batch), &context)
+                .map_err(|message| Error::Poisoned(format!("a RocksDB write failed: {message}")))?;
             self.shared.catalog.apply(group.overlay);
             let notice = CommitNotice {
                 head: self.head,
@@ -242,9 +345,25 @@ impl Committer {
             };
             self.shared.live.publish(group.events, &notice);
         }
-        for answer in group.answers {
-            answer.send();
+        Ok(group.outcomes)
+    }
+
+    /// Writes the group's batch with one WAL sync (per `Durability`). The write
+    /// fault, when set, is asked first and may fail the write or panic instead.
+    fn write(&self, batch: WriteBatch, context: &WriteFaultContext) -> Result<(), String> {
+        if let Some(message) = self
+            .write_fault
+            .as_ref()
+            .and_then(|fault| fault.check(context))
+        {
+            return Err(message);
         }
+        let mut options = WriteOptions::default();
+        options.set_sync(self.shared.durability == Durability::Sync);
+        self.shared
+            .db
+            .write_opt(batch, &options)
+            .map_err(rocksdb::Error::into_string)
     }
 
     fn put_counters(&mut self, batch: &mut WriteBatch) {
@@ -263,52 +382,22 @@ impl Committer {
         );
     }
 
-    fn prepare(&mut self, command: Command, group: &mut Group) {
-        let poisoned = self.poisoned.clone();
-        let answer = match command {
-            Command::Append { parts, reply } => {
-                let result = match poisoned {
-                    Some(error) => Err(error),
-                    None => self.prepare_append(parts, group),
-                };
-                Answer::Append(reply, result)
-            }
-            Command::Delete {
+    fn prepare(&mut self, request: Request, group: &mut Group) -> Outcome {
+        match request {
+            Request::Append { parts } => Outcome::Append(self.prepare_append(parts, group)),
+            Request::Delete {
                 stream,
                 expected,
-                reply,
-            } => {
-                let result = match poisoned {
-                    Some(error) => Err(error),
-                    None => self.prepare_delete(&stream, expected, false, group),
-                };
-                Answer::Revision(reply, result)
-            }
-            Command::Tombstone {
-                stream,
-                expected,
-                reply,
-            } => {
-                let result = match poisoned {
-                    Some(error) => Err(error),
-                    None => self.prepare_delete(&stream, expected, true, group),
-                };
-                Answer::Revision(reply, result)
-            }
-            Command::SetMetadata {
+                tombstone,
+            } => Outcome::Revision(self.prepare_delete(&stream, expected, tombstone, group)),
+            Request::SetMetadata {
                 stream,
                 expected,
                 metadata,
-                reply,
             } => {
-                let result = match poisoned {
-                    Some(error) => Err(error),
-                    None => self.prepare_metadata(&stream, expected, metadata, group),
-                };
-                Answer::MetadataRevision(reply, result)
+                Outcome::MetadataRevision(self.prepare_metadata(&stream, expected, metadata, group))
             }
-        };
-        group.answers.push(answer);
+        }
     }
 
     /// The stream's record as of this point in the group.
@@ -675,4 +764,13 @@ impl Committer {
         group.overlay.insert(stream.to_owned(), record);
         group.changed_streams.push(stream.to_owned());
     }
+}
+
+/// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(the panic carried no message)")
 }

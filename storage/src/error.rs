@@ -94,10 +94,21 @@ pub enum Error {
         supported: u32,
     },
 
-    /// A write or sync failed earlier; the store refuses further writes because the
-    /// state on disk is unknown. Restart the process to recover from the log.
-    #[error("the store stopped accepting writes after an I/O failure: {0}; restart to recover")]
+    /// A write or sync failed, or the committer thread panicked; the store refuses
+    /// further writes because the state on disk is unknown. The message says which.
+    /// Restart the process (reopen the directory) to recover from the log: every
+    /// acknowledged write is there, nothing of a request answered `Poisoned` is
+    /// acknowledged.
+    #[error("the store stopped accepting writes: {0}; restart to recover")]
     Poisoned(String),
+
+    /// The committer's queue is full; the request was not queued and nothing of
+    /// it was written. Retry later, or send fewer requests at once.
+    #[error("the committer queue is full ({capacity} requests waiting); retry later")]
+    Overloaded {
+        /// The queue's capacity (`StoreOptions::queue_capacity`).
+        capacity: usize,
+    },
 
     /// The store is shutting down (or shut down) and accepts no more requests.
     #[error("the store is shutting down")]

@@ -49,5 +49,5 @@ pub use model::{
     StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
     validate_stored_stream_name, validate_stream_name,
 };
-pub use store::{Durability, Store, StoreOptions};
+pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

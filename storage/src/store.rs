@@ -1,9 +1,17 @@
 //! `Store`: opening the database, recovering state, and the public API that
 //! routes writes to the committer and runs reads on the caller's thread.
+//!
+//! Writes never block the caller: a request goes into a bounded queue with
+//! `try_send`, and a full queue answers at once with `Error::Overloaded`. The
+//! store is fail-stop: after a failed RocksDB write or a panic in the committer it
+//! is poisoned, and every write request, queued or new, gets `Error::Poisoned`
+//! until the process reopens the directory. Reads keep working on what was
+//! acknowledged. `StoreOptions::write_fault` is the seam tests use to reach those
+//! paths.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -36,6 +44,57 @@ pub enum Durability {
     Unsynced,
 }
 
+/// What a [`WriteFault`] is told about the group whose write it decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WriteFaultContext {
+    /// Requests in the group, also those that failed their checks (they write
+    /// nothing but are answered with the group).
+    pub requests: usize,
+    /// Events the group appends.
+    pub events: usize,
+    /// The position the group's first event gets (the head before the group).
+    pub first_position: u64,
+}
+
+/// Test seam around the committer's write: a hook called once for every group
+/// that writes something, right before its RocksDB `WriteBatch` would be
+/// written.
+///
+/// When it returns `Some(message)`, the committer treats the group's RocksDB write
+/// as failed with that message: nothing of the group is written, and the store
+/// takes its fail-stop path (every request of the group and every later one gets
+/// [`Error::Poisoned`]). When it returns `None`, the real write happens. When it
+/// panics, it simulates a panicking committer, which poisons the store the same
+/// way. It runs on the committer thread, so blocking in it holds up every writer
+/// (tests use that to fill the queue). Production code leaves
+/// [`StoreOptions::write_fault`] at `None`.
+#[derive(Clone)]
+pub struct WriteFault(Arc<WriteFaultHook>);
+
+/// The hook inside a [`WriteFault`].
+type WriteFaultHook = dyn Fn(&WriteFaultContext) -> Option<String> + Send + Sync;
+
+impl WriteFault {
+    /// Wraps `hook`; see [`WriteFault`] for what its answer means.
+    pub fn new(
+        hook: impl Fn(&WriteFaultContext) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self(Arc::new(hook))
+    }
+
+    /// Asks the hook about one group's write.
+    pub(crate) fn check(&self, context: &WriteFaultContext) -> Option<String> {
+        (self.0)(context)
+    }
+}
+
+impl std::fmt::Debug for WriteFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteFault(..)")
+    }
+}
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -45,7 +104,8 @@ pub struct StoreOptions {
     pub limits: Limits,
     /// Bounds of the in-memory ring of recent events.
     pub ring: RingLimits,
-    /// Requests waiting for the committer; senders block when it is full.
+    /// Requests waiting for the committer. A request that finds the queue full
+    /// is answered at once with [`Error::Overloaded`]; callers never block.
     pub queue_capacity: usize,
     /// Most requests committed in one group.
     pub max_group_requests: usize,
@@ -61,6 +121,10 @@ pub struct StoreOptions {
     /// streams, against 150 bytes per event in SST files). Past it, RocksDB
     /// flushes the column families that hold the oldest file.
     pub max_wal_bytes: u64,
+    /// Test seam: when it returns `Some(message)`, the committer treats the
+    /// group's RocksDB write as failed with that message (and a panic in it is a
+    /// panicking committer). See [`WriteFault`]. `None` outside tests.
+    pub write_fault: Option<WriteFault>,
 }
 
 impl Default for StoreOptions {
@@ -74,6 +138,7 @@ impl Default for StoreOptions {
             max_group_bytes: 32 * 1024 * 1024,
             block_cache_bytes: 256 * 1024 * 1024,
             max_wal_bytes: 128 * 1024 * 1024,
+            write_fault: None,
         }
     }
 }
@@ -105,8 +170,10 @@ struct Inner {
     shared: Arc<Shared>,
     /// `None` once shutdown began.
     queue: Mutex<Option<SyncSender<Command>>>,
+    /// The queue's bound, for `Error::Overloaded`.
+    queue_capacity: usize,
     committer: Mutex<Option<JoinHandle<()>>>,
-    /// Set by the committer after a failed write (fail-stop).
+    /// Set by the committer after a failed write or a panic (fail-stop).
     poison: Arc<Mutex<Option<Error>>>,
     path: PathBuf,
 }
@@ -283,6 +350,7 @@ impl Store {
             scavenge_lock: Mutex::new(()),
         });
         let poison = Arc::new(Mutex::new(None));
+        let queue_capacity = options.queue_capacity.max(1);
         let committer = Committer::new(
             Arc::clone(&shared),
             head,
@@ -292,9 +360,10 @@ impl Store {
                 max_commands: options.max_group_requests.max(1),
                 max_bytes: options.max_group_bytes,
             },
+            options.write_fault,
             Arc::clone(&poison),
         );
-        let (sender, receiver) = sync_channel(options.queue_capacity.max(1));
+        let (sender, receiver) = sync_channel(queue_capacity);
         let handle = std::thread::Builder::new()
             .name("cairn-committer".into())
             .spawn(move || committer.run(receiver))
@@ -303,6 +372,7 @@ impl Store {
             inner: Arc::new(Inner {
                 shared,
                 queue: Mutex::new(Some(sender)),
+                queue_capacity,
                 committer: Mutex::new(Some(handle)),
                 poison,
                 path,
@@ -324,14 +394,19 @@ impl Store {
         &self.inner.shared.live
     }
 
-    fn submit<T>(&self, make: impl FnOnce(ticket::Responder<T>) -> Command) -> Ticket<T> {
-        if let Some(error) = self
-            .inner
+    /// The poison, if the store is poisoned.
+    fn poison(&self) -> Option<Error> {
+        self.inner
             .poison
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-        {
+    }
+
+    /// Queues a request for the committer without blocking: a full queue answers
+    /// the ticket at once with `Overloaded`.
+    fn submit<T>(&self, make: impl FnOnce(ticket::Responder<T>) -> Command) -> Ticket<T> {
+        if let Some(error) = self.poison() {
             return Ticket::ready(Err(error));
         }
         let sender = self
@@ -344,16 +419,24 @@ impl Store {
             return Ticket::ready(Err(Error::ShuttingDown));
         };
         let (ticket, responder) = ticket::channel();
-        // A send fails only when the committer is gone; the dropped responder then
-        // resolves the ticket to `ShuttingDown`.
-        let _ = sender.send(make(responder));
+        match sender.try_send(make(responder)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(command)) => command.reply.fail(&Error::Overloaded {
+                capacity: self.inner.queue_capacity,
+            }),
+            // The committer is gone: it stopped (shutdown), or it was poisoned.
+            Err(TrySendError::Disconnected(command)) => command
+                .reply
+                .fail(&self.poison().unwrap_or(Error::ShuttingDown)),
+        }
         ticket
     }
 
     /// Appends to one or more streams atomically: every part's expectation holds
     /// and all events are written, or nothing is. Returns one result per part, in
-    /// order. Blocks only while the queue is full; the ticket resolves when the
-    /// group holding the request is durable (per [`Durability`]).
+    /// order. Never blocks: the ticket resolves when the group holding the request
+    /// is durable (per [`Durability`]), or at once with [`Error::Overloaded`] when
+    /// the committer's queue is full.
     ///
     /// Retrying an append with the same event ids is safe: if it was written, the
     /// original result comes back with `idempotent_replay` set.
@@ -361,10 +444,7 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Append {
-            parts,
-            reply: AppendReply::Multi(reply),
-        })
+        self.submit(|reply| Command::append(parts, AppendReply::Multi(reply)))
     }
 
     /// Appends to one stream; see [`Store::append_multi`].
@@ -378,10 +458,7 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Append {
-            parts,
-            reply: AppendReply::Single(reply),
-        })
+        self.submit(|reply| Command::append(parts, AppendReply::Single(reply)))
     }
 
     /// Soft-deletes a stream: it reads as not found until written again, and its
@@ -395,11 +472,7 @@ impl Store {
         if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Delete {
-            stream,
-            expected,
-            reply,
-        })
+        self.submit(|reply| Command::delete(stream, expected, false, reply))
     }
 
     /// Hard-deletes a stream: it can never be read or written again.
@@ -412,11 +485,7 @@ impl Store {
         if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::Tombstone {
-            stream,
-            expected,
-            reply,
-        })
+        self.submit(|reply| Command::delete(stream, expected, true, reply))
     }
 
     /// Replaces a stream's metadata. `expected` applies to the metadata revision
@@ -431,12 +500,7 @@ impl Store {
         if let Err(error) = validate_stored_stream_name(&stream) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::SetMetadata {
-            stream,
-            expected,
-            metadata,
-            reply,
-        })
+        self.submit(|reply| Command::set_metadata(stream, expected, metadata, reply))
     }
 
     /// What the store knows about one stream (also deleted ones); `None` if never

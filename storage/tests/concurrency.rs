@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cairn_storage::{
-    CurrentRevision, Durability, Error, EventData, ExpectedRevision, ReadFrom, ReadRequest,
-    ReadSource, RecordedEvent, Store, StoreOptions, StreamMetadata,
+    CurrentRevision, Durability, Error, EventData, ExpectedRevision, ReadRequest, ReadSource,
+    RecordedEvent, Store, StoreOptions, StreamMetadata,
 };
+use cairn_testkit::try_read_all;
 use uuid::Uuid;
 
 const THREADS: usize = 8;
@@ -27,18 +28,10 @@ fn open(dir: &std::path::Path) -> Store {
     .expect("open")
 }
 
-/// Reads a whole source forwards, page by page.
+/// Reads a whole source forwards in pages of 333: an odd size, so page
+/// boundaries also fall between the two halves of a multi-stream append.
 fn read_all(store: &Store, source: ReadSource) -> Vec<RecordedEvent> {
-    let mut request = ReadRequest::forwards(source, 333);
-    let mut events = Vec::new();
-    loop {
-        let page = store.read(&request).expect("read");
-        events.extend(page.events);
-        match page.next {
-            Some(next) => request.from = ReadFrom::At(next),
-            None => return events,
-        }
-    }
+    try_read_all(store, ReadRequest::forwards(source, 333)).expect("read")
 }
 
 /// An acknowledged append, as the writer saw it.

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_storage::{
-    AppendResult, Durability, EventData, ExpectedRevision, ReadFrom, ReadRequest, ReadSource,
-    RecordedEvent, Store, StoreOptions,
+    AppendResult, Durability, EventData, ExpectedRevision, ReadSource, RecordedEvent, Store,
+    StoreOptions,
 };
+use cairn_testkit::read_all;
 use uuid::Uuid;
 
 const CHILD_DIR_ENV: &str = "CAIRN_CRASH_CHILD_DIR";
@@ -289,21 +290,6 @@ fn run_child_and_kill(dir: &Path) -> Vec<Ack> {
     );
     assert!(!acks.is_empty());
     acks
-}
-
-fn read_all(store: &Store, source: ReadSource) -> Vec<RecordedEvent> {
-    let mut request = ReadRequest::forwards(source.clone(), 1000);
-    let mut events = Vec::new();
-    loop {
-        let page = store
-            .read(&request)
-            .unwrap_or_else(|error| panic!("reading {source:?}: {error}"));
-        events.extend(page.events);
-        match page.next {
-            Some(next) => request.from = ReadFrom::At(next),
-            None => return events,
-        }
-    }
 }
 
 /// The fields of a payload, checked against the event that carries it.

@@ -15,6 +15,7 @@ use cairn_storage::{
     ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store, StoreOptions,
     StreamAppend, StreamInfo, StreamMetadata, StreamState,
 };
+use cairn_testkit::{numbered, try_read_all};
 use proptest::prelude::*;
 use proptest::sample::{Index, subsequence};
 use uuid::Uuid;
@@ -813,24 +814,6 @@ fn request(
     }
 }
 
-/// Reads every page of `request`, following `page.next`.
-fn read_paged(store: &Store, mut request: ReadRequest) -> Result<Vec<RecordedEvent>, Error> {
-    let mut events = Vec::new();
-    for _ in 0..ALL {
-        let page = store.read(&request)?;
-        assert!(
-            page.events.len() <= request.max_count,
-            "page larger than max_count"
-        );
-        events.extend(page.events);
-        match page.next {
-            Some(next) => request.from = ReadFrom::At(next),
-            None => return Ok(events),
-        }
-    }
-    panic!("paging {request:?} did not end");
-}
-
 fn sort_key(source: &ReadSource, event: &RecordedEvent) -> u64 {
     match source {
         ReadSource::Stream(_) => event.revision,
@@ -878,7 +861,7 @@ fn check_source(store: &Store, model: &Model, source: &ReadSource) {
     }
 
     for size in [1, 2, 3] {
-        let paged = read_paged(
+        let paged = try_read_all(
             store,
             request(source, Direction::Forwards, ReadFrom::Start, size),
         );
@@ -888,7 +871,7 @@ fn check_source(store: &Store, model: &Model, source: &ReadSource) {
             "{}",
             context(&format!("forwards read in pages of {size}"))
         );
-        let paged = read_paged(
+        let paged = try_read_all(
             store,
             request(source, Direction::Backwards, ReadFrom::End, size),
         );
@@ -982,7 +965,7 @@ fn check_filtered(store: &Store, model: &Model, source: &ReadSource, filter: &Re
         for size in [2, ALL] {
             let mut filtered = request(source, direction, from, size);
             filtered.filter = filter.clone();
-            let got = read_paged(store, filtered).expect("filtered read");
+            let got = try_read_all(store, filtered).expect("filtered read");
             assert_eq!(
                 &got, want,
                 "{direction:?} read of {source:?} with {filter:?} in pages of {size}"
@@ -1207,8 +1190,8 @@ proptest! {
 // ---------------------------------------------------------------------------
 // Fixed cases worth keeping whatever the generator finds.
 
-fn event(n: u128) -> EventData {
-    EventData::json("Created", format!("{{\"n\":{n}}}")).with_id(Uuid::from_u128(n))
+fn event(n: u64) -> EventData {
+    numbered("Created", n).with_id(Uuid::from_u128(n.into()))
 }
 
 /// A client retries a `NoStream` append after the stream was soft-deleted again:
@@ -1256,7 +1239,7 @@ fn retry_of_no_stream_append_survives_a_later_soft_delete() {
 fn retries_return_the_original_result() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), options()).expect("open");
-    let mut n = 0u128;
+    let mut n = 0u64;
     let mut next = || {
         n += 1;
         event(n)

@@ -3,10 +3,11 @@
 //! slowly, and RocksDB keeps every WAL file until all of them have flushed.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_storage::{Durability, EventData, ExpectedRevision, Store, StoreOptions};
+use cairn_testkit::eventually_blocking_within;
 
 const EVENTS: u64 = 8_000;
 const EVENT_BYTES: usize = 2_048;
@@ -49,18 +50,20 @@ fn the_wal_is_bounded_when_events_spread_over_many_streams() {
         }
     }
     let written = EVENTS * EVENT_BYTES as u64;
-    // Flushes run in the background: give them a moment. Without the cap the
-    // WAL holds every byte written (~16 MiB) and never shrinks.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Flushes run in the background: wait for them. Without the cap the WAL
+    // holds every byte written (~16 MiB) and never shrinks.
     let bound = 4 * MAX_WAL_BYTES;
-    while wal_bytes(dir.path()) > bound && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let wal = wal_bytes(dir.path());
-    assert!(
-        wal <= bound,
-        "WAL holds {wal} bytes after {written} bytes of events (cap {MAX_WAL_BYTES})"
+    let what = format!(
+        "the WAL to shrink to at most {bound} bytes after {written} bytes of events (cap {MAX_WAL_BYTES})"
     );
+    eventually_blocking_within(Duration::from_secs(20), &what, || {
+        let wal = wal_bytes(dir.path());
+        if wal <= bound {
+            Ok(())
+        } else {
+            Err(format!("the WAL holds {wal} bytes"))
+        }
+    });
 
     // Nothing was lost to the flushes.
     store.shutdown();

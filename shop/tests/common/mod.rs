@@ -1,78 +1,23 @@
-//! Shared harness: a real Cairn server on 127.0.0.1:0 in this process, the four
-//! shop services and the gateway as tasks, each with its own Cairn connections
-//! and its own data directory, and an HTTP client for the gateway.
+//! The shop's part of the harness: on the workspace's in-process Cairn server
+//! (`cairn_testkit::TestServer`), the four shop services and the gateway as
+//! tasks, each with its own Cairn connections and its own data directory, and
+//! an HTTP client for the gateway.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use cairn_client::Client;
+use cairn_testkit::{TestServer, eventually};
 use reqwest::StatusCode;
 use serde_json::Value;
 use shop::saga::Driver;
 use shop::services::{self, Service, ServiceConfig};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// How long a test waits for the saga and the read models to converge.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A running in-process Cairn server.
-pub struct Cairn {
-    pub address: SocketAddr,
-    _data: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), cairn_server::ServerError>>>,
-}
-
-impl Cairn {
-    pub async fn start() -> Self {
-        let data = tempfile::tempdir().expect("temp dir");
-        let settings = cairn_server::Settings::for_tests(data.path().to_path_buf());
-        let store = cairn_server::open_store(&settings).expect("open store");
-        let listener = tokio::net::TcpListener::bind(settings.listen)
-            .await
-            .expect("bind");
-        let address = listener.local_addr().expect("local addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cairn_server::run(listener, store, settings, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            address,
-            _data: data,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    pub async fn client(&self) -> Client {
-        Client::connect(self.url()).await.expect("connect")
-    }
-}
-
-impl Drop for Cairn {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
 
 /// The shop: four services and a gateway, as tasks.
 pub struct Shop {
-    pub cairn: Cairn,
+    pub cairn: TestServer,
     pub data: tempfile::TempDir,
     pub gateway: String,
     pub http: reqwest::Client,
@@ -91,7 +36,7 @@ impl Shop {
 
     /// The shop with its saga on `driver`.
     pub async fn start_with(driver: Driver) -> Self {
-        let cairn = Cairn::start().await;
+        let cairn = TestServer::start().await;
         let data = tempfile::tempdir().expect("temp dir");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -251,20 +196,4 @@ async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, value)
-}
-
-/// Polls `check` until it yields a value; panics after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }

@@ -1,29 +1,21 @@
 //! The `cairn` binary: parses configuration, sets up logging, binds, and hands
-//! Ctrl-C / SIGTERM to `cairn_server::run`. Client subcommands go to `cli`.
+//! Ctrl-C / SIGTERM to `cairn_server::run`. Client subcommands go to `commands`.
+//!
+//! This crate sits on top of both `cairn-server` (the daemon) and
+//! `cairn-client` (the subcommands), so neither depends on the other.
+
+mod commands;
 
 use std::process::ExitCode;
 
-use cairn_server::cli::{Cli, Command, run_client_command};
-use cairn_server::{LogFormat, Settings};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use commands::{Cli, Command, run_client_command};
 
 /// mimalloc instead of glibc's malloc: every read and append allocates per
 /// event (strings, buffers, protobuf messages), often on one thread and freed
 /// on another; profiles of the read path showed malloc/free as its largest cost.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn init_tracing(settings: &Settings) {
-    let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -71,7 +63,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(&settings);
+            cairn_server::init_tracing(&settings);
             let result = runtime.block_on(async {
                 let store = cairn_server::open_store(&settings)?;
                 let listener = tokio::net::TcpListener::bind(settings.listen).await?;

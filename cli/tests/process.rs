@@ -17,6 +17,7 @@ use cairn_client::{
     AppendResult, Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent,
     StreamAppend,
 };
+use cairn_testkit::{client_numbered, eventually_within, read_all_client};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -75,7 +76,8 @@ fn serving_address(line: &str) -> Option<SocketAddr> {
     text.parse().ok()
 }
 
-/// Polls `child` until it exits or `timeout` passes.
+/// Polls `child` until it exits or `timeout` passes. Not `eventually`: on a
+/// timeout the caller still has to kill the child and show its stderr.
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -335,16 +337,6 @@ impl Written {
     }
 }
 
-async fn read_everything(client: &Client, source: &str) -> Vec<RecordedEvent> {
-    client
-        .read(source, ReadOptions::forwards())
-        .await
-        .expect("read")
-        .collect_all()
-        .await
-        .expect("collect")
-}
-
 /// A mix of JSON and binary events (every byte value, metadata) for one append.
 fn workload_events(round: usize, count: usize) -> Vec<EventData> {
     (0..count)
@@ -406,7 +398,7 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
             }
         }
         expected.sort_by_key(|written| written.position);
-        let before = read_everything(&client, "$all").await;
+        let before = read_all_client(&client, "$all").await.expect("read");
         assert_eq!(
             before.iter().map(Written::of).collect::<Vec<_>>(),
             expected,
@@ -441,13 +433,13 @@ fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
     runtime.block_on(async {
         let client = Client::connect(daemon.url()).await.expect("connect");
-        let after = read_everything(&client, "$all").await;
+        let after = read_all_client(&client, "$all").await.expect("read");
         assert_eq!(
             after, before,
             "$all after the restart: same ids, revisions, positions, timestamps, bytes"
         );
         for stream in streams {
-            let events = read_everything(&client, stream).await;
+            let events = read_all_client(&client, stream).await.expect("read");
             let written: Vec<Written> = expected
                 .iter()
                 .filter(|written| written.stream == stream)
@@ -626,15 +618,16 @@ fn appends_in_flight_survive(stop: Stop) {
                 }
             }));
         }
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        while count.load(Ordering::SeqCst) < STOP_AFTER {
-            assert!(
-                Instant::now() < deadline,
-                "only {} events acknowledged in {PROCESS_TIMEOUT:?}",
-                count.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        let enough = format!("{STOP_AFTER} acknowledged events");
+        eventually_within(PROCESS_TIMEOUT, &enough, || async {
+            let acknowledged = count.load(Ordering::SeqCst);
+            if acknowledged >= STOP_AFTER {
+                Ok(())
+            } else {
+                Err(acknowledged)
+            }
+        })
+        .await;
         // Writers are mid-flight: some appends are queued or committing right now.
         match stop {
             Stop::Kill => daemon.kill_9(),
@@ -661,7 +654,7 @@ fn appends_in_flight_survive(stop: Stop) {
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
     runtime.block_on(async {
         let client = Client::connect(daemon.url()).await.expect("connect");
-        let all = read_everything(&client, "$all").await;
+        let all = read_all_client(&client, "$all").await.expect("read");
         assert_eq!(
             all.iter().map(|event| event.position).collect::<Vec<_>>(),
             (0..all.len() as u64).collect::<Vec<_>>(),
@@ -707,7 +700,7 @@ fn appends_in_flight_survive(stop: Stop) {
                 (0..revisions.len() as u64).collect::<Vec<_>>(),
                 "{stream}: revisions in $all order"
             );
-            let read = read_everything(&client, stream).await;
+            let read = read_all_client(&client, stream).await.expect("read");
             assert_eq!(
                 read.len(),
                 revisions.len(),
@@ -739,12 +732,7 @@ fn sigterm_ends_an_open_health_watch() {
     // A load balancer or grpc client-side health checking keeps a Watch open
     // for as long as the server lives; it must not keep the server alive.
     let watch = runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(daemon.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        let mut health = HealthClient::new(channel);
+        let mut health = HealthClient::new(cairn_testkit::channel(&daemon.url()).await);
         let mut watch = health
             .watch(HealthCheckRequest {
                 service: String::new(),
@@ -1056,9 +1044,7 @@ fn kill_9_keeps_a_consumer_groups_checkpoint() {
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
     let (ids, acked, durable) = runtime.block_on(async {
         let client = Client::connect(daemon.url()).await.expect("connect");
-        let events: Vec<EventData> = (0..500)
-            .map(|n| EventData::json_text("Paid", format!("{{\"n\":{n}}}")))
-            .collect();
+        let events: Vec<EventData> = (0..500).map(|n| client_numbered("Paid", n)).collect();
         let ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
         client
             .append("pay-1", ExpectedRevision::NoStream, events)
@@ -1086,8 +1072,8 @@ fn kill_9_keeps_a_consumer_groups_checkpoint() {
             acked.push(delivery.event.id);
         }
         // Wait until a checkpoint past revision 250 is durable (readable).
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        let durable = loop {
+        let past_250 = "a durable checkpoint past 250";
+        let durable = eventually_within(PROCESS_TIMEOUT, past_250, || async {
             let last = client
                 .read_stream(
                     "$sys-ps-payments-checkpoint",
@@ -1105,12 +1091,12 @@ fn kill_9_keeps_a_consumer_groups_checkpoint() {
                     .as_u64()
                     .expect("a stream group's revision")
             });
-            if let Some(revision) = revision.filter(|revision| *revision >= 250) {
-                break revision;
+            match revision {
+                Some(revision) if revision >= 250 => Ok(revision),
+                seen => Err(seen),
             }
-            assert!(Instant::now() < deadline, "no durable checkpoint past 250");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        })
+        .await;
         (ids, acked, durable)
     });
     daemon.kill_9();

@@ -9,11 +9,11 @@ use cairn_storage::{
 use tokio::sync::oneshot;
 
 use super::{Command, GroupActor, REPLAY_LIMIT};
-use crate::persistent::GroupError;
-use crate::persistent::definition::{ParkedRecord, parked_stream};
+use crate::error::Error;
+use crate::groups::definition::{ParkedRecord, parked_stream};
 
 /// Parked events read back for a replay.
-pub(crate) struct ReplayBatch {
+pub struct ReplayBatch {
     /// (parked-stream revision, the original event if it still exists).
     pub(super) events: Vec<(u64, Option<RecordedEvent>)>,
 }
@@ -29,13 +29,9 @@ pub(super) struct Replay {
 }
 
 impl GroupActor {
-    pub(super) fn start_replay(
-        &mut self,
-        max: u64,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
-    ) {
+    pub(super) fn start_replay(&mut self, max: u64, reply: oneshot::Sender<Result<u64, Error>>) {
         if let Some(replay) = &self.replay {
-            let _ = reply.send(Err(GroupError::ReplayInProgress {
+            let _ = reply.send(Err(Error::ReplayInProgress {
                 group: self.definition.group.clone(),
                 remaining: replay.remaining,
             }));
@@ -58,15 +54,15 @@ impl GroupActor {
         self.feeds.tasks().spawn(async move {
             let loaded = tokio::task::spawn_blocking(move || load_parked(&store, &group, limit))
                 .await
-                .unwrap_or_else(|error| Err(GroupError::Internal(error.to_string())));
+                .unwrap_or_else(|error| Err(Error::Internal(error.to_string())));
             let _ = loopback.send(Command::ReplayLoaded { loaded, reply }).await;
         });
     }
 
     pub(super) fn on_replay_loaded(
         &mut self,
-        loaded: Result<ReplayBatch, GroupError>,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
+        loaded: Result<ReplayBatch, Error>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     ) {
         let batch = match loaded {
             Ok(batch) => batch,
@@ -137,7 +133,7 @@ impl GroupActor {
 }
 
 /// Reads up to `limit` parked records and the events they point at.
-fn load_parked(store: &Store, group: &str, limit: u64) -> Result<ReplayBatch, GroupError> {
+fn load_parked(store: &Store, group: &str, limit: u64) -> Result<ReplayBatch, Error> {
     let stream = parked_stream(group);
     let Some(info) = store.stream_info(&stream) else {
         return Ok(ReplayBatch { events: Vec::new() });
@@ -154,7 +150,7 @@ fn load_parked(store: &Store, group: &str, limit: u64) -> Result<ReplayBatch, Gr
     let mut events = Vec::with_capacity(page.events.len());
     for parked in page.events {
         let record: ParkedRecord = serde_json::from_slice(&parked.data).map_err(|error| {
-            GroupError::Corrupt(format!("parked record of group '{group}': {error}"))
+            Error::Corrupt(format!("parked record of group '{group}': {error}"))
         })?;
         let original = ReadRequest::forwards(ReadSource::Stream(record.stream.clone()), 1)
             .from(ReadFrom::At(record.revision));

@@ -27,16 +27,13 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use cairn_proto::v1 as pb;
 use cairn_storage::{
-    EventData, ExpectedRevision, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store,
+    EventData, ExpectedRevision, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent,
+    Store,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tonic::Status;
 use uuid::Uuid;
-
-use super::GroupError;
 
 mod replay;
 
@@ -44,19 +41,18 @@ use super::definition::{
     CHECKPOINT_TYPE, Checkpoint, GroupDefinition, GroupSettings, PARKED_TYPE, ParkedRecord,
     Strategy, checkpoint_stream, parked_stream,
 };
-use crate::status::shutting_down;
-use crate::subscriptions::{Feed, FeedSpec, Feeds, Target};
-use crate::to_proto;
+use crate::error::{EndReason, Error};
+use crate::feeds::{Feed, FeedReceiver, FeedSpec, Feeds, Target};
 use replay::{Replay, ReplayBatch};
 
 /// Most events read from the source and not yet passed by the checkpoint.
-pub(crate) const WINDOW_EVENTS: usize = 10_000;
+pub const WINDOW_EVENTS: usize = 10_000;
 /// Most payload bytes held for those events.
-pub(crate) const WINDOW_BYTES: usize = 64 * 1024 * 1024;
+pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 /// Most events waiting for a consumer before the actor stops reading its source.
 const READ_AHEAD: usize = 512;
 /// Most parked events moved back into delivery by one replay call.
-pub(crate) const REPLAY_LIMIT: u64 = 10_000;
+pub const REPLAY_LIMIT: u64 = 10_000;
 /// Events per checkpoint mark on filtered `$all` groups.
 const FEED_CHECKPOINT_INTERVAL: u64 = 1_000;
 /// How often timeouts and the checkpoint timer are checked.
@@ -66,7 +62,7 @@ const REOPEN_DELAY: Duration = Duration::from_secs(1);
 
 /// What a consumer can do with an event besides acking it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NackAction {
+pub enum NackAction {
     /// Deliver again; counts as a retry.
     Retry,
     /// Park now.
@@ -79,7 +75,7 @@ pub(crate) enum NackAction {
 
 /// A consumer's live figures.
 #[derive(Debug, Clone)]
-pub(crate) struct ConsumerStatus {
+pub struct ConsumerStatus {
     pub id: u64,
     pub name: String,
     pub max_in_flight: u32,
@@ -91,7 +87,7 @@ pub(crate) struct ConsumerStatus {
 
 /// A group's live figures.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct GroupStatus {
+pub struct GroupStatus {
     pub checkpoint: Option<Checkpoint>,
     pub in_flight: u64,
     pub waiting: u64,
@@ -102,11 +98,32 @@ pub(crate) struct GroupStatus {
     pub consumers: Vec<ConsumerStatus>,
 }
 
+/// What a group sends a joined consumer.
+#[derive(Debug, Clone)]
+pub enum ConsumerMessage {
+    /// First message: the consumer is in the group.
+    Joined {
+        /// Its id within the group.
+        consumer_id: u64,
+        /// Its in-flight limit (the asked one capped by the group's).
+        max_in_flight: u32,
+    },
+    /// An event to process, then ack or nack.
+    Event {
+        /// The event.
+        event: RecordedEvent,
+        /// Deliveries of it before this one.
+        retry_count: u32,
+    },
+    /// The group ended the session.
+    End(EndReason),
+}
+
 /// Where a consumer's messages go.
-pub(crate) type ConsumerSender = mpsc::Sender<Result<pb::ConsumeResponse, Status>>;
+pub type ConsumerSender = mpsc::Sender<ConsumerMessage>;
 
 /// Messages to the actor.
-pub(crate) enum Command {
+pub enum Command {
     /// A consumer joins; the actor sends `ConsumerJoined` on `sender` first.
     Join {
         name: String,
@@ -115,14 +132,14 @@ pub(crate) enum Command {
         max_consumers: usize,
         sender: ConsumerSender,
         /// The consumer's id, or why it may not join.
-        reply: oneshot::Sender<Result<u64, GroupError>>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     },
     /// A consumer's call ended, or must end with `status`. `graceful`: the
     /// consumer closed its side after sending its last acks, so what it still
     /// holds goes back without counting a retry.
     Leave {
         consumer: u64,
-        status: Option<Status>,
+        reason: Option<EndReason>,
         graceful: bool,
     },
     /// Events finished by a consumer.
@@ -141,10 +158,10 @@ pub(crate) enum Command {
     /// Moves parked events back into delivery.
     Replay {
         max: u64,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     },
-    /// The group was deleted: end every consumer's call with this status.
-    Stop { status: Status },
+    /// The group was deleted: end every consumer's call with this reason.
+    Stop { reason: EndReason },
     /// A park write finished.
     Parked {
         key: u64,
@@ -157,11 +174,13 @@ pub(crate) enum Command {
     },
     /// A replay read finished.
     ReplayLoaded {
-        loaded: Result<ReplayBatch, GroupError>,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
+        loaded: Result<ReplayBatch, Error>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     },
     /// The parked stream was truncated after a replay.
     ReplayTruncated,
+    /// Test seam: the actor panics (to test the registry's supervision).
+    Crash,
 }
 
 /// What happens to an event now.
@@ -216,8 +235,11 @@ impl Consumer {
 }
 
 /// The actor's state.
-pub(crate) struct GroupActor {
+pub struct GroupActor {
     definition: GroupDefinition,
+    /// The compiled `$all` filter (the registry refuses to start a group whose
+    /// stored filter does not compile).
+    filter: ReadFilter,
     is_stream: bool,
     skip_system_streams: bool,
     store: Store,
@@ -227,7 +249,7 @@ pub(crate) struct GroupActor {
     loopback: mpsc::Sender<Command>,
     shutdown: watch::Receiver<bool>,
 
-    feed: Option<mpsc::Receiver<Result<Feed, Status>>>,
+    feed: Option<FeedReceiver>,
     /// When to reopen a failed feed.
     reopen_at: Option<Instant>,
     /// The last feed failure logged, so a persisting one is logged once.
@@ -263,7 +285,7 @@ pub(crate) struct GroupActor {
 }
 
 /// Reads every visible event of a stream (system streams are small).
-pub(crate) fn read_stream(store: &Store, stream: &str) -> Result<Vec<RecordedEvent>, GroupError> {
+pub fn read_stream(store: &Store, stream: &str) -> Result<Vec<RecordedEvent>, Error> {
     let mut events = Vec::new();
     let mut from = 0;
     loop {
@@ -283,10 +305,7 @@ pub(crate) fn read_stream(store: &Store, stream: &str) -> Result<Vec<RecordedEve
 }
 
 /// The newest checkpoint of a group, if it wrote one.
-pub(crate) fn load_checkpoint(
-    store: &Store,
-    group: &str,
-) -> Result<Option<Checkpoint>, GroupError> {
+pub fn load_checkpoint(store: &Store, group: &str) -> Result<Option<Checkpoint>, Error> {
     let request = ReadRequest::backwards(ReadSource::Stream(checkpoint_stream(group)), 1);
     match store.read(&request) {
         Ok(page) => page
@@ -294,7 +313,7 @@ pub(crate) fn load_checkpoint(
             .first()
             .map(|event| {
                 serde_json::from_slice(&event.data).map_err(|error| {
-                    GroupError::Corrupt(format!("checkpoint of group '{group}': {error}"))
+                    Error::Corrupt(format!("checkpoint of group '{group}': {error}"))
                 })
             })
             .transpose(),
@@ -315,21 +334,23 @@ fn json_event(event_type: &str, data: Vec<u8>) -> EventData {
 
 impl GroupActor {
     /// An actor resuming from `checkpoint` (or the definition's start).
-    pub(crate) fn new(
+    pub fn new(
         definition: GroupDefinition,
+        filter: ReadFilter,
         checkpoint: Option<Checkpoint>,
         store: Store,
         feeds: Feeds,
         shutdown: watch::Receiver<bool>,
         commands: mpsc::Receiver<Command>,
         loopback: mpsc::Sender<Command>,
-    ) -> Result<Self, GroupError> {
+    ) -> Result<Self, Error> {
         let source = definition.source()?;
         let is_stream = matches!(source, ReadSource::Stream(_));
         let source_cursor = checkpoint.map_or(definition.start_cursor, |checkpoint| {
             checkpoint.resume_cursor(is_stream)
         });
         Ok(Self {
+            filter,
             skip_system_streams: source == ReadSource::All,
             is_stream,
             definition,
@@ -376,7 +397,7 @@ impl GroupActor {
     }
 
     /// Runs until the group is deleted or the server shuts down.
-    pub(crate) async fn run(mut self) {
+    pub async fn run(mut self) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
@@ -385,8 +406,8 @@ impl GroupActor {
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else { return };
-                    if let Some(status) = self.handle(command) {
-                        self.end_all(status);
+                    if let Some(reason) = self.handle(command) {
+                        self.end_all(reason);
                         return;
                     }
                 }
@@ -396,7 +417,7 @@ impl GroupActor {
                 _ = tick.tick() => self.on_tick(),
                 () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
                     self.flush_checkpoint().await;
-                    self.end_all(shutting_down());
+                    self.end_all(EndReason::ShuttingDown);
                     return;
                 }
             }
@@ -407,8 +428,8 @@ impl GroupActor {
         }
     }
 
-    /// Handles one command; `Some(status)` ends the group.
-    fn handle(&mut self, command: Command) -> Option<Status> {
+    /// Handles one command; `Some(reason)` ends the group.
+    fn handle(&mut self, command: Command) -> Option<EndReason> {
         match command {
             Command::Join {
                 name,
@@ -419,13 +440,13 @@ impl GroupActor {
             } => self.join(name, max_in_flight, max_consumers, sender, reply),
             Command::Leave {
                 consumer,
-                status,
+                reason,
                 graceful,
             } => {
-                if let Some(status) = status
+                if let Some(reason) = reason
                     && let Some(gone) = self.consumer_mut(consumer)
                 {
-                    let _ = gone.sender.try_send(Err(status));
+                    let _ = gone.sender.try_send(ConsumerMessage::End(reason));
                 }
                 self.leave(consumer, !graceful);
             }
@@ -462,7 +483,7 @@ impl GroupActor {
                 }
             }
             Command::Replay { max, reply } => self.start_replay(max, reply),
-            Command::Stop { status } => return Some(status),
+            Command::Stop { reason } => return Some(reason),
             Command::Parked { key, result } => self.on_parked(key, result),
             Command::CheckpointWritten { checkpoint, result } => {
                 self.writing_checkpoint = false;
@@ -475,6 +496,10 @@ impl GroupActor {
             }
             Command::ReplayLoaded { loaded, reply } => self.on_replay_loaded(loaded, reply),
             Command::ReplayTruncated => self.replay = None,
+            Command::Crash => panic!(
+                "group '{}' was told to crash (test seam)",
+                self.definition.group
+            ),
         }
         None
     }
@@ -489,10 +514,10 @@ impl GroupActor {
         max_in_flight: u32,
         max_consumers: usize,
         sender: ConsumerSender,
-        reply: oneshot::Sender<Result<u64, GroupError>>,
+        reply: oneshot::Sender<Result<u64, Error>>,
     ) {
         if self.consumers.len() >= max_consumers {
-            let _ = reply.send(Err(GroupError::LimitExceeded(format!(
+            let _ = reply.send(Err(Error::LimitExceeded(format!(
                 "group '{}' already has {max_consumers} consumers (the server's max_consumers_per_group)",
                 self.definition.group
             ))));
@@ -505,13 +530,11 @@ impl GroupActor {
         };
         let id = self.next_consumer;
         self.next_consumer += 1;
-        let joined = pb::ConsumeResponse {
-            content: Some(pb::consume_response::Content::Joined(pb::ConsumerJoined {
-                consumer_id: id.to_string(),
-                max_in_flight,
-            })),
+        let joined = ConsumerMessage::Joined {
+            consumer_id: id,
+            max_in_flight,
         };
-        if sender.try_send(Ok(joined)).is_err() || reply.send(Ok(id)).is_err() {
+        if sender.try_send(joined).is_err() || reply.send(Ok(id)).is_err() {
             return;
         }
         tracing::debug!(group = %self.definition.group, consumer = id, %name, "consumer joined");
@@ -705,7 +728,7 @@ impl GroupActor {
         status
     }
 
-    fn on_feed(&mut self, item: Option<Result<Feed, Status>>) {
+    fn on_feed(&mut self, item: Option<Result<Feed, EndReason>>) {
         match item {
             Some(Ok(Feed::Event(event))) => {
                 self.last_feed_error = None;
@@ -722,10 +745,13 @@ impl GroupActor {
                 );
             }
             Some(Ok(Feed::Confirmation(_) | Feed::CaughtUp { .. } | Feed::FellBehind { .. })) => {}
-            Some(Err(status)) => {
+            Some(Err(reason)) => {
                 // Once per cause: a deleted source stream fails every reopen.
-                let cause = status.message().to_owned();
-                if status.code() != tonic::Code::Unavailable
+                let cause = match &reason {
+                    EndReason::Failed(error) => error.to_string(),
+                    other => format!("{other:?}"),
+                };
+                if reason != EndReason::ShuttingDown
                     && self.last_feed_error.as_deref() != Some(cause.as_str())
                 {
                     tracing::warn!(group = %self.definition.group, message = %cause, "source feed ended; reopening every second until it works");
@@ -897,7 +923,7 @@ impl GroupActor {
                 return;
             }
         };
-        let filter = self.definition.filter.compile().unwrap_or_default();
+        let filter = self.filter.clone();
         let checkpoint_interval = (!self.is_stream
             && (!filter.is_empty() || self.skip_system_streams))
             .then_some(FEED_CHECKPOINT_INTERVAL);
@@ -1017,14 +1043,12 @@ impl GroupActor {
         let delivery = self.next_delivery;
         self.next_delivery += 1;
         let entry = self.entries.get_mut(&key).expect("waiting events exist");
-        let message = pb::ConsumeResponse {
-            content: Some(pb::consume_response::Content::Event(pb::ConsumeEvent {
-                event: Some(to_proto::event(&entry.event)),
-                retry_count: entry.retry_count,
-            })),
+        let message = ConsumerMessage::Event {
+            event: entry.event.clone(),
+            retry_count: entry.retry_count,
         };
         let consumer = &mut self.consumers[index];
-        if consumer.sender.try_send(Ok(message)).is_err() {
+        if consumer.sender.try_send(message).is_err() {
             // Closed (the call ended); the tick removes the consumer.
             entry.state = EntryState::Waiting;
             self.waiting.push_front(key);
@@ -1067,17 +1091,17 @@ impl GroupActor {
     }
 
     /// Ends every consumer's call (group deleted or server stopping).
-    fn end_all(&mut self, status: Status) {
+    fn end_all(&mut self, reason: EndReason) {
         for consumer in self.consumers.drain(..) {
-            let _ = consumer.sender.try_send(Err(status.clone()));
+            let _ = consumer
+                .sender
+                .try_send(ConsumerMessage::End(reason.clone()));
         }
     }
 }
 
 /// The next item of the source feed; pending while there is none.
-async fn next_feed(
-    feed: &mut Option<mpsc::Receiver<Result<Feed, Status>>>,
-) -> Option<Result<Feed, Status>> {
+async fn next_feed(feed: &mut Option<FeedReceiver>) -> Option<Result<Feed, EndReason>> {
     match feed {
         Some(feed) => feed.recv().await,
         None => std::future::pending().await,

@@ -1,5 +1,6 @@
-//! Proto -> domain: validates and converts incoming messages. Every malformed
-//! field becomes INVALID_ARGUMENT here, before storage sees the request.
+//! Proto -> domain: validates and converts incoming `cairn.v1` messages into
+//! engine and storage types. Every malformed field becomes INVALID_ARGUMENT
+//! here, before the engine sees the request.
 
 use std::time::Duration;
 
@@ -11,9 +12,16 @@ use cairn_storage::{
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::persistent::{FilterSpec, GroupDefinition, GroupSettings, NackAction, Strategy};
-use crate::status::{invalid_argument, to_status};
-use crate::subscriptions::{Target, end_of};
+use cairn_engine::StartFrom;
+use cairn_engine::feeds::{Target, end_of};
+use cairn_engine::groups::{FilterSpec, GroupDefinition, GroupSettings, NackAction, Strategy};
+
+use super::status::{invalid_argument, to_status};
+
+/// A storage error as the status a client sees.
+fn store_status(error: cairn_storage::Error) -> Status {
+    to_status(&error.into())
+}
 
 /// Content type assumed when a proposed event leaves it empty.
 pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
@@ -66,7 +74,7 @@ pub fn event(event: pb::ProposedEvent) -> Result<EventData, Status> {
 /// Checks that a client may write to (append, delete, set metadata of) this
 /// stream: system streams (`$...`) are written only by the server itself.
 pub fn writable_stream(stream: &str) -> Result<(), Status> {
-    cairn_storage::validate_stream_name(stream).map_err(|error| to_status(&error))
+    cairn_storage::validate_stream_name(stream).map_err(store_status)
 }
 
 /// One stream's part of an append.
@@ -88,7 +96,7 @@ pub fn append(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
 /// A read request. `max_count` 0 (no limit) is represented as `u64::MAX`.
 pub fn read(request: pb::ReadRequest) -> Result<(ReadRequest, u64), Status> {
     use pb::read_request::From;
-    let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
+    let source = ReadSource::parse(&request.stream).map_err(store_status)?;
     let direction = match pb::Direction::try_from(request.direction) {
         Ok(pb::Direction::Forwards) => Direction::Forwards,
         Ok(pb::Direction::Backwards) => Direction::Backwards,
@@ -142,9 +150,7 @@ pub fn filter(filter: pb::ReadFilter) -> Result<ReadFilter, Status> {
         if pattern.is_empty() {
             Ok(None)
         } else {
-            ReadFilter::regex(&pattern)
-                .map(Some)
-                .map_err(|error| to_status(&error))
+            ReadFilter::regex(&pattern).map(Some).map_err(store_status)
         }
     };
     Ok(ReadFilter {
@@ -153,6 +159,17 @@ pub fn filter(filter: pb::ReadFilter) -> Result<ReadFilter, Status> {
         type_prefixes: filter.type_prefixes,
         type_regex: regex(filter.type_regex)?,
     })
+}
+
+/// Where a subscription starts; unset means the start.
+pub fn start_from(from: Option<pb::subscribe_request::From>) -> StartFrom {
+    use pb::subscribe_request::From;
+    match from {
+        None | Some(From::Start(())) => StartFrom::Start,
+        Some(From::End(())) => StartFrom::End,
+        Some(From::AfterRevision(revision)) => StartFrom::AfterRevision(revision),
+        Some(From::AfterPosition(position)) => StartFrom::AfterPosition(position),
+    }
 }
 
 /// Stream metadata.
@@ -168,12 +185,12 @@ pub fn metadata(metadata: Option<pb::StreamMetadata>) -> StreamMetadata {
 
 /// A new group's definition. "From the end" is resolved to a number here, so
 /// the group starts where the source ended at creation, even across restarts.
-pub(crate) fn group_definition(
+pub fn group_definition(
     request: pb::CreateGroupRequest,
     store: &cairn_storage::Store,
 ) -> Result<GroupDefinition, Status> {
     use pb::create_group_request::Start;
-    let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
+    let source = ReadSource::parse(&request.stream).map_err(store_status)?;
     let target = Target::of(source);
     let is_stream = matches!(target, Target::Stream(_));
     let start_cursor = match request.start {
@@ -211,7 +228,7 @@ pub(crate) fn group_definition(
 }
 
 /// `base` with every field the request sets replaced.
-pub(crate) fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSettings {
+pub fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSettings {
     let strategy = match pb::DeliveryStrategy::try_from(patch.strategy) {
         Ok(pb::DeliveryStrategy::RoundRobin) => Strategy::RoundRobin,
         Ok(pb::DeliveryStrategy::DispatchToSingle) => Strategy::DispatchToSingle,
@@ -235,7 +252,7 @@ pub(crate) fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> 
 }
 
 /// Event ids of acks and nacks.
-pub(crate) fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
+pub fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
     ids.into_iter()
         .map(|id| {
             Uuid::parse_str(&id).map_err(|_| {
@@ -246,7 +263,7 @@ pub(crate) fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
 }
 
 /// A nack's action; unspecified or unknown values mean RETRY.
-pub(crate) fn nack_action(action: i32) -> NackAction {
+pub fn nack_action(action: i32) -> NackAction {
     match pb::NackAction::try_from(action) {
         Ok(pb::NackAction::Park) => NackAction::Park,
         Ok(pb::NackAction::Skip) => NackAction::Skip,

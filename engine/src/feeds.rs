@@ -1,4 +1,5 @@
-//! The `cairn.v1.Subscriptions` service: catch-up subscriptions.
+//! The catch-up/live feed engine: what a catch-up subscription (and a consumer
+//! group's source) reads, in order, without gap or duplicate.
 //!
 //! Each subscription is one task with a cursor. It alternates between two phases:
 //! - catch-up: pages from storage (on the blocking pool) from the cursor until a
@@ -12,35 +13,47 @@
 //! an event. Memory per subscription is bounded by the outgoing channel and one
 //! storage page; a slow client is handled by gRPC flow control plus the
 //! catch-up fallback, and never slows the writer (the ring never waits).
+//!
+//! This module owns the feed tasks and their counters; it knows nothing of a
+//! wire protocol: a feed emits [`Feed`] items and ends with an [`EndReason`].
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use cairn_proto::v1 as pb;
-use cairn_proto::v1::subscriptions_server::Subscriptions;
 use cairn_storage::{
     Error as StoreError, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store,
     StreamState, category_of,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::task::TaskTracker;
-use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::status::{shutting_down, status_with_reason, to_status};
-use crate::{from_proto, to_proto};
+use crate::error::{EndReason, Error};
 
 /// Checkpoint interval when the request leaves it 0.
-const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
+pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
 /// Events per storage page during catch-up.
 const CATCH_UP_PAGE: usize = 500;
 /// How long the task tries to hand the closing status to a slow client.
 const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Events taken from the ring at a time.
 const LIVE_BATCH: usize = 256;
+
+/// The receiving end of a feed: items in order, then at most one end reason.
+pub type FeedReceiver = mpsc::Receiver<Result<Feed, EndReason>>;
+
+/// Where a subscription starts, as a client asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The first event.
+    Start,
+    /// Only events committed from now on.
+    End,
+    /// Stream targets: after this revision.
+    AfterRevision(u64),
+    /// Position targets: after this position.
+    AfterPosition(u64),
+}
 
 /// Limits of the subscription service.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +87,7 @@ pub struct SubscriptionStats {
 /// Starts subscription tasks; shared by client subscriptions and persistent
 /// subscription groups.
 #[derive(Clone)]
-pub(crate) struct Feeds {
+pub struct Feeds {
     /// The store read from.
     store: Store,
     /// The committed head, updated by a store commit listener (also bumped when
@@ -92,7 +105,7 @@ pub(crate) struct Feeds {
 }
 
 /// Where and how a subscription task starts.
-pub(crate) struct FeedSpec {
+pub struct FeedSpec {
     /// What it follows.
     pub target: Target,
     /// Position targets: which events pass.
@@ -114,7 +127,7 @@ pub(crate) struct FeedSpec {
 impl Feeds {
     /// Feeds over `store`, their tasks tracked by `tasks`. Registers a commit
     /// listener on the store.
-    pub(crate) fn new(store: Store, shutdown: watch::Receiver<bool>, tasks: TaskTracker) -> Self {
+    pub fn new(store: Store, shutdown: watch::Receiver<bool>, tasks: TaskTracker) -> Self {
         let (head_sender, heads) = watch::channel(store.live().head());
         store.live().add_listener(Box::new(move |notice| {
             head_sender.send_replace(notice.head);
@@ -131,14 +144,24 @@ impl Feeds {
 
     /// The server's background tasks; anything spawned that holds the store
     /// or writes to it is spawned here.
-    pub(crate) fn tasks(&self) -> &TaskTracker {
+    pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
+    }
+
+    /// The store the feeds read.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The feeds' counters.
+    pub fn stats(&self) -> &Arc<SubscriptionStats> {
+        &self.stats
     }
 
     /// Spawns a subscription task. Its first message is `Confirmation`; it ends
     /// with an error item (e.g. UNAVAILABLE at shutdown) or when the receiver
     /// is dropped.
-    pub(crate) fn start(&self, spec: FeedSpec) -> mpsc::Receiver<Result<Feed, Status>> {
+    pub fn start(&self, spec: FeedSpec) -> FeedReceiver {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("subscription", id);
         let (sender, receiver) = mpsc::channel(spec.buffer.max(1));
@@ -169,10 +192,10 @@ impl Feeds {
                     subscription.run().await
                 }
                 .await;
-                if let Err(Stop::Fail(status)) = result {
-                    tracing::debug!(code = ?status.code(), "subscription ended");
+                if let Err(Stop::Fail(reason)) = result {
+                    tracing::debug!(?reason, "subscription ended");
                     // Bounded: a client that stopped reading cannot hold the task.
-                    let final_send = subscription.sender.send(Err(status));
+                    let final_send = subscription.sender.send(Err(reason));
                     let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
                 }
                 stats.active.fetch_sub(1, Ordering::Relaxed);
@@ -183,36 +206,10 @@ impl Feeds {
     }
 }
 
-/// The `cairn.v1.Subscriptions` service.
-#[derive(Clone)]
-pub struct SubscriptionsService {
-    /// Starts the tasks.
-    feeds: Feeds,
-    /// One permit per open client subscription.
-    slots: Arc<Semaphore>,
-    /// Per-subscription buffer.
-    buffer: usize,
-}
-
-impl SubscriptionsService {
-    /// The service over `feeds`.
-    pub(crate) fn new(feeds: Feeds, limits: SubscriptionLimits) -> (Self, Arc<SubscriptionStats>) {
-        let stats = Arc::clone(&feeds.stats);
-        let service = Self {
-            feeds,
-            slots: Arc::new(Semaphore::new(limits.max_subscriptions.max(1))),
-            buffer: limits.buffer.max(1),
-        };
-        (service, stats)
-    }
-}
-
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
-
 /// What a subscription task emits, before conversion to the wire. Persistent
 /// subscription groups consume these directly.
 #[derive(Debug)]
-pub(crate) enum Feed {
+pub enum Feed {
     /// First message: the subscription's id.
     Confirmation(u64),
     /// The next event.
@@ -234,29 +231,9 @@ pub(crate) enum Feed {
     },
 }
 
-impl Feed {
-    fn into_proto(self) -> pb::SubscribeResponse {
-        use pb::subscribe_response::Content;
-        let content = match self {
-            Feed::Confirmation(id) => Content::Confirmation(pb::Confirmation {
-                subscription_id: id.to_string(),
-            }),
-            Feed::Event(event) => Content::Event(to_proto::event(&event)),
-            Feed::CaughtUp { head } => Content::CaughtUp(pb::CaughtUp {
-                head_position: head,
-            }),
-            Feed::FellBehind { position } => Content::FellBehind(pb::FellBehind { position }),
-            Feed::Checkpoint { position } => Content::Checkpoint(pb::Checkpoint { position }),
-        };
-        pb::SubscribeResponse {
-            content: Some(content),
-        }
-    }
-}
-
 /// What a subscription follows.
 #[derive(Debug, Clone)]
-pub(crate) enum Target {
+pub enum Target {
     /// One stream, by revision.
     Stream(String),
     /// `$all`, a category or an event type, by position.
@@ -265,7 +242,7 @@ pub(crate) enum Target {
 
 impl Target {
     /// The target of a parsed source.
-    pub(crate) fn of(source: ReadSource) -> Self {
+    pub fn of(source: ReadSource) -> Self {
         match source {
             ReadSource::Stream(stream) => Target::Stream(stream),
             other => Target::Positions(other),
@@ -296,7 +273,7 @@ struct Subscription {
     cursor: u64,
     /// Positions examined without a match since the last checkpoint.
     unmatched: u64,
-    sender: mpsc::Sender<Result<Feed, Status>>,
+    sender: mpsc::Sender<Result<Feed, EndReason>>,
     heads: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<SubscriptionStats>,
@@ -309,7 +286,7 @@ enum Stop {
     /// The client went away.
     Gone,
     /// End the call with this status.
-    Fail(Status),
+    Fail(EndReason),
 }
 
 type Step<T = ()> = Result<T, Stop>;
@@ -320,7 +297,7 @@ impl Subscription {
         tokio::select! {
             sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::Gone),
             // A subscriber that stopped reading must not hold up shutdown.
-            _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(shutting_down())),
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(EndReason::ShuttingDown)),
         }
     }
 
@@ -374,7 +351,7 @@ impl Subscription {
 
     fn check_shutdown(&self) -> Step {
         if *self.shutdown.borrow() {
-            Err(Stop::Fail(shutting_down()))
+            Err(Stop::Fail(EndReason::ShuttingDown))
         } else {
             Ok(())
         }
@@ -386,16 +363,16 @@ impl Subscription {
             return Ok(());
         };
         match self.store.stream_info(stream).map(|info| info.state) {
-            Some(StreamState::Tombstoned) => {
-                Err(Stop::Fail(to_status(&StoreError::StreamTombstoned {
+            Some(StreamState::Tombstoned) => Err(Stop::Fail(EndReason::Failed(Error::Store(
+                StoreError::StreamTombstoned {
                     stream: stream.clone(),
-                })))
-            }
-            Some(StreamState::SoftDeleted) => {
-                Err(Stop::Fail(to_status(&StoreError::StreamNotFound {
+                },
+            )))),
+            Some(StreamState::SoftDeleted) => Err(Stop::Fail(EndReason::Failed(Error::Store(
+                StoreError::StreamNotFound {
                     stream: stream.clone(),
-                })))
-            }
+                },
+            )))),
             _ => Ok(()),
         }
     }
@@ -417,7 +394,9 @@ impl Subscription {
             let page = tokio::task::spawn_blocking(move || store.read(&request))
                 .await
                 .map_err(|error| {
-                    Stop::Fail(Status::internal(format!("storage task failed: {error}")))
+                    Stop::Fail(EndReason::Failed(Error::Internal(format!(
+                        "storage task failed: {error}"
+                    ))))
                 })?;
             let page = match page {
                 Ok(page) => page,
@@ -425,7 +404,7 @@ impl Subscription {
                 Err(StoreError::StreamNotFound { .. }) if self.check_stream_state().is_ok() => {
                     return Ok(head_before);
                 }
-                Err(error) => return Err(Stop::Fail(to_status(&error))),
+                Err(error) => return Err(Stop::Fail(Error::Store(error).into())),
             };
             for event in &page.events {
                 self.skip_to(event.position).await?;
@@ -460,7 +439,7 @@ impl Subscription {
                     self.skip_to(requested).await?;
                     return Ok(());
                 }
-                Err(error) => return Err(Stop::Fail(to_status(&error))),
+                Err(error) => return Err(Stop::Fail(Error::Store(error).into())),
             };
             if batch.is_empty() {
                 self.heads.borrow_and_update();
@@ -471,7 +450,7 @@ impl Subscription {
                 tokio::select! {
                     changed = self.heads.changed() => {
                         if changed.is_err() {
-                            return Err(Stop::Fail(shutting_down()));
+                            return Err(Stop::Fail(EndReason::ShuttingDown));
                         }
                     }
                     _ = shutdown.changed() => {}
@@ -510,84 +489,39 @@ impl Subscription {
     }
 }
 
-#[tonic::async_trait]
-impl Subscriptions for SubscriptionsService {
-    type SubscribeStream = SubscribeStream;
-
-    async fn subscribe(
-        &self,
-        request: Request<pb::SubscribeRequest>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
-        let span = tracing::info_span!("subscribe", stream = %request.stream);
-        let _entered = span.enter();
-        if *self.feeds.shutdown.borrow() {
-            return Err(shutting_down());
-        }
-        let source = ReadSource::parse(&request.stream).map_err(|error| to_status(&error))?;
-        let filter = from_proto::filter(request.filter.unwrap_or_default())?;
-        let target = Target::of(source);
-        let (cursor, live_from) = start_of(&self.feeds.store, &target, request.from)?;
-        let slot = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
-            status_with_reason(
-                tonic::Code::ResourceExhausted,
-                "too many subscriptions on this server; retry later",
-                "LIMIT_EXCEEDED",
-                Default::default(),
-            )
-        })?;
-        let checkpoint_interval = (!filter.is_empty()).then(|| match request.checkpoint_interval {
-            0 => DEFAULT_CHECKPOINT_INTERVAL,
-            interval => u64::from(interval),
-        });
-        let receiver = self.feeds.start(FeedSpec {
-            target,
-            filter,
-            checkpoint_interval,
-            cursor,
-            live_from,
-            buffer: self.buffer,
-            slot: Some(slot),
-        });
-        let responses = ReceiverStream::new(receiver).map(|item| item.map(Feed::into_proto));
-        Ok(Response::new(Box::pin(responses)))
-    }
-}
-
 /// The first revision or position to deliver for a `from` of the protocol, and
 /// for `End` the head to serve the ring from (see [`FeedSpec::live_from`]).
-pub(crate) fn start_of(
+pub fn start_of(
     store: &Store,
     target: &Target,
-    from: Option<pb::subscribe_request::From>,
-) -> Result<(u64, Option<u64>), Status> {
-    use pb::subscribe_request::From;
+    from: StartFrom,
+) -> Result<(u64, Option<u64>), Error> {
     let is_stream = matches!(target, Target::Stream(_));
     Ok(match from {
-        None | Some(From::Start(())) => (0, None),
-        Some(From::End(())) => {
+        StartFrom::Start => (0, None),
+        StartFrom::End => {
             // Head first: an event committed in between is then at or after
             // both the ring start and the cursor, so it is delivered.
             let head = store.live().head();
             (end_of(store, target), Some(head))
         }
-        Some(From::AfterRevision(revision)) if is_stream => (revision.saturating_add(1), None),
-        Some(From::AfterPosition(position)) if !is_stream => (position.saturating_add(1), None),
-        Some(From::AfterRevision(_)) => {
-            return Err(crate::status::invalid_argument(
-                "after_revision applies to streams; use after_position",
+        StartFrom::AfterRevision(revision) if is_stream => (revision.saturating_add(1), None),
+        StartFrom::AfterPosition(position) if !is_stream => (position.saturating_add(1), None),
+        StartFrom::AfterRevision(_) => {
+            return Err(Error::InvalidArgument(
+                "after_revision applies to streams; use after_position".into(),
             ));
         }
-        Some(From::AfterPosition(_)) => {
-            return Err(crate::status::invalid_argument(
-                "after_position applies to $all, $ce- and $et-; use after_revision",
+        StartFrom::AfterPosition(_) => {
+            return Err(Error::InvalidArgument(
+                "after_position applies to $all, $ce- and $et-; use after_revision".into(),
             ));
         }
     })
 }
 
 /// The revision (streams) or position (others) the next event will get.
-pub(crate) fn end_of(store: &Store, target: &Target) -> u64 {
+pub fn end_of(store: &Store, target: &Target) -> u64 {
     match target {
         Target::Stream(stream) => store
             .stream_info(stream)

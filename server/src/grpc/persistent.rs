@@ -1,42 +1,50 @@
 //! The `cairn.v1.PersistentSubscriptions` gRPC adapter: unwraps requests,
-//! converts them (`from_proto`/`to_proto`), calls [`Groups`], maps errors
-//! (`status::group_status`). No group logic lives here.
+//! converts them (`from_proto`/`to_proto`), calls the engine's [`Groups`], maps
+//! errors (`status::to_status`). No group logic lives here.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cairn_engine::groups::{ConsumerMessage, GroupConsumer};
+use cairn_engine::{EndReason, Engine, Error, Groups};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptions;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{GroupConsumer, GroupError, Groups};
-use crate::status::{group_status, invalid_argument};
-use crate::{from_proto, to_proto};
+use super::status::{invalid_argument, to_status};
+use super::{from_proto, to_proto};
 
 /// How long a Consume call may take to send its `open` message.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The service.
 #[derive(Clone)]
-pub(crate) struct PersistentService {
-    groups: Groups,
+pub struct PersistentService {
+    /// The engine; groups live in its registry.
+    engine: Engine,
 }
 
 impl PersistentService {
-    /// The service over `groups`.
-    pub(crate) fn new(groups: Groups) -> Self {
-        Self { groups }
+    /// The service over `engine`'s groups.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+
+    fn groups(&self) -> &Groups {
+        self.engine.groups()
     }
 }
 
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::ConsumeResponse, Status>> + Send>>;
 
-fn status(error: GroupError) -> Status {
-    group_status(&error)
+fn status(error: Error) -> Status {
+    to_status(&error)
 }
 
 #[tonic::async_trait]
@@ -51,8 +59,8 @@ impl PersistentSubscriptions for PersistentService {
         let span =
             tracing::info_span!("create_group", group = %request.group, stream = %request.stream);
         async {
-            let definition = from_proto::group_definition(request, self.groups.store())?;
-            self.groups.create(definition).await.map_err(status)?;
+            let definition = from_proto::group_definition(request, self.engine.store())?;
+            self.groups().create(definition).await.map_err(status)?;
             Ok(Response::new(pb::CreateGroupResponse {}))
         }
         .instrument(span)
@@ -67,7 +75,7 @@ impl PersistentSubscriptions for PersistentService {
         let span = tracing::info_span!("update_group", group = %request.group);
         async {
             let patch = request.settings.unwrap_or_default();
-            self.groups
+            self.groups()
                 .update(&request.group, |current| {
                     from_proto::group_settings(current, &patch)
                 })
@@ -86,7 +94,7 @@ impl PersistentSubscriptions for PersistentService {
         let request = request.into_inner();
         let span = tracing::info_span!("delete_group", group = %request.group);
         async {
-            self.groups.delete(&request.group).await.map_err(status)?;
+            self.groups().delete(&request.group).await.map_err(status)?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
         }
         .instrument(span)
@@ -97,7 +105,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         _request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
-        let reports = self.groups.reports().await.map_err(status)?;
+        let reports = self.groups().reports().await.map_err(status)?;
         Ok(Response::new(pb::ListGroupsResponse {
             groups: reports.iter().map(to_proto::group_info).collect(),
         }))
@@ -108,7 +116,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<pb::GetGroupInfoRequest>,
     ) -> Result<Response<pb::GroupInfo>, Status> {
         let request = request.into_inner();
-        let report = self.groups.report(&request.group).await.map_err(status)?;
+        let report = self.groups().report(&request.group).await.map_err(status)?;
         Ok(Response::new(to_proto::group_info(&report)))
     }
 
@@ -121,7 +129,7 @@ impl PersistentSubscriptions for PersistentService {
             tracing::info_span!("replay_parked", group = %request.group, max = request.max_count);
         async {
             let replayed = self
-                .groups
+                .groups()
                 .replay_parked(&request.group, request.max_count)
                 .await
                 .map_err(status)?;
@@ -155,28 +163,29 @@ impl PersistentSubscriptions for PersistentService {
         };
         let span =
             tracing::info_span!("consume", group = %open.group, consumer = %open.consumer_name);
-        let definition = self.groups.definition(&open.group).map_err(status)?;
-        let limit = match open.max_in_flight {
-            0 => definition.settings.max_in_flight_per_consumer,
-            asked => asked.min(definition.settings.max_in_flight_per_consumer),
-        };
-        // Room for every in-flight event, the join message and a final status:
-        // the group actor never waits on a consumer.
-        let (sender, receiver) = mpsc::channel(limit as usize + 2);
-        let (id, consumer) = self
-            .groups
-            .join(&open.group, open.consumer_name, limit, sender)
+        let (consumer, receiver) = self
+            .groups()
+            .join(&open.group, open.consumer_name, open.max_in_flight)
             .await
             .map_err(status)?;
-        tracing::debug!(parent: &span, consumer = id, "consumer joined");
-        tokio::spawn(read_acks(requests, consumer).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        tracing::debug!(parent: &span, consumer = consumer.id(), "consumer joined");
+        let left = Arc::new(AtomicBool::new(false));
+        tokio::spawn(read_acks(requests, consumer, Arc::clone(&left)).instrument(span));
+        Ok(Response::new(Box::pin(ConsumeResponses {
+            receiver,
+            left,
+            ended: false,
+        })))
     }
 }
 
 /// Forwards a consumer's acks and nacks to its group until its call ends, then
 /// leaves (its in-flight events go to the others).
-async fn read_acks(mut requests: Streaming<pb::ConsumeRequest>, consumer: GroupConsumer) {
+async fn read_acks(
+    mut requests: Streaming<pb::ConsumeRequest>,
+    consumer: GroupConsumer,
+    left: Arc<AtomicBool>,
+) {
     use pb::consume_request::Content;
     let (ending, graceful) = loop {
         let message = match requests.message().await {
@@ -189,28 +198,23 @@ async fn read_acks(mut requests: Streaming<pb::ConsumeRequest>, consumer: GroupC
         let delivered = match message.content {
             Some(Content::Ack(ack)) => match from_proto::event_ids(ack.event_ids) {
                 Ok(ids) => consumer.ack(ids).await,
-                Err(status) => break (Some(status), false),
+                Err(status) => break (Some(status.message().to_owned()), false),
             },
             Some(Content::Nack(nack)) => {
                 let action = from_proto::nack_action(nack.action);
                 match from_proto::event_ids(nack.event_ids) {
                     Ok(ids) => consumer.nack(ids, action, nack.reason).await,
-                    Err(status) => break (Some(status), false),
+                    Err(status) => break (Some(status.message().to_owned()), false),
                 }
             }
             Some(Content::Open(_)) => {
                 break (
-                    Some(invalid_argument(
-                        "`open` was already sent; send acks and nacks on this call",
-                    )),
+                    Some("`open` was already sent; send acks and nacks on this call".to_owned()),
                     false,
                 );
             }
             None => {
-                break (
-                    Some(invalid_argument("a Consume message without content")),
-                    false,
-                );
+                break (Some("a Consume message without content".to_owned()), false);
             }
         };
         if !delivered {
@@ -218,5 +222,49 @@ async fn read_acks(mut requests: Streaming<pb::ConsumeRequest>, consumer: GroupC
             return;
         }
     };
-    consumer.leave(ending, graceful).await;
+    left.store(true, Ordering::Release);
+    let reason = ending.map(|message| EndReason::Failed(Error::InvalidArgument(message)));
+    consumer.leave(reason, graceful).await;
+}
+
+/// A consumer's outgoing messages. The group ends a session it ends itself
+/// with an `End` message (turned into the call's status here); a channel that
+/// closes without one after the consumer left is a normal end, and before it an
+/// internal failure (the group's actor stopped), never a silent end of stream.
+struct ConsumeResponses {
+    /// From the group's actor.
+    receiver: mpsc::Receiver<ConsumerMessage>,
+    /// Set once the consumer's own side ended (it closed or left).
+    left: Arc<AtomicBool>,
+    /// The closing status was sent.
+    ended: bool,
+}
+
+impl Stream for ConsumeResponses {
+    type Item = Result<pb::ConsumeResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            let message = match self.receiver.poll_recv(context) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(message) => message,
+            };
+            let reason = match message {
+                Some(ConsumerMessage::End(reason)) => reason,
+                Some(message) => match to_proto::consumer_message(message) {
+                    Some(response) => return Poll::Ready(Some(Ok(response))),
+                    None => continue,
+                },
+                None if self.left.load(Ordering::Acquire) => return Poll::Ready(None),
+                None => EndReason::Failed(Error::Internal(
+                    "the consumer group's actor stopped unexpectedly; reconnect".into(),
+                )),
+            };
+            self.ended = true;
+            return Poll::Ready(Some(Err(to_status(&reason.into_error()))));
+        }
+    }
 }

@@ -1,9 +1,11 @@
-//! Domain -> proto: converts storage results into outgoing messages.
+//! Domain -> proto: converts engine and storage results into outgoing
+//! `cairn.v1` messages.
 
 use cairn_proto::v1 as pb;
 use cairn_storage::{AppendResult, RecordedEvent, StreamInfo, StreamMetadata, StreamState};
 
-use crate::persistent::{GroupReport, GroupSettings, Strategy};
+use cairn_engine::feeds::Feed;
+use cairn_engine::groups::{ConsumerMessage, GroupReport, GroupSettings, Strategy};
 
 /// A recorded event.
 pub fn event(event: &RecordedEvent) -> pb::RecordedEvent {
@@ -82,7 +84,7 @@ pub fn stream_info(info: &StreamInfo) -> pb::StreamInfo {
 }
 
 /// A group's settings, every field set.
-pub(crate) fn group_settings(settings: &GroupSettings) -> pb::GroupSettings {
+pub fn group_settings(settings: &GroupSettings) -> pb::GroupSettings {
     let strategy = match settings.strategy {
         Strategy::RoundRobin => pb::DeliveryStrategy::RoundRobin,
         Strategy::DispatchToSingle => pb::DeliveryStrategy::DispatchToSingle,
@@ -99,7 +101,7 @@ pub(crate) fn group_settings(settings: &GroupSettings) -> pb::GroupSettings {
 }
 
 /// A group's definition and live state.
-pub(crate) fn group_info(report: &GroupReport) -> pb::GroupInfo {
+pub fn group_info(report: &GroupReport) -> pb::GroupInfo {
     let definition = &report.definition;
     let status = &report.status;
     pb::GroupInfo {
@@ -135,4 +137,46 @@ pub(crate) fn group_info(report: &GroupReport) -> pb::GroupInfo {
             })
             .collect(),
     }
+}
+
+/// One item of a catch-up subscription.
+pub fn feed(feed: Feed) -> pb::SubscribeResponse {
+    use pb::subscribe_response::Content;
+    let content = match feed {
+        Feed::Confirmation(id) => Content::Confirmation(pb::Confirmation {
+            subscription_id: id.to_string(),
+        }),
+        Feed::Event(event) => Content::Event(event_owned(event)),
+        Feed::CaughtUp { head } => Content::CaughtUp(pb::CaughtUp {
+            head_position: head,
+        }),
+        Feed::FellBehind { position } => Content::FellBehind(pb::FellBehind { position }),
+        Feed::Checkpoint { position } => Content::Checkpoint(pb::Checkpoint { position }),
+    };
+    pb::SubscribeResponse {
+        content: Some(content),
+    }
+}
+
+/// A message of a consumer's session; `End` is not a message (the facade ends
+/// the call with its status).
+pub fn consumer_message(message: ConsumerMessage) -> Option<pb::ConsumeResponse> {
+    use pb::consume_response::Content;
+    let content = match message {
+        ConsumerMessage::Joined {
+            consumer_id,
+            max_in_flight,
+        } => Content::Joined(pb::ConsumerJoined {
+            consumer_id: consumer_id.to_string(),
+            max_in_flight,
+        }),
+        ConsumerMessage::Event { event, retry_count } => Content::Event(pb::ConsumeEvent {
+            event: Some(event_owned(event)),
+            retry_count,
+        }),
+        ConsumerMessage::End(_) => return None,
+    };
+    Some(pb::ConsumeResponse {
+        content: Some(content),
+    })
 }

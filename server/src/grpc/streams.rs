@@ -1,23 +1,22 @@
 //! The `cairn.v1.Streams` service: a thin adapter. It converts requests with
-//! `from_proto`, runs storage work on the committer (appends) or the blocking pool
-//! (reads), maps errors with `status::to_status`, and converts results with
-//! `to_proto`. Each call runs in a span carrying the stream and the outcome.
+//! `from_proto`, calls the engine (writes are bounded there; reads run on the
+//! blocking pool), maps errors with `status::to_status`, and converts results
+//! with `to_proto`. Each call runs in a span carrying the stream and the outcome.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
+use cairn_engine::{Engine, Error};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::streams_server::Streams;
 use cairn_storage::{ReadFrom, ReadRequest, Store, StreamAppend};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::status::{invalid_argument, shutting_down, to_status};
-use crate::{from_proto, to_proto};
+use super::status::{invalid_argument, to_status};
+use super::{from_proto, to_proto};
 
 /// Soft cap on the encoded size of one `ReadResponse` (a single event larger than
 /// this still goes alone).
@@ -40,31 +39,19 @@ const LIST_DEFAULT: usize = 100;
 /// Shared by every call of the service.
 #[derive(Clone)]
 pub struct StreamsService {
-    /// The store; appends go to its committer, reads run on the blocking pool.
-    store: Store,
-    /// Bounds appends waiting for the committer, so a sender never blocks a
-    /// runtime thread on the committer's full queue.
-    inflight_appends: Arc<Semaphore>,
+    /// The engine: writes are admitted and bounded there, reads run on its
+    /// blocking pool and tracked tasks.
+    engine: Engine,
     /// Flips to `true` when the server shuts down; open reads end with UNAVAILABLE.
     shutdown: watch::Receiver<bool>,
-    /// The server's background tasks (read-ahead and storage work), which
-    /// `run` waits for before it closes the store.
-    tasks: TaskTracker,
 }
 
 impl StreamsService {
-    /// A service over `store`, spawning its tasks on `tasks`.
-    pub fn new(
-        store: Store,
-        max_inflight_appends: usize,
-        shutdown: watch::Receiver<bool>,
-        tasks: TaskTracker,
-    ) -> Self {
+    /// A service over `engine`.
+    pub fn new(engine: Engine) -> Self {
         Self {
-            store,
-            inflight_appends: Arc::new(Semaphore::new(max_inflight_appends.max(1))),
-            shutdown,
-            tasks,
+            shutdown: engine.shutdown_signal(),
+            engine,
         }
     }
 
@@ -72,41 +59,26 @@ impl StreamsService {
         &self,
         parts: Vec<StreamAppend>,
     ) -> Result<Vec<cairn_storage::AppendResult>, Status> {
-        if *self.shutdown.borrow() {
-            return Err(shutting_down());
-        }
-        let _permit = self
-            .inflight_appends
-            .acquire()
-            .await
-            .map_err(|_| shutting_down())?;
-        self.store
+        self.engine
             .append_multi(parts)
             .await
             .map_err(|error| to_status(&error))
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
-    ) -> Result<T, Status> {
-        self.start_blocking(work).await
     }
 
     /// Starts `work` on the blocking pool at once (not when first polled, unlike
     /// an `async fn`) and returns its outcome as a future.
     fn start_blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(Store) -> Result<T, cairn_storage::Error> + Send + 'static,
+        work: impl FnOnce(&Store) -> Result<T, cairn_storage::Error> + Send + 'static,
     ) -> impl Future<Output = Result<T, Status>> + Send + 'static {
-        let store = self.store.clone();
-        let task = self.tasks.spawn_blocking(move || work(store));
-        async move {
-            task.await
-                .map_err(|error| Status::internal(format!("storage task failed: {error}")))?
-                .map_err(|error| to_status(&error))
-        }
+        let task = self.engine.blocking(work);
+        async move { task.await.map_err(|error| to_status(&error)) }
     }
+}
+
+/// UNAVAILABLE because the server is shutting down.
+fn shutting_down() -> Status {
+    to_status(&Error::ShuttingDown)
 }
 
 /// Records the outcome on the current span and passes the result through.
@@ -194,19 +166,29 @@ impl Streams for StreamsService {
         let request = request.into_inner();
         let span =
             tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
-        let _entered = span.enter();
-        let (read, max_total) = outcome(from_proto::read(request))?;
-        let page_limit = self.store.limits().max_read_page.min(READ_CHUNK_EVENTS);
+        // The span is entered only around synchronous work and attached to the
+        // futures with `instrument`: a guard held across an `.await` would leak
+        // into whatever else the worker thread polls meanwhile.
+        let (read, max_total) = span.in_scope(|| outcome(from_proto::read(request)))?;
+        let page_limit = self
+            .engine
+            .store()
+            .limits()
+            .max_read_page
+            .min(READ_CHUNK_EVENTS);
         // The first chunk is read before answering so that NOT_FOUND and similar
         // errors arrive as the call's status, not inside the stream.
         let first = {
             let read = with_count(&read, max_total, page_limit.min(READ_FIRST_CHUNK_EVENTS));
-            outcome(self.blocking(move |store| read_chunk(&store, &read)).await)?
+            let chunk = self.start_blocking(move |store| read_chunk(store, &read));
+            async { outcome(chunk.await) }
+                .instrument(span.clone())
+                .await?
         };
         let (sender, receiver) = mpsc::channel(2);
         let service = self.clone();
         let read_span = span.clone();
-        self.tasks.spawn(
+        self.engine.tasks().spawn(
             async move {
                 let mut read = read;
                 let mut chunk = first;
@@ -219,7 +201,7 @@ impl Streams for StreamsService {
                     let ahead = chunk.next.filter(|_| sent < max_total).map(|next| {
                         read.from = ReadFrom::At(next);
                         let request = with_count(&read, max_total - sent, page_limit);
-                        service.start_blocking(move |store| read_chunk(&store, &request))
+                        service.start_blocking(move |store| read_chunk(store, &request))
                     });
                     if !send_chunk(&sender, &mut shutdown, chunk.responses).await {
                         tracing::debug!("reader went away");
@@ -273,17 +255,14 @@ impl Streams for StreamsService {
     ) -> Result<Response<pb::StreamInfo>, Status> {
         let request = request.into_inner();
         let span = tracing::info_span!("get_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
-        let _entered = span.enter();
-        outcome((|| {
-            cairn_storage::validate_stored_stream_name(&request.stream)
-                .map_err(|error| to_status(&error))?;
-            let info = self.store.stream_info(&request.stream).ok_or_else(|| {
-                to_status(&cairn_storage::Error::StreamNotFound {
-                    stream: request.stream.clone(),
-                })
-            })?;
-            Ok(Response::new(to_proto::stream_info(&info)))
-        })())
+        span.in_scope(|| {
+            outcome(
+                self.engine
+                    .stream_info(&request.stream)
+                    .map(|info| Response::new(to_proto::stream_info(&info)))
+                    .map_err(|error| to_status(&error)),
+            )
+        })
     }
 
     async fn set_stream_metadata(
@@ -298,10 +277,7 @@ impl Streams for StreamsService {
                 let expected =
                     from_proto::expected_revision(request.expected, "set_stream_metadata")?;
                 let metadata = from_proto::metadata(request.metadata);
-                if *self.shutdown.borrow() {
-                    return Err(shutting_down());
-                }
-                self.store
+                self.engine
                     .set_metadata(request.stream, expected, metadata)
                     .await
                     .map_err(|error| to_status(&error))
@@ -324,7 +300,7 @@ impl Streams for StreamsService {
         let request = request.into_inner();
         let span = tracing::info_span!("list_streams", prefix = %request.prefix, outcome = tracing::field::Empty);
         async {
-            let max = self.store.limits().max_read_page;
+            let max = self.engine.store().limits().max_read_page;
             let limit = match request.limit as usize {
                 0 => LIST_DEFAULT.min(max),
                 limit => limit.min(max),
@@ -332,7 +308,9 @@ impl Streams for StreamsService {
             let prefix = request.prefix;
             let after = (!request.after.is_empty()).then_some(request.after);
             let streams = match self
-                .blocking(move |store| store.list_streams(&prefix, after.as_deref(), limit + 1))
+                .start_blocking(move |store| {
+                    store.list_streams(&prefix, after.as_deref(), limit + 1)
+                })
                 .await
             {
                 Ok(streams) => streams,
@@ -374,16 +352,9 @@ impl StreamsService {
                 Ok(expected) => expected,
                 Err(status) => return outcome(Err(status)),
             };
-            if *self.shutdown.borrow() {
-                return outcome(Err(shutting_down()));
-            }
-            let ticket = if tombstone {
-                self.store.tombstone(request.stream, expected)
-            } else {
-                self.store.delete(request.stream, expected)
-            };
             outcome(
-                ticket
+                self.engine
+                    .delete(request.stream, expected, tombstone)
                     .await
                     .map(|current| {
                         Response::new(pb::DeleteResponse {

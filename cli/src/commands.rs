@@ -1,13 +1,14 @@
 //! The `cairn` command line: `cairn` (or `cairn serve`) runs the daemon; `cairn
-//! append|read|streams|info` poke a running server through `cairn-client`.
+//! append|read|streams|info|health` poke a running server through `cairn-client`.
+//! Output is JSON (serde_json) or plain text lines.
 
 use std::path::PathBuf;
 
 use cairn_client::{Client, EventData, ExpectedRevision, ReadFrom, ReadOptions};
+use cairn_server::SettingsArgs;
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use uuid::Uuid;
-
-use crate::settings::SettingsArgs;
 
 /// Cairn: an event store. Without a subcommand, runs the server.
 #[derive(Debug, Parser)]
@@ -99,26 +100,6 @@ pub fn parse_expected(text: &str) -> Result<ExpectedRevision, String> {
     }
 }
 
-fn escape_json(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len() + 2);
-    escaped.push('"');
-    for character in text.chars() {
-        match character {
-            '"' => escaped.push_str("\\\""),
-            '\\' => escaped.push_str("\\\\"),
-            '\n' => escaped.push_str("\\n"),
-            '\r' => escaped.push_str("\\r"),
-            '\t' => escaped.push_str("\\t"),
-            control if (control as u32) < 0x20 => {
-                escaped.push_str(&format!("\\u{:04x}", control as u32))
-            }
-            other => escaped.push(other),
-        }
-    }
-    escaped.push('"');
-    escaped
-}
-
 /// Runs a client subcommand, printing to stdout. `Serve` is handled by the binary.
 pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
@@ -142,18 +123,12 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             }
             let client = Client::connect(addr).await?;
             let result = client.append(stream, expected, vec![event]).await?;
-            println!(
-                "{{\"current_revision\":{},\"positions\":{},\"idempotent_replay\":{}}}",
-                result
-                    .current_revision
-                    .map_or("null".to_owned(), |r| r.to_string()),
-                result
-                    .positions
-                    .map_or("null".to_owned(), |(first, last)| format!(
-                        "[{first},{last}]"
-                    )),
-                result.idempotent_replay
-            );
+            let line = json!({
+                "current_revision": result.current_revision,
+                "positions": result.positions.map(|(first, last)| [first, last]),
+                "idempotent_replay": result.idempotent_replay,
+            });
+            println!("{line}");
             Ok(())
         }
         Command::Read {
@@ -177,21 +152,23 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             let client = Client::connect(addr).await?;
             let mut events = client.read(stream, options).await?;
             while let Some(event) = events.next_event().await? {
-                let data = String::from_utf8_lossy(&event.data);
-                let data = if event.content_type == "application/json" {
-                    data.into_owned()
-                } else {
-                    escape_json(&data)
-                };
-                println!(
-                    "{{\"position\":{},\"stream\":{},\"revision\":{},\"id\":\"{}\",\"type\":{},\"data\":{}}}",
-                    event.position,
-                    escape_json(&event.stream),
-                    event.revision,
-                    event.id,
-                    escape_json(&event.event_type),
-                    data
-                );
+                // JSON data is embedded as JSON; anything else (or JSON that
+                // does not parse) as a string.
+                let data = (event.content_type == "application/json")
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&event.data).ok())
+                    .flatten()
+                    .unwrap_or_else(|| {
+                        serde_json::Value::String(String::from_utf8_lossy(&event.data).into_owned())
+                    });
+                let line = json!({
+                    "position": event.position,
+                    "stream": event.stream,
+                    "revision": event.revision,
+                    "id": event.id.to_string(),
+                    "type": event.event_type,
+                    "data": data,
+                });
+                println!("{line}");
             }
             Ok(())
         }
@@ -215,21 +192,12 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             Ok(())
         }
         Command::Health { addr } => {
-            use tonic_health::pb::health_check_response::ServingStatus;
-            let channel = tonic::transport::Endpoint::from_shared(addr)?
-                .connect()
-                .await?;
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let response = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await?;
-            let status = response.into_inner().status();
-            println!("{}", status.as_str_name());
-            if status == ServingStatus::Serving {
+            let client = Client::connect(addr).await?;
+            if client.is_serving().await? {
+                println!("SERVING");
                 Ok(())
             } else {
+                println!("NOT_SERVING");
                 Err("not serving".into())
             }
         }
@@ -261,10 +229,5 @@ mod tests {
         assert_eq!(parse_expected("exists"), Ok(ExpectedRevision::StreamExists));
         assert_eq!(parse_expected("12"), Ok(ExpectedRevision::Exact(12)));
         assert!(parse_expected("soon").is_err());
-    }
-
-    #[test]
-    fn json_escaping() {
-        assert_eq!(escape_json("a\"b\\c\n"), "\"a\\\"b\\\\c\\n\"");
     }
 }

@@ -15,35 +15,35 @@
 use cairn_storage::{ReadFilter, ReadSource};
 use serde::{Deserialize, Serialize};
 
-use super::GroupError;
+use crate::error::Error;
 
 /// The stream of group definitions.
-pub(crate) const GROUPS_STREAM: &str = "$sys-ps-groups";
+pub const GROUPS_STREAM: &str = "$sys-ps-groups";
 /// Event type of a checkpoint record.
-pub(crate) const CHECKPOINT_TYPE: &str = "$checkpoint";
+pub const CHECKPOINT_TYPE: &str = "$checkpoint";
 /// Event type of a parked-event record.
-pub(crate) const PARKED_TYPE: &str = "$parked";
+pub const PARKED_TYPE: &str = "$parked";
 /// The longest group name.
 const MAX_GROUP_NAME: usize = 200;
 /// The largest per-consumer in-flight limit.
-pub(crate) const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
+pub const MAX_IN_FLIGHT_LIMIT: u32 = 10_000;
 
 /// The stream holding a group's checkpoint.
-pub(crate) fn checkpoint_stream(group: &str) -> String {
+pub fn checkpoint_stream(group: &str) -> String {
     format!("$sys-ps-{group}-checkpoint")
 }
 
 /// The stream holding a group's parked events.
-pub(crate) fn parked_stream(group: &str) -> String {
+pub fn parked_stream(group: &str) -> String {
     format!("$sys-ps-{group}-parked")
 }
 
 /// Checks a group name: 1..=200 characters of `[A-Za-z0-9_.-]`, so it is safe
 /// inside system stream names.
-pub(crate) fn validate_group_name(group: &str) -> Result<(), GroupError> {
+pub fn validate_group_name(group: &str) -> Result<(), Error> {
     let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
     if group.is_empty() || group.len() > MAX_GROUP_NAME || !group.chars().all(valid_char) {
-        return Err(GroupError::InvalidArgument(format!(
+        return Err(Error::InvalidArgument(format!(
             "group name '{group}' is invalid: use 1 to {MAX_GROUP_NAME} characters of A-Z, a-z, 0-9, '_', '.', '-'"
         )));
     }
@@ -52,7 +52,7 @@ pub(crate) fn validate_group_name(group: &str) -> Result<(), GroupError> {
 
 /// How a group shares events among its consumers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub(crate) enum Strategy {
+pub enum Strategy {
     /// The next consumer with room.
     #[default]
     RoundRobin,
@@ -64,12 +64,18 @@ pub(crate) enum Strategy {
 
 /// A group's tunables; see `GroupSettings` in `persistent.proto`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct GroupSettings {
+pub struct GroupSettings {
+    /// How events are shared among consumers.
     pub strategy: Strategy,
+    /// Deliveries after the first before an event is parked.
     pub max_retries: u32,
+    /// How long a delivered event may stay unacked before it is retried.
     pub message_timeout_ms: u32,
+    /// The most events one consumer holds unacked (a consumer may ask for less).
     pub max_in_flight_per_consumer: u32,
+    /// Write the checkpoint after it moved over this many events...
     pub checkpoint_after_events: u32,
+    /// ...or this long after the last write, whichever comes first.
     pub checkpoint_after_ms: u32,
 }
 
@@ -88,8 +94,8 @@ impl Default for GroupSettings {
 
 impl GroupSettings {
     /// Refuses settings the group cannot run with.
-    pub(crate) fn validate(&self) -> Result<(), GroupError> {
-        let fail = |message: String| Err(GroupError::InvalidArgument(message));
+    pub fn validate(&self) -> Result<(), Error> {
+        let fail = |message: String| Err(Error::InvalidArgument(message));
         if self.message_timeout_ms < 10 {
             return fail(format!(
                 "message_timeout_ms is {}, the minimum is 10",
@@ -113,16 +119,20 @@ impl GroupSettings {
 
 /// The `$all` filter of a group, as stored (regexes as their source text).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct FilterSpec {
+pub struct FilterSpec {
+    /// Stream-name prefixes that pass (any of them; empty: all).
     pub stream_prefixes: Vec<String>,
+    /// Stream-name regex that must match (empty: none).
     pub stream_regex: String,
+    /// Event-type prefixes that pass (any of them; empty: all).
     pub type_prefixes: Vec<String>,
+    /// Event-type regex that must match (empty: none).
     pub type_regex: String,
 }
 
 impl FilterSpec {
     /// True when the filter lets everything through.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.stream_prefixes.is_empty()
             && self.stream_regex.is_empty()
             && self.type_prefixes.is_empty()
@@ -130,14 +140,14 @@ impl FilterSpec {
     }
 
     /// The compiled filter.
-    pub(crate) fn compile(&self) -> Result<ReadFilter, GroupError> {
-        let regex = |pattern: &str| -> Result<Option<regex::Regex>, GroupError> {
+    pub fn compile(&self) -> Result<ReadFilter, Error> {
+        let regex = |pattern: &str| -> Result<Option<regex::Regex>, Error> {
             if pattern.is_empty() {
                 return Ok(None);
             }
             ReadFilter::regex(pattern)
                 .map(Some)
-                .map_err(|error| GroupError::InvalidArgument(error.to_string()))
+                .map_err(|error| Error::InvalidArgument(error.to_string()))
         };
         Ok(ReadFilter {
             stream_prefixes: self.stream_prefixes.clone(),
@@ -150,7 +160,7 @@ impl FilterSpec {
 
 /// Everything that defines a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct GroupDefinition {
+pub struct GroupDefinition {
     /// The group's name.
     pub group: String,
     /// What it follows, as a client names it (`orders-1`, `$ce-orders`, `$all`).
@@ -161,22 +171,22 @@ pub(crate) struct GroupDefinition {
     /// the group has no checkpoint yet. "From the end" is resolved to a number
     /// at creation, so a restart before the first checkpoint skips nothing.
     pub start_cursor: u64,
+    /// Its tunables.
     pub settings: GroupSettings,
 }
 
 impl GroupDefinition {
     /// The parsed source.
-    pub(crate) fn source(&self) -> Result<ReadSource, GroupError> {
-        ReadSource::parse(&self.stream)
-            .map_err(|error| GroupError::InvalidArgument(error.to_string()))
+    pub fn source(&self) -> Result<ReadSource, Error> {
+        ReadSource::parse(&self.stream).map_err(|error| Error::InvalidArgument(error.to_string()))
     }
 
     /// Checks the whole definition.
-    pub(crate) fn validate(&self) -> Result<(), GroupError> {
+    pub fn validate(&self) -> Result<(), Error> {
         validate_group_name(&self.group)?;
         let source = self.source()?;
         if !self.filter.is_empty() && source != ReadSource::All {
-            return Err(GroupError::InvalidArgument(
+            return Err(Error::InvalidArgument(
                 "a filter applies only to groups on $all".into(),
             ));
         }
@@ -189,7 +199,7 @@ impl GroupDefinition {
 /// and JSON tags, so they keep their `Group` prefix.
 #[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum GroupRecord {
+pub enum GroupRecord {
     /// A new group.
     GroupCreated(GroupDefinition),
     /// New settings for a group.
@@ -203,7 +213,7 @@ pub(crate) enum GroupRecord {
 
 impl GroupRecord {
     /// The event type the record is stored under.
-    pub(crate) fn event_type(&self) -> &'static str {
+    pub fn event_type(&self) -> &'static str {
         match self {
             GroupRecord::GroupCreated(_) => "GroupCreated",
             GroupRecord::GroupUpdated { .. } => "GroupUpdated",
@@ -215,7 +225,7 @@ impl GroupRecord {
 /// Where a group stands: the last source event such that it and every event
 /// before it were acked, skipped or parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Checkpoint {
+pub struct Checkpoint {
     /// Its position (position groups: possibly a filtered-out position).
     pub position: u64,
     /// Stream groups: its revision.
@@ -224,7 +234,7 @@ pub(crate) struct Checkpoint {
 
 impl Checkpoint {
     /// The cursor to resume from: the next revision (stream groups) or position.
-    pub(crate) fn resume_cursor(&self, is_stream: bool) -> u64 {
+    pub fn resume_cursor(&self, is_stream: bool) -> u64 {
         match (is_stream, self.revision) {
             (true, Some(revision)) => revision + 1,
             _ => self.position + 1,
@@ -234,7 +244,7 @@ impl Checkpoint {
 
 /// A record of a group's parked stream: which event was parked and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ParkedRecord {
+pub struct ParkedRecord {
     pub stream: String,
     pub revision: u64,
     pub position: u64,

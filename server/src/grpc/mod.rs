@@ -1,0 +1,142 @@
+//! The `cairn.v1` gRPC facade: the only code of the daemon that names tonic or
+//! `cairn_proto`. One adapter per service (`streams`, `subscriptions`,
+//! `persistent`, `server_info`), one conversion module per direction
+//! (`from_proto`, `to_proto`), and one error mapping (`status`). Every
+//! decision is the engine's; adapters only convert.
+
+mod from_proto;
+mod persistent;
+mod server_info;
+mod status;
+mod streams;
+mod subscriptions;
+mod to_proto;
+
+use std::future::Future;
+use std::time::Duration;
+
+use cairn_engine::Engine;
+use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsServer;
+use cairn_proto::v1::server_server::ServerServer;
+use cairn_proto::v1::streams_server::StreamsServer;
+use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
+use cairn_storage::Durability;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use status::to_status;
+
+/// How long shutdown waits for open calls before dropping their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What the facade needs besides the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcOptions {
+    /// Largest message decoded or encoded.
+    pub max_message_bytes: usize,
+    /// Reported by `Server.Info`.
+    pub durability: Durability,
+}
+
+/// Accepted connections with Nagle's algorithm off. gRPC writes a response as
+/// several small frames; with Nagle on, the last one waits for the client's
+/// delayed ACK (about 40 ms). tonic sets this only on listeners it binds itself.
+fn accept_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+        Ok(stream)
+    })
+}
+
+/// Serves `cairn.v1`, health and reflection on `listener` until `shutdown`
+/// resolves; then begins the engine's shutdown (open streams end with
+/// UNAVAILABLE), waits for open calls and, after a grace period, drops the
+/// connections still open. Does not close the engine.
+pub async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    options: GrpcOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<StreamsServer<streams::StreamsService>>()
+        .await;
+    health_reporter
+        .set_serving::<ServerServer<server_info::ServerInfoService>>()
+        .await;
+    health_reporter
+        .set_serving::<PersistentSubscriptionsServer<persistent::PersistentService>>()
+        .await;
+
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|error| format!("reflection setup failed: {error}"))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|error| format!("reflection setup failed: {error}"))?;
+
+    let max_message = options.max_message_bytes;
+    let streams = StreamsServer::new(streams::StreamsService::new(engine.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let subscriptions =
+        SubscriptionsServer::new(subscriptions::SubscriptionsService::new(engine.clone()))
+            .max_encoding_message_size(max_message);
+    let persistent_subscriptions =
+        PersistentSubscriptionsServer::new(persistent::PersistentService::new(engine.clone()))
+            .max_encoding_message_size(max_message);
+    let server_info = ServerServer::new(server_info::ServerInfoService::new(
+        engine.clone(),
+        options.durability,
+    ));
+
+    let signalled_engine = engine.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: refusing new calls, ending open streams");
+        health_reporter
+            .set_not_serving::<StreamsServer<streams::StreamsService>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        signalled_engine.begin_shutdown();
+    };
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(streams)
+        .add_service(subscriptions)
+        .add_service(persistent_subscriptions)
+        .add_service(server_info)
+        .serve_with_incoming_shutdown(accept_nodelay(listener), signal);
+    // Graceful shutdown waits for every open call. Reads and subscriptions end
+    // on the signal, but a call the server cannot end (a health Watch, a client
+    // that stopped reading) would hold the process forever: after a grace period
+    // the remaining connections are dropped.
+    let mut signalled = engine.shutdown_signal();
+    tokio::select! {
+        served = serve => served.map_err(|error| format!("gRPC transport error: {error}"))?,
+        () = async {
+            let _ = signalled.wait_for(|stopping| *stopping).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "closing connections still open after the grace period");
+        }
+    }
+    Ok(())
+}

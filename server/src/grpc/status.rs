@@ -1,0 +1,415 @@
+//! The one mapping from engine errors to gRPC statuses of `cairn.v1`.
+//!
+//! Every status carries a `google.rpc.ErrorInfo` detail (domain `cairn`, a
+//! machine-readable reason from [`cairn_proto::reason`], and metadata such as
+//! the stream and revisions) so a client in any language can act on it without
+//! parsing the message. Messages are the errors' own `Display`, which never
+//! names a server path.
+
+use std::collections::HashMap;
+
+use cairn_engine::Error;
+use cairn_proto::reason;
+use cairn_storage::Error as StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Builds a status with an `ErrorInfo` detail.
+fn status_with_reason(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: HashMap<String, String>,
+) -> Status {
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, reason::ERROR_DOMAIN, metadata),
+    )
+}
+
+/// An INVALID_ARGUMENT status for malformed requests caught in the adapter.
+pub fn invalid_argument(message: impl Into<String>) -> Status {
+    to_status(&Error::InvalidArgument(message.into()))
+}
+
+/// Maps an engine error to the status a client sees.
+pub fn to_status(error: &Error) -> Status {
+    let (code, reason, metadata) = code_and_reason(error);
+    status_with_reason(code, error.to_string(), reason, metadata)
+}
+
+fn meta(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.clone()))
+        .collect()
+}
+
+fn code_and_reason(error: &Error) -> (Code, &'static str, HashMap<String, String>) {
+    let group_meta = |group: &str| meta(&[("group", group.to_owned())]);
+    match error {
+        Error::Store(store) => store_code_and_reason(store),
+        Error::InvalidArgument(_) => (Code::InvalidArgument, reason::INVALID_ARGUMENT, meta(&[])),
+        Error::LimitExceeded(_) => (Code::ResourceExhausted, reason::LIMIT_EXCEEDED, meta(&[])),
+        Error::Overloaded { limit } => (
+            Code::ResourceExhausted,
+            reason::OVERLOADED,
+            meta(&[("limit", limit.to_string())]),
+        ),
+        Error::GroupNotFound { group } => {
+            (Code::NotFound, reason::GROUP_NOT_FOUND, group_meta(group))
+        }
+        Error::GroupExists { group } => {
+            (Code::AlreadyExists, reason::GROUP_EXISTS, group_meta(group))
+        }
+        Error::ReplayInProgress { group, .. } => (
+            Code::FailedPrecondition,
+            reason::REPLAY_IN_PROGRESS,
+            group_meta(group),
+        ),
+        Error::GroupBroken { group, .. } => (
+            Code::FailedPrecondition,
+            reason::GROUP_BROKEN,
+            group_meta(group),
+        ),
+        Error::Corrupt(_) => (Code::DataLoss, reason::CORRUPT, meta(&[])),
+        Error::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
+        Error::Internal(_) => (Code::Internal, reason::INTERNAL, meta(&[])),
+        _ => (Code::Internal, reason::INTERNAL, meta(&[])),
+    }
+}
+
+fn store_code_and_reason(error: &StoreError) -> (Code, &'static str, HashMap<String, String>) {
+    match error {
+        StoreError::WrongExpectedRevision {
+            stream,
+            expected,
+            current,
+        } => (
+            Code::FailedPrecondition,
+            reason::WRONG_EXPECTED_REVISION,
+            meta(&[
+                ("stream", stream.clone()),
+                ("expected", expected.to_string()),
+                (
+                    "current",
+                    current
+                        .revision()
+                        .map_or_else(|| "no_stream".to_owned(), |revision| revision.to_string()),
+                ),
+            ]),
+        ),
+        StoreError::StreamNotFound { stream } => (
+            Code::NotFound,
+            reason::STREAM_NOT_FOUND,
+            meta(&[("stream", stream.clone())]),
+        ),
+        StoreError::StreamTombstoned { stream } => (
+            Code::FailedPrecondition,
+            reason::STREAM_TOMBSTONED,
+            meta(&[("stream", stream.clone())]),
+        ),
+        StoreError::DuplicateEventId {
+            event_id,
+            stream,
+            revision,
+        } => (
+            Code::AlreadyExists,
+            reason::DUPLICATE_EVENT_ID,
+            meta(&[
+                ("event_id", event_id.to_string()),
+                ("stream", stream.clone()),
+                ("revision", revision.to_string()),
+            ]),
+        ),
+        StoreError::InvalidArgument(_) => {
+            (Code::InvalidArgument, reason::INVALID_ARGUMENT, meta(&[]))
+        }
+        StoreError::LimitExceeded {
+            what,
+            actual,
+            limit,
+        } => (
+            Code::ResourceExhausted,
+            reason::LIMIT_EXCEEDED,
+            meta(&[
+                ("limit_name", (*what).to_owned()),
+                ("actual", actual.to_string()),
+                ("limit", limit.to_string()),
+            ]),
+        ),
+        StoreError::Overloaded { capacity } => (
+            Code::ResourceExhausted,
+            reason::OVERLOADED,
+            meta(&[("limit", capacity.to_string())]),
+        ),
+        StoreError::Corrupt {
+            column_family, key, ..
+        } => (
+            Code::DataLoss,
+            reason::CORRUPT,
+            meta(&[
+                ("column_family", (*column_family).to_owned()),
+                ("key", key.clone()),
+            ]),
+        ),
+        StoreError::UnsupportedFormat { .. } => {
+            (Code::Internal, reason::UNSUPPORTED_FORMAT, meta(&[]))
+        }
+        StoreError::Poisoned(_) => (Code::Unavailable, reason::STORE_STOPPED, meta(&[])),
+        StoreError::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
+        _ => (Code::Internal, reason::INTERNAL, meta(&[])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_storage::{CurrentRevision, ExpectedRevision};
+
+    use super::*;
+
+    fn reason_of(status: &Status) -> (String, HashMap<String, String>) {
+        let info = status
+            .get_details_error_info()
+            .expect("every status carries ErrorInfo");
+        assert_eq!(info.domain, reason::ERROR_DOMAIN);
+        (info.reason, info.metadata)
+    }
+
+    /// One of every error, with the code and reason it must map to.
+    fn cases() -> Vec<(Error, Code, &'static str)> {
+        let store = |error: StoreError| Error::Store(error);
+        let group = || "billing".to_owned();
+        vec![
+            (
+                store(StoreError::WrongExpectedRevision {
+                    stream: "s".into(),
+                    expected: ExpectedRevision::Exact(1),
+                    current: CurrentRevision::Revision(4),
+                }),
+                Code::FailedPrecondition,
+                reason::WRONG_EXPECTED_REVISION,
+            ),
+            (
+                store(StoreError::StreamNotFound { stream: "s".into() }),
+                Code::NotFound,
+                reason::STREAM_NOT_FOUND,
+            ),
+            (
+                store(StoreError::StreamTombstoned { stream: "s".into() }),
+                Code::FailedPrecondition,
+                reason::STREAM_TOMBSTONED,
+            ),
+            (
+                store(StoreError::DuplicateEventId {
+                    event_id: uuid::Uuid::nil(),
+                    stream: "s".into(),
+                    revision: 2,
+                }),
+                Code::AlreadyExists,
+                reason::DUPLICATE_EVENT_ID,
+            ),
+            (
+                store(StoreError::InvalidArgument("x".into())),
+                Code::InvalidArgument,
+                reason::INVALID_ARGUMENT,
+            ),
+            (
+                store(StoreError::LimitExceeded {
+                    what: "event size in bytes",
+                    actual: 10,
+                    limit: 5,
+                }),
+                Code::ResourceExhausted,
+                reason::LIMIT_EXCEEDED,
+            ),
+            (
+                store(StoreError::Overloaded { capacity: 8 }),
+                Code::ResourceExhausted,
+                reason::OVERLOADED,
+            ),
+            (
+                store(StoreError::Corrupt {
+                    column_family: "log",
+                    key: "7".into(),
+                    reason: "crc".into(),
+                }),
+                Code::DataLoss,
+                reason::CORRUPT,
+            ),
+            (
+                store(StoreError::UnsupportedFormat {
+                    path: "d".into(),
+                    found: 9,
+                    supported: 1,
+                }),
+                Code::Internal,
+                reason::UNSUPPORTED_FORMAT,
+            ),
+            (
+                store(StoreError::Poisoned("fsync".into())),
+                Code::Unavailable,
+                reason::STORE_STOPPED,
+            ),
+            (
+                store(StoreError::ShuttingDown),
+                Code::Unavailable,
+                reason::SHUTTING_DOWN,
+            ),
+            (
+                store(StoreError::Io("disk".into())),
+                Code::Internal,
+                reason::INTERNAL,
+            ),
+            (
+                Error::InvalidArgument("bad".into()),
+                Code::InvalidArgument,
+                reason::INVALID_ARGUMENT,
+            ),
+            (
+                Error::LimitExceeded("too many".into()),
+                Code::ResourceExhausted,
+                reason::LIMIT_EXCEEDED,
+            ),
+            (
+                Error::Overloaded { limit: 4 },
+                Code::ResourceExhausted,
+                reason::OVERLOADED,
+            ),
+            (
+                Error::GroupNotFound { group: group() },
+                Code::NotFound,
+                reason::GROUP_NOT_FOUND,
+            ),
+            (
+                Error::GroupExists { group: group() },
+                Code::AlreadyExists,
+                reason::GROUP_EXISTS,
+            ),
+            (
+                Error::ReplayInProgress {
+                    group: group(),
+                    remaining: 3,
+                },
+                Code::FailedPrecondition,
+                reason::REPLAY_IN_PROGRESS,
+            ),
+            (
+                Error::GroupBroken {
+                    group: group(),
+                    reason: "filter".into(),
+                },
+                Code::FailedPrecondition,
+                reason::GROUP_BROKEN,
+            ),
+            (Error::Corrupt("x".into()), Code::DataLoss, reason::CORRUPT),
+            (
+                Error::Internal("x".into()),
+                Code::Internal,
+                reason::INTERNAL,
+            ),
+            (
+                Error::ShuttingDown,
+                Code::Unavailable,
+                reason::SHUTTING_DOWN,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_error_maps_to_its_code_and_reason() {
+        for (error, code, expected_reason) in cases() {
+            let status = to_status(&error);
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(status.message(), error.to_string());
+            assert_eq!(reason_of(&status).0, expected_reason, "{error}");
+        }
+        let (_, metadata) = reason_of(&to_status(&Error::GroupNotFound {
+            group: "billing".into(),
+        }));
+        assert_eq!(metadata["group"], "billing");
+    }
+
+    #[test]
+    fn wrong_expected_revision_carries_revisions() {
+        let status = to_status(&Error::Store(StoreError::WrongExpectedRevision {
+            stream: "order-1".into(),
+            expected: ExpectedRevision::NoStream,
+            current: CurrentRevision::Revision(4),
+        }));
+        let (_, metadata) = reason_of(&status);
+        assert_eq!(metadata["stream"], "order-1");
+        assert_eq!(metadata["current"], "4");
+        assert_eq!(metadata["expected"], "no stream");
+    }
+
+    /// Round trip: what the client makes of each status is the error the
+    /// server meant (the client crate is a dev-dependency of the server).
+    #[test]
+    fn the_client_maps_every_status_back() {
+        use cairn_client::Error as ClientError;
+        for (error, _, _) in cases() {
+            let client = ClientError::from(to_status(&error));
+            let matches = match (&error, &client) {
+                (
+                    Error::Store(StoreError::WrongExpectedRevision { stream, .. }),
+                    ClientError::WrongExpectedRevision {
+                        stream: seen,
+                        current,
+                        ..
+                    },
+                ) => stream == seen && *current == Some(4),
+                (
+                    Error::Store(StoreError::StreamNotFound { stream }),
+                    ClientError::StreamNotFound { stream: seen },
+                ) => stream == seen,
+                (
+                    Error::Store(StoreError::StreamTombstoned { stream }),
+                    ClientError::StreamDeleted { stream: seen },
+                ) => stream == seen,
+                (
+                    Error::Store(StoreError::DuplicateEventId { .. }),
+                    ClientError::DuplicateEventId(_),
+                ) => true,
+                (
+                    Error::InvalidArgument(_) | Error::Store(StoreError::InvalidArgument(_)),
+                    ClientError::InvalidArgument(_),
+                ) => true,
+                (
+                    Error::LimitExceeded(_)
+                    | Error::Overloaded { .. }
+                    | Error::Store(StoreError::LimitExceeded { .. })
+                    | Error::Store(StoreError::Overloaded { .. }),
+                    ClientError::LimitExceeded(_),
+                ) => true,
+                (Error::GroupNotFound { group }, ClientError::GroupNotFound { group: seen }) => {
+                    group == seen
+                }
+                (Error::GroupExists { group }, ClientError::GroupExists { group: seen }) => {
+                    group == seen
+                }
+                (
+                    Error::Corrupt(_) | Error::Store(StoreError::Corrupt { .. }),
+                    ClientError::Corrupt(_),
+                ) => true,
+                (
+                    Error::ShuttingDown
+                    | Error::Store(StoreError::ShuttingDown)
+                    | Error::Store(StoreError::Poisoned(_)),
+                    ClientError::Unavailable(_),
+                ) => true,
+                (
+                    Error::ReplayInProgress { .. }
+                    | Error::GroupBroken { .. }
+                    | Error::Internal(_)
+                    | Error::Store(StoreError::Io(_))
+                    | Error::Store(StoreError::UnsupportedFormat { .. }),
+                    ClientError::Other { message, .. },
+                ) => *message == error.to_string(),
+                _ => false,
+            };
+            assert!(matches, "{error:?} came back as {client:?}");
+        }
+    }
+}

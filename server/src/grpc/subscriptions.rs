@@ -1,0 +1,65 @@
+//! The `cairn.v1.Subscriptions` adapter: converts the request, opens a feed on
+//! the engine, and converts its items (and its end) to the wire. The feed
+//! engine itself is `cairn_engine::feeds`.
+
+use std::pin::Pin;
+
+use cairn_engine::{Engine, SubscribeRequest};
+use cairn_proto::v1 as pb;
+use cairn_proto::v1::subscriptions_server::Subscriptions;
+use cairn_storage::ReadSource;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use super::{from_proto, to_proto};
+
+/// The service.
+#[derive(Clone)]
+pub struct SubscriptionsService {
+    /// Opens the feeds.
+    engine: Engine,
+}
+
+impl SubscriptionsService {
+    /// The service over `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Self { engine }
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Subscriptions for SubscriptionsService {
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let span = tracing::info_span!("subscribe", stream = %request.stream);
+        span.in_scope(|| {
+            let source =
+                ReadSource::parse(&request.stream).map_err(|error| to_status(&error.into()))?;
+            let filter = from_proto::filter(request.filter.unwrap_or_default())?;
+            let receiver = self
+                .engine
+                .subscribe(SubscribeRequest {
+                    source,
+                    filter,
+                    checkpoint_interval: Some(u64::from(request.checkpoint_interval)),
+                    from: from_proto::start_from(request.from),
+                })
+                .map_err(|error| to_status(&error))?;
+            let responses = ReceiverStream::new(receiver).map(|item| {
+                item.map(to_proto::feed)
+                    .map_err(|reason| to_status(&reason.into_error()))
+            });
+            let responses: SubscribeStream = Box::pin(responses);
+            Ok(Response::new(responses))
+        })
+    }
+}
