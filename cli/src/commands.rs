@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use cairn_client::{Client, EventData, ExpectedRevision, ReadFrom, ReadOptions};
 use cairn_server::SettingsArgs;
 use clap::{Parser, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 use uuid::Uuid;
 
 /// Cairn: an event store. Without a subcommand, runs the server.
@@ -100,6 +100,32 @@ pub fn parse_expected(text: &str) -> Result<ExpectedRevision, String> {
     }
 }
 
+/// The line `cairn append` prints.
+#[derive(Serialize)]
+struct AppendLine {
+    current_revision: Option<u64>,
+    positions: Option<[u64; 2]>,
+    idempotent_replay: bool,
+}
+
+/// The line `cairn read` prints per event.
+#[derive(Serialize)]
+struct EventLine<'a> {
+    position: u64,
+    stream: &'a str,
+    revision: u64,
+    id: String,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    data: serde_json::Value,
+}
+
+/// Prints one value as a line of JSON.
+fn print_json(value: &impl Serialize) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
 /// Runs a client subcommand, printing to stdout. `Serve` is handled by the binary.
 pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
@@ -123,12 +149,11 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
             }
             let client = Client::connect(addr).await?;
             let result = client.append(stream, expected, vec![event]).await?;
-            let line = json!({
-                "current_revision": result.current_revision,
-                "positions": result.positions.map(|(first, last)| [first, last]),
-                "idempotent_replay": result.idempotent_replay,
-            });
-            println!("{line}");
+            print_json(&AppendLine {
+                current_revision: result.current_revision,
+                positions: result.positions.map(|(first, last)| [first, last]),
+                idempotent_replay: result.idempotent_replay,
+            })?;
             Ok(())
         }
         Command::Read {
@@ -160,15 +185,14 @@ pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::err
                     .unwrap_or_else(|| {
                         serde_json::Value::String(String::from_utf8_lossy(&event.data).into_owned())
                     });
-                let line = json!({
-                    "position": event.position,
-                    "stream": event.stream,
-                    "revision": event.revision,
-                    "id": event.id.to_string(),
-                    "type": event.event_type,
-                    "data": data,
-                });
-                println!("{line}");
+                print_json(&EventLine {
+                    position: event.position,
+                    stream: &event.stream,
+                    revision: event.revision,
+                    id: event.id.to_string(),
+                    event_type: &event.event_type,
+                    data,
+                })?;
             }
             Ok(())
         }

@@ -37,6 +37,7 @@
 //! ```
 
 mod error;
+mod escape;
 pub mod feeds;
 pub mod groups;
 
@@ -52,6 +53,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
 pub use error::{EndReason, Error, Result};
+pub use escape::Escaped;
 pub use feeds::{
     Feed, FeedReceiver, FeedSpec, Feeds, StartFrom, SubscriptionLimits, SubscriptionStats, Target,
 };

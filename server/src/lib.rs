@@ -26,7 +26,6 @@ use cairn_engine::Engine;
 use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
-pub use grpc::to_status;
 pub use settings::{DurabilitySetting, LogFormat, Settings, SettingsArgs, SettingsError};
 
 /// Largest gRPC message the server decodes. Above the append limit so that a
@@ -58,8 +57,11 @@ pub enum ServerError {
 pub fn init_tracing(settings: &Settings) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&settings.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal, never into files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.log_format {
         LogFormat::Human => builder.init(),

@@ -394,6 +394,12 @@ impl Store {
         &self.inner.shared.live
     }
 
+    /// Why the store refuses writes, if it is poisoned (fail-stop after a
+    /// failed write or a panicking committer). Health checks report it.
+    pub fn poisoned(&self) -> Option<Error> {
+        self.poison()
+    }
+
     /// The poison, if the store is poisoned.
     fn poison(&self) -> Option<Error> {
         self.inner
@@ -424,7 +430,9 @@ impl Store {
             Err(TrySendError::Full(command)) => command.reply.fail(&Error::Overloaded {
                 capacity: self.inner.queue_capacity,
             }),
-            // The committer is gone: it stopped (shutdown), or it was poisoned.
+            // The committer thread ended without a shutdown (which takes the
+            // sender first). A poisoned committer keeps running, so this is a
+            // death outside its panic guard; report the poison if there is one.
             Err(TrySendError::Disconnected(command)) => command
                 .reply
                 .fail(&self.poison().unwrap_or(Error::ShuttingDown)),

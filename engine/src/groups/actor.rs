@@ -1,102 +1,51 @@
-//! One group's actor: the only owner of its in-memory state.
+//! One group's actor: the I/O around its [`GroupMachine`].
 //!
-//! The actor reads its source through an internal catch-up subscription (a
-//! [`Feed`]), keeps every event it read and that is not finished yet, hands
-//! events to consumers by the group's strategy, and moves the checkpoint.
+//! The machine (`machine.rs`) makes every decision; the actor owns what it
+//! cannot: the command channel the registry and consumers send on, the group's
+//! source (an internal catch-up subscription, a [`Feed`], reopened after a
+//! failure), each consumer's channel, the tick timer, and the store writes
+//! (parking, checkpoints, replay reads and truncation), which run on spawned
+//! tasks that report back as commands. After each command, feed item or tick it
+//! carries out the effects the machine queued, in order.
 //!
-//! Invariants:
-//! - An event is *finished* when it was acked, skipped, or durably written to the
-//!   parked stream. Only finished events leave `entries`.
-//! - `source_order` lists, in source order, every event read from the source that
-//!   the checkpoint has not passed yet (plus marks for positions examined without
-//!   an event to deliver). The checkpoint moves only over a finished prefix of it,
-//!   so after a restart nothing unfinished is skipped (at-least-once).
-//! - Memory is bounded: the actor stops reading its source while `source_order`
-//!   holds [`WINDOW_EVENTS`] entries or [`WINDOW_BYTES`] of payload, or while
-//!   [`READ_AHEAD`] events already wait for a consumer.
-//! - A consumer never holds more than its in-flight limit, and the actor never
-//!   waits on a consumer: sends use `try_send` on a channel with room for that limit.
-//! - Pinned groups deliver at most one event per stream at a time (`busy_streams`),
-//!   so a stream's events are processed in order even across retries.
-//!
-//! Everything happens on the actor task; storage writes (parking, checkpoints,
-//! replay truncation) run on spawned tasks that report back as commands.
-//! Replaying parked events lives in `group/replay.rs`.
+//! The actor never waits on a consumer: a consumer's channel has room for its
+//! in-flight limit plus the join and end messages, and sends use `try_send`; a
+//! send that fails anyway is reported to the machine, which takes the event back.
+//! At shutdown it writes the checkpoint if it moved (waiting for it briefly) and
+//! ends every consumer's call.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_storage::{
     EventData, ExpectedRevision, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent,
     Store,
 };
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 mod replay;
 
+pub use super::machine::{ConsumerStatus, GroupStatus, NackAction};
+
 use super::definition::{
     CHECKPOINT_TYPE, Checkpoint, GroupDefinition, GroupSettings, PARKED_TYPE, ParkedRecord,
-    Strategy, checkpoint_stream, parked_stream,
+    checkpoint_stream, parked_stream,
 };
+use super::machine::{Effect, GroupMachine, ParkKey, ReplayBatch, SendFailure, WriteOutcome};
 use crate::error::{EndReason, Error};
 use crate::feeds::{Feed, FeedReceiver, FeedSpec, Feeds, Target};
-use replay::{Replay, ReplayBatch};
 
-/// Most events read from the source and not yet passed by the checkpoint.
-pub const WINDOW_EVENTS: usize = 10_000;
-/// Most payload bytes held for those events.
-pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
-/// Most events waiting for a consumer before the actor stops reading its source.
-const READ_AHEAD: usize = 512;
-/// Most parked events moved back into delivery by one replay call.
-pub const REPLAY_LIMIT: u64 = 10_000;
 /// Events per checkpoint mark on filtered `$all` groups.
 const FEED_CHECKPOINT_INTERVAL: u64 = 1_000;
 /// How often timeouts and the checkpoint timer are checked.
 const TICK: Duration = Duration::from_millis(50);
 /// Wait before reopening a source feed that ended with an error.
 const REOPEN_DELAY: Duration = Duration::from_secs(1);
-
-/// What a consumer can do with an event besides acking it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NackAction {
-    /// Deliver again; counts as a retry.
-    Retry,
-    /// Park now.
-    Park,
-    /// Finish without processing.
-    Skip,
-    /// Give every in-flight event back (no retry counted) and end the call.
-    Stop,
-}
-
-/// A consumer's live figures.
-#[derive(Debug, Clone)]
-pub struct ConsumerStatus {
-    pub id: u64,
-    pub name: String,
-    pub max_in_flight: u32,
-    pub in_flight: u64,
-    pub delivered: u64,
-    pub acked: u64,
-    pub nacked: u64,
-}
-
-/// A group's live figures.
-#[derive(Debug, Clone, Default)]
-pub struct GroupStatus {
-    pub checkpoint: Option<Checkpoint>,
-    pub in_flight: u64,
-    pub waiting: u64,
-    pub delivered_total: u64,
-    pub acked_total: u64,
-    pub retried_total: u64,
-    pub parked_total: u64,
-    pub consumers: Vec<ConsumerStatus>,
-}
+/// How long a shutdown waits for its last checkpoint write.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a group sends a joined consumer.
 #[derive(Debug, Clone)]
@@ -124,7 +73,8 @@ pub type ConsumerSender = mpsc::Sender<ConsumerMessage>;
 
 /// Messages to the actor.
 pub enum Command {
-    /// A consumer joins; the actor sends `ConsumerJoined` on `sender` first.
+    /// A consumer joins; the actor sends [`ConsumerMessage::Joined`] on
+    /// `sender` first.
     Join {
         name: String,
         max_in_flight: u32,
@@ -134,7 +84,7 @@ pub enum Command {
         /// The consumer's id, or why it may not join.
         reply: oneshot::Sender<Result<u64, Error>>,
     },
-    /// A consumer's call ended, or must end with `status`. `graceful`: the
+    /// A consumer's call ended, or must end with `reason`. `graceful`: the
     /// consumer closed its side after sending its last acks, so what it still
     /// holds goes back without counting a retry.
     Leave {
@@ -164,7 +114,7 @@ pub enum Command {
     Stop { reason: EndReason },
     /// A park write finished.
     Parked {
-        key: u64,
+        key: ParkKey,
         result: Result<(), String>,
     },
     /// A checkpoint write finished.
@@ -177,71 +127,22 @@ pub enum Command {
         loaded: Result<ReplayBatch, Error>,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
-    /// The parked stream was truncated after a replay.
+    /// The parked stream was truncated after a replay (or that failed).
     ReplayTruncated,
     /// Test seam: the actor panics (to test the registry's supervision).
     Crash,
 }
 
-/// What happens to an event now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EntryState {
-    /// Queued for a consumer (in `waiting`).
-    Waiting,
-    /// Sent to a consumer; `delivery` tells stale timeouts apart.
-    InFlight { consumer: u64, delivery: u64 },
-    /// Being written to the parked stream.
-    Parking,
-}
-
-/// An unfinished event.
-struct Entry {
-    event: RecordedEvent,
-    /// Deliveries after the first.
-    retry_count: u32,
-    state: EntryState,
-    /// Replayed from the parked stream (not part of the source order).
-    replayed: bool,
-}
-
-/// A position in the source the checkpoint may move to once `key` is finished
-/// (`None`: nothing to wait for).
-struct SourceMark {
-    key: Option<u64>,
-    checkpoint: Checkpoint,
-}
-
-/// A connected consumer.
-struct Consumer {
-    id: u64,
-    name: String,
-    max_in_flight: u32,
-    sender: ConsumerSender,
-    in_flight: HashSet<u64>,
-    delivered: u64,
-    acked: u64,
-    nacked: u64,
-}
-
-impl Consumer {
-    /// Whether an event may be sent now. A consumer whose call ended (receiver
-    /// dropped, removed at the next tick or `Leave`) has no room: otherwise the
-    /// pump would hand it the same event again and again.
-    fn has_room(&self) -> bool {
-        !self.sender.is_closed()
-            && self.in_flight.len() < self.max_in_flight as usize
-            && self.sender.capacity() > 0
-    }
-}
-
-/// The actor's state.
+/// A group's actor.
 pub struct GroupActor {
+    /// The group as defined (its name, source and start; the machine holds the
+    /// settings it runs with).
     definition: GroupDefinition,
+    /// Every decision.
+    machine: GroupMachine,
     /// The compiled `$all` filter (the registry refuses to start a group whose
     /// stored filter does not compile).
     filter: ReadFilter,
-    is_stream: bool,
-    skip_system_streams: bool,
     store: Store,
     feeds: Feeds,
     commands: mpsc::Receiver<Command>,
@@ -254,34 +155,11 @@ pub struct GroupActor {
     reopen_at: Option<Instant>,
     /// The last feed failure logged, so a persisting one is logged once.
     last_feed_error: Option<String>,
-    /// The next revision or position to read from the source.
-    source_cursor: u64,
 
-    entries: HashMap<u64, Entry>,
-    by_event_id: HashMap<Uuid, u64>,
-    next_key: u64,
-    source_order: VecDeque<SourceMark>,
-    window_bytes: usize,
-    waiting: VecDeque<u64>,
-    timeouts: BinaryHeap<Reverse<(Instant, u64, u64)>>,
-    next_delivery: u64,
-
-    consumers: Vec<Consumer>,
-    next_consumer: u64,
-    round_robin: usize,
-    /// Pinned groups: the consumer of each stream.
-    pins: HashMap<String, u64>,
-    /// Pinned groups: the one outstanding delivered event of each stream.
-    busy_streams: HashMap<String, u64>,
-
-    checkpoint: Option<Checkpoint>,
-    written_checkpoint: Option<Checkpoint>,
-    marks_since_write: u64,
-    last_write: Instant,
-    writing_checkpoint: bool,
-
-    replay: Option<Replay>,
-    stats: GroupStatus,
+    /// The channel of each consumer the machine has, by id (join order).
+    consumers: BTreeMap<u64, ConsumerSender>,
+    /// The caller of the replay being loaded (the machine runs one at a time).
+    replay_reply: Option<oneshot::Sender<Result<u64, Error>>>,
 }
 
 /// Reads every visible event of a stream (system streams are small).
@@ -332,8 +210,14 @@ fn json_event(event_type: &str, data: Vec<u8>) -> EventData {
     }
 }
 
+/// The machine's clock: tokio's, so tests with a paused clock see timeouts.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
 impl GroupActor {
     /// An actor resuming from `checkpoint` (or the definition's start).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         definition: GroupDefinition,
         filter: ReadFilter,
@@ -344,16 +228,11 @@ impl GroupActor {
         commands: mpsc::Receiver<Command>,
         loopback: mpsc::Sender<Command>,
     ) -> Result<Self, Error> {
-        let source = definition.source()?;
-        let is_stream = matches!(source, ReadSource::Stream(_));
-        let source_cursor = checkpoint.map_or(definition.start_cursor, |checkpoint| {
-            checkpoint.resume_cursor(is_stream)
-        });
+        let machine = GroupMachine::new(&definition, checkpoint, now())?;
         Ok(Self {
-            filter,
-            skip_system_streams: source == ReadSource::All,
-            is_stream,
             definition,
+            machine,
+            filter,
             store,
             feeds,
             commands,
@@ -362,38 +241,9 @@ impl GroupActor {
             feed: None,
             reopen_at: Some(Instant::now()),
             last_feed_error: None,
-            source_cursor,
-            entries: HashMap::new(),
-            by_event_id: HashMap::new(),
-            next_key: 0,
-            source_order: VecDeque::new(),
-            window_bytes: 0,
-            waiting: VecDeque::new(),
-            timeouts: BinaryHeap::new(),
-            next_delivery: 0,
-            consumers: Vec::new(),
-            next_consumer: 1,
-            round_robin: 0,
-            pins: HashMap::new(),
-            busy_streams: HashMap::new(),
-            checkpoint,
-            written_checkpoint: checkpoint,
-            marks_since_write: 0,
-            last_write: Instant::now(),
-            writing_checkpoint: false,
-            replay: None,
-            stats: GroupStatus::default(),
+            consumers: BTreeMap::new(),
+            replay_reply: None,
         })
-    }
-
-    fn settings(&self) -> &GroupSettings {
-        &self.definition.settings
-    }
-
-    fn wants_source(&self) -> bool {
-        self.source_order.len() < WINDOW_EVENTS
-            && self.window_bytes < WINDOW_BYTES
-            && self.waiting.len() < READ_AHEAD
     }
 
     /// Runs until the group is deleted or the server shuts down.
@@ -402,7 +252,7 @@ impl GroupActor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
         loop {
-            let wants_source = self.wants_source() && self.feed.is_some();
+            let wants_source = self.machine.wants_source() && self.feed.is_some();
             tokio::select! {
                 command = self.commands.recv() => {
                     let Some(command) = command else { return };
@@ -421,15 +271,13 @@ impl GroupActor {
                     return;
                 }
             }
-            self.advance_checkpoint();
-            self.pump();
-            self.maybe_write_checkpoint();
-            self.maybe_truncate_parked();
+            self.carry_out();
         }
     }
 
     /// Handles one command; `Some(reason)` ends the group.
     fn handle(&mut self, command: Command) -> Option<EndReason> {
+        let now = now();
         match command {
             Command::Join {
                 name,
@@ -444,58 +292,47 @@ impl GroupActor {
                 graceful,
             } => {
                 if let Some(reason) = reason
-                    && let Some(gone) = self.consumer_mut(consumer)
+                    && let Some(sender) = self.consumers.get(&consumer)
                 {
-                    let _ = gone.sender.try_send(ConsumerMessage::End(reason));
+                    let _ = sender.try_send(ConsumerMessage::End(reason));
                 }
-                self.leave(consumer, !graceful);
+                self.machine.leave(consumer, !graceful, now);
             }
-            Command::Ack { ids } => {
-                for id in ids {
-                    if let Some(&key) = self.by_event_id.get(&id)
-                        && self.entries[&key].state != EntryState::Parking
-                    {
-                        if let EntryState::InFlight { consumer, .. } = self.entries[&key].state
-                            && let Some(holder) = self.consumer_mut(consumer)
-                        {
-                            holder.acked += 1;
-                        }
-                        self.stats.acked_total += 1;
-                        self.finish(key);
-                    }
-                }
-            }
+            Command::Ack { ids } => self.machine.ack(&ids, now),
             Command::Nack {
                 consumer,
                 ids,
                 action,
                 reason,
-            } => self.nack(consumer, ids, action, &reason),
+            } => self.machine.nack(consumer, &ids, action, &reason, now),
             Command::Status { reply } => {
-                let _ = reply.send(self.status());
+                let _ = reply.send(self.machine.status());
             }
             Command::Update { settings } => {
-                self.definition.settings = settings;
-                for consumer in &mut self.consumers {
-                    consumer.max_in_flight = consumer
-                        .max_in_flight
-                        .min(self.definition.settings.max_in_flight_per_consumer);
-                }
+                self.definition.settings = settings.clone();
+                self.machine.update(settings, now);
             }
-            Command::Replay { max, reply } => self.start_replay(max, reply),
+            Command::Replay { max, reply } => match self.machine.replay_requested(max, now) {
+                // Answered when the batch is loaded.
+                Ok(()) => self.replay_reply = Some(reply),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             Command::Stop { reason } => return Some(reason),
-            Command::Parked { key, result } => self.on_parked(key, result),
-            Command::CheckpointWritten { checkpoint, result } => {
-                self.writing_checkpoint = false;
-                match result {
-                    Ok(()) => self.written_checkpoint = Some(checkpoint),
-                    Err(error) => {
-                        tracing::warn!(group = %self.definition.group, %error, "checkpoint write failed; will retry");
-                    }
-                }
+            Command::Parked { key, result } => {
+                let outcome =
+                    self.outcome(result, "parking failed; the event goes back to delivery");
+                self.machine.parked(key, outcome, now);
             }
-            Command::ReplayLoaded { loaded, reply } => self.on_replay_loaded(loaded, reply),
-            Command::ReplayTruncated => self.replay = None,
+            Command::CheckpointWritten { checkpoint, result } => {
+                let outcome = self.outcome(result, "checkpoint write failed; will retry");
+                self.machine.checkpoint_written(checkpoint, outcome, now);
+            }
+            Command::ReplayLoaded { loaded, reply } => {
+                let _ = reply.send(self.machine.replay_loaded(loaded, now));
+            }
+            Command::ReplayTruncated => self.machine.replay_truncated(now),
             Command::Crash => panic!(
                 "group '{}' was told to crash (test seam)",
                 self.definition.group
@@ -504,10 +341,18 @@ impl GroupActor {
         None
     }
 
-    fn consumer_mut(&mut self, id: u64) -> Option<&mut Consumer> {
-        self.consumers.iter_mut().find(|consumer| consumer.id == id)
+    /// A write's outcome for the machine; a failure is logged.
+    fn outcome(&self, result: Result<(), String>, failed: &str) -> WriteOutcome {
+        match result {
+            Ok(()) => WriteOutcome::Durable,
+            Err(error) => {
+                tracing::warn!(group = %self.definition.group, %error, "{failed}");
+                WriteOutcome::Failed
+            }
+        }
     }
 
+    /// Admits a consumer if the machine does and it can be told so.
     fn join(
         &mut self,
         name: String,
@@ -516,141 +361,69 @@ impl GroupActor {
         sender: ConsumerSender,
         reply: oneshot::Sender<Result<u64, Error>>,
     ) {
-        if self.consumers.len() >= max_consumers {
-            let _ = reply.send(Err(Error::LimitExceeded(format!(
-                "group '{}' already has {max_consumers} consumers (the server's max_consumers_per_group)",
-                self.definition.group
-            ))));
-            return;
-        }
-        let group_limit = self.settings().max_in_flight_per_consumer;
-        let max_in_flight = match max_in_flight {
-            0 => group_limit,
-            asked => asked.min(group_limit),
+        let now = now();
+        let joined = match self
+            .machine
+            .join(name.clone(), max_in_flight, max_consumers, now)
+        {
+            Ok(joined) => joined,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
         };
-        let id = self.next_consumer;
-        self.next_consumer += 1;
-        let joined = ConsumerMessage::Joined {
+        let id = joined.consumer;
+        let message = ConsumerMessage::Joined {
             consumer_id: id,
-            max_in_flight,
+            max_in_flight: joined.max_in_flight,
         };
-        if sender.try_send(joined).is_err() || reply.send(Ok(id)).is_err() {
+        // Before any delivery the machine queued for it.
+        if sender.try_send(message).is_err() || reply.send(Ok(id)).is_err() {
+            self.machine.leave(id, false, now);
             return;
         }
         tracing::debug!(group = %self.definition.group, consumer = id, %name, "consumer joined");
-        self.consumers.push(Consumer {
-            id,
-            name,
-            max_in_flight,
-            sender,
-            in_flight: HashSet::new(),
-            delivered: 0,
-            acked: 0,
-            nacked: 0,
-        });
+        self.consumers.insert(id, sender);
     }
 
-    /// Removes a consumer and gives its in-flight events back, oldest first.
-    /// `count_retry`: a disconnect counts as a retry (a handler that crashes its
-    /// process on an event must not loop forever); a graceful close or an
-    /// explicit STOP does not.
-    fn leave(&mut self, consumer: u64, count_retry: bool) {
-        let Some(index) = self.consumers.iter().position(|c| c.id == consumer) else {
-            return;
-        };
-        let gone = self.consumers.remove(index);
-        tracing::debug!(group = %self.definition.group, consumer, "consumer left");
-        self.pins.retain(|_, pinned| *pinned != consumer);
-        let mut keys: Vec<u64> = gone.in_flight.into_iter().collect();
-        keys.sort_unstable();
-        for key in keys.into_iter().rev() {
-            if count_retry {
-                self.retry(key, "consumer disconnected");
-            } else {
-                self.requeue_front(key);
+    /// Carries out the machine's effects, in order.
+    fn carry_out(&mut self) {
+        while let Some(effect) = self.machine.poll_effect() {
+            match effect {
+                Effect::Deliver {
+                    consumer,
+                    event,
+                    retry_count,
+                } => self.deliver(consumer, event, retry_count),
+                Effect::Park { key, record } => self.park(key, &record),
+                Effect::WriteCheckpoint(checkpoint) => self.write_checkpoint(checkpoint),
+                Effect::LoadReplay { limit } => self.load_replay(limit),
+                Effect::TruncateParked { truncate_before } => self.truncate_parked(truncate_before),
+                Effect::Release { consumer } => {
+                    if self.consumers.remove(&consumer).is_some() {
+                        tracing::debug!(group = %self.definition.group, consumer, "consumer left");
+                    }
+                }
             }
         }
     }
 
-    fn nack(&mut self, consumer: u64, ids: Vec<Uuid>, action: NackAction, reason: &str) {
-        for id in ids {
-            let Some(&key) = self.by_event_id.get(&id) else {
-                continue;
-            };
-            // Only the holder's nack counts: after a timeout the event may be
-            // with someone else already.
-            let held = matches!(self.entries[&key].state,
-                EntryState::InFlight { consumer: holder, .. } if holder == consumer);
-            if !held {
-                continue;
-            }
-            if let Some(holder) = self.consumer_mut(consumer) {
-                holder.nacked += 1;
-                holder.in_flight.remove(&key);
-            }
-            match action {
-                NackAction::Retry => self.retry(key, reason),
-                NackAction::Park => self.park(key, reason),
-                NackAction::Skip => self.finish(key),
-                NackAction::Stop => self.requeue_front(key),
-            }
-        }
-        if action == NackAction::Stop {
-            self.leave(consumer, false);
-        }
+    fn deliver(&mut self, consumer: u64, event: RecordedEvent, retry_count: u32) {
+        let id = event.id;
+        let failure = match self.consumers.get(&consumer) {
+            None => SendFailure::Closed,
+            Some(sender) => match sender.try_send(ConsumerMessage::Event { event, retry_count }) {
+                Ok(()) => return,
+                Err(TrySendError::Full(_)) => SendFailure::Full,
+                Err(TrySendError::Closed(_)) => SendFailure::Closed,
+            },
+        };
+        self.machine.deliver_failed(consumer, id, failure, now());
     }
 
-    /// Puts an event back at the front of the queue without counting a retry.
-    fn requeue_front(&mut self, key: u64) {
-        if let Some(entry) = self.entries.get_mut(&key) {
-            entry.state = EntryState::Waiting;
-            self.waiting.push_front(key);
-        }
-    }
-
-    /// Counts a retry; an event out of retries is parked, others go to the front.
-    fn retry(&mut self, key: u64, reason: &str) {
-        let max_retries = self.settings().max_retries;
-        let Some(entry) = self.entries.get_mut(&key) else {
-            return;
-        };
-        if let EntryState::InFlight { consumer, .. } = entry.state
-            && let Some(index) = self.consumers.iter().position(|c| c.id == consumer)
-        {
-            self.consumers[index].in_flight.remove(&key);
-        }
-        if entry.retry_count >= max_retries {
-            let reason = format!(
-                "{reason}; out of retries after {} deliveries",
-                entry.retry_count + 1
-            );
-            self.park(key, &reason);
-            return;
-        }
-        entry.retry_count += 1;
-        self.stats.retried_total += 1;
-        self.requeue_front(key);
-    }
-
-    /// Writes the event to the parked stream; it is finished when that is durable.
-    fn park(&mut self, key: u64, reason: &str) {
-        let Some(entry) = self.entries.get_mut(&key) else {
-            return;
-        };
-        if entry.state == EntryState::Waiting {
-            self.waiting.retain(|waiting| *waiting != key);
-        }
-        entry.state = EntryState::Parking;
-        let record = ParkedRecord {
-            stream: entry.event.stream.clone(),
-            revision: entry.event.revision,
-            position: entry.event.position,
-            event_id: entry.event.id,
-            event_type: entry.event.event_type.clone(),
-            retry_count: entry.retry_count,
-            reason: reason.to_owned(),
-        };
-        let data = serde_json::to_vec(&record).expect("a parked record serialises");
+    /// Appends to the parked stream; the event is finished when that is durable.
+    fn park(&self, key: ParkKey, record: &ParkedRecord) {
+        let data = serde_json::to_vec(record).expect("a parked record serialises");
         let ticket = self.store.append(
             parked_stream(&self.definition.group),
             ExpectedRevision::Any,
@@ -663,86 +436,45 @@ impl GroupActor {
         });
     }
 
-    fn on_parked(&mut self, key: u64, result: Result<(), String>) {
-        match result {
-            Ok(()) => {
-                self.stats.parked_total += 1;
-                self.finish(key);
-            }
-            Err(error) => {
-                tracing::warn!(group = %self.definition.group, %error, "parking failed; the event goes back to delivery");
-                self.requeue_front(key);
-            }
-        }
+    fn write_checkpoint(&self, checkpoint: Checkpoint) {
+        let ticket = self.append_checkpoint(checkpoint);
+        let loopback = self.loopback.clone();
+        self.feeds.tasks().spawn(async move {
+            let result = ticket.await.map(|_| ()).map_err(|error| error.to_string());
+            let _ = loopback
+                .send(Command::CheckpointWritten { checkpoint, result })
+                .await;
+        });
     }
 
-    /// Forgets a finished event.
-    fn finish(&mut self, key: u64) {
-        let Some(entry) = self.entries.remove(&key) else {
-            return;
-        };
-        self.by_event_id.remove(&entry.event.id);
-        match entry.state {
-            EntryState::InFlight { consumer, .. } => {
-                if let Some(holder) = self.consumer_mut(consumer) {
-                    holder.in_flight.remove(&key);
-                }
-            }
-            EntryState::Waiting => self.waiting.retain(|waiting| *waiting != key),
-            EntryState::Parking => {}
-        }
-        if self.busy_streams.get(&entry.event.stream) == Some(&key) {
-            self.busy_streams.remove(&entry.event.stream);
-        }
-        if entry.replayed {
-            if let Some(replay) = &mut self.replay {
-                replay.remaining = replay.remaining.saturating_sub(1);
-            }
-        } else {
-            self.window_bytes = self.window_bytes.saturating_sub(entry.event.data.len());
-        }
+    fn append_checkpoint(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> cairn_storage::Ticket<Vec<cairn_storage::AppendResult>> {
+        let data = serde_json::to_vec(&checkpoint).expect("a checkpoint serialises");
+        self.store.append_multi(vec![cairn_storage::StreamAppend {
+            stream: checkpoint_stream(&self.definition.group),
+            expected: ExpectedRevision::Any,
+            events: vec![json_event(CHECKPOINT_TYPE, data)],
+        }])
     }
 
-    fn status(&self) -> GroupStatus {
-        let mut status = self.stats.clone();
-        status.checkpoint = self.checkpoint;
-        status.in_flight = self
-            .consumers
-            .iter()
-            .map(|consumer| consumer.in_flight.len() as u64)
-            .sum();
-        status.waiting = self.waiting.len() as u64;
-        status.consumers = self
-            .consumers
-            .iter()
-            .map(|consumer| ConsumerStatus {
-                id: consumer.id,
-                name: consumer.name.clone(),
-                max_in_flight: consumer.max_in_flight,
-                in_flight: consumer.in_flight.len() as u64,
-                delivered: consumer.delivered,
-                acked: consumer.acked,
-                nacked: consumer.nacked,
-            })
-            .collect();
-        status
+    /// At shutdown: writes the checkpoint if it moved, and waits for it briefly.
+    async fn flush_checkpoint(&mut self) {
+        if let Some(checkpoint) = self.machine.unwritten_checkpoint() {
+            let ticket = self.append_checkpoint(checkpoint);
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, ticket).await;
+        }
     }
 
     fn on_feed(&mut self, item: Option<Result<Feed, EndReason>>) {
         match item {
             Some(Ok(Feed::Event(event))) => {
                 self.last_feed_error = None;
-                self.on_source_event(event);
+                self.machine.source_event(event, now());
             }
             Some(Ok(Feed::Checkpoint { position })) => {
-                self.source_cursor = self.source_cursor.max(position + 1);
-                self.push_mark(
-                    None,
-                    Checkpoint {
-                        position,
-                        revision: None,
-                    },
-                );
+                self.machine.source_checkpoint(position, now());
             }
             Some(Ok(Feed::Confirmation(_) | Feed::CaughtUp { .. } | Feed::FellBehind { .. })) => {}
             Some(Err(reason)) => {
@@ -767,335 +499,56 @@ impl GroupActor {
         }
     }
 
-    fn on_source_event(&mut self, event: RecordedEvent) {
-        let checkpoint = Checkpoint {
-            position: event.position,
-            revision: self.is_stream.then_some(event.revision),
-        };
-        self.source_cursor = if self.is_stream {
-            event.revision + 1
-        } else {
-            event.position + 1
-        };
-        // The group's own state (and every other system stream) is never
-        // delivered from $all: a group would otherwise feed on its checkpoints.
-        if self.skip_system_streams && event.stream.starts_with('$') {
-            self.push_mark(None, checkpoint);
-            return;
-        }
-        if self.by_event_id.contains_key(&event.id) {
-            // Already outstanding (a replay of it is running): not twice.
-            self.push_mark(None, checkpoint);
-            return;
-        }
-        self.window_bytes += event.data.len();
-        let key = self.track(event, false);
-        self.push_mark(Some(key), checkpoint);
-    }
-
-    /// Starts tracking an event: it waits for a consumer at the back of the queue.
-    fn track(&mut self, event: RecordedEvent, replayed: bool) -> u64 {
-        let key = self.next_key;
-        self.next_key += 1;
-        self.by_event_id.insert(event.id, key);
-        self.entries.insert(
-            key,
-            Entry {
-                event,
-                retry_count: 0,
-                state: EntryState::Waiting,
-                replayed,
-            },
-        );
-        self.waiting.push_back(key);
-        key
-    }
-
-    fn push_mark(&mut self, key: Option<u64>, checkpoint: Checkpoint) {
-        if key.is_none() && self.source_order.is_empty() {
-            self.checkpoint = Some(checkpoint);
-            self.marks_since_write += 1;
-            return;
-        }
-        self.source_order.push_back(SourceMark { key, checkpoint });
-    }
-
-    /// Moves the checkpoint over the finished prefix of the source order.
-    fn advance_checkpoint(&mut self) {
-        while let Some(front) = self.source_order.front() {
-            if front.key.is_some_and(|key| self.entries.contains_key(&key)) {
-                break;
-            }
-            self.checkpoint = Some(front.checkpoint);
-            self.marks_since_write += 1;
-            self.source_order.pop_front();
-        }
-    }
-
-    fn maybe_write_checkpoint(&mut self) {
-        if self.writing_checkpoint || self.checkpoint == self.written_checkpoint {
-            return;
-        }
-        let Some(checkpoint) = self.checkpoint else {
-            return;
-        };
-        let settings = self.settings();
-        let due = self.marks_since_write >= u64::from(settings.checkpoint_after_events)
-            || self.last_write.elapsed()
-                >= Duration::from_millis(u64::from(settings.checkpoint_after_ms));
-        if !due {
-            return;
-        }
-        self.writing_checkpoint = true;
-        self.marks_since_write = 0;
-        self.last_write = Instant::now();
-        let ticket = self.write_checkpoint(checkpoint);
-        let loopback = self.loopback.clone();
-        self.feeds.tasks().spawn(async move {
-            let result = ticket.await.map(|_| ()).map_err(|error| error.to_string());
-            let _ = loopback
-                .send(Command::CheckpointWritten { checkpoint, result })
-                .await;
-        });
-    }
-
-    fn write_checkpoint(
-        &self,
-        checkpoint: Checkpoint,
-    ) -> cairn_storage::Ticket<Vec<cairn_storage::AppendResult>> {
-        let data = serde_json::to_vec(&checkpoint).expect("a checkpoint serialises");
-        self.store.append_multi(vec![cairn_storage::StreamAppend {
-            stream: checkpoint_stream(&self.definition.group),
-            expected: ExpectedRevision::Any,
-            events: vec![json_event(CHECKPOINT_TYPE, data)],
-        }])
-    }
-
-    /// At shutdown: writes the checkpoint if it moved, and waits for it briefly.
-    async fn flush_checkpoint(&mut self) {
-        self.advance_checkpoint();
-        let Some(checkpoint) = self.checkpoint else {
-            return;
-        };
-        if self.written_checkpoint == Some(checkpoint) {
-            return;
-        }
-        let ticket = self.write_checkpoint(checkpoint);
-        let _ = tokio::time::timeout(Duration::from_secs(1), ticket).await;
-    }
-
+    /// Reopens a failed feed when due, lets the machine see the time, and
+    /// removes consumers whose call ended without a `Leave` (a disconnect).
     fn on_tick(&mut self) {
         let now = Instant::now();
         if self.feed.is_none() && self.reopen_at.is_some_and(|at| at <= now) {
             self.reopen_at = None;
             self.open_feed();
         }
-        while let Some(Reverse((deadline, key, delivery))) = self.timeouts.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.timeouts.pop();
-            let current = self.entries.get(&key).map(|entry| entry.state);
-            if let Some(EntryState::InFlight {
-                delivery: current, ..
-            }) = current
-                && current == delivery
-            {
-                self.retry(key, "not acked within the message timeout");
-            }
-        }
-        let dead: Vec<u64> = self
+        self.machine.tick(now.into_std());
+        let closed: Vec<u64> = self
             .consumers
             .iter()
-            .filter(|consumer| consumer.sender.is_closed())
-            .map(|consumer| consumer.id)
+            .filter(|(_, sender)| sender.is_closed())
+            .map(|(id, _)| *id)
             .collect();
-        for consumer in dead {
-            self.leave(consumer, true);
+        for consumer in closed {
+            self.machine.leave(consumer, true, now.into_std());
         }
     }
 
     fn open_feed(&mut self) {
-        let target = match self.definition.source() {
-            Ok(source) => Target::of(source),
+        let source = match self.definition.source() {
+            Ok(source) => source,
             Err(error) => {
                 tracing::error!(group = %self.definition.group, %error, "group source is invalid");
                 return;
             }
         };
-        let filter = self.filter.clone();
-        let checkpoint_interval = (!self.is_stream
-            && (!filter.is_empty() || self.skip_system_streams))
-            .then_some(FEED_CHECKPOINT_INTERVAL);
+        // Filtered and `$all` feeds send marks, so the checkpoint moves over
+        // what the group never sees (on `$all`: at least its own state).
+        let checkpoint_interval = match source {
+            ReadSource::Stream(_) => None,
+            ReadSource::All => Some(FEED_CHECKPOINT_INTERVAL),
+            _ => (!self.filter.is_empty()).then_some(FEED_CHECKPOINT_INTERVAL),
+        };
         self.feed = Some(self.feeds.start(FeedSpec {
-            target,
-            filter,
+            target: Target::of(source),
+            filter: self.filter.clone(),
             checkpoint_interval,
-            cursor: self.source_cursor,
+            cursor: self.machine.source_cursor(),
             live_from: None,
             buffer: 256,
             slot: None,
         }));
     }
 
-    /// Hands waiting events to consumers with room, by strategy.
-    fn pump(&mut self) {
-        if self.waiting.is_empty() || !self.consumers.iter().any(Consumer::has_room) {
-            return;
-        }
-        match self.settings().strategy {
-            Strategy::RoundRobin => {
-                while !self.waiting.is_empty() {
-                    let count = self.consumers.len();
-                    let Some(index) = (0..count)
-                        .map(|step| (self.round_robin + step) % count)
-                        .find(|&index| self.consumers[index].has_room())
-                    else {
-                        break;
-                    };
-                    let key = self.waiting.pop_front().expect("not empty");
-                    self.round_robin = index + 1;
-                    self.deliver(key, index);
-                }
-            }
-            Strategy::DispatchToSingle => {
-                while !self.waiting.is_empty() && self.consumers[0].has_room() {
-                    let key = self.waiting.pop_front().expect("not empty");
-                    self.deliver(key, 0);
-                }
-            }
-            Strategy::PinnedByStream => self.pump_pinned(),
-        }
-    }
-
-    /// One pass over the queue: an event goes out when no earlier event of its
-    /// stream is outstanding and its stream's consumer has room.
-    fn pump_pinned(&mut self) {
-        let mut kept = VecDeque::with_capacity(self.waiting.len());
-        let mut blocked: HashSet<String> = HashSet::new();
-        while let Some(key) = self.waiting.pop_front() {
-            if !self.consumers.iter().any(Consumer::has_room) {
-                kept.push_back(key);
-                kept.extend(self.waiting.drain(..));
-                break;
-            }
-            let stream = self.entries[&key].event.stream.clone();
-            let busy_with_other = self
-                .busy_streams
-                .get(&stream)
-                .is_some_and(|busy| *busy != key);
-            if busy_with_other || blocked.contains(&stream) {
-                kept.push_back(key);
-                continue;
-            }
-            let pinned = self
-                .pins
-                .get(&stream)
-                .and_then(|id| self.consumers.iter().position(|c| c.id == *id));
-            let index = match pinned {
-                Some(index) => index,
-                None => {
-                    let Some(index) = self.least_pinned_with_room() else {
-                        kept.push_back(key);
-                        blocked.insert(stream);
-                        continue;
-                    };
-                    self.pin(stream.clone(), self.consumers[index].id);
-                    index
-                }
-            };
-            if !self.consumers[index].has_room() {
-                kept.push_back(key);
-                blocked.insert(stream);
-                continue;
-            }
-            self.busy_streams.insert(stream, key);
-            self.deliver(key, index);
-        }
-        self.waiting = kept;
-    }
-
-    fn least_pinned_with_room(&self) -> Option<usize> {
-        let mut counts: HashMap<u64, usize> = HashMap::new();
-        for consumer in self.pins.values() {
-            *counts.entry(*consumer).or_default() += 1;
-        }
-        (0..self.consumers.len())
-            .filter(|&index| self.consumers[index].has_room())
-            .min_by_key(|&index| counts.get(&self.consumers[index].id).copied().unwrap_or(0))
-    }
-
-    /// Pins are kept while their consumer is connected. To bound the map on
-    /// groups over very many streams, pins of streams with nothing outstanding
-    /// are dropped once it grows large (their next event may go elsewhere).
-    fn pin(&mut self, stream: String, consumer: u64) {
-        const MAX_PINS: usize = 100_000;
-        if self.pins.len() >= MAX_PINS {
-            let busy = &self.busy_streams;
-            self.pins.retain(|stream, _| busy.contains_key(stream));
-        }
-        self.pins.insert(stream, consumer);
-    }
-
-    /// Sends one event to `consumers[index]` (which has room).
-    fn deliver(&mut self, key: u64, index: usize) {
-        let timeout = Duration::from_millis(u64::from(self.settings().message_timeout_ms));
-        let delivery = self.next_delivery;
-        self.next_delivery += 1;
-        let entry = self.entries.get_mut(&key).expect("waiting events exist");
-        let message = ConsumerMessage::Event {
-            event: entry.event.clone(),
-            retry_count: entry.retry_count,
-        };
-        let consumer = &mut self.consumers[index];
-        if consumer.sender.try_send(message).is_err() {
-            // Closed (the call ended); the tick removes the consumer.
-            entry.state = EntryState::Waiting;
-            self.waiting.push_front(key);
-            if self.busy_streams.get(&entry.event.stream) == Some(&key) {
-                self.busy_streams.remove(&entry.event.stream);
-            }
-            return;
-        }
-        entry.state = EntryState::InFlight {
-            consumer: consumer.id,
-            delivery,
-        };
-        consumer.in_flight.insert(key);
-        consumer.delivered += 1;
-        self.stats.delivered_total += 1;
-        self.timeouts
-            .push(Reverse((Instant::now() + timeout, key, delivery)));
-        self.prune_timeouts();
-    }
-
-    /// Acked events leave their timeout in the heap until its deadline; at high
-    /// rates that is many per second of timeout. Once stale ones outnumber the
-    /// events in flight, drop them, so the heap stays proportional to what is
-    /// in flight.
-    fn prune_timeouts(&mut self) {
-        const SLACK: usize = 4096;
-        let in_flight: usize = self
-            .consumers
-            .iter()
-            .map(|consumer| consumer.in_flight.len())
-            .sum();
-        if self.timeouts.len() <= 2 * in_flight + SLACK {
-            return;
-        }
-        let entries = &self.entries;
-        self.timeouts.retain(|Reverse((_, key, delivery))| {
-            matches!(entries.get(key).map(|entry| entry.state),
-                Some(EntryState::InFlight { delivery: current, .. }) if current == *delivery)
-        });
-    }
-
     /// Ends every consumer's call (group deleted or server stopping).
     fn end_all(&mut self, reason: EndReason) {
-        for consumer in self.consumers.drain(..) {
-            let _ = consumer
-                .sender
-                .try_send(ConsumerMessage::End(reason.clone()));
+        for sender in std::mem::take(&mut self.consumers).into_values() {
+            let _ = sender.try_send(ConsumerMessage::End(reason.clone()));
         }
     }
 }

@@ -1115,7 +1115,10 @@ impl GroupMachine {
         let delivery = self.next_delivery;
         self.next_delivery += 1;
         let consumer = &mut self.consumers[index];
-        let entry = self.entries.get_mut(&key).expect("waiting events are tracked");
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("waiting events are tracked");
         entry.state = EntryState::InFlight {
             consumer: consumer.id,
             delivery,

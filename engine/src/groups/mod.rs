@@ -13,6 +13,7 @@
 
 mod actor;
 mod definition;
+mod machine;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -129,7 +130,7 @@ impl Groups {
             }),
         };
         for (definition, checkpoint) in restored {
-            tracing::info!(group = %definition.group, stream = %definition.stream, ?checkpoint, "persistent subscription group restored");
+            tracing::info!(group = %definition.group, stream = %crate::Escaped(&definition.stream), ?checkpoint, "persistent subscription group restored");
             groups.start(definition, checkpoint)?;
         }
         Ok(groups)
@@ -384,7 +385,7 @@ impl Groups {
         {
             tracing::warn!(group = %definition.group, %error, "cannot limit the checkpoint stream to one event");
         }
-        tracing::info!(group = %definition.group, stream = %definition.stream, "persistent subscription group created");
+        tracing::info!(group = %definition.group, stream = %crate::Escaped(&definition.stream), "persistent subscription group created");
         self.start(definition, None)
     }
 

@@ -49,7 +49,10 @@ pub fn event(event: pb::ProposedEvent) -> Result<EventData, Status> {
         Uuid::new_v4()
     } else {
         Uuid::try_parse(&event.id).map_err(|error| {
-            invalid_argument(format!("event id '{}' is not a UUID: {error}", event.id))
+            invalid_argument(format!(
+                "event id {} is not a UUID: {error}",
+                echo(&event.id)
+            ))
         })?
     };
     if event.r#type.is_empty() {
@@ -252,14 +255,28 @@ pub fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSe
 }
 
 /// Event ids of acks and nacks.
-pub fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, Status> {
+pub fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, cairn_engine::Error> {
     ids.into_iter()
         .map(|id| {
             Uuid::parse_str(&id).map_err(|_| {
-                invalid_argument(format!("'{id}' is not an event id (expected a UUID)"))
+                cairn_engine::Error::InvalidArgument(format!(
+                    "{} is not an event id (expected a UUID)",
+                    echo(&id)
+                ))
             })
         })
         .collect()
+}
+
+/// User input quoted in an error message: escaped (no control characters
+/// reach a log or a terminal) and cut to a readable length.
+pub fn echo(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut quoted: String = text.chars().take(MAX_CHARS).collect();
+    if quoted.len() < text.len() {
+        quoted.push('…');
+    }
+    format!("{quoted:?}")
 }
 
 /// A nack's action; unspecified or unknown values mean RETRY.

@@ -24,10 +24,10 @@ use cairn_storage::Durability;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use status::to_status;
-
 /// How long shutdown waits for open calls before dropping their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often health checks whether the store stopped accepting writes.
+const HEALTH_POLL: Duration = Duration::from_millis(250);
 
 /// What the facade needs besides the engine.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +52,36 @@ fn accept_nodelay(
         }
         Ok(stream)
     })
+}
+
+/// Reports NOT_SERVING (overall and for every service) once the store has
+/// stopped accepting writes (fail-stop): an orchestrator's health check then
+/// restarts the process, which recovers from the log. Ends at shutdown.
+async fn report_fail_stop(engine: Engine, health: tonic_health::server::HealthReporter) {
+    let mut shutdown = engine.shutdown_signal();
+    let mut poll = tokio::time::interval(HEALTH_POLL);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
+        if let Some(error) = engine.store().poisoned() {
+            tracing::error!(%error, "the store stopped accepting writes; health now reports NOT_SERVING");
+            health
+                .set_not_serving::<StreamsServer<streams::StreamsService>>()
+                .await;
+            health
+                .set_not_serving::<ServerServer<server_info::ServerInfoService>>()
+                .await;
+            health
+                .set_not_serving::<PersistentSubscriptionsServer<persistent::PersistentService>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            return;
+        }
+    }
 }
 
 /// Serves `cairn.v1`, health and reflection on `listener` until `shutdown`
@@ -96,11 +126,16 @@ pub async fn serve(
             .max_encoding_message_size(max_message);
     let persistent_subscriptions =
         PersistentSubscriptionsServer::new(persistent::PersistentService::new(engine.clone()))
+            .max_decoding_message_size(persistent::CONSUME_MESSAGE_BYTES)
             .max_encoding_message_size(max_message);
     let server_info = ServerServer::new(server_info::ServerInfoService::new(
         engine.clone(),
         options.durability,
     ));
+
+    engine
+        .tasks()
+        .spawn(report_fail_stop(engine.clone(), health_reporter.clone()));
 
     let signalled_engine = engine.clone();
     let signal = async move {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use cairn_engine::Escaped;
 use cairn_engine::groups::{ConsumerMessage, GroupConsumer};
 use cairn_engine::{EndReason, Engine, Error, Groups};
 use cairn_proto::v1 as pb;
@@ -22,6 +23,11 @@ use super::{from_proto, to_proto};
 
 /// How long a Consume call may take to send its `open` message.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message a consumer may send (an ack of [`MAX_IDS_PER_MESSAGE`] ids
+/// is about 400 KB).
+pub const CONSUME_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Most event ids in one ack or nack.
+const MAX_IDS_PER_MESSAGE: usize = 10_000;
 
 /// The service.
 #[derive(Clone)]
@@ -56,8 +62,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
         let request = request.into_inner();
-        let span =
-            tracing::info_span!("create_group", group = %request.group, stream = %request.stream);
+        let span = tracing::info_span!("create_group", group = %Escaped(&request.group), stream = %Escaped(&request.stream));
         async {
             let definition = from_proto::group_definition(request, self.engine.store())?;
             self.groups().create(definition).await.map_err(status)?;
@@ -72,7 +77,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<pb::UpdateGroupRequest>,
     ) -> Result<Response<pb::UpdateGroupResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("update_group", group = %request.group);
+        let span = tracing::info_span!("update_group", group = %Escaped(&request.group));
         async {
             let patch = request.settings.unwrap_or_default();
             self.groups()
@@ -92,7 +97,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("delete_group", group = %request.group);
+        let span = tracing::info_span!("delete_group", group = %Escaped(&request.group));
         async {
             self.groups().delete(&request.group).await.map_err(status)?;
             Ok(Response::new(pb::DeleteGroupResponse {}))
@@ -125,8 +130,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<pb::ReplayParkedRequest>,
     ) -> Result<Response<pb::ReplayParkedResponse>, Status> {
         let request = request.into_inner();
-        let span =
-            tracing::info_span!("replay_parked", group = %request.group, max = request.max_count);
+        let span = tracing::info_span!("replay_parked", group = %Escaped(&request.group), max = request.max_count);
         async {
             let replayed = self
                 .groups()
@@ -161,8 +165,7 @@ impl PersistentSubscriptions for PersistentService {
                 "the first message of Consume must be `open`",
             ));
         };
-        let span =
-            tracing::info_span!("consume", group = %open.group, consumer = %open.consumer_name);
+        let span = tracing::info_span!("consume", group = %Escaped(&open.group), consumer = %Escaped(&open.consumer_name));
         let (consumer, receiver) = self
             .groups()
             .join(&open.group, open.consumer_name, open.max_in_flight)
@@ -180,7 +183,9 @@ impl PersistentSubscriptions for PersistentService {
 }
 
 /// Forwards a consumer's acks and nacks to its group until its call ends, then
-/// leaves (its in-flight events go to the others).
+/// leaves (its in-flight events go to the others). A message the server cannot
+/// take (too large, too many ids, malformed) ends the call with its error,
+/// never with OK.
 async fn read_acks(
     mut requests: Streaming<pb::ConsumeRequest>,
     consumer: GroupConsumer,
@@ -192,29 +197,39 @@ async fn read_acks(
             Ok(Some(message)) => message,
             // The client closed its side after its last acks (`Consumer::close`).
             Ok(None) => break (None, true),
-            // The client vanished.
-            Err(_) => break (None, false),
+            Err(status) => match inbound_failure(&status) {
+                Some(error) => break (Some(error), false),
+                // The client vanished.
+                None => break (None, false),
+            },
         };
         let delivered = match message.content {
-            Some(Content::Ack(ack)) => match from_proto::event_ids(ack.event_ids) {
+            Some(Content::Ack(ack)) => match checked_ids(ack.event_ids) {
                 Ok(ids) => consumer.ack(ids).await,
-                Err(status) => break (Some(status.message().to_owned()), false),
+                Err(error) => break (Some(error), false),
             },
             Some(Content::Nack(nack)) => {
                 let action = from_proto::nack_action(nack.action);
-                match from_proto::event_ids(nack.event_ids) {
+                match checked_ids(nack.event_ids) {
                     Ok(ids) => consumer.nack(ids, action, nack.reason).await,
-                    Err(status) => break (Some(status.message().to_owned()), false),
+                    Err(error) => break (Some(error), false),
                 }
             }
             Some(Content::Open(_)) => {
                 break (
-                    Some("`open` was already sent; send acks and nacks on this call".to_owned()),
+                    Some(Error::InvalidArgument(
+                        "`open` was already sent; send acks and nacks on this call".into(),
+                    )),
                     false,
                 );
             }
             None => {
-                break (Some("a Consume message without content".to_owned()), false);
+                break (
+                    Some(Error::InvalidArgument(
+                        "a Consume message without content".into(),
+                    )),
+                    false,
+                );
             }
         };
         if !delivered {
@@ -223,8 +238,40 @@ async fn read_acks(
         }
     };
     left.store(true, Ordering::Release);
-    let reason = ending.map(|message| EndReason::Failed(Error::InvalidArgument(message)));
-    consumer.leave(reason, graceful).await;
+    if let Some(error) = &ending {
+        tracing::debug!(%error, "ending a consumer's call");
+    }
+    consumer
+        .leave(ending.map(EndReason::Failed), graceful)
+        .await;
+}
+
+/// The error to end the call with when reading the consumer's next message
+/// failed on the server's side (too large, undecodable); `None` when the client
+/// went away (cancelled, reset, connection lost).
+fn inbound_failure(status: &Status) -> Option<Error> {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Some(Error::LimitExceeded(format!(
+                "a Consume message is larger than {CONSUME_MESSAGE_BYTES} bytes; ack or nack fewer events per message"
+            )))
+        }
+        tonic::Code::InvalidArgument | tonic::Code::Internal => Some(Error::InvalidArgument(
+            "a Consume message could not be decoded".into(),
+        )),
+        _ => None,
+    }
+}
+
+/// The event ids of an ack or nack, at most [`MAX_IDS_PER_MESSAGE`].
+fn checked_ids(ids: Vec<String>) -> Result<Vec<uuid::Uuid>, Error> {
+    if ids.len() > MAX_IDS_PER_MESSAGE {
+        return Err(Error::LimitExceeded(format!(
+            "an ack or nack names {} events, the limit is {MAX_IDS_PER_MESSAGE}",
+            ids.len()
+        )));
+    }
+    from_proto::event_ids(ids)
 }
 
 /// A consumer's outgoing messages. The group ends a session it ends itself

@@ -33,10 +33,52 @@ pub fn invalid_argument(message: impl Into<String>) -> Status {
     to_status(&Error::InvalidArgument(message.into()))
 }
 
+/// The longest message a status carries: user input echoed in a message (a
+/// huge event id, say) must not make the `grpc-message` header too large for
+/// clients with default limits.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
 /// Maps an engine error to the status a client sees.
 pub fn to_status(error: &Error) -> Status {
     let (code, reason, metadata) = code_and_reason(error);
-    status_with_reason(code, error.to_string(), reason, metadata)
+    status_with_reason(code, client_message(error), reason, metadata)
+}
+
+/// The message a client sees: the error's own words, except for failures whose
+/// text comes from the operating system or RocksDB (file paths, internals):
+/// those are logged here and replaced by a fixed sentence. Capped in length.
+fn client_message(error: &Error) -> String {
+    let internal = match error {
+        Error::Store(StoreError::Io(_)) => Some("a storage I/O error occurred"),
+        Error::Store(StoreError::Poisoned(_)) => Some(
+            "the store stopped accepting writes after a storage failure; restart the server to recover",
+        ),
+        Error::Store(StoreError::UnsupportedFormat { .. }) => {
+            Some("the data directory has a format this server does not read")
+        }
+        _ => None,
+    };
+    match internal {
+        Some(sentence) => {
+            tracing::warn!(%error, "answering a client with a storage failure");
+            format!("{sentence} (the server log has the details)")
+        }
+        None => truncate(error.to_string()),
+    }
+}
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] at a character boundary, marked as cut.
+fn truncate(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str("… (truncated)");
+    text
 }
 
 fn meta(pairs: &[(&str, String)]) -> HashMap<String, String> {
@@ -322,13 +364,43 @@ mod tests {
         for (error, code, expected_reason) in cases() {
             let status = to_status(&error);
             assert_eq!(status.code(), code, "{error}");
-            assert_eq!(status.message(), error.to_string());
+            assert_eq!(status.message(), client_message(&error));
             assert_eq!(reason_of(&status).0, expected_reason, "{error}");
         }
         let (_, metadata) = reason_of(&to_status(&Error::GroupNotFound {
             group: "billing".into(),
         }));
         assert_eq!(metadata["group"], "billing");
+    }
+
+    #[test]
+    fn storage_internals_never_reach_the_client() {
+        let leaky = [
+            StoreError::Io("IO error: /srv/cairn/data/000004.log: Permission denied".into()),
+            StoreError::Poisoned("a RocksDB write failed: /srv/cairn/data/000009.log".into()),
+            StoreError::UnsupportedFormat {
+                path: "/srv/cairn/data".into(),
+                found: 9,
+                supported: 1,
+            },
+        ];
+        for error in leaky {
+            let status = to_status(&Error::Store(error));
+            assert!(!status.message().contains("/srv"), "{}", status.message());
+            assert!(!status.message().contains(".log"), "{}", status.message());
+        }
+    }
+
+    #[test]
+    fn echoed_input_is_capped() {
+        let status = to_status(&Error::InvalidArgument(format!(
+            "event id '{}' is not a UUID",
+            "x".repeat(1_000_000)
+        )));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES + 20);
+        assert!(status.message().ends_with("(truncated)"));
+        let multibyte = truncate("é".repeat(MAX_MESSAGE_BYTES));
+        assert!(multibyte.ends_with("(truncated)"));
     }
 
     #[test]
@@ -406,7 +478,7 @@ mod tests {
                     | Error::Store(StoreError::Io(_))
                     | Error::Store(StoreError::UnsupportedFormat { .. }),
                     ClientError::Other { message, .. },
-                ) => *message == error.to_string(),
+                ) => *message == client_message(&error),
                 _ => false,
             };
             assert!(matches, "{error:?} came back as {client:?}");

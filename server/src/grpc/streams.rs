@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 
+use cairn_engine::Escaped;
 use cairn_engine::{Engine, Error};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::streams_server::Streams;
@@ -90,7 +91,7 @@ fn outcome<T>(result: Result<T, Status>) -> Result<T, Status> {
         }
         Err(status) => {
             span.record("outcome", format!("{:?}", status.code()));
-            tracing::debug!(code = ?status.code(), message = status.message(), "request failed");
+            tracing::debug!(code = ?status.code(), message = %Escaped(status.message()), "request failed");
         }
     }
     result
@@ -105,7 +106,7 @@ impl Streams for StreamsService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("append", stream = %request.stream, events = request.events.len(), outcome = tracing::field::Empty);
+        let span = tracing::info_span!("append", stream = %Escaped(&request.stream), events = request.events.len(), outcome = tracing::field::Empty);
         async {
             let result = async {
                 let part = from_proto::append(request)?;
@@ -164,8 +165,7 @@ impl Streams for StreamsService {
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let request = request.into_inner();
-        let span =
-            tracing::info_span!("read", stream = %request.stream, outcome = tracing::field::Empty);
+        let span = tracing::info_span!("read", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         // The span is entered only around synchronous work and attached to the
         // futures with `instrument`: a guard held across an `.await` would leak
         // into whatever else the worker thread polls meanwhile.
@@ -254,7 +254,7 @@ impl Streams for StreamsService {
         request: Request<pb::GetStreamMetadataRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("get_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
+        let span = tracing::info_span!("get_stream_metadata", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         span.in_scope(|| {
             outcome(
                 self.engine
@@ -270,7 +270,7 @@ impl Streams for StreamsService {
         request: Request<pb::SetStreamMetadataRequest>,
     ) -> Result<Response<pb::SetStreamMetadataResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("set_stream_metadata", stream = %request.stream, outcome = tracing::field::Empty);
+        let span = tracing::info_span!("set_stream_metadata", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         async {
             let result = async {
                 from_proto::writable_stream(&request.stream)?;
@@ -298,7 +298,7 @@ impl Streams for StreamsService {
         request: Request<pb::ListStreamsRequest>,
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("list_streams", prefix = %request.prefix, outcome = tracing::field::Empty);
+        let span = tracing::info_span!("list_streams", prefix = %Escaped(&request.prefix), outcome = tracing::field::Empty);
         async {
             let max = self.engine.store().limits().max_read_page;
             let limit = match request.limit as usize {
@@ -344,7 +344,7 @@ impl StreamsService {
         tombstone: bool,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let name = if tombstone { "tombstone" } else { "delete" };
-        let span = tracing::info_span!("delete", kind = name, stream = %request.stream, outcome = tracing::field::Empty);
+        let span = tracing::info_span!("delete", kind = name, stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         async {
             let expected = match from_proto::writable_stream(&request.stream)
                 .and_then(|()| from_proto::expected_revision(request.expected, name))

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 
+use cairn_engine::Escaped;
 use cairn_engine::{Engine, SubscribeRequest};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::subscriptions_server::Subscriptions;
@@ -40,7 +41,7 @@ impl Subscriptions for SubscriptionsService {
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let span = tracing::info_span!("subscribe", stream = %request.stream);
+        let span = tracing::info_span!("subscribe", stream = %Escaped(&request.stream));
         span.in_scope(|| {
             let source =
                 ReadSource::parse(&request.stream).map_err(|error| to_status(&error.into()))?;

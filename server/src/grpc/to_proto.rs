@@ -7,21 +7,6 @@ use cairn_storage::{AppendResult, RecordedEvent, StreamInfo, StreamMetadata, Str
 use cairn_engine::feeds::Feed;
 use cairn_engine::groups::{ConsumerMessage, GroupReport, GroupSettings, Strategy};
 
-/// A recorded event.
-pub fn event(event: &RecordedEvent) -> pb::RecordedEvent {
-    pb::RecordedEvent {
-        id: uuid_text(&event.id),
-        stream: event.stream.clone(),
-        revision: event.revision,
-        position: event.position,
-        r#type: event.event_type.clone(),
-        content_type: event.content_type.clone(),
-        created: Some(prost_types::Timestamp::from(event.created)),
-        metadata: event.metadata.clone(),
-        data: event.data.clone(),
-    }
-}
-
 /// A recorded event, taken by value: its strings move instead of being copied
 /// (reads convert every event they return, so this is on the hot path).
 pub fn event_owned(event: RecordedEvent) -> pb::RecordedEvent {

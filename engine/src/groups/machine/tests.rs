@@ -62,6 +62,11 @@ fn event(position: u64, stream: &str, revision: u64) -> RecordedEvent {
     }
 }
 
+/// A fresh machine of an `$all` group.
+fn machine(strategy: Routing, now: Instant) -> GroupMachine {
+    GroupMachine::new(&definition("$all", settings(strategy)), None, now).unwrap()
+}
+
 fn drain(machine: &mut GroupMachine) -> Vec<Effect> {
     std::iter::from_fn(|| machine.poll_effect()).collect()
 }
@@ -107,8 +112,7 @@ fn ms(millis: u64) -> Duration {
 #[test]
 fn round_robin_alternates_and_respects_the_in_flight_limit() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = machine.join("a".into(), 2, 10, now).unwrap().consumer;
     let b = machine.join("b".into(), 1, 10, now).unwrap().consumer;
     for position in 0..5 {
@@ -126,10 +130,15 @@ fn round_robin_alternates_and_respects_the_in_flight_limit() {
 #[test]
 fn join_is_refused_beyond_max_consumers_and_capped_in_flight() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
-    assert_eq!(machine.join("a".into(), 0, 2, now).unwrap().max_in_flight, 10);
-    assert_eq!(machine.join("b".into(), 50, 2, now).unwrap().max_in_flight, 10);
+    let mut machine = machine(Routing::RoundRobin, now);
+    assert_eq!(
+        machine.join("a".into(), 0, 2, now).unwrap().max_in_flight,
+        10
+    );
+    assert_eq!(
+        machine.join("b".into(), 50, 2, now).unwrap().max_in_flight,
+        10
+    );
     assert!(matches!(
         machine.join("c".into(), 1, 2, now),
         Err(Error::LimitExceeded(_))
@@ -139,8 +148,7 @@ fn join_is_refused_beyond_max_consumers_and_capped_in_flight() {
 #[test]
 fn checkpoint_moves_only_over_the_finished_prefix() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     join(&mut machine, now);
     for position in [3, 5, 8] {
         machine.source_event(event(position, "s", position), now);
@@ -168,8 +176,7 @@ fn checkpoint_moves_only_over_the_finished_prefix() {
 #[test]
 fn a_failed_checkpoint_write_is_retried() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     machine.source_checkpoint(40, now);
     let checkpoint = Checkpoint {
         position: 40,
@@ -211,8 +218,7 @@ fn stream_groups_checkpoint_revisions() {
 #[test]
 fn timeouts_retry_then_park_and_a_durable_park_finishes() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
     assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0)]);
@@ -242,14 +248,16 @@ fn timeouts_retry_then_park_and_a_durable_park_finishes() {
     let status = machine.status();
     assert_eq!(status.parked_total, 1);
     assert_eq!(status.retried_total, 2);
-    assert_eq!(status.checkpoint.map(|checkpoint| checkpoint.position), Some(0));
+    assert_eq!(
+        status.checkpoint.map(|checkpoint| checkpoint.position),
+        Some(0)
+    );
 }
 
 #[test]
 fn a_disconnect_counts_a_retry_and_a_graceful_leave_does_not() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
     machine.source_event(event(1, "s", 1), now);
@@ -257,25 +265,18 @@ fn a_disconnect_counts_a_retry_and_a_graceful_leave_does_not() {
     machine.leave(a, false, now);
     assert_eq!(drain(&mut machine), vec![Effect::Release { consumer: a }]);
     let b = join(&mut machine, now);
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(b, 0, 0), (b, 1, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(b, 0, 0), (b, 1, 0)]);
     machine.leave(b, true, now);
     drain(&mut machine);
     let c = join(&mut machine, now);
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(c, 0, 1), (c, 1, 1)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(c, 0, 1), (c, 1, 1)]);
     assert_eq!(machine.status().retried_total, 2);
 }
 
 #[test]
 fn nack_stop_gives_everything_back_and_releases_the_consumer() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     for position in 0..3 {
         machine.source_event(event(position, "s", position), now);
@@ -296,8 +297,7 @@ fn nack_stop_gives_everything_back_and_releases_the_consumer() {
 #[test]
 fn nacks_count_only_from_the_holder() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
@@ -307,52 +307,36 @@ fn nacks_count_only_from_the_holder() {
     machine.nack(a, &[id_at(0)], NackAction::Skip, "", now);
     let status = machine.status();
     assert_eq!((status.in_flight, status.acked_total), (0, 0));
-    assert_eq!(status.checkpoint.map(|checkpoint| checkpoint.position), Some(0));
+    assert_eq!(
+        status.checkpoint.map(|checkpoint| checkpoint.position),
+        Some(0)
+    );
 }
 
 #[test]
 fn dispatch_to_single_feeds_the_oldest_consumer_only() {
     let now = Instant::now();
-    let mut machine = GroupMachine::new(
-        &definition("$all", settings(Routing::DispatchToSingle)),
-        None,
-        now,
-    )
-    .unwrap();
+    let mut machine = machine(Routing::DispatchToSingle, now);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
     for position in 0..2 {
         machine.source_event(event(position, "s", position), now);
     }
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(a, 0, 0), (a, 1, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0), (a, 1, 0)]);
     machine.leave(a, false, now);
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(b, 0, 0), (b, 1, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(b, 0, 0), (b, 1, 0)]);
 }
 
 #[test]
 fn pinned_groups_deliver_one_event_per_stream_in_order() {
     let now = Instant::now();
-    let mut machine = GroupMachine::new(
-        &definition("$all", settings(Routing::PinnedByStream)),
-        None,
-        now,
-    )
-    .unwrap();
+    let mut machine = machine(Routing::PinnedByStream, now);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
     machine.source_event(event(0, "x", 0), now);
     machine.source_event(event(1, "x", 1), now);
     machine.source_event(event(2, "y", 0), now);
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(a, 0, 0), (b, 2, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0), (b, 2, 0)]);
     // A retry keeps the stream busy: the next event of x waits.
     machine.nack(a, &[id_at(0)], NackAction::Retry, "again", now);
     assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 1)]);
@@ -363,13 +347,15 @@ fn pinned_groups_deliver_one_event_per_stream_in_order() {
 #[test]
 fn system_streams_are_passed_over_on_all() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     join(&mut machine, now);
     machine.source_event(event(0, "$sys-ps-g-checkpoint", 0), now);
     assert!(deliveries(&drain(&mut machine)).is_empty());
     assert_eq!(
-        machine.status().checkpoint.map(|checkpoint| checkpoint.position),
+        machine
+            .status()
+            .checkpoint
+            .map(|checkpoint| checkpoint.position),
         Some(0)
     );
 }
@@ -377,8 +363,7 @@ fn system_streams_are_passed_over_on_all() {
 #[test]
 fn a_full_consumer_is_skipped_until_the_next_tick() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     for position in 0..2 {
         machine.source_event(event(position, "s", position), now);
     }
@@ -395,17 +380,13 @@ fn a_full_consumer_is_skipped_until_the_next_tick() {
         (0, 2, 0)
     );
     machine.tick(now + ms(1));
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(a, 0, 0), (a, 1, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0), (a, 1, 0)]);
 }
 
 #[test]
 fn a_closed_consumer_leaves_as_a_disconnect() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
     drain(&mut machine);
@@ -415,17 +396,13 @@ fn a_closed_consumer_leaves_as_a_disconnect() {
     assert_eq!(drain(&mut machine), vec![Effect::Release { consumer: a }]);
     let b = join(&mut machine, now);
     // The delivered event counts a retry, the one never sent does not.
-    assert_eq!(
-        deliveries(&drain(&mut machine)),
-        vec![(b, 0, 1), (b, 1, 0)]
-    );
+    assert_eq!(deliveries(&drain(&mut machine)), vec![(b, 0, 1), (b, 1, 0)]);
 }
 
 #[test]
 fn a_consumer_leaving_before_its_deliveries_are_sent_gets_none() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     machine.source_event(event(0, "s", 0), now);
     let a = join(&mut machine, now);
     // Its Joined message could not be sent.
@@ -438,8 +415,7 @@ fn a_consumer_leaving_before_its_deliveries_are_sent_gets_none() {
 #[test]
 fn replays_deliver_parked_events_again_then_truncate() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     let a = join(&mut machine, now);
     machine.replay_requested(0, now).unwrap();
     assert_eq!(
@@ -468,7 +444,10 @@ fn replays_deliver_parked_events_again_then_truncate() {
     machine.source_event(event(0, "s", 0), now);
     assert!(deliveries(&drain(&mut machine)).is_empty());
     assert_eq!(
-        machine.status().checkpoint.map(|checkpoint| checkpoint.position),
+        machine
+            .status()
+            .checkpoint
+            .map(|checkpoint| checkpoint.position),
         Some(0)
     );
     machine.ack(&[id_at(0)], now);
@@ -479,7 +458,10 @@ fn replays_deliver_parked_events_again_then_truncate() {
     machine.replay_truncated(now);
     machine.replay_requested(1, now).unwrap();
     assert_eq!(drain(&mut machine), vec![Effect::LoadReplay { limit: 1 }]);
-    assert_eq!(machine.replay_loaded(Ok(ReplayBatch::default()), now), Ok(0));
+    assert_eq!(
+        machine.replay_loaded(Ok(ReplayBatch::default()), now),
+        Ok(0)
+    );
     machine.replay_requested(1, now).unwrap();
     drain(&mut machine);
     let failed = Err(Error::Internal("read failed".into()));
@@ -490,8 +472,7 @@ fn replays_deliver_parked_events_again_then_truncate() {
 #[test]
 fn the_source_is_not_read_beyond_the_read_ahead() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     for position in 0..READ_AHEAD as u64 {
         assert!(machine.wants_source());
         machine.source_event(event(position, "s", position), now);
@@ -504,8 +485,7 @@ fn the_source_is_not_read_beyond_the_read_ahead() {
 #[test]
 fn updates_lower_consumers_limits() {
     let now = Instant::now();
-    let mut machine =
-        GroupMachine::new(&definition("$all", settings(Routing::RoundRobin)), None, now).unwrap();
+    let mut machine = machine(Routing::RoundRobin, now);
     join(&mut machine, now);
     machine.update(
         GroupSettings {
@@ -531,7 +511,10 @@ const MAX_CONSUMERS: usize = 3;
 enum Item {
     Event(RecordedEvent),
     /// Filtered out; `reported`: the feed sends a checkpoint mark for it.
-    Filtered { position: u64, reported: bool },
+    Filtered {
+        position: u64,
+        reported: bool,
+    },
 }
 
 /// One step of the world.
@@ -798,7 +781,9 @@ struct World {
     fed_here: Vec<RecordedEvent>,
     /// The machine's checkpoint last seen (it must not move back).
     seen_checkpoint: Option<Checkpoint>,
-    /// Replayed events not delivered yet (checked at the end).
+    /// At the end: every replayed event must be delivered again.
+    check_replays: bool,
+    /// Replayed events not delivered yet (while `check_replays`).
     awaiting_replay: HashSet<Uuid>,
 }
 
@@ -829,6 +814,7 @@ impl World {
             replayed_here: HashSet::new(),
             fed_here: Vec::new(),
             seen_checkpoint: None,
+            check_replays: false,
             awaiting_replay: HashSet::new(),
         }
     }
@@ -964,10 +950,17 @@ impl World {
             .machine
             .join("c".into(), max_in_flight, MAX_CONSUMERS, now);
         let Ok(joined) = joined else {
-            assert_eq!(self.consumers.len(), MAX_CONSUMERS, "refused below the limit");
+            assert_eq!(
+                self.consumers.len(),
+                MAX_CONSUMERS,
+                "refused below the limit"
+            );
             return;
         };
-        assert!(self.consumers.len() < MAX_CONSUMERS, "admitted over the limit");
+        assert!(
+            self.consumers.len() < MAX_CONSUMERS,
+            "admitted over the limit"
+        );
         let limit = self.definition.settings.max_in_flight_per_consumer;
         let expected = if max_in_flight == 0 {
             limit
@@ -1067,7 +1060,10 @@ impl World {
         };
         let outcome = if durable {
             if let Some(before) = self.durable_checkpoint {
-                assert!(checkpoint.position >= before.position, "checkpoint moved back");
+                assert!(
+                    checkpoint.position >= before.position,
+                    "checkpoint moved back"
+                );
             }
             self.durable_checkpoint = Some(checkpoint);
             WriteOutcome::Durable
@@ -1119,9 +1115,12 @@ impl World {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        let expected = loaded.as_ref().map(|batch| batch.events.len() as u64);
+        if self.check_replays {
+            self.awaiting_replay.extend(ids.iter().copied());
+        }
+        let expected = loaded.as_ref().ok().map(|batch| batch.events.len() as u64);
         let answer = self.machine.replay_loaded(loaded, self.now);
-        assert_eq!(answer.as_ref().ok(), expected.as_ref().ok());
+        assert_eq!(answer.as_ref().ok().copied(), expected);
         if answer != Ok(0) && answer.is_ok() {
             self.replayed_here.extend(ids.iter().copied());
         } else {
@@ -1177,16 +1176,24 @@ impl World {
     fn drain(&mut self) {
         while let Some(effect) = self.machine.poll_effect() {
             match effect {
-                Effect::Deliver { consumer, event, .. } => self.deliver(consumer, event),
+                Effect::Deliver {
+                    consumer, event, ..
+                } => self.deliver(consumer, event),
                 Effect::Park { key, record } => {
                     assert!(
-                        !self.parks.iter().any(|(_, parking)| parking.event_id == record.event_id),
+                        !self
+                            .parks
+                            .iter()
+                            .any(|(_, parking)| parking.event_id == record.event_id),
                         "parked twice at once"
                     );
                     self.parks.push((key, record));
                 }
                 Effect::WriteCheckpoint(checkpoint) => {
-                    assert!(self.checkpoint_write.is_none(), "two checkpoint writes at once");
+                    assert!(
+                        self.checkpoint_write.is_none(),
+                        "two checkpoint writes at once"
+                    );
                     self.check_checkpoint(checkpoint);
                     self.checkpoint_write = Some(checkpoint);
                 }
@@ -1219,7 +1226,10 @@ impl World {
             .position(|known| known.id == consumer)
             .expect("deliveries go to joined consumers");
         let target = &mut self.consumers[at];
-        assert!(!target.abandoned, "delivery to a consumer never told it joined");
+        assert!(
+            !target.abandoned,
+            "delivery to a consumer never told it joined"
+        );
         if target.closed {
             self.machine
                 .deliver_failed(consumer, event.id, SendFailure::Closed, now);
@@ -1270,9 +1280,7 @@ impl World {
                 }
             }
         }
-        let timeout = Duration::from_millis(u64::from(
-            self.definition.settings.message_timeout_ms,
-        ));
+        let timeout = Duration::from_millis(u64::from(self.definition.settings.message_timeout_ms));
         self.awaiting_replay.remove(&event.id);
         self.consumers[at].holding.push(Held {
             id: event.id,
@@ -1320,7 +1328,10 @@ impl World {
         if let Some(checkpoint) = status.checkpoint {
             self.check_checkpoint(checkpoint);
             if let Some(seen) = self.seen_checkpoint {
-                assert!(checkpoint.position >= seen.position, "checkpoint moved back");
+                assert!(
+                    checkpoint.position >= seen.position,
+                    "checkpoint moved back"
+                );
             }
             self.seen_checkpoint = Some(checkpoint);
         }
@@ -1396,7 +1407,8 @@ impl World {
             self.join(0);
         }
         let pause = Duration::from_millis(u64::from(
-            self.definition.settings.message_timeout_ms + self.definition.settings.checkpoint_after_ms,
+            self.definition.settings.message_timeout_ms
+                + self.definition.settings.checkpoint_after_ms,
         ));
         for _ in 0..1_000 {
             self.complete_all_writes();
@@ -1447,16 +1459,20 @@ impl World {
             assert_eq!(self.durable_checkpoint, last);
         }
         // Parked events are replayable: a replay delivers each of them again.
+        self.check_replays = true;
         for _ in 0..3 {
             self.replay(0);
             let Some(ids) = self.complete_load(true) else {
                 panic!("the replay load failed");
             };
             if ids.is_empty() {
-                assert_eq!(self.truncate_before, self.parked.len(), "parked events left");
+                assert_eq!(
+                    self.truncate_before,
+                    self.parked.len(),
+                    "parked events left"
+                );
                 return;
             }
-            self.awaiting_replay = ids.into_iter().collect();
             self.settle();
             assert!(
                 self.awaiting_replay.is_empty(),
@@ -1477,9 +1493,14 @@ fn run(case: &Case) {
     world.check_the_end();
 }
 
+/// 256 cases (a second or two), or `PROPTEST_CASES` for a longer hunt.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     }
