@@ -140,3 +140,30 @@ async fn echoed_input_in_errors_is_capped() {
     );
     server.stop().await;
 }
+
+/// A group on the server's own consumer-group state would feed on its own
+/// parks forever (`$et-$parked` with no retries and a short timeout): such
+/// sources are refused, and nothing is created.
+#[tokio::test]
+async fn groups_on_consumer_group_state_are_refused() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    for source in [
+        "$et-$parked",
+        "$et-$checkpoint",
+        "$ce-$sys",
+        "$sys-ps-other-parked",
+    ] {
+        match client
+            .create_group("loop", source, GroupOptions::default())
+            .await
+        {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains("cannot follow"), "{source}: {message}")
+            }
+            other => panic!("{source}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    assert!(client.list_groups().await.unwrap().is_empty());
+    server.stop().await;
+}

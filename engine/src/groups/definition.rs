@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// The prefix of every stream of consumer-group state.
+const GROUP_STATE_PREFIX: &str = "$sys-ps-";
 /// The stream of group definitions.
 pub const GROUPS_STREAM: &str = "$sys-ps-groups";
 /// Event type of a checkpoint record.
@@ -190,8 +192,34 @@ impl GroupDefinition {
                 "a filter applies only to groups on $all".into(),
             ));
         }
+        validate_group_source(&source)?;
         self.filter.compile()?;
         self.settings.validate()
+    }
+}
+
+/// Refuses sources made of the server's own consumer-group state: a group on
+/// `$et-$parked` (or a group's parked stream, `$ce-$sys`, ...) would receive
+/// the parks of every group, its own included, and with a short timeout and
+/// no retries feed on itself forever. System event types and categories
+/// (`$...`) and the `$sys-ps-` streams are never group sources; `$all` groups
+/// skip system streams already.
+pub fn validate_group_source(source: &ReadSource) -> Result<(), Error> {
+    let refused = match source {
+        ReadSource::All => None,
+        ReadSource::Stream(stream) => stream
+            .starts_with(GROUP_STATE_PREFIX)
+            .then_some("a stream of consumer-group state"),
+        ReadSource::Category(category) => category.starts_with('$').then_some("a system category"),
+        ReadSource::EventType(event_type) => {
+            event_type.starts_with('$').then_some("a system event type")
+        }
+    };
+    match refused {
+        Some(what) => Err(Error::InvalidArgument(format!(
+            "a consumer group cannot follow {what}: its own parked events and checkpoints would feed it"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -279,6 +307,24 @@ mod tests {
             ..GroupSettings::default()
         };
         assert!(tiny_timeout.validate().is_err());
+    }
+
+    #[test]
+    fn groups_cannot_follow_group_state() {
+        for refused in [
+            "$et-$parked",
+            "$et-$checkpoint",
+            "$ce-$sys",
+            "$sys-ps-billing-parked",
+            "$sys-ps-groups",
+        ] {
+            let source = ReadSource::parse(refused).unwrap();
+            assert!(validate_group_source(&source).is_err(), "{refused}");
+        }
+        for allowed in ["$all", "$ce-order", "$et-OrderPlaced", "order-1"] {
+            let source = ReadSource::parse(allowed).unwrap();
+            assert!(validate_group_source(&source).is_ok(), "{allowed}");
+        }
     }
 
     #[test]

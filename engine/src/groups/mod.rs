@@ -2,9 +2,14 @@
 //! retry and parking.
 //!
 //! - `definition`: what a group is and the JSON records that store it;
-//! - `actor`: one actor task per group, sole owner of its in-flight state;
+//! - `machine`: the sans-I/O state machine that makes every decision (what to
+//!   deliver to whom, timeouts, retries, parking, the checkpoint), tested by
+//!   property tests;
+//! - `actor`: one task per group that owns the machine and carries out its
+//!   effects (the source feed, consumer channels, storage writes, timers);
 //! - this module: [`Groups`], the registry that creates, updates, deletes and
-//!   finds groups, and restores them from the store at startup.
+//!   finds groups, restores them from the store at startup, and supervises the
+//!   actors (a panicking actor is restarted from its durable checkpoint).
 //!
 //! Groups keep their state in system streams of the same store (see
 //! `definition`), so they survive restarts and are browsable with a plain Read.
@@ -145,15 +150,25 @@ impl Groups {
         checkpoint: Option<definition::Checkpoint>,
     ) -> Result<(), Error> {
         let group = definition.group.clone();
-        let filter = match definition.filter.compile() {
+        let runnable = definition
+            .source()
+            .and_then(|source| definition::validate_group_source(&source))
+            .map_err(|error| error.to_string())
+            .and_then(|()| {
+                definition
+                    .filter
+                    .compile()
+                    .map_err(|error| format!("its filter does not compile: {error}"))
+            });
+        let filter = match runnable {
             Ok(filter) => filter,
-            Err(error) => {
-                tracing::error!(%group, %error, "persistent subscription group cannot run: its filter does not compile; delete and recreate it");
+            Err(reason) => {
+                tracing::error!(%group, %reason, "persistent subscription group cannot run; delete and recreate it");
                 self.lock().insert(
                     group,
                     Handle {
                         definition,
-                        state: HandleState::Broken(format!("its filter does not compile: {error}")),
+                        state: HandleState::Broken(reason),
                     },
                 );
                 return Ok(());
@@ -211,7 +226,13 @@ impl Groups {
     async fn supervise(self, group: String, filter: cairn_storage::ReadFilter, first: GroupActor) {
         let mut actor = first;
         loop {
-            let outcome = self.inner.feeds.tasks().spawn(actor.run()).await;
+            let span = tracing::info_span!("group", group = %group);
+            let outcome = self
+                .inner
+                .feeds
+                .tasks()
+                .spawn(actor.run().instrument(span))
+                .await;
             let panic = match outcome {
                 Ok(()) => return,
                 Err(error) => error,
