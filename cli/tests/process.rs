@@ -31,7 +31,19 @@ const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
 /// directory in `cwd`, so neither the environment nor a stray `./cairn.toml`
 /// changes what the test asked for.
 fn cairn_command(cwd: &Path) -> Command {
-    let mut command = Command::new(CAIRN);
+    cairn_command_via(cwd, &[])
+}
+
+/// Like [`cairn_command`], run through `wrapper` (e.g. `prlimit --nofile=64`).
+fn cairn_command_via(cwd: &Path, wrapper: &[&str]) -> Command {
+    let mut command = match wrapper.split_first() {
+        None => Command::new(CAIRN),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(CAIRN);
+            command
+        }
+    };
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CAIRN_") {
             command.env_remove(key);
@@ -157,18 +169,29 @@ impl Daemon {
     /// Starts `cairn --listen 127.0.0.1:0 --data <data> --durability sync` with
     /// the given log format and waits for its "cairn serving" line.
     fn start(root: &Path, data: &Path, log_format: &str) -> Started {
-        let mut child = cairn_command(root)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--durability",
-                "sync",
-                "--log-level",
-                "info",
-            ])
+        Self::start_with(root, data, log_format, &[], &[])
+    }
+
+    /// [`Daemon::start`] through `wrapper`, with `extra` flags.
+    fn start_with(
+        root: &Path,
+        data: &Path,
+        log_format: &str,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Started {
+        let log_level = if extra.contains(&"--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "info"][..]
+        };
+        let mut child = cairn_command_via(root, wrapper)
+            .args(["--listen", "127.0.0.1:0", "--durability", "sync"])
+            .args(log_level)
             .arg("--data")
             .arg(data)
             .args(["--log-format", log_format])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1132,4 +1155,123 @@ fn kill_9_keeps_a_consumer_groups_checkpoint() {
         let all: std::collections::HashSet<Uuid> = acked.iter().chain(&after).copied().collect();
         assert_eq!(all.len(), 500, "no event lost");
     });
+}
+
+/// CPU time (user + system) the process has used, from /proc/<pid>/stat, in
+/// clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// At the open-file limit, with hundreds of connections that never send a
+/// byte: the server neither spins a core nor goes silent; it logs, backs off,
+/// closes the silent connections after the handshake timeout and serves real
+/// clients again.
+#[test]
+fn silent_connections_at_the_fd_limit_neither_spin_nor_lock_out_clients() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut daemon = Daemon::start_with(
+        root.path(),
+        &data,
+        "json",
+        &["prlimit", "--nofile=96:96"],
+        &[
+            "--connection-handshake-timeout-ms",
+            "1000",
+            "--max-connections",
+            "40",
+        ],
+    )
+    .serving();
+    let silent: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(daemon.address).ok())
+        .collect();
+    assert!(silent.len() > 100, "the kernel queues silent connections");
+
+    let pid = daemon.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(pid) - before;
+    // Ticks are 1/100 s: a spinning accept loop would use ~300 in 3 s.
+    assert!(
+        used < 100,
+        "the server used {used} ticks of CPU in 3 s with idle connections"
+    );
+
+    runtime().block_on(async {
+        let client_events =
+            eventually_within(PROCESS_TIMEOUT, "a real client to be served", || {
+                let url = daemon.url();
+                async move {
+                    let client = cairn_client::Client::connect(url).await.ok()?;
+                    client
+                        .append(
+                            "order-1",
+                            cairn_client::ExpectedRevision::Any,
+                            vec![cairn_client::EventData::json_text("Placed", "{}")],
+                        )
+                        .await
+                        .ok()
+                }
+            })
+            .await;
+        assert!(client_events.positions.is_some());
+    });
+    drop(silent);
+    let log = daemon.stderr();
+    assert!(
+        log.contains("connection limit reached") || log.contains("cannot accept connections"),
+        "the server says why it stopped accepting:\n{log}"
+    );
+    let status = daemon.terminate("after silent connections");
+    assert!(status.success(), "{status}");
+}
+
+/// Client text in the human log format cannot forge lines or colour the
+/// terminal: a stream name with a newline and an ANSI escape is written
+/// escaped, and no colour codes go to a pipe at all.
+#[test]
+fn user_text_in_human_logs_is_escaped() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut daemon =
+        Daemon::start_with(root.path(), &data, "human", &[], &["--log-level", "debug"]).serving();
+    let forged = "order-1\n2026-01-01T00:00:00Z  INFO cairn: FORGED\u{1b}[31m";
+    runtime().block_on(async {
+        let client = cairn_client::Client::connect(daemon.url()).await.unwrap();
+        // Whether the name is accepted or refused, the server logs the call.
+        let _ = client
+            .append(
+                forged,
+                cairn_client::ExpectedRevision::NoStream,
+                vec![cairn_client::EventData::json_text("Placed", "{}")],
+            )
+            .await;
+        let _ = client
+            .append(
+                forged,
+                cairn_client::ExpectedRevision::NoStream,
+                vec![cairn_client::EventData::json_text("Placed", "{}")],
+            )
+            .await;
+    });
+    let status = daemon.terminate("after a forged stream name");
+    assert!(status.success(), "{status}");
+    let log = daemon.stderr();
+    assert!(log.contains("FORGED"), "the call was logged:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no raw escape reaches the log:\n{log}"
+    );
+    for line in log.lines() {
+        assert!(
+            !line.trim_start().starts_with("2026-01-01T00:00:00Z"),
+            "a client forged a log line: {line}"
+        );
+    }
 }

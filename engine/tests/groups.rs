@@ -8,6 +8,7 @@ use cairn_engine::{Engine, EngineOptions, Error};
 use cairn_storage::{
     EventData, ExpectedRevision, ReadRequest, ReadSource, Store, StoreOptions, StreamAppend,
 };
+use cairn_testkit::eventually;
 use tokio::sync::mpsc;
 
 async fn engine_in(dir: &std::path::Path) -> Engine {
@@ -93,16 +94,11 @@ async fn a_panicking_group_actor_is_restarted_from_its_durable_checkpoint() {
     }
     let last_acked = *acked.last().unwrap();
     // Wait until the checkpoint over the acked prefix is durable.
-    for _ in 0..500 {
-        if durable_checkpoint(engine.store(), "billing") == Some(last_acked) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        durable_checkpoint(engine.store(), "billing"),
-        Some(last_acked)
-    );
+    eventually("the checkpoint over the acked events to be durable", || {
+        let position = durable_checkpoint(engine.store(), "billing");
+        async move { (position == Some(last_acked)).then_some(()) }
+    })
+    .await;
 
     engine
         .groups()
@@ -129,13 +125,17 @@ async fn a_panicking_group_actor_is_restarted_from_its_durable_checkpoint() {
 
     // Restarted: a new consumer gets every event after the durable
     // checkpoint, and none before it.
-    let (consumer, mut messages) = loop {
-        match engine.groups().join("billing", "second".into(), 0).await {
-            Ok(joined) => break joined,
-            Err(Error::Internal(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(other) => panic!("joining the restarted group: {other:?}"),
+    let (consumer, mut messages) = eventually("the restarted group to take a consumer", || {
+        let groups = engine.groups().clone();
+        async move {
+            match groups.join("billing", "second".into(), 0).await {
+                Ok(joined) => Some(joined),
+                Err(Error::Internal(_)) => None,
+                Err(other) => panic!("joining the restarted group: {other:?}"),
+            }
         }
-    };
+    })
+    .await;
     let mut positions = Vec::new();
     for _ in 0..5 {
         let (position, id) = next_event(&mut messages).await.expect("an event");

@@ -18,6 +18,7 @@
 //! ```
 
 mod grpc;
+mod listener;
 mod settings;
 
 use std::future::Future;
@@ -105,6 +106,7 @@ pub async fn run(
     let options = grpc::GrpcOptions {
         max_message_bytes: max_message_bytes(&settings),
         durability: settings.durability.into(),
+        connections: settings.connection_limits(),
     };
     let served = grpc::serve(listener, engine.clone(), options, shutdown).await;
     engine.close().await;

@@ -72,6 +72,13 @@ pub struct Settings {
     /// Recent events kept in memory for live delivery; a subscriber further
     /// behind is served from storage.
     pub live_ring_events: usize,
+    /// Most client connections open at once; beyond it new ones wait.
+    pub max_connections: usize,
+    /// A new connection must send its first bytes within this, milliseconds.
+    pub connection_handshake_timeout_ms: u64,
+    /// A connection that sends nothing (not even keepalive answers) for this
+    /// long is closed, milliseconds.
+    pub connection_idle_timeout_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `cairn=debug`).
@@ -104,6 +111,17 @@ impl Settings {
         }
     }
 
+    /// The connection bounds these settings describe.
+    pub(crate) fn connection_limits(&self) -> crate::listener::ConnectionLimits {
+        crate::listener::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            handshake_timeout: std::time::Duration::from_millis(
+                self.connection_handshake_timeout_ms.max(1),
+            ),
+            idle_timeout: std::time::Duration::from_millis(self.connection_idle_timeout_ms.max(1)),
+        }
+    }
+
     /// Defaults for tests: loopback on an ephemeral port, the given data dir.
     pub fn for_tests(data: PathBuf) -> Self {
         Self {
@@ -120,6 +138,9 @@ impl Settings {
             max_groups: 1024,
             max_consumers_per_group: 256,
             live_ring_events: 16_384,
+            max_connections: 1024,
+            connection_handshake_timeout_ms: 10_000,
+            connection_idle_timeout_ms: 120_000,
             log_format: LogFormat::Human,
             log_level: "info".into(),
         }
@@ -173,6 +194,15 @@ pub struct SettingsArgs {
     /// Recent events kept in memory for live subscribers [default: 16384].
     #[arg(long, env = "CAIRN_LIVE_RING_EVENTS")]
     pub live_ring_events: Option<usize>,
+    /// Most client connections open at once; beyond it new ones wait [default: 1024].
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// A new connection must send its first bytes within this many ms [default: 10000].
+    #[arg(long, env = "CAIRN_CONNECTION_HANDSHAKE_TIMEOUT_MS")]
+    pub connection_handshake_timeout_ms: Option<u64>,
+    /// A connection silent for this many ms (keepalive answers count) is closed [default: 120000].
+    #[arg(long, env = "CAIRN_CONNECTION_IDLE_TIMEOUT_MS")]
+    pub connection_idle_timeout_ms: Option<u64>,
     /// Log format [default: human].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -208,6 +238,9 @@ impl SettingsArgs {
             .set_default("max_groups", 1024u64)?
             .set_default("max_consumers_per_group", 256u64)?
             .set_default("live_ring_events", 16_384u64)?
+            .set_default("max_connections", 1024u64)?
+            .set_default("connection_handshake_timeout_ms", 10_000u64)?
+            .set_default("connection_idle_timeout_ms", 120_000u64)?
             .set_default("log_format", "human")?
             .set_default("log_level", "info")?;
         builder = match &self.config {
@@ -215,7 +248,7 @@ impl SettingsArgs {
             None => builder.add_source(config::File::with_name("cairn.toml").required(false)),
         };
         let text = |value: &dyn std::fmt::Display| value.to_string();
-        let overrides: [(&str, Option<String>); 15] = [
+        let overrides: [(&str, Option<String>); 18] = [
             ("listen", self.listen.as_ref().map(|v| text(v))),
             ("data", self.data.as_ref().map(|v| v.display().to_string())),
             (
@@ -247,6 +280,15 @@ impl SettingsArgs {
                 self.max_consumers_per_group.map(|v| text(&v)),
             ),
             ("live_ring_events", self.live_ring_events.map(|v| text(&v))),
+            ("max_connections", self.max_connections.map(|v| text(&v))),
+            (
+                "connection_handshake_timeout_ms",
+                self.connection_handshake_timeout_ms.map(|v| text(&v)),
+            ),
+            (
+                "connection_idle_timeout_ms",
+                self.connection_idle_timeout_ms.map(|v| text(&v)),
+            ),
             (
                 "log_format",
                 self.log_format.map(|v| format!("{v:?}").to_lowercase()),

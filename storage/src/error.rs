@@ -43,7 +43,8 @@ pub enum Error {
     /// exact retry of the append that wrote it.
     #[error(
         "event id {event_id} was already written to stream '{stream}' at revision {revision}; \
-         a retry must resend the original append (same stream, same events, same order)"
+         a retry must resend the original append whole (same streams, same events in the same \
+         order, same type, content type, metadata and data)"
     )]
     DuplicateEventId {
         /// The offending id.
@@ -127,6 +128,58 @@ pub enum Error {
     /// RocksDB reported an error.
     #[error("storage I/O error: {0}")]
     Io(String),
+
+    /// The data directory is damaged where RocksDB cannot prove it to be the torn
+    /// tail of a crash (a changed byte in the middle of the write-ahead log, a
+    /// damaged MANIFEST, ...). Acknowledged events may lie behind the damage, so
+    /// the store does not open: opening would silently lose them and reuse their
+    /// positions. `Store::repair` (`cairn repair`) is the salvage path.
+    #[error("{}", damaged_message(.path, .file.as_deref(), .offset, .reason))]
+    Damaged {
+        /// The data directory.
+        path: PathBuf,
+        /// The damaged file, when it could be located (a `NNNNNN.log` name).
+        file: Option<String>,
+        /// Byte offset in `file` of the first damaged write-ahead log record.
+        offset: Option<u64>,
+        /// What RocksDB (and Cairn's own scan of the log) reported.
+        reason: String,
+    },
+
+    /// Another process (or another `Store` in this one) holds the data
+    /// directory's lock: a second writer would corrupt it.
+    #[error(
+        "the data directory {path} is in use by another process (a running cairn server?); \
+         stop it first ({reason})"
+    )]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+        /// RocksDB's message.
+        reason: String,
+    },
+}
+
+/// The message of [`Error::Damaged`]: what is wrong, where, and what to do.
+fn damaged_message(
+    path: &std::path::Path,
+    file: Option<&str>,
+    offset: &Option<u64>,
+    reason: &str,
+) -> String {
+    let place = match (file, offset) {
+        (Some(file), Some(offset)) => format!(" in {file} at byte offset {offset}"),
+        (Some(file), None) => format!(" in {file}"),
+        _ => String::new(),
+    };
+    format!(
+        "the data directory {path} is damaged{place}: {reason}. Acknowledged events may lie \
+         behind the damage, so the store does not open (it would silently drop them and reuse \
+         their positions). Stop every process using the directory, copy it as a backup, then \
+         run `cairn repair --data {path}`: it keeps every event before the damage and reports \
+         how many positions were lost",
+        path = path.display()
+    )
 }
 
 impl From<rocksdb::Error> for Error {

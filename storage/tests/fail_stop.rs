@@ -14,9 +14,9 @@ use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_storage::{
-    AppendResult, CurrentRevision, Durability, Error, EventData, ExpectedRevision, ReadFrom,
-    ReadRequest, ReadSource, RecordedEvent, Store, StoreOptions, StreamAppend, StreamMetadata,
-    Ticket, WriteFault, WriteFaultContext,
+    AppendResult, CurrentRevision, Durability, Error, EventData, ExpectedRevision, ReadRequest,
+    ReadSource, RecordedEvent, Store, StoreOptions, StreamAppend, StreamMetadata, Ticket,
+    WriteFault, WriteFaultContext,
 };
 use uuid::Uuid;
 
@@ -146,16 +146,7 @@ fn event(event_type: &str) -> EventData {
 
 /// Reads a whole source forwards, page by page.
 fn read_all(store: &Store, source: ReadSource) -> Result<Vec<RecordedEvent>, Error> {
-    let mut request = ReadRequest::forwards(source, 100);
-    let mut events = Vec::new();
-    loop {
-        let page = store.read(&request)?;
-        events.extend(page.events);
-        match page.next {
-            Some(next) => request.from = ReadFrom::At(next),
-            None => return Ok(events),
-        }
-    }
+    cairn_testkit::try_read_all(store, ReadRequest::forwards(source, 100))
 }
 
 fn ids(events: &[RecordedEvent]) -> Vec<Uuid> {

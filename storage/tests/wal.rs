@@ -56,7 +56,8 @@ fn the_wal_is_bounded_when_events_spread_over_many_streams() {
     let what = format!(
         "the WAL to shrink to at most {bound} bytes after {written} bytes of events (cap {MAX_WAL_BYTES})"
     );
-    eventually_blocking_within(Duration::from_secs(20), &what, || {
+    // Generous: under a loaded CI machine background flushes can lag.
+    eventually_blocking_within(Duration::from_secs(90), &what, || {
         let wal = wal_bytes(dir.path());
         if wal <= bound {
             Ok(())

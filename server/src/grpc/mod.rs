@@ -22,10 +22,15 @@ use cairn_proto::v1::streams_server::StreamsServer;
 use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
 use cairn_storage::Durability;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::listener::{self, Connection, ConnectionLimits};
 
 /// How long shutdown waits for open calls before dropping their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// HTTP/2 keepalive: a ping this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ...answered within this, or the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often health checks whether the store stopped accepting writes.
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 
@@ -36,22 +41,16 @@ pub struct GrpcOptions {
     pub max_message_bytes: usize,
     /// Reported by `Server.Info`.
     pub durability: Durability,
+    /// Bounds on accepted connections.
+    pub connections: ConnectionLimits,
 }
 
-/// Accepted connections with Nagle's algorithm off. gRPC writes a response as
-/// several small frames; with Nagle on, the last one waits for the client's
-/// delayed ACK (about 40 ms). tonic sets this only on listeners it binds itself.
-fn accept_nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
-        }
-        Ok(stream)
-    })
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.socket().connect_info()
+    }
 }
 
 /// Reports NOT_SERVING (overall and for every service) once the store has
@@ -150,7 +149,10 @@ pub async fn serve(
         signalled_engine.begin_shutdown();
     };
     let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Pings find dead peers (no answer within the timeout closes the
+        // connection) and keep live idle clients above the idle timeout.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -158,7 +160,7 @@ pub async fn serve(
         .add_service(subscriptions)
         .add_service(persistent_subscriptions)
         .add_service(server_info)
-        .serve_with_incoming_shutdown(accept_nodelay(listener), signal);
+        .serve_with_incoming_shutdown(listener::accept(listener, options.connections), signal);
     // Graceful shutdown waits for every open call. Reads and subscriptions end
     // on the signal, but a call the server cannot end (a health Watch, a client
     // that stopped reading) would hold the process forever: after a grace period
