@@ -23,8 +23,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 /// The machine-readable error contract of `cairn.v1`: every error status carries a
 /// `google.rpc.ErrorInfo` detail with [`ERROR_DOMAIN`](reason::ERROR_DOMAIN) and
-/// one of these reasons. Defined once here; the server sets them and the client
-/// matches on them.
+/// one of these reasons. Defined once here (and documented for other languages
+/// as the `ErrorReason` enum of cairn.proto, which a test keeps equal to these);
+/// the server sets them and the client matches on them.
 pub mod reason {
     /// The `domain` of every `ErrorInfo` Cairn sends.
     pub const ERROR_DOMAIN: &str = "cairn";
@@ -60,4 +61,40 @@ pub mod reason {
     pub const GROUP_BROKEN: &str = "GROUP_BROKEN";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason;
+    use super::v1::ErrorReason;
+
+    #[test]
+    fn reasons_match_the_documented_enum() {
+        let constants = [
+            reason::WRONG_EXPECTED_REVISION,
+            reason::STREAM_NOT_FOUND,
+            reason::STREAM_TOMBSTONED,
+            reason::DUPLICATE_EVENT_ID,
+            reason::INVALID_ARGUMENT,
+            reason::LIMIT_EXCEEDED,
+            reason::CORRUPT,
+            reason::UNSUPPORTED_FORMAT,
+            reason::STORE_STOPPED,
+            reason::SHUTTING_DOWN,
+            reason::INTERNAL,
+            reason::GROUP_NOT_FOUND,
+            reason::GROUP_EXISTS,
+            reason::OVERLOADED,
+            reason::REPLAY_IN_PROGRESS,
+            reason::GROUP_BROKEN,
+        ];
+        let mut documented = Vec::new();
+        for value in 1.. {
+            match ErrorReason::try_from(value) {
+                Ok(reason) => documented.push(reason.as_str_name()),
+                Err(_) => break,
+            }
+        }
+        assert_eq!(documented, constants);
+    }
 }

@@ -167,3 +167,54 @@ async fn groups_on_consumer_group_state_are_refused() {
     assert!(client.list_groups().await.unwrap().is_empty());
     server.stop().await;
 }
+
+/// `AppendRequest` with `stream` as raw bytes, to send invalid UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawAppend {
+    #[prost(bytes = "vec", tag = "1")]
+    stream: Vec<u8>,
+}
+
+/// Requests tonic refuses before any adapter sees them still get the
+/// protocol's statuses: invalid UTF-8 is INVALID_ARGUMENT (not INTERNAL) and a
+/// message over the limit is RESOURCE_EXHAUSTED (not OUT_OF_RANGE).
+#[tokio::test]
+async fn undecodable_and_oversized_requests_get_the_documented_codes() {
+    use cairn_proto::v1 as pb;
+    let server = TestServer::start().await;
+    let channel = server.channel().await;
+
+    let mut raw = tonic::client::Grpc::new(channel.clone());
+    raw.ready().await.unwrap();
+    let codec: tonic_prost::ProstCodec<RawAppend, pb::AppendResponse> =
+        tonic_prost::ProstCodec::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/cairn.v1.Streams/Append");
+    let status = raw
+        .unary(
+            tonic::Request::new(RawAppend {
+                stream: vec![b'o', 0xff, 0xfe, b'x'],
+            }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let mut streams =
+        pb::streams_client::StreamsClient::new(channel).max_encoding_message_size(usize::MAX);
+    let huge = pb::AppendRequest {
+        stream: "order-1".into(),
+        expected: Some(pb::ExpectedRevision {
+            kind: Some(pb::expected_revision::Kind::Any(())),
+        }),
+        events: vec![pb::ProposedEvent {
+            r#type: "Placed".into(),
+            data: vec![0u8; 100 * 1024 * 1024].into(),
+            ..Default::default()
+        }],
+    };
+    let status = streams.append(huge).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    server.stop().await;
+}

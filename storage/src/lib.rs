@@ -25,16 +25,19 @@
 //! - `catalog`: in-memory stream heads and the visibility rule.
 //! - `committer`: the single writer thread (group commit).
 //! - `read`: read paths. `scavenge`: physical removal of hidden events.
+//! - `damage`: locating damage in the write-ahead log. `repair`: `Store::repair`.
 //! - `live`: published head and the ring of recent events for subscriptions.
 //! - `ticket`: one-shot replies usable from sync and async code.
 
 mod catalog;
 mod codec;
 mod committer;
+mod damage;
 mod error;
 mod live;
 mod model;
 mod read;
+mod repair;
 mod scavenge;
 mod store;
 mod ticket;
@@ -49,5 +52,6 @@ pub use model::{
     StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
     validate_stored_stream_name, validate_stream_name,
 };
+pub use repair::RepairReport;
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType,
-    IteratorMode, Options,
+    DBRecoveryMode, IteratorMode, Options,
 };
 
 use crate::catalog::Catalog;
@@ -219,6 +219,91 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The database-wide RocksDB options of every open of a data directory, with
+/// the given WAL recovery mode (`FORMAT.md`, "Recovery").
+pub(crate) fn database_options(recovery: DBRecoveryMode) -> Options {
+    let mut options = Options::default();
+    options.set_max_background_jobs(2);
+    options.set_bytes_per_sync(1 << 20);
+    // RocksDB's default, set because the WAL checks depend on it: without it a
+    // corrupt WAL record is dropped with a log line, in every recovery mode.
+    options.set_paranoid_checks(true);
+    options.set_wal_recovery_mode(recovery);
+    options
+}
+
+/// Opens the database in `path` with every column family, turning RocksDB's
+/// errors about damage and the directory lock into [`Error::Damaged`] and
+/// [`Error::InUse`].
+pub(crate) fn open_database(path: &Path, options: &Options, cache: &Cache) -> Result<DB> {
+    let descriptors = cf::ALL
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, cache)));
+    DB::open_cf_descriptors(options, path, descriptors).map_err(|error| open_error(path, error))
+}
+
+/// The error of a failed open of `path`.
+pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> Error {
+    let reason = error.clone().into_string();
+    if reason.contains("While lock file") || reason.contains("lock hold by current process") {
+        return Error::InUse {
+            path: path.to_path_buf(),
+            reason,
+        };
+    }
+    if error.kind() != rocksdb::ErrorKind::Corruption {
+        return Error::from(error);
+    }
+    // RocksDB's status says what, not where: find the first damaged log record.
+    match crate::damage::find_wal_damage(path) {
+        Ok(Some(damage)) => Error::Damaged {
+            path: path.to_path_buf(),
+            file: Some(damage.file),
+            offset: Some(damage.offset),
+            reason: format!("{reason} ({})", damage.reason),
+        },
+        Ok(None) => Error::Damaged {
+            path: path.to_path_buf(),
+            file: None,
+            offset: None,
+            reason,
+        },
+        Err(scan) => Error::Damaged {
+            path: path.to_path_buf(),
+            file: None,
+            offset: None,
+            reason: format!("{reason} (the log files could not be read to locate it: {scan})"),
+        },
+    }
+}
+
+/// The next position to assign: the stored `head`, or past the newest record if
+/// that is further.
+pub(crate) fn stored_head(db: &DB) -> Result<u64> {
+    let meta = db
+        .cf_handle(cf::META)
+        .ok_or_else(|| Error::Io("meta column family missing".into()))?;
+    let mut head = match db.get_cf(meta, meta_key::HEAD)? {
+        Some(value) => codec::decode_u64(cf::META, "head", &value)?,
+        None => 0,
+    };
+    let log = db
+        .cf_handle(cf::LOG)
+        .ok_or_else(|| Error::Io("log column family missing".into()))?;
+    if let Some(item) = db.iterator_cf(log, IteratorMode::End).next() {
+        let (key, _) = item?;
+        if key.len() != 8 {
+            return Err(Error::Corrupt {
+                column_family: cf::LOG,
+                key: format!("{key:02x?}"),
+                reason: "a log key is not 8 bytes".into(),
+            });
+        }
+        head = head.max(codec::read_u64(&key) + 1);
+    }
+    Ok(head)
+}
+
 fn column_family_options(name: &str, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -244,16 +329,11 @@ impl Store {
         let path = path.as_ref().to_path_buf();
         let existed = path.join("CURRENT").exists();
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
-        let mut db_options = Options::default();
+        let mut db_options = database_options(DBRecoveryMode::TolerateCorruptedTailRecords);
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
-        db_options.set_max_background_jobs(2);
-        db_options.set_bytes_per_sync(1 << 20);
         db_options.set_max_total_wal_size(options.max_wal_bytes);
-        let descriptors = cf::ALL
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(name, &cache)));
-        let db = DB::open_cf_descriptors(&db_options, &path, descriptors)?;
+        let db = open_database(&path, &db_options, &cache)?;
 
         let meta = db
             .cf_handle(cf::META)
@@ -301,16 +381,9 @@ impl Store {
                 None => Ok(0),
             }
         };
-        let mut head = read_u64(meta_key::HEAD, "head")?;
+        let head = stored_head(&db)?;
         let next_stream_id = read_u64(meta_key::NEXT_STREAM_ID, "next_stream_id")?;
         let events_removed = read_u64(meta_key::EVENTS_REMOVED, "events_removed")?;
-        let log = db
-            .cf_handle(cf::LOG)
-            .ok_or_else(|| Error::Io("log column family missing".into()))?;
-        if let Some(item) = db.iterator_cf(log, IteratorMode::End).next() {
-            let (key, _) = item?;
-            head = head.max(codec::read_u64(&key) + 1);
-        }
 
         let mut streams = HashMap::new();
         let streams_cf = db

@@ -48,12 +48,7 @@ pub fn event(event: pb::ProposedEvent) -> Result<EventData, Status> {
     let id = if event.id.is_empty() {
         Uuid::new_v4()
     } else {
-        Uuid::try_parse(&event.id).map_err(|error| {
-            invalid_argument(format!(
-                "event id {} is not a UUID: {error}",
-                echo(&event.id)
-            ))
-        })?
+        canonical_uuid(&event.id).map_err(|error| invalid_argument(format!("event id {error}")))?
     };
     if event.r#type.is_empty() {
         return Err(invalid_argument(format!(
@@ -258,14 +253,28 @@ pub fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSe
 pub fn event_ids(ids: Vec<String>) -> Result<Vec<Uuid>, cairn_engine::Error> {
     ids.into_iter()
         .map(|id| {
-            Uuid::parse_str(&id).map_err(|_| {
-                cairn_engine::Error::InvalidArgument(format!(
-                    "{} is not an event id (expected a UUID)",
-                    echo(&id)
-                ))
-            })
+            canonical_uuid(&id)
+                .map_err(|error| cairn_engine::Error::InvalidArgument(format!("event id {error}")))
         })
         .collect()
+}
+
+/// A UUID in the one form the protocol accepts: canonical hyphenated text
+/// (`8-4-4-4-12` hex digits, either case). Braced, URN and unhyphenated forms
+/// are refused, so one event id has one spelling on the wire.
+pub fn canonical_uuid(text: &str) -> Result<Uuid, String> {
+    let hyphenated = text.len() == 36
+        && text
+            .char_indices()
+            .all(|(index, c)| matches!(index, 8 | 13 | 18 | 23) == (c == '-'));
+    match Uuid::try_parse(text) {
+        Ok(id) if hyphenated => Ok(id),
+        Ok(_) => Err(format!(
+            "{} is not in canonical form (8-4-4-4-12 hex digits)",
+            echo(text)
+        )),
+        Err(error) => Err(format!("{} is not a UUID: {error}", echo(text))),
+    }
 }
 
 /// User input quoted in an error message: escaped (no control characters
@@ -325,6 +334,21 @@ mod tests {
         .unwrap();
         assert!(!assigned.id.is_nil());
         assert_eq!(assigned.content_type, DEFAULT_CONTENT_TYPE);
+    }
+
+    #[test]
+    fn only_canonical_uuids_are_accepted() {
+        let id = Uuid::new_v4();
+        assert_eq!(canonical_uuid(&id.to_string()), Ok(id));
+        assert_eq!(canonical_uuid(&id.to_string().to_uppercase()), Ok(id));
+        for other in [
+            id.simple().to_string(),
+            id.braced().to_string(),
+            id.urn().to_string(),
+            "not-a-uuid".to_owned(),
+        ] {
+            assert!(canonical_uuid(&other).is_err(), "{other}");
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ use cairn_proto::v1::streams_server::StreamsServer;
 use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
 use cairn_storage::Durability;
 use tokio::net::TcpListener;
+use tonic::codegen::http;
 
 use crate::listener::{self, Connection, ConnectionLimits};
 
@@ -51,6 +52,48 @@ impl tonic::transport::server::Connected for Connection {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.socket().connect_info()
     }
+}
+
+/// Rewrites the statuses tonic produces itself, before a request reaches an
+/// adapter, into the protocol's contract: an undecodable request (invalid
+/// UTF-8 in a string, a malformed message) is INVALID_ARGUMENT, not INTERNAL;
+/// a request over the decoding limit is RESOURCE_EXHAUSTED, not OUT_OF_RANGE.
+/// Only trailers-only error responses carry `grpc-status` in their headers, so
+/// every other response passes untouched.
+fn transport_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+    else {
+        return response;
+    };
+    let message = headers
+        .get("grpc-message")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    // grpc-message is percent-encoded; the tonic texts matched are plain ASCII
+    // words separated by %20.
+    let message = message.replace("%20", " ");
+    let rewritten = match code {
+        "13" if message.contains("failed to decode") => Some((
+            tonic::Code::InvalidArgument,
+            "the request is not a valid message (is every string valid UTF-8?)",
+        )),
+        "11" if message.contains("message length too large") => Some((
+            tonic::Code::ResourceExhausted,
+            "the request is larger than the server's message limit",
+        )),
+        _ => None,
+    };
+    if let Some((code, text)) = rewritten {
+        headers.insert("grpc-status", http::HeaderValue::from(code as i32));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_str(&text.replace(' ', "%20")).expect("an ASCII header value"),
+        );
+    }
+    response
 }
 
 /// Reports NOT_SERVING (overall and for every service) once the store has
@@ -149,6 +192,9 @@ pub async fn serve(
         signalled_engine.begin_shutdown();
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            transport_status::<tonic::body::Body>,
+        ))
         // Pings find dead peers (no answer within the timeout closes the
         // connection) and keep live idle clients above the idle timeout.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
