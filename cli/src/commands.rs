@@ -1,11 +1,13 @@
 //! The `cairn` command line: `cairn` (or `cairn serve`) runs the daemon; `cairn
-//! append|read|streams|info|health` poke a running server through `cairn-client`.
+//! append|read|streams|info|health` poke a running server through `cairn-client`;
+//! `cairn repair` works on a stopped server's data directory (`cairn-storage`).
 //! Output is JSON (serde_json) or plain text lines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cairn_client::{Client, EventData, ExpectedRevision, ReadFrom, ReadOptions};
 use cairn_server::SettingsArgs;
+use cairn_storage::Store;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use uuid::Uuid;
@@ -86,6 +88,15 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:7070", env = "CAIRN_ADDR")]
         addr: String,
     },
+    /// Repair a data directory the server refuses to open as damaged: keeps
+    /// every event before the damage and reports what was lost (README,
+    /// "Damaged data directory"). Works on the directory itself; stop the
+    /// server first (a directory in use is refused).
+    Repair {
+        /// The data directory [default: the server's, from the configuration].
+        #[arg(long, env = "CAIRN_DATA")]
+        data: Option<PathBuf>,
+    },
 }
 
 /// Parses `any`, `no-stream`, `exists` or a revision.
@@ -126,10 +137,36 @@ fn print_json(value: &impl Serialize) -> Result<(), Box<dyn std::error::Error>> 
     Ok(())
 }
 
-/// Runs a client subcommand, printing to stdout. `Serve` is handled by the binary.
+/// Runs `cairn repair` on `data`, printing what it found and did as
+/// `key value` lines.
+pub fn run_repair(data: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let report = Store::repair(data)?;
+    match &report.damage {
+        None => println!("nothing to repair: {} opens as it is", data.display()),
+        Some(damage) => println!("damage {damage}"),
+    }
+    let unknown = || "unknown".to_owned();
+    println!(
+        "head_before {}",
+        report.head_before.map_or_else(unknown, |head| head.to_string())
+    );
+    println!("head_after {}", report.head_after);
+    println!(
+        "lost {}",
+        report.lost.map_or_else(unknown, |lost| lost.to_string())
+    );
+    if let Some(backup) = &report.backup {
+        println!("backup {}", backup.display());
+    }
+    Ok(())
+}
+
+/// Runs a client subcommand, printing to stdout. `Serve` and `Repair` are
+/// handled by the binary.
 pub async fn run_client_command(command: Command) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Serve => Err("serve is not a client command".into()),
+        Command::Repair { .. } => Err("repair is not a client command".into()),
         Command::Append {
             addr,
             stream,

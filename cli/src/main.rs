@@ -1,5 +1,6 @@
 //! The `cairn` binary: parses configuration, sets up logging, binds, and hands
-//! Ctrl-C / SIGTERM to `cairn_server::run`. Client subcommands go to `commands`.
+//! Ctrl-C / SIGTERM to `cairn_server::run`. Client subcommands and `repair` go to
+//! `commands`.
 //!
 //! This crate sits on top of both `cairn-server` (the daemon) and
 //! `cairn-client` (the subcommands), so neither depends on the other.
@@ -44,6 +45,25 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Repair { data }) = &cli.command {
+        let data = match data {
+            Some(data) => data.clone(),
+            None => match cli.settings.resolve() {
+                Ok(settings) => settings.data,
+                Err(error) => {
+                    eprintln!("cairn: {error}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        return match commands::run_repair(&data) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cairn: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

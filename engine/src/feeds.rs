@@ -10,8 +10,11 @@
 //!
 //! Invariants: the cursor only moves forwards and an event is delivered only when
 //! it is at or beyond the cursor, so switching phases can never duplicate or skip
-//! an event. Memory per subscription is bounded by the outgoing channel and one
-//! storage page; a slow client is handled by gRPC flow control plus the
+//! an event. Memory per subscription is bounded in messages (the outgoing
+//! channel) and in bytes: a storage page is read with a byte budget, and every
+//! buffered event holds a [`BytePermit`] for its size, from the subscription's
+//! own budget and the server's, until the consumer takes it. A slow client is
+//! handled by gRPC flow control, those budgets (the task waits) and the
 //! catch-up fallback, and never slows the writer (the ring never waits).
 //!
 //! This module owns the feed tasks and their counters; it knows nothing of a
@@ -21,26 +24,61 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use cairn_storage::{
-    Error as StoreError, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store,
-    StreamState, category_of,
+    Error as StoreError, FilterMatcher, ReadFilter, ReadFrom, ReadRequest, ReadSource,
+    RecordedEvent, Store, StreamState, category_of,
 };
+use std::task::{Context, Poll};
+
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::budget::{ByteBudget, BytePermit};
 use crate::error::{EndReason, Error};
 
 /// Checkpoint interval when the request leaves it 0.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
 /// Events per storage page during catch-up.
 const CATCH_UP_PAGE: usize = 500;
+/// Byte budget of a catch-up page (`ReadRequest::max_bytes`): 500 events of
+/// up to 2 KiB fill a page; larger events make shorter pages.
+const CATCH_UP_BYTES: usize = 1024 * 1024;
 /// How long the task tries to hand the closing status to a slow client.
 const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Events taken from the ring at a time.
 const LIVE_BATCH: usize = 256;
 
+/// One item of a feed's channel, with the bytes it holds from the budgets
+/// until the consumer takes it.
+#[derive(Debug)]
+struct Buffered {
+    item: Result<Feed, EndReason>,
+    _bytes: BytePermit,
+}
+
 /// The receiving end of a feed: items in order, then at most one end reason.
-pub type FeedReceiver = mpsc::Receiver<Result<Feed, EndReason>>;
+/// Taking an item gives its bytes back to the budgets.
+#[derive(Debug)]
+pub struct FeedReceiver {
+    receiver: mpsc::Receiver<Buffered>,
+}
+
+impl FeedReceiver {
+    /// The next item; `None` once the feed ended.
+    pub async fn recv(&mut self) -> Option<Result<Feed, EndReason>> {
+        self.receiver.recv().await.map(|buffered| buffered.item)
+    }
+
+    /// Polls for the next item (for a `Stream` adapter).
+    pub fn poll_recv(
+        &mut self,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Feed, EndReason>>> {
+        self.receiver
+            .poll_recv(context)
+            .map(|buffered| buffered.map(|buffered| buffered.item))
+    }
+}
 
 /// Where a subscription starts, as a client asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +140,8 @@ pub struct Feeds {
     /// The server's background tasks: `run` waits for them before it closes
     /// the store.
     tasks: TaskTracker,
+    /// The server-wide budget of buffered event bytes.
+    buffers: ByteBudget,
 }
 
 /// Where and how a subscription task starts.
@@ -125,9 +165,14 @@ pub struct FeedSpec {
 }
 
 impl Feeds {
-    /// Feeds over `store`, their tasks tracked by `tasks`. Registers a commit
-    /// listener on the store.
-    pub fn new(store: Store, shutdown: watch::Receiver<bool>, tasks: TaskTracker) -> Self {
+    /// Feeds over `store`, their tasks tracked by `tasks`, their buffered
+    /// events held against `buffers`. Registers a commit listener on the store.
+    pub fn new(
+        store: Store,
+        shutdown: watch::Receiver<bool>,
+        tasks: TaskTracker,
+        buffers: ByteBudget,
+    ) -> Self {
         let (head_sender, heads) = watch::channel(store.live().head());
         store.live().add_listener(Box::new(move |notice| {
             head_sender.send_replace(notice.head);
@@ -139,6 +184,7 @@ impl Feeds {
             stats: Arc::new(SubscriptionStats::default()),
             next_id: Arc::new(AtomicU64::new(1)),
             tasks,
+            buffers,
         }
     }
 
@@ -165,10 +211,17 @@ impl Feeds {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("subscription", id);
         let (sender, receiver) = mpsc::channel(spec.buffer.max(1));
+        // Room for the page being delivered and the next one: a subscriber
+        // that stopped reading holds at most this much, whatever the events.
+        let page_reservation = CATCH_UP_BYTES + self.store.limits().max_event_bytes;
         let mut subscription = Subscription {
             store: self.store.clone(),
             target: spec.target,
+            matcher: spec.filter.matcher(),
             filter: spec.filter,
+            page_reservation,
+            own: ByteBudget::new(page_reservation.saturating_mul(2)),
+            buffers: self.buffers.clone(),
             checkpoint_interval: spec.checkpoint_interval,
             cursor: spec.cursor,
             unmatched: 0,
@@ -195,14 +248,17 @@ impl Feeds {
                 if let Err(Stop::Fail(reason)) = result {
                     tracing::debug!(?reason, "subscription ended");
                     // Bounded: a client that stopped reading cannot hold the task.
-                    let final_send = subscription.sender.send(Err(reason));
+                    let final_send = subscription.sender.send(Buffered {
+                        item: Err(reason),
+                        _bytes: BytePermit::default(),
+                    });
                     let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
                 }
                 stats.active.fetch_sub(1, Ordering::Relaxed);
             }
             .instrument(span),
         );
-        receiver
+        FeedReceiver { receiver }
     }
 }
 
@@ -266,14 +322,25 @@ impl Target {
 struct Subscription {
     store: Store,
     target: Target,
+    /// For catch-up requests.
     filter: ReadFilter,
+    /// The same filter prepared for checking every live event.
+    matcher: FilterMatcher,
+    /// Bytes reserved before reading a catch-up page: its byte budget plus
+    /// the largest event that may end it.
+    page_reservation: usize,
+    /// This subscription's own budget of buffered bytes (two pages), so that
+    /// it cannot take the whole server's budget.
+    own: ByteBudget,
+    /// The server-wide budget.
+    buffers: ByteBudget,
     checkpoint_interval: Option<u64>,
     /// Stream targets: the next revision to deliver. Position targets: the next
     /// position to examine.
     cursor: u64,
     /// Positions examined without a match since the last checkpoint.
     unmatched: u64,
-    sender: mpsc::Sender<Result<Feed, EndReason>>,
+    sender: mpsc::Sender<Buffered>,
     heads: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<SubscriptionStats>,
@@ -293,15 +360,47 @@ type Step<T = ()> = Result<T, Stop>;
 
 impl Subscription {
     async fn send(&self, message: Feed) -> Step {
+        self.send_holding(message, BytePermit::default()).await
+    }
+
+    /// Sends `message` with the bytes it holds until the consumer takes it.
+    async fn send_holding(&self, message: Feed, bytes: BytePermit) -> Step {
         let mut shutdown = self.shutdown.clone();
+        let buffered = Buffered {
+            item: Ok(message),
+            _bytes: bytes,
+        };
         tokio::select! {
-            sent = self.sender.send(Ok(message)) => sent.map_err(|_| Stop::Gone),
+            sent = self.sender.send(buffered) => sent.map_err(|_| Stop::Gone),
             // A subscriber that stopped reading must not hold up shutdown.
             _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(EndReason::ShuttingDown)),
         }
     }
 
-    async fn deliver(&mut self, event: &RecordedEvent) -> Step {
+    /// Waits until this subscription's budget and the server's have `bytes`
+    /// free (see [`BytePermit::reserve`]), or the subscriber goes away, or
+    /// the server shuts down.
+    async fn reserve(&self, bytes: usize) -> Step<BytePermit> {
+        let mut permit = BytePermit::default();
+        self.resize(&mut permit, bytes).await?;
+        Ok(permit)
+    }
+
+    /// [`BytePermit::resize`], ended by shutdown or a subscriber gone.
+    async fn resize(&self, permit: &mut BytePermit, bytes: usize) -> Step {
+        let mut shutdown = self.shutdown.clone();
+        let budgets = [&self.own, &self.buffers];
+        tokio::select! {
+            () = permit.resize(&budgets, bytes) => Ok(()),
+            () = self.sender.closed() => Err(Stop::Gone),
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(EndReason::ShuttingDown)),
+        }
+    }
+
+    /// Delivers `event` if it is at or after the cursor. `bytes` is what it
+    /// holds from the budgets already (a catch-up page's share); without it
+    /// the event's size is reserved first.
+    async fn deliver(&mut self, event: &RecordedEvent, bytes: Option<BytePermit>) -> Step {
         let at_or_after_cursor = match self.target {
             Target::Stream(_) => event.revision >= self.cursor,
             Target::Positions(_) => event.position >= self.cursor,
@@ -309,7 +408,11 @@ impl Subscription {
         if !at_or_after_cursor {
             return Ok(());
         }
-        self.send(Feed::Event(event.clone())).await?;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => self.reserve(event.size()).await?,
+        };
+        self.send_holding(Feed::Event(event.clone()), bytes).await?;
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.cursor = match self.target {
             Target::Stream(_) => event.revision + 1,
@@ -379,9 +482,14 @@ impl Subscription {
 
     /// Reads from storage until a page reaches the head. Returns the head
     /// observed before the last page: live delivery starts there.
+    ///
+    /// Each page is read into bytes reserved before the read (its byte
+    /// budget plus one largest event), trimmed to what it holds; each event
+    /// takes its share along into the channel.
     async fn catch_up(&mut self) -> Step<u64> {
         loop {
             self.check_shutdown()?;
+            let mut permit = self.reserve(self.page_reservation).await?;
             let head_before = self.store.live().head();
             let source = match &self.target {
                 Target::Stream(stream) => ReadSource::Stream(stream.clone()),
@@ -389,6 +497,7 @@ impl Subscription {
             };
             let request = ReadRequest::forwards(source, CATCH_UP_PAGE)
                 .from(ReadFrom::At(self.cursor))
+                .max_bytes(CATCH_UP_BYTES)
                 .filter(self.filter.clone());
             let store = self.store.clone();
             let page = tokio::task::spawn_blocking(move || store.read(&request))
@@ -406,10 +515,14 @@ impl Subscription {
                 }
                 Err(error) => return Err(Stop::Fail(Error::Store(error).into())),
             };
+            let bytes = page.events.iter().map(RecordedEvent::size).sum();
+            self.resize(&mut permit, bytes).await?;
             for event in &page.events {
                 self.skip_to(event.position).await?;
-                self.deliver(event).await?;
+                let share = permit.split(event.size());
+                self.deliver(event, Some(share)).await?;
             }
+            drop(permit);
             if let Some(scanned) = page.scanned_through {
                 self.skip_to(scanned + 1).await?;
             }
@@ -461,11 +574,11 @@ impl Subscription {
             for event in batch {
                 position = event.position + 1;
                 if self.target.matches(&event)
-                    && self.filter.matches(&event.stream, &event.event_type)
+                    && self.matcher.matches(&event.stream, &event.event_type)
                     && self.is_visible(&event)
                 {
                     self.skip_to(event.position).await?;
-                    self.deliver(&event).await?;
+                    self.deliver(&event, None).await?;
                 } else {
                     self.skip_to(position).await?;
                 }

@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod error;
 mod escape;
 pub mod feeds;
@@ -52,6 +53,7 @@ use cairn_storage::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
+pub use budget::{ByteBudget, BytePermit};
 pub use error::{EndReason, Error, Result};
 pub use escape::Escaped;
 pub use feeds::{
@@ -63,12 +65,19 @@ pub use groups::{GroupLimits, Groups};
 /// store anyway (a storage read cannot be interrupted).
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// Default of [`EngineOptions::max_buffered_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+
 /// What the engine is allowed to hold at once.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// Client writes (appends, deletes, metadata, group changes) in flight at
     /// once; beyond it a write fails at once with [`Error::Overloaded`].
     pub max_inflight_writes: usize,
+    /// Bytes of event data held on their way to clients, all calls together
+    /// (read chunks, buffered subscription events): see
+    /// [`Engine::buffer_budget`]. When it is spent, readers wait.
+    pub max_buffered_bytes: usize,
     /// Catch-up subscriptions.
     pub subscriptions: SubscriptionLimits,
     /// Consumer groups.
@@ -79,6 +88,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             max_inflight_writes: 4096,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             subscriptions: SubscriptionLimits::default(),
             groups: GroupLimits::default(),
         }
@@ -151,6 +161,8 @@ struct Inner {
     subscription_slots: Arc<Semaphore>,
     /// Messages buffered per client subscription.
     subscription_buffer: usize,
+    /// Bytes of event data held for clients, all calls together.
+    buffers: ByteBudget,
     /// Every background task that holds the store or writes to it; `close`
     /// waits for them before it closes the store.
     tasks: TaskTracker,
@@ -166,7 +178,13 @@ impl Engine {
     pub async fn start(store: Store, options: EngineOptions) -> Result<Self> {
         let (shutdown, shutdown_receiver) = watch::channel(false);
         let tasks = TaskTracker::new();
-        let feeds = Feeds::new(store.clone(), shutdown_receiver.clone(), tasks.clone());
+        let buffers = ByteBudget::new(options.max_buffered_bytes);
+        let feeds = Feeds::new(
+            store.clone(),
+            shutdown_receiver.clone(),
+            tasks.clone(),
+            buffers.clone(),
+        );
         let writes = WriteGate::new(options.max_inflight_writes, shutdown_receiver.clone());
         let groups = Groups::load(
             store.clone(),
@@ -186,6 +204,7 @@ impl Engine {
                     options.subscriptions.max_subscriptions.max(1),
                 )),
                 subscription_buffer: options.subscriptions.buffer.max(1),
+                buffers,
                 tasks,
                 shutdown,
                 started: Instant::now(),
@@ -201,6 +220,14 @@ impl Engine {
     /// The consumer-group registry.
     pub fn groups(&self) -> &Groups {
         &self.inner.groups
+    }
+
+    /// The server-wide budget of event data held on its way to clients.
+    /// Feeds draw on it for every buffered event; a facade's read pipeline
+    /// holds a [`BytePermit`] from it for every chunk until the transport has
+    /// taken the chunk.
+    pub fn buffer_budget(&self) -> &ByteBudget {
+        &self.inner.buffers
     }
 
     /// Subscription counters.

@@ -58,6 +58,12 @@ pub struct Settings {
     pub max_events_per_append: usize,
     /// Most events per read page.
     pub max_read_page: usize,
+    /// Largest custom metadata (JSON) of one stream, bytes.
+    pub max_metadata_bytes: usize,
+    /// Bytes of event data the server holds at once on their way to clients
+    /// (read chunks and buffered subscription events, all calls together);
+    /// when it is reached, reads and subscriptions wait (back-pressure).
+    pub max_buffered_bytes: usize,
     /// Writes (appends, deletes, metadata) in flight at once; beyond it
     /// RESOURCE_EXHAUSTED at once.
     pub max_inflight_appends: usize,
@@ -93,6 +99,7 @@ impl Settings {
             max_append_bytes: self.max_append_bytes,
             max_events_per_append: self.max_events_per_append,
             max_read_page: self.max_read_page,
+            max_metadata_bytes: self.max_metadata_bytes,
         }
     }
 
@@ -100,6 +107,7 @@ impl Settings {
     pub fn engine_options(&self) -> cairn_engine::EngineOptions {
         cairn_engine::EngineOptions {
             max_inflight_writes: self.max_inflight_appends,
+            max_buffered_bytes: self.max_buffered_bytes,
             subscriptions: cairn_engine::SubscriptionLimits {
                 max_subscriptions: self.max_subscriptions,
                 buffer: self.subscription_buffer,
@@ -132,6 +140,8 @@ impl Settings {
             max_event_bytes: Limits::default().max_event_bytes,
             max_events_per_append: Limits::default().max_events_per_append,
             max_read_page: Limits::default().max_read_page,
+            max_metadata_bytes: Limits::default().max_metadata_bytes,
+            max_buffered_bytes: cairn_engine::DEFAULT_MAX_BUFFERED_BYTES,
             max_inflight_appends: 4096,
             max_subscriptions: 1024,
             subscription_buffer: 128,
@@ -176,6 +186,13 @@ pub struct SettingsArgs {
     /// Most events per read page [default: 10000].
     #[arg(long, env = "CAIRN_MAX_READ_PAGE")]
     pub max_read_page: Option<usize>,
+    /// Largest custom metadata (JSON) of one stream in bytes [default: 65536].
+    #[arg(long, env = "CAIRN_MAX_METADATA_BYTES")]
+    pub max_metadata_bytes: Option<usize>,
+    /// Bytes of event data held for clients at once, all reads and
+    /// subscriptions together; beyond it they wait [default: 268435456].
+    #[arg(long, env = "CAIRN_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<usize>,
     /// Writes in flight at once; beyond it RESOURCE_EXHAUSTED [default: 4096].
     #[arg(long, env = "CAIRN_MAX_INFLIGHT_APPENDS")]
     pub max_inflight_appends: Option<usize>,
@@ -232,6 +249,11 @@ impl SettingsArgs {
             .set_default("max_event_bytes", limits.max_event_bytes as u64)?
             .set_default("max_events_per_append", limits.max_events_per_append as u64)?
             .set_default("max_read_page", limits.max_read_page as u64)?
+            .set_default("max_metadata_bytes", limits.max_metadata_bytes as u64)?
+            .set_default(
+                "max_buffered_bytes",
+                cairn_engine::DEFAULT_MAX_BUFFERED_BYTES as u64,
+            )?
             .set_default("max_inflight_appends", 4096u64)?
             .set_default("max_subscriptions", 1024u64)?
             .set_default("subscription_buffer", 128u64)?
@@ -248,7 +270,7 @@ impl SettingsArgs {
             None => builder.add_source(config::File::with_name("cairn.toml").required(false)),
         };
         let text = |value: &dyn std::fmt::Display| value.to_string();
-        let overrides: [(&str, Option<String>); 18] = [
+        let overrides: [(&str, Option<String>); 20] = [
             ("listen", self.listen.as_ref().map(|v| text(v))),
             ("data", self.data.as_ref().map(|v| v.display().to_string())),
             (
@@ -262,6 +284,14 @@ impl SettingsArgs {
                 self.max_events_per_append.map(|v| text(&v)),
             ),
             ("max_read_page", self.max_read_page.map(|v| text(&v))),
+            (
+                "max_metadata_bytes",
+                self.max_metadata_bytes.map(|v| text(&v)),
+            ),
+            (
+                "max_buffered_bytes",
+                self.max_buffered_bytes.map(|v| text(&v)),
+            ),
             (
                 "max_inflight_appends",
                 self.max_inflight_appends.map(|v| text(&v)),

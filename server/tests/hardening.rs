@@ -218,3 +218,41 @@ async fn undecodable_and_oversized_requests_get_the_documented_codes() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     server.stop().await;
 }
+
+/// The idle timeout closes only connections that stop answering: a client
+/// whose subscription sees no event for several idle timeouts keeps its
+/// connection (keepalive pings and their answers are traffic) and still gets
+/// the next event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_subscription_outlives_the_idle_timeout() {
+    use cairn_client::SubscribeOptions;
+    let server = TestServer::start_with(|settings| {
+        settings.connection_idle_timeout_ms = 800;
+    })
+    .await;
+    let client = server.client().await;
+    let mut subscription = client
+        .subscribe("order-1", SubscribeOptions::from_start())
+        .await
+        .unwrap();
+    // Quiet for more than three idle timeouts.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let writer = server.client().await;
+    writer
+        .append("order-1", ExpectedRevision::NoStream, placed())
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match subscription.next_message().await.unwrap() {
+                Some(cairn_client::SubscriptionMessage::Event(event)) => break event,
+                Some(_) => continue,
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("the event arrives on the old connection");
+    assert_eq!(event.stream, "order-1");
+    server.stop().await;
+}

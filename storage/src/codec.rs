@@ -13,7 +13,14 @@ use crate::error::{Error, Result};
 use crate::model::{EventData, RecordedEvent, StreamMetadata};
 
 /// Version of the on-disk format; stored in `meta` and checked at open.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added the append stamp to `event_ids` values (see
+/// [`EventIdEntry`]). A version-1 database is migrated at open by storing the
+/// new version: its 24-byte entries stay and are read as entries without a
+/// stamp, whose retries are compared against the stored records instead.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version `Store::open` migrates from.
+pub const OLDEST_MIGRATED_FORMAT: u32 = 1;
 /// Version byte leading every `log` record.
 const RECORD_VERSION: u8 = 1;
 /// Version byte leading every `streams` value.
@@ -174,29 +181,88 @@ pub struct EventIdEntry {
     pub revision: u64,
     /// The event's global position.
     pub position: u64,
+    /// Which append wrote it, and a hash of its content; `None` for entries
+    /// written by format version 1.
+    pub stamp: Option<AppendStamp>,
 }
 
+/// What an idempotent retry is checked against: the event's place in the append
+/// request that wrote it, and its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendStamp {
+    /// The event's index among all events of its append request (all parts of
+    /// a multi-stream append, in order).
+    pub index: u32,
+    /// How many events that request appended.
+    pub count: u32,
+    /// [`content_hash`] of the event.
+    pub hash: u32,
+}
+
+/// Length of a format-1 `event_ids` value (no stamp).
+const EVENT_ID_V1_LEN: usize = 24;
+/// Length of a format-2 `event_ids` value.
+const EVENT_ID_LEN: usize = 36;
+
 impl EventIdEntry {
-    /// stream id ++ revision ++ position.
-    pub fn encode(&self) -> [u8; 24] {
-        let mut value = [0u8; 24];
-        value[..8].copy_from_slice(&self.stream_id.to_be_bytes());
-        value[8..16].copy_from_slice(&self.revision.to_be_bytes());
-        value[16..].copy_from_slice(&self.position.to_be_bytes());
+    /// stream id ++ revision ++ position ++ index ++ count ++ hash (the last
+    /// three only with a stamp).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(EVENT_ID_LEN);
+        value.extend_from_slice(&self.stream_id.to_be_bytes());
+        value.extend_from_slice(&self.revision.to_be_bytes());
+        value.extend_from_slice(&self.position.to_be_bytes());
+        if let Some(stamp) = self.stamp {
+            value.extend_from_slice(&stamp.index.to_be_bytes());
+            value.extend_from_slice(&stamp.count.to_be_bytes());
+            value.extend_from_slice(&stamp.hash.to_be_bytes());
+        }
         value
     }
 
-    /// Decodes an `event_ids` value.
+    /// Decodes an `event_ids` value of either length.
     pub fn decode(id: &Uuid, value: &[u8]) -> Result<Self> {
-        if value.len() != 24 {
-            return Err(corrupt(cf::EVENT_IDS, id.to_string(), "length is not 24"));
-        }
+        let u32_at = |at: usize| {
+            u32::from_be_bytes([value[at], value[at + 1], value[at + 2], value[at + 3]])
+        };
+        let stamp = match value.len() {
+            EVENT_ID_V1_LEN => None,
+            EVENT_ID_LEN => Some(AppendStamp {
+                index: u32_at(24),
+                count: u32_at(28),
+                hash: u32_at(32),
+            }),
+            _ => {
+                return Err(corrupt(
+                    cf::EVENT_IDS,
+                    id.to_string(),
+                    "length is neither 24 nor 36",
+                ));
+            }
+        };
         Ok(Self {
             stream_id: read_u64(&value[..8]),
             revision: read_u64(&value[8..16]),
-            position: read_u64(&value[16..]),
+            position: read_u64(&value[16..24]),
+            stamp,
         })
     }
+}
+
+/// The hash of an event's content that an idempotent retry must match: crc32 of
+/// `u16 len ++ event type ++ u16 len ++ content type ++ u32 len ++ metadata ++
+/// u32 len ++ data` (the lengths keep a byte moving between fields a change).
+pub fn content_hash(event_type: &str, content_type: &str, metadata: &[u8], data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for short in [event_type.as_bytes(), content_type.as_bytes()] {
+        hasher.update(&(short.len() as u16).to_be_bytes());
+        hasher.update(short);
+    }
+    for long in [metadata, data] {
+        hasher.update(&(long.len() as u32).to_be_bytes());
+        hasher.update(long);
+    }
+    hasher.finalize()
 }
 
 fn nanos_since_epoch(time: SystemTime) -> i64 {
@@ -326,6 +392,17 @@ pub struct RecordHeader<'a> {
 }
 
 impl RecordHeader<'_> {
+    /// [`content_hash`] of the record. `record` must be the bytes this header
+    /// was decoded from.
+    pub fn content_hash(&self, record: &[u8]) -> u32 {
+        content_hash(
+            self.event_type,
+            self.content_type,
+            &record[self.metadata.clone()],
+            &record[self.data.clone()],
+        )
+    }
+
     /// The owned event at `position`. `record` must be the bytes this header was
     /// decoded from: they are copied once, and `metadata` and `data` share that copy.
     pub fn to_event(&self, position: u64, record: &[u8]) -> RecordedEvent {

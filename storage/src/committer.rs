@@ -29,12 +29,12 @@ use std::time::SystemTime;
 use rocksdb::{WriteBatch, WriteOptions};
 use uuid::Uuid;
 
-use crate::codec::{self, EventIdEntry, SegmentCounter, StreamRecord, cf, meta_key};
+use crate::codec::{self, AppendStamp, EventIdEntry, SegmentCounter, StreamRecord, cf, meta_key};
 use crate::error::{Error, Result};
 use crate::live::CommitNotice;
 use crate::model::{
-    AppendResult, CurrentRevision, ExpectedRevision, RecordedEvent, StreamAppend, StreamMetadata,
-    category_of,
+    AppendResult, CurrentRevision, EventData, ExpectedRevision, RecordedEvent, StreamAppend,
+    StreamMetadata, category_of,
 };
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
@@ -423,9 +423,22 @@ impl Committer {
         parts: Vec<StreamAppend>,
         group: &mut Group,
     ) -> Result<Vec<AppendResult>> {
+        // The request's event ids, all parts in order. A request is an
+        // idempotent retry as a whole or not at all (FORMAT.md, "Idempotent
+        // retries").
+        let entries = self.lookup_ids(
+            parts
+                .iter()
+                .flat_map(|part| part.events.iter().map(|event| event.id)),
+            group,
+        )?;
+        let exact_retry = self.is_exact_retry(&parts, &entries, group)?;
         // Pass 1: check every part; nothing is changed yet.
         let mut plans = Vec::with_capacity(parts.len());
+        let mut part_entries = entries.as_slice();
         for part in &parts {
+            let (entries, rest) = part_entries.split_at(part.events.len());
+            part_entries = rest;
             let record = self.record(&part.stream, group);
             if record.as_ref().is_some_and(|record| record.tombstoned) {
                 return Err(Error::StreamTombstoned {
@@ -435,7 +448,7 @@ impl Committer {
             let current = record
                 .as_ref()
                 .map_or(CurrentRevision::NoStream, StreamRecord::current);
-            if let Some(replay) = self.find_replay(part, record.as_ref(), current, group)? {
+            if let Some(replay) = self.find_replay(part, entries, exact_retry, current, group)? {
                 plans.push(Err(replay));
                 continue;
             }
@@ -450,6 +463,8 @@ impl Committer {
         }
         // Pass 2: apply.
         let created = SystemTime::now();
+        let count = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        let mut index = 0u32;
         let mut results = Vec::with_capacity(parts.len());
         for (part, plan) in parts.into_iter().zip(plans) {
             let record = match plan {
@@ -506,7 +521,13 @@ impl Committer {
                     stream_id: record.id,
                     revision,
                     position,
+                    stamp: Some(AppendStamp {
+                        index,
+                        count,
+                        hash: event_hash(&event),
+                    }),
                 };
+                index = index.saturating_add(1);
                 group.batch.put_cf(
                     shared.cf(cf::EVENT_IDS),
                     event.id.as_bytes(),
@@ -559,41 +580,125 @@ impl Committer {
         self.segment.2 += bytes;
     }
 
+    /// Whether the request is an exact retry of one earlier append request:
+    /// every id was written by it, in the same streams and the same order, with
+    /// the same content, and the earlier request had no other events.
+    ///
+    /// Entries with a stamp (format 2) carry the event's index in its request,
+    /// the request's event count and a content hash. Entries without one
+    /// (written by format 1) are checked against the stored records: the same
+    /// content, and, since format 1 stamped every event of a request with one
+    /// `created` time, the same `created` on all of them and another one on the
+    /// records just before and after.
+    fn is_exact_retry(
+        &self,
+        parts: &[StreamAppend],
+        entries: &[Option<EventIdEntry>],
+        group: &Group,
+    ) -> Result<bool> {
+        let Some(Some(first)) = entries.first().copied() else {
+            return Ok(false);
+        };
+        let count = entries.len();
+        let legacy = first.stamp.is_none();
+        let mut created = None;
+        let mut entries = entries.iter();
+        let mut index = 0u64;
+        for part in parts {
+            if part.events.is_empty() {
+                continue;
+            }
+            let Some(record) = self.record(&part.stream, group) else {
+                return Ok(false);
+            };
+            let mut part_first_revision = None;
+            for (offset, event) in part.events.iter().enumerate() {
+                let Some(Some(entry)) = entries.next().copied() else {
+                    return Ok(false);
+                };
+                let base = *part_first_revision.get_or_insert(entry.revision);
+                if entry.stream_id != record.id
+                    || entry.position != first.position + index
+                    || entry.revision != base + offset as u64
+                    || entry.stamp.is_none() != legacy
+                {
+                    return Ok(false);
+                }
+                let same = match entry.stamp {
+                    Some(stamp) => {
+                        stamp.index as usize == index as usize
+                            && stamp.count as usize == count
+                            && stamp.hash == event_hash(event)
+                    }
+                    None => match self.stored_content(entry.position)? {
+                        Some((hash, at)) => {
+                            hash == event_hash(event) && *created.get_or_insert(at) == at
+                        }
+                        None => false,
+                    },
+                };
+                if !same {
+                    return Ok(false);
+                }
+                index += 1;
+            }
+        }
+        if let Some(created) = created {
+            // Format 1: the request had no events before or after these.
+            let last = first.position + index - 1;
+            for neighbour in [first.position.checked_sub(1), last.checked_add(1)]
+                .into_iter()
+                .flatten()
+            {
+                if let Some((_, at)) = self.stored_content(neighbour)?
+                    && at == created
+                {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The content hash and commit time of the stored record at `position`,
+    /// `None` if there is none (never written, or scavenged).
+    fn stored_content(&self, position: u64) -> Result<Option<(u32, SystemTime)>> {
+        let Some(value) = self
+            .shared
+            .db
+            .get_cf(self.shared.cf(cf::LOG), codec::log_key(position))?
+        else {
+            return Ok(None);
+        };
+        let header = codec::decode_header(position, &value)?;
+        Ok(Some((header.content_hash(&value), header.created)))
+    }
+
     /// Decides whether `part` is a retry of an append that already happened.
+    /// `entries` are the ids' entries of this part, `exact_retry` whether the
+    /// whole request is one (`is_exact_retry`).
     /// `Ok(Some(result))`: yes, answer with the original result and write nothing.
     /// `Ok(None)`: none of its ids were written before; append normally.
-    /// `Err`: some ids were written, but not as this exact append.
+    /// `Err`: some ids were written, but not by this exact append.
     fn find_replay(
         &self,
         part: &StreamAppend,
-        record: Option<&StreamRecord>,
+        entries: &[Option<EventIdEntry>],
+        exact_retry: bool,
         current: CurrentRevision,
         group: &Group,
     ) -> Result<Option<AppendResult>> {
         if part.events.is_empty() {
             return Ok(None);
         }
-        let entries = self.lookup_ids(part.events.iter().map(|event| event.id), group)?;
-        if entries.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        let first = entries[0];
-        let exact_retry = record.zip(first).is_some_and(|(record, first)| {
-            first.stream_id == record.id
-                && entries.iter().enumerate().all(|(index, entry)| {
-                    entry.is_some_and(|entry| {
-                        entry.stream_id == record.id
-                            && entry.revision == first.revision + index as u64
-                            && entry.position >= first.position
-                    })
-                })
-        });
         if !exact_retry {
-            let (index, entry) = entries
+            let Some((index, entry)) = entries
                 .iter()
                 .enumerate()
                 .find_map(|(index, entry)| entry.map(|entry| (index, entry)))
-                .ok_or_else(|| Error::Io("event id lookup lost its entry".into()))?;
+            else {
+                return Ok(None);
+            };
             return Err(Error::DuplicateEventId {
                 event_id: part.events[index].id,
                 stream: self
@@ -602,10 +707,9 @@ impl Committer {
                 revision: entry.revision,
             });
         }
-        let (Some(_), Some(first)) = (record, first) else {
-            return Ok(None);
+        let (Some(Some(first)), Some(Some(last))) = (entries.first(), entries.last()) else {
+            return Err(Error::Io("event id lookup lost its entry".into()));
         };
-        let last = entries[entries.len() - 1].map_or(first, |entry| entry);
         let expectation_matches_original = match part.expected {
             ExpectedRevision::Any => true,
             // The soft-delete point may have moved since the original append
@@ -764,6 +868,16 @@ impl Committer {
         group.overlay.insert(stream.to_owned(), record);
         group.changed_streams.push(stream.to_owned());
     }
+}
+
+/// The content hash an idempotent retry must match (`codec::content_hash`).
+fn event_hash(event: &EventData) -> u32 {
+    codec::content_hash(
+        &event.event_type,
+        &event.content_type,
+        &event.metadata,
+        &event.data,
+    )
 }
 
 /// The message of a panic's payload (`panic!` gives a `&str` or a `String`).

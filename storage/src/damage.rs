@@ -217,7 +217,10 @@ mod tests {
     fn crc32c_check_value() {
         // The standard check value of CRC-32C.
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
-        assert_eq!(unmask(0x1234_5678_u32.rotate_right(15).wrapping_add(0xa282_ead8)), 0x1234_5678);
+        assert_eq!(
+            unmask(0x1234_5678_u32.rotate_right(15).wrapping_add(0xa282_ead8)),
+            0x1234_5678
+        );
     }
 
     #[test]

@@ -47,11 +47,13 @@ pub use error::{Error, Result};
 pub use live::{CommitListener, CommitNotice, Live, RingLimits};
 pub use model::{
     ALL_STREAM, AppendResult, CATEGORY_PREFIX, CurrentRevision, Direction, EVENT_TYPE_PREFIX,
-    EventData, ExpectedRevision, Limits, MAX_STREAM_NAME_BYTES, ReadFilter, ReadFrom, ReadPage,
-    ReadRequest, ReadSource, RecordedEvent, SYSTEM_STREAM_PREFIX, ScavengeReport, SegmentStats,
-    StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
+    EventData, ExpectedRevision, FilterMatcher, Limits, MAX_FILTER_PREFIX_BYTES,
+    MAX_FILTER_PREFIXES, MAX_FILTER_REGEX_BYTES, MAX_STREAM_NAME_BYTES, ReadFilter, ReadFrom,
+    ReadPage, ReadRequest, ReadSource, RecordedEvent, SYSTEM_STREAM_PREFIX, ScavengeReport,
+    SegmentStats, StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
     validate_stored_stream_name, validate_stream_name,
 };
+pub use read::{ReadStats, StreamListPage};
 pub use repair::RepairReport;
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -25,6 +25,16 @@ pub const SYSTEM_STREAM_PREFIX: &str = "$sys-";
 pub const MAX_STREAM_NAME_BYTES: usize = 1024;
 /// The longest event type or content type, in bytes.
 pub const MAX_TYPE_NAME_BYTES: usize = 1024;
+/// Most prefixes in one list of a [`ReadFilter`] (its stream prefixes, or its
+/// type prefixes).
+pub const MAX_FILTER_PREFIXES: usize = 1000;
+/// Most bytes of all prefixes of a [`ReadFilter`] together.
+pub const MAX_FILTER_PREFIX_BYTES: usize = 64 * 1024;
+/// The longest regex source of a [`ReadFilter`], in bytes.
+pub const MAX_FILTER_REGEX_BYTES: usize = 4096;
+/// The largest compiled filter regex (the `regex` crate's size limit, far
+/// below its 10 MiB default): matching costs time in proportion to it.
+const FILTER_REGEX_COMPILED_BYTES: usize = 1 << 20;
 
 /// An event as a client hands it in, before the store assigns its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,11 +338,67 @@ impl PartialEq for ReadFilter {
 }
 
 impl ReadFilter {
-    /// Compiles a regex for a filter, mapping a bad pattern to `InvalidArgument`.
+    /// Compiles a regex for a filter. A bad pattern is `InvalidArgument`; a
+    /// source longer than [`MAX_FILTER_REGEX_BYTES`], or one that compiles to
+    /// more than the compiled-size limit, is refused too, so that matching one
+    /// name stays cheap.
     pub fn regex(pattern: &str) -> Result<regex::Regex> {
-        regex::Regex::new(pattern).map_err(|error| {
-            Error::InvalidArgument(format!("bad filter regex '{pattern}': {error}"))
-        })
+        if pattern.len() > MAX_FILTER_REGEX_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "filter regex length in bytes",
+                actual: pattern.len() as u64,
+                limit: MAX_FILTER_REGEX_BYTES as u64,
+            });
+        }
+        regex::RegexBuilder::new(pattern)
+            .size_limit(FILTER_REGEX_COMPILED_BYTES)
+            .build()
+            .map_err(|error| {
+                let shown: String = pattern.chars().take(64).collect();
+                let cut = if shown.len() < pattern.len() {
+                    "…"
+                } else {
+                    ""
+                };
+                Error::InvalidArgument(format!("bad filter regex '{shown}{cut}': {error}"))
+            })
+    }
+
+    /// Checks prefix lists against [`MAX_FILTER_PREFIXES`] (each list) and
+    /// [`MAX_FILTER_PREFIX_BYTES`] (both together): `LimitExceeded` beyond.
+    pub fn check_prefixes(stream_prefixes: &[String], type_prefixes: &[String]) -> Result<()> {
+        for (what, prefixes) in [
+            ("stream prefixes in a filter", stream_prefixes),
+            ("event type prefixes in a filter", type_prefixes),
+        ] {
+            if prefixes.len() > MAX_FILTER_PREFIXES {
+                return Err(Error::LimitExceeded {
+                    what,
+                    actual: prefixes.len() as u64,
+                    limit: MAX_FILTER_PREFIXES as u64,
+                });
+            }
+        }
+        let bytes: usize = stream_prefixes
+            .iter()
+            .chain(type_prefixes)
+            .map(String::len)
+            .sum();
+        if bytes > MAX_FILTER_PREFIX_BYTES {
+            return Err(Error::LimitExceeded {
+                what: "filter prefix bytes",
+                actual: bytes as u64,
+                limit: MAX_FILTER_PREFIX_BYTES as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the filter's size limits (see [`ReadFilter::check_prefixes`];
+    /// the regexes were checked by [`ReadFilter::regex`]). Every read checks
+    /// its filter with this.
+    pub fn validate(&self) -> Result<()> {
+        Self::check_prefixes(&self.stream_prefixes, &self.type_prefixes)
     }
 
     /// Whether the filter constrains nothing.
@@ -343,7 +409,8 @@ impl ReadFilter {
             && self.type_regex.is_none()
     }
 
-    /// Whether an event of `stream` with `event_type` passes.
+    /// Whether an event of `stream` with `event_type` passes. Costs a pass
+    /// over every prefix: for many checks, use [`ReadFilter::matcher`].
     pub fn matches(&self, stream: &str, event_type: &str) -> bool {
         let prefixed = |prefixes: &[String], value: &str| {
             prefixes.is_empty()
@@ -362,6 +429,89 @@ impl ReadFilter {
                 .as_ref()
                 .is_none_or(|regex| regex.is_match(event_type))
     }
+
+    /// The filter prepared for many checks (see [`FilterMatcher`]).
+    pub fn matcher(&self) -> FilterMatcher {
+        FilterMatcher {
+            streams: PrefixSet::new(&self.stream_prefixes),
+            types: PrefixSet::new(&self.type_prefixes),
+            stream_regex: self.stream_regex.clone(),
+            type_regex: self.type_regex.clone(),
+        }
+    }
+}
+
+/// A [`ReadFilter`] prepared for checking many events: the same answers as
+/// [`ReadFilter::matches`], but a prefix list costs one binary search per
+/// check instead of a pass over every prefix.
+#[derive(Debug, Clone)]
+pub struct FilterMatcher {
+    streams: Option<PrefixSet>,
+    types: Option<PrefixSet>,
+    stream_regex: Option<regex::Regex>,
+    type_regex: Option<regex::Regex>,
+}
+
+impl FilterMatcher {
+    /// Whether an event of `stream` with `event_type` passes.
+    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
+        self.streams.as_ref().is_none_or(|set| set.matches(stream))
+            && self
+                .stream_regex
+                .as_ref()
+                .is_none_or(|regex| regex.is_match(stream))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|set| set.matches(event_type))
+            && self
+                .type_regex
+                .as_ref()
+                .is_none_or(|regex| regex.is_match(event_type))
+    }
+}
+
+/// Prefixes sorted and reduced to a prefix-free list (a prefix that starts
+/// with another one in the list adds nothing and is dropped).
+///
+/// Invariant: if some kept prefix `p` starts `value`, then `p` is the
+/// greatest kept prefix `<= value` (every string between `p` and `value`
+/// starts with `p`, and no other kept prefix does), so one binary search
+/// finds the only candidate.
+#[derive(Debug, Clone)]
+struct PrefixSet {
+    sorted: Vec<String>,
+}
+
+impl PrefixSet {
+    /// `None` for an empty list (no constraint).
+    fn new(prefixes: &[String]) -> Option<Self> {
+        if prefixes.is_empty() {
+            return None;
+        }
+        let mut all: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut sorted: Vec<String> = Vec::with_capacity(all.len());
+        for prefix in all {
+            // Sorted order: a kept prefix of `prefix`, if any, is the last kept.
+            if sorted
+                .last()
+                .is_some_and(|kept| prefix.starts_with(kept.as_str()))
+            {
+                continue;
+            }
+            sorted.push(prefix.to_owned());
+        }
+        Some(Self { sorted })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        let after = self
+            .sorted
+            .partition_point(|prefix| prefix.as_str() <= value);
+        after > 0 && value.starts_with(self.sorted[after - 1].as_str())
+    }
 }
 
 /// A read request.
@@ -375,6 +525,12 @@ pub struct ReadRequest {
     pub from: ReadFrom,
     /// At most this many events are returned (capped by the store's page limit).
     pub max_count: usize,
+    /// Byte budget of the page: it ends after the event whose size
+    /// ([`RecordedEvent::size`]) brings the page to this many bytes or more,
+    /// so it holds at least one event whatever its size, and `next` points at
+    /// the following one. `usize::MAX` (the constructors' default) sets no
+    /// byte bound.
+    pub max_bytes: usize,
     /// Server-side filter (any source; most useful on `$all`).
     pub filter: ReadFilter,
 }
@@ -387,6 +543,7 @@ impl ReadRequest {
             direction: Direction::Forwards,
             from: ReadFrom::Start,
             max_count,
+            max_bytes: usize::MAX,
             filter: ReadFilter::default(),
         }
     }
@@ -398,6 +555,7 @@ impl ReadRequest {
             direction: Direction::Backwards,
             from: ReadFrom::End,
             max_count,
+            max_bytes: usize::MAX,
             filter: ReadFilter::default(),
         }
     }
@@ -413,6 +571,13 @@ impl ReadRequest {
     #[must_use]
     pub fn filter(mut self, filter: ReadFilter) -> Self {
         self.filter = filter;
+        self
+    }
+
+    /// Sets the byte budget (see [`ReadRequest::max_bytes`]).
+    #[must_use]
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
         self
     }
 }
@@ -480,6 +645,10 @@ pub struct Limits {
     pub max_events_per_append: usize,
     /// Most events one read returns.
     pub max_read_page: usize,
+    /// Largest custom metadata (`StreamMetadata::custom`, JSON) of a stream,
+    /// bytes. Every stream's metadata is held in memory and returned by
+    /// listings, so it is kept small.
+    pub max_metadata_bytes: usize,
 }
 
 impl Default for Limits {
@@ -489,6 +658,7 @@ impl Default for Limits {
             max_append_bytes: 4 * 1024 * 1024,
             max_events_per_append: 10_000,
             max_read_page: 10_000,
+            max_metadata_bytes: 64 * 1024,
         }
     }
 }
@@ -536,6 +706,19 @@ pub fn validate_stored_stream_name(stream: &str) -> Result<()> {
 }
 
 impl Limits {
+    /// Checks stream metadata against `max_metadata_bytes`.
+    pub fn validate_metadata(&self, metadata: &StreamMetadata) -> Result<()> {
+        let size = metadata.custom.as_ref().map_or(0, String::len);
+        if size > self.max_metadata_bytes {
+            return Err(Error::LimitExceeded {
+                what: "custom stream metadata in bytes",
+                actual: size as u64,
+                limit: self.max_metadata_bytes as u64,
+            });
+        }
+        Ok(())
+    }
+
     /// Checks an append request against the limits and the naming rules.
     pub fn validate_append(&self, parts: &[StreamAppend]) -> Result<()> {
         if parts.is_empty() {
@@ -673,6 +856,95 @@ mod tests {
         assert!(ReadFilter::regex("(").is_err());
     }
 
+    proptest::proptest! {
+        /// The binary-search matcher answers exactly as the linear check,
+        /// for overlapping, duplicate and empty prefixes alike.
+        #[test]
+        fn matcher_agrees_with_matches(
+            stream_prefixes in proptest::collection::vec("[ab-]{0,3}", 0..6),
+            type_prefixes in proptest::collection::vec("[xy]{0,2}", 0..4),
+            streams in proptest::collection::vec("[ab-]{0,5}", 1..20),
+            event_type in "[xy]{0,3}",
+        ) {
+            let filter = ReadFilter {
+                stream_prefixes,
+                type_prefixes,
+                ..ReadFilter::default()
+            };
+            let matcher = filter.matcher();
+            for stream in &streams {
+                proptest::prop_assert_eq!(
+                    matcher.matches(stream, &event_type),
+                    filter.matches(stream, &event_type),
+                    "stream {:?} type {:?} filter {:?}", stream, event_type, filter
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn filter_limits() {
+        let many: Vec<String> = (0..=MAX_FILTER_PREFIXES)
+            .map(|n| format!("s-{n}"))
+            .collect();
+        let filter = ReadFilter {
+            stream_prefixes: many.clone(),
+            ..ReadFilter::default()
+        };
+        assert!(matches!(
+            filter.validate(),
+            Err(Error::LimitExceeded {
+                what: "stream prefixes in a filter",
+                ..
+            })
+        ));
+        let filter = ReadFilter {
+            type_prefixes: many[..MAX_FILTER_PREFIXES].to_vec(),
+            ..ReadFilter::default()
+        };
+        assert!(filter.validate().is_ok());
+        let long = vec!["x".repeat(MAX_FILTER_PREFIX_BYTES / 2 + 1); 2];
+        assert!(matches!(
+            ReadFilter::check_prefixes(&long, &[]),
+            Err(Error::LimitExceeded {
+                what: "filter prefix bytes",
+                ..
+            })
+        ));
+        assert!(matches!(
+            ReadFilter::regex(&"a".repeat(MAX_FILTER_REGEX_BYTES + 1)),
+            Err(Error::LimitExceeded { .. })
+        ));
+        assert!(ReadFilter::regex(&"a".repeat(MAX_FILTER_REGEX_BYTES)).is_ok());
+        // Short, but far too large once compiled.
+        assert!(matches!(
+            ReadFilter::regex("(\\w{100}){100}"),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_validation() {
+        let limits = Limits {
+            max_metadata_bytes: 10,
+            ..Limits::default()
+        };
+        let metadata = |custom: &str| StreamMetadata {
+            custom: Some(custom.to_owned()),
+            ..StreamMetadata::default()
+        };
+        assert!(limits.validate_metadata(&StreamMetadata::default()).is_ok());
+        assert!(limits.validate_metadata(&metadata("[1,2,3,4]")).is_ok());
+        assert!(matches!(
+            limits.validate_metadata(&metadata("[1,2,3,4,5]")),
+            Err(Error::LimitExceeded {
+                actual: 11,
+                limit: 10,
+                ..
+            })
+        ));
+    }
+
     fn event(size: usize) -> EventData {
         EventData::json("T", vec![b'x'; size])
     }
@@ -684,6 +956,7 @@ mod tests {
             max_append_bytes: 150,
             max_events_per_append: 3,
             max_read_page: 10,
+            max_metadata_bytes: 10,
         };
         let ok = StreamAppend::new("s-1", ExpectedRevision::Any, vec![event(10)]);
         assert!(limits.validate_append(std::slice::from_ref(&ok)).is_ok());

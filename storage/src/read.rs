@@ -7,15 +7,17 @@
 //! an event whose stream the catalog does not know yet.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use rocksdb::{DB, DBRawIteratorWithThreadMode, ReadOptions, SnapshotWithThreadMode};
+use rocksdb::{DB, DBRawIteratorWithThreadMode, IteratorMode, ReadOptions, SnapshotWithThreadMode};
 
 use crate::catalog::Catalog;
-use crate::codec::{self, StreamRecord, cf};
+use crate::codec::{self, RecordHeader, StreamRecord, cf};
 use crate::error::{Error, Result};
 use crate::model::{
-    Direction, ReadFilter, ReadFrom, ReadPage, ReadRequest, ReadSource, RecordedEvent,
+    Direction, FilterMatcher, ReadFrom, ReadPage, ReadRequest, ReadSource, RecordedEvent,
+    StreamInfo,
 };
 use crate::store::{Shared, Store};
 
@@ -23,12 +25,155 @@ use crate::store::{Shared, Store};
 /// filter returns (with `next` and `scanned_through`) instead of scanning forever.
 const SCAN_FACTOR: usize = 16;
 const MIN_SCAN: usize = 4096;
+/// Record bytes examined per call at most (matching or not), relative to the
+/// page's byte budget (`SCAN_FACTOR` times it, at least this): the same bound
+/// for large records, so a filter that matches none of 4096 records of 4 MiB
+/// does not read 16 GiB in one call. A page with no byte budget has no such
+/// bound either.
+const MIN_SCAN_BYTES: usize = 64 * 1024 * 1024;
+
+impl RecordedEvent {
+    /// Bytes this event counts against a read's byte budget
+    /// ([`ReadRequest::max_bytes`]): its variable-length fields (stream name,
+    /// type, content type, metadata, data).
+    pub fn size(&self) -> usize {
+        self.stream.len()
+            + self.event_type.len()
+            + self.content_type.len()
+            + self.metadata.len()
+            + self.data.len()
+    }
+}
+
+/// What the store's reads did since it was opened ([`Store::read_stats`]):
+/// how many calls and how much work, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReadStats {
+    /// Calls of [`Store::read`] started.
+    pub calls: u64,
+    /// Calls of [`Store::read`] running now.
+    pub in_flight: u64,
+    /// Log records examined, returned or not.
+    pub records_examined: u64,
+    /// Bytes of those records.
+    pub bytes_examined: u64,
+}
+
+/// The live counters behind [`ReadStats`], kept in the store's shared state.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounters {
+    calls: AtomicU64,
+    in_flight: AtomicU64,
+    records_examined: AtomicU64,
+    bytes_examined: AtomicU64,
+}
+
+/// Counts one running read; ends it (and adds its work) when dropped, also
+/// when the read fails.
+struct ReadGuard<'a> {
+    counters: &'a ReadCounters,
+    records: u64,
+    bytes: u64,
+}
+
+impl<'a> ReadGuard<'a> {
+    fn start(counters: &'a ReadCounters) -> Self {
+        counters.calls.fetch_add(1, Ordering::Relaxed);
+        counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self {
+            counters,
+            records: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let counters = self.counters;
+        counters
+            .records_examined
+            .fetch_add(self.records, Ordering::Relaxed);
+        counters
+            .bytes_examined
+            .fetch_add(self.bytes, Ordering::Relaxed);
+        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One page's byte accounting: what it holds against `ReadRequest::max_bytes`
+/// and what it examined against the scan bound.
+struct Budget {
+    /// Bytes of the events in the page ([`RecordedEvent::size`]).
+    bytes: usize,
+    max_bytes: usize,
+    /// Record bytes examined, kept or not.
+    examined: usize,
+    max_examined: usize,
+    /// Records examined.
+    records: u64,
+}
+
+impl Budget {
+    fn new(max_bytes: usize) -> Self {
+        // At least one byte, so that a page always takes its first event.
+        let max_bytes = max_bytes.max(1);
+        Self {
+            bytes: 0,
+            max_bytes,
+            examined: 0,
+            max_examined: max_bytes.saturating_mul(SCAN_FACTOR).max(MIN_SCAN_BYTES),
+            records: 0,
+        }
+    }
+
+    /// The page holds its byte budget: it ends after the event that got there.
+    fn full(&self) -> bool {
+        self.bytes >= self.max_bytes
+    }
+
+    /// The call examined as much as one call may. Never true before the
+    /// first record, so every call makes progress.
+    fn scanned_enough(&self) -> bool {
+        self.examined >= self.max_examined
+    }
+
+    /// Either bound says: take no further record into this page.
+    fn exhausted(&self) -> bool {
+        self.full() || self.scanned_enough()
+    }
+}
+
+/// One page of [`Store::list_streams_page`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamListPage {
+    /// The streams, in name order.
+    pub streams: Vec<StreamInfo>,
+    /// Whether more streams with the prefix follow the last one: continue
+    /// with `after` set to its name.
+    pub more: bool,
+}
+
+/// Bytes a stream counts against a listing's byte budget: its name and its
+/// custom metadata (the variable-length parts of its info).
+fn listed_size(info: &StreamInfo) -> usize {
+    info.name.len() + info.metadata.custom.as_ref().map_or(0, String::len)
+}
 
 impl Store {
     /// Reads one page. See [`ReadRequest`] and [`ReadPage`]; continue with
     /// `ReadFrom::At(page.next)` until `next` is `None`.
+    ///
+    /// One call is bounded: at most `max_count` events (capped by the page
+    /// limit) and `max_bytes` bytes (plus the event that reaches it), and it
+    /// examines at most a fixed multiple of either before it returns with
+    /// `next`. A filter beyond the filter limits is refused with
+    /// `LimitExceeded`.
     pub fn read(&self, request: &ReadRequest) -> Result<ReadPage> {
+        request.filter.validate()?;
         let shared = self.shared();
+        let mut guard = ReadGuard::start(&shared.reads);
         let max = request.max_count.min(shared.limits.max_read_page);
         let head = shared.live.head();
         let snapshot = shared.db.snapshot();
@@ -37,21 +182,79 @@ impl Store {
             snapshot: &snapshot,
             head,
             now: SystemTime::now(),
+            matcher: request.filter.matcher(),
         };
-        match &request.source {
-            ReadSource::Stream(stream) => reader.stream(stream, request, max),
-            ReadSource::All => reader.positions(None, request, max),
+        let mut budget = Budget::new(request.max_bytes);
+        let page = match &request.source {
+            ReadSource::Stream(stream) => reader.stream(stream, request, max, &mut budget),
+            ReadSource::All => reader.positions(None, request, max, &mut budget),
             ReadSource::Category(category) => reader.positions(
                 Some((cf::CATEGORY_INDEX, codec::name_index_prefix(category))),
                 request,
                 max,
+                &mut budget,
             ),
             ReadSource::EventType(event_type) => reader.positions(
                 Some((cf::TYPE_INDEX, codec::name_index_prefix(event_type))),
                 request,
                 max,
+                &mut budget,
             ),
+        };
+        guard.records = budget.records;
+        guard.bytes = budget.examined as u64;
+        page
+    }
+
+    /// What the store's reads did since it was opened.
+    pub fn read_stats(&self) -> ReadStats {
+        let counters = &self.shared().reads;
+        ReadStats {
+            calls: counters.calls.load(Ordering::Relaxed),
+            in_flight: counters.in_flight.load(Ordering::Relaxed),
+            records_examined: counters.records_examined.load(Ordering::Relaxed),
+            bytes_examined: counters.bytes_examined.load(Ordering::Relaxed),
         }
+    }
+
+    /// Streams whose name starts with `prefix`, in name order, starting after
+    /// `after` (exclusive) when given: at most `limit`, and none after the
+    /// stream that brings the page to `max_bytes` (its name plus custom
+    /// metadata; a page holds at least one stream whatever its size).
+    /// `usize::MAX` sets no byte bound.
+    pub fn list_streams_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<StreamListPage> {
+        let shared = self.shared();
+        let mut start = prefix.as_bytes().to_vec();
+        if let Some(after) = after
+            && after.as_bytes() >= start.as_slice()
+        {
+            start = after.as_bytes().to_vec();
+            start.push(0);
+        }
+        let mut page = StreamListPage::default();
+        let mut bytes = 0usize;
+        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+        for item in shared.db.iterator_cf(shared.cf(cf::STREAMS), mode) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if page.streams.len() >= limit || bytes >= max_bytes.max(1) {
+                page.more = true;
+                break;
+            }
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let info = StreamRecord::decode(&name, &value)?.info(&name);
+            bytes += listed_size(&info);
+            page.streams.push(info);
+        }
+        Ok(page)
     }
 }
 
@@ -61,6 +264,8 @@ struct Reader<'a> {
     /// Published head at the start of the read: the exclusive upper bound.
     head: u64,
     now: SystemTime,
+    /// The request's filter, prepared once for the page.
+    matcher: FilterMatcher,
 }
 
 impl Reader<'_> {
@@ -71,7 +276,13 @@ impl Reader<'_> {
             .raw_iterator_cf_opt(self.shared.cf(column_family), options)
     }
 
-    fn stream(&self, stream: &str, request: &ReadRequest, max: usize) -> Result<ReadPage> {
+    fn stream(
+        &self,
+        stream: &str,
+        request: &ReadRequest,
+        max: usize,
+        budget: &mut Budget,
+    ) -> Result<ReadPage> {
         let record = self.shared.catalog.get(stream);
         let record = match record {
             None => {
@@ -115,6 +326,7 @@ impl Reader<'_> {
         } else {
             iterator.seek_for_prev(seek_key);
         }
+        let mut revisions = Vec::with_capacity(max.min(1024));
         let mut positions = Vec::with_capacity(max.min(1024));
         let mut next = None;
         while iterator.valid() {
@@ -138,6 +350,7 @@ impl Reader<'_> {
                     reason: "value is not an 8-byte position".into(),
                 });
             }
+            revisions.push(revision);
             positions.push(codec::read_u64(value));
             if forwards {
                 iterator.next();
@@ -146,32 +359,46 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        for event in self.fetch(&positions, forwards)? {
-            if record.is_visible(event.revision, event.created, self.now)
-                && request.filter.matches(&event.stream, &event.event_type)
-            {
-                page.events.push(event);
-            }
-        }
-        page.next = next;
+        let keep = |header: &RecordHeader<'_>| {
+            record.is_visible(header.revision, header.created, self.now)
+                && self.matcher.matches(header.stream, header.event_type)
+        };
+        let consumed = self.fetch(&positions, forwards, budget, keep, &mut page.events)?;
+        page.next = revisions.get(consumed).copied().or(next);
         Ok(page)
     }
 
-    /// Loads and decodes the records at `positions`, in the given order. A position
-    /// whose record is gone (scavenged after the index was read) is skipped.
+    /// Loads the records at `positions`, in the given order, and appends to
+    /// `events` those `keep` accepts, until the page's byte budget is full or
+    /// the call examined what it may. Returns how many positions it consumed:
+    /// the page continues at the first one not consumed. A position whose
+    /// record is gone (scavenged after the index was read) is consumed and
+    /// skipped.
     ///
     /// One log iterator serves the whole list: it seeks only when the next
     /// position is not the entry it already stands on, so runs of adjacent
     /// positions (a stream written in batches) cost a step each, not a lookup.
     /// Positions are monotonic in the direction of the read (index order).
-    fn fetch(&self, positions: &[u64], forwards: bool) -> Result<Vec<RecordedEvent>> {
-        let mut events = Vec::with_capacity(positions.len());
+    /// Records `keep` refuses are checked and parsed but never copied.
+    fn fetch(
+        &self,
+        positions: &[u64],
+        forwards: bool,
+        budget: &mut Budget,
+        mut keep: impl FnMut(&RecordHeader<'_>) -> bool,
+        events: &mut Vec<RecordedEvent>,
+    ) -> Result<usize> {
         let Some(&first) = positions.first() else {
-            return Ok(events);
+            return Ok(0);
         };
         let mut iterator = self.iterator(cf::LOG);
         iterator.seek(codec::log_key(first));
+        let mut consumed = 0;
         for &position in positions {
+            if budget.exhausted() {
+                break;
+            }
+            consumed += 1;
             let key = codec::log_key(position);
             if iterator.key() != Some(&key[..]) {
                 iterator.seek(key);
@@ -181,8 +408,14 @@ impl Reader<'_> {
                 }
             }
             let value = iterator.value().unwrap_or_default();
+            budget.examined += value.len();
+            budget.records += 1;
             let header = codec::decode_header(position, value)?;
-            events.push(header.to_event(position, value));
+            if keep(&header) {
+                let event = header.to_event(position, value);
+                budget.bytes += event.size();
+                events.push(event);
+            }
             if forwards {
                 iterator.next();
             } else {
@@ -190,7 +423,7 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        Ok(events)
+        Ok(consumed)
     }
 
     /// `$all` (no index) or a category / event type (an index of positions).
@@ -199,6 +432,7 @@ impl Reader<'_> {
         index: Option<(&'static str, Vec<u8>)>,
         request: &ReadRequest,
         max: usize,
+        budget: &mut Budget,
     ) -> Result<ReadPage> {
         let mut page = ReadPage::default();
         if max == 0 || self.head == 0 {
@@ -240,9 +474,9 @@ impl Reader<'_> {
             catalog: &self.shared.catalog,
             seen: HashMap::new(),
             now: self.now,
-            filter: &request.filter,
+            matcher: &self.matcher,
         };
-        while iterator.valid() && page.events.len() < max {
+        while iterator.valid() && page.events.len() < max && !budget.full() {
             let Some(key) = iterator.key() else { break };
             let position = match prefix {
                 Some(prefix) => {
@@ -256,15 +490,17 @@ impl Reader<'_> {
             if position > last {
                 break;
             }
-            if scanned == scan_limit {
+            if scanned == scan_limit || budget.scanned_enough() {
                 page.next = Some(position);
                 break;
             }
             scanned += 1;
-            page.scanned_through = Some(position);
             match prefix {
                 None => {
                     let value = iterator.value().unwrap_or_default();
+                    budget.examined += value.len();
+                    budget.records += 1;
+                    page.scanned_through = Some(position);
                     // One crc and one parse per record: the header decides
                     // visibility, then the same parse builds the event.
                     let header = codec::decode_header(position, value)?;
@@ -274,13 +510,24 @@ impl Reader<'_> {
                         header.created,
                         header.event_type,
                     ) {
-                        page.events.push(header.to_event(position, value));
+                        let event = header.to_event(position, value);
+                        budget.bytes += event.size();
+                        page.events.push(event);
                     }
                 }
                 Some(_) => {
                     pending.push(position);
-                    if pending.len() >= max - page.events.len() {
-                        self.take_visible(&mut pending, forwards, &mut visible, &mut page)?;
+                    if pending.len() >= max - page.events.len()
+                        && let Some(rest) = self.take_visible(
+                            &mut pending,
+                            forwards,
+                            budget,
+                            &mut visible,
+                            &mut page,
+                        )?
+                    {
+                        page.next = Some(rest);
+                        break;
                     }
                 }
             }
@@ -291,8 +538,15 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        self.take_visible(&mut pending, forwards, &mut visible, &mut page)?;
-        if page.next.is_none() && page.events.len() == max && iterator.valid() {
+        if let Some(rest) =
+            self.take_visible(&mut pending, forwards, budget, &mut visible, &mut page)?
+        {
+            // Stopped inside the pending positions: they come before anything
+            // the loop stopped at.
+            page.next = Some(rest);
+        }
+        let full = page.events.len() == max || budget.full();
+        if page.next.is_none() && full && iterator.valid() {
             // The page is full: the next page starts at the following entry, if any.
             if let Some(key) = iterator.key() {
                 let position = match prefix {
@@ -308,25 +562,32 @@ impl Reader<'_> {
         Ok(page)
     }
 
+    /// Fetches the pending index positions into the page (see `fetch`) and
+    /// clears them. Returns the first position not consumed when the page's
+    /// budget stopped it early; `scanned_through` then ends before it.
     fn take_visible(
         &self,
         pending: &mut Vec<u64>,
         forwards: bool,
+        budget: &mut Budget,
         visible: &mut Visibility<'_>,
         page: &mut ReadPage,
-    ) -> Result<()> {
-        for event in self.fetch(pending, forwards)? {
-            if visible.check(
-                &event.stream,
-                event.revision,
-                event.created,
-                &event.event_type,
-            ) {
-                page.events.push(event);
-            }
+    ) -> Result<Option<u64>> {
+        let keep = |header: &RecordHeader<'_>| {
+            visible.check(
+                header.stream,
+                header.revision,
+                header.created,
+                header.event_type,
+            )
+        };
+        let consumed = self.fetch(pending, forwards, budget, keep, &mut page.events)?;
+        if consumed > 0 {
+            page.scanned_through = Some(pending[consumed - 1]);
         }
+        let rest = pending.get(consumed).copied();
         pending.clear();
-        Ok(())
+        Ok(rest)
     }
 }
 
@@ -337,7 +598,7 @@ struct Visibility<'a> {
     catalog: &'a Catalog,
     seen: HashMap<String, Option<StreamRecord>>,
     now: SystemTime,
-    filter: &'a ReadFilter,
+    matcher: &'a FilterMatcher,
 }
 
 impl Visibility<'_> {
@@ -348,7 +609,7 @@ impl Visibility<'_> {
         created: SystemTime,
         event_type: &str,
     ) -> bool {
-        if !self.filter.matches(stream, event_type) {
+        if !self.matcher.matches(stream, event_type) {
             return false;
         }
         let visible = |record: Option<&StreamRecord>| {

@@ -21,7 +21,9 @@ use rocksdb::{
 };
 
 use crate::catalog::Catalog;
-use crate::codec::{self, FORMAT_VERSION, SegmentCounter, StreamRecord, cf, meta_key};
+use crate::codec::{
+    self, FORMAT_VERSION, OLDEST_MIGRATED_FORMAT, SegmentCounter, StreamRecord, cf, meta_key,
+};
 use crate::committer::{AppendReply, Command, Committer, GroupLimits};
 use crate::error::{Error, Result};
 use crate::live::{Live, RingLimits};
@@ -154,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) events_removed: Mutex<u64>,
     /// Serialises scavenges.
     pub(crate) scavenge_lock: Mutex<()>,
+    /// What reads did (`Store::read_stats`).
+    pub(crate) reads: crate::read::ReadCounters,
 }
 
 impl Shared {
@@ -323,8 +327,12 @@ fn column_family_options(name: &str, cache: &Cache) -> Options {
 impl Store {
     /// Opens (or creates) the store in `path`.
     ///
-    /// Refuses a database of another format version with
-    /// [`Error::UnsupportedFormat`].
+    /// Migrates a database of an older format version it knows (see
+    /// [`FORMAT_VERSION`]) and refuses any other version with
+    /// [`Error::UnsupportedFormat`]. Refuses a damaged write-ahead log with
+    /// [`Error::Damaged`] (only a torn tail, which was never acknowledged, is
+    /// dropped; `FORMAT.md`, "Recovery"), and a directory another process holds
+    /// with [`Error::InUse`].
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let existed = path.join("CURRENT").exists();
@@ -341,7 +349,15 @@ impl Store {
         match db.get_cf(meta, meta_key::FORMAT_VERSION)? {
             Some(value) if value.len() == 4 => {
                 let found = u32::from_be_bytes([value[0], value[1], value[2], value[3]]);
-                if found != FORMAT_VERSION {
+                if (OLDEST_MIGRATED_FORMAT..FORMAT_VERSION).contains(&found) {
+                    migrate(&db, meta, found)?;
+                    tracing::info!(
+                        path = %path.display(),
+                        from = found,
+                        to = FORMAT_VERSION,
+                        "migrated the data directory's format"
+                    );
+                } else if found != FORMAT_VERSION {
                     return Err(Error::UnsupportedFormat {
                         path,
                         found,
@@ -421,6 +437,7 @@ impl Store {
             limits: options.limits,
             events_removed: Mutex::new(events_removed),
             scavenge_lock: Mutex::new(()),
+            reads: crate::read::ReadCounters::default(),
         });
         let poison = Arc::new(Mutex::new(None));
         let queue_capacity = options.queue_capacity.max(1);
@@ -578,7 +595,9 @@ impl Store {
         metadata: StreamMetadata,
     ) -> Ticket<u64> {
         let stream = stream.into();
-        if let Err(error) = validate_stored_stream_name(&stream) {
+        if let Err(error) = validate_stored_stream_name(&stream)
+            .and_then(|()| self.inner.shared.limits.validate_metadata(&metadata))
+        {
             return Ticket::ready(Err(error));
         }
         self.submit(|reply| Command::set_metadata(stream, expected, metadata, reply))
@@ -602,28 +621,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StreamInfo>> {
-        let shared = &self.inner.shared;
-        let mut start = prefix.as_bytes().to_vec();
-        if let Some(after) = after
-            && after.as_bytes() >= start.as_slice()
-        {
-            start = after.as_bytes().to_vec();
-            start.push(0);
-        }
-        let mut streams = Vec::new();
-        let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
-        for item in shared.db.iterator_cf(shared.cf(cf::STREAMS), mode) {
-            if streams.len() >= limit {
-                break;
-            }
-            let (key, value) = item?;
-            if !key.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            let name = String::from_utf8_lossy(&key).into_owned();
-            streams.push(StreamRecord::decode(&name, &value)?.info(&name));
-        }
-        Ok(streams)
+        Ok(self
+            .list_streams_page(prefix, after, limit, usize::MAX)?
+            .streams)
     }
 
     /// Head and counts.
@@ -684,6 +684,26 @@ impl Store {
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
+}
+
+/// Migrates a database of format `from` to [`FORMAT_VERSION`].
+///
+/// 1 -> 2 rewrites nothing: format 2 reads a 24-byte `event_ids` value as an
+/// entry without an append stamp (`codec::EventIdEntry`), so storing the new
+/// version is the whole migration, and a build that reads only format 1 then
+/// refuses the directory instead of misreading the 36-byte entries written
+/// from now on.
+fn migrate(db: &DB, meta: &ColumnFamily, from: u32) -> Result<()> {
+    debug_assert!(from >= OLDEST_MIGRATED_FORMAT && from < FORMAT_VERSION);
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(true);
+    db.put_cf_opt(
+        meta,
+        meta_key::FORMAT_VERSION,
+        FORMAT_VERSION.to_be_bytes(),
+        &write,
+    )?;
+    Ok(())
 }
 
 fn has_any_key(db: &DB) -> Result<bool> {

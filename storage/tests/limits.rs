@@ -28,6 +28,7 @@ impl Fixture {
                 max_append_bytes: 4 * MAX_EVENT_BYTES,
                 max_events_per_append: MAX_EVENTS_PER_APPEND,
                 max_read_page: 100,
+                ..Limits::default()
             },
             ..StoreOptions::default()
         };

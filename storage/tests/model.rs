@@ -92,13 +92,22 @@ impl StreamModel {
     }
 }
 
-/// Where an event id was written, and with which expectation.
+/// Where an event id was written, by which request, with which expectation
+/// and content.
 #[derive(Debug, Clone)]
 struct IdEntry {
     stream: String,
     revision: u64,
     position: u64,
     expected: ExpectedRevision,
+    /// The position of the writing request's first event.
+    request_first: u64,
+    /// The event's index among the request's events (all parts, in order).
+    index: usize,
+    /// The request's events.
+    count: usize,
+    /// What an exact retry must resend.
+    event: EventData,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +167,28 @@ impl Model {
             .count() as u64
     }
 
+    /// Whether the request retries one earlier append request exactly: every
+    /// id written by it, all of its events and no others, in the same streams
+    /// and order, with the same content (FORMAT.md, "Idempotent retries").
+    fn exact_retry(&self, parts: &[StreamAppend]) -> bool {
+        let events: Vec<(&StreamAppend, &EventData)> = parts
+            .iter()
+            .flat_map(|part| part.events.iter().map(move |event| (part, event)))
+            .collect();
+        let Some(first) = events.first().and_then(|(_, event)| self.ids.get(&event.id)) else {
+            return false;
+        };
+        events.iter().enumerate().all(|(index, (part, event))| {
+            self.ids.get(&event.id).is_some_and(|entry| {
+                entry.request_first == first.request_first
+                    && entry.index == index
+                    && entry.count == events.len()
+                    && entry.stream == part.stream
+                    && entry.event == **event
+            })
+        })
+    }
+
     /// Whether `part` retries an earlier append: `Ok(Some)` with the original
     /// result, `Ok(None)` when none of its ids are known.
     ///
@@ -167,6 +198,7 @@ impl Model {
     fn replay(
         &self,
         part: &StreamAppend,
+        exact: bool,
         current: CurrentRevision,
     ) -> Result<Option<AppendResult>, Error> {
         let entries: Vec<Option<&IdEntry>> = part
@@ -177,15 +209,7 @@ impl Model {
         if entries.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let first = entries[0];
-        let exact = first.is_some_and(|first| {
-            entries.iter().enumerate().all(|(index, entry)| {
-                entry.is_some_and(|entry| {
-                    entry.stream == part.stream && entry.revision == first.revision + index as u64
-                })
-            })
-        });
-        let (Some(first), Some(Some(last)), true) = (first, entries.last(), exact) else {
+        let (Some(first), Some(Some(last)), true) = (entries[0], entries.last(), exact) else {
             // Not an exact retry: the first known id is reported.
             let known = entries
                 .iter()
@@ -227,6 +251,7 @@ impl Model {
     }
 
     fn append(&mut self, parts: &[StreamAppend]) -> Result<Vec<AppendResult>, Error> {
+        let exact = self.exact_retry(parts);
         let mut replays = Vec::new();
         for part in parts {
             let record = self.streams.get(&part.stream);
@@ -236,7 +261,7 @@ impl Model {
                 });
             }
             let current = self.current(&part.stream);
-            let replay = self.replay(part, current)?;
+            let replay = self.replay(part, exact, current)?;
             if replay.is_none() && !holds(part.expected, current) {
                 return Err(Error::WrongExpectedRevision {
                     stream: part.stream.clone(),
@@ -246,6 +271,9 @@ impl Model {
             }
             replays.push(replay);
         }
+        let request_first = self.events.len() as u64;
+        let count = parts.iter().map(|part| part.events.len()).sum();
+        let mut index = 0;
         let mut results = Vec::new();
         for (part, replay) in parts.iter().zip(replays) {
             if let Some(replay) = replay {
@@ -288,8 +316,13 @@ impl Model {
                         revision,
                         position,
                         expected: part.expected,
+                        request_first,
+                        index,
+                        count,
+                        event: event.clone(),
                     },
                 );
+                index += 1;
                 record.next_revision += 1;
             }
             results.push(AppendResult {
@@ -466,6 +499,15 @@ enum Op {
     Retry {
         which: Index,
     },
+    /// Resends an earlier append request with one event's data changed.
+    RetryChanged {
+        which: Index,
+        event: Index,
+    },
+    /// Resends an earlier append request without its last event.
+    RetrySubset {
+        which: Index,
+    },
     /// Sends the events of an earlier append's first part to another stream.
     RetryElsewhere {
         which: Index,
@@ -526,6 +568,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
                 parts: streams.into_iter().zip(specs).map(|(stream, (expect, events))| (stream, expect, events)).collect(),
             }),
         4 => any::<Index>().prop_map(|which| Op::Retry { which }),
+        1 => (any::<Index>(), any::<Index>()).prop_map(|(which, event)| Op::RetryChanged { which, event }),
+        1 => any::<Index>().prop_map(|which| Op::RetrySubset { which }),
         1 => (any::<Index>(), 1..STREAMS.len(), expect_strategy())
             .prop_map(|(which, shift, expect)| Op::RetryElsewhere { which, shift, expect }),
         4 => (stream.clone(), expect_strategy()).prop_map(|(stream, expect)| Op::Delete { stream, expect }),
@@ -724,6 +768,42 @@ impl Runner {
                 let request = self.sent[which.index(self.sent.len())].clone();
                 self.send(request);
             }
+            Op::RetryChanged { which, event } => {
+                if self.sent.is_empty() {
+                    return;
+                }
+                let mut request = self.sent[which.index(self.sent.len())].clone();
+                let mut events: Vec<&mut EventData> = request
+                    .parts
+                    .iter_mut()
+                    .flat_map(|part| part.events.iter_mut())
+                    .collect();
+                if events.is_empty() {
+                    return;
+                }
+                let len = events.len();
+                let changed = &mut events[event.index(len)];
+                let mut data = changed.data.to_vec();
+                data.push(b' ');
+                changed.data = Bytes::from(data);
+                self.send(request);
+            }
+            Op::RetrySubset { which } => {
+                if self.sent.is_empty() {
+                    return;
+                }
+                let mut request = self.sent[which.index(self.sent.len())].clone();
+                let Some(part) = request
+                    .parts
+                    .iter_mut()
+                    .rev()
+                    .find(|part| !part.events.is_empty())
+                else {
+                    return;
+                };
+                part.events.pop();
+                self.send(request);
+            }
             Op::RetryElsewhere {
                 which,
                 shift,
@@ -810,6 +890,7 @@ fn request(
         direction,
         from,
         max_count,
+        max_bytes: usize::MAX,
         filter: ReadFilter::default(),
     }
 }

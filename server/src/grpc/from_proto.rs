@@ -136,14 +136,18 @@ pub fn read(request: pb::ReadRequest) -> Result<(ReadRequest, u64), Status> {
             direction,
             from,
             max_count: 0,
+            max_bytes: usize::MAX,
             filter,
         },
         max_count,
     ))
 }
 
-/// A server-side filter.
+/// A server-side filter, within the filter limits (prefix count and bytes,
+/// regex length: RESOURCE_EXHAUSTED `LIMIT_EXCEEDED` beyond them).
 pub fn filter(filter: pb::ReadFilter) -> Result<ReadFilter, Status> {
+    ReadFilter::check_prefixes(&filter.stream_prefixes, &filter.type_prefixes)
+        .map_err(store_status)?;
     let regex = |pattern: String| -> Result<Option<regex::Regex>, Status> {
         if pattern.is_empty() {
             Ok(None)
@@ -208,6 +212,14 @@ pub fn group_definition(
         }
     };
     let filter = request.filter.unwrap_or_default();
+    // The same limits as a read's filter, checked before the group is stored.
+    ReadFilter::check_prefixes(&filter.stream_prefixes, &filter.type_prefixes)
+        .map_err(store_status)?;
+    for pattern in [&filter.stream_regex, &filter.type_regex] {
+        if !pattern.is_empty() {
+            ReadFilter::regex(pattern).map_err(store_status)?;
+        }
+    }
     Ok(GroupDefinition {
         group: request.group,
         stream: request.stream,

@@ -196,9 +196,15 @@ pub async fn serve(
             transport_status::<tonic::body::Body>,
         ))
         // Pings find dead peers (no answer within the timeout closes the
-        // connection) and keep live idle clients above the idle timeout.
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // connection), and their answers are traffic: a live client with a
+        // quiet subscription never reaches the idle timeout, because pings
+        // come at least four times per idle timeout.
+        .http2_keepalive_interval(Some(
+            KEEPALIVE_INTERVAL.min(options.connections.idle_timeout / 4),
+        ))
+        .http2_keepalive_timeout(Some(
+            KEEPALIVE_TIMEOUT.min(options.connections.idle_timeout / 4),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

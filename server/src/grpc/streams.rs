@@ -4,15 +4,18 @@
 //! with `to_proto`. Each call runs in a span carrying the stream and the outcome.
 
 use std::pin::Pin;
+use std::time::Duration;
 
 use cairn_engine::Escaped;
-use cairn_engine::{Engine, Error};
+use cairn_engine::{BytePermit, Engine, Error};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::streams_server::Streams;
 use cairn_storage::{ReadFrom, ReadRequest, Store, StreamAppend};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -32,10 +35,17 @@ const READ_CHUNK_EVENTS: usize = 256;
 /// The first chunk is smaller: nothing overlaps with it (it is read before the
 /// call is answered), so it should arrive quickly and start the pipeline.
 const READ_FIRST_CHUNK_EVENTS: usize = 64;
+/// Byte budget of one chunk (`ReadRequest::max_bytes`). 256 events of up to
+/// 4 KiB fill a chunk; larger events make chunks of fewer events, so that a
+/// read holds a few MiB at most, whatever its events (see `read`).
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long a read task tries to hand its closing status to a slow client.
 const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default and largest page of `ListStreams`.
 const LIST_DEFAULT: usize = 100;
+/// Byte budget of one `ListStreams` page (stream names and custom metadata):
+/// the page ends after the stream that reaches it.
+const LIST_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Shared by every call of the service.
 #[derive(Clone)]
@@ -75,6 +85,83 @@ impl StreamsService {
         let task = self.engine.blocking(work);
         async move { task.await.map_err(|error| to_status(&error)) }
     }
+
+    /// Starts reading one chunk at once, on a tracked task: it reserves
+    /// `reservation` bytes of the server's buffer budget (waiting while it is
+    /// spent), reads on the blocking pool, and keeps the chunk's actual size
+    /// reserved. Dropping the handle before it is done cancels what has not
+    /// started (a storage call already running is bounded and finishes).
+    fn start_chunk(&self, read: ReadRequest, reservation: usize) -> ChunkTask {
+        let engine = self.engine.clone();
+        let mut shutdown = self.shutdown.clone();
+        let task = self.engine.tasks().spawn(async move {
+            let budget = engine.buffer_budget().clone();
+            let budgets = [&budget];
+            let mut bytes = tokio::select! {
+                bytes = BytePermit::reserve(&budgets, reservation) => bytes,
+                _ = shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
+            };
+            let mut chunk = engine
+                .blocking(move |store| read_chunk(store, &read))
+                .await
+                .map_err(|error| to_status(&error))?;
+            let held = chunk.responses.iter().map(|(_, held)| held).sum();
+            tokio::select! {
+                () = bytes.resize(&budgets, held) => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
+            }
+            chunk.bytes = bytes;
+            Ok(chunk)
+        });
+        ChunkTask(task)
+    }
+}
+
+/// A chunk being read (`StreamsService::start_chunk`); aborted when dropped.
+struct ChunkTask(JoinHandle<Result<Chunk, Status>>);
+
+impl ChunkTask {
+    async fn join(mut self) -> Result<Chunk, Status> {
+        match (&mut self.0).await {
+            Ok(chunk) => chunk,
+            Err(error) => Err(to_status(&Error::Internal(format!(
+                "read task failed: {error}"
+            )))),
+        }
+    }
+}
+
+impl Drop for ChunkTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What a read's channel carries: a response and the bytes of the server's
+/// budget it holds until tonic takes it from the stream.
+type Sent = (Result<pb::ReadResponse, Status>, BytePermit);
+
+/// When the call's `grpc-timeout` runs out, if the client set one (gRPC over
+/// HTTP/2: 1 to 8 digits and a unit, `H` `M` `S` `m` `u` `n`). tonic enforces
+/// it only until the response starts; the read task enforces it for the rest.
+fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let digits = value.get(..value.len().checked_sub(1)?)?;
+    let unit = value.get(digits.len()..)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
 }
 
 /// UNAVAILABLE because the server is shutting down.
@@ -164,75 +251,58 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
+        let deadline = deadline_of(request.metadata());
         let request = request.into_inner();
         let span = tracing::info_span!("read", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         // The span is entered only around synchronous work and attached to the
         // futures with `instrument`: a guard held across an `.await` would leak
         // into whatever else the worker thread polls meanwhile.
-        let (read, max_total) = span.in_scope(|| outcome(from_proto::read(request)))?;
-        let page_limit = self
-            .engine
-            .store()
-            .limits()
-            .max_read_page
-            .min(READ_CHUNK_EVENTS);
+        let (mut read, max_total) = span.in_scope(|| outcome(from_proto::read(request)))?;
+        read.max_bytes = READ_CHUNK_BYTES;
+        let limits = self.engine.store().limits();
+        let page_limit = limits.max_read_page.min(READ_CHUNK_EVENTS);
+        // A chunk ends after the event that reaches its byte budget, so it
+        // holds at most the budget plus one event: that much is reserved
+        // before the read and trimmed to the chunk's size after it. A read
+        // whose client stopped reading holds at most the chunk being sent
+        // (partly in the channel) and the one read ahead.
+        let reservation = READ_CHUNK_BYTES + limits.max_event_bytes;
         // The first chunk is read before answering so that NOT_FOUND and similar
         // errors arrive as the call's status, not inside the stream.
         let first = {
             let read = with_count(&read, max_total, page_limit.min(READ_FIRST_CHUNK_EVENTS));
-            let chunk = self.start_blocking(move |store| read_chunk(store, &read));
-            async { outcome(chunk.await) }
+            let chunk = self.start_chunk(read, reservation);
+            async { outcome(chunk.join().await) }
                 .instrument(span.clone())
                 .await?
         };
-        let (sender, receiver) = mpsc::channel(2);
+        let (sender, receiver) = mpsc::channel::<Sent>(2);
         let service = self.clone();
         let read_span = span.clone();
         self.engine.tasks().spawn(
             async move {
-                let mut read = read;
-                let mut chunk = first;
-                let mut shutdown = service.shutdown.clone();
-                let mut sent: u64 = 0;
-                loop {
-                    sent += chunk.events;
-                    // Start reading the next chunk now; at most one chunk is read
-                    // ahead of the one being sent.
-                    let ahead = chunk.next.filter(|_| sent < max_total).map(|next| {
-                        read.from = ReadFrom::At(next);
-                        let request = with_count(&read, max_total - sent, page_limit);
-                        service.start_blocking(move |store| read_chunk(store, &request))
-                    });
-                    if !send_chunk(&sender, &mut shutdown, chunk.responses).await {
-                        tracing::debug!("reader went away");
-                        return;
-                    }
-                    let Some(ahead) = ahead else {
-                        return;
-                    };
-                    if *service.shutdown.borrow() {
-                        let _ = tokio::time::timeout(
-                            FINAL_STATUS_WAIT,
-                            sender.send(Err(shutting_down())),
-                        )
-                        .await;
-                        return;
-                    }
-                    chunk = match ahead.await {
-                        Ok(chunk) => chunk,
-                        Err(status) => {
-                            let _ =
-                                tokio::time::timeout(FINAL_STATUS_WAIT, sender.send(Err(status)))
-                                    .await;
-                            return;
+                let pipeline =
+                    service.pipeline(read, max_total, page_limit, reservation, first, &sender);
+                match deadline {
+                    None => pipeline.await,
+                    Some(deadline) => {
+                        if tokio::time::timeout_at(deadline, pipeline).await.is_err() {
+                            tracing::debug!("deadline passed");
+                            let status = Status::deadline_exceeded("the call's deadline passed");
+                            let _ = tokio::time::timeout(
+                                FINAL_STATUS_WAIT,
+                                sender.send((Err(status), BytePermit::default())),
+                            )
+                            .await;
                         }
-                    };
+                    }
                 }
             }
             .instrument(read_span),
         );
         span.record("outcome", "ok");
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let responses = ReceiverStream::new(receiver).map(|(response, _bytes)| response);
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn delete(
@@ -307,22 +377,18 @@ impl Streams for StreamsService {
             };
             let prefix = request.prefix;
             let after = (!request.after.is_empty()).then_some(request.after);
-            let streams = match self
+            let page = match self
                 .start_blocking(move |store| {
-                    store.list_streams(&prefix, after.as_deref(), limit + 1)
+                    store.list_streams_page(&prefix, after.as_deref(), limit, LIST_PAGE_BYTES)
                 })
                 .await
             {
-                Ok(streams) => streams,
+                Ok(page) => page,
                 Err(status) => return outcome(Err(status)),
             };
-            let more = streams.len() > limit;
-            let streams: Vec<pb::StreamInfo> = streams
-                .iter()
-                .take(limit)
-                .map(to_proto::stream_info)
-                .collect();
-            let next_after = if more {
+            let streams: Vec<pb::StreamInfo> =
+                page.streams.iter().map(to_proto::stream_info).collect();
+            let next_after = if page.more {
                 streams.last().map(|info| info.stream.clone())
             } else {
                 None
@@ -338,6 +404,68 @@ impl Streams for StreamsService {
 }
 
 impl StreamsService {
+    /// The rest of a read after its first chunk: sends each chunk while the
+    /// next one is read, until the read is done, the reader goes away (a
+    /// dropped stream: no further chunk is started, the one being read is
+    /// aborted), or the server shuts down.
+    async fn pipeline(
+        &self,
+        mut read: ReadRequest,
+        max_total: u64,
+        page_limit: usize,
+        reservation: usize,
+        first: Chunk,
+        sender: &mpsc::Sender<Sent>,
+    ) {
+        let mut chunk = first;
+        let mut shutdown = self.shutdown.clone();
+        let mut sent: u64 = 0;
+        loop {
+            sent += chunk.events;
+            // Start reading the next chunk now; at most one chunk is read
+            // ahead of the one being sent.
+            let ahead = chunk.next.filter(|_| sent < max_total).map(|next| {
+                read.from = ReadFrom::At(next);
+                let request = with_count(&read, max_total - sent, page_limit);
+                self.start_chunk(request, reservation)
+            });
+            if !send_chunk(sender, &mut shutdown, chunk).await {
+                tracing::debug!("reader went away");
+                return;
+            }
+            let Some(ahead) = ahead else {
+                return;
+            };
+            if *self.shutdown.borrow() {
+                let _ = tokio::time::timeout(
+                    FINAL_STATUS_WAIT,
+                    sender.send((Err(shutting_down()), BytePermit::default())),
+                )
+                .await;
+                return;
+            }
+            chunk = tokio::select! {
+                chunk = ahead.join() => match chunk {
+                    Ok(chunk) => chunk,
+                    Err(status) => {
+                        let _ = tokio::time::timeout(
+                            FINAL_STATUS_WAIT,
+                            sender.send((Err(status), BytePermit::default())),
+                        )
+                        .await;
+                        return;
+                    }
+                },
+                // Gone while the chunk is read: stop now (dropping `ahead`
+                // aborts it), not after the chunk.
+                () = sender.closed() => {
+                    tracing::debug!("reader went away");
+                    return;
+                }
+            };
+        }
+    }
+
     async fn delete_or_tombstone(
         &self,
         request: pb::DeleteRequest,
@@ -380,12 +508,15 @@ fn with_count(read: &ReadRequest, remaining: u64, page_limit: usize) -> ReadRequ
 
 /// One storage page of a read, already converted to responses.
 struct Chunk {
-    /// At least one response; `next` and `scanned_through` ride on the last.
-    responses: Vec<pb::ReadResponse>,
+    /// At least one response, each with the bytes (`RecordedEvent::size`) of
+    /// its events; `next` and `scanned_through` ride on the last.
+    responses: Vec<(pb::ReadResponse, usize)>,
     /// Events in `responses`.
     events: u64,
     /// Where the following chunk starts, if the read goes on.
     next: Option<u64>,
+    /// The chunk's bytes, reserved from the server's buffer budget.
+    bytes: BytePermit,
 }
 
 /// Reads one page and converts it to responses of bounded size. Runs on the
@@ -400,35 +531,42 @@ fn read_chunk(store: &Store, read: &ReadRequest) -> Result<Chunk, cairn_storage:
         ..pb::ReadResponse::default()
     };
     let mut bytes = 0usize;
+    let mut held = 0usize;
     for event in page.events {
         let size = event.data.len() + event.metadata.len() + event.stream.len() + 96;
         if !response.events.is_empty() && bytes + size > READ_RESPONSE_BYTES {
-            responses.push(std::mem::take(&mut response));
+            responses.push((std::mem::take(&mut response), held));
             bytes = 0;
+            held = 0;
         }
         bytes += size;
+        held += event.size();
         response.events.push(to_proto::event_owned(event));
     }
     response.next = page.next;
     response.scanned_through = page.scanned_through;
-    responses.push(response);
+    responses.push((response, held));
     Ok(Chunk {
         responses,
         events,
         next: page.next,
+        bytes: BytePermit::default(),
     })
 }
 
-/// Sends a chunk's responses in order. Returns false when the reader is gone or
-/// the server is shutting down.
+/// Sends a chunk's responses in order, each holding its share of the chunk's
+/// bytes. Returns false when the reader is gone or the server is shutting
+/// down.
 async fn send_chunk(
-    sender: &mpsc::Sender<Result<pb::ReadResponse, Status>>,
+    sender: &mpsc::Sender<Sent>,
     shutdown: &mut watch::Receiver<bool>,
-    responses: Vec<pb::ReadResponse>,
+    chunk: Chunk,
 ) -> bool {
-    for response in responses {
+    let mut bytes = chunk.bytes;
+    for (response, held) in chunk.responses {
+        let share = bytes.split(held);
         let sent = tokio::select! {
-            sent = sender.send(Ok(response)) => sent.is_ok(),
+            sent = sender.send((Ok(response), share)) => sent.is_ok(),
             // A reader that stopped reading must not hold up shutdown.
             _ = shutdown.wait_for(|stopping| *stopping) => false,
         };

@@ -3,13 +3,13 @@
 //! engine itself is `cairn_engine::feeds`.
 
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use cairn_engine::Escaped;
-use cairn_engine::{Engine, SubscribeRequest};
+use cairn_engine::{EndReason, Engine, Feed, FeedReceiver, SubscribeRequest};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::subscriptions_server::Subscriptions;
 use cairn_storage::ReadSource;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -31,6 +31,19 @@ impl SubscriptionsService {
 }
 
 type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+/// A feed as a `Stream`. tonic polls it only when it encodes the next
+/// message, so each item's bytes go back to the server's budget as the
+/// transport takes it.
+struct FeedStream(FeedReceiver);
+
+impl Stream for FeedStream {
+    type Item = Result<Feed, EndReason>;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(context)
+    }
+}
 
 #[tonic::async_trait]
 impl Subscriptions for SubscriptionsService {
@@ -55,7 +68,7 @@ impl Subscriptions for SubscriptionsService {
                     from: from_proto::start_from(request.from),
                 })
                 .map_err(|error| to_status(&error))?;
-            let responses = ReceiverStream::new(receiver).map(|item| {
+            let responses = FeedStream(receiver).map(|item| {
                 item.map(to_proto::feed)
                     .map_err(|reason| to_status(&reason.into_error()))
             });
