@@ -148,7 +148,9 @@ pub fn run_repair(data: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let unknown = || "unknown".to_owned();
     println!(
         "head_before {}",
-        report.head_before.map_or_else(unknown, |head| head.to_string())
+        report
+            .head_before
+            .map_or_else(unknown, |head| head.to_string())
     );
     println!("head_after {}", report.head_after);
     println!(

@@ -49,7 +49,11 @@ fn fill(dir: &Path) {
     for n in 0..EVENTS {
         let data = format!(r#"{{"marker":"{}"}}"#, marker(n));
         store
-            .append("order-1", ExpectedRevision::Any, vec![EventData::json("Placed", data)])
+            .append(
+                "order-1",
+                ExpectedRevision::Any,
+                vec![EventData::json("Placed", data)],
+            )
             .wait()
             .expect("append");
     }
@@ -103,7 +107,7 @@ fn the_server_refuses_a_damaged_directory_and_cairn_repair_salvages_it() {
     // The server does not start on it, and says what to do.
     let serve = cairn(
         work.path(),
-        &["serve", "--data", data_arg, "--listen", "127.0.0.1:0"],
+        &["--data", data_arg, "--listen", "127.0.0.1:0", "serve"],
     );
     let stderr = text(&serve.stderr);
     assert!(!serve.status.success(), "the server started: {stderr}");

@@ -161,6 +161,136 @@ fn scan(mut file: impl Read) -> io::Result<Option<(u64, &'static str)>> {
     }
 }
 
+/// The highest `head` that any intact group in the log files of `dir` wrote:
+/// what the head was before the damage, for `Store::repair`'s report.
+///
+/// Unlike RocksDB's reader, which drops the rest of a block after a bad
+/// record, this trusts the bad record's length and goes on: a record after it
+/// whose crc holds is genuine. Every intact logical record is parsed as a
+/// `WriteBatch` for a put of the `head` key in the `meta` (default) column
+/// family. `None` when no intact group wrote one.
+pub(crate) fn highest_logged_head(dir: &Path) -> io::Result<Option<u64>> {
+    let mut highest = None;
+    for path in wal_files(dir)? {
+        let bytes = std::fs::read(&path)?;
+        for batch in intact_logical_records(&bytes) {
+            if let Some(head) = batch_head(&batch) {
+                highest = highest.max(Some(head));
+            }
+        }
+    }
+    Ok(highest)
+}
+
+/// The logical records of one log whose every fragment has a valid crc,
+/// skipping damaged ones.
+fn intact_logical_records(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    // The fragments of the record being assembled, if all were intact so far.
+    let mut partial: Option<Vec<u8>> = None;
+    for block in bytes.chunks(BLOCK_SIZE) {
+        let mut at = 0usize;
+        while block.len() - at >= HEADER_SIZE {
+            let header = &block[at..];
+            let length = usize::from(u16::from_le_bytes([header[4], header[5]]));
+            let kind = header[6];
+            let header_size = if matches!(kind, 5..=8 | 11 | 131) {
+                RECYCLABLE_HEADER_SIZE
+            } else {
+                HEADER_SIZE
+            };
+            if header_size + length > block.len() - at || (kind == 0 && length == 0) {
+                partial = None;
+                break;
+            }
+            let stored = unmask(u32::from_le_bytes([
+                header[0], header[1], header[2], header[3],
+            ]));
+            let payload = &header[header_size..header_size + length];
+            at += header_size + length;
+            if crc32c(&header[6..header_size + length]) != stored {
+                partial = None;
+                continue;
+            }
+            match kind {
+                1 | 5 => {
+                    partial = None;
+                    records.push(payload.to_vec());
+                }
+                2 | 6 => partial = Some(payload.to_vec()),
+                3 | 7 => {
+                    if let Some(partial) = &mut partial {
+                        partial.extend_from_slice(payload);
+                    }
+                }
+                4 | 8 => {
+                    if let Some(mut record) = partial.take() {
+                        record.extend_from_slice(payload);
+                        records.push(record);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    records
+}
+
+/// The value of a put of the `head` key in the default column family in a
+/// `WriteBatch` (RocksDB `db/write_batch.cc`: u64 sequence, u32 count, then
+/// records of a tag byte, [varint32 column family], varint32-prefixed key and
+/// value). `None` if there is none, or the batch holds a record of another kind
+/// before it (Cairn's groups write only puts, its scavenges only deletes).
+fn batch_head(batch: &[u8]) -> Option<u64> {
+    let mut rest = batch.get(12..)?;
+    let mut head = None;
+    while let Some((&tag, after)) = rest.split_first() {
+        rest = after;
+        let column_family = match tag {
+            // kTypeValue, kTypeDeletion: default column family.
+            0x1 | 0x0 => 0,
+            // kTypeColumnFamilyValue, kTypeColumnFamilyDeletion.
+            0x5 | 0x4 => varint32(&mut rest)?,
+            _ => return head,
+        };
+        let key = prefixed(&mut rest)?;
+        if matches!(tag, 0x1 | 0x5) {
+            let value = prefixed(&mut rest)?;
+            if column_family == 0 && key == b"head" && value.len() == 8 {
+                let mut buffer = [0u8; 8];
+                buffer.copy_from_slice(value);
+                head = Some(u64::from_be_bytes(buffer));
+            }
+        }
+    }
+    head
+}
+
+/// Takes a LEB128 varint32 off the front of `bytes`.
+fn varint32(bytes: &mut &[u8]) -> Option<u32> {
+    let mut value = 0u32;
+    for shift in (0..35).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u32::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Takes a varint32-length-prefixed slice off the front of `bytes`.
+fn prefixed<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = varint32(bytes)? as usize;
+    if bytes.len() < len {
+        return None;
+    }
+    let (slice, rest) = bytes.split_at(len);
+    *bytes = rest;
+    Some(slice)
+}
+
 /// RocksDB stores crcs masked (`crc32c::Mask`); this undoes it.
 fn unmask(masked: u32) -> u32 {
     let rotated = masked.wrapping_sub(0xa282_ead8);

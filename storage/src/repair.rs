@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rocksdb::{Cache, ColumnFamilyDescriptor, DB, DBRecoveryMode, FlushOptions};
+use rocksdb::{Cache, DBRecoveryMode, FlushOptions};
 
 use crate::codec::cf;
 use crate::damage;
@@ -27,9 +27,9 @@ pub struct RepairReport {
     /// Why a normal open refused the directory ([`Error::Damaged`]); `None` when
     /// it opens as it is (then the repair changed nothing).
     pub damage: Option<Error>,
-    /// The head the intact log records reach past the damage: the head before
-    /// the damage happened, if the newest group is intact. Read without writing
-    /// anything, by skipping damaged records; `None` when that read failed too.
+    /// The head before the damage: the highest head an intact group in the log
+    /// wrote, read from the log files past the damaged records (exact when the
+    /// newest group is intact). `None` when no intact group wrote one.
     pub head_before: Option<u64>,
     /// The head after the repair: every position below it is as it was.
     pub head_after: u64,
@@ -90,7 +90,10 @@ impl Store {
         };
         tracing::warn!(error = %damage, "repair: the data directory is damaged");
 
-        let head_before = head_past_the_damage(&path);
+        let head_before = damage::highest_logged_head(&path).unwrap_or_else(|error| {
+            tracing::warn!(%error, "repair: cannot read the log past the damage");
+            None
+        });
         let backup = back_up_wal(&path)?;
 
         let recovered = open(DBRecoveryMode::PointInTime).map_err(|error| {
@@ -121,7 +124,9 @@ impl Store {
         })?;
         let head_after = stored_head(&db)?;
         drop(db);
-        let lost = head_before.map(|before| before.saturating_sub(head_after));
+        // No intact group after the damage wrote a head: what is lost is unknown.
+        let head_before = head_before.map(|before| before.max(head_after));
+        let lost = head_before.map(|before| before - head_after);
         tracing::warn!(
             path = %path.display(),
             ?head_before,
@@ -138,23 +143,6 @@ impl Store {
             lost,
             backup: Some(backup),
         })
-    }
-}
-
-/// The head the log reaches when damaged records are skipped, read with a
-/// read-only open (which replays the log into memory and writes nothing).
-fn head_past_the_damage(path: &Path) -> Option<u64> {
-    let mut options = database_options(DBRecoveryMode::SkipAnyCorruptedRecord);
-    options.create_if_missing(false);
-    let descriptors = cf::ALL
-        .iter()
-        .map(|name| ColumnFamilyDescriptor::new(*name, rocksdb::Options::default()));
-    match DB::open_cf_descriptors_read_only(&options, path, descriptors, false) {
-        Ok(db) => stored_head(&db).ok(),
-        Err(error) => {
-            tracing::warn!(%error, "repair: cannot read past the damage; the loss is unknown");
-            None
-        }
     }
 }
 

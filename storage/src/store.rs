@@ -537,7 +537,11 @@ impl Store {
     /// the committer's queue is full.
     ///
     /// Retrying an append with the same event ids is safe: if it was written, the
-    /// original result comes back with `idempotent_replay` set.
+    /// original result comes back with `idempotent_replay` set and nothing is
+    /// written. Only an exact retry is one (the whole request again: the same
+    /// ids in the same parts and order, with the same content); any other
+    /// request that reuses a written id is [`Error::DuplicateEventId`]
+    /// (`FORMAT.md`, "Idempotent retries").
     pub fn append_multi(&self, parts: Vec<StreamAppend>) -> Ticket<Vec<AppendResult>> {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
@@ -694,7 +698,7 @@ impl Store {
 /// refuses the directory instead of misreading the 36-byte entries written
 /// from now on.
 fn migrate(db: &DB, meta: &ColumnFamily, from: u32) -> Result<()> {
-    debug_assert!(from >= OLDEST_MIGRATED_FORMAT && from < FORMAT_VERSION);
+    debug_assert!((OLDEST_MIGRATED_FORMAT..FORMAT_VERSION).contains(&from));
     let mut write = rocksdb::WriteOptions::default();
     write.set_sync(true);
     db.put_cf_opt(

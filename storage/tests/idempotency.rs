@@ -25,6 +25,12 @@ const COLUMN_FAMILIES: [&str; 8] = [
     "segments",
 ];
 
+/// One way to change an event for a retry.
+type Change = Box<dyn Fn(&mut EventData)>;
+
+/// A raw RocksDB key and value.
+type RawEntry = (Box<[u8]>, Box<[u8]>);
+
 fn options() -> StoreOptions {
     StoreOptions {
         durability: Durability::Unsynced,
@@ -92,7 +98,7 @@ fn an_exact_retry_replays_the_original_result() {
             retried,
             AppendResult {
                 idempotent_replay: true,
-                ..original.clone()
+                ..original
             },
             "retry with {expected:?}"
         );
@@ -107,11 +113,15 @@ fn a_retry_with_other_content_is_duplicate_event_id() {
     let original = event("v1");
     let id = original.id;
     store
-        .append("order-1", ExpectedRevision::NoStream, vec![original.clone()])
+        .append(
+            "order-1",
+            ExpectedRevision::NoStream,
+            vec![original.clone()],
+        )
         .wait()
         .expect("append");
 
-    let changes: [(&str, Box<dyn Fn(&mut EventData)>); 5] = [
+    let changes: [(&str, Change); 5] = [
         (
             "data",
             Box::new(|event| event.data = Bytes::from_static(b"v2")),
@@ -194,7 +204,9 @@ fn a_subset_superset_or_reordering_of_the_ids_is_duplicate_event_id() {
     ];
     for (what, events, id, revision) in cases {
         refused_without_writing(&store, |store| {
-            let result = store.append("order-1", ExpectedRevision::Any, events).wait();
+            let result = store
+                .append("order-1", ExpectedRevision::Any, events)
+                .wait();
             assert_duplicate(result, id, "order-1", revision, what);
         });
     }
@@ -304,7 +316,7 @@ fn a_multi_stream_append_is_retried_whole() {
         .iter()
         .map(|result| AppendResult {
             idempotent_replay: true,
-            ..result.clone()
+            ..*result
         })
         .collect();
     assert_eq!(store.append_multi(parts.clone()).wait(), Ok(replayed));
@@ -331,12 +343,13 @@ fn a_multi_stream_append_is_retried_whole() {
             .wait();
         assert_duplicate(result, c.id, "invoice-1", 0, "parts reordered");
     });
-    // One event changed in the second part: nothing of either part is written.
+    // One event changed in the second part: nothing of either part is written,
+    // and the error names the first reused id.
     refused_without_writing(&store, |store| {
         let mut changed = parts.clone();
         changed[1].events[0].metadata = Bytes::from_static(b"m");
         let result = store.append_multi(changed).wait();
-        assert_duplicate(result, c.id, "invoice-1", 0, "second part changed");
+        assert_duplicate(result, a.id, "order-1", 0, "second part changed");
     });
     // A retried part together with a new part is not a retry of anything.
     refused_without_writing(&store, |store| {
@@ -369,7 +382,7 @@ fn event_id_value_lengths(dir: &Path) -> Vec<usize> {
 fn downgrade_to_format_1(dir: &Path) {
     let db = raw(dir);
     let event_ids = db.cf_handle("event_ids").expect("event_ids");
-    let entries: Vec<(Box<[u8]>, Box<[u8]>)> = db
+    let entries: Vec<RawEntry> = db
         .iterator_cf(event_ids, rocksdb::IteratorMode::Start)
         .map(|item| item.expect("entry"))
         .collect();
@@ -421,7 +434,7 @@ fn a_format_1_directory_is_migrated_and_its_retries_compared_with_the_records() 
         .iter()
         .map(|result| AppendResult {
             idempotent_replay: true,
-            ..result.clone()
+            ..*result
         })
         .collect();
     assert_eq!(store.append_multi(multi.clone()).wait(), Ok(replayed));

@@ -175,7 +175,10 @@ impl Model {
             .iter()
             .flat_map(|part| part.events.iter().map(move |event| (part, event)))
             .collect();
-        let Some(first) = events.first().and_then(|(_, event)| self.ids.get(&event.id)) else {
+        let Some(first) = events
+            .first()
+            .and_then(|(_, event)| self.ids.get(&event.id))
+        else {
             return false;
         };
         events.iter().enumerate().all(|(index, (part, event))| {

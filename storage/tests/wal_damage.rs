@@ -199,7 +199,11 @@ fn a_torn_tail_is_dropped_and_positions_continue() {
         Ok(acknowledged[..EVENTS as usize - 1].to_vec())
     );
     let result = store
-        .append(STREAM, ExpectedRevision::Exact(EVENTS - 2), vec![event(0, 8)])
+        .append(
+            STREAM,
+            ExpectedRevision::Exact(EVENTS - 2),
+            vec![event(0, 8)],
+        )
         .wait()
         .expect("append after the torn tail");
     assert_eq!(result.positions, Some((EVENTS - 1, EVENTS - 1)));
@@ -214,8 +218,9 @@ fn raw_open(dir: &Path, mode: rocksdb::DBRecoveryMode) -> Result<u64, String> {
     let head = db
         .get(b"head")
         .map_err(|e| e.into_string())?
-        .expect("a head key");
-    Ok(u64::from_be_bytes(head.try_into().expect("8 bytes")))
+        .ok_or("no head key")?;
+    let head: [u8; 8] = head.try_into().map_err(|_| "head is not 8 bytes")?;
+    Ok(u64::from_be_bytes(head))
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -299,9 +304,16 @@ fn repair_keeps_everything_before_the_damage_and_reports_the_loss() {
     // appends take the lost positions (they are reported, not reserved).
     let store = Store::open(dir.path(), options()).expect("open after the repair");
     assert_eq!(store.info().head, DAMAGED);
-    assert_eq!(read_all(&store), Ok(acknowledged[..DAMAGED as usize].to_vec()));
+    assert_eq!(
+        read_all(&store),
+        Ok(acknowledged[..DAMAGED as usize].to_vec())
+    );
     let result = store
-        .append(STREAM, ExpectedRevision::Exact(DAMAGED - 1), vec![event(0, 8)])
+        .append(
+            STREAM,
+            ExpectedRevision::Exact(DAMAGED - 1),
+            vec![event(0, 8)],
+        )
         .wait()
         .expect("append after the repair");
     assert_eq!(result.positions, Some((DAMAGED, DAMAGED)));
