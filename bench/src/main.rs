@@ -11,6 +11,7 @@
 //! cairn-bench large     [--addr URL] [--sizes 65536,1048576] [--counts 2000,200] [--json FILE]
 //! cairn-bench many-streams [--addr URL] [--streams N] [--clients W] [--json FILE]
 //! cairn-bench fanout    [--addr URL] [--subscribers 1,10,100] [--events K] [--json FILE]
+//! cairn-bench soak      [--addr URL --server-pid PID] [--duration 1h] [--sample-seconds 10]
 //! ```
 //!
 //! - `run`: the server workloads W1-W6 through `cairn-client`, written against
@@ -45,6 +46,7 @@ mod persistent;
 mod report;
 mod run;
 mod server;
+mod soak;
 mod stats;
 mod storage;
 mod subscribe;
@@ -103,6 +105,10 @@ enum Command {
     /// Fan-out: one writer, 1/10/100 live subscribers of `$all`: delivery
     /// latency and total delivered events/s.
     Fanout(fanout::FanoutArgs),
+    /// Soak: a steady mixed load (appends, reads, subscriptions, a consumer
+    /// group, idle and abusive connections) for --duration, with the server's
+    /// RSS, fds, CPU and append latency sampled; fails if RSS or fds grow.
+    Soak(soak::SoakArgs),
     /// W6's subscriber process for a peer (started by `compare`).
     #[command(hide = true)]
     PeerSubscriber(peers::PeerSubscriberArgs),
@@ -129,6 +135,7 @@ fn main() -> ExitCode {
         Command::Large(args) => block_on(large::run(&args)),
         Command::ManyStreams(args) => block_on(many_streams::run(&args)),
         Command::Fanout(args) => block_on(fanout::run(&args)),
+        Command::Soak(args) => block_on(soak::run(&args)),
         Command::PeerSubscriber(args) => block_on(peers::subscriber(&args)),
     };
     match result {

@@ -14,13 +14,21 @@ use cairn_storage::Error as StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// Builds a status with an `ErrorInfo` detail.
+/// Builds a status with an `ErrorInfo` detail. Metadata values are user
+/// input (a stream or group name of any length before validation) and travel
+/// in the `grpc-status-details-bin` header: each is capped like the message,
+/// or a huge one makes the header too large for the client's HTTP/2 stack,
+/// which then reports a protocol error instead of the status.
 fn status_with_reason(
     code: Code,
     message: impl Into<String>,
     reason: &str,
     metadata: HashMap<String, String>,
 ) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(key, value)| (key, truncate(value)))
+        .collect();
     Status::with_error_details(
         code,
         message,
@@ -483,5 +491,21 @@ mod tests {
             };
             assert!(matches, "{error:?} came back as {client:?}");
         }
+    }
+
+    /// A huge name in an error's metadata is capped like the message: the
+    /// whole status stays far below HTTP/2's default header list size (16 KiB).
+    #[test]
+    fn echoed_metadata_is_capped() {
+        let status = to_status(&Error::GroupNotFound {
+            group: "x".repeat(100_000),
+        });
+        let (_, metadata) = reason_of(&status);
+        assert!(metadata["group"].len() <= MAX_MESSAGE_BYTES + 32);
+        assert!(
+            status.details().len() < 4 * 1024,
+            "{}",
+            status.details().len()
+        );
     }
 }
