@@ -431,8 +431,10 @@ async fn a_read_ends_when_its_deadline_passes_even_if_the_client_stays() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_pass_a_small_buffer_budget_complete_and_in_order() {
-    // A budget of 6 MiB for the whole server: every read and subscription
-    // below waits for its share, and still gets every event once, in order.
+    // A budget of 6 MiB for the whole server (a chunk reserves 5 MiB before
+    // it is read): the reads and the subscription below take turns for it,
+    // and each still gets every event once, in order. (Clients that stop
+    // reading keep what they hold, so everyone here reads.)
     let server = TestServer::start_with(|settings| settings.max_buffered_bytes = 6 * MIB).await;
     let client = server.client().await;
     append_sized(&client, "big-1", 40, MIB).await;
@@ -440,41 +442,42 @@ async fn large_events_pass_a_small_buffer_budget_complete_and_in_order() {
         .subscribe("$ce-big", SubscribeOptions::from_start())
         .await
         .expect("subscribe");
+    let subscriber = tokio::spawn(async move {
+        let mut revisions = Vec::new();
+        while revisions.len() < 50 {
+            if let SubscriptionMessage::Event(event) = subscription
+                .next_message()
+                .await
+                .expect("message")
+                .expect("open")
+            {
+                assert_eq!(event.data.len(), MIB);
+                revisions.push(event.revision);
+            }
+        }
+        revisions
+    });
     let readers: Vec<_> = (0..3)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move { read_all_client(&client, "$ce-big").await })
         })
         .collect();
-    for reader in readers {
-        let events = reader.await.expect("reader").expect("read");
-        let revisions: Vec<u64> = events.iter().map(|event| event.revision).collect();
-        assert_eq!(revisions, (0..40).collect::<Vec<_>>());
-        assert!(events.iter().all(|event| event.data.len() == MIB));
-    }
-    let mut revisions = Vec::new();
-    while revisions.len() < 40 {
-        if let SubscriptionMessage::Event(event) = subscription
-            .next_message()
-            .await
-            .expect("message")
-            .expect("open")
-        {
-            revisions.push(event.revision);
+    let everything = async {
+        for reader in readers {
+            let events = reader.await.expect("reader").expect("read");
+            let revisions: Vec<u64> = events.iter().map(|event| event.revision).collect();
+            assert_eq!(revisions, (0..40).collect::<Vec<_>>());
+            assert!(events.iter().all(|event| event.data.len() == MIB));
         }
-    }
-    // And live: events committed now arrive through the same budget.
-    append_sized(&client, "big-1", 10, MIB).await;
-    while revisions.len() < 50 {
-        if let SubscriptionMessage::Event(event) = subscription
-            .next_message()
-            .await
-            .expect("message")
-            .expect("open")
-        {
-            revisions.push(event.revision);
-        }
-    }
+        // And live: events committed now reach the subscriber through the
+        // same budget.
+        append_sized(&client, "big-1", 10, MIB).await;
+        subscriber.await.expect("subscriber")
+    };
+    let revisions = tokio::time::timeout(Duration::from_secs(120), everything)
+        .await
+        .expect("the reads and the subscription finish: no one waits forever");
     assert_eq!(revisions, (0..50).collect::<Vec<_>>());
     server.stop().await;
 }
