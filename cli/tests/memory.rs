@@ -87,6 +87,7 @@ fn start(data: &Path) -> Daemon {
             }
             Err(error) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!("cairn did not log \"cairn serving\": {error}");
             }
         }
