@@ -364,6 +364,8 @@ mod tests {
         assert_eq!(settings.durability, DurabilitySetting::Unsynced);
         assert_eq!(settings.data, PathBuf::from("./data"));
         assert_eq!(settings.max_append_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.max_metadata_bytes, 64 * 1024);
+        assert_eq!(settings.max_buffered_bytes, 256 * 1024 * 1024);
 
         let flags = SettingsArgs {
             config: Some(file),

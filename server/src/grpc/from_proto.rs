@@ -364,6 +364,33 @@ mod tests {
     }
 
     #[test]
+    fn filters_beyond_the_limits_are_resource_exhausted() {
+        let many = |count: usize| (0..count).map(|n| format!("p{n}")).collect::<Vec<_>>();
+        let at_limit = pb::ReadFilter {
+            stream_prefixes: many(cairn_storage::MAX_FILTER_PREFIXES),
+            type_prefixes: many(cairn_storage::MAX_FILTER_PREFIXES),
+            ..Default::default()
+        };
+        assert!(filter(at_limit).is_ok());
+        let over = pb::ReadFilter {
+            type_prefixes: many(cairn_storage::MAX_FILTER_PREFIXES + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            filter(over).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        let long = pb::ReadFilter {
+            stream_regex: "x".repeat(cairn_storage::MAX_FILTER_REGEX_BYTES + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            filter(long).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
+
+    #[test]
     fn read_requests() {
         let (request, max) = read(pb::ReadRequest {
             stream: "$all".into(),
