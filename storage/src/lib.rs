@@ -43,6 +43,10 @@ mod store;
 mod ticket;
 
 pub use codec::{FORMAT_VERSION, SEGMENT_SIZE};
+
+/// Every RocksDB column family of a Cairn database, in open order (see
+/// FORMAT.md), for tools and tests that open the files directly.
+pub const COLUMN_FAMILIES: [&str; 8] = codec::cf::ALL;
 pub use error::{Error, Result};
 pub use live::{CommitListener, CommitNotice, Live, RingLimits};
 pub use model::{

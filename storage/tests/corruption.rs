@@ -9,17 +9,7 @@ use cairn_storage::{
     ReadSource, RecordedEvent, Store, StoreOptions,
 };
 
-/// Every column family of a Cairn database (FORMAT.md).
-const COLUMN_FAMILIES: [&str; 8] = [
-    "default",
-    "log",
-    "stream_index",
-    "streams",
-    "category_index",
-    "type_index",
-    "event_ids",
-    "segments",
-];
+use cairn_storage::COLUMN_FAMILIES;
 
 fn options() -> StoreOptions {
     StoreOptions {

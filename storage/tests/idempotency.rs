@@ -13,17 +13,7 @@ use cairn_storage::{
 };
 use uuid::Uuid;
 
-/// Every column family of a Cairn database (FORMAT.md).
-const COLUMN_FAMILIES: [&str; 8] = [
-    "default",
-    "log",
-    "stream_index",
-    "streams",
-    "category_index",
-    "type_index",
-    "event_ids",
-    "segments",
-];
+use cairn_storage::COLUMN_FAMILIES;
 
 /// One way to change an event for a retry.
 type Change = Box<dyn Fn(&mut EventData)>;

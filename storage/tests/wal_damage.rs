@@ -20,17 +20,7 @@ const EVENTS: u64 = 200;
 const DAMAGED: u64 = 100;
 const STREAM: &str = "order-1";
 
-/// Every column family of a Cairn database (FORMAT.md).
-const COLUMN_FAMILIES: [&str; 8] = [
-    "default",
-    "log",
-    "stream_index",
-    "streams",
-    "category_index",
-    "type_index",
-    "event_ids",
-    "segments",
-];
+use cairn_storage::COLUMN_FAMILIES;
 
 fn options() -> StoreOptions {
     StoreOptions {
