@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cairn/v1/cairn.proto",
         "cairn/v1/subscriptions.proto",
         "cairn/v1/persistent.proto",
+        "cairn/v1/users.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -6,6 +6,7 @@
 //! `cairn-client` (the subcommands), so neither depends on the other.
 
 mod commands;
+mod users;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::DevCerts { out, hosts }) = &cli.command {
+        return match commands::run_dev_certs(out, hosts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cairn: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +93,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            // Refused modes (a network address without TLS) are one line on
+            // stderr, before logging starts or anything is opened.
+            if let Err(error) = settings.mode() {
+                eprintln!("cairn: {error}");
+                return ExitCode::from(2);
+            }
             cairn_server::init_tracing(&settings);
             let result = runtime.block_on(async {
                 let store = cairn_server::open_store(&settings)?;
@@ -98,7 +114,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(command) => match runtime.block_on(run_client_command(command)) {
+        Some(command) => match runtime.block_on(run_client_command(command, &cli.connect)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("cairn: {error}");

@@ -3,21 +3,17 @@
 //! in total), so its resident memory stays flat however many such calls are
 //! open. Measured as the daemon's VmRSS from /proc.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cairn_client::{
     Client, EventData, ExpectedRevision, ReadOptions, SubscribeOptions, SubscriptionMessage,
 };
 
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+mod common;
+use common::Daemon;
+
 const MIB: u64 = 1024 * 1024;
-/// How long the daemon may take to start serving.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events of 1 MiB in `big-*` (the reproduction of the issue: 300).
 const EVENTS: usize = 300;
 /// Reads and subscriptions that stop reading, each on its own connection.
@@ -27,71 +23,15 @@ const STALLED_SUBSCRIPTIONS: usize = 4;
 /// budgets one such read grew it by ~518 MiB and one subscription by ~350 MiB.
 const MAX_GROWTH: u64 = 256 * MIB;
 
-/// The daemon, killed when dropped.
-struct Daemon {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The address in the "cairn serving" line of the JSON log.
-fn serving_address(line: &str) -> Option<SocketAddr> {
-    if !line.contains("cairn serving") {
-        return None;
-    }
-    let (_, rest) = line.split_once("\"listen\":\"")?;
-    rest.split('"').next()?.parse().ok()
-}
-
-fn start(data: &Path) -> Daemon {
-    let mut command = Command::new(CAIRN);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CAIRN_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command
-        .current_dir(data)
-        .args(["--listen", "127.0.0.1:0", "--durability", "unsynced"])
-        .args(["--log-format", "json", "--log-level", "info"])
-        .arg("--data")
-        .arg(data.join("data"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cairn");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            // Nobody listens once the address is known; keep draining.
-            let _ = lines.send(line);
-        }
-    });
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match received.recv_timeout(remaining) {
-            Ok(line) => {
-                if let Some(address) = serving_address(&line) {
-                    return Daemon { child, address };
-                }
-            }
-            Err(error) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("cairn did not log \"cairn serving\": {error}");
-            }
-        }
-    }
+fn start(root: &Path) -> Daemon {
+    Daemon::start_with(
+        root,
+        &root.join("data"),
+        "json",
+        &[],
+        &["--durability", "unsynced"],
+    )
+    .serving()
 }
 
 /// Resident memory of process `pid`, bytes.

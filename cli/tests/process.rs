@@ -5,13 +5,12 @@
 //! subcommands.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cairn_client::{
     AppendResult, Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent,
@@ -23,85 +22,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use uuid::Uuid;
 
-/// How long the daemon may take to start serving or to exit after a signal.
-const PROCESS_TIMEOUT: Duration = Duration::from_secs(30);
-const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// A `cairn` command with no `CAIRN_*` variables inherited and its working
-/// directory in `cwd`, so neither the environment nor a stray `./cairn.toml`
-/// changes what the test asked for.
-fn cairn_command(cwd: &Path) -> Command {
-    cairn_command_via(cwd, &[])
-}
-
-/// Like [`cairn_command`], run through `wrapper` (e.g. `prlimit --nofile=64`).
-fn cairn_command_via(cwd: &Path, wrapper: &[&str]) -> Command {
-    let mut command = match wrapper.split_first() {
-        None => Command::new(CAIRN),
-        Some((program, args)) => {
-            let mut command = Command::new(program);
-            command.args(args).arg(CAIRN);
-            command
-        }
-    };
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CAIRN_") {
-            command.env_remove(key);
-        }
-    }
-    command.current_dir(cwd).stdin(Stdio::null());
-    command
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`), which the human log
-/// format may put around field names.
-fn strip_ansi(line: &str) -> String {
-    let mut plain = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(character) = chars.next() {
-        if character == '\u{1b}' {
-            for next in chars.by_ref() {
-                if next.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(character);
-        }
-    }
-    plain
-}
-
-/// The bound address from the "cairn serving" log line, in either format:
-/// JSON `"listen":"127.0.0.1:41234"` or human `listen=127.0.0.1:41234`.
-fn serving_address(line: &str) -> Option<SocketAddr> {
-    let line = strip_ansi(line);
-    if !line.contains("cairn serving") {
-        return None;
-    }
-    let text = if let Some((_, rest)) = line.split_once("\"listen\":\"") {
-        rest.split('"').next()?
-    } else {
-        let (_, rest) = line.split_once("listen=")?;
-        rest.split_whitespace().next()?
-    };
-    text.parse().ok()
-}
-
-/// Polls `child` until it exits or `timeout` passes. Not `eventually`: on a
-/// timeout the caller still has to kill the child and show its stderr.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+mod common;
+use common::{Daemon, PROCESS_TIMEOUT, Started, cairn_command, serving_address, wait_with_timeout};
 
 /// Runs a short-lived `cairn` command to completion (killed and failed after
 /// `PROCESS_TIMEOUT`), capturing its output.
@@ -133,165 +55,6 @@ fn run_cairn(cwd: &Path, args: &[&str]) -> Output {
         status,
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
-    }
-}
-
-/// A running `cairn` daemon. Dropping it kills the process.
-struct Daemon {
-    child: Child,
-    address: SocketAddr,
-    /// Every stderr line so far (a thread keeps draining the pipe).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// What starting a daemon led to.
-enum Started {
-    Serving(Daemon),
-    /// The process exited before it logged "cairn serving".
-    Exited {
-        status: ExitStatus,
-        stderr: String,
-    },
-}
-
-impl Started {
-    fn serving(self) -> Daemon {
-        match self {
-            Started::Serving(daemon) => daemon,
-            Started::Exited { status, stderr } => {
-                panic!("cairn exited with {status} before serving; stderr:\n{stderr}")
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// Starts `cairn --listen 127.0.0.1:0 --data <data> --durability sync` with
-    /// the given log format and waits for its "cairn serving" line.
-    fn start(root: &Path, data: &Path, log_format: &str) -> Started {
-        Self::start_with(root, data, log_format, &[], &[])
-    }
-
-    /// [`Daemon::start`] through `wrapper`, with `extra` flags.
-    fn start_with(
-        root: &Path,
-        data: &Path,
-        log_format: &str,
-        wrapper: &[&str],
-        extra: &[&str],
-    ) -> Started {
-        let log_level = if extra.contains(&"--log-level") {
-            &[][..]
-        } else {
-            &["--log-level", "info"][..]
-        };
-        let mut child = cairn_command_via(root, wrapper)
-            .args(["--listen", "127.0.0.1:0", "--durability", "sync"])
-            .args(log_level)
-            .arg("--data")
-            .arg(data)
-            .args(["--log-format", log_format])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (lines, received) = mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    log.lock().expect("log").push(line.clone());
-                    // Nobody listens once the address is known; keep draining.
-                    let _ = lines.send(line);
-                }
-            });
-        }
-        let deadline = Instant::now() + PROCESS_TIMEOUT;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match received.recv_timeout(remaining) {
-                Ok(line) => {
-                    if let Some(address) = serving_address(&line) {
-                        return Started::Serving(Daemon {
-                            child,
-                            address,
-                            log,
-                        });
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stderr closed: the process is exiting.
-                    let status = wait_with_timeout(&mut child, PROCESS_TIMEOUT);
-                    let stderr = log.lock().expect("log").join("\n");
-                    let Some(status) = status else {
-                        let _ = child.kill();
-                        panic!("cairn closed stderr but did not exit; stderr:\n{stderr}");
-                    };
-                    return Started::Exited { status, stderr };
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "cairn did not log \"cairn serving\" within {PROCESS_TIMEOUT:?}; stderr:\n{}",
-                        log.lock().expect("log").join("\n")
-                    );
-                }
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    fn stderr(&self) -> String {
-        self.log.lock().expect("log").join("\n")
-    }
-
-    /// Sends SIGTERM (through kill(1): tests cannot use `unsafe`) and waits for
-    /// the exit status.
-    fn terminate(&mut self, context: &str) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let kill = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        match wait_with_timeout(&mut self.child, PROCESS_TIMEOUT) {
-            Some(status) => status,
-            None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "cairn did not exit within {PROCESS_TIMEOUT:?} of SIGTERM ({context}); stderr:\n{}",
-                    self.stderr()
-                );
-            }
-        }
-    }
-
-    /// SIGKILL: no chance to flush or close anything.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        let status = self.child.wait().expect("wait");
-        assert!(
-            !status.success(),
-            "a SIGKILLed process cannot exit 0: {status}"
-        );
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -1274,4 +1037,104 @@ fn user_text_in_human_logs_is_escaped() {
             "a client forged a log line: {line}"
         );
     }
+}
+
+/// Off loopback without TLS and without `--insecure`, `cairn` refuses to
+/// start, in one line on stderr, before it opens anything.
+#[test]
+fn a_network_address_without_tls_is_refused_in_one_line() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let data_arg = data.display().to_string();
+    let refused = run_cairn(root.path(), &["--listen", "0.0.0.0:0", "--data", &data_arg]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{}", refused.status);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line:\n{stderr}");
+    assert!(
+        stderr.starts_with("cairn: refusing to serve 0.0.0.0:0 without TLS")
+            && stderr.contains("--tls-cert-file")
+            && stderr.contains("--insecure"),
+        "{stderr}"
+    );
+    assert!(!data.exists(), "nothing was opened");
+}
+
+/// `cairn dev-certs` then `cairn` with its server certificate serves TLS;
+/// `cairn health` and `cairn info` reach it with the CA file (and the admin's
+/// password), and fail without them.
+#[test]
+fn dev_certs_then_serve_over_tls() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let data = root.path().join("data");
+    let certs = root.path().join("certs");
+    let certs_arg = certs.display().to_string();
+    let made = run_cairn(root.path(), &["dev-certs", "--out", &certs_arg]);
+    let printed = String::from_utf8_lossy(&made.stdout);
+    assert!(made.status.success(), "{}: {printed}", made.status);
+    assert!(printed.contains("cairn --tls-cert-file"), "{printed}");
+    let file = |name: &str| certs.join(name).display().to_string();
+    let password = "process-test-admin-password";
+    let mut daemon = Daemon::start_with(
+        root.path(),
+        &data,
+        "json",
+        &[],
+        &[
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--initial-admin-password",
+            password,
+        ],
+    )
+    .serving();
+    let url = format!("https://{}", daemon.address);
+    let ca = file("ca.pem");
+    let health = run_cairn(root.path(), &["health", "--addr", &url, "--ca-file", &ca]);
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout).trim(),
+        "SERVING",
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(health.status.success());
+    let info = run_cairn(
+        root.path(),
+        &[
+            "info",
+            "--addr",
+            &url,
+            "--ca-file",
+            &ca,
+            "--user",
+            "admin",
+            "--password",
+            password,
+        ],
+    );
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let anonymous = run_cairn(root.path(), &["info", "--addr", &url, "--ca-file", &ca]);
+    assert!(!anonymous.status.success(), "info needs credentials");
+    let untrusted = run_cairn(root.path(), &["health", "--addr", &url]);
+    assert!(
+        !untrusted.status.success(),
+        "the system's CAs do not know the dev CA"
+    );
+    let plaintext = run_cairn(
+        root.path(),
+        &["health", "--addr", &format!("http://{}", daemon.address)],
+    );
+    assert!(!plaintext.status.success(), "plaintext against TLS");
+    let log = daemon.stderr();
+    assert!(
+        !log.contains(password),
+        "the password is never logged:\n{log}"
+    );
+    let status = daemon.terminate("a TLS server");
+    assert!(status.success(), "{status}");
 }

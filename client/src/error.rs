@@ -49,6 +49,24 @@ pub enum Error {
         /// The group.
         group: String,
     },
+    /// No user of that name.
+    #[error("user '{user}' not found")]
+    UserNotFound {
+        /// The user.
+        user: String,
+    },
+    /// A user of that name exists already.
+    #[error("user '{user}' already exists")]
+    UserExists {
+        /// The user.
+        user: String,
+    },
+    /// No token with that id (revoked, or its user deleted).
+    #[error("token '{id}' not found")]
+    TokenNotFound {
+        /// The token's id.
+        id: String,
+    },
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -64,6 +82,12 @@ pub enum Error {
     /// Connecting failed.
     #[error("cannot connect: {0}")]
     Connect(String),
+    /// The server needs credentials, or refused the ones given.
+    #[error("not authenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (the message names the operation and stream).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Anything else, with the raw code and message.
     #[error("{code:?}: {message}")]
     Other {
@@ -104,6 +128,15 @@ impl From<Status> for Error {
             (_, reason::GROUP_EXISTS) => Error::GroupExists {
                 group: field("group"),
             },
+            (_, reason::USER_NOT_FOUND) => Error::UserNotFound {
+                user: field("user"),
+            },
+            (_, reason::USER_EXISTS) => Error::UserExists {
+                user: field("user"),
+            },
+            (_, reason::TOKEN_NOT_FOUND) => Error::TokenNotFound { id: field("token") },
+            (Code::Unauthenticated, _) => Error::Unauthenticated(message),
+            (Code::PermissionDenied, _) => Error::PermissionDenied(message),
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),
             (Code::ResourceExhausted | Code::OutOfRange, _) => Error::LimitExceeded(message),
             (Code::Unavailable, _) => Error::Unavailable(message),

@@ -22,11 +22,13 @@
 //! This crate only speaks the gRPC protocol (`cairn-proto`); it never sees the
 //! storage engine.
 
+mod builder;
 mod error;
 mod persistent;
 mod subscription;
 mod transport;
 mod types;
+mod users;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -36,11 +38,13 @@ use cairn_proto::v1::persistent_subscriptions_client::PersistentSubscriptionsCli
 use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
 use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
+use cairn_proto::v1::users_client::UsersClient;
 use futures_core::Stream;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-use transport::{Direct, Transport};
+use transport::{Route, Transport};
 
+pub use builder::ClientBuilder;
 pub use error::{Error, Result};
 pub use persistent::{
     Consumer, ConsumerInfo, Delivery, GroupInfo, GroupOptions, GroupSettings, GroupStart,
@@ -53,6 +57,7 @@ pub use types::{
     AppendResult, Direction, EventData, ExpectedRevision, Filter, ReadFrom, ReadOptions,
     RecordedEvent, ServerInfo, StreamInfo, StreamMetadata, StreamPage, StreamState,
 };
+pub use users::{CreatedToken, NewToken, NewUser, TokenDetails, UserDetails, UserUpdate, WhoAmI};
 
 /// Largest message the client sends or accepts.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -65,6 +70,7 @@ pub struct Client {
     persistent: PersistentSubscriptionsClient<Transport>,
     server: ServerClient<Transport>,
     health: HealthClient<Transport>,
+    users: UsersClient<Transport>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -108,29 +114,24 @@ impl Client {
     /// again on the first call after it closed (a server restart, say); a call
     /// made while the server is away fails with [`Error::Unavailable`] and is
     /// not retried here.
+    ///
+    /// An `https://` address uses TLS trusting the system's CAs, without
+    /// credentials; [`Client::builder`] sets a CA file, a client certificate,
+    /// a user and password or a token.
     pub async fn connect(address: impl Into<String>) -> Result<Self> {
-        let address = address.into();
-        let origin: http::Uri = address
-            .parse()
-            .map_err(|error| Error::Connect(format!("bad address {address:?}: {error}")))?;
-        let authority = match (origin.scheme_str(), origin.authority()) {
-            (Some("http"), Some(authority)) => authority.to_string(),
-            _ => {
-                return Err(Error::Connect(format!(
-                    "bad address {address:?}: expected http://host:port"
-                )));
-            }
-        };
-        let direct = Direct::connect(authority)
-            .await
-            .map_err(|error| Error::Connect(format!("cannot connect to {address}: {error}")))?;
-        Ok(Self::over(Transport::Direct(direct), Some(origin)))
+        Self::builder(address).connect().await
+    }
+
+    /// Starts a connection with options: TLS (CA file, client certificate)
+    /// and credentials sent with every call.
+    pub fn builder(address: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(address.into())
     }
 
     /// Wraps an existing tonic channel (for TLS, timeouts or load balancing
     /// set up by the caller).
     pub fn from_channel(channel: Channel) -> Self {
-        Self::over(Transport::Channel(channel), None)
+        Self::over(Transport::new(Route::Channel(channel), None), None)
     }
 
     /// The service clients over `transport`; `origin` (scheme and authority)
@@ -154,6 +155,7 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             server: service!(ServerClient),
             health: service!(HealthClient),
+            users: service!(UsersClient).max_decoding_message_size(MAX_MESSAGE_BYTES),
         }
     }
 

@@ -1,6 +1,8 @@
 //! How a [`Client`](crate::Client) reaches the server: its own HTTP/2
-//! connection driven by hyper directly ([`Transport::Direct`]), or a tonic
-//! [`Channel`] the caller built ([`Transport::Channel`]).
+//! connection driven by hyper directly ([`Route::Direct`]), in plaintext or
+//! TLS (rustls with ring, ALPN `h2`), or a tonic [`Channel`] the caller built
+//! ([`Route::Channel`]). Either way the [`Transport`] sets the caller's
+//! `authorization` header on every request, unary and streaming alike.
 //!
 //! The direct connection exists for latency: tonic's `Channel` puts a
 //! `tower::Buffer` task between the caller and hyper's connection task, one
@@ -23,11 +25,51 @@ use tonic::transport::Channel;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
 
-/// A client's way to the server (cheap to clone; clones share it).
+/// A client's way to the server, with its credentials (cheap to clone;
+/// clones share the connection).
+#[derive(Clone)]
+pub(crate) struct Transport {
+    /// Where requests go.
+    route: Route,
+    /// Set on every request; marked sensitive (never indexed by HPACK, never
+    /// shown by `Debug`).
+    authorization: Option<http::HeaderValue>,
+}
+
+/// Where a [`Transport`]'s requests go.
 #[derive(Clone, Debug)]
-pub(crate) enum Transport {
+pub(crate) enum Route {
+    /// The client's own HTTP/2 connection.
     Direct(Direct),
+    /// A channel the caller built.
     Channel(Channel),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Transport")
+            .field("route", &self.route)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl Transport {
+    /// Requests go over `route`, carrying `authorization` when given.
+    pub(crate) fn new(route: Route, authorization: Option<http::HeaderValue>) -> Self {
+        let authorization = authorization.map(|mut value| {
+            value.set_sensitive(true);
+            value
+        });
+        Self {
+            route,
+            authorization,
+        }
+    }
 }
 
 impl tower_service::Service<http::Request<Body>> for Transport {
@@ -36,24 +78,71 @@ impl tower_service::Service<http::Request<Body>> for Transport {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self {
+        match &mut self.route {
             // Readiness is awaited per call, on the connection's own sender.
-            Transport::Direct(_) => Poll::Ready(Ok(())),
-            Transport::Channel(channel) => channel.poll_ready(context).map_err(Into::into),
+            Route::Direct(_) => Poll::Ready(Ok(())),
+            Route::Channel(channel) => channel.poll_ready(context).map_err(Into::into),
         }
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        match self {
-            Transport::Direct(direct) => {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(authorization) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, authorization.clone());
+        }
+        match &mut self.route {
+            Route::Direct(direct) => {
                 let direct = direct.clone();
                 Box::pin(async move { direct.send(request).await })
             }
-            Transport::Channel(channel) => {
+            Route::Channel(channel) => {
                 let response = channel.call(request);
                 Box::pin(async move { response.await.map_err(Into::into) })
             }
         }
+    }
+}
+
+/// What a TLS connection needs: the client configuration (trusted CAs,
+/// optional client certificate) and the name the server's certificate must
+/// carry.
+#[derive(Clone)]
+pub(crate) struct TlsConnect {
+    /// Handshakes.
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// The host of the address: a DNS name or an IP address.
+    pub(crate) server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl TlsConnect {
+    /// A TLS client configuration trusting `roots`, presenting `identity`
+    /// (chain and key) when given, for `host`.
+    pub(crate) fn new(
+        roots: rustls::RootCertStore,
+        identity: Option<(
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        )>,
+        host: &str,
+    ) -> Result<Self, BoxError> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        // `[::1]` in a URL is `::1` in a certificate.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|error| format!("{host:?} is not a host name or address: {error}"))?;
+        Ok(Self {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            server_name,
+        })
     }
 }
 
@@ -75,6 +164,8 @@ impl std::fmt::Debug for Direct {
 struct DirectInner {
     /// `host:port`.
     authority: String,
+    /// TLS, for `https://` addresses.
+    tls: Option<TlsConnect>,
     /// The open connection's sender; `None` before the first connect.
     /// Locked only to clone or replace it, never across an await.
     sender: Mutex<Option<SendRequest<Body>>>,
@@ -84,11 +175,15 @@ struct DirectInner {
 }
 
 impl Direct {
-    /// Connects to `authority` (`host:port`).
-    pub(crate) async fn connect(authority: String) -> Result<Self, BoxError> {
+    /// Connects to `authority` (`host:port`), over TLS when `tls` is given.
+    pub(crate) async fn connect(
+        authority: String,
+        tls: Option<TlsConnect>,
+    ) -> Result<Self, BoxError> {
         let direct = Self {
             inner: Arc::new(DirectInner {
                 authority,
+                tls,
                 sender: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
@@ -128,14 +223,16 @@ impl Direct {
         }
         let stream = tokio::net::TcpStream::connect(&self.inner.authority).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            // Ends when the server closes the connection or every sender is
-            // dropped; the next call reconnects.
-            let _ = connection.await;
-        });
+        let sender = match &self.inner.tls {
+            None => handshake(stream).await?,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.server_name.clone(), stream)
+                    .await?;
+                handshake(stream).await?
+            }
+        };
         *self.lock() = Some(sender.clone());
         Ok(sender)
     }
@@ -153,4 +250,20 @@ impl Direct {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Opens HTTP/2 over `io` and spawns the task that drives the connection.
+async fn handshake<IO>(io: IO) -> Result<SendRequest<Body>, BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        // Ends when the server closes the connection or every sender is
+        // dropped; the next call reconnects.
+        let _ = connection.await;
+    });
+    Ok(sender)
 }

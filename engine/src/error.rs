@@ -55,8 +55,9 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A stored record of the engine's own (group state) could not be decoded.
-    #[error("corrupt persistent subscription state: {0}")]
+    /// A stored record of the engine's own (group state, users, tokens)
+    /// could not be decoded.
+    #[error("corrupt server state: {0}")]
     Corrupt(String),
     /// Something failed that should not have (a task panicked, an actor is
     /// restarting); the request may be retried.
@@ -65,6 +66,57 @@ pub enum Error {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The call's own deadline (`grpc-timeout`) passed before it was done.
+    #[error("the call's deadline passed before it was done; what was sent is incomplete")]
+    DeadlineExceeded,
+    /// The client took nothing of this call's responses for the server's
+    /// stall timeout; the call was ended to free what it buffered.
+    #[error(
+        "the client took no response for {timeout_ms} ms (the server's client_stall_timeout_ms); \
+         the call was ended and what it buffered freed: read faster, or resume after the last event received"
+    )]
+    ClientStalled {
+        /// The configured stall timeout.
+        timeout_ms: u64,
+    },
+    /// No user of that name.
+    #[error("user '{user}' does not exist")]
+    UserNotFound {
+        /// The user.
+        user: String,
+    },
+    /// The user name is taken.
+    #[error("user '{user}' already exists; pick another name or update that user")]
+    UserExists {
+        /// The user.
+        user: String,
+    },
+    /// No token with that id (never issued, revoked, or its user deleted).
+    #[error("token '{id}' does not exist (revoked, or its user deleted?)")]
+    TokenNotFound {
+        /// The token's id.
+        id: String,
+    },
+    /// The caller is not authenticated: no credentials, wrong ones, a
+    /// disabled user, an expired or revoked token, too many failures.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this. Names the operation and the stream, never
+    /// the ACL's contents.
+    #[error("{}", permission_denied_message(operation, stream.as_deref()))]
+    PermissionDenied {
+        /// What was refused (`read`, `write`, `delete`, `manage users`, ...).
+        operation: String,
+        /// The stream it was refused on, if it concerns one.
+        stream: Option<String>,
+    },
+}
+
+fn permission_denied_message(operation: &str, stream: Option<&str>) -> String {
+    match stream {
+        Some(stream) => format!("access denied: you may not {operation} stream '{stream}'"),
+        None => format!("access denied: you may not {operation}"),
+    }
 }
 
 impl Error {

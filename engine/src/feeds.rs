@@ -15,7 +15,10 @@
 //! buffered event holds a [`BytePermit`] for its size, from the subscription's
 //! own budget and the server's, until the consumer takes it. A slow client is
 //! handled by gRPC flow control, those budgets (the task waits) and the
-//! catch-up fallback, and never slows the writer (the ring never waits).
+//! catch-up fallback, and never slows the writer (the ring never waits). A
+//! client subscription whose subscriber takes nothing for the client stall
+//! timeout while messages wait is ended, and what it buffered freed at once
+//! ([`crate::Outbox`]): a client that never reads cannot pin the budget.
 //!
 //! This module owns the feed tasks and their counters; it knows nothing of a
 //! wire protocol: a feed emits [`Feed`] items and ends with an [`EndReason`].
@@ -24,17 +27,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use cairn_storage::{
-    Error as StoreError, FilterMatcher, ReadFilter, ReadFrom, ReadRequest, ReadSource,
-    RecordedEvent, Store, StreamState, category_of,
+    ALL_STREAM, CATEGORY_PREFIX, EVENT_TYPE_PREFIX, Error as StoreError, FilterMatcher, ReadFilter,
+    ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store, StreamState, category_of,
 };
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::budget::{ByteBudget, BytePermit};
 use crate::error::{EndReason, Error};
+use crate::escape::Escaped;
+use crate::outbox::{self, Outbox, OutboxReceiver, Undelivered};
+use crate::security::acl::Visibility;
 
 /// Checkpoint interval when the request leaves it 0.
 pub const DEFAULT_CHECKPOINT_INTERVAL: u64 = 1000;
@@ -43,8 +50,6 @@ const CATCH_UP_PAGE: usize = 500;
 /// Byte budget of a catch-up page (`ReadRequest::max_bytes`): 500 events of
 /// up to 2 KiB fill a page; larger events make shorter pages.
 const CATCH_UP_BYTES: usize = 1024 * 1024;
-/// How long the task tries to hand the closing status to a slow client.
-const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Events taken from the ring at a time.
 const LIVE_BATCH: usize = 256;
 
@@ -60,7 +65,7 @@ struct Buffered {
 /// Taking an item gives its bytes back to the budgets.
 #[derive(Debug)]
 pub struct FeedReceiver {
-    receiver: mpsc::Receiver<Buffered>,
+    receiver: OutboxReceiver<Buffered>,
 }
 
 impl FeedReceiver {
@@ -162,6 +167,13 @@ pub struct FeedSpec {
     pub buffer: usize,
     /// A client subscription's slot, released when the task ends.
     pub slot: Option<OwnedSemaphorePermit>,
+    /// Client subscriptions: ended when the subscriber takes nothing for
+    /// this long while messages wait (see [`crate::Outbox`]). `None` for
+    /// the server's own consumers (a group's source waits on its consumers).
+    pub stall_timeout: Option<Duration>,
+    /// Which streams' events the subscriber may see; the others pass by like
+    /// filtered-out events (they advance checkpoints, nothing of them is sent).
+    pub visibility: Visibility,
 }
 
 impl Feeds {
@@ -210,7 +222,7 @@ impl Feeds {
     pub fn start(&self, spec: FeedSpec) -> FeedReceiver {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("subscription", id);
-        let (sender, receiver) = mpsc::channel(spec.buffer.max(1));
+        let (sender, receiver) = outbox::channel(spec.buffer.max(1), spec.stall_timeout);
         // Room for the page being delivered and the next one: a subscriber
         // that stopped reading holds at most this much, whatever the events.
         let page_reservation = CATCH_UP_BYTES + self.store.limits().max_event_bytes;
@@ -219,6 +231,7 @@ impl Feeds {
             target: spec.target,
             matcher: spec.filter.matcher(),
             filter: spec.filter,
+            visibility: spec.visibility,
             page_reservation,
             own: ByteBudget::new(page_reservation.saturating_mul(2)),
             buffers: self.buffers.clone(),
@@ -245,14 +258,10 @@ impl Feeds {
                     subscription.run().await
                 }
                 .await;
-                if let Err(Stop::Fail(reason)) = result {
-                    tracing::debug!(?reason, "subscription ended");
-                    // Bounded: a client that stopped reading cannot hold the task.
-                    let final_send = subscription.sender.send(Buffered {
-                        item: Err(reason),
-                        _bytes: BytePermit::default(),
-                    });
-                    let _ = tokio::time::timeout(FINAL_STATUS_WAIT, final_send).await;
+                match result {
+                    Err(Stop::Fail(reason)) => subscription.end(reason).await,
+                    Err(Stop::Stalled) => subscription.cut_off(),
+                    Ok(()) | Err(Stop::Gone) => {}
                 }
                 stats.active.fetch_sub(1, Ordering::Relaxed);
             }
@@ -305,6 +314,22 @@ impl Target {
         }
     }
 
+    /// The name a client subscribes to (`order-1`, `$all`, `$ce-order`, ...).
+    pub fn name(&self) -> String {
+        match self {
+            Target::Stream(stream) | Target::Positions(ReadSource::Stream(stream)) => {
+                stream.clone()
+            }
+            Target::Positions(ReadSource::All) => ALL_STREAM.to_owned(),
+            Target::Positions(ReadSource::Category(category)) => {
+                format!("{CATEGORY_PREFIX}{category}")
+            }
+            Target::Positions(ReadSource::EventType(event_type)) => {
+                format!("{EVENT_TYPE_PREFIX}{event_type}")
+            }
+        }
+    }
+
     fn matches(&self, event: &RecordedEvent) -> bool {
         match self {
             Target::Stream(stream) => &event.stream == stream,
@@ -326,6 +351,8 @@ struct Subscription {
     filter: ReadFilter,
     /// The same filter prepared for checking every live event.
     matcher: FilterMatcher,
+    /// Which streams' events the subscriber may see (authorization).
+    visibility: Visibility,
     /// Bytes reserved before reading a catch-up page: its byte budget plus
     /// the largest event that may end it.
     page_reservation: usize,
@@ -340,7 +367,7 @@ struct Subscription {
     cursor: u64,
     /// Positions examined without a match since the last checkpoint.
     unmatched: u64,
-    sender: mpsc::Sender<Buffered>,
+    sender: Outbox<Buffered>,
     heads: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
     stats: Arc<SubscriptionStats>,
@@ -354,6 +381,17 @@ enum Stop {
     Gone,
     /// End the call with this status.
     Fail(EndReason),
+    /// The client took nothing for the stall timeout while messages waited.
+    Stalled,
+}
+
+impl From<Undelivered> for Stop {
+    fn from(undelivered: Undelivered) -> Self {
+        match undelivered {
+            Undelivered::Gone => Stop::Gone,
+            Undelivered::Stalled => Stop::Stalled,
+        }
+    }
 }
 
 type Step<T = ()> = Result<T, Stop>;
@@ -371,7 +409,7 @@ impl Subscription {
             _bytes: bytes,
         };
         tokio::select! {
-            sent = self.sender.send(buffered) => sent.map_err(|_| Stop::Gone),
+            sent = self.sender.send(buffered) => sent.map_err(Stop::from),
             // A subscriber that stopped reading must not hold up shutdown.
             _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(EndReason::ShuttingDown)),
         }
@@ -393,6 +431,8 @@ impl Subscription {
         tokio::select! {
             () = permit.resize(&budgets, bytes) => Ok(()),
             () = self.sender.closed() => Err(Stop::Gone),
+            // What it buffered holds bytes others may be waiting for.
+            () = self.sender.stalled() => Err(Stop::Stalled),
             _ = shutdown.wait_for(|stopping| *stopping) => Err(Stop::Fail(EndReason::ShuttingDown)),
         }
     }
@@ -450,6 +490,44 @@ impl Subscription {
         }
         self.cursor = end;
         Ok(())
+    }
+
+    /// Ends the call with `reason` after what the subscriber has not taken
+    /// yet. Waits for it to take that (it holds bytes of the budgets), and
+    /// cuts it off if it stalls first; not at shutdown.
+    async fn end(&self, reason: EndReason) {
+        tracing::debug!(?reason, "subscription ended");
+        self.sender.close(Some(Buffered {
+            item: Err(reason),
+            _bytes: BytePermit::default(),
+        }));
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            drained = self.sender.drained() => {
+                if drained.is_err() {
+                    self.cut_off();
+                }
+            }
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
+        }
+    }
+
+    /// Ends the call of a subscriber that stopped reading: what it buffered
+    /// (and the bytes it holds) is dropped now; the subscriber sees
+    /// [`Error::ClientStalled`] if it ever reads again.
+    fn cut_off(&self) {
+        let timeout_ms = self.sender.stall_timeout().map_or(0, |timeout| {
+            u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+        });
+        tracing::info!(
+            source = %Escaped(&self.target.name()),
+            timeout_ms,
+            "the subscriber took nothing within the stall timeout; ending its subscription and freeing what it buffered"
+        );
+        self.sender.cut_off(Buffered {
+            item: Err(EndReason::Failed(Error::ClientStalled { timeout_ms })),
+            _bytes: BytePermit::default(),
+        });
     }
 
     fn check_shutdown(&self) -> Step {
@@ -518,6 +596,9 @@ impl Subscription {
             let bytes = page.events.iter().map(RecordedEvent::size).sum();
             self.resize(&mut permit, bytes).await?;
             for event in &page.events {
+                if !self.visibility.admits(&event.stream) {
+                    continue;
+                }
                 self.skip_to(event.position).await?;
                 let share = permit.split(event.size());
                 self.deliver(event, Some(share)).await?;
@@ -568,6 +649,7 @@ impl Subscription {
                     }
                     _ = shutdown.changed() => {}
                     () = self.sender.closed() => return Err(Stop::Gone),
+                    () = self.sender.stalled() => return Err(Stop::Stalled),
                 }
                 continue;
             }
@@ -576,6 +658,7 @@ impl Subscription {
                 if self.target.matches(&event)
                     && self.matcher.matches(&event.stream, &event.event_type)
                     && self.is_visible(&event)
+                    && self.visibility.admits(&event.stream)
                 {
                     self.skip_to(event.position).await?;
                     self.deliver(&event, None).await?;

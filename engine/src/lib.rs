@@ -17,14 +17,14 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use cairn_engine::{Engine, EngineOptions};
+//! use cairn_engine::{Engine, EngineOptions, Principal};
 //! use cairn_storage::{EventData, ExpectedRevision, Store, StoreOptions, StreamAppend};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let store = Store::open(dir.path(), StoreOptions::default())?;
 //! let engine = Engine::start(store, EngineOptions::default()).await?;
 //! let results = engine
-//!     .append_multi(vec![StreamAppend {
+//!     .append_multi(&Principal::system(), vec![StreamAppend {
 //!         stream: "order-1".into(),
 //!         expected: ExpectedRevision::NoStream,
 //!         events: vec![EventData::json("OrderPlaced", r#"{"sku":"tea"}"#)],
@@ -41,6 +41,8 @@ mod error;
 mod escape;
 pub mod feeds;
 pub mod groups;
+mod outbox;
+pub mod security;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +62,9 @@ pub use feeds::{
     Feed, FeedReceiver, FeedSpec, Feeds, StartFrom, SubscriptionLimits, SubscriptionStats, Target,
 };
 pub use groups::{GroupLimits, Groups};
+pub use outbox::{Outbox, OutboxReceiver, StallWatch, Undelivered};
+pub use security::acl::{Access, Visibility};
+pub use security::{Credentials, Principal, Role, Security, SecurityOptions};
 
 /// How long [`Engine::close`] waits for background tasks before closing the
 /// store anyway (a storage read cannot be interrupted).
@@ -68,8 +73,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Default of [`EngineOptions::max_buffered_bytes`]: 256 MiB.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
 
+/// Default of [`EngineOptions::client_stall_timeout`]: 60 s.
+pub const DEFAULT_CLIENT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What the engine is allowed to hold at once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Client writes (appends, deletes, metadata, group changes) in flight at
     /// once; beyond it a write fails at once with [`Error::Overloaded`].
@@ -82,6 +90,12 @@ pub struct EngineOptions {
     pub subscriptions: SubscriptionLimits,
     /// Consumer groups.
     pub groups: GroupLimits,
+    /// A call whose client takes none of its responses for this long while
+    /// some wait is ended, and what it buffered is freed at once (see
+    /// [`Engine::client_stall_timeout`]).
+    pub client_stall_timeout: Duration,
+    /// Authentication and authorization (disabled: insecure mode).
+    pub security: SecurityOptions,
 }
 
 impl Default for EngineOptions {
@@ -91,6 +105,8 @@ impl Default for EngineOptions {
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             subscriptions: SubscriptionLimits::default(),
             groups: GroupLimits::default(),
+            client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
+            security: SecurityOptions::default(),
         }
     }
 }
@@ -155,12 +171,16 @@ struct Inner {
     feeds: Feeds,
     /// The consumer-group registry.
     groups: Groups,
+    /// Users, tokens and access checks.
+    security: Arc<Security>,
     /// Client writes in flight.
     writes: WriteGate,
     /// One permit per open client subscription.
     subscription_slots: Arc<Semaphore>,
     /// Messages buffered per client subscription.
     subscription_buffer: usize,
+    /// See [`Engine::client_stall_timeout`].
+    client_stall_timeout: Duration,
     /// Bytes of event data held for clients, all calls together.
     buffers: ByteBudget,
     /// Every background task that holds the store or writes to it; `close`
@@ -194,16 +214,19 @@ impl Engine {
             options.groups,
         )
         .await?;
+        let security = Arc::new(Security::start(&store, options.security).await?);
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 feeds,
                 groups,
+                security,
                 writes,
                 subscription_slots: Arc::new(Semaphore::new(
                     options.subscriptions.max_subscriptions.max(1),
                 )),
                 subscription_buffer: options.subscriptions.buffer.max(1),
+                client_stall_timeout: options.client_stall_timeout.max(Duration::from_millis(1)),
                 buffers,
                 tasks,
                 shutdown,
@@ -222,12 +245,31 @@ impl Engine {
         &self.inner.groups
     }
 
+    /// Authentication and authorization.
+    pub fn security(&self) -> &Arc<Security> {
+        &self.inner.security
+    }
+
     /// The server-wide budget of event data held on its way to clients.
     /// Feeds draw on it for every buffered event; a facade's read pipeline
     /// holds a [`BytePermit`] from it for every chunk until the transport has
     /// taken the chunk.
     pub fn buffer_budget(&self) -> &ByteBudget {
         &self.inner.buffers
+    }
+
+    /// How long a client call (read, subscription, consumer) may leave its
+    /// responses untaken while some wait: then the call ends with
+    /// [`Error::ClientStalled`] and what it buffered goes back to
+    /// [`Engine::buffer_budget`] at once, even though the client never reads
+    /// again. [`Engine::outbox`] makes a call's channel with it.
+    pub fn client_stall_timeout(&self) -> Duration {
+        self.inner.client_stall_timeout
+    }
+
+    /// The outgoing channel of a client call, with the client stall timeout.
+    pub fn outbox<T>(&self, capacity: usize) -> (Outbox<T>, OutboxReceiver<T>) {
+        outbox::channel(capacity, Some(self.inner.client_stall_timeout))
     }
 
     /// Subscription counters.
@@ -298,8 +340,64 @@ impl Engine {
         }
     }
 
-    /// Appends to one or more streams atomically (all parts or none).
-    pub async fn append_multi(&self, parts: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
+    /// Ok when `by` may do `access` on `stream`; else
+    /// [`Error::PermissionDenied`]. Every facade's stream call is checked
+    /// with this (the engine's own write methods call it themselves).
+    pub fn authorize(&self, by: &Principal, access: Access, stream: &str) -> Result<()> {
+        self.inner.security.authorizer().check(by, access, stream)
+    }
+
+    /// Ok when `by` is an operator (`ops`) or an admin: consumer-group
+    /// management, server operations. `operation` names it in the error.
+    pub fn authorize_operations(&self, by: &Principal, operation: &str) -> Result<()> {
+        if !self.inner.security.enabled() {
+            return Ok(());
+        }
+        by.require_any(&[Role::Ops], operation)
+    }
+
+    /// What `by` may see of a read or subscription of `source`: a stream
+    /// needs its read permission (else [`Error::PermissionDenied`]); an index
+    /// (`$all`, `$ce-`, `$et-`) is open to every authenticated caller but
+    /// shows only events of streams the caller may read.
+    pub fn read_access(&self, by: &Principal, source: &ReadSource) -> Result<Visibility> {
+        match source {
+            ReadSource::Stream(stream) => {
+                self.authorize(by, Access::Read, stream)?;
+                Ok(Visibility::everything())
+            }
+            ReadSource::All | ReadSource::Category(_) | ReadSource::EventType(_) => {
+                Ok(self.inner.security.authorizer().visibility(by))
+            }
+        }
+    }
+
+    /// Ok when `by` may consume from `group`: a group on one stream needs
+    /// that stream's read permission; a group on an index (`$all`, a
+    /// category, a type) hands events of any stream to whoever joins, so only
+    /// a caller who may read every stream may join it: an admin. (Filtering a
+    /// shared group per consumer would take events from the others.)
+    pub fn authorize_consume(&self, by: &Principal, group: &str) -> Result<()> {
+        if !self.inner.security.enabled() || by.is_admin() {
+            return Ok(());
+        }
+        let definition = self.inner.groups.definition(group)?;
+        match ReadSource::parse(&definition.stream)? {
+            ReadSource::Stream(stream) => self.authorize(by, Access::Read, &stream),
+            _ => by.require_any(
+                &[],
+                "consume from a group on an index ($all, a category or a type)",
+            ),
+        }
+    }
+
+    /// Appends to one or more streams atomically (all parts or none), when
+    /// `by` may write every one of them.
+    pub async fn append_multi(
+        &self,
+        by: &Principal,
+        parts: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
         if parts.is_empty() {
             return Err(Error::InvalidArgument(
                 "an append needs at least one stream".into(),
@@ -308,18 +406,24 @@ impl Engine {
         for part in &parts {
             cairn_storage::validate_stream_name(&part.stream)?;
         }
+        for part in &parts {
+            self.authorize(by, Access::Write, &part.stream)?;
+        }
         let _permit = self.inner.writes.enter()?;
         Ok(self.inner.store.append_multi(parts).await?)
     }
 
-    /// Soft-deletes (`tombstone` false) or tombstones a stream.
+    /// Soft-deletes (`tombstone` false) or tombstones a stream; both need
+    /// the delete permission.
     pub async fn delete(
         &self,
+        by: &Principal,
         stream: String,
         expected: ExpectedRevision,
         tombstone: bool,
     ) -> Result<CurrentRevision> {
         cairn_storage::validate_stream_name(&stream)?;
+        self.authorize(by, Access::Delete, &stream)?;
         let _permit = self.inner.writes.enter()?;
         let ticket = if tombstone {
             self.inner.store.tombstone(stream, expected)
@@ -329,14 +433,17 @@ impl Engine {
         Ok(ticket.await?)
     }
 
-    /// Replaces a stream's metadata; returns the new metadata revision.
+    /// Replaces a stream's metadata (its ACL included); returns the new
+    /// metadata revision. Needs the metadata-write permission.
     pub async fn set_metadata(
         &self,
+        by: &Principal,
         stream: String,
         expected: ExpectedRevision,
         metadata: StreamMetadata,
     ) -> Result<u64> {
         cairn_storage::validate_stream_name(&stream)?;
+        self.authorize(by, Access::MetadataWrite, &stream)?;
         let _permit = self.inner.writes.enter()?;
         Ok(self
             .inner
@@ -345,9 +452,11 @@ impl Engine {
             .await?)
     }
 
-    /// A stream's info (any stored name, system streams included).
-    pub fn stream_info(&self, stream: &str) -> Result<StreamInfo> {
+    /// A stream's info (any stored name, system streams included), when `by`
+    /// may read its metadata.
+    pub fn stream_info(&self, by: &Principal, stream: &str) -> Result<StreamInfo> {
         cairn_storage::validate_stored_stream_name(stream)?;
+        self.authorize(by, Access::MetadataRead, stream)?;
         self.inner.store.stream_info(stream).ok_or_else(|| {
             Error::Store(cairn_storage::Error::StreamNotFound {
                 stream: stream.to_owned(),
@@ -356,11 +465,13 @@ impl Engine {
     }
 
     /// Opens a catch-up subscription: history from storage, `CaughtUp`, then
-    /// live. Refused beyond the subscription limit and while shutting down.
-    pub fn subscribe(&self, request: SubscribeRequest) -> Result<FeedReceiver> {
+    /// live, of what `by` may read ([`Engine::read_access`]). Refused beyond
+    /// the subscription limit and while shutting down.
+    pub fn subscribe(&self, by: &Principal, request: SubscribeRequest) -> Result<FeedReceiver> {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
+        let visibility = self.read_access(by, &request.source)?;
         let target = Target::of(request.source);
         let (cursor, live_from) = feeds::start_of(&self.inner.store, &target, request.from)?;
         let slot = Arc::clone(&self.inner.subscription_slots)
@@ -381,7 +492,9 @@ impl Engine {
             cursor,
             live_from,
             buffer: self.inner.subscription_buffer,
+            stall_timeout: Some(self.inner.client_stall_timeout),
             slot: Some(slot),
+            visibility,
         }))
     }
 }

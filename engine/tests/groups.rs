@@ -23,11 +23,14 @@ async fn append(engine: &Engine, stream: &str, count: usize) {
         .map(|n| EventData::json("Placed", format!("{{\"n\":{n}}}")))
         .collect();
     engine
-        .append_multi(vec![StreamAppend {
-            stream: stream.into(),
-            expected: ExpectedRevision::Any,
-            events,
-        }])
+        .append_multi(
+            &cairn_engine::Principal::system(),
+            vec![StreamAppend {
+                stream: stream.into(),
+                expected: ExpectedRevision::Any,
+                events,
+            }],
+        )
         .await
         .expect("append");
 }

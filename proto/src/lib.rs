@@ -59,6 +59,21 @@ pub mod reason {
     pub const REPLAY_IN_PROGRESS: &str = "REPLAY_IN_PROGRESS";
     /// The group cannot run as stored (metadata `group`).
     pub const GROUP_BROKEN: &str = "GROUP_BROKEN";
+    /// No valid credentials.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    /// The caller may not do this (metadata `operation`, and `stream` when it concerns one).
+    pub const ACCESS_DENIED: &str = "ACCESS_DENIED";
+    /// The call's own deadline passed before it was done.
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
+    /// The client took no response for the server's stall timeout; the call
+    /// was ended (metadata `timeout_ms`).
+    pub const CLIENT_STALLED: &str = "CLIENT_STALLED";
+    /// No user of that name (metadata `user`).
+    pub const USER_NOT_FOUND: &str = "USER_NOT_FOUND";
+    /// The user name is taken (metadata `user`).
+    pub const USER_EXISTS: &str = "USER_EXISTS";
+    /// No token with that id (metadata `token`).
+    pub const TOKEN_NOT_FOUND: &str = "TOKEN_NOT_FOUND";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -87,6 +102,13 @@ mod tests {
             reason::OVERLOADED,
             reason::REPLAY_IN_PROGRESS,
             reason::GROUP_BROKEN,
+            reason::UNAUTHENTICATED,
+            reason::ACCESS_DENIED,
+            reason::DEADLINE_EXCEEDED,
+            reason::CLIENT_STALLED,
+            reason::USER_NOT_FOUND,
+            reason::USER_EXISTS,
+            reason::TOKEN_NOT_FOUND,
         ];
         let mut documented = Vec::new();
         for value in 1.. {

@@ -17,9 +17,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod dev_certs;
 mod grpc;
 mod listener;
 mod settings;
+mod tls;
 
 use std::future::Future;
 
@@ -27,7 +29,10 @@ use cairn_engine::Engine;
 use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
-pub use settings::{DurabilitySetting, LogFormat, Settings, SettingsArgs, SettingsError};
+pub use settings::{
+    DurabilitySetting, LogFormat, Mode, Secret, Settings, SettingsArgs, SettingsError, TlsFiles,
+};
+pub use tls::TlsError;
 
 /// Largest gRPC message the server decodes. Above the append limit so that a
 /// slightly oversized append reaches the store's own check and gets a clear
@@ -52,6 +57,13 @@ pub enum ServerError {
     /// Binding the listen address failed.
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The settings ask for something the server will not do (e.g. serve a
+    /// non-loopback address without TLS).
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// Sets up logging to stderr as the settings say (format and filter).
@@ -100,13 +112,42 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let engine = Engine::start(store, settings.engine_options()).await?;
     let local = listener.local_addr()?;
-    tracing::info!(listen = %local, data = %settings.data.display(), durability = ?settings.durability, "cairn serving");
+    // The mode of the address actually bound (the caller may have bound
+    // another than `settings.listen`), decided before anything starts.
+    let mode = Settings {
+        listen: local,
+        ..settings.clone()
+    }
+    .mode()?;
+    let tls = match &mode {
+        Mode::Secure(files) => Some(tls::ServerTls::load(files)?),
+        Mode::Insecure => {
+            if settings.tls_cert_file.is_some() || settings.tls_key_file.is_some() {
+                tracing::warn!(
+                    "--insecure: serving plaintext without authentication; the TLS certificate and key are not used"
+                );
+            } else if !local.ip().is_loopback() {
+                tracing::warn!(listen = %local, "--insecure: serving plaintext without authentication off loopback");
+            }
+            None
+        }
+    };
+    let engine = Engine::start(store, settings.engine_options()).await?;
+    let acceptor = tls.map(|tls| {
+        let stopping = engine.shutdown_signal();
+        engine.tasks().spawn(tls.reloader.run(async move {
+            let mut stopping = stopping;
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }));
+        tls.acceptor
+    });
+    tracing::info!(listen = %local, data = %settings.data.display(), durability = ?settings.durability, tls = acceptor.is_some(), "cairn serving");
     let options = grpc::GrpcOptions {
         max_message_bytes: max_message_bytes(&settings),
         durability: settings.durability.into(),
         connections: settings.connection_limits(),
+        tls: acceptor,
     };
     let served = grpc::serve(listener, engine.clone(), options, shutdown).await;
     engine.close().await;

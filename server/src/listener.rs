@@ -5,8 +5,16 @@
 //! failure (EMFILE at the fd limit, say) is logged and backed off instead of
 //! spinning a core. Nagle is off on every accepted socket.
 //!
-//! This module knows sockets, not protocols; a facade adapts [`Connection`]
-//! to its transport (the gRPC facade implements tonic's `Connected` for it).
+//! With TLS, each accepted socket gets its handshake in a task of its own
+//! (the accept loop never waits for a client), bounded by the handshake
+//! timeout as a whole, so a client that trickles its hello is closed too; a
+//! failed handshake (a plaintext client, an untrusted client certificate) is
+//! logged at debug and the connection closed. The deadlines sit under TLS:
+//! handshake bytes and TLS records count as traffic.
+//!
+//! This module knows sockets and TLS, not protocols; a facade adapts
+//! [`Connection`] to its transport (the gRPC facade implements tonic's
+//! `Connected` for it).
 
 use std::io;
 use std::pin::Pin;
@@ -18,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// The shortest and longest pause after a failed accept.
@@ -35,13 +44,38 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
-/// An accepted connection: the socket, its place among the open connections
-/// (released when it is dropped), and its read deadlines.
+/// An accepted connection: its bytes (in plaintext or TLS) and its place
+/// among the open connections (released when it is dropped).
 pub struct Connection {
-    /// The socket.
-    stream: TcpStream,
+    /// What is read and written.
+    io: Io,
     /// Held while the connection is open.
     _slot: OwnedSemaphorePermit,
+}
+
+/// A connection's bytes.
+enum Io {
+    /// Plaintext (insecure mode).
+    Plain(Timed),
+    /// TLS over the socket (boxed: the session state is large).
+    Tls(Box<tokio_rustls::server::TlsStream<Timed>>),
+}
+
+impl Connection {
+    /// The socket, for its addresses.
+    pub fn socket(&self) -> &TcpStream {
+        match &self.io {
+            Io::Plain(timed) => &timed.stream,
+            Io::Tls(tls) => &tls.get_ref().0.stream,
+        }
+    }
+}
+
+/// A socket with read deadlines: the handshake timeout until the first
+/// bytes arrive, then the idle timeout, re-armed on every read.
+struct Timed {
+    /// The socket.
+    stream: TcpStream,
     /// When the connection is closed if nothing more arrives.
     deadline: Pin<Box<Sleep>>,
     /// Nothing was received yet (the handshake deadline applies).
@@ -50,14 +84,7 @@ pub struct Connection {
     idle_timeout: Duration,
 }
 
-impl Connection {
-    /// The socket, for its addresses.
-    pub fn socket(&self) -> &TcpStream {
-        &self.stream
-    }
-}
-
-impl AsyncRead for Connection {
+impl AsyncRead for Timed {
     fn poll_read(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
@@ -93,7 +120,7 @@ impl AsyncRead for Connection {
     }
 }
 
-impl AsyncWrite for Connection {
+impl AsyncWrite for Timed {
     fn poll_write(
         mut self: Pin<&mut Self>,
         context: &mut Context<'_>,
@@ -123,12 +150,73 @@ impl AsyncWrite for Connection {
     }
 }
 
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(timed) => Pin::new(timed).poll_read(context, buffer),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(context, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(timed) => Pin::new(timed).poll_write(context, data),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(context, data),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(timed) => Pin::new(timed).poll_flush(context),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(context),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(timed) => Pin::new(timed).poll_shutdown(context),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(context),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(timed) => Pin::new(timed).poll_write_vectored(context, buffers),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(context, buffers),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(timed) => timed.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+}
+
 /// Accepts on `listener` within `limits` until the returned stream is
-/// dropped. The accept loop runs as its own task; it waits for a free slot
-/// before accepting, so at the limit clients queue in the backlog.
+/// dropped, in plaintext or, with `tls`, handshaking each connection first.
+/// The accept loop runs as its own task; it waits for a free slot before
+/// accepting, so at the limit clients queue in the backlog (a connection in
+/// its TLS handshake holds a slot too).
 pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (sender, receiver) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -176,15 +264,53 @@ pub fn accept(
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
             }
-            let connection = Connection {
+            let timed = Timed {
                 stream,
-                _slot: slot,
                 deadline: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
                 silent: true,
                 idle_timeout: limits.idle_timeout,
             };
-            if sender.send(Ok(connection)).await.is_err() {
-                return;
+            match &tls {
+                None => {
+                    let connection = Connection {
+                        io: Io::Plain(timed),
+                        _slot: slot,
+                    };
+                    if sender.send(Ok(connection)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(timed);
+                    let sender = sender.clone();
+                    let timeout = limits.handshake_timeout;
+                    tokio::spawn(async move {
+                        let peer = handshake
+                            .get_ref()
+                            .and_then(|timed| timed.stream.peer_addr().ok());
+                        let stream = match tokio::time::timeout(timeout, handshake).await {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(?peer, %error, "TLS handshake failed; closing the connection");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    ?peer,
+                                    ?timeout,
+                                    "TLS handshake not finished within the handshake timeout; closing the connection"
+                                );
+                                return;
+                            }
+                        };
+                        let connection = Connection {
+                            io: Io::Tls(Box::new(stream)),
+                            _slot: slot,
+                        };
+                        // Fails only once the server stopped taking connections.
+                        let _ = sender.send(Ok(connection)).await;
+                    });
+                }
             }
         }
     });

@@ -85,13 +85,122 @@ pub struct Settings {
     /// A connection that sends nothing (not even keepalive answers) for this
     /// long is closed, milliseconds.
     pub connection_idle_timeout_ms: u64,
+    /// A read, subscription or consumer whose client takes none of its
+    /// responses for this long while some wait is ended (RESOURCE_EXHAUSTED
+    /// `CLIENT_STALLED`) and what it buffered freed, milliseconds.
+    pub client_stall_timeout_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `cairn=debug`).
     pub log_level: String,
+    /// Serve plaintext without authentication, even off loopback.
+    pub insecure: bool,
+    /// The server's certificate chain (PEM); with `tls_key_file`, the server
+    /// speaks TLS only and requires credentials.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM); when set, every client must present a
+    /// certificate signed by one of them (mutual TLS). Read once at start.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes,
+    /// milliseconds; 0: reload on SIGHUP only.
+    pub tls_reload_interval_ms: u64,
+    /// Password of the `admin` user made on the first secure start; without
+    /// it a random one is written to `<data>/initial-admin-password`.
+    pub initial_admin_password: Option<Secret>,
+}
+
+/// A setting that must never appear in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Secret(secret)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(secret: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(secret.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("<redacted>")
+    }
+}
+
+/// How the server meets its clients, decided by [`Settings::mode`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Plaintext and no authentication: `--insecure`, or a loopback listen
+    /// address without certificates (the development default).
+    Insecure,
+    /// TLS only, and every call needs credentials.
+    Secure(TlsFiles),
+}
+
+/// The PEM files of a TLS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes; `None`: SIGHUP only.
+    pub reload_interval: Option<std::time::Duration>,
 }
 
 impl Settings {
+    /// The mode these settings ask for. `--insecure` wins (plaintext, no
+    /// authentication); else a certificate and key mean TLS with
+    /// authentication; else a loopback address is served insecurely (the
+    /// development default); anything else is refused, with one line that
+    /// says what to give.
+    pub fn mode(&self) -> Result<Mode, SettingsError> {
+        if self.insecure {
+            return Ok(Mode::Insecure);
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Mode::Secure(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+                reload_interval: (self.tls_reload_interval_ms > 0)
+                    .then(|| std::time::Duration::from_millis(self.tls_reload_interval_ms)),
+            })),
+            (Some(_), None) => Err(SettingsError::Invalid(
+                "--tls-cert-file needs --tls-key-file (the certificate's private key)".into(),
+            )),
+            (None, Some(_)) => Err(SettingsError::Invalid(
+                "--tls-key-file needs --tls-cert-file (the certificate it belongs to)".into(),
+            )),
+            (None, None) if self.tls_client_ca_file.is_some() => Err(SettingsError::Invalid(
+                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
+            )),
+            (None, None) if self.listen.ip().is_loopback() => Ok(Mode::Insecure),
+            (None, None) => Err(SettingsError::Refused(format!(
+                "refusing to serve {} without TLS; give --tls-cert-file and --tls-key-file, \
+                 or --insecure to serve plaintext without authentication",
+                self.listen
+            ))),
+        }
+    }
+
     /// The storage limits these settings describe.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -116,6 +225,25 @@ impl Settings {
                 max_groups: self.max_groups,
                 max_consumers_per_group: self.max_consumers_per_group,
             },
+            client_stall_timeout: std::time::Duration::from_millis(
+                self.client_stall_timeout_ms.max(1),
+            ),
+            security: self.security_options(),
+        }
+    }
+
+    /// Authentication as these settings describe: enabled unless the mode
+    /// is insecure (settings [`Settings::mode`] refuses count as secure, so a
+    /// mistake never opens the server).
+    fn security_options(&self) -> cairn_engine::SecurityOptions {
+        cairn_engine::SecurityOptions {
+            enabled: !matches!(self.mode(), Ok(Mode::Insecure)),
+            initial_admin_password: self
+                .initial_admin_password
+                .as_ref()
+                .map(|password| password.expose().to_owned()),
+            bootstrap_file: Some(self.data.join("initial-admin-password")),
+            defaults: Default::default(),
         }
     }
 
@@ -151,8 +279,15 @@ impl Settings {
             max_connections: 1024,
             connection_handshake_timeout_ms: 10_000,
             connection_idle_timeout_ms: 120_000,
+            client_stall_timeout_ms: 60_000,
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            insecure: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_reload_interval_ms: 5_000,
+            initial_admin_password: None,
         }
     }
 }
@@ -220,12 +355,36 @@ pub struct SettingsArgs {
     /// A connection silent for this many ms (keepalive answers count) is closed [default: 120000].
     #[arg(long, env = "CAIRN_CONNECTION_IDLE_TIMEOUT_MS")]
     pub connection_idle_timeout_ms: Option<u64>,
+    /// A call whose client takes none of its responses for this many ms is
+    /// ended and what it buffered freed [default: 60000].
+    #[arg(long, env = "CAIRN_CLIENT_STALL_TIMEOUT_MS")]
+    pub client_stall_timeout_ms: Option<u64>,
     /// Log format [default: human].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log filter, e.g. info, debug, cairn_server=debug [default: info].
     #[arg(long, env = "CAIRN_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Serve plaintext without authentication, even off loopback (development only).
+    #[arg(long, env = "CAIRN_INSECURE")]
+    pub insecure: bool,
+    /// Server certificate chain (PEM); with --tls-key-file: TLS and authentication on.
+    #[arg(long, env = "CAIRN_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (PEM).
+    #[arg(long, env = "CAIRN_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) client certificates must chain to (mutual TLS).
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Check the certificate and key files for changes every this many ms; 0:
+    /// reload on SIGHUP only [default: 5000].
+    #[arg(long, env = "CAIRN_TLS_RELOAD_INTERVAL_MS")]
+    pub tls_reload_interval_ms: Option<u64>,
+    /// Password of the `admin` user made on the first secure start (prefer
+    /// the environment variable) [default: random, written to <data>/initial-admin-password].
+    #[arg(long, env = "CAIRN_INITIAL_ADMIN_PASSWORD", hide_env_values = true)]
+    pub initial_admin_password: Option<Secret>,
 }
 
 /// Why the settings could not be loaded.
@@ -235,6 +394,12 @@ pub enum SettingsError {
     /// The file is unreadable or a value has the wrong type.
     #[error("configuration error: {0}")]
     Config(#[from] config::ConfigError),
+    /// Settings that contradict each other (half a TLS configuration).
+    #[error("configuration error: {0}")]
+    Invalid(String),
+    /// The server would be open to the network without TLS.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl SettingsArgs {
@@ -263,14 +428,17 @@ impl SettingsArgs {
             .set_default("max_connections", 1024u64)?
             .set_default("connection_handshake_timeout_ms", 10_000u64)?
             .set_default("connection_idle_timeout_ms", 120_000u64)?
+            .set_default("client_stall_timeout_ms", 60_000u64)?
             .set_default("log_format", "human")?
-            .set_default("log_level", "info")?;
+            .set_default("log_level", "info")?
+            .set_default("insecure", false)?
+            .set_default("tls_reload_interval_ms", 5_000u64)?;
         builder = match &self.config {
             Some(path) => builder.add_source(config::File::from(path.as_path()).required(true)),
             None => builder.add_source(config::File::with_name("cairn.toml").required(false)),
         };
         let text = |value: &dyn std::fmt::Display| value.to_string();
-        let overrides: [(&str, Option<String>); 20] = [
+        let overrides: [(&str, Option<String>); 21] = [
             ("listen", self.listen.as_ref().map(|v| text(v))),
             ("data", self.data.as_ref().map(|v| v.display().to_string())),
             (
@@ -320,12 +488,33 @@ impl SettingsArgs {
                 self.connection_idle_timeout_ms.map(|v| text(&v)),
             ),
             (
+                "client_stall_timeout_ms",
+                self.client_stall_timeout_ms.map(|v| text(&v)),
+            ),
+            (
                 "log_format",
                 self.log_format.map(|v| format!("{v:?}").to_lowercase()),
             ),
             ("log_level", self.log_level.clone()),
         ];
-        for (key, value) in overrides {
+        let path = |value: &Option<PathBuf>| value.as_ref().map(|v| v.display().to_string());
+        let security: [(&str, Option<String>); 6] = [
+            ("insecure", self.insecure.then(|| "true".to_owned())),
+            ("tls_cert_file", path(&self.tls_cert_file)),
+            ("tls_key_file", path(&self.tls_key_file)),
+            ("tls_client_ca_file", path(&self.tls_client_ca_file)),
+            (
+                "tls_reload_interval_ms",
+                self.tls_reload_interval_ms.map(|v| text(&v)),
+            ),
+            (
+                "initial_admin_password",
+                self.initial_admin_password
+                    .as_ref()
+                    .map(|v| v.expose().to_owned()),
+            ),
+        ];
+        for (key, value) in overrides.into_iter().chain(security) {
             builder = builder.set_override_option(key, value)?;
         }
         Ok(builder.build()?.try_deserialize()?)
@@ -366,6 +555,11 @@ mod tests {
         assert_eq!(settings.max_append_bytes, 4 * 1024 * 1024);
         assert_eq!(settings.max_metadata_bytes, 64 * 1024);
         assert_eq!(settings.max_buffered_bytes, 256 * 1024 * 1024);
+        assert_eq!(settings.client_stall_timeout_ms, 60_000);
+        assert_eq!(
+            settings.engine_options().client_stall_timeout,
+            std::time::Duration::from_secs(60)
+        );
 
         let flags = SettingsArgs {
             config: Some(file),
@@ -375,6 +569,11 @@ mod tests {
         };
         let settings = flags.resolve().unwrap();
         assert_eq!(settings.listen.port(), 9100);
+        let stall = SettingsArgs {
+            client_stall_timeout_ms: Some(1500),
+            ..flags.clone()
+        };
+        assert_eq!(stall.resolve().unwrap().client_stall_timeout_ms, 1500);
         assert_eq!(settings.max_read_page, 50);
         assert_eq!(settings.log_format, LogFormat::Json);
     }
@@ -389,5 +588,99 @@ mod tests {
             ..SettingsArgs::default()
         };
         assert!(args.resolve().is_err());
+    }
+
+    #[test]
+    fn the_mode_is_insecure_on_loopback_secure_with_certificates_refused_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::for_tests(dir.path().to_path_buf());
+        assert_eq!(settings.mode().unwrap(), Mode::Insecure, "loopback");
+        assert!(!settings.engine_options().security.enabled);
+
+        settings.listen = "0.0.0.0:7070".parse().unwrap();
+        let refused = settings.mode().unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "refusing to serve 0.0.0.0:7070 without TLS; give --tls-cert-file and \
+             --tls-key-file, or --insecure to serve plaintext without authentication"
+        );
+        assert!(
+            settings.engine_options().security.enabled,
+            "a refused mode never means an open engine"
+        );
+
+        settings.tls_cert_file = Some("server.pem".into());
+        assert!(matches!(settings.mode(), Err(SettingsError::Invalid(_))));
+        settings.tls_key_file = Some("server.key".into());
+        settings.tls_client_ca_file = Some("ca.pem".into());
+        match settings.mode().unwrap() {
+            Mode::Secure(files) => {
+                assert_eq!(files.cert, PathBuf::from("server.pem"));
+                assert_eq!(files.client_ca, Some(PathBuf::from("ca.pem")));
+                assert_eq!(
+                    files.reload_interval,
+                    Some(std::time::Duration::from_secs(5))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let security = settings.engine_options().security;
+        assert!(security.enabled);
+        assert_eq!(
+            security.bootstrap_file,
+            Some(dir.path().join("initial-admin-password"))
+        );
+
+        settings.insecure = true;
+        assert_eq!(settings.mode().unwrap(), Mode::Insecure, "--insecure wins");
+        assert!(!settings.engine_options().security.enabled);
+    }
+
+    #[test]
+    fn tls_settings_layer_and_the_admin_password_is_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:7070\"\ntls_cert_file = \"/certs/server.pem\"\n\
+             tls_key_file = \"/certs/server.key\"\ninitial_admin_password = \"from-the-file\"\n",
+        )
+        .unwrap();
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        };
+        let settings = from_file.resolve().unwrap();
+        assert!(matches!(settings.mode().unwrap(), Mode::Secure(_)));
+        assert_eq!(
+            settings
+                .engine_options()
+                .security
+                .initial_admin_password
+                .as_deref(),
+            Some("from-the-file")
+        );
+        assert_eq!(settings.tls_reload_interval_ms, 5_000);
+        assert!(!settings.insecure);
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("from-the-file"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+
+        let flags = SettingsArgs {
+            config: Some(file),
+            insecure: true,
+            tls_reload_interval_ms: Some(0),
+            initial_admin_password: Some("from-a-flag".parse().unwrap()),
+            ..SettingsArgs::default()
+        };
+        assert!(!format!("{flags:?}").contains("from-a-flag"));
+        let settings = flags.resolve().unwrap();
+        assert!(settings.insecure);
+        assert_eq!(settings.mode().unwrap(), Mode::Insecure);
+        assert_eq!(settings.tls_reload_interval_ms, 0);
+        assert_eq!(
+            settings.initial_admin_password.as_ref().map(Secret::expose),
+            Some("from-a-flag")
+        );
     }
 }

@@ -366,6 +366,14 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 // ---------------------------------------------------------------------------
 // Strategies: messages.
 
+/// The strategy of a message from one strategy per field:
+/// `message!(pb::DeleteRequest { stream: text(), expected: expected() })`.
+macro_rules! message {
+    ($($message:ident)::+ { $($field:ident: $strategy:expr),+ $(,)? }) => {
+        ($($strategy,)+).prop_map(|($($field,)+)| $($message)::+ { $($field),+ })
+    };
+}
+
 fn expected() -> impl Strategy<Value = Option<pb::ExpectedRevision>> {
     use pb::expected_revision::Kind;
     let kind = prop_oneof![
@@ -379,97 +387,86 @@ fn expected() -> impl Strategy<Value = Option<pb::ExpectedRevision>> {
 }
 
 fn proposed_event() -> impl Strategy<Value = pb::ProposedEvent> {
-    (
-        prop_oneof![1 => Just(String::new()), 3 => uuid_text()],
-        prop_oneof![3 => Just("Placed".to_owned()), 1 => text()],
-        prop_oneof![2 => Just(String::new()), 1 => text()],
-        bytes(),
-        bytes(),
-    )
-        .prop_map(
-            |(id, r#type, content_type, metadata, data)| pb::ProposedEvent {
-                id,
-                r#type,
-                content_type,
-                metadata: metadata.into(),
-                data: data.into(),
-            },
-        )
+    message!(pb::ProposedEvent {
+        id: prop_oneof![1 => Just(String::new()), 3 => uuid_text()],
+        r#type: prop_oneof![3 => Just("Placed".to_owned()), 1 => text()],
+        content_type: prop_oneof![2 => Just(String::new()), 1 => text()],
+        metadata: bytes().prop_map(Into::into),
+        data: bytes().prop_map(Into::into),
+    })
 }
 
 fn append_request() -> impl Strategy<Value = pb::AppendRequest> {
-    (
-        text(),
-        expected(),
-        prop::collection::vec(proposed_event(), 0..4),
-    )
-        .prop_map(|(stream, expected, events)| pb::AppendRequest {
-            stream,
-            expected,
-            events,
-        })
+    message!(pb::AppendRequest {
+        stream: text(),
+        expected: expected(),
+        events: prop::collection::vec(proposed_event(), 0..4),
+    })
 }
 
 fn filter() -> impl Strategy<Value = Option<pb::ReadFilter>> {
-    prop::option::of(
-        (
-            prop::collection::vec(text(), 0..4),
-            regex(),
-            prop::collection::vec(text(), 0..4),
-            regex(),
-        )
-            .prop_map(
-                |(stream_prefixes, stream_regex, type_prefixes, type_regex)| pb::ReadFilter {
-                    stream_prefixes,
-                    stream_regex,
-                    type_prefixes,
-                    type_regex,
-                },
-            ),
-    )
+    prop::option::of(message!(pb::ReadFilter {
+        stream_prefixes: prop::collection::vec(text(), 0..4),
+        stream_regex: regex(),
+        type_prefixes: prop::collection::vec(text(), 0..4),
+        type_regex: regex(),
+    }))
+}
+
+/// Where a read, a subscription or a group begins, in the message's own
+/// `oneof`: unset, the start, the end, or at (after) a revision or a
+/// position.
+fn begin<T: Clone + std::fmt::Debug + 'static>(
+    start: T,
+    end: T,
+    revision: fn(u64) -> T,
+    position: fn(u64) -> T,
+) -> impl Strategy<Value = Option<T>> {
+    prop_oneof![
+        Just(None),
+        Just(Some(start)),
+        Just(Some(end)),
+        number().prop_map(move |at| Some(revision(at))),
+        number().prop_map(move |at| Some(position(at))),
+    ]
 }
 
 fn read_request() -> impl Strategy<Value = pb::ReadRequest> {
     use pb::read_request::From;
-    let from = prop_oneof![
-        Just(None),
-        Just(Some(From::Start(()))),
-        Just(Some(From::End(()))),
-        number().prop_map(|at| Some(From::Revision(at))),
-        number().prop_map(|at| Some(From::Position(at))),
-    ];
-    (text(), enumeration(), from, number(), filter()).prop_map(
-        |(stream, direction, from, max_count, filter)| pb::ReadRequest {
-            stream,
-            direction,
-            from,
-            max_count,
-            filter,
-        },
-    )
+    message!(pb::ReadRequest {
+        stream: text(),
+        direction: enumeration(),
+        from: begin(
+            From::Start(()),
+            From::End(()),
+            From::Revision,
+            From::Position
+        ),
+        max_count: number(),
+        filter: filter(),
+    })
 }
 
 fn subscribe_request() -> impl Strategy<Value = pb::SubscribeRequest> {
     use pb::subscribe_request::From;
-    let from = prop_oneof![
-        Just(None),
-        Just(Some(From::Start(()))),
-        Just(Some(From::End(()))),
-        number().prop_map(|at| Some(From::AfterRevision(at))),
-        number().prop_map(|at| Some(From::AfterPosition(at))),
-    ];
-    (text(), from, filter(), number32()).prop_map(|(stream, from, filter, checkpoint_interval)| {
-        pb::SubscribeRequest {
-            stream,
-            from,
-            filter,
-            checkpoint_interval,
-        }
+    message!(pb::SubscribeRequest {
+        stream: text(),
+        from: begin(
+            From::Start(()),
+            From::End(()),
+            From::AfterRevision,
+            From::AfterPosition,
+        ),
+        filter: filter(),
+        checkpoint_interval: number32(),
     })
 }
 
 fn delete_request() -> impl Strategy<Value = pb::DeleteRequest> {
-    (text(), expected()).prop_map(|(stream, expected)| pb::DeleteRequest { stream, expected })
+    message!(pb::DeleteRequest {
+        stream: text(),
+        expected: expected(),
+    })
 }
 
 fn set_metadata_request() -> impl Strategy<Value = pb::SetStreamMetadataRequest> {
@@ -480,28 +477,15 @@ fn set_metadata_request() -> impl Strategy<Value = pb::SetStreamMetadataRequest>
         Just("[".repeat(100_000)),
         text(),
     ]);
-    let metadata = prop::option::of(
-        (
-            prop::option::of(number()),
-            prop::option::of(number()),
-            prop::option::of(number()),
-            custom_json,
-        )
-            .prop_map(
-                |(max_count, max_age_seconds, truncate_before, custom_json)| pb::StreamMetadata {
-                    max_count,
-                    max_age_seconds,
-                    truncate_before,
-                    custom_json,
-                },
-            ),
-    );
-    (text(), expected(), metadata).prop_map(|(stream, expected, metadata)| {
-        pb::SetStreamMetadataRequest {
-            stream,
-            expected,
-            metadata,
-        }
+    message!(pb::SetStreamMetadataRequest {
+        stream: text(),
+        expected: expected(),
+        metadata: prop::option::of(message!(pb::StreamMetadata {
+            max_count: prop::option::of(number()),
+            max_age_seconds: prop::option::of(number()),
+            truncate_before: prop::option::of(number()),
+            custom_json: custom_json,
+        })),
     })
 }
 
@@ -513,53 +497,30 @@ fn group_name() -> impl Strategy<Value = String> {
 }
 
 fn group_settings() -> impl Strategy<Value = Option<pb::GroupSettings>> {
-    prop::option::of(
-        (
-            enumeration(),
-            prop::option::of(number32()),
-            prop::option::of(number32()),
-            prop::option::of(number32()),
-            prop::option::of(number32()),
-            prop::option::of(number32()),
-        )
-            .prop_map(
-                |(
-                    strategy,
-                    max_retries,
-                    message_timeout_ms,
-                    max_in_flight_per_consumer,
-                    checkpoint_after_events,
-                    checkpoint_after_ms,
-                )| pb::GroupSettings {
-                    strategy,
-                    max_retries,
-                    message_timeout_ms,
-                    max_in_flight_per_consumer,
-                    checkpoint_after_events,
-                    checkpoint_after_ms,
-                },
-            ),
-    )
+    prop::option::of(message!(pb::GroupSettings {
+        strategy: enumeration(),
+        max_retries: prop::option::of(number32()),
+        message_timeout_ms: prop::option::of(number32()),
+        max_in_flight_per_consumer: prop::option::of(number32()),
+        checkpoint_after_events: prop::option::of(number32()),
+        checkpoint_after_ms: prop::option::of(number32()),
+    }))
 }
 
 fn create_group_request() -> impl Strategy<Value = pb::CreateGroupRequest> {
     use pb::create_group_request::Start;
-    let start = prop_oneof![
-        Just(None),
-        Just(Some(Start::StartBeginning(()))),
-        Just(Some(Start::StartEnd(()))),
-        number().prop_map(|at| Some(Start::StartAfterRevision(at))),
-        number().prop_map(|at| Some(Start::StartAfterPosition(at))),
-    ];
-    (group_name(), text(), start, filter(), group_settings()).prop_map(
-        |(group, stream, start, filter, settings)| pb::CreateGroupRequest {
-            group,
-            stream,
-            start,
-            filter,
-            settings,
-        },
-    )
+    message!(pb::CreateGroupRequest {
+        group: group_name(),
+        stream: text(),
+        start: begin(
+            Start::StartBeginning(()),
+            Start::StartEnd(()),
+            Start::StartAfterRevision,
+            Start::StartAfterPosition,
+        ),
+        filter: filter(),
+        settings: group_settings(),
+    })
 }
 
 fn consume_request() -> impl Strategy<Value = pb::ConsumeRequest> {

@@ -1,6 +1,8 @@
 //! Cairn's protocol from another language: runs `tests/python/test_cairn_grpc.py`
 //! (grpcio, stubs generated from `proto/cairn/v1/cairn.proto`, reflection via
-//! grpcio-reflection) against an in-process server.
+//! grpcio-reflection) against an in-process server, and
+//! `tests/python/test_cairn_tls.py` against a secure one (TLS and a bearer
+//! token).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -10,8 +12,8 @@ use cairn_testkit::TestServer;
 
 const PYTHON_PACKAGES: &str = "grpcio grpcio-tools grpcio-reflection";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_grpc_client_talks_to_the_server() {
+/// Fails the test with what to install when python3 lacks the packages.
+fn require_python_grpc() {
     let probe = std::process::Command::new("python3")
         .args(["-c", "import grpc, grpc_tools, grpc_reflection"])
         .output();
@@ -25,12 +27,17 @@ async fn python_grpc_client_talks_to_the_server() {
             "cannot run python3 ({error}); install Python 3, then pip install {PYTHON_PACKAGES}"
         ),
     }
+}
 
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/test_cairn_grpc.py");
-    let server = TestServer::start().await;
+/// Runs a script of tests/python with `args`; checks it passed and printed
+/// `<summary_prefix>N passed, 0 failed` last.
+async fn run_script(name: &str, args: &[String], summary_prefix: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name);
     let run = tokio::process::Command::new("python3")
         .arg(&script)
-        .arg(server.address.to_string())
+        .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -48,8 +55,56 @@ async fn python_grpc_client_talks_to_the_server() {
     );
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(
-        summary.starts_with("python client: ") && summary.ends_with(" passed, 0 failed"),
+        summary.starts_with(summary_prefix) && summary.ends_with(" passed, 0 failed"),
         "unexpected summary {summary:?}:\n{stdout}\n{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_client_over_tls_with_a_token() {
+    require_python_grpc();
+    let server = cairn_testkit::TestServer::start_secure().await;
+    let admin = server.admin().await;
+    admin
+        .create_user(cairn_client::NewUser::new(
+            "python",
+            "a long enough password",
+        ))
+        .await
+        .expect("create the user");
+    let token = admin
+        .create_token(cairn_client::NewToken::for_user("python").name("python test"))
+        .await
+        .expect("create a token");
+    let ca = server
+        .tls
+        .as_ref()
+        .expect("a secure server")
+        .files
+        .ca
+        .clone();
+    run_script(
+        "test_cairn_tls.py",
+        &[
+            server.address.to_string(),
+            ca.display().to_string(),
+            token.secret.clone(),
+        ],
+        "python tls client: ",
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpc_client_talks_to_the_server() {
+    require_python_grpc();
+    let server = TestServer::start().await;
+    run_script(
+        "test_cairn_grpc.py",
+        &[server.address.to_string()],
+        "python client: ",
+    )
+    .await;
     server.stop().await;
 }

@@ -1,8 +1,10 @@
 //! What a careless or hostile reader can make the server hold or compute,
 //! through the real server and gRPC: metadata size, ListStreams paged by
 //! bytes, filter limits, reads that stop when their client goes away or their
-//! deadline passes, and large events through a small buffer budget (the
-//! server waits for its clients; nothing is lost).
+//! deadline passes, large events through a small buffer budget (the
+//! server waits for its clients; nothing is lost), and clients that stop
+//! reading altogether (cut off after the stall timeout, so that they cannot
+//! pin the budget; a slow reader is not).
 
 use std::time::Duration;
 
@@ -12,11 +14,12 @@ use cairn_client::{
 };
 use cairn_proto::reason;
 use cairn_proto::v1 as pb;
+use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
 use cairn_proto::v1::subscriptions_client::SubscriptionsClient;
 use cairn_server::Settings;
 use cairn_storage::{MAX_FILTER_PREFIXES, Store};
-use cairn_testkit::{TestServer, eventually, read_all_client};
+use cairn_testkit::{TestServer, eventually, eventually_within, read_all_client};
 use prost::Message;
 use tokio::sync::oneshot;
 use tonic::Code;
@@ -397,6 +400,12 @@ async fn a_read_whose_client_goes_away_reads_no_further_chunks() {
         chunks <= 16,
         "{chunks} storage calls for a read abandoned after its first event (of about 48 chunks)"
     );
+    // What it held goes back at once, not after the stall timeout (60 s).
+    eventually_within(Duration::from_secs(10), "the budget to return", || async {
+        let held = buffered_bytes(&server.url).await;
+        if held == 0 { Ok(()) } else { Err(held) }
+    })
+    .await;
     server.stop().await;
 }
 
@@ -425,6 +434,7 @@ async fn a_read_ends_when_its_deadline_passes_even_if_the_client_stays() {
     };
     let status = end.expect("the read ended with a status, not as if complete");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason_of(&status), reason::DEADLINE_EXCEEDED, "{status:?}");
     assert!(received < 2000, "{received} events");
     server.stop().await;
 }
@@ -479,5 +489,173 @@ async fn large_events_pass_a_small_buffer_budget_complete_and_in_order() {
         .await
         .expect("the reads and the subscription finish: no one waits forever");
     assert_eq!(revisions, (0..50).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+/// What the server holds now for clients (`Server.Info`), bytes.
+async fn buffered_bytes(url: &str) -> u64 {
+    ServerClient::new(cairn_testkit::channel(url).await)
+        .info(())
+        .await
+        .expect("info")
+        .into_inner()
+        .buffered_bytes
+}
+
+/// A raw read of all of `stream`, on its own connection: nothing of it is
+/// taken until the test reads.
+async fn read_of(server: &TestServer, stream: &str) -> tonic::Streaming<pb::ReadResponse> {
+    streams(server)
+        .await
+        .read(pb::ReadRequest {
+            stream: stream.into(),
+            ..pb::ReadRequest::default()
+        })
+        .await
+        .expect("read")
+        .into_inner()
+}
+
+/// A raw subscription to `stream` from its start, like [`read_of`].
+async fn subscription_to(
+    server: &TestServer,
+    stream: &str,
+) -> tonic::Streaming<pb::SubscribeResponse> {
+    SubscriptionsClient::new(server.channel().await)
+        .subscribe(pb::SubscribeRequest {
+            stream: stream.into(),
+            ..pb::SubscribeRequest::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
+}
+
+/// Reads `responses` to its end: the messages' events and the closing
+/// status (`None`: it ended OK).
+async fn drain<T>(
+    responses: &mut tonic::Streaming<T>,
+    events_of: impl Fn(&T) -> usize,
+) -> (usize, Option<tonic::Status>) {
+    let mut events = 0;
+    loop {
+        match responses.message().await {
+            Ok(Some(message)) => events += events_of(&message),
+            Ok(None) => return (events, None),
+            Err(status) => return (events, Some(status)),
+        }
+    }
+}
+
+fn assert_client_stalled(end: Option<tonic::Status>, context: &str) {
+    let status = end.unwrap_or_else(|| panic!("{context}: ended OK although it was cut off"));
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{context}: {status:?}"
+    );
+    assert_eq!(
+        reason_of(&status),
+        reason::CLIENT_STALLED,
+        "{context}: {status:?}"
+    );
+}
+
+/// Settings of the stall tests: a small budget that a few stalled calls
+/// fill (a read chunk or subscription page reserves 1.25 MiB, a
+/// subscription holds at most 2.5 MiB), and a short stall timeout.
+fn small_budget(settings: &mut Settings) {
+    settings.max_buffered_bytes = 6 * MIB;
+    settings.max_event_bytes = 256 * 1024;
+    settings.client_stall_timeout_ms = 1000;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_are_cut_off_and_give_the_budget_back() {
+    let server = TestServer::start_with(small_budget).await;
+    let client = server.client().await;
+    // 20 MiB: far more than the budget and the clients' HTTP/2 windows.
+    append_sized(&client, "big-1", 100, 200 * 1024).await;
+    // Reads and subscriptions whose clients never take a message (their
+    // HTTP/2 windows fill and are never opened again), each on its own
+    // connection. Before the stall timeout, the subscriptions alone could
+    // hold 7.5 MiB: every other reader waited for good.
+    let mut reads = Vec::new();
+    let mut subscriptions = Vec::new();
+    for _ in 0..3 {
+        reads.push(read_of(&server, "$ce-big").await);
+        subscriptions.push(subscription_to(&server, "$ce-big").await);
+    }
+    // A reader that reads gets everything once the stalled calls are cut off.
+    let events = tokio::time::timeout(Duration::from_secs(60), read_all_client(&client, "$ce-big"))
+        .await
+        .expect("a reader beside clients that stopped reading is not locked out")
+        .expect("read");
+    assert_eq!(events.len(), 100);
+    // The budget is back although the stalled clients never read again.
+    eventually(
+        "the budget to return while the stalled calls are open",
+        || async {
+            let held = buffered_bytes(&server.url()).await;
+            if held == 0 { Ok(()) } else { Err(held) }
+        },
+    )
+    .await;
+    // A stalled client that reads again gets what reached it, then the
+    // status: never an OK end of a truncated read.
+    for (n, read) in reads.iter_mut().enumerate() {
+        let (events, end) = drain(read, |response: &pb::ReadResponse| response.events.len()).await;
+        assert!(events < 100, "read {n} got all {events} events");
+        assert_client_stalled(end, &format!("read {n}"));
+    }
+    for (n, subscription) in subscriptions.iter_mut().enumerate() {
+        let (_, end) = drain(subscription, |_: &pb::SubscribeResponse| 1).await;
+        assert_client_stalled(end, &format!("subscription {n}"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    let server = TestServer::start_with(small_budget).await;
+    let client = server.client().await;
+    // Responses of up to 1 MiB (five events) and subscription messages of
+    // one event: read one every 250 ms, the whole read and subscription
+    // take several stall timeouts.
+    append_sized(&client, "big-1", 40, 200 * 1024).await;
+    let pause = Duration::from_millis(250);
+    let mut read = read_of(&server, "$ce-big").await;
+    let mut subscription = subscription_to(&server, "$ce-big").await;
+    let started = std::time::Instant::now();
+    // Both at once: a call that is not read for a stall timeout is cut off.
+    let reading = async {
+        let mut events = 0;
+        while let Some(response) = read.message().await.expect("a slow read is not cut off") {
+            events += response.events.len();
+            tokio::time::sleep(pause).await;
+        }
+        events
+    };
+    let subscribed = async {
+        let mut events = 0;
+        while events < 40 {
+            let message = subscription
+                .message()
+                .await
+                .expect("a slow subscriber is not cut off")
+                .expect("open");
+            if let Some(pb::subscribe_response::Content::Event(_)) = message.content {
+                events += 1;
+                tokio::time::sleep(pause).await;
+            }
+        }
+        events
+    };
+    assert_eq!(tokio::join!(reading, subscribed), (40, 40));
+    assert!(
+        started.elapsed() > Duration::from_secs(3),
+        "the reads took several stall timeouts ({:?})",
+        started.elapsed()
+    );
     server.stop().await;
 }

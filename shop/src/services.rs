@@ -72,11 +72,34 @@ impl ServiceConfig {
 /// How long a starting service waits for Cairn to accept connections.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How the shop reaches a secured Cairn, from the environment (the same
+/// variables as the `cairn` CLI): `CAIRN_CA_FILE` (the CA that signed the
+/// server's certificate, for `https://` addresses), `CAIRN_CERT_FILE` and
+/// `CAIRN_KEY_FILE` (a client certificate, when the server requires one), and
+/// `CAIRN_TOKEN`, or `CAIRN_USER` with `CAIRN_PASSWORD` (the shop's service
+/// user). None of them set: a plaintext, unauthenticated connection.
+fn client_builder(url: &str) -> cairn_client::ClientBuilder {
+    let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let mut builder = Client::builder(url.to_owned());
+    if let Some(ca) = var("CAIRN_CA_FILE") {
+        builder = builder.ca_file(ca);
+    }
+    if let (Some(cert), Some(key)) = (var("CAIRN_CERT_FILE"), var("CAIRN_KEY_FILE")) {
+        builder = builder.identity(cert, key);
+    }
+    if let Some(token) = var("CAIRN_TOKEN") {
+        builder = builder.token(token);
+    } else if let (Some(user), Some(password)) = (var("CAIRN_USER"), var("CAIRN_PASSWORD")) {
+        builder = builder.basic(user, password);
+    }
+    builder
+}
+
 /// A new connection to Cairn, retried while Cairn is starting.
 pub async fn connect(url: &str) -> Result<Client> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
     loop {
-        match Client::connect(url.to_owned()).await {
+        match client_builder(url).connect().await {
             Ok(client) => return Ok(client),
             Err(error) if Instant::now() < deadline => {
                 tracing::info!(%error, url, "waiting for Cairn");

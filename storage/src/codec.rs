@@ -615,9 +615,16 @@ impl StreamRecord {
         let id = read_u64(&body[take(8)?]);
         let next_revision = read_u64(&body[take(8)?]);
         let deleted_before = read_u64(&body[take(8)?]);
-        let tombstoned = body[take(1)?.start] != 0;
+        let tombstoned = match body[take(1)?.start] {
+            0 => false,
+            1 => true,
+            _ => return Err(bad("the tombstone flag is neither 0 nor 1")),
+        };
         let metadata_revision = read_u64(&body[take(8)?]).checked_sub(1);
         let flags = body[take(1)?.start];
+        if flags & !(FLAG_MAX_COUNT | FLAG_MAX_AGE | FLAG_TRUNCATE_BEFORE | FLAG_CUSTOM) != 0 {
+            return Err(bad("unknown metadata flags"));
+        }
         let mut metadata = StreamMetadata::default();
         if flags & FLAG_MAX_COUNT != 0 {
             metadata.max_count = Some(read_u64(&body[take(8)?]));
@@ -641,6 +648,10 @@ impl StreamRecord {
                 String::from_utf8(body[custom].to_vec())
                     .map_err(|_| bad("custom metadata is not UTF-8"))?,
             );
+        }
+        // Strict, like `log` records: only what `encode` writes decodes.
+        if reader.offset != body.len() {
+            return Err(bad("trailing bytes after the metadata"));
         }
         Ok(Self {
             id,

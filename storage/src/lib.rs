@@ -44,6 +44,16 @@ mod ticket;
 
 pub use codec::{FORMAT_VERSION, SEGMENT_SIZE};
 
+/// Not API: the decoders and encoders of stored records, for the decoder fuzz
+/// test (`tests/codec_fuzz.rs`). Nothing outside this crate's tests uses it.
+#[doc(hidden)]
+pub mod codec_seam {
+    pub use crate::codec::{
+        AppendStamp, EventIdEntry, StreamRecord, decode_counts, decode_header, decode_u64,
+        encode_counts, encode_record,
+    };
+}
+
 /// Every RocksDB column family of a Cairn database, in open order (see
 /// FORMAT.md), for tools and tests that open the files directly.
 pub const COLUMN_FAMILIES: [&str; 8] = codec::cf::ALL;

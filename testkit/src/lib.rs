@@ -6,6 +6,11 @@
 //!   connections (no sleeps to "let it start"). [`TestServer::channel`] (or
 //!   [`channel`] for any address) gives a raw gRPC channel for tests of the
 //!   wire protocol itself (generated tonic clients, health, reflection).
+//!   [`TestServer::start_secure`] serves TLS with authentication on, with
+//!   certificates made for it ([`TestTls`]) and the `admin` user's password
+//!   [`ADMIN_PASSWORD`]; [`TestServer::connect_as`],
+//!   [`TestServer::connect_with_token`] and [`TestServer::client_builder`]
+//!   connect to it.
 //! - [`eventually`]: polls a condition until it holds, with a deadline and a
 //!   message naming what was awaited (and what was last seen, when the check
 //!   returns a [`Result`]); [`eventually_blocking`] is the same for synchronous
@@ -32,7 +37,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cairn_client::Client;
+use cairn_client::{Client, ClientBuilder};
 use cairn_server::Settings;
 use cairn_storage::{
     Direction, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store, StoreOptions,
@@ -227,6 +232,78 @@ pub async fn channel(url: &str) -> tonic::transport::Channel {
         .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
 }
 
+/// The password of the `admin` user of a [`TestServer::start_secure`]
+/// server (its `initial_admin_password`).
+pub const ADMIN_PASSWORD: &str = "cairn-test-admin-password";
+
+/// The certificates of a secure test server (made by
+/// `cairn_server::dev_certs` in a temporary directory kept with the server).
+#[derive(Debug)]
+pub struct TestTls {
+    /// The files: `ca` (what clients trust), `server_cert`/`server_key`
+    /// (what the server serves; replace them to test reloads), and
+    /// `client_cert`/`client_key` (a client certificate the CA signed).
+    pub files: cairn_server::dev_certs::DevCertFiles,
+    /// True when the server requires client certificates
+    /// (`tls_client_ca_file` was set); [`TestServer::client_builder`] then
+    /// presents the client certificate.
+    pub mutual: bool,
+    /// The directory holding the files.
+    pub dir: tempfile::TempDir,
+}
+
+/// A raw gRPC channel to `address` over TLS, trusting `ca_pem` and
+/// presenting `identity` (certificate and key PEM) when given: the protocol
+/// as other tools see it, against a secure server.
+pub async fn tls_channel(
+    address: SocketAddr,
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> tonic::transport::Channel {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(certificate.expect("CA PEM"))
+            .expect("a usable CA certificate");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("client certificate PEM"),
+                PrivateKeyDer::from_pem_slice(key).expect("client key PEM"),
+            )
+            .expect("client identity"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    // The channel's own scheme stays http: the connector below does TLS.
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(address).await?;
+                let tls = connector
+                    .connect(ServerName::IpAddress(address.ip().into()), tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .unwrap_or_else(|error| panic!("TLS connect to {address}: {error}"))
+}
+
 /// A running in-process server. Dropping it without [`TestServer::stop`]
 /// aborts the server task.
 pub struct TestServer {
@@ -234,6 +311,8 @@ pub struct TestServer {
     pub address: SocketAddr,
     /// Its data directory (kept alive with the server).
     pub data: tempfile::TempDir,
+    /// Its certificates, for a server started by [`TestServer::start_secure`].
+    pub tls: Option<TestTls>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), cairn_server::ServerError>>>,
 }
@@ -254,6 +333,43 @@ impl TestServer {
         Self::start_full(data, adjust, StoreOptions::default()).await
     }
 
+    /// Starts a secure server: TLS with certificates made for it (see
+    /// [`TestServer::tls`]) and authentication on, the `admin` user's
+    /// password being [`ADMIN_PASSWORD`].
+    pub async fn start_secure() -> Self {
+        Self::start_secure_with(|_, _| {}).await
+    }
+
+    /// [`TestServer::start_secure`] after letting the caller adjust the
+    /// settings (e.g. `tls_client_ca_file`, `tls_reload_interval_ms`); the
+    /// certificates' paths are in the settings already.
+    pub async fn start_secure_with(adjust: impl FnOnce(&mut Settings, &TestTls)) -> Self {
+        Self::start_secure_in(tempfile::tempdir().expect("temp dir"), adjust).await
+    }
+
+    /// [`TestServer::start_secure_with`] on an existing data directory (a
+    /// restart: the users made before are still there). The certificates are
+    /// new.
+    pub async fn start_secure_in(
+        data: tempfile::TempDir,
+        adjust: impl FnOnce(&mut Settings, &TestTls),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = cairn_server::dev_certs::write(dir.path(), &[]).expect("dev certificates");
+        let mut tls = TestTls {
+            files,
+            mutual: false,
+            dir,
+        };
+        let mut settings = Settings::for_tests(data.path().to_path_buf());
+        settings.tls_cert_file = Some(tls.files.server_cert.clone());
+        settings.tls_key_file = Some(tls.files.server_key.clone());
+        settings.initial_admin_password = Some(ADMIN_PASSWORD.to_owned().into());
+        adjust(&mut settings, &tls);
+        tls.mutual = settings.tls_client_ca_file.is_some();
+        Self::launch(data, settings, StoreOptions::default(), Some(tls)).await
+    }
+
     /// Starts a server on `data` with adjusted settings and store options
     /// (e.g. the storage fault seam) as the base of what settings set.
     pub async fn start_full(
@@ -263,6 +379,15 @@ impl TestServer {
     ) -> Self {
         let mut settings = Settings::for_tests(data.path().to_path_buf());
         adjust(&mut settings);
+        Self::launch(data, settings, store_options, None).await
+    }
+
+    async fn launch(
+        data: tempfile::TempDir,
+        settings: Settings,
+        store_options: StoreOptions,
+        tls: Option<TestTls>,
+    ) -> Self {
         let store = cairn_server::open_store_with(&settings, store_options).expect("open store");
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -272,9 +397,10 @@ impl TestServer {
         let task = tokio::spawn(cairn_server::run(listener, store, settings, async move {
             let _ = stopped.await;
         }));
-        let server = Self {
+        let mut server = Self {
             address,
             data,
+            tls,
             stop: Some(stop),
             task: Some(task),
         };
@@ -282,32 +408,103 @@ impl TestServer {
         server
     }
 
-    /// Readiness: waits until the server answers its health check.
-    async fn wait_until_serving(&self) {
-        let url = self.url();
-        eventually("the test server to serve", || {
-            let url = url.clone();
-            async move {
-                let client = Client::connect(url).await.ok()?;
-                client.is_serving().await.ok()?.then_some(())
+    /// Readiness: waits until the server answers its health check; a server
+    /// that stopped instead fails the test with its error.
+    async fn wait_until_serving(&mut self) {
+        let task = self.task.as_ref().expect("server task");
+        let stopped = eventually("the test server to serve", || async {
+            if task.is_finished() {
+                return Some(true);
             }
+            let client = self.client_builder().connect().await.ok()?;
+            client.is_serving().await.ok()?.then_some(false)
         })
         .await;
+        if stopped {
+            let task = self.task.take().expect("server task");
+            match task.await {
+                Ok(Ok(())) => panic!("the test server stopped before serving"),
+                Ok(Err(error)) => panic!("the test server did not start: {error}"),
+                Err(error) => panic!("the test server task failed: {error}"),
+            }
+        }
     }
 
-    /// The URL clients connect to.
+    /// The URL clients connect to: `https://` for a secure server.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        match self.tls {
+            Some(_) => format!("https://{}", self.address),
+            None => format!("http://{}", self.address),
+        }
     }
 
-    /// A connected client.
+    /// A builder for clients of this server, without credentials: trusting
+    /// its CA (and presenting the client certificate, when it requires one)
+    /// for a secure server.
+    pub fn client_builder(&self) -> ClientBuilder {
+        let builder = Client::builder(self.url());
+        match &self.tls {
+            None => builder,
+            Some(tls) if tls.mutual => builder
+                .ca_file(&tls.files.ca)
+                .identity(&tls.files.client_cert, &tls.files.client_key),
+            Some(tls) => builder.ca_file(&tls.files.ca),
+        }
+    }
+
+    /// A connected client (without credentials: on a secure server only
+    /// health answers it).
     pub async fn client(&self) -> Client {
-        Client::connect(self.url()).await.expect("connect")
+        self.client_builder().connect().await.expect("connect")
     }
 
-    /// A raw gRPC channel to the server (see [`channel`]).
+    /// A client that authenticates every call as `user` with `password`.
+    pub async fn connect_as(&self, user: &str, password: &str) -> Client {
+        self.client_builder()
+            .basic(user, password)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A client that authenticates every call with a bearer `token`.
+    pub async fn connect_with_token(&self, token: &str) -> Client {
+        self.client_builder()
+            .token(token)
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A client of the `admin` user of a secure server ([`ADMIN_PASSWORD`]).
+    pub async fn admin(&self) -> Client {
+        self.connect_as("admin", ADMIN_PASSWORD).await
+    }
+
+    /// A raw gRPC channel to the server (see [`channel`] and
+    /// [`tls_channel`]); over TLS for a secure server.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        channel(&self.url()).await
+        match &self.tls {
+            None => channel(&self.url()).await,
+            Some(tls) => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read(path)
+                        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+                };
+                let ca = read(&tls.files.ca);
+                let identity = tls
+                    .mutual
+                    .then(|| (read(&tls.files.client_cert), read(&tls.files.client_key)));
+                tls_channel(
+                    self.address,
+                    &ca,
+                    identity
+                        .as_ref()
+                        .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
+                )
+                .await
+            }
+        }
     }
 
     /// Triggers shutdown and waits for `run` to return.

@@ -542,6 +542,10 @@ impl GroupActor {
             live_from: None,
             buffer: 256,
             slot: None,
+            // The group's own source waits on its consumers; never cut off.
+            stall_timeout: None,
+            // Who may consume is decided when a consumer joins.
+            visibility: crate::security::acl::Visibility::everything(),
         }));
     }
 

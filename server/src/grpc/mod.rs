@@ -4,6 +4,7 @@
 //! (`from_proto`, `to_proto`), and one error mapping (`status`). Every
 //! decision is the engine's; adapters only convert.
 
+mod auth;
 mod from_proto;
 mod persistent;
 mod server_info;
@@ -11,6 +12,7 @@ mod status;
 mod streams;
 mod subscriptions;
 mod to_proto;
+mod users;
 
 use std::future::Future;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsSer
 use cairn_proto::v1::server_server::ServerServer;
 use cairn_proto::v1::streams_server::StreamsServer;
 use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
+use cairn_proto::v1::users_server::UsersServer;
 use cairn_storage::Durability;
 use tokio::net::TcpListener;
 use tonic::codegen::http;
@@ -36,7 +39,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 
 /// What the facade needs besides the engine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct GrpcOptions {
     /// Largest message decoded or encoded.
     pub max_message_bytes: usize,
@@ -44,6 +47,8 @@ pub struct GrpcOptions {
     pub durability: Durability,
     /// Bounds on accepted connections.
     pub connections: ConnectionLimits,
+    /// TLS for every connection (`None`: plaintext, insecure mode).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl tonic::transport::server::Connected for Connection {
@@ -119,6 +124,9 @@ async fn report_fail_stop(engine: Engine, health: tonic_health::server::HealthRe
                 .set_not_serving::<PersistentSubscriptionsServer<persistent::PersistentService>>()
                 .await;
             health
+                .set_not_serving::<UsersServer<users::UsersService>>()
+                .await;
+            health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
             return;
@@ -145,6 +153,9 @@ pub async fn serve(
         .await;
     health_reporter
         .set_serving::<PersistentSubscriptionsServer<persistent::PersistentService>>()
+        .await;
+    health_reporter
+        .set_serving::<UsersServer<users::UsersService>>()
         .await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
@@ -174,6 +185,9 @@ pub async fn serve(
         engine.clone(),
         options.durability,
     ));
+    let users = UsersServer::new(users::UsersService::new(engine.clone()))
+        .max_decoding_message_size(users::USERS_REQUEST_BYTES)
+        .max_encoding_message_size(max_message);
 
     engine
         .tasks()
@@ -195,6 +209,10 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(
             transport_status::<tonic::body::Body>,
         ))
+        // Every call but health and reflection is authenticated here, once.
+        .layer(auth::AuthLayer::new(std::sync::Arc::clone(
+            engine.security(),
+        )))
         // Pings find dead peers (no answer within the timeout closes the
         // connection), and their answers are traffic: a live client with a
         // quiet subscription never reaches the idle timeout, because pings
@@ -212,7 +230,11 @@ pub async fn serve(
         .add_service(subscriptions)
         .add_service(persistent_subscriptions)
         .add_service(server_info)
-        .serve_with_incoming_shutdown(listener::accept(listener, options.connections), signal);
+        .add_service(users)
+        .serve_with_incoming_shutdown(
+            listener::accept(listener, options.connections, options.tls),
+            signal,
+        );
     // Graceful shutdown waits for every open call. Reads and subscriptions end
     // on the signal, but a call the server cannot end (a health Watch, a client
     // that stopped reading) would hold the process forever: after a grace period

@@ -18,6 +18,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use super::auth;
 use super::status::{invalid_argument, to_status};
 use super::{from_proto, to_proto};
 
@@ -45,6 +46,15 @@ impl PersistentService {
     fn groups(&self) -> &Groups {
         self.engine.groups()
     }
+
+    /// Group management (create, update, delete, list, info, replay) is for
+    /// operators and admins.
+    fn authorize_management<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let by = auth::principal(request)?;
+        self.engine
+            .authorize_operations(&by, "manage consumer groups")
+            .map_err(status)
+    }
 }
 
 type ConsumeStream = Pin<Box<dyn Stream<Item = Result<pb::ConsumeResponse, Status>> + Send>>;
@@ -61,6 +71,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<pb::CreateGroupRequest>,
     ) -> Result<Response<pb::CreateGroupResponse>, Status> {
+        self.authorize_management(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("create_group", group = %Escaped(&request.group), stream = %Escaped(&request.stream));
         async {
@@ -76,6 +87,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<pb::UpdateGroupRequest>,
     ) -> Result<Response<pb::UpdateGroupResponse>, Status> {
+        self.authorize_management(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("update_group", group = %Escaped(&request.group));
         async {
@@ -96,6 +108,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<pb::DeleteGroupRequest>,
     ) -> Result<Response<pb::DeleteGroupResponse>, Status> {
+        self.authorize_management(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("delete_group", group = %Escaped(&request.group));
         async {
@@ -108,8 +121,9 @@ impl PersistentSubscriptions for PersistentService {
 
     async fn list_groups(
         &self,
-        _request: Request<pb::ListGroupsRequest>,
+        request: Request<pb::ListGroupsRequest>,
     ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        self.authorize_management(&request)?;
         let reports = self.groups().reports().await.map_err(status)?;
         Ok(Response::new(pb::ListGroupsResponse {
             groups: reports.iter().map(to_proto::group_info).collect(),
@@ -120,6 +134,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<pb::GetGroupInfoRequest>,
     ) -> Result<Response<pb::GroupInfo>, Status> {
+        self.authorize_management(&request)?;
         let request = request.into_inner();
         let report = self.groups().report(&request.group).await.map_err(status)?;
         Ok(Response::new(to_proto::group_info(&report)))
@@ -129,6 +144,7 @@ impl PersistentSubscriptions for PersistentService {
         &self,
         request: Request<pb::ReplayParkedRequest>,
     ) -> Result<Response<pb::ReplayParkedResponse>, Status> {
+        self.authorize_management(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("replay_parked", group = %Escaped(&request.group), max = request.max_count);
         async {
@@ -148,6 +164,7 @@ impl PersistentSubscriptions for PersistentService {
         request: Request<Streaming<pb::ConsumeRequest>>,
     ) -> Result<Response<Self::ConsumeStream>, Status> {
         use pb::consume_request::Content;
+        let by = auth::principal(&request)?;
         let mut requests = request.into_inner();
         // A call that never says which group it joins would hold a stream and a
         // task forever.
@@ -166,6 +183,9 @@ impl PersistentSubscriptions for PersistentService {
             ));
         };
         let span = tracing::info_span!("consume", group = %Escaped(&open.group), consumer = %Escaped(&open.consumer_name));
+        self.engine
+            .authorize_consume(&by, &open.group)
+            .map_err(status)?;
         let (consumer, receiver) = self
             .groups()
             .join(&open.group, open.consumer_name, open.max_in_flight)

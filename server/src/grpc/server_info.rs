@@ -25,7 +25,9 @@ impl ServerInfoService {
 
 #[tonic::async_trait]
 impl Server for ServerInfoService {
-    async fn info(&self, _request: Request<()>) -> Result<Response<pb::ServerInfo>, Status> {
+    async fn info(&self, request: Request<()>) -> Result<Response<pb::ServerInfo>, Status> {
+        // Any authenticated caller may see the server's figures.
+        super::auth::principal(&request)?;
         let store = self.engine.store();
         let info = store.info();
         let limits = store.limits();
@@ -45,6 +47,8 @@ impl Server for ServerInfoService {
             subscription_fell_behind: subscriptions.fell_behind.load(Ordering::Relaxed),
             live_ring_events: ring_events as u64,
             live_ring_bytes: ring_bytes as u64,
+            buffered_bytes: self.engine.buffer_budget().in_use() as u64,
+            max_buffered_bytes: self.engine.buffer_budget().capacity() as u64,
             durability: match self.durability {
                 Durability::Sync => "sync".to_owned(),
                 Durability::Unsynced => "unsynced".to_owned(),

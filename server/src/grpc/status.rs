@@ -125,7 +125,36 @@ fn code_and_reason(error: &Error) -> (Code, &'static str, HashMap<String, String
         ),
         Error::Corrupt(_) => (Code::DataLoss, reason::CORRUPT, meta(&[])),
         Error::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
+        Error::DeadlineExceeded => (Code::DeadlineExceeded, reason::DEADLINE_EXCEEDED, meta(&[])),
+        Error::ClientStalled { timeout_ms } => (
+            Code::ResourceExhausted,
+            reason::CLIENT_STALLED,
+            meta(&[("timeout_ms", timeout_ms.to_string())]),
+        ),
         Error::Internal(_) => (Code::Internal, reason::INTERNAL, meta(&[])),
+        Error::Unauthenticated(_) => (Code::Unauthenticated, reason::UNAUTHENTICATED, meta(&[])),
+        Error::PermissionDenied { operation, stream } => {
+            let mut pairs = vec![("operation", operation.clone())];
+            if let Some(stream) = stream {
+                pairs.push(("stream", stream.clone()));
+            }
+            (Code::PermissionDenied, reason::ACCESS_DENIED, meta(&pairs))
+        }
+        Error::UserNotFound { user } => (
+            Code::NotFound,
+            reason::USER_NOT_FOUND,
+            meta(&[("user", user.clone())]),
+        ),
+        Error::UserExists { user } => (
+            Code::AlreadyExists,
+            reason::USER_EXISTS,
+            meta(&[("user", user.clone())]),
+        ),
+        Error::TokenNotFound { id } => (
+            Code::NotFound,
+            reason::TOKEN_NOT_FOUND,
+            meta(&[("token", id.clone())]),
+        ),
         _ => (Code::Internal, reason::INTERNAL, meta(&[])),
     }
 }
@@ -364,6 +393,48 @@ mod tests {
                 Code::Unavailable,
                 reason::SHUTTING_DOWN,
             ),
+            (
+                Error::DeadlineExceeded,
+                Code::DeadlineExceeded,
+                reason::DEADLINE_EXCEEDED,
+            ),
+            (
+                Error::ClientStalled { timeout_ms: 60_000 },
+                Code::ResourceExhausted,
+                reason::CLIENT_STALLED,
+            ),
+            (
+                Error::Unauthenticated("wrong password".into()),
+                Code::Unauthenticated,
+                reason::UNAUTHENTICATED,
+            ),
+            (
+                Error::PermissionDenied {
+                    operation: "write".into(),
+                    stream: Some("order-1".into()),
+                },
+                Code::PermissionDenied,
+                reason::ACCESS_DENIED,
+            ),
+            (
+                Error::UserNotFound {
+                    user: "alice".into(),
+                },
+                Code::NotFound,
+                reason::USER_NOT_FOUND,
+            ),
+            (
+                Error::UserExists {
+                    user: "alice".into(),
+                },
+                Code::AlreadyExists,
+                reason::USER_EXISTS,
+            ),
+            (
+                Error::TokenNotFound { id: "9f2c".into() },
+                Code::NotFound,
+                reason::TOKEN_NOT_FOUND,
+            ),
         ]
     }
 
@@ -409,6 +480,21 @@ mod tests {
         assert!(status.message().ends_with("(truncated)"));
         let multibyte = truncate("é".repeat(MAX_MESSAGE_BYTES));
         assert!(multibyte.ends_with("(truncated)"));
+    }
+
+    /// The two ways a read or subscription ends before it is done, on time:
+    /// never an OK that looks complete.
+    #[test]
+    fn deadlines_and_stalls_are_their_own_statuses() {
+        let status = to_status(&Error::DeadlineExceeded);
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        assert_eq!(reason_of(&status).0, reason::DEADLINE_EXCEEDED);
+        let status = to_status(&Error::ClientStalled { timeout_ms: 1500 });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let (reason, metadata) = reason_of(&status);
+        assert_eq!(reason, reason::CLIENT_STALLED);
+        assert_eq!(metadata["timeout_ms"], "1500");
+        assert!(status.message().contains("1500 ms"), "{}", status.message());
     }
 
     #[test]
@@ -459,6 +545,7 @@ mod tests {
                 (
                     Error::LimitExceeded(_)
                     | Error::Overloaded { .. }
+                    | Error::ClientStalled { .. }
                     | Error::Store(StoreError::LimitExceeded { .. })
                     | Error::Store(StoreError::Overloaded { .. }),
                     ClientError::LimitExceeded(_),
@@ -469,10 +556,21 @@ mod tests {
                 (Error::GroupExists { group }, ClientError::GroupExists { group: seen }) => {
                     group == seen
                 }
+                (Error::UserNotFound { user }, ClientError::UserNotFound { user: seen })
+                | (Error::UserExists { user }, ClientError::UserExists { user: seen }) => {
+                    user == seen
+                }
+                (Error::TokenNotFound { id }, ClientError::TokenNotFound { id: seen }) => {
+                    id == seen
+                }
                 (
                     Error::Corrupt(_) | Error::Store(StoreError::Corrupt { .. }),
                     ClientError::Corrupt(_),
                 ) => true,
+                (Error::Unauthenticated(_), ClientError::Unauthenticated(message))
+                | (Error::PermissionDenied { .. }, ClientError::PermissionDenied(message)) => {
+                    *message == client_message(&error)
+                }
                 (
                     Error::ShuttingDown
                     | Error::Store(StoreError::ShuttingDown)
@@ -482,6 +580,7 @@ mod tests {
                 (
                     Error::ReplayInProgress { .. }
                     | Error::GroupBroken { .. }
+                    | Error::DeadlineExceeded
                     | Error::Internal(_)
                     | Error::Store(StoreError::Io(_))
                     | Error::Store(StoreError::UnsupportedFormat { .. }),

@@ -7,18 +7,20 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use cairn_engine::Escaped;
-use cairn_engine::{BytePermit, Engine, Error};
+use cairn_engine::{
+    BytePermit, Engine, Error, Outbox, OutboxReceiver, Principal, Undelivered, Visibility,
+};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::streams_server::Streams;
-use cairn_storage::{ReadFrom, ReadRequest, Store, StreamAppend};
-use tokio::sync::{mpsc, watch};
+use cairn_storage::{ReadFrom, ReadRequest, ReadSource, Store, StreamAppend};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use super::auth;
 use super::status::{invalid_argument, to_status};
 use super::{from_proto, to_proto};
 
@@ -39,8 +41,6 @@ const READ_FIRST_CHUNK_EVENTS: usize = 64;
 /// 4 KiB fill a chunk; larger events make chunks of fewer events, so that a
 /// read holds a few MiB at most, whatever its events (see `read`).
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
-/// How long a read task tries to hand its closing status to a slow client.
-const FINAL_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// Default and largest page of `ListStreams`.
 const LIST_DEFAULT: usize = 100;
 /// Byte budget of one `ListStreams` page (stream names and custom metadata):
@@ -68,10 +68,11 @@ impl StreamsService {
 
     async fn commit(
         &self,
+        by: &Principal,
         parts: Vec<StreamAppend>,
     ) -> Result<Vec<cairn_storage::AppendResult>, Status> {
         self.engine
-            .append_multi(parts)
+            .append_multi(by, parts)
             .await
             .map_err(|error| to_status(&error))
     }
@@ -91,7 +92,13 @@ impl StreamsService {
     /// spent), reads on the blocking pool, and keeps the chunk's actual size
     /// reserved. Dropping the handle before it is done cancels what has not
     /// started (a storage call already running is bounded and finishes).
-    fn start_chunk(&self, read: ReadRequest, reservation: usize) -> ChunkTask {
+    fn start_chunk(
+        &self,
+        read: ReadRequest,
+        reservation: usize,
+        visibility: &Visibility,
+    ) -> ChunkTask {
+        let visibility = visibility.clone();
         let engine = self.engine.clone();
         let mut shutdown = self.shutdown.clone();
         let task = self.engine.tasks().spawn(async move {
@@ -102,7 +109,7 @@ impl StreamsService {
                 _ = shutdown.wait_for(|stopping| *stopping) => return Err(shutting_down()),
             };
             let mut chunk = engine
-                .blocking(move |store| read_chunk(store, &read))
+                .blocking(move |store| read_chunk(store, &read, &visibility))
                 .await
                 .map_err(|error| to_status(&error))?;
             let held = chunk.responses.iter().map(|(_, held)| held).sum();
@@ -192,12 +199,13 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("append", stream = %Escaped(&request.stream), events = request.events.len(), outcome = tracing::field::Empty);
         async {
             let result = async {
                 let part = from_proto::append(request)?;
-                let mut results = self.commit(vec![part]).await?;
+                let mut results = self.commit(&by, vec![part]).await?;
                 results
                     .pop()
                     .ok_or_else(|| Status::internal("append returned no result"))
@@ -213,6 +221,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::AppendMultiRequest>,
     ) -> Result<Response<pb::AppendMultiResponse>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let streams: Vec<&str> = request
             .parts
@@ -232,7 +241,7 @@ impl Streams for StreamsService {
                 .map(from_proto::append)
                 .collect::<Result<Vec<_>, _>>();
             let result = match parts {
-                Ok(parts) => self.commit(parts).await,
+                Ok(parts) => self.commit(&by, parts).await,
                 Err(status) => Err(status),
             };
             outcome(result.map(|results| {
@@ -252,12 +261,20 @@ impl Streams for StreamsService {
         request: Request<pb::ReadRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let deadline = deadline_of(request.metadata());
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("read", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         // The span is entered only around synchronous work and attached to the
         // futures with `instrument`: a guard held across an `.await` would leak
         // into whatever else the worker thread polls meanwhile.
         let (mut read, max_total) = span.in_scope(|| outcome(from_proto::read(request)))?;
+        let visibility = span.in_scope(|| {
+            outcome(
+                self.engine
+                    .read_access(&by, &read.source)
+                    .map_err(|error| to_status(&error)),
+            )
+        })?;
         read.max_bytes = READ_CHUNK_BYTES;
         let limits = self.engine.store().limits();
         let page_limit = limits.max_read_page.min(READ_CHUNK_EVENTS);
@@ -271,64 +288,68 @@ impl Streams for StreamsService {
         // errors arrive as the call's status, not inside the stream.
         let first = {
             let read = with_count(&read, max_total, page_limit.min(READ_FIRST_CHUNK_EVENTS));
-            let chunk = self.start_chunk(read, reservation);
+            let chunk = self.start_chunk(read, reservation, &visibility);
             async { outcome(chunk.join().await) }
                 .instrument(span.clone())
                 .await?
         };
-        let (sender, receiver) = mpsc::channel::<Sent>(2);
+        let (sender, receiver) = self.engine.outbox::<Sent>(2);
         let service = self.clone();
         let read_span = span.clone();
         self.engine.tasks().spawn(
             async move {
-                let pipeline =
-                    service.pipeline(read, max_total, page_limit, reservation, first, &sender);
-                match deadline {
+                let plan = ChunkPlan {
+                    page_limit,
+                    reservation,
+                    visibility,
+                };
+                let pipeline = service.pipeline(read, max_total, &plan, first, &sender);
+                let end = match deadline {
                     None => pipeline.await,
-                    Some(deadline) => {
-                        if tokio::time::timeout_at(deadline, pipeline).await.is_err() {
+                    Some(deadline) => tokio::time::timeout_at(deadline, pipeline)
+                        .await
+                        .unwrap_or_else(|_| {
                             tracing::debug!("deadline passed");
-                            let status = Status::deadline_exceeded("the call's deadline passed");
-                            let _ = tokio::time::timeout(
-                                FINAL_STATUS_WAIT,
-                                sender.send((Err(status), BytePermit::default())),
-                            )
-                            .await;
-                        }
-                    }
-                }
+                            ReadEnd::Failed(to_status(&Error::DeadlineExceeded))
+                        }),
+                };
+                service.end_read(&sender, end).await;
             }
             .instrument(read_span),
         );
         span.record("outcome", "ok");
-        let responses = ReceiverStream::new(receiver).map(|(response, _bytes)| response);
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(ReadResponses(receiver))))
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.delete_or_tombstone(request.into_inner(), false).await
+        let by = auth::principal(&request)?;
+        self.delete_or_tombstone(&by, request.into_inner(), false)
+            .await
     }
 
     async fn tombstone(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        self.delete_or_tombstone(request.into_inner(), true).await
+        let by = auth::principal(&request)?;
+        self.delete_or_tombstone(&by, request.into_inner(), true)
+            .await
     }
 
     async fn get_stream_metadata(
         &self,
         request: Request<pb::GetStreamMetadataRequest>,
     ) -> Result<Response<pb::StreamInfo>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("get_stream_metadata", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         span.in_scope(|| {
             outcome(
                 self.engine
-                    .stream_info(&request.stream)
+                    .stream_info(&by, &request.stream)
                     .map(|info| Response::new(to_proto::stream_info(&info)))
                     .map_err(|error| to_status(&error)),
             )
@@ -339,6 +360,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::SetStreamMetadataRequest>,
     ) -> Result<Response<pb::SetStreamMetadataResponse>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("set_stream_metadata", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         async {
@@ -348,7 +370,7 @@ impl Streams for StreamsService {
                     from_proto::expected_revision(request.expected, "set_stream_metadata")?;
                 let metadata = from_proto::metadata(request.metadata);
                 self.engine
-                    .set_metadata(request.stream, expected, metadata)
+                    .set_metadata(&by, request.stream, expected, metadata)
                     .await
                     .map_err(|error| to_status(&error))
             }
@@ -367,6 +389,7 @@ impl Streams for StreamsService {
         &self,
         request: Request<pb::ListStreamsRequest>,
     ) -> Result<Response<pb::ListStreamsResponse>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("list_streams", prefix = %Escaped(&request.prefix), outcome = tracing::field::Empty);
         async {
@@ -386,13 +409,23 @@ impl Streams for StreamsService {
                 Ok(page) => page,
                 Err(status) => return outcome(Err(status)),
             };
-            let streams: Vec<pb::StreamInfo> =
-                page.streams.iter().map(to_proto::stream_info).collect();
+            // The page continues after the last stream scanned, listed or
+            // not: a caller sees only the streams it may read.
             let next_after = if page.more {
-                streams.last().map(|info| info.stream.clone())
+                page.streams.last().map(|info| info.name.clone())
             } else {
                 None
             };
+            let visibility = match self.engine.read_access(&by, &ReadSource::All) {
+                Ok(visibility) => visibility,
+                Err(error) => return outcome(Err(to_status(&error))),
+            };
+            let streams: Vec<pb::StreamInfo> = page
+                .streams
+                .iter()
+                .filter(|info| visibility.admits(&info.name))
+                .map(to_proto::stream_info)
+                .collect();
             outcome(Ok(Response::new(pb::ListStreamsResponse {
                 streams,
                 next_after,
@@ -407,16 +440,16 @@ impl StreamsService {
     /// The rest of a read after its first chunk: sends each chunk while the
     /// next one is read, until the read is done, the reader goes away (a
     /// dropped stream: no further chunk is started, the one being read is
-    /// aborted), or the server shuts down.
+    /// aborted), the reader stalls, or the server shuts down. Says how the
+    /// call is to end ([`StreamsService::end_read`]).
     async fn pipeline(
         &self,
         mut read: ReadRequest,
         max_total: u64,
-        page_limit: usize,
-        reservation: usize,
+        plan: &ChunkPlan,
         first: Chunk,
-        sender: &mpsc::Sender<Sent>,
-    ) {
+        sender: &Outbox<Sent>,
+    ) -> ReadEnd {
         let mut chunk = first;
         let mut shutdown = self.shutdown.clone();
         let mut sent: u64 = 0;
@@ -426,48 +459,63 @@ impl StreamsService {
             // ahead of the one being sent.
             let ahead = chunk.next.filter(|_| sent < max_total).map(|next| {
                 read.from = ReadFrom::At(next);
-                let request = with_count(&read, max_total - sent, page_limit);
-                self.start_chunk(request, reservation)
+                let request = with_count(&read, max_total - sent, plan.page_limit);
+                self.start_chunk(request, plan.reservation, &plan.visibility)
             });
-            if !send_chunk(sender, &mut shutdown, chunk).await {
-                tracing::debug!("reader went away");
-                return;
+            if let Err(end) = send_chunk(sender, &mut shutdown, chunk).await {
+                return end;
             }
             let Some(ahead) = ahead else {
-                return;
+                return ReadEnd::Done;
             };
             if *self.shutdown.borrow() {
-                let _ = tokio::time::timeout(
-                    FINAL_STATUS_WAIT,
-                    sender.send((Err(shutting_down()), BytePermit::default())),
-                )
-                .await;
-                return;
+                return ReadEnd::Failed(shutting_down());
             }
             chunk = tokio::select! {
                 chunk = ahead.join() => match chunk {
                     Ok(chunk) => chunk,
-                    Err(status) => {
-                        let _ = tokio::time::timeout(
-                            FINAL_STATUS_WAIT,
-                            sender.send((Err(status), BytePermit::default())),
-                        )
-                        .await;
-                        return;
-                    }
+                    Err(status) => return ReadEnd::Failed(status),
                 },
                 // Gone while the chunk is read: stop now (dropping `ahead`
                 // aborts it), not after the chunk.
                 () = sender.closed() => {
                     tracing::debug!("reader went away");
-                    return;
+                    return ReadEnd::Done;
                 }
+                // What the reader has not taken holds bytes that the chunk
+                // being read (or another call) may be waiting for.
+                () = sender.stalled() => return ReadEnd::Stalled,
             };
+        }
+    }
+
+    /// Ends a read's channel as `end` says. Done or failed: the client gets
+    /// what is buffered, then the closing status (OK only when the read is
+    /// complete); the task waits until it took that (the responses hold
+    /// bytes of the budget) and cuts it off if it stalls first. Stalled:
+    /// cut off now.
+    async fn end_read(&self, sender: &Outbox<Sent>, end: ReadEnd) {
+        let last = match end {
+            ReadEnd::Done => None,
+            ReadEnd::Failed(status) => Some((Err(status), BytePermit::default())),
+            ReadEnd::Stalled => return cut_off(sender),
+        };
+        sender.close(last);
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            drained = sender.drained() => {
+                if drained.is_err() {
+                    cut_off(sender);
+                }
+            }
+            // Connections still open are dropped after the grace period.
+            _ = shutdown.wait_for(|stopping| *stopping) => {}
         }
     }
 
     async fn delete_or_tombstone(
         &self,
+        by: &Principal,
         request: pb::DeleteRequest,
         tombstone: bool,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
@@ -482,7 +530,7 @@ impl StreamsService {
             };
             outcome(
                 self.engine
-                    .delete(request.stream, expected, tombstone)
+                    .delete(by, request.stream, expected, tombstone)
                     .await
                     .map(|current| {
                         Response::new(pb::DeleteResponse {
@@ -495,6 +543,16 @@ impl StreamsService {
         .instrument(span)
         .await
     }
+}
+
+/// How the chunks after a read's first are made; fixed for the call.
+struct ChunkPlan {
+    /// Most events per chunk.
+    page_limit: usize,
+    /// Bytes reserved before each chunk is read.
+    reservation: usize,
+    /// Which streams' events the caller may see.
+    visibility: Visibility,
 }
 
 /// The same read with a page size of at most `remaining` and the page limit.
@@ -522,8 +580,17 @@ struct Chunk {
 /// Reads one page and converts it to responses of bounded size. Runs on the
 /// blocking pool, so the conversion (and dropping the storage events) does not
 /// take runtime time from encoding and sending the previous chunk.
-fn read_chunk(store: &Store, read: &ReadRequest) -> Result<Chunk, cairn_storage::Error> {
-    let page = store.read(read)?;
+fn read_chunk(
+    store: &Store,
+    read: &ReadRequest,
+    visibility: &Visibility,
+) -> Result<Chunk, cairn_storage::Error> {
+    let mut page = store.read(read)?;
+    // Events of streams the caller may not read pass by like filtered-out
+    // ones: `next` and `scanned_through` still move past them.
+    if !visibility.is_everything() {
+        page.events.retain(|event| visibility.admits(&event.stream));
+    }
     let events = page.events.len() as u64;
     let mut responses = Vec::with_capacity(1);
     let mut response = pb::ReadResponse {
@@ -555,24 +622,71 @@ fn read_chunk(store: &Store, read: &ReadRequest) -> Result<Chunk, cairn_storage:
 }
 
 /// Sends a chunk's responses in order, each holding its share of the chunk's
-/// bytes. Returns false when the reader is gone or the server is shutting
-/// down.
+/// bytes. Fails with how the call ends when the reader is gone or stalled,
+/// or the server is shutting down.
 async fn send_chunk(
-    sender: &mpsc::Sender<Sent>,
+    sender: &Outbox<Sent>,
     shutdown: &mut watch::Receiver<bool>,
     chunk: Chunk,
-) -> bool {
+) -> Result<(), ReadEnd> {
     let mut bytes = chunk.bytes;
     for (response, held) in chunk.responses {
         let share = bytes.split(held);
-        let sent = tokio::select! {
-            sent = sender.send((Ok(response), share)) => sent.is_ok(),
+        tokio::select! {
+            sent = sender.send((Ok(response), share)) => match sent {
+                Ok(()) => {}
+                Err(Undelivered::Gone) => {
+                    tracing::debug!("reader went away");
+                    return Err(ReadEnd::Done);
+                }
+                Err(Undelivered::Stalled) => return Err(ReadEnd::Stalled),
+            },
             // A reader that stopped reading must not hold up shutdown.
-            _ = shutdown.wait_for(|stopping| *stopping) => false,
-        };
-        if !sent {
-            return false;
+            _ = shutdown.wait_for(|stopping| *stopping) => return Err(ReadEnd::Failed(shutting_down())),
         }
     }
-    true
+    Ok(())
+}
+
+/// How a read's pipeline ended.
+enum ReadEnd {
+    /// Everything was sent, or the reader went away.
+    Done,
+    /// The call ends with this status after what is buffered.
+    Failed(Status),
+    /// The reader took nothing for the client stall timeout while
+    /// responses waited.
+    Stalled,
+}
+
+/// Ends the read of a client that stopped reading: what it buffered (and
+/// the bytes it holds) is dropped now; it sees CLIENT_STALLED if it ever
+/// reads again. The call's span names the stream.
+fn cut_off(sender: &Outbox<Sent>) {
+    let timeout_ms = sender.stall_timeout().map_or(0, |timeout| {
+        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+    });
+    tracing::info!(
+        timeout_ms,
+        "the reader took nothing within the stall timeout; ending the read and freeing what it buffered"
+    );
+    let status = to_status(&Error::ClientStalled { timeout_ms });
+    sender.cut_off((Err(status), BytePermit::default()));
+}
+
+/// A read's responses as tonic takes them; each response's bytes go back to
+/// the server's budget as it is taken.
+struct ReadResponses(OutboxReceiver<Sent>);
+
+impl Stream for ReadResponses {
+    type Item = Result<pb::ReadResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0
+            .poll_recv(context)
+            .map(|sent| sent.map(|(response, _bytes)| response))
+    }
 }

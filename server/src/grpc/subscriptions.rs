@@ -13,6 +13,7 @@ use cairn_storage::ReadSource;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use super::status::to_status;
 use super::{from_proto, to_proto};
 
@@ -53,6 +54,7 @@ impl Subscriptions for SubscriptionsService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let by = auth::principal(&request)?;
         let request = request.into_inner();
         let span = tracing::info_span!("subscribe", stream = %Escaped(&request.stream));
         span.in_scope(|| {
@@ -61,12 +63,15 @@ impl Subscriptions for SubscriptionsService {
             let filter = from_proto::filter(request.filter.unwrap_or_default())?;
             let receiver = self
                 .engine
-                .subscribe(SubscribeRequest {
-                    source,
-                    filter,
-                    checkpoint_interval: Some(u64::from(request.checkpoint_interval)),
-                    from: from_proto::start_from(request.from),
-                })
+                .subscribe(
+                    &by,
+                    SubscribeRequest {
+                        source,
+                        filter,
+                        checkpoint_interval: Some(u64::from(request.checkpoint_interval)),
+                        from: from_proto::start_from(request.from),
+                    },
+                )
                 .map_err(|error| to_status(&error))?;
             let responses = FeedStream(receiver).map(|item| {
                 item.map(to_proto::feed)

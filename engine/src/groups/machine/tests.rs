@@ -107,17 +107,35 @@ fn ms(millis: u64) -> Duration {
     Duration::from_millis(millis)
 }
 
+/// A fresh machine of an `$all` group, and the time it starts at.
+fn started(strategy: Routing) -> (Instant, GroupMachine) {
+    let now = Instant::now();
+    (now, machine(strategy, now))
+}
+
+/// Feeds the events of stream `s` at `positions` (revision = position).
+fn feed(machine: &mut GroupMachine, positions: impl IntoIterator<Item = u64>, now: Instant) {
+    for position in positions {
+        machine.source_event(event(position, "s", position), now);
+    }
+}
+
+/// Where the machine's checkpoint is.
+fn checkpoint_position(machine: &GroupMachine) -> Option<u64> {
+    machine
+        .status()
+        .checkpoint
+        .map(|checkpoint| checkpoint.position)
+}
+
 // ----- cases by hand -----
 
 #[test]
 fn round_robin_alternates_and_respects_the_in_flight_limit() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = machine.join("a".into(), 2, 10, now).unwrap().consumer;
     let b = machine.join("b".into(), 1, 10, now).unwrap().consumer;
-    for position in 0..5 {
-        machine.source_event(event(position, "s", position), now);
-    }
+    feed(&mut machine, 0..5, now);
     assert_eq!(
         deliveries(&drain(&mut machine)),
         vec![(a, 0, 0), (b, 1, 0), (a, 2, 0)]
@@ -129,8 +147,7 @@ fn round_robin_alternates_and_respects_the_in_flight_limit() {
 
 #[test]
 fn join_is_refused_beyond_max_consumers_and_capped_in_flight() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     assert_eq!(
         machine.join("a".into(), 0, 2, now).unwrap().max_in_flight,
         10
@@ -147,12 +164,9 @@ fn join_is_refused_beyond_max_consumers_and_capped_in_flight() {
 
 #[test]
 fn checkpoint_moves_only_over_the_finished_prefix() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     join(&mut machine, now);
-    for position in [3, 5, 8] {
-        machine.source_event(event(position, "s", position), now);
-    }
+    feed(&mut machine, [3, 5, 8], now);
     drain(&mut machine);
     machine.ack(&[id_at(5), id_at(8)], now);
     assert_eq!(machine.status().checkpoint, None);
@@ -175,8 +189,7 @@ fn checkpoint_moves_only_over_the_finished_prefix() {
 
 #[test]
 fn a_failed_checkpoint_write_is_retried() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     machine.source_checkpoint(40, now);
     let checkpoint = Checkpoint {
         position: 40,
@@ -217,8 +230,7 @@ fn stream_groups_checkpoint_revisions() {
 
 #[test]
 fn timeouts_retry_then_park_and_a_durable_park_finishes() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
     assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0)]);
@@ -248,19 +260,14 @@ fn timeouts_retry_then_park_and_a_durable_park_finishes() {
     let status = machine.status();
     assert_eq!(status.parked_total, 1);
     assert_eq!(status.retried_total, 2);
-    assert_eq!(
-        status.checkpoint.map(|checkpoint| checkpoint.position),
-        Some(0)
-    );
+    assert_eq!(checkpoint_position(&machine), Some(0));
 }
 
 #[test]
 fn a_disconnect_counts_a_retry_and_a_graceful_leave_does_not() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
-    machine.source_event(event(0, "s", 0), now);
-    machine.source_event(event(1, "s", 1), now);
+    feed(&mut machine, 0..2, now);
     drain(&mut machine);
     machine.leave(a, false, now);
     assert_eq!(drain(&mut machine), vec![Effect::Release { consumer: a }]);
@@ -275,12 +282,9 @@ fn a_disconnect_counts_a_retry_and_a_graceful_leave_does_not() {
 
 #[test]
 fn nack_stop_gives_everything_back_and_releases_the_consumer() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
-    for position in 0..3 {
-        machine.source_event(event(position, "s", position), now);
-    }
+    feed(&mut machine, 0..3, now);
     drain(&mut machine);
     machine.nack(a, &[id_at(1)], NackAction::Stop, "", now);
     assert_eq!(drain(&mut machine), vec![Effect::Release { consumer: a }]);
@@ -296,8 +300,7 @@ fn nack_stop_gives_everything_back_and_releases_the_consumer() {
 
 #[test]
 fn nacks_count_only_from_the_holder() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
@@ -307,21 +310,15 @@ fn nacks_count_only_from_the_holder() {
     machine.nack(a, &[id_at(0)], NackAction::Skip, "", now);
     let status = machine.status();
     assert_eq!((status.in_flight, status.acked_total), (0, 0));
-    assert_eq!(
-        status.checkpoint.map(|checkpoint| checkpoint.position),
-        Some(0)
-    );
+    assert_eq!(checkpoint_position(&machine), Some(0));
 }
 
 #[test]
 fn dispatch_to_single_feeds_the_oldest_consumer_only() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::DispatchToSingle, now);
+    let (now, mut machine) = started(Routing::DispatchToSingle);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
-    for position in 0..2 {
-        machine.source_event(event(position, "s", position), now);
-    }
+    feed(&mut machine, 0..2, now);
     assert_eq!(deliveries(&drain(&mut machine)), vec![(a, 0, 0), (a, 1, 0)]);
     machine.leave(a, false, now);
     assert_eq!(deliveries(&drain(&mut machine)), vec![(b, 0, 0), (b, 1, 0)]);
@@ -329,8 +326,7 @@ fn dispatch_to_single_feeds_the_oldest_consumer_only() {
 
 #[test]
 fn pinned_groups_deliver_one_event_per_stream_in_order() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::PinnedByStream, now);
+    let (now, mut machine) = started(Routing::PinnedByStream);
     let a = join(&mut machine, now);
     let b = join(&mut machine, now);
     machine.source_event(event(0, "x", 0), now);
@@ -346,27 +342,17 @@ fn pinned_groups_deliver_one_event_per_stream_in_order() {
 
 #[test]
 fn system_streams_are_passed_over_on_all() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     join(&mut machine, now);
     machine.source_event(event(0, "$sys-ps-g-checkpoint", 0), now);
     assert!(deliveries(&drain(&mut machine)).is_empty());
-    assert_eq!(
-        machine
-            .status()
-            .checkpoint
-            .map(|checkpoint| checkpoint.position),
-        Some(0)
-    );
+    assert_eq!(checkpoint_position(&machine), Some(0));
 }
 
 #[test]
 fn a_full_consumer_is_skipped_until_the_next_tick() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
-    for position in 0..2 {
-        machine.source_event(event(position, "s", position), now);
-    }
+    let (now, mut machine) = started(Routing::RoundRobin);
+    feed(&mut machine, 0..2, now);
     let a = join(&mut machine, now);
     // The first send fails: the second delivery, still queued, is undone too,
     // and the queue keeps its order.
@@ -385,8 +371,7 @@ fn a_full_consumer_is_skipped_until_the_next_tick() {
 
 #[test]
 fn a_closed_consumer_leaves_as_a_disconnect() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
     machine.source_event(event(0, "s", 0), now);
     drain(&mut machine);
@@ -401,8 +386,7 @@ fn a_closed_consumer_leaves_as_a_disconnect() {
 
 #[test]
 fn a_consumer_leaving_before_its_deliveries_are_sent_gets_none() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     machine.source_event(event(0, "s", 0), now);
     let a = join(&mut machine, now);
     // Its Joined message could not be sent.
@@ -414,8 +398,7 @@ fn a_consumer_leaving_before_its_deliveries_are_sent_gets_none() {
 
 #[test]
 fn replays_deliver_parked_events_again_then_truncate() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     let a = join(&mut machine, now);
     machine.replay_requested(0, now).unwrap();
     assert_eq!(
@@ -443,13 +426,7 @@ fn replays_deliver_parked_events_again_then_truncate() {
     // The source reaching the same event meanwhile does not track it twice.
     machine.source_event(event(0, "s", 0), now);
     assert!(deliveries(&drain(&mut machine)).is_empty());
-    assert_eq!(
-        machine
-            .status()
-            .checkpoint
-            .map(|checkpoint| checkpoint.position),
-        Some(0)
-    );
+    assert_eq!(checkpoint_position(&machine), Some(0));
     machine.ack(&[id_at(0)], now);
     assert_eq!(
         drain(&mut machine),
@@ -471,8 +448,7 @@ fn replays_deliver_parked_events_again_then_truncate() {
 
 #[test]
 fn the_source_is_not_read_beyond_the_read_ahead() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     for position in 0..READ_AHEAD as u64 {
         assert!(machine.wants_source());
         machine.source_event(event(position, "s", position), now);
@@ -484,8 +460,7 @@ fn the_source_is_not_read_beyond_the_read_ahead() {
 
 #[test]
 fn updates_lower_consumers_limits() {
-    let now = Instant::now();
-    let mut machine = machine(Routing::RoundRobin, now);
+    let (now, mut machine) = started(Routing::RoundRobin);
     join(&mut machine, now);
     machine.update(
         GroupSettings {
@@ -494,9 +469,7 @@ fn updates_lower_consumers_limits() {
         },
         now,
     );
-    for position in 0..3 {
-        machine.source_event(event(position, "s", position), now);
-    }
+    feed(&mut machine, 0..3, now);
     assert_eq!(deliveries(&drain(&mut machine)).len(), 1);
     assert_eq!(machine.status().consumers[0].max_in_flight, 1);
 }
@@ -746,6 +719,26 @@ struct ModelConsumer {
     abandoned: bool,
 }
 
+impl ModelConsumer {
+    /// A consumer that just joined, holding nothing.
+    fn new(id: u64, abandoned: bool) -> Self {
+        Self {
+            id,
+            holding: Vec::new(),
+            closed: false,
+            stall_next: false,
+            abandoned,
+        }
+    }
+
+    /// Gives up the ids of the first `count` events it holds (fewer if it
+    /// holds fewer), as an ack or nack names them.
+    fn give_up(&mut self, count: usize) -> Vec<Uuid> {
+        let count = count.min(self.holding.len());
+        self.holding.drain(..count).map(|held| held.id).collect()
+    }
+}
+
 /// The machine, the actor's I/O around it, a store that may lose writes in
 /// flight at a restart, and what consumers saw.
 struct World {
@@ -846,13 +839,8 @@ impl World {
                         .machine
                         .join("abandoned".into(), 0, MAX_CONSUMERS, now)
                         .unwrap();
-                    self.consumers.push(ModelConsumer {
-                        id: joined.consumer,
-                        holding: Vec::new(),
-                        closed: false,
-                        stall_next: false,
-                        abandoned: true,
-                    });
+                    self.consumers
+                        .push(ModelConsumer::new(joined.consumer, true));
                     self.machine.leave(joined.consumer, false, now);
                 }
             }
@@ -874,12 +862,7 @@ impl World {
             }
             Op::Ack { consumer, count } => {
                 if let Some(at) = self.pick(consumer) {
-                    let count = (*count).min(self.consumers[at].holding.len());
-                    let mut ids: Vec<Uuid> = self.consumers[at]
-                        .holding
-                        .drain(..count)
-                        .map(|held| held.id)
-                        .collect();
+                    let mut ids = self.consumers[at].give_up(*count);
                     for id in &ids {
                         self.finished(*id);
                     }
@@ -895,12 +878,7 @@ impl World {
             } => {
                 if let Some(at) = self.pick(consumer) {
                     let id = self.consumers[at].id;
-                    let count = (*count).min(self.consumers[at].holding.len());
-                    let ids: Vec<Uuid> = self.consumers[at]
-                        .holding
-                        .drain(..count)
-                        .map(|held| held.id)
-                        .collect();
+                    let ids = self.consumers[at].give_up(*count);
                     if *action == NackAction::Skip {
                         for id in &ids {
                             self.finished(*id);
@@ -968,13 +946,8 @@ impl World {
             max_in_flight.min(limit)
         };
         assert_eq!(joined.max_in_flight, expected);
-        self.consumers.push(ModelConsumer {
-            id: joined.consumer,
-            holding: Vec::new(),
-            closed: false,
-            stall_next: false,
-            abandoned: false,
-        });
+        self.consumers
+            .push(ModelConsumer::new(joined.consumer, false));
         self.drain();
     }
 
@@ -1029,6 +1002,11 @@ impl World {
         }
         self.machine.tick(now);
         self.drain();
+        self.leave_closed();
+    }
+
+    /// The actor makes every consumer whose channel is closed leave.
+    fn leave_closed(&mut self) {
         let closed: Vec<u64> = self
             .consumers
             .iter()
@@ -1036,7 +1014,7 @@ impl World {
             .map(|consumer| consumer.id)
             .collect();
         for id in closed {
-            self.machine.leave(id, true, now);
+            self.machine.leave(id, true, self.now);
             self.drain();
         }
     }
@@ -1389,17 +1367,7 @@ impl World {
     /// A healthy consumer acks everything, writes land and time passes, until
     /// the group has nothing left to do.
     fn settle(&mut self) {
-        let now = self.now;
-        let closed: Vec<u64> = self
-            .consumers
-            .iter()
-            .filter(|consumer| consumer.closed)
-            .map(|consumer| consumer.id)
-            .collect();
-        for id in closed {
-            self.machine.leave(id, true, now);
-            self.drain();
-        }
+        self.leave_closed();
         for consumer in &mut self.consumers {
             consumer.stall_next = false;
         }

@@ -1,0 +1,216 @@
+//! Authentication at the facade boundary, once per call: a tower layer reads
+//! the `authorization` metadata (HTTP Basic or a bearer token) and the peer
+//! address, asks the engine who that is, and either stores the
+//! [`Principal`] in the request's extensions or answers UNAUTHENTICATED
+//! before any adapter runs. Health checks and reflection need no credentials.
+//!
+//! Adapters take the caller with [`principal`] and hand it to the engine,
+//! which makes every access decision. This module never logs a credential.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use base64::Engine as _;
+use cairn_engine::{Credentials, Error, Principal, Security};
+use tonic::codegen::http;
+use tonic::transport::server::TcpConnectInfo;
+use tonic::{Request, Status};
+
+use super::status::to_status;
+
+/// Paths served without credentials: health (orchestrators probe it) and
+/// reflection (it describes the API, nothing of the data).
+const OPEN_PREFIXES: [&str; 3] = [
+    "/grpc.health.v1.",
+    "/grpc.reflection.v1.",
+    "/grpc.reflection.v1alpha.",
+];
+
+/// Longest `authorization` value looked at; longer ones are refused unread.
+const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+/// The caller of `request`, as the authentication layer found it. A request
+/// that did not pass the layer has no principal and is refused: a missing
+/// layer must never mean an open server.
+pub(super) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| {
+            to_status(&Error::Unauthenticated(
+                "the call was not authenticated".into(),
+            ))
+        })
+}
+
+/// The credentials in an `authorization` value: `Basic base64(user:password)`
+/// or `Bearer token` (scheme names are case-insensitive).
+fn credentials_of(value: &http::HeaderValue) -> Result<Credentials, Error> {
+    let malformed =
+        || Error::Unauthenticated("the authorization metadata is not Basic or Bearer".into());
+    if value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(Error::Unauthenticated(
+            "the authorization metadata is too long".into(),
+        ));
+    }
+    let value = value.to_str().map_err(|_| malformed())?.trim();
+    let (scheme, rest) = value.split_once(' ').ok_or_else(malformed)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| malformed())?;
+        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+        let (user, password) = decoded.split_once(':').ok_or_else(malformed)?;
+        Ok(Credentials::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        Ok(Credentials::Bearer(rest.to_owned()))
+    } else {
+        Err(malformed())
+    }
+}
+
+/// The peer's address. Plaintext and TLS connections alike carry
+/// `TcpConnectInfo` (the listener does the TLS handshake itself; see
+/// `impl Connected for Connection`).
+fn source_of<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .map(|address| address.ip())
+}
+
+/// The layer: wraps every routed service of the gRPC server.
+#[derive(Clone)]
+pub(super) struct AuthLayer {
+    security: Arc<Security>,
+}
+
+impl AuthLayer {
+    pub(super) fn new(security: Arc<Security>) -> Self {
+        Self { security }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            security: Arc::clone(&self.security),
+        }
+    }
+}
+
+/// The service the layer makes: authenticates, then calls `inner`.
+#[derive(Clone)]
+pub(super) struct Authenticate<S> {
+    inner: S,
+    security: Arc<Security>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready service is the one `poll_ready` was called on; a clone
+        // takes its place for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        if OPEN_PREFIXES.iter().any(|open| path.starts_with(open)) {
+            return Box::pin(inner.call(request));
+        }
+        if !self.security.enabled() {
+            request.extensions_mut().insert(Principal::system());
+            return Box::pin(inner.call(request));
+        }
+        let credentials = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(credentials_of)
+            .transpose();
+        let source = source_of(&request);
+        let security = Arc::clone(&self.security);
+        Box::pin(async move {
+            let authenticated = match credentials {
+                Ok(credentials) => security.authenticate(credentials, source).await,
+                Err(error) => Err(error),
+            };
+            match authenticated {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(error) => Ok(to_status(&error).into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(value: &str) -> http::HeaderValue {
+        http::HeaderValue::from_str(value).unwrap()
+    }
+
+    #[test]
+    fn basic_and_bearer_credentials_parse() {
+        let basic = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
+        assert_eq!(
+            credentials_of(&header(&format!("Basic {basic}"))).unwrap(),
+            Credentials::Basic {
+                user: "alice".into(),
+                password: "pa:ss".into()
+            }
+        );
+        assert_eq!(
+            credentials_of(&header("bearer cairn_abc")).unwrap(),
+            Credentials::Bearer("cairn_abc".into())
+        );
+    }
+
+    #[test]
+    fn malformed_authorization_is_unauthenticated() {
+        for value in [
+            "Basic !!!",
+            "Basic YWxpY2U=",
+            "Digest x",
+            "Bearer ",
+            "token",
+        ] {
+            let error = credentials_of(&header(value)).unwrap_err();
+            assert!(matches!(error, Error::Unauthenticated(_)), "{value}");
+            assert!(!error.to_string().contains("YWxp"), "{value}");
+        }
+        let long = format!("Bearer {}", "x".repeat(MAX_AUTHORIZATION_BYTES));
+        assert!(credentials_of(&header(&long)).is_err());
+    }
+}
