@@ -498,3 +498,29 @@ impl Engine {
         }))
     }
 }
+
+/// Reads every visible event of one of the engine's own system streams
+/// (group definitions, users, tokens: small), page by page; a stream that
+/// does not exist yet is empty.
+pub(crate) fn read_stream(
+    store: &Store,
+    stream: &str,
+) -> Result<Vec<cairn_storage::RecordedEvent>> {
+    let mut events = Vec::new();
+    let mut from = 0;
+    loop {
+        let request =
+            cairn_storage::ReadRequest::forwards(ReadSource::Stream(stream.to_owned()), 1000)
+                .from(cairn_storage::ReadFrom::At(from));
+        let page = match store.read(&request) {
+            Ok(page) => page,
+            Err(cairn_storage::Error::StreamNotFound { .. }) => return Ok(events),
+            Err(error) => return Err(error.into()),
+        };
+        events.extend(page.events);
+        match page.next {
+            Some(next) => from = next,
+            None => return Ok(events),
+        }
+    }
+}

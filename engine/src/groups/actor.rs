@@ -18,8 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use cairn_storage::{
-    EventData, ExpectedRevision, ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent,
-    Store,
+    EventData, ExpectedRevision, ReadFilter, ReadRequest, ReadSource, RecordedEvent, Store,
 };
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -160,26 +159,6 @@ pub struct GroupActor {
     consumers: BTreeMap<u64, ConsumerSender>,
     /// The caller of the replay being loaded (the machine runs one at a time).
     replay_reply: Option<oneshot::Sender<Result<u64, Error>>>,
-}
-
-/// Reads every visible event of a stream (system streams are small).
-pub fn read_stream(store: &Store, stream: &str) -> Result<Vec<RecordedEvent>, Error> {
-    let mut events = Vec::new();
-    let mut from = 0;
-    loop {
-        let request = ReadRequest::forwards(ReadSource::Stream(stream.to_owned()), 1000)
-            .from(ReadFrom::At(from));
-        let page = match store.read(&request) {
-            Ok(page) => page,
-            Err(cairn_storage::Error::StreamNotFound { .. }) => return Ok(events),
-            Err(error) => return Err(error.into()),
-        };
-        events.extend(page.events);
-        match page.next {
-            Some(next) => from = next,
-            None => return Ok(events),
-        }
-    }
 }
 
 /// The newest checkpoint of a group, if it wrote one.

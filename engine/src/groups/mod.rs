@@ -632,7 +632,7 @@ impl GroupConsumer {
 /// Folds `$sys-ps-groups` into the live definitions, with their checkpoints.
 fn restore(store: &Store) -> Result<Vec<(GroupDefinition, Option<definition::Checkpoint>)>, Error> {
     let mut definitions: BTreeMap<String, GroupDefinition> = BTreeMap::new();
-    for event in actor::read_stream(store, GROUPS_STREAM)? {
+    for event in crate::read_stream(store, GROUPS_STREAM)? {
         let record: GroupRecord = serde_json::from_slice(&event.data).map_err(|error| {
             Error::Corrupt(format!(
                 "{GROUPS_STREAM} revision {}: {error}",

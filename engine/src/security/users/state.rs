@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cairn_storage::{ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store};
+use cairn_storage::{RecordedEvent, Store};
 
 use super::records::{
     RECORD_VERSION, Stored, TOKENS_STREAM, TokenRecord, USERS_STREAM, UserRecord,
@@ -267,14 +267,14 @@ impl State {
 /// Folds both streams (blocking: storage reads).
 pub(super) fn restore(store: &Store) -> Result<State> {
     let mut state = State::default();
-    for event in read_stream(store, USERS_STREAM)? {
+    for event in crate::read_stream(store, USERS_STREAM)? {
         let record: UserRecord = decode(&event)?;
         state
             .apply_user(&record)
             .map_err(|error| corrupt(&event, &error))?;
         state.users_revision = Some(event.revision);
     }
-    for event in read_stream(store, TOKENS_STREAM)? {
+    for event in crate::read_stream(store, TOKENS_STREAM)? {
         let record: TokenRecord = decode(&event)?;
         state
             .apply_token(&record)
@@ -317,26 +317,6 @@ pub(super) fn corrupt(event: &RecordedEvent, error: &dyn std::fmt::Display) -> E
         "{} revision {}: {error}",
         event.stream, event.revision
     ))
-}
-
-/// Every event of a stream (users and tokens are few).
-pub(super) fn read_stream(store: &Store, stream: &str) -> Result<Vec<RecordedEvent>> {
-    let mut events = Vec::new();
-    let mut from = 0;
-    loop {
-        let request = ReadRequest::forwards(ReadSource::Stream(stream.to_owned()), 1000)
-            .from(ReadFrom::At(from));
-        let page = match store.read(&request) {
-            Ok(page) => page,
-            Err(cairn_storage::Error::StreamNotFound { .. }) => return Ok(events),
-            Err(error) => return Err(error.into()),
-        };
-        events.extend(page.events);
-        match page.next {
-            Some(next) => from = next,
-            None => return Ok(events),
-        }
-    }
 }
 
 pub(super) fn sorted(roles: &[Role]) -> Vec<Role> {
