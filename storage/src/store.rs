@@ -617,6 +617,18 @@ impl Store {
             .map(|record| record.info(stream))
     }
 
+    /// How often the stream's metadata was set (`Some(None)`: never; `None`:
+    /// no such stream), without copying the stream's record: callers that
+    /// cache something derived from the metadata check it against this.
+    pub fn metadata_revision(&self, stream: &str) -> Option<Option<u64>> {
+        self.inner
+            .shared
+            .catalog
+            .read()
+            .get(stream)
+            .map(|record| record.metadata_revision)
+    }
+
     /// Streams whose name starts with `prefix`, in name order, starting after
     /// `after` (exclusive) when given, at most `limit`.
     pub fn list_streams(

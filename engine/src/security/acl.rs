@@ -298,24 +298,32 @@ impl Authorizer {
         })))
     }
 
-    /// The stream's own ACL, parsed once per metadata revision.
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedAcl>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The stream's own ACL, parsed once per metadata revision: a cached
+    /// one is checked against the revision alone, without copying the
+    /// stream's metadata.
     fn stream_acl(&self, stream: &str) -> Arc<StreamAcl> {
-        let Some(info) = self.store.stream_info(stream) else {
+        let Some(revision) = self.store.metadata_revision(stream) else {
             return Arc::new(StreamAcl::default());
         };
-        let revision = info.metadata_revision;
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        if let Some((cached, acl)) = cache.get(stream)
+        if let Some((cached, acl)) = self.lock_cache().get(stream)
             && *cached == revision
         {
             return Arc::clone(acl);
         }
+        let Some(info) = self.store.stream_info(stream) else {
+            return Arc::new(StreamAcl::default());
+        };
+        let revision = info.metadata_revision;
         let acl = Arc::new(StreamAcl::from_custom_metadata(
             info.metadata.custom.as_deref(),
         ));
+        let mut cache = self.lock_cache();
         if cache.len() >= ACL_CACHE_ENTRIES {
             cache.clear();
         }
@@ -370,8 +378,8 @@ impl Visibility {
         let revision = filtered
             .authorizer
             .store
-            .stream_info(stream)
-            .and_then(|info| info.metadata_revision);
+            .metadata_revision(stream)
+            .flatten();
         let mut decided = filtered
             .decided
             .lock()
