@@ -1,6 +1,8 @@
 //! Compiles `cairn/v1/*.proto` with protox (a pure-Rust protobuf compiler, so no
 //! system `protoc` is needed), generates prost messages and tonic stubs, and saves
-//! the encoded file descriptor set for server reflection.
+//! the encoded file descriptor set for server reflection. Then the same for the
+//! KurrentDB client contract in `kurrent/*.proto` (a separate set: its files
+//! import each other by bare name, and its descriptors are not Cairn's API).
 
 use std::path::PathBuf;
 
@@ -12,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cairn/v1/subscriptions.proto",
         "cairn/v1/persistent.proto",
         "cairn/v1/users.proto",
+        "cairn/v1/operations.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
@@ -25,5 +28,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(descriptors)?;
+
+    let kurrent = [
+        "shared.proto",
+        "code.proto",
+        "status.proto",
+        "streams.proto",
+        "gossip.proto",
+        "serverfeatures.proto",
+        "persistent.proto",
+    ];
+    for proto in kurrent {
+        println!("cargo:rerun-if-changed=kurrent/{proto}");
+    }
+    let kurrent_descriptors = protox::compile(kurrent, ["kurrent"])?;
+    std::fs::write(
+        out_dir.join("kurrent_descriptor.bin"),
+        kurrent_descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(kurrent_descriptors)?;
     Ok(())
 }

@@ -197,6 +197,31 @@ pub enum Command {
         #[arg(long, env = "CAIRN_DATA")]
         data: Option<PathBuf>,
     },
+    /// Start, watch or stop a scavenge on the server, which removes events
+    /// that reads already hide (deleted and truncated streams) and gives
+    /// their space back (`ops` or `admin`; README, "Scavenge").
+    Scavenge(crate::operations::ScavengeArgs),
+    /// Take an online backup of the running server (`admin`). DIR is on the
+    /// SERVER's filesystem and the server writes it: an absolute path that
+    /// does not exist yet. Restore it with `cairn restore` (README, "Backup
+    /// and restore").
+    Backup {
+        /// The backup directory, an absolute path on the server's host.
+        #[arg(long)]
+        to: String,
+    },
+    /// Restore a backup into a new data directory (offline, like `repair`):
+    /// verifies the backup (manifest, every file's crc, every record's crc,
+    /// no gap below its head), copies it, verifies the copy, and only then
+    /// reports success. The target must not exist or be empty.
+    Restore {
+        /// The backup directory (as written by `cairn backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory.
+        #[arg(long)]
+        data: PathBuf,
+    },
     /// Write a development CA, a server certificate and key (localhost,
     /// 127.0.0.1, ::1 and every --host) and a client certificate and key (for
     /// mutual TLS) into a directory, and print how to use them. Run again to
@@ -398,7 +423,7 @@ pub fn run_dev_certs(out: &Path, hosts: &[String]) -> Result<(), Box<dyn std::er
 }
 
 /// Runs a client subcommand, printing to stdout, connected as `connect`
-/// says. `Serve`, `Repair` and `DevCerts` are handled by the binary.
+/// says. `Serve`, `Repair`, `Restore` and `DevCerts` are handled by the binary.
 pub async fn run_client_command(
     command: Command,
     connect: &ConnectArgs,
@@ -406,6 +431,9 @@ pub async fn run_client_command(
     match command {
         Command::Serve => Err("serve is not a client command".into()),
         Command::Repair { .. } => Err("repair is not a client command".into()),
+        Command::Restore { .. } => Err("restore is not a client command".into()),
+        Command::Scavenge(args) => crate::operations::run_scavenge(args, connect).await,
+        Command::Backup { to } => crate::operations::run_backup(to, connect).await,
         Command::DevCerts { .. } => Err("dev-certs is not a client command".into()),
         Command::Append {
             stream,

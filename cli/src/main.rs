@@ -6,6 +6,7 @@
 //! `cairn-client` (the subcommands), so neither depends on the other.
 
 mod commands;
+mod operations;
 mod users;
 
 use std::process::ExitCode;
@@ -58,6 +59,15 @@ fn main() -> ExitCode {
             },
         };
         return match commands::run_repair(&data) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cairn: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Command::Restore { from, data }) = &cli.command {
+        return match operations::run_restore(from, data) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("cairn: {error}");

@@ -67,6 +67,12 @@ pub enum Error {
         /// The token's id.
         id: String,
     },
+    /// A scavenge or backup is already running on the server.
+    #[error("a {operation} is already running on the server")]
+    OperationInProgress {
+        /// `scavenge` or `backup`.
+        operation: String,
+    },
     /// The request is malformed.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -135,6 +141,9 @@ impl From<Status> for Error {
                 user: field("user"),
             },
             (_, reason::TOKEN_NOT_FOUND) => Error::TokenNotFound { id: field("token") },
+            (_, reason::OPERATION_IN_PROGRESS) => Error::OperationInProgress {
+                operation: field("operation"),
+            },
             (Code::Unauthenticated, _) => Error::Unauthenticated(message),
             (Code::PermissionDenied, _) => Error::PermissionDenied(message),
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),

@@ -24,6 +24,7 @@
 
 mod builder;
 mod error;
+mod operations;
 mod persistent;
 mod subscription;
 mod transport;
@@ -34,6 +35,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use cairn_proto::v1 as pb;
+use cairn_proto::v1::operations_client::OperationsClient;
 use cairn_proto::v1::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use cairn_proto::v1::server_client::ServerClient;
 use cairn_proto::v1::streams_client::StreamsClient;
@@ -46,6 +48,7 @@ use transport::{Route, Transport};
 
 pub use builder::ClientBuilder;
 pub use error::{Error, Result};
+pub use operations::{BackupInfo, ScavengeReport, ScavengeState, ScavengeStatus};
 pub use persistent::{
     Consumer, ConsumerInfo, Delivery, GroupInfo, GroupOptions, GroupSettings, GroupStart,
     NackAction, Strategy,
@@ -71,6 +74,7 @@ pub struct Client {
     server: ServerClient<Transport>,
     health: HealthClient<Transport>,
     users: UsersClient<Transport>,
+    operations: OperationsClient<Transport>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -156,6 +160,7 @@ impl Client {
             server: service!(ServerClient),
             health: service!(HealthClient),
             users: service!(UsersClient).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            operations: service!(OperationsClient),
         }
     }
 

@@ -55,6 +55,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An operation that runs one at a time (a scavenge, a backup) is running.
+    #[error("a {operation} is already running; wait for it to end (or stop it) and try again")]
+    OperationInProgress {
+        /// `scavenge` or `backup`.
+        operation: String,
+    },
     /// A stored record of the engine's own (group state, users, tokens)
     /// could not be decoded.
     #[error("corrupt server state: {0}")]

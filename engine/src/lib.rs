@@ -41,6 +41,8 @@ mod error;
 mod escape;
 pub mod feeds;
 pub mod groups;
+pub mod metrics;
+pub mod operations;
 mod outbox;
 pub mod security;
 
@@ -62,6 +64,7 @@ pub use feeds::{
     Feed, FeedReceiver, FeedSpec, Feeds, StartFrom, SubscriptionLimits, SubscriptionStats, Target,
 };
 pub use groups::{GroupLimits, Groups};
+pub use operations::{Operations, ScavengeState, ScavengeStatus, ScavengeTotals, ScavengeTrigger};
 pub use outbox::{Outbox, OutboxReceiver, StallWatch, Undelivered};
 pub use security::acl::{Access, Visibility};
 pub use security::{Credentials, Principal, Role, Security, SecurityOptions};
@@ -96,6 +99,8 @@ pub struct EngineOptions {
     pub client_stall_timeout: Duration,
     /// Authentication and authorization (disabled: insecure mode).
     pub security: SecurityOptions,
+    /// Scavenge by itself this often (`None`: only when asked).
+    pub auto_scavenge_interval: Option<Duration>,
 }
 
 impl Default for EngineOptions {
@@ -107,6 +112,7 @@ impl Default for EngineOptions {
             groups: GroupLimits::default(),
             client_stall_timeout: DEFAULT_CLIENT_STALL_TIMEOUT,
             security: SecurityOptions::default(),
+            auto_scavenge_interval: None,
         }
     }
 }
@@ -131,6 +137,11 @@ impl WriteGate {
             limit,
             shutdown,
         }
+    }
+
+    /// Writes admitted and not yet answered.
+    fn in_flight(&self) -> usize {
+        self.limit.saturating_sub(self.permits.available_permits())
     }
 
     /// A permit to hold until the write is answered.
@@ -185,11 +196,19 @@ struct Inner {
     buffers: ByteBudget,
     /// Every background task that holds the store or writes to it; `close`
     /// waits for them before it closes the store.
+    /// The scavenge job runner and backups.
+    operations: Operations,
     tasks: TaskTracker,
     /// Flipping it to `true` ends feeds, group actors and new writes.
     shutdown: watch::Sender<bool>,
     /// When the engine started (uptime).
     started: Instant,
+    /// When the engine started, wall clock (`process_start_time_seconds`).
+    started_at: std::time::SystemTime,
+    /// Counters, histograms and the scrape-time collector.
+    metrics: metrics::Metrics,
+    /// One scrape at a time (the collector encodes a shared snapshot).
+    scrape: tokio::sync::Mutex<()>,
 }
 
 impl Engine {
@@ -215,6 +234,15 @@ impl Engine {
         )
         .await?;
         let security = Arc::new(Security::start(&store, options.security).await?);
+        let operations = Operations::start(
+            store.clone(),
+            Arc::clone(&security),
+            tasks.clone(),
+            shutdown.subscribe(),
+            options.auto_scavenge_interval,
+        );
+        let metrics = metrics::Metrics::new();
+        store.observe_commits(metrics.commit_observer());
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -228,9 +256,13 @@ impl Engine {
                 subscription_buffer: options.subscriptions.buffer.max(1),
                 client_stall_timeout: options.client_stall_timeout.max(Duration::from_millis(1)),
                 buffers,
+                operations,
                 tasks,
                 shutdown,
                 started: Instant::now(),
+                started_at: std::time::SystemTime::now(),
+                metrics,
+                scrape: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -243,6 +275,11 @@ impl Engine {
     /// The consumer-group registry.
     pub fn groups(&self) -> &Groups {
         &self.inner.groups
+    }
+
+    /// Scavenge jobs and backups.
+    pub fn operations(&self) -> &Operations {
+        &self.inner.operations
     }
 
     /// Authentication and authorization.
@@ -406,11 +443,150 @@ impl Engine {
         for part in &parts {
             cairn_storage::validate_stream_name(&part.stream)?;
         }
+        let started = Instant::now();
+        let events: usize = parts.iter().map(|part| part.events.len()).sum();
+        let bytes: usize = parts
+            .iter()
+            .flat_map(|part| {
+                part.events
+                    .iter()
+                    .map(|event| event.size() + part.stream.len())
+            })
+            .sum();
+        let outcome = self.admitted_append(by, parts).await;
+        let result = match &outcome {
+            Ok(_) => metrics::AppendResult::Ok,
+            Err(error) => metrics::AppendResult::of_error(error),
+        };
+        self.inner
+            .metrics
+            .append_finished(result, events as u64, bytes as u64, started.elapsed());
+        outcome
+    }
+
+    /// [`Engine::append_multi`] after validation: the access check, the
+    /// write gate and the store.
+    async fn admitted_append(
+        &self,
+        by: &Principal,
+        parts: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>> {
         for part in &parts {
             self.authorize(by, Access::Write, &part.stream)?;
         }
         let _permit = self.inner.writes.enter()?;
         Ok(self.inner.store.append_multi(parts).await?)
+    }
+
+    /// Every metric in the Prometheus/OpenMetrics text format: the live
+    /// counters and what the engine and the store know now. Storage figures
+    /// are read on the blocking pool; scrapes run one at a time.
+    pub async fn render_metrics(&self) -> Result<String> {
+        let _one_at_a_time = self.inner.scrape.lock().await;
+        let started_at = self.inner.started_at;
+        let (store, reads, disk_bytes, memory, queue_depth, process) = self
+            .blocking(move |store| {
+                let start = started_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                Ok((
+                    store.info(),
+                    store.read_stats(),
+                    store.disk_bytes(),
+                    store.memory_usage(),
+                    store.queue_depth() as u64,
+                    metrics::ProcessFigures::read(start),
+                ))
+            })
+            .await?;
+        let groups = self.group_figures(store.head).await;
+        let subscriptions = self.subscription_stats();
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let snapshot = metrics::Snapshot {
+            store,
+            reads,
+            disk_bytes,
+            memory,
+            queue_depth,
+            subscriptions_active: subscriptions
+                .active
+                .load(std::sync::atomic::Ordering::Relaxed)
+                as u64,
+            fell_behind_total: load(&subscriptions.fell_behind),
+            delivered_total: load(&subscriptions.delivered),
+            buffered_bytes: (
+                self.inner.buffers.in_use() as u64,
+                self.inner.buffers.capacity() as u64,
+            ),
+            inflight_writes: self.inner.writes.in_flight() as u64,
+            groups,
+            scavenges: {
+                let totals = self.inner.operations.totals();
+                metrics::ScavengeFigures {
+                    runs: totals.runs,
+                    failed_runs: totals.failed_runs,
+                    events_removed: totals.events_removed,
+                    bytes_removed: totals.bytes_reclaimed,
+                }
+            },
+            process,
+            uptime: self.uptime(),
+        };
+        Ok(self.inner.metrics.render(snapshot))
+    }
+
+    /// Every consumer group's figures; `head` is the store's head, for lag.
+    async fn group_figures(&self, head: u64) -> Vec<metrics::GroupFigures> {
+        let reports = match self.inner.groups.reports().await {
+            Ok(reports) => reports,
+            Err(error) => {
+                tracing::warn!(%error, "metrics: consumer groups could not be listed");
+                return Vec::new();
+            }
+        };
+        reports
+            .into_iter()
+            .map(|report| {
+                let status = &report.status;
+                let stream_source = match ReadSource::parse(&report.definition.stream) {
+                    Ok(ReadSource::Stream(stream)) => Some(stream),
+                    _ => None,
+                };
+                // Positions (or, for a group on one stream, revisions) from
+                // where the group resumes (after its checkpoint, or its start
+                // before the first checkpoint) up to the head.
+                let is_stream = stream_source.is_some();
+                let resume = status
+                    .checkpoint
+                    .as_ref()
+                    .map_or(report.definition.start_cursor, |checkpoint| {
+                        checkpoint.resume_cursor(is_stream)
+                    });
+                let end = match &stream_source {
+                    Some(stream) => self
+                        .inner
+                        .store
+                        .stream_info(stream)
+                        .and_then(|info| info.last_revision)
+                        .map_or(0, |last| last + 1),
+                    None => head,
+                };
+                let lag = end.saturating_sub(resume);
+                metrics::GroupFigures {
+                    name: report.definition.group.clone(),
+                    consumers: status.consumers.len() as u64,
+                    in_flight: status.in_flight,
+                    parked: report.parked,
+                    acked_total: status.acked_total,
+                    retried_total: status.retried_total,
+                    parked_total: status.parked_total,
+                    lag,
+                }
+            })
+            .collect()
     }
 
     /// Soft-deletes (`tombstone` false) or tombstones a stream; both need

@@ -74,6 +74,8 @@ pub mod reason {
     pub const USER_EXISTS: &str = "USER_EXISTS";
     /// No token with that id (metadata `token`).
     pub const TOKEN_NOT_FOUND: &str = "TOKEN_NOT_FOUND";
+    /// A scavenge or backup is already running (metadata `operation`).
+    pub const OPERATION_IN_PROGRESS: &str = "OPERATION_IN_PROGRESS";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -109,6 +111,7 @@ mod tests {
             reason::USER_NOT_FOUND,
             reason::USER_EXISTS,
             reason::TOKEN_NOT_FOUND,
+            reason::OPERATION_IN_PROGRESS,
         ];
         let mut documented = Vec::new();
         for value in 1.. {
@@ -119,4 +122,51 @@ mod tests {
         }
         assert_eq!(documented, constants);
     }
+}
+
+/// The KurrentDB client contract (`proto/kurrent/*.proto`, packages
+/// `event_store.client.*`), served by the KurrentDB-compatible facade so that
+/// existing KurrentDB/EventStoreDB clients work unchanged. The modules nest as
+/// the packages do (the generated code refers to its neighbours by relative
+/// path); the re-exports below are the names to use.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod kurrent {
+    pub mod event_store {
+        pub mod client {
+            tonic::include_proto!("event_store.client");
+            pub mod streams {
+                tonic::include_proto!("event_store.client.streams");
+            }
+            pub mod gossip {
+                tonic::include_proto!("event_store.client.gossip");
+            }
+            pub mod server_features {
+                tonic::include_proto!("event_store.client.server_features");
+            }
+            pub mod persistent_subscriptions {
+                tonic::include_proto!("event_store.client.persistent_subscriptions");
+            }
+        }
+    }
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+    /// `event_store.client`: ids, stream identifiers, error details.
+    pub use event_store::client as shared;
+    /// `event_store.client.gossip`: cluster members.
+    pub use event_store::client::gossip;
+    /// `event_store.client.persistent_subscriptions`: compiled, not served yet.
+    pub use event_store::client::persistent_subscriptions as persistent;
+    /// `event_store.client.server_features`: the methods the server implements.
+    pub use event_store::client::server_features;
+    /// `event_store.client.streams`: Read, Append, BatchAppend, Delete, Tombstone.
+    pub use event_store::client::streams;
+    /// `google.rpc`: the status (with one `Any` detail) of BatchAppend results.
+    pub use google::rpc;
+
+    /// Encoded `FileDescriptorSet` of the KurrentDB .proto files.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kurrent_descriptor.bin"));
 }

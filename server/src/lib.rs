@@ -1,10 +1,14 @@
 //! `cairn-server`: the Cairn daemon's library. It wires configuration, the store
-//! and the [`cairn_engine::Engine`] to the protocol facades: today `grpc`
-//! (`cairn.v1`, plus `grpc.health.v1.Health` and server reflection).
+//! and the [`cairn_engine::Engine`] to the protocol facades: `grpc`
+//! (`cairn.v1`, plus `grpc.health.v1.Health` and server reflection) and
+//! `kurrent` (the KurrentDB-compatible `event_store.client.*` services), and
+//! the `http` listener (Prometheus `/metrics`, the admin UI), each on its own
+//! address ([`Listeners`]) with the same TLS, connection bounds and
+//! authentication.
 //!
 //! This crate owns configuration, listeners, the facades and shutdown. Facades
-//! are thin adapters: every decision is the engine's, and `server/src/grpc/` is
-//! the only place that names tonic or `cairn_proto`. It must not touch RocksDB
+//! are thin adapters: every decision is the engine's, and `server/src/grpc/` and
+//! `server/src/kurrent/` are the only places that name tonic or `cairn_proto`. It must not touch RocksDB
 //! directly (that is `cairn-storage`'s) nor block the runtime.
 //!
 //! ```no_run
@@ -19,6 +23,8 @@
 
 pub mod dev_certs;
 mod grpc;
+mod http;
+mod kurrent;
 mod listener;
 mod settings;
 mod tls;
@@ -30,7 +36,8 @@ use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
 pub use settings::{
-    DurabilitySetting, LogFormat, Mode, Secret, Settings, SettingsArgs, SettingsError, TlsFiles,
+    DEFAULT_BLOCK_CACHE_BYTES, DurabilitySetting, Listen, LogFormat, Mode, Secret, Settings,
+    SettingsArgs, SettingsError, TlsFiles,
 };
 pub use tls::TlsError;
 
@@ -93,6 +100,7 @@ pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store,
     let options = StoreOptions {
         durability: settings.durability.into(),
         limits: settings.limits(),
+        block_cache_bytes: settings.block_cache_bytes.max(1024 * 1024),
         ring: cairn_storage::RingLimits {
             max_events: settings.live_ring_events.max(1),
             ..cairn_storage::RingLimits::default()
@@ -102,24 +110,85 @@ pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store,
     Ok(Store::open(&settings.data, options)?)
 }
 
-/// Serves until `shutdown` resolves, then: stops accepting, ends open streams
-/// with UNAVAILABLE, waits for in-flight calls, lets every background task
-/// finish (group actors write their checkpoints), drains the committer (every
-/// queued append is answered), closes the store and returns.
+/// The sockets the server serves on: the `cairn.v1` gRPC facade's, and the
+/// KurrentDB facade's and the HTTP listener's when they are on.
+pub struct Listeners {
+    /// `cairn.v1` (and health, reflection).
+    pub grpc: TcpListener,
+    /// The KurrentDB-compatible facade.
+    pub kurrent: Option<TcpListener>,
+    /// `/metrics` and the admin UI.
+    pub http: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address the settings name: `grpc` is given (the caller
+    /// may have bound it already), the others come from the settings.
+    pub async fn bind_rest(grpc: TcpListener, settings: &Settings) -> std::io::Result<Self> {
+        let bind = |listen: Listen| async move {
+            match listen.address() {
+                None => Ok(None),
+                Some(address) => TcpListener::bind(address).await.map(Some).map_err(|error| {
+                    std::io::Error::new(
+                        error.kind(),
+                        format!("cannot listen on {address}: {error}"),
+                    )
+                }),
+            }
+        };
+        Ok(Self {
+            grpc,
+            kurrent: bind(settings.kurrent_listen).await?,
+            http: bind(settings.http_listen).await?,
+        })
+    }
+
+    /// The addresses actually bound, in the settings they came from (port 0
+    /// becomes the port chosen).
+    fn bound(&self, settings: &Settings) -> std::io::Result<Settings> {
+        let local = |listener: &Option<TcpListener>| -> std::io::Result<Listen> {
+            Ok(match listener {
+                None => Listen::Off,
+                Some(listener) => Listen::At(listener.local_addr()?),
+            })
+        };
+        Ok(Settings {
+            listen: self.grpc.local_addr()?,
+            kurrent_listen: local(&self.kurrent)?,
+            http_listen: local(&self.http)?,
+            ..settings.clone()
+        })
+    }
+}
+
+/// Serves until `shutdown` resolves: binds the KurrentDB and HTTP listeners
+/// the settings name beside `listener`, then [`serve`].
 pub async fn run(
     listener: TcpListener,
     store: Store,
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let local = listener.local_addr()?;
-    // The mode of the address actually bound (the caller may have bound
-    // another than `settings.listen`), decided before anything starts.
-    let mode = Settings {
-        listen: local,
-        ..settings.clone()
-    }
-    .mode()?;
+    let listeners = Listeners::bind_rest(listener, &settings).await?;
+    serve(listeners, store, settings, shutdown).await
+}
+
+/// Serves every facade on its listener until `shutdown` resolves, then: stops
+/// accepting, ends open streams with UNAVAILABLE, waits for in-flight calls,
+/// lets every background task finish (group actors write their checkpoints),
+/// drains the committer (every queued append is answered), closes the store
+/// and returns.
+pub async fn serve(
+    listeners: Listeners,
+    store: Store,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    // The mode of the addresses actually bound (the caller may have bound
+    // others than the settings name), decided before anything starts.
+    let settings = listeners.bound(&settings)?;
+    let local = settings.listen;
+    let mode = settings.mode()?;
     let tls = match &mode {
         Mode::Secure(files) => Some(tls::ServerTls::load(files)?),
         Mode::Insecure => {
@@ -127,8 +196,12 @@ pub async fn run(
                 tracing::warn!(
                     "--insecure: serving plaintext without authentication; the TLS certificate and key are not used"
                 );
-            } else if !local.ip().is_loopback() {
-                tracing::warn!(listen = %local, "--insecure: serving plaintext without authentication off loopback");
+            } else if let Some(public) = settings
+                .listen_addresses()
+                .into_iter()
+                .find(|address| !address.ip().is_loopback())
+            {
+                tracing::warn!(listen = %public, "--insecure: serving plaintext without authentication off loopback");
             }
             None
         }
@@ -143,13 +216,52 @@ pub async fn run(
         tls.acceptor
     });
     tracing::info!(listen = %local, data = %settings.data.display(), durability = ?settings.durability, tls = acceptor.is_some(), "cairn serving");
+    let http_tls = acceptor.clone();
+    let kurrent_tls = acceptor.clone();
     let options = grpc::GrpcOptions {
         max_message_bytes: max_message_bytes(&settings),
         durability: settings.durability.into(),
         connections: settings.connection_limits(),
         tls: acceptor,
     };
-    let served = grpc::serve(listener, engine.clone(), options, shutdown).await;
+    // The other facades stop on the engine's shutdown signal, which the gRPC
+    // facade raises when `shutdown` resolves.
+    let mut facades: tokio::task::JoinSet<Result<(), String>> = tokio::task::JoinSet::new();
+    if let Some(listener) = listeners.kurrent {
+        let bound = listener.local_addr()?;
+        let advertise = settings
+            .kurrent_advertise
+            .as_deref()
+            .and_then(|text| {
+                let (host, port) = text.rsplit_once(':')?;
+                Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+            })
+            .unwrap_or_else(|| (bound.ip().to_string(), bound.port()));
+        tracing::info!(listen = %bound, advertise = %format!("{}:{}", advertise.0, advertise.1), "KurrentDB facade serving");
+        let options = kurrent::KurrentOptions {
+            max_message_bytes: max_message_bytes(&settings),
+            connections: settings.connection_limits(),
+            tls: kurrent_tls,
+            advertise,
+        };
+        facades.spawn(kurrent::serve(listener, engine.clone(), options));
+    }
+    if let Some(listener) = listeners.http {
+        let options = http::HttpOptions {
+            connections: settings.connection_limits(),
+            tls: http_tls,
+        };
+        facades.spawn(http::serve(listener, engine.clone(), options));
+    }
+    let served = grpc::serve(listeners.grpc, engine.clone(), options, shutdown).await;
+    engine.begin_shutdown();
+    while let Some(outcome) = facades.join_next().await {
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "a facade stopped with an error"),
+            Err(error) => tracing::error!(%error, "a facade task failed"),
+        }
+    }
     engine.close().await;
     served.map_err(ServerError::Serve)?;
     tracing::info!("stopped cleanly");

@@ -41,11 +41,69 @@ pub enum LogFormat {
     Json,
 }
 
+/// An optional listen address: `off`, or `host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Listen {
+    /// Not served.
+    Off,
+    /// Served on this address.
+    At(SocketAddr),
+}
+
+impl Listen {
+    /// The address, when served.
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(address) => Some(address),
+        }
+    }
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        text.parse()
+            .map(Listen::At)
+            .map_err(|_| format!("`{text}` is neither `off` nor an address like 127.0.0.1:2113"))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Off => formatter.write_str("off"),
+            Listen::At(address) => address.fmt(formatter),
+        }
+    }
+}
+
+/// Default of [`Settings::block_cache_bytes`]: 256 MiB.
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The resolved settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Settings {
-    /// Address to listen on.
+    /// Address to listen on (the `cairn.v1` gRPC facade).
     pub listen: SocketAddr,
+    /// Address of the KurrentDB-compatible gRPC facade, or off.
+    pub kurrent_listen: Listen,
+    /// `host:port` the KurrentDB facade's gossip advertises to clients;
+    /// `None`: the address it is bound to.
+    pub kurrent_advertise: Option<String>,
+    /// Address of the HTTP listener (Prometheus `/metrics`, admin UI), or off.
+    pub http_listen: Listen,
     /// Data directory (RocksDB).
     pub data: PathBuf,
     /// Durability of acknowledged appends.
@@ -89,6 +147,11 @@ pub struct Settings {
     /// responses for this long while some wait is ended (RESOURCE_EXHAUSTED
     /// `CLIENT_STALLED`) and what it buffered freed, milliseconds.
     pub client_stall_timeout_ms: u64,
+    /// RocksDB's block cache (decompressed data blocks, shared by every
+    /// column family), bytes.
+    pub block_cache_bytes: usize,
+    /// Run a scavenge this often, milliseconds; 0: only when asked.
+    pub auto_scavenge_interval_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter, `tracing_subscriber::EnvFilter` syntax (e.g. `info`, `cairn=debug`).
@@ -192,13 +255,28 @@ impl Settings {
             (None, None) if self.tls_client_ca_file.is_some() => Err(SettingsError::Invalid(
                 "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
             )),
-            (None, None) if self.listen.ip().is_loopback() => Ok(Mode::Insecure),
-            (None, None) => Err(SettingsError::Refused(format!(
-                "refusing to serve {} without TLS; give --tls-cert-file and --tls-key-file, \
-                 or --insecure to serve plaintext without authentication",
-                self.listen
-            ))),
+            (None, None) => match self
+                .listen_addresses()
+                .into_iter()
+                .find(|address| !address.ip().is_loopback())
+            {
+                None => Ok(Mode::Insecure),
+                Some(public) => Err(SettingsError::Refused(format!(
+                    "refusing to serve {public} without TLS; give --tls-cert-file and \
+                     --tls-key-file, or --insecure to serve plaintext without authentication"
+                ))),
+            },
         }
+    }
+
+    /// Every address the server listens on: the gRPC facade's, then the
+    /// KurrentDB facade's and the HTTP listener's when they are on. The mode
+    /// covers them all: one off loopback makes the server need TLS.
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.listen)
+            .chain(self.kurrent_listen.address())
+            .chain(self.http_listen.address())
+            .collect()
     }
 
     /// The storage limits these settings describe.
@@ -229,6 +307,8 @@ impl Settings {
                 self.client_stall_timeout_ms.max(1),
             ),
             security: self.security_options(),
+            auto_scavenge_interval: (self.auto_scavenge_interval_ms > 0)
+                .then(|| std::time::Duration::from_millis(self.auto_scavenge_interval_ms)),
         }
     }
 
@@ -262,6 +342,9 @@ impl Settings {
     pub fn for_tests(data: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kurrent_listen: Listen::Off,
+            kurrent_advertise: None,
+            http_listen: Listen::Off,
             data,
             durability: DurabilitySetting::Unsynced,
             max_append_bytes: Limits::default().max_append_bytes,
@@ -280,6 +363,8 @@ impl Settings {
             connection_handshake_timeout_ms: 10_000,
             connection_idle_timeout_ms: 120_000,
             client_stall_timeout_ms: 60_000,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            auto_scavenge_interval_ms: 0,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             insecure: false,
@@ -302,6 +387,15 @@ pub struct SettingsArgs {
     /// Address to listen on [default: 127.0.0.1:7070].
     #[arg(long, env = "CAIRN_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address of the KurrentDB-compatible gRPC facade, or `off` [default: 127.0.0.1:2113].
+    #[arg(long, env = "CAIRN_KURRENT_LISTEN")]
+    pub kurrent_listen: Option<Listen>,
+    /// host:port the KurrentDB facade's gossip gives clients [default: the bound address].
+    #[arg(long, env = "CAIRN_KURRENT_ADVERTISE")]
+    pub kurrent_advertise: Option<String>,
+    /// Address of the HTTP listener (/metrics, admin UI), or `off` [default: 127.0.0.1:2114].
+    #[arg(long, env = "CAIRN_HTTP_LISTEN")]
+    pub http_listen: Option<Listen>,
     /// Data directory [default: ./data].
     #[arg(long, env = "CAIRN_DATA")]
     pub data: Option<PathBuf>,
@@ -359,6 +453,12 @@ pub struct SettingsArgs {
     /// ended and what it buffered freed [default: 60000].
     #[arg(long, env = "CAIRN_CLIENT_STALL_TIMEOUT_MS")]
     pub client_stall_timeout_ms: Option<u64>,
+    /// RocksDB block cache in bytes [default: 268435456].
+    #[arg(long, env = "CAIRN_BLOCK_CACHE_BYTES")]
+    pub block_cache_bytes: Option<usize>,
+    /// Scavenge every this many ms; 0: only when asked [default: 0].
+    #[arg(long, env = "CAIRN_AUTO_SCAVENGE_INTERVAL_MS")]
+    pub auto_scavenge_interval_ms: Option<u64>,
     /// Log format [default: human].
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -429,6 +529,10 @@ impl SettingsArgs {
             .set_default("connection_handshake_timeout_ms", 10_000u64)?
             .set_default("connection_idle_timeout_ms", 120_000u64)?
             .set_default("client_stall_timeout_ms", 60_000u64)?
+            .set_default("kurrent_listen", "127.0.0.1:2113")?
+            .set_default("http_listen", "127.0.0.1:2114")?
+            .set_default("block_cache_bytes", DEFAULT_BLOCK_CACHE_BYTES as u64)?
+            .set_default("auto_scavenge_interval_ms", 0u64)?
             .set_default("log_format", "human")?
             .set_default("log_level", "info")?
             .set_default("insecure", false)?
@@ -514,7 +618,20 @@ impl SettingsArgs {
                     .map(|v| v.expose().to_owned()),
             ),
         ];
-        for (key, value) in overrides.into_iter().chain(security) {
+        let facades: [(&str, Option<String>); 5] = [
+            ("kurrent_listen", self.kurrent_listen.map(|v| text(&v))),
+            ("kurrent_advertise", self.kurrent_advertise.clone()),
+            ("http_listen", self.http_listen.map(|v| text(&v))),
+            (
+                "block_cache_bytes",
+                self.block_cache_bytes.map(|v| text(&v)),
+            ),
+            (
+                "auto_scavenge_interval_ms",
+                self.auto_scavenge_interval_ms.map(|v| text(&v)),
+            ),
+        ];
+        for (key, value) in overrides.into_iter().chain(security).chain(facades) {
             builder = builder.set_override_option(key, value)?;
         }
         Ok(builder.build()?.try_deserialize()?)
@@ -576,6 +693,45 @@ mod tests {
         assert_eq!(stall.resolve().unwrap().client_stall_timeout_ms, 1500);
         assert_eq!(settings.max_read_page, 50);
         assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_other_listeners_default_to_loopback_and_can_be_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let defaults = SettingsArgs {
+            config: Some(dir.path().join("cairn.toml")),
+            ..SettingsArgs::default()
+        };
+        std::fs::write(dir.path().join("cairn.toml"), "").unwrap();
+        let settings = defaults.resolve().unwrap();
+        assert_eq!(
+            settings.kurrent_listen,
+            Listen::At("127.0.0.1:2113".parse().unwrap())
+        );
+        assert_eq!(
+            settings.http_listen,
+            Listen::At("127.0.0.1:2114".parse().unwrap())
+        );
+        assert_eq!(settings.block_cache_bytes, DEFAULT_BLOCK_CACHE_BYTES);
+        assert_eq!(settings.mode().unwrap(), Mode::Insecure);
+
+        let off = SettingsArgs {
+            kurrent_listen: Some("off".parse().unwrap()),
+            http_listen: Some("OFF".parse().unwrap()),
+            ..defaults.clone()
+        };
+        let settings = off.resolve().unwrap();
+        assert_eq!(settings.kurrent_listen, Listen::Off);
+        assert_eq!(settings.listen_addresses(), vec![settings.listen]);
+        assert!("nowhere".parse::<Listen>().is_err());
+
+        // One public address among them is enough to need TLS.
+        let public = SettingsArgs {
+            kurrent_listen: Some("0.0.0.0:2113".parse().unwrap()),
+            ..defaults
+        };
+        let refused = public.resolve().unwrap().mode().unwrap_err();
+        assert!(refused.to_string().contains("0.0.0.0:2113"), "{refused}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::model::{
     AppendResult, CurrentRevision, EventData, ExpectedRevision, RecordedEvent, StreamAppend,
     StreamMetadata, category_of,
 };
+use crate::observe::CommittedGroup;
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
 
@@ -257,6 +258,9 @@ impl Committer {
                     Err(_) => break,
                 }
             }
+            self.shared
+                .queued
+                .fetch_sub(commands.len(), std::sync::atomic::Ordering::Relaxed);
             self.commit_group(commands);
         }
         tracing::debug!(
@@ -336,8 +340,17 @@ impl Committer {
                 events: group.events.len(),
                 ..context
             };
+            let started = std::time::Instant::now();
             self.write(std::mem::take(&mut group.batch), &context)
                 .map_err(|message| Error::Poisoned(format!("a RocksDB write failed: {message}")))?;
+            if let Some(observer) = self.shared.observer.get() {
+                observer.group_committed(&CommittedGroup {
+                    requests: group.outcomes.len(),
+                    events: group.events.len(),
+                    write: started.elapsed(),
+                    synced: self.shared.durability == Durability::Sync,
+                });
+            }
             self.shared.catalog.apply(group.overlay);
             let notice = CommitNotice {
                 head: self.head,

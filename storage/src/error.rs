@@ -158,6 +158,29 @@ pub enum Error {
         /// RocksDB's message.
         reason: String,
     },
+
+    /// A backup failed verification (`verify_backup`, `restore`): a file is
+    /// missing or changed, the manifest is damaged, or a record is bad or
+    /// missing below the backup's head.
+    #[error("{}", backup_message(.file.as_deref(), .position, .reason))]
+    BackupInvalid {
+        /// The bad file of the backup (a name, no directory), when known.
+        file: Option<String>,
+        /// The first bad position, when known.
+        position: Option<u64>,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The message of [`Error::BackupInvalid`]: what is wrong and where.
+fn backup_message(file: Option<&str>, position: &Option<u64>, reason: &str) -> String {
+    let place = match (file, position) {
+        (Some(file), _) => format!(" (file {file})"),
+        (None, Some(position)) => format!(" at position {position}"),
+        (None, None) => String::new(),
+    };
+    format!("the backup is not valid{place}: {reason}; it was not restored")
 }
 
 /// The message of [`Error::Damaged`]: what is wrong, where, and what to do.

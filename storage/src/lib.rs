@@ -25,10 +25,13 @@
 //! - `catalog`: in-memory stream heads and the visibility rule.
 //! - `committer`: the single writer thread (group commit).
 //! - `read`: read paths. `scavenge`: physical removal of hidden events.
+//! - `backup`: online backups, their verification, restore.
 //! - `damage`: locating damage in the write-ahead log. `repair`: `Store::repair`.
+//! - `observe`: the commit observer (metrics) and memory/disk figures.
 //! - `live`: published head and the ring of recent events for subscriptions.
 //! - `ticket`: one-shot replies usable from sync and async code.
 
+mod backup;
 mod catalog;
 mod codec;
 mod committer;
@@ -36,6 +39,7 @@ mod damage;
 mod error;
 mod live;
 mod model;
+mod observe;
 mod read;
 mod repair;
 mod scavenge;
@@ -57,6 +61,10 @@ pub mod codec_seam {
 /// Every RocksDB column family of a Cairn database, in open order (see
 /// FORMAT.md), for tools and tests that open the files directly.
 pub const COLUMN_FAMILIES: [&str; 8] = codec::cf::ALL;
+pub use backup::{
+    BackupFile, BackupManifest, MANIFEST_FILE, VerifiedBackup, read_manifest, restore,
+    verify_backup,
+};
 pub use error::{Error, Result};
 pub use live::{CommitListener, CommitNotice, Live, RingLimits};
 pub use model::{
@@ -67,7 +75,9 @@ pub use model::{
     SegmentStats, StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
     validate_stored_stream_name, validate_stream_name,
 };
-pub use read::{ReadStats, StreamListPage};
+pub use observe::{CommitObserver, CommittedGroup, MemoryUsage};
+pub use read::{ReadKind, ReadStats, StreamListPage};
 pub use repair::RepairReport;
+pub use scavenge::{ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -596,7 +596,7 @@ pub struct ReadPage {
 }
 
 /// Head and size of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreInfo {
     /// The position the next event will get (= number of events ever appended).
     pub head: u64,

@@ -58,6 +58,60 @@ pub struct ReadStats {
     pub records_examined: u64,
     /// Bytes of those records.
     pub bytes_examined: u64,
+    /// Calls by what they read, indexed by [`ReadKind::index`].
+    pub calls_by_kind: [u64; ReadKind::COUNT],
+    /// Events returned by those calls, indexed the same way.
+    pub events_by_kind: [u64; ReadKind::COUNT],
+}
+
+/// What a read reads, for counting reads by kind (bounded: four values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadKind {
+    /// One stream.
+    Stream,
+    /// `$all`.
+    All,
+    /// A category index (`$ce-...`).
+    Category,
+    /// An event-type index (`$et-...`).
+    EventType,
+}
+
+impl ReadKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 4;
+    /// Every kind, in [`ReadKind::index`] order.
+    pub const ALL: [ReadKind; ReadKind::COUNT] = [
+        ReadKind::Stream,
+        ReadKind::All,
+        ReadKind::Category,
+        ReadKind::EventType,
+    ];
+
+    /// The kind of a read of `source`.
+    pub fn of(source: &ReadSource) -> Self {
+        match source {
+            ReadSource::Stream(_) => ReadKind::Stream,
+            ReadSource::All => ReadKind::All,
+            ReadSource::Category(_) => ReadKind::Category,
+            ReadSource::EventType(_) => ReadKind::EventType,
+        }
+    }
+
+    /// Its place in the per-kind arrays of [`ReadStats`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short lowercase name (`stream`, `all`, `category`, `event_type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadKind::Stream => "stream",
+            ReadKind::All => "all",
+            ReadKind::Category => "category",
+            ReadKind::EventType => "event_type",
+        }
+    }
 }
 
 /// The live counters behind [`ReadStats`], kept in the store's shared state.
@@ -67,6 +121,8 @@ pub(crate) struct ReadCounters {
     in_flight: AtomicU64,
     records_examined: AtomicU64,
     bytes_examined: AtomicU64,
+    calls_by_kind: [AtomicU64; ReadKind::COUNT],
+    events_by_kind: [AtomicU64; ReadKind::COUNT],
 }
 
 /// Counts one running read; ends it (and adds its work) when dropped, also
@@ -203,6 +259,12 @@ impl Store {
         };
         guard.records = budget.records;
         guard.bytes = budget.examined as u64;
+        let kind = ReadKind::of(&request.source).index();
+        shared.reads.calls_by_kind[kind].fetch_add(1, Ordering::Relaxed);
+        if let Ok(page) = &page {
+            shared.reads.events_by_kind[kind]
+                .fetch_add(page.events.len() as u64, Ordering::Relaxed);
+        }
         page
     }
 
@@ -214,6 +276,12 @@ impl Store {
             in_flight: counters.in_flight.load(Ordering::Relaxed),
             records_examined: counters.records_examined.load(Ordering::Relaxed),
             bytes_examined: counters.bytes_examined.load(Ordering::Relaxed),
+            calls_by_kind: std::array::from_fn(|kind| {
+                counters.calls_by_kind[kind].load(Ordering::Relaxed)
+            }),
+            events_by_kind: std::array::from_fn(|kind| {
+                counters.events_by_kind[kind].load(Ordering::Relaxed)
+            }),
         }
     }
 

@@ -158,6 +158,15 @@ pub(crate) struct Shared {
     pub(crate) scavenge_lock: Mutex<()>,
     /// What reads did (`Store::read_stats`).
     pub(crate) reads: crate::read::ReadCounters,
+    /// The block cache every column family shares (`Store::memory_usage`).
+    pub(crate) cache: Cache,
+    /// Its configured capacity, bytes.
+    pub(crate) block_cache_capacity: usize,
+    /// Told of every committed group (`Store::observe_commits`); set once.
+    pub(crate) observer: std::sync::OnceLock<Arc<dyn crate::observe::CommitObserver>>,
+    /// Requests in the committer's queue: raised when one is queued, lowered
+    /// when the committer takes it (`Store::queue_depth`).
+    pub(crate) queued: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -438,6 +447,10 @@ impl Store {
             events_removed: Mutex::new(events_removed),
             scavenge_lock: Mutex::new(()),
             reads: crate::read::ReadCounters::default(),
+            cache,
+            block_cache_capacity: options.block_cache_bytes,
+            observer: std::sync::OnceLock::new(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
         });
         let poison = Arc::new(Mutex::new(None));
         let queue_capacity = options.queue_capacity.max(1);
@@ -515,7 +528,15 @@ impl Store {
             return Ticket::ready(Err(Error::ShuttingDown));
         };
         let (ticket, responder) = ticket::channel();
-        match sender.try_send(make(responder)) {
+        // Counted before the send so that the committer's decrement never
+        // comes first (the depth never wraps below zero).
+        let queued = &self.inner.shared.queued;
+        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = sender.try_send(make(responder));
+        if sent.is_err() {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(command)) => command.reply.fail(&Error::Overloaded {
                 capacity: self.inner.queue_capacity,

@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+pub mod browser;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -307,8 +309,14 @@ pub async fn tls_channel(
 /// A running in-process server. Dropping it without [`TestServer::stop`]
 /// aborts the server task.
 pub struct TestServer {
-    /// Where it listens.
+    /// Where it listens (`cairn.v1`).
     pub address: SocketAddr,
+    /// Where the KurrentDB-compatible facade listens, when the settings
+    /// turned it on (`kurrent_listen`; port 0 picks a free one).
+    pub kurrent_address: Option<SocketAddr>,
+    /// Where the HTTP listener (metrics, admin UI) listens, when on
+    /// (`http_listen`).
+    pub http_address: Option<SocketAddr>,
     /// Its data directory (kept alive with the server).
     pub data: tempfile::TempDir,
     /// Its certificates, for a server started by [`TestServer::start_secure`].
@@ -393,12 +401,29 @@ impl TestServer {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("local addr");
+        let listeners = cairn_server::Listeners::bind_rest(listener, &settings)
+            .await
+            .expect("bind the KurrentDB and HTTP listeners");
+        let local = |listener: &Option<tokio::net::TcpListener>| {
+            listener
+                .as_ref()
+                .map(|listener| listener.local_addr().expect("local addr"))
+        };
+        let kurrent_address = local(&listeners.kurrent);
+        let http_address = local(&listeners.http);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(cairn_server::run(listener, store, settings, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(cairn_server::serve(
+            listeners,
+            store,
+            settings,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         let mut server = Self {
             address,
+            kurrent_address,
+            http_address,
             data,
             tls,
             stop: Some(stop),

@@ -152,6 +152,45 @@ pub enum Credentials {
     Bearer(String),
 }
 
+/// Longest `authorization` value looked at; longer ones are refused unread.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+impl Credentials {
+    /// The credentials of an HTTP/gRPC `authorization` value: `Basic
+    /// base64(user:password)` or `Bearer token` (scheme names are
+    /// case-insensitive). Anything else, or a value over
+    /// [`MAX_AUTHORIZATION_BYTES`], is [`Error::Unauthenticated`]; the error
+    /// never repeats the value.
+    pub fn from_authorization(value: &[u8]) -> Result<Credentials> {
+        use base64::Engine as _;
+        let malformed =
+            || Error::Unauthenticated("the authorization metadata is not Basic or Bearer".into());
+        if value.len() > MAX_AUTHORIZATION_BYTES {
+            return Err(Error::Unauthenticated(
+                "the authorization metadata is too long".into(),
+            ));
+        }
+        let value = std::str::from_utf8(value).map_err(|_| malformed())?.trim();
+        let (scheme, rest) = value.split_once(' ').ok_or_else(malformed)?;
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| malformed())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+            let (user, password) = decoded.split_once(':').ok_or_else(malformed)?;
+            Ok(Credentials::Basic {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+        } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+            Ok(Credentials::Bearer(rest.to_owned()))
+        } else {
+            Err(malformed())
+        }
+    }
+}
+
 impl fmt::Debug for Credentials {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use base64::Engine as _;
 use cairn_engine::{Credentials, Error, Principal, Security};
 use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
@@ -29,13 +28,10 @@ const OPEN_PREFIXES: [&str; 3] = [
     "/grpc.reflection.v1alpha.",
 ];
 
-/// Longest `authorization` value looked at; longer ones are refused unread.
-const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
-
 /// The caller of `request`, as the authentication layer found it. A request
 /// that did not pass the layer has no principal and is refused: a missing
 /// layer must never mean an open server.
-pub(super) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+pub(crate) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
         .get::<Principal>()
@@ -47,34 +43,10 @@ pub(super) fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         })
 }
 
-/// The credentials in an `authorization` value: `Basic base64(user:password)`
-/// or `Bearer token` (scheme names are case-insensitive).
+/// The credentials in an `authorization` value (see
+/// [`Credentials::from_authorization`]).
 fn credentials_of(value: &http::HeaderValue) -> Result<Credentials, Error> {
-    let malformed =
-        || Error::Unauthenticated("the authorization metadata is not Basic or Bearer".into());
-    if value.len() > MAX_AUTHORIZATION_BYTES {
-        return Err(Error::Unauthenticated(
-            "the authorization metadata is too long".into(),
-        ));
-    }
-    let value = value.to_str().map_err(|_| malformed())?.trim();
-    let (scheme, rest) = value.split_once(' ').ok_or_else(malformed)?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| malformed())?;
-        let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
-        let (user, password) = decoded.split_once(':').ok_or_else(malformed)?;
-        Ok(Credentials::Basic {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        })
-    } else if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
-        Ok(Credentials::Bearer(rest.to_owned()))
-    } else {
-        Err(malformed())
-    }
+    Credentials::from_authorization(value.as_bytes())
 }
 
 /// The peer's address. Plaintext and TLS connections alike carry
@@ -90,12 +62,12 @@ fn source_of<B>(request: &http::Request<B>) -> Option<IpAddr> {
 
 /// The layer: wraps every routed service of the gRPC server.
 #[derive(Clone)]
-pub(super) struct AuthLayer {
+pub(crate) struct AuthLayer {
     security: Arc<Security>,
 }
 
 impl AuthLayer {
-    pub(super) fn new(security: Arc<Security>) -> Self {
+    pub(crate) fn new(security: Arc<Security>) -> Self {
         Self { security }
     }
 }
@@ -113,7 +85,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 
 /// The service the layer makes: authenticates, then calls `inner`.
 #[derive(Clone)]
-pub(super) struct Authenticate<S> {
+pub(crate) struct Authenticate<S> {
     inner: S,
     security: Arc<Security>,
 }
@@ -181,6 +153,8 @@ mod tests {
         http::HeaderValue::from_str(value).unwrap()
     }
 
+    use base64::Engine as _;
+
     #[test]
     fn basic_and_bearer_credentials_parse() {
         let basic = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
@@ -210,7 +184,10 @@ mod tests {
             assert!(matches!(error, Error::Unauthenticated(_)), "{value}");
             assert!(!error.to_string().contains("YWxp"), "{value}");
         }
-        let long = format!("Bearer {}", "x".repeat(MAX_AUTHORIZATION_BYTES));
+        let long = format!(
+            "Bearer {}",
+            "x".repeat(cairn_engine::security::MAX_AUTHORIZATION_BYTES)
+        );
         assert!(credentials_of(&header(&long)).is_err());
     }
 }

@@ -1,11 +1,13 @@
-//! The `cairn.v1` gRPC facade: the only code of the daemon that names tonic or
-//! `cairn_proto`. One adapter per service (`streams`, `subscriptions`,
-//! `persistent`, `server_info`), one conversion module per direction
+//! The `cairn.v1` gRPC facade: with `kurrent/` (the KurrentDB-compatible
+//! facade, which reuses its `auth` layer), the only code of the daemon that
+//! names tonic or `cairn_proto`. One adapter per service (`streams`, `subscriptions`,
+//! `persistent`, `server_info`, `users`, `operations`), one conversion module per direction
 //! (`from_proto`, `to_proto`), and one error mapping (`status`). Every
 //! decision is the engine's; adapters only convert.
 
-mod auth;
+pub(crate) mod auth;
 mod from_proto;
+mod operations;
 mod persistent;
 mod server_info;
 mod status;
@@ -18,6 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cairn_engine::Engine;
+use cairn_proto::v1::operations_server::OperationsServer;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use cairn_proto::v1::server_server::ServerServer;
 use cairn_proto::v1::streams_server::StreamsServer;
@@ -127,6 +130,9 @@ async fn report_fail_stop(engine: Engine, health: tonic_health::server::HealthRe
                 .set_not_serving::<UsersServer<users::UsersService>>()
                 .await;
             health
+                .set_not_serving::<OperationsServer<operations::OperationsService>>()
+                .await;
+            health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
             return;
@@ -157,6 +163,9 @@ pub async fn serve(
     health_reporter
         .set_serving::<UsersServer<users::UsersService>>()
         .await;
+    health_reporter
+        .set_serving::<OperationsServer<operations::OperationsService>>()
+        .await;
 
     let reflection = |builder: tonic_reflection::server::Builder<'static>| {
         builder
@@ -185,6 +194,9 @@ pub async fn serve(
         engine.clone(),
         options.durability,
     ));
+    let operations = OperationsServer::new(operations::OperationsService::new(engine.clone()))
+        .max_decoding_message_size(operations::OPERATIONS_REQUEST_BYTES)
+        .max_encoding_message_size(max_message);
     let users = UsersServer::new(users::UsersService::new(engine.clone()))
         .max_decoding_message_size(users::USERS_REQUEST_BYTES)
         .max_encoding_message_size(max_message);
@@ -231,6 +243,7 @@ pub async fn serve(
         .add_service(persistent_subscriptions)
         .add_service(server_info)
         .add_service(users)
+        .add_service(operations)
         .serve_with_incoming_shutdown(
             listener::accept(listener, options.connections, options.tls),
             signal,

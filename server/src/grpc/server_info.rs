@@ -33,6 +33,7 @@ impl Server for ServerInfoService {
         let limits = store.limits();
         let (ring_events, ring_bytes) = store.live().ring_usage();
         let subscriptions = self.engine.subscription_stats();
+        let memory = store.memory_usage();
         Ok(Response::new(pb::ServerInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             head_position: info.head,
@@ -49,6 +50,9 @@ impl Server for ServerInfoService {
             live_ring_bytes: ring_bytes as u64,
             buffered_bytes: self.engine.buffer_budget().in_use() as u64,
             max_buffered_bytes: self.engine.buffer_budget().capacity() as u64,
+            rocksdb_block_cache_bytes: memory.block_cache_bytes,
+            rocksdb_memtable_bytes: memory.memtable_bytes,
+            rocksdb_table_readers_bytes: memory.table_readers_bytes,
             durability: match self.durability {
                 Durability::Sync => "sync".to_owned(),
                 Durability::Unsynced => "unsynced".to_owned(),

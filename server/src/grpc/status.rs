@@ -64,6 +64,10 @@ fn client_message(error: &Error) -> String {
         Error::Store(StoreError::UnsupportedFormat { .. }) => {
             Some("the data directory has a format this server does not read")
         }
+        // Its reason may quote RocksDB, which names server paths.
+        Error::Store(StoreError::BackupInvalid { .. }) => {
+            Some("the backup failed its verification; nothing valid was left in its directory")
+        }
         _ => None,
     };
     match internal {
@@ -155,6 +159,11 @@ fn code_and_reason(error: &Error) -> (Code, &'static str, HashMap<String, String
             reason::TOKEN_NOT_FOUND,
             meta(&[("token", id.clone())]),
         ),
+        Error::OperationInProgress { operation } => (
+            Code::FailedPrecondition,
+            reason::OPERATION_IN_PROGRESS,
+            meta(&[("operation", operation.clone())]),
+        ),
         _ => (Code::Internal, reason::INTERNAL, meta(&[])),
     }
 }
@@ -238,6 +247,16 @@ fn store_code_and_reason(error: &StoreError) -> (Code, &'static str, HashMap<Str
         }
         StoreError::Poisoned(_) => (Code::Unavailable, reason::STORE_STOPPED, meta(&[])),
         StoreError::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
+        StoreError::BackupInvalid { file, position, .. } => {
+            let mut pairs = Vec::new();
+            if let Some(file) = file {
+                pairs.push(("file", file.clone()));
+            }
+            if let Some(position) = position {
+                pairs.push(("position", position.to_string()));
+            }
+            (Code::DataLoss, reason::CORRUPT, meta(&pairs))
+        }
         _ => (Code::Internal, reason::INTERNAL, meta(&[])),
     }
 }
@@ -435,6 +454,22 @@ mod tests {
                 Code::NotFound,
                 reason::TOKEN_NOT_FOUND,
             ),
+            (
+                Error::OperationInProgress {
+                    operation: "scavenge".into(),
+                },
+                Code::FailedPrecondition,
+                reason::OPERATION_IN_PROGRESS,
+            ),
+            (
+                store(StoreError::BackupInvalid {
+                    file: Some("000012.sst".into()),
+                    position: None,
+                    reason: "Corruption: block checksum mismatch in /srv/backup/000012.sst".into(),
+                }),
+                Code::DataLoss,
+                reason::CORRUPT,
+            ),
         ]
     }
 
@@ -461,6 +496,11 @@ mod tests {
                 path: "/srv/cairn/data".into(),
                 found: 9,
                 supported: 1,
+            },
+            StoreError::BackupInvalid {
+                file: None,
+                position: None,
+                reason: "the database does not open: IO error: /srv/cairn/backup/000004.log".into(),
             },
         ];
         for error in leaky {
@@ -564,9 +604,15 @@ mod tests {
                     id == seen
                 }
                 (
-                    Error::Corrupt(_) | Error::Store(StoreError::Corrupt { .. }),
+                    Error::Corrupt(_)
+                    | Error::Store(StoreError::Corrupt { .. })
+                    | Error::Store(StoreError::BackupInvalid { .. }),
                     ClientError::Corrupt(_),
                 ) => true,
+                (
+                    Error::OperationInProgress { operation },
+                    ClientError::OperationInProgress { operation: seen },
+                ) => operation == seen,
                 (Error::Unauthenticated(_), ClientError::Unauthenticated(message))
                 | (Error::PermissionDenied { .. }, ClientError::PermissionDenied(message)) => {
                     *message == client_message(&error)

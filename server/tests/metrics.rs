@@ -1,0 +1,449 @@
+//! `/metrics` on the HTTP listener: after a known workload the counters hold
+//! exactly what happened (appends by result, events, groups' acks and parks),
+//! the histograms moved, the scrape-time figures agree with `Server.Info`, and
+//! the text parses with the Prometheus project's own OpenMetrics parser
+//! (Python `prometheus_client`). In secure mode the listener speaks TLS and
+//! `/metrics` needs an operator: 401 with a Basic challenge without
+//! credentials, 403 for a plain user.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_client::{Error, EventData, ExpectedRevision, GroupOptions, NackAction, NewUser};
+use cairn_server::Listen;
+use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within, read_all_client};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Generous bound for anything that should happen "soon".
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn with_http(settings: &mut cairn_server::Settings) {
+    settings.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
+}
+
+/// An HTTP response: status code, headers (lowercase names) and body.
+struct HttpResponse {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// One `GET path` over `stream` (HTTP/1.1, `Connection: close`), with an
+/// optional `authorization` value; reads the whole response.
+async fn get_over(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    path: &str,
+    authorization: Option<&str>,
+) -> HttpResponse {
+    let auth = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: cairn\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify; what arrived counts.
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
+        .await
+        .expect("a response in time");
+    let raw = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
+        .collect::<HashMap<_, _>>();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|value| value.eq_ignore_ascii_case("chunked"))
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The body of a chunked transfer encoding.
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return body;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+async fn get(address: SocketAddr, path: &str) -> HttpResponse {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    get_over(stream, path, None).await
+}
+
+/// One sample's value: `name{labels} value` with the labels exactly as
+/// written (`""` for none).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let wanted = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series == wanted).then(|| value.parse().ok()).flatten()
+        })
+}
+
+fn value(text: &str, name: &str, labels: &str) -> f64 {
+    sample(text, name, labels).unwrap_or_else(|| panic!("no sample {name}{{{labels}}} in:\n{text}"))
+}
+
+/// Parses `text` with Python `prometheus_client`'s OpenMetrics parser (the
+/// Prometheus project's reference client), which rejects anything not
+/// OpenMetrics; returns the metric family names it found.
+async fn parse_with_prometheus_client(text: &str) -> Vec<String> {
+    let script = "import sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n    print(family.name)\n";
+    let mut child = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python3 (install it and `pip install prometheus-client`, or run .ci/run)");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(text.as_bytes()).await.expect("write");
+    drop(stdin);
+    let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("the parser finished")
+        .expect("python3 ran");
+    assert!(
+        output.status.success(),
+        "the OpenMetrics parser refused the text (is prometheus-client installed? .ci/run installs it):\n{}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
+    let server = TestServer::start_with(with_http).await;
+    let http = server.http_address.expect("the HTTP listener is on");
+    let client = server.client().await;
+
+    // 5 appends of 2 events, one refused for its expected revision.
+    for n in 0..5u64 {
+        let expected = if n == 0 {
+            ExpectedRevision::NoStream
+        } else {
+            ExpectedRevision::Exact(n * 2 - 1)
+        };
+        client
+            .append(
+                "order-1",
+                expected,
+                vec![
+                    EventData::json_text("OrderPlaced", r#"{"n":1}"#),
+                    EventData::json_text("OrderPaid", r#"{"n":2}"#),
+                ],
+            )
+            .await
+            .expect("append");
+    }
+    let refused = client
+        .append(
+            "order-1",
+            ExpectedRevision::NoStream,
+            vec![EventData::json_text("OrderPlaced", "{}")],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::WrongExpectedRevision { .. })),
+        "{refused:?}"
+    );
+    let read = read_all_client(&client, "order-1").await.expect("read");
+    assert_eq!(read.len(), 10);
+
+    // A group that acks 8 of the 10 events and parks 2.
+    client
+        .create_group("billing", "$ce-order", GroupOptions::default())
+        .await
+        .expect("create group");
+    let mut consumer = client.consume("billing", "c1", 0).await.expect("consume");
+    for n in 0..10 {
+        let delivery = tokio::time::timeout(DEADLINE, consumer.next())
+            .await
+            .expect("a delivery in time")
+            .expect("consume")
+            .expect("open");
+        if n < 2 {
+            delivery
+                .nack(NackAction::Park, "metrics test")
+                .await
+                .expect("park");
+        } else {
+            delivery.ack().await.expect("ack");
+        }
+    }
+    eventually_within(
+        DEADLINE,
+        "the group to count 8 acks and 2 parks",
+        || async {
+            let info = client.group_info("billing").await.ok()?;
+            (info.parked == 2 && info.acked_total == 8).then_some(())
+        },
+    )
+    .await;
+
+    let response = get(http, "/metrics").await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.headers["content-type"].starts_with("application/openmetrics-text"),
+        "{:?}",
+        response.headers
+    );
+    let text = &response.body;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    assert_eq!(value(text, "cairn_appends_total", r#"result="ok""#), 5.0);
+    assert_eq!(
+        value(text, "cairn_appended_events_total", r#"result="ok""#),
+        10.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "cairn_appends_total",
+            r#"result="wrong_expected_revision""#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            text,
+            "cairn_appended_events_total",
+            r#"result="wrong_expected_revision""#
+        ),
+        1.0
+    );
+    assert!(value(text, "cairn_appended_bytes_total", r#"result="ok""#) > 10.0 * 7.0);
+    assert_eq!(value(text, "cairn_append_duration_seconds_count", ""), 6.0);
+    assert!(value(text, "cairn_append_duration_seconds_sum", "") > 0.0);
+    // Appends, the group's checkpoint and its two parked events each wrote a group.
+    assert!(value(text, "cairn_commit_groups_total", "") >= 7.0);
+    assert!(value(text, "cairn_wal_sync_duration_seconds_count", "") >= 7.0);
+    assert!(value(text, "cairn_commit_group_events_sum", "") >= 12.0);
+    assert!(value(text, "cairn_commit_group_requests_count", "") >= 7.0);
+
+    assert_eq!(
+        value(text, "cairn_group_acked_total", r#"group="billing""#),
+        8.0
+    );
+    assert_eq!(value(text, "cairn_group_parked", r#"group="billing""#), 2.0);
+    assert_eq!(
+        value(
+            text,
+            "cairn_group_parked_events_total",
+            r#"group="billing""#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(text, "cairn_group_consumers", r#"group="billing""#),
+        1.0
+    );
+    assert_eq!(
+        value(text, "cairn_group_in_flight", r#"group="billing""#),
+        0.0
+    );
+    assert_eq!(value(text, "cairn_groups", ""), 1.0);
+
+    assert!(value(text, "cairn_reads_total", r#"kind="stream""#) >= 1.0);
+    assert!(value(text, "cairn_read_events_total", r#"kind="stream""#) >= 10.0);
+    assert!(
+        value(text, "cairn_reads_total", r#"kind="category""#) >= 1.0,
+        "the group read $ce-order"
+    );
+
+    let info = client.info().await.expect("info");
+    assert!(value(text, "cairn_head_position", "") >= 10.0);
+    assert!(value(text, "cairn_head_position", "") <= info.head_position as f64);
+    assert!(value(text, "cairn_streams", "") >= 1.0);
+    assert!(value(text, "cairn_store_disk_bytes", "") > 0.0);
+    assert_eq!(
+        value(text, "cairn_rocksdb_block_cache_capacity_bytes", ""),
+        cairn_server::Settings::for_tests(".".into()).block_cache_bytes as f64
+    );
+    assert!(value(text, "cairn_rocksdb_memtables_bytes", "") > 0.0);
+    assert!(value(text, "process_resident_memory_bytes", "") > 1_000_000.0);
+    assert!(value(text, "process_open_fds", "") > 3.0);
+    assert!(value(text, "process_cpu_seconds_total", "") > 0.0);
+    assert_eq!(value(text, "cairn_build_info", r#"version="0.1.0""#), 1.0);
+    // The group's own feed counts among the open subscriptions.
+    assert!(value(text, "cairn_subscriptions_active", "") >= 1.0);
+
+    let families = parse_with_prometheus_client(text).await;
+    for family in [
+        "cairn_appends",
+        "cairn_append_duration_seconds",
+        "cairn_wal_sync_duration_seconds",
+        "cairn_group_acked",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            families.iter().any(|name| name == family),
+            "{family} not in {families:?}"
+        );
+    }
+
+    // Counters only grow: one more append shows at the next scrape.
+    client
+        .append(
+            "order-2",
+            ExpectedRevision::Any,
+            vec![EventData::json_text("OrderPlaced", "{}")],
+        )
+        .await
+        .expect("append");
+    let again = get(http, "/metrics").await.body;
+    assert_eq!(value(&again, "cairn_appends_total", r#"result="ok""#), 6.0);
+
+    let missing = get(http, "/nothing-here").await;
+    assert_eq!(missing.status, 404);
+    consumer.close().await.expect("close");
+    server.stop().await;
+}
+
+/// A TLS connection to `address`, trusting the test server's CA.
+async fn tls_stream(
+    server: &TestServer,
+    address: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tls = server.tls.as_ref().expect("a secure server");
+    let ca = std::fs::read(&tls.files.ca).expect("read CA");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&ca) {
+        roots.add(cert).expect("add CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    connector
+        .connect(
+            rustls::pki_types::ServerName::IpAddress(address.ip().into()),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake")
+}
+
+/// The certificates of a PEM file.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .expect("PEM certificates")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
+    let server = TestServer::start_secure_with(|settings, _| with_http(settings)).await;
+    let http = server.http_address.expect("the HTTP listener is on");
+    let admin = server.admin().await;
+    admin
+        .create_user(NewUser::new("reader", "reader-password"))
+        .await
+        .expect("create user");
+    admin
+        .create_user(NewUser::new("operator", "operator-password").roles(["ops"]))
+        .await
+        .expect("create operator");
+
+    // Plaintext on a TLS listener gets no HTTP answer.
+    let plain = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let mut plain = plain;
+    plain
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: cairn\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("cairn_appends"));
+
+    let anonymous = get_over(tls_stream(&server, http).await, "/metrics", None).await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(
+        anonymous.headers["www-authenticate"].starts_with("Basic"),
+        "{:?}",
+        anonymous.headers
+    );
+    assert!(!anonymous.body.contains("cairn_appends"));
+
+    let wrong = basic("admin", "not-the-password");
+    let refused = get_over(tls_stream(&server, http).await, "/metrics", Some(&wrong)).await;
+    assert_eq!(refused.status, 401);
+
+    let reader = basic("reader", "reader-password");
+    let denied = get_over(tls_stream(&server, http).await, "/metrics", Some(&reader)).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(!denied.body.contains("cairn_appends"));
+
+    for authorization in [
+        basic("operator", "operator-password"),
+        basic("admin", ADMIN_PASSWORD),
+    ] {
+        let allowed = get_over(
+            tls_stream(&server, http).await,
+            "/metrics",
+            Some(&authorization),
+        )
+        .await;
+        assert_eq!(allowed.status, 200, "{}", allowed.body);
+        assert!(
+            allowed.body.contains("cairn_appends_total"),
+            "{}",
+            allowed.body
+        );
+    }
+    server.stop().await;
+}
