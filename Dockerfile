@@ -31,8 +31,12 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin cair
 COPY --from=build /usr/local/bin/cairn /usr/local/bin/cairn
 USER cairn
 VOLUME ["/data"]
-EXPOSE 7070
+# 7070: cairn.v1 gRPC; 2113: the KurrentDB-compatible facade; 2114: HTTP
+# (/metrics and the admin UI).
+EXPOSE 7070 2113 2114
 ENV CAIRN_LISTEN=0.0.0.0:7070 \
+    CAIRN_KURRENT_LISTEN=0.0.0.0:2113 \
+    CAIRN_HTTP_LISTEN=0.0.0.0:2114 \
     CAIRN_DATA=/data \
     CAIRN_LOG_FORMAT=json \
     CAIRN_ADDR=http://127.0.0.1:7070

@@ -215,9 +215,17 @@ impl ServerProcess {
         let listen = format!("127.0.0.1:{port}");
         let log_file = File::options().create(true).append(true).open(log)?;
         let mut command = Command::new(binary);
+        // The KurrentDB and HTTP listeners run as in production, on ports
+        // of their own choosing (their defaults could be taken).
         command
             .arg("--listen")
             .arg(&listen)
+            .args([
+                "--kurrent-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--data")
             .arg(data)
             .arg("--durability")

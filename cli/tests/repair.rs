@@ -20,6 +20,11 @@ fn cairn(cwd: &Path, args: &[&str]) -> Output {
             command.env_remove(key);
         }
     }
+    // Only the gRPC listener, on the port the test gives: the KurrentDB and
+    // HTTP listeners' fixed default ports would collide between tests.
+    command
+        .env("CAIRN_KURRENT_LISTEN", "off")
+        .env("CAIRN_HTTP_LISTEN", "off");
     command
         .current_dir(cwd)
         .args(args)

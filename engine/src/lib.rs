@@ -64,7 +64,10 @@ pub use feeds::{
     Feed, FeedReceiver, FeedSpec, Feeds, StartFrom, SubscriptionLimits, SubscriptionStats, Target,
 };
 pub use groups::{GroupLimits, Groups};
-pub use operations::{Operations, ScavengeState, ScavengeStatus, ScavengeTotals, ScavengeTrigger};
+pub use operations::{
+    BackupStatus, LastBackup, Operations, ScavengeState, ScavengeStatus, ScavengeTotals,
+    ScavengeTrigger,
+};
 pub use outbox::{Outbox, OutboxReceiver, StallWatch, Undelivered};
 pub use security::acl::{Access, Visibility};
 pub use security::{Credentials, Principal, Role, Security, SecurityOptions};
@@ -538,6 +541,34 @@ impl Engine {
         Ok(self.inner.metrics.render(snapshot))
     }
 
+    /// Events between where a group resumes (after its checkpoint, or its
+    /// start before the first checkpoint) and the head of its source:
+    /// revisions for a group on one stream, positions otherwise (`head` is
+    /// the store's head). The `cairn_group_lag` metric and the admin UI show it.
+    pub fn group_lag(&self, report: &groups::GroupReport, head: u64) -> u64 {
+        let stream = match ReadSource::parse(&report.definition.stream) {
+            Ok(ReadSource::Stream(stream)) => Some(stream),
+            _ => None,
+        };
+        let resume = report
+            .status
+            .checkpoint
+            .as_ref()
+            .map_or(report.definition.start_cursor, |checkpoint| {
+                checkpoint.resume_cursor(stream.is_some())
+            });
+        let end = match &stream {
+            Some(stream) => self
+                .inner
+                .store
+                .stream_info(stream)
+                .and_then(|info| info.last_revision)
+                .map_or(0, |last| last + 1),
+            None => head,
+        };
+        end.saturating_sub(resume)
+    }
+
     /// Every consumer group's figures; `head` is the store's head, for lag.
     async fn group_figures(&self, head: u64) -> Vec<metrics::GroupFigures> {
         let reports = match self.inner.groups.reports().await {
@@ -551,30 +582,7 @@ impl Engine {
             .into_iter()
             .map(|report| {
                 let status = &report.status;
-                let stream_source = match ReadSource::parse(&report.definition.stream) {
-                    Ok(ReadSource::Stream(stream)) => Some(stream),
-                    _ => None,
-                };
-                // Positions (or, for a group on one stream, revisions) from
-                // where the group resumes (after its checkpoint, or its start
-                // before the first checkpoint) up to the head.
-                let is_stream = stream_source.is_some();
-                let resume = status
-                    .checkpoint
-                    .as_ref()
-                    .map_or(report.definition.start_cursor, |checkpoint| {
-                        checkpoint.resume_cursor(is_stream)
-                    });
-                let end = match &stream_source {
-                    Some(stream) => self
-                        .inner
-                        .store
-                        .stream_info(stream)
-                        .and_then(|info| info.last_revision)
-                        .map_or(0, |last| last + 1),
-                    None => head,
-                };
-                let lag = end.saturating_sub(resume);
+                let lag = self.group_lag(&report, head);
                 metrics::GroupFigures {
                     name: report.definition.group.clone(),
                     consumers: status.consumers.len() as u64,

@@ -107,6 +107,29 @@ pub struct ScavengeTotals {
     pub bytes_reclaimed: u64,
 }
 
+/// Backups since the server started: the one running and the last one
+/// that ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackupStatus {
+    /// A backup is being taken now.
+    pub running: bool,
+    /// Backups that succeeded, and that failed, since the server started.
+    pub taken: u64,
+    /// See `taken`.
+    pub failed: u64,
+    /// The last one that ended.
+    pub last: Option<LastBackup>,
+}
+
+/// How the last backup ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastBackup {
+    /// When it ended.
+    pub finished_at: std::time::SystemTime,
+    /// Its head position and event count (`None`: it failed).
+    pub head_and_events: Option<(u64, u64)>,
+}
+
 /// The job's mutable state, behind one mutex held only briefly.
 #[derive(Default)]
 struct Job {
@@ -116,6 +139,9 @@ struct Job {
     totals: ScavengeTotals,
     /// A backup is running.
     backup_running: bool,
+    /// Counts and the last outcome (`backup_running` is the truth for
+    /// `running`).
+    backups: BackupStatus,
 }
 
 /// The scavenge job runner and backups of one engine. Cheap to clone.
@@ -348,6 +374,18 @@ impl Operations {
         }
     }
 
+    /// Backups since the server started (operators: `ops` or `admin`).
+    pub fn backup_status(&self, by: &Principal) -> Result<BackupStatus> {
+        if self.inner.security.enabled() {
+            by.require_any(&[Role::Ops], "see the backup status")?;
+        }
+        let job = self.job();
+        Ok(BackupStatus {
+            running: job.backup_running,
+            ..job.backups.clone()
+        })
+    }
+
     /// Takes an online backup into `dir` on the server's filesystem (an
     /// absolute path that does not exist yet; its parent must). Needs `admin`.
     /// One backup at a time ([`Error::OperationInProgress`]).
@@ -376,9 +414,26 @@ impl Operations {
         let _running = BackupRunning(self);
         let store = self.inner.store.clone();
         let task = self.inner.tasks.spawn_blocking(move || store.backup(&dir));
-        let result = task.await;
-        let manifest = result
-            .map_err(|error| Error::Internal(format!("the backup task failed: {error}")))??;
+        let result = task
+            .await
+            .map_err(|error| Error::Internal(format!("the backup task failed: {error}")))
+            .and_then(|outcome| outcome.map_err(Error::from));
+        {
+            let mut job = self.job();
+            let backups = &mut job.backups;
+            match &result {
+                Ok(_) => backups.taken += 1,
+                Err(_) => backups.failed += 1,
+            }
+            backups.last = Some(LastBackup {
+                finished_at: std::time::SystemTime::now(),
+                head_and_events: result
+                    .as_ref()
+                    .ok()
+                    .map(|manifest| (manifest.head, manifest.event_count)),
+            });
+        }
+        let manifest = result?;
         tracing::info!(
             head = manifest.head,
             events = manifest.event_count,

@@ -505,11 +505,24 @@ async fn in_chromium_a_person_finds_a_stream_reads_it_tails_and_replays_parked_e
             value.as_str() == Some("0")
         })
         .await;
+    // A backup taken through the RPC shows on the operations page.
+    let backup_dir = tempfile::tempdir().expect("temp dir");
+    let backup = backup_dir.path().join("backup");
+    client
+        .backup(backup.display().to_string())
+        .await
+        .expect("backup");
     browser
         .evaluate("location.hash = '#/operations'; true")
         .await;
     browser
         .wait_for(&text_of("#scavenge-state"), contains("idle"))
+        .await;
+    browser
+        .wait_for(&text_of("#backups"), contains("1 taken, 0 failed"))
+        .await;
+    browser
+        .wait_for(&text_of("#backup-running"), contains("no"))
         .await;
     browser
         .screenshot(&shots.join("admin-operations.png"))

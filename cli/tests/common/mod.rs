@@ -39,6 +39,11 @@ pub fn cairn_command_via(cwd: &Path, wrapper: &[&str]) -> Command {
             command.env_remove(key);
         }
     }
+    // Only the gRPC listener, on the port the test gives: the KurrentDB and
+    // HTTP listeners' fixed default ports would collide between tests.
+    command
+        .env("CAIRN_KURRENT_LISTEN", "off")
+        .env("CAIRN_HTTP_LISTEN", "off");
     command.current_dir(cwd).stdin(Stdio::null());
     command
 }

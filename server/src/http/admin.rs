@@ -743,38 +743,12 @@ fn group_json(engine: &Engine, report: &GroupReport, head: u64, with_consumers: 
         "retried_total": status.retried_total,
         "parked_total": status.parked_total,
         "parked": report.parked,
-        "lag": group_lag(engine, report, head),
+        "lag": engine.group_lag(report, head),
     });
     if with_consumers {
         value["consumers"] = status.consumers.iter().map(consumer_json).collect();
     }
     value
-}
-
-/// Events between where the group resumes and the head of its source:
-/// revisions for a group on one stream, positions otherwise. The same
-/// figure as the `cairn_group_lag` metric.
-fn group_lag(engine: &Engine, report: &GroupReport, head: u64) -> u64 {
-    let stream = match ReadSource::parse(&report.definition.stream) {
-        Ok(ReadSource::Stream(stream)) => Some(stream),
-        _ => None,
-    };
-    let resume = report
-        .status
-        .checkpoint
-        .as_ref()
-        .map_or(report.definition.start_cursor, |checkpoint| {
-            checkpoint.resume_cursor(stream.is_some())
-        });
-    let end = match &stream {
-        Some(stream) => engine
-            .store()
-            .stream_info(stream)
-            .and_then(|info| info.last_revision)
-            .map_or(0, |last| last + 1),
-        None => head,
-    };
-    end.saturating_sub(resume)
 }
 
 /// The operation named when a caller may not manage groups (as the gRPC
@@ -883,8 +857,24 @@ async fn operations(
     State(engine): State<Engine>,
     Extension(principal): Extension<Principal>,
 ) -> Response {
-    match engine.operations().scavenge_status(&principal) {
-        Ok(status) => Json(json!({ "scavenge": scavenge_json(&status) })).into_response(),
+    let operations = engine.operations();
+    let status = operations
+        .scavenge_status(&principal)
+        .and_then(|scavenge| Ok((scavenge, operations.backup_status(&principal)?)));
+    match status {
+        Ok((scavenge, backups)) => Json(json!({
+            "scavenge": scavenge_json(&scavenge),
+            "backup": {
+                "running": backups.running,
+                "taken": backups.taken,
+                "failed": backups.failed,
+                "last_finished_ms": backups.last.as_ref().map(|last| unix_ms(last.finished_at)),
+                "last_head": backups.last.as_ref().and_then(|last| last.head_and_events.map(|(head, _)| head)),
+                "last_events": backups.last.as_ref().and_then(|last| last.head_and_events.map(|(_, events)| events)),
+                "last_ok": backups.last.as_ref().map(|last| last.head_and_events.is_some()),
+            },
+        }))
+        .into_response(),
         Err(error) => api_error(&error),
     }
 }

@@ -464,6 +464,7 @@
 
   function operationsPage() {
     const body = el('div', { id: 'scavenge' });
+    const backups = el('div', { id: 'backups' });
     const result = el('p', { id: 'scavenge-result' });
     const start = el('button', { id: 'scavenge-start', type: 'button' }, 'Start a scavenge');
     const stop = el('button', { id: 'scavenge-stop', type: 'button' }, 'Stop it');
@@ -480,12 +481,22 @@
     start.addEventListener('click', () => post('/api/scavenge'));
     stop.addEventListener('click', () => post('/api/scavenge/stop'));
     setPage('Operations', el('h3', {}, 'Scavenge'), body, start, stop, result,
-      el('h3', {}, 'Backups'),
+      el('h3', {}, 'Backups'), backups,
       el('p', {}, 'Backups are taken with `cairn backup --to DIR` (admin) and restored offline with ' +
-        '`cairn restore`; the server does not report a backup status here.'));
+        '`cairn restore --from DIR --data DIR`, which verifies them first.'));
     async function refresh() {
       try {
-        const s = (await api('/api/operations')).scavenge;
+        const answer = await api('/api/operations');
+        const s = answer.scavenge;
+        const b = answer.backup;
+        backups.replaceChildren(dl([
+          ['running', b.running ? 'yes' : 'no', 'backup-running'],
+          ['since start', num(b.taken) + ' taken, ' + num(b.failed) + ' failed'],
+          ['last', b.last_ok === null ? '–' : (b.last_ok
+            ? 'ok: head ' + num(b.last_head) + ', ' + num(b.last_events) + ' events'
+            : 'failed (see the server log)')],
+          ['last finished', when(b.last_finished_ms)],
+        ]));
         const p = s.progress;
         const report = s.last_report;
         body.replaceChildren(dl([
