@@ -15,9 +15,6 @@
 //! - Bounds: page sizes are capped (streams and events), an events page ends
 //!   at its byte budget, and large payloads are cut to what is shown.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{
@@ -26,9 +23,12 @@ use cairn_client::{
 };
 use cairn_server::Listen;
 use cairn_testkit::browser::{Browser, chromium_available};
+use cairn_testkit::http::{
+    HttpIo, HttpResponse, basic, connect, get, request, send_request,
+};
 use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 /// Generous bound for anything that should happen "soon".
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -41,153 +41,7 @@ fn with_http(settings: &mut cairn_server::Settings) {
     settings.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
 }
 
-// ---- a minimal HTTP/1.1 client over TCP or TLS ------------------------------
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A connection to the server's HTTP listener: TLS for a secure server.
-async fn connect(server: &TestServer) -> Box<dyn Io> {
-    let address = server.http_address.expect("the HTTP listener is on");
-    let tcp = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    match &server.tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let ca = std::fs::read(&tls.files.ca).expect("read CA");
-            Box::new(tls_connect(address, &ca, tcp).await)
-        }
-    }
-}
-
-async fn tls_connect(
-    address: SocketAddr,
-    ca: &[u8],
-    tcp: tokio::net::TcpStream,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
-        roots.add(cert.expect("PEM")).expect("add CA");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(
-            rustls::pki_types::ServerName::IpAddress(address.ip().into()),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake")
-}
-
-/// An HTTP response: status, headers (lowercase names) and body.
-#[derive(Debug)]
-struct HttpResponse {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl HttpResponse {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|error| panic!("{error}: not JSON: {}", self.body))
-    }
-}
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
-/// Writes one request (`Connection: close`) with the given extra headers.
-async fn send_request(io: &mut Box<dyn Io>, method: &str, path: &str, headers: &[(&str, &str)]) {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: cairn\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if method == "POST" {
-        request.push_str("Content-Length: 0\r\n");
-    }
-    request.push_str("\r\n");
-    io.write_all(request.as_bytes()).await.expect("send");
-}
-
-/// One request, the whole response.
-async fn request(
-    server: &TestServer,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> HttpResponse {
-    let mut io = connect(server).await;
-    send_request(&mut io, method, path, headers).await;
-    let mut raw = Vec::new();
-    // A TLS peer may close without close_notify; what arrived counts.
-    let _ = tokio::time::timeout(DEADLINE, io.read_to_end(&mut raw))
-        .await
-        .expect("a response in time");
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> HttpResponse {
-    let raw = String::from_utf8_lossy(raw);
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    let headers: HashMap<String, String> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
-        .collect();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|value| value.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// The body of a chunked transfer encoding.
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return body;
-        }
-        body.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-}
-
-async fn get(server: &TestServer, path: &str, authorization: Option<&str>) -> HttpResponse {
-    match authorization {
-        Some(value) => request(server, "GET", path, &[("Authorization", value)]).await,
-        None => request(server, "GET", path, &[]).await,
-    }
-}
+// ---- HTTP: cairn_testkit::http (one request per connection, TCP or TLS) ----
 
 /// A `POST` with the CSRF header.
 async fn post(server: &TestServer, path: &str, authorization: &str) -> HttpResponse {
@@ -202,7 +56,7 @@ async fn post(server: &TestServer, path: &str, authorization: &str) -> HttpRespo
 
 /// An open `GET` whose body is read as it arrives (server-sent events).
 struct Streaming {
-    io: Box<dyn Io>,
+    io: Box<dyn HttpIo>,
     received: String,
 }
 

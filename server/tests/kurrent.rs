@@ -520,13 +520,11 @@ async fn python_kurrentdb_client_over_tls_with_users_and_acls() {
     server.stop().await;
 }
 
-/// The Node client: run by hand (not in CI yet: .ci/run does not install
-/// npm packages) with
-/// `npm install --prefix ~/.cache/cairn/node @kurrent/kurrentdb-client@1.3.1`
-/// then `cargo test --workspace --test kurrent -- --ignored`
-/// (`CAIRN_NODE_MODULES` overrides where the package is looked for).
+/// The Node client (`@kurrent/kurrentdb-client`, which `.ci/run` installs
+/// into `~/.cache/cairn/node`; by hand:
+/// `npm install --prefix ~/.cache/cairn/node @kurrent/kurrentdb-client@1.3.1`;
+/// `CAIRN_NODE_MODULES` overrides where the package is looked for).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs node and @kurrent/kurrentdb-client installed by hand"]
 async fn node_kurrentdb_client_works_against_the_facade() {
     let modules = std::env::var_os("CAIRN_NODE_MODULES")
         .map(PathBuf::from)
@@ -537,7 +535,7 @@ async fn node_kurrentdb_client_works_against_the_facade() {
         .expect("CAIRN_NODE_MODULES or HOME");
     assert!(
         modules.join("@kurrent/kurrentdb-client").is_dir(),
-        "no @kurrent/kurrentdb-client under {}; install it as this test's doc says",
+        "no @kurrent/kurrentdb-client under {}; run .ci/run or install it as this test's doc says",
         modules.display()
     );
     let server = TestServer::start_with(kurrent_on).await;

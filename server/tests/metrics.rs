@@ -6,16 +6,14 @@
 //! `/metrics` needs an operator: 401 with a Basic challenge without
 //! credentials, 403 for a plain user.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_client::{Error, EventData, ExpectedRevision, GroupOptions, NackAction, NewUser};
 use cairn_server::Listen;
+use cairn_testkit::http::{HttpResponse, basic, get};
 use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within, read_all_client};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound for anything that should happen "soon".
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -24,76 +22,8 @@ fn with_http(settings: &mut cairn_server::Settings) {
     settings.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
 }
 
-/// An HTTP response: status code, headers (lowercase names) and body.
-struct HttpResponse {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-/// One `GET path` over `stream` (HTTP/1.1, `Connection: close`), with an
-/// optional `authorization` value; reads the whole response.
-async fn get_over(
-    mut stream: impl AsyncRead + AsyncWrite + Unpin,
-    path: &str,
-    authorization: Option<&str>,
-) -> HttpResponse {
-    let auth = authorization
-        .map(|value| format!("Authorization: {value}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: cairn\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    // A TLS peer may close without close_notify; what arrived counts.
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut raw))
-        .await
-        .expect("a response in time");
-    let raw = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
-        .collect::<HashMap<_, _>>();
-    let body = if headers
-        .get("transfer-encoding")
-        .is_some_and(|value| value.eq_ignore_ascii_case("chunked"))
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// The body of a chunked transfer encoding.
-fn dechunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
-        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
-        if size == 0 {
-            return body;
-        }
-        body.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-}
-
-async fn get(address: SocketAddr, path: &str) -> HttpResponse {
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    get_over(stream, path, None).await
+async fn scrape(server: &TestServer, path: &str) -> HttpResponse {
+    get(server, path, None).await
 }
 
 /// One sample's value: `name{labels} value` with the labels exactly as
@@ -152,7 +82,6 @@ async fn parse_with_prometheus_client(text: &str) -> Vec<String> {
 #[tokio::test]
 async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
     let server = TestServer::start_with(with_http).await;
-    let http = server.http_address.expect("the HTTP listener is on");
     let client = server.client().await;
 
     // 5 appends of 2 events, one refused for its expected revision.
@@ -219,7 +148,7 @@ async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
     )
     .await;
 
-    let response = get(http, "/metrics").await;
+    let response = scrape(&server, "/metrics").await;
     assert_eq!(response.status, 200, "{}", response.body);
     assert!(
         response.headers["content-type"].starts_with("application/openmetrics-text"),
@@ -329,60 +258,13 @@ async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
         )
         .await
         .expect("append");
-    let again = get(http, "/metrics").await.body;
+    let again = scrape(&server, "/metrics").await.body;
     assert_eq!(value(&again, "cairn_appends_total", r#"result="ok""#), 6.0);
 
-    let missing = get(http, "/nothing-here").await;
+    let missing = scrape(&server, "/nothing-here").await;
     assert_eq!(missing.status, 404);
     consumer.close().await.expect("close");
     server.stop().await;
-}
-
-/// A TLS connection to `address`, trusting the test server's CA.
-async fn tls_stream(
-    server: &TestServer,
-    address: SocketAddr,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let tls = server.tls.as_ref().expect("a secure server");
-    let ca = std::fs::read(&tls.files.ca).expect("read CA");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&ca) {
-        roots.add(cert).expect("add CA");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(address)
-        .await
-        .expect("connect");
-    connector
-        .connect(
-            rustls::pki_types::ServerName::IpAddress(address.ip().into()),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake")
-}
-
-/// The certificates of a PEM file.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .expect("PEM certificates")
-}
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
 }
 
 #[tokio::test]
@@ -410,7 +292,7 @@ async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
     let _ = tokio::time::timeout(DEADLINE, plain.read_to_end(&mut answer)).await;
     assert!(!String::from_utf8_lossy(&answer).contains("cairn_appends"));
 
-    let anonymous = get_over(tls_stream(&server, http).await, "/metrics", None).await;
+    let anonymous = get(&server, "/metrics", None).await;
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);
     assert!(
         anonymous.headers["www-authenticate"].starts_with("Basic"),
@@ -420,11 +302,11 @@ async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
     assert!(!anonymous.body.contains("cairn_appends"));
 
     let wrong = basic("admin", "not-the-password");
-    let refused = get_over(tls_stream(&server, http).await, "/metrics", Some(&wrong)).await;
+    let refused = get(&server, "/metrics", Some(&wrong)).await;
     assert_eq!(refused.status, 401);
 
     let reader = basic("reader", "reader-password");
-    let denied = get_over(tls_stream(&server, http).await, "/metrics", Some(&reader)).await;
+    let denied = get(&server, "/metrics", Some(&reader)).await;
     assert_eq!(denied.status, 403, "{}", denied.body);
     assert!(!denied.body.contains("cairn_appends"));
 
@@ -432,12 +314,7 @@ async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
         basic("operator", "operator-password"),
         basic("admin", ADMIN_PASSWORD),
     ] {
-        let allowed = get_over(
-            tls_stream(&server, http).await,
-            "/metrics",
-            Some(&authorization),
-        )
-        .await;
+        let allowed = get(&server, "/metrics", Some(&authorization)).await;
         assert_eq!(allowed.status, 200, "{}", allowed.body);
         assert!(
             allowed.body.contains("cairn_appends_total"),

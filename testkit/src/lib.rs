@@ -33,6 +33,7 @@
 //! ```
 
 pub mod browser;
+pub mod http;
 
 use std::fmt::Debug;
 use std::future::Future;

@@ -12,6 +12,7 @@ failed`; exits non-zero when any check failed.
 """
 
 import faulthandler
+import os
 import sys
 import traceback
 import uuid
@@ -315,7 +316,10 @@ def main():
             print("ok   %s" % function.__name__)
     client.close()
     print("python kurrent client: %d passed, %d failed" % (passed, failed))
-    sys.exit(1 if failed else 0)
+    sys.stdout.flush()
+    # grpcio can hang closing channels from __del__ at interpreter exit
+    # (seen under load): everything is closed and reported, so leave at once.
+    os._exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
