@@ -157,7 +157,8 @@ pub mod kurrent {
     pub use event_store::client as shared;
     /// `event_store.client.gossip`: cluster members.
     pub use event_store::client::gossip;
-    /// `event_store.client.persistent_subscriptions`: compiled, not served yet.
+    /// `event_store.client.persistent_subscriptions`: consumer groups
+    /// (served by `server/src/kurrent/persistent.rs`).
     pub use event_store::client::persistent_subscriptions as persistent;
     /// `event_store.client.server_features`: the methods the server implements.
     pub use event_store::client::server_features;

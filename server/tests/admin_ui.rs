@@ -23,9 +23,7 @@ use cairn_client::{
 };
 use cairn_server::Listen;
 use cairn_testkit::browser::{Browser, chromium_available};
-use cairn_testkit::http::{
-    HttpIo, HttpResponse, basic, connect, get, request, send_request,
-};
+use cairn_testkit::http::{HttpIo, HttpResponse, basic, connect, get, request, send_request};
 use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;

@@ -28,7 +28,7 @@ const MAX_ECHOED_BYTES: usize = 512;
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";
 
 /// `text` cut to [`MAX_ECHOED_BYTES`] at a character boundary.
-fn echoed(text: &str) -> &str {
+pub(super) fn echoed(text: &str) -> &str {
     if text.len() <= MAX_ECHOED_BYTES {
         return text;
     }
@@ -42,7 +42,12 @@ fn echoed(text: &str) -> &str {
 /// A status with `exception` = `kind` and the other trailers given. A value
 /// that is not a valid header (a stream name with control characters) is
 /// left out rather than failing the answer.
-fn with_trailers(code: Code, message: String, kind: &str, trailers: &[(&str, String)]) -> Status {
+pub(super) fn with_trailers(
+    code: Code,
+    message: String,
+    kind: &str,
+    trailers: &[(&str, String)],
+) -> Status {
     let mut metadata = MetadataMap::new();
     if let Ok(value) = kind.parse() {
         metadata.insert(EXCEPTION, value);

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 pub(super) const REPORTED_VERSION: &str = "24.10.0";
 
 /// `(service, method, features)` of every implemented method.
-pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 7] = [
+pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 14] = [
     (
         "event_store.client.streams.streams",
         "read",
@@ -33,6 +33,41 @@ pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 7] = [
         "event_store.client.server_features.serverfeatures",
         "getsupportedmethods",
         &[],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "create",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "update",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "delete",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "read",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "getinfo",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "replayparked",
+        &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "list",
+        &["stream", "all"],
     ),
 ];
 

@@ -5,7 +5,7 @@
 //! This module and `grpc/` are the only code of the daemon that names tonic
 //! or `cairn_proto`. It owns: the listener's tonic server (the same
 //! authentication layer, TLS acceptor and connection limits as `cairn.v1`),
-//! one adapter per service (`streams`, `gossip`, `features`), the wire
+//! one adapter per service (`streams`, `persistent`, `gossip`, `features`), the wire
 //! conversions (`convert`), the `$all` filter (`filter`), the `$$<stream>`
 //! metadata mapping (`metadata`) and the one error mapping (`error`). Every
 //! decision is the engine's: adapters convert and call it with the caller's
@@ -21,6 +21,7 @@ mod features;
 mod filter;
 mod gossip;
 mod metadata;
+mod persistent;
 mod streams;
 
 use std::future::Future;
@@ -47,8 +48,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// gRPC services (path prefixes) this facade serves; every other path is
 /// answered UNIMPLEMENTED with a message naming the service.
-const SERVED_PREFIXES: [&str; 4] = [
+const SERVED_PREFIXES: [&str; 5] = [
     "/event_store.client.streams.Streams/",
+    "/event_store.client.persistent_subscriptions.PersistentSubscriptions/",
     "/event_store.client.gossip.Gossip/",
     "/event_store.client.server_features.ServerFeatures/",
     "/grpc.health.v1.Health/",
@@ -68,7 +70,7 @@ pub(crate) struct KurrentOptions {
 }
 
 /// Answers every call to a service the facade does not implement
-/// (projections, persistent subscriptions, users, operations...) with
+/// (projections, users, operations, monitoring...) with
 /// UNIMPLEMENTED and a message that names it, before authentication.
 #[derive(Clone)]
 struct UnimplementedLayer;
@@ -124,7 +126,7 @@ where
         let shown: String = service.chars().take(128).collect();
         let status = tonic::Status::unimplemented(format!(
             "{shown} is not implemented by Cairn's KurrentDB facade \
-             (served: Streams, Gossip, ServerFeatures; see the README's \"KurrentDB clients\")"
+             (served: Streams, PersistentSubscriptions, Gossip, ServerFeatures; see the README's \"KurrentDB clients\")"
         ));
         Box::pin(async move { Ok(status.into_http()) })
     }
@@ -185,6 +187,7 @@ pub(crate) async fn serve(
         .add_service(streams)
         .add_service(gossip)
         .add_service(features)
+        .add_service(persistent::server(engine.clone(), max_message))
         .serve_with_incoming_shutdown(
             listener::accept(listener, options.connections, options.tls),
             signal,
