@@ -555,8 +555,13 @@ impl Committer {
                     event_type: event.event_type,
                     content_type: event.content_type,
                     created,
-                    metadata: event.metadata,
-                    data: event.data,
+                    // Copied: a caller's `Bytes` may be a slice of a much
+                    // larger buffer (a transport's whole decode buffer), which
+                    // the live ring would otherwise keep alive per event (a
+                    // 1-hour soak held ~6 KiB per 300-byte event this way).
+                    // Ring memory must match what `RingLimits::max_bytes` counts.
+                    metadata: bytes::Bytes::copy_from_slice(&event.metadata),
+                    data: bytes::Bytes::copy_from_slice(&event.data),
                 }));
                 record.next_revision += 1;
                 self.head += 1;

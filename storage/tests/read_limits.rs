@@ -312,3 +312,31 @@ fn listings_are_paged_by_bytes_and_continue_after_the_last_name() {
         .expect("list");
     assert!(page.more);
 }
+
+/// The live ring holds what it counts: an event whose data and metadata are
+/// small slices of a large buffer (as a transport hands them over, slices of
+/// its whole decode buffer) does not keep that buffer alive in the ring.
+#[test]
+fn the_live_ring_does_not_pin_the_buffers_events_arrived_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir);
+    let arrived = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+    let range = arrived.as_ptr() as usize..arrived.as_ptr() as usize + arrived.len();
+    let mut event = EventData::json("Sliced", arrived.slice(0..16));
+    event.metadata = arrived.slice(16..32);
+    store
+        .append("sliced-1", ExpectedRevision::NoStream, vec![event])
+        .wait()
+        .expect("append");
+    let ring = store.live().read_from(0, 10).expect("the ring holds it");
+    assert_eq!(ring.len(), 1);
+    let held = &ring[0];
+    assert_eq!(&held.data[..], &arrived[0..16]);
+    assert_eq!(&held.metadata[..], &arrived[16..32]);
+    for (name, field) in [("data", &held.data), ("metadata", &held.metadata)] {
+        assert!(
+            !range.contains(&(field.as_ptr() as usize)),
+            "the ring's {name} is a slice of the 1 MiB buffer the event arrived in"
+        );
+    }
+}
