@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "gossip.proto",
         "serverfeatures.proto",
         "persistent.proto",
+        "operations.proto",
     ];
     for proto in kurrent {
         println!("cargo:rerun-if-changed=kurrent/{proto}");

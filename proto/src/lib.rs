@@ -146,6 +146,9 @@ pub mod kurrent {
             pub mod persistent_subscriptions {
                 tonic::include_proto!("event_store.client.persistent_subscriptions");
             }
+            pub mod operations {
+                tonic::include_proto!("event_store.client.operations");
+            }
         }
     }
     pub mod google {
@@ -157,6 +160,9 @@ pub mod kurrent {
     pub use event_store::client as shared;
     /// `event_store.client.gossip`: cluster members.
     pub use event_store::client::gossip;
+    /// `event_store.client.operations`: scavenge start/stop
+    /// (served by `server/src/kurrent/operations.rs`).
+    pub use event_store::client::operations;
     /// `event_store.client.persistent_subscriptions`: consumer groups
     /// (served by `server/src/kurrent/persistent.rs`).
     pub use event_store::client::persistent_subscriptions as persistent;

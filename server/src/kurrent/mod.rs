@@ -5,7 +5,8 @@
 //! This module and `grpc/` are the only code of the daemon that names tonic
 //! or `cairn_proto`. It owns: the listener's tonic server (the same
 //! authentication layer, TLS acceptor and connection limits as `cairn.v1`),
-//! one adapter per service (`streams`, `persistent`, `gossip`, `features`), the wire
+//! one adapter per service (`streams`, `persistent`, `operations`, `gossip`,
+//! `features`), the wire
 //! conversions (`convert`), the `$all` filter (`filter`), the `$$<stream>`
 //! metadata mapping (`metadata`) and the one error mapping (`error`). Every
 //! decision is the engine's: adapters convert and call it with the caller's
@@ -21,6 +22,7 @@ mod features;
 mod filter;
 mod gossip;
 mod metadata;
+mod operations;
 mod persistent;
 mod streams;
 
@@ -48,11 +50,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// gRPC services (path prefixes) this facade serves; every other path is
 /// answered UNIMPLEMENTED with a message naming the service.
-const SERVED_PREFIXES: [&str; 5] = [
+const SERVED_PREFIXES: [&str; 6] = [
     "/event_store.client.streams.Streams/",
     "/event_store.client.persistent_subscriptions.PersistentSubscriptions/",
     "/event_store.client.gossip.Gossip/",
     "/event_store.client.server_features.ServerFeatures/",
+    "/event_store.client.operations.Operations/",
     "/grpc.health.v1.Health/",
 ];
 
@@ -70,7 +73,7 @@ pub(crate) struct KurrentOptions {
 }
 
 /// Answers every call to a service the facade does not implement
-/// (projections, users, operations, monitoring...) with
+/// (projections, users, monitoring...) with
 /// UNIMPLEMENTED and a message that names it, before authentication.
 #[derive(Clone)]
 struct UnimplementedLayer;
@@ -126,7 +129,7 @@ where
         let shown: String = service.chars().take(128).collect();
         let status = tonic::Status::unimplemented(format!(
             "{shown} is not implemented by Cairn's KurrentDB facade \
-             (served: Streams, PersistentSubscriptions, Gossip, ServerFeatures; see the README's \"KurrentDB clients\")"
+             (served: Streams, PersistentSubscriptions, Operations scavenge, Gossip, ServerFeatures; see the README's \"KurrentDB clients\")"
         ));
         Box::pin(async move { Ok(status.into_http()) })
     }
@@ -188,6 +191,7 @@ pub(crate) async fn serve(
         .add_service(gossip)
         .add_service(features)
         .add_service(persistent::server(engine.clone(), max_message))
+        .add_service(operations::server(engine.clone()))
         .serve_with_incoming_shutdown(
             listener::accept(listener, options.connections, options.tls),
             signal,
