@@ -22,6 +22,14 @@ pub enum Error {
         /// The stream's current revision.
         current: Option<u64>,
     },
+    /// A DCB append condition failed: an event matching its query was
+    /// written after the condition's position (the first such event is at
+    /// `position`). Nothing was written; read again and decide again.
+    #[error("append condition failed: the event at position {position} matches the condition")]
+    AppendConditionFailed {
+        /// The first conflicting event.
+        position: u64,
+    },
     /// The stream does not exist (or was soft-deleted).
     #[error("stream '{stream}' not found")]
     StreamNotFound {
@@ -120,6 +128,9 @@ impl From<Status> for Error {
                 stream: field("stream"),
                 expected: field("expected"),
                 current: field("current").parse().ok(),
+            },
+            (_, reason::APPEND_CONDITION_FAILED) => Error::AppendConditionFailed {
+                position: field("position").parse().unwrap_or_default(),
             },
             (_, reason::STREAM_NOT_FOUND) => Error::StreamNotFound {
                 stream: field("stream"),

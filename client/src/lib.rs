@@ -23,6 +23,7 @@
 //! storage engine.
 
 mod builder;
+mod dcb;
 mod error;
 mod operations;
 mod persistent;
@@ -47,6 +48,7 @@ use tonic_health::pb::health_client::HealthClient;
 use transport::{Route, Transport};
 
 pub use builder::ClientBuilder;
+pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};
 pub use operations::{BackupInfo, ScavengeReport, ScavengeState, ScavengeStatus};
 pub use persistent::{
@@ -107,6 +109,7 @@ impl StreamAppend {
             stream: self.stream,
             expected: Some(self.expected.into()),
             events: self.events.into_iter().map(EventData::into_proto).collect(),
+            condition: None,
         }
     }
 }
@@ -180,6 +183,7 @@ impl Client {
     pub async fn append_multi(&self, parts: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
         let request = pb::AppendMultiRequest {
             parts: parts.into_iter().map(StreamAppend::into_proto).collect(),
+            condition: None,
         };
         let response = self.streams.clone().append_multi(request).await?;
         Ok(response
@@ -215,12 +219,19 @@ impl Client {
             from,
             max_count: options.max_count.unwrap_or(0),
             filter,
+            query: None,
         };
+        self.read_request(request).await
+    }
+
+    /// Sends one read request and streams its events.
+    async fn read_request(&self, request: pb::ReadRequest) -> Result<EventStream> {
         let response = self.streams.clone().read(request).await?;
         Ok(EventStream {
             inner: response.into_inner(),
             buffered: Vec::new().into_iter(),
             next: None,
+            consistent_through: None,
             done: false,
         })
     }
@@ -384,6 +395,8 @@ pub struct EventStream {
     /// (no copy into another queue).
     buffered: std::vec::IntoIter<pb::RecordedEvent>,
     next: Option<u64>,
+    /// The last `consistent_through` the server reported.
+    consistent_through: Option<u64>,
     done: bool,
 }
 
@@ -401,6 +414,14 @@ impl EventStream {
     /// reported by the server; `None` once the read reached the end.
     pub fn next_from(&self) -> Option<u64> {
         self.next
+    }
+
+    /// The last position that existed when the server read the latest batch
+    /// (`None` before the first batch, or while the store is empty). Once a
+    /// forwards read is drained, it has shown every matching event up to
+    /// here: a DCB decision's condition position.
+    pub fn consistent_through(&self) -> Option<u64> {
+        self.consistent_through
     }
 
     /// The next event, or `None` at the end.
@@ -442,6 +463,9 @@ impl Stream for EventStream {
                 }
                 Poll::Ready(Some(Ok(response))) => {
                     self.next = response.next;
+                    if response.consistent_through.is_some() {
+                        self.consistent_through = response.consistent_through;
+                    }
                     self.buffered = response.events.into_iter();
                 }
             }

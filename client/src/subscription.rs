@@ -183,7 +183,16 @@ impl Client {
             from: Some(from),
             filter: options.filter.map(crate::filter_to_proto),
             checkpoint_interval: options.checkpoint_interval,
+            query: None,
         };
+        self.subscribe_request(request).await
+    }
+
+    /// Sends one subscribe request.
+    pub(crate) async fn subscribe_request(
+        &self,
+        request: pb::SubscribeRequest,
+    ) -> Result<Subscription> {
         let response = self.subscriptions.clone().subscribe(request).await?;
         Ok(Subscription {
             inner: response.into_inner(),

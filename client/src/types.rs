@@ -45,6 +45,9 @@ pub struct EventData {
     pub metadata: Bytes,
     /// Payload.
     pub data: Bytes,
+    /// DCB tags (e.g. `customer:42`), indexed by the server; see
+    /// [`Query`](crate::Query).
+    pub tags: Vec<String>,
 }
 
 impl EventData {
@@ -56,6 +59,7 @@ impl EventData {
             content_type: "application/octet-stream".into(),
             metadata: Bytes::new(),
             data: data.into(),
+            tags: Vec::new(),
         }
     }
 
@@ -92,6 +96,13 @@ impl EventData {
         self
     }
 
+    /// Sets the DCB tags (at most 64, each 1..=256 bytes, none twice).
+    #[must_use]
+    pub fn tags<S: Into<String>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Sets the content type.
     #[must_use]
     pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
@@ -106,6 +117,7 @@ impl EventData {
             content_type: self.content_type,
             metadata: self.metadata,
             data: self.data,
+            tags: self.tags,
         }
     }
 }
@@ -131,6 +143,8 @@ pub struct RecordedEvent {
     pub metadata: Bytes,
     /// Payload.
     pub data: Bytes,
+    /// DCB tags, as appended.
+    pub tags: Vec<String>,
 }
 
 impl RecordedEvent {
@@ -159,6 +173,7 @@ impl RecordedEvent {
             created,
             metadata: event.metadata,
             data: event.data,
+            tags: event.tags,
         })
     }
 }

@@ -327,6 +327,7 @@ impl Target {
             Target::Positions(ReadSource::EventType(event_type)) => {
                 format!("{EVENT_TYPE_PREFIX}{event_type}")
             }
+            Target::Positions(ReadSource::Query(_)) => "a DCB query".to_owned(),
         }
     }
 
@@ -339,6 +340,9 @@ impl Target {
             }
             Target::Positions(ReadSource::EventType(event_type)) => &event.event_type == event_type,
             Target::Positions(ReadSource::Stream(stream)) => &event.stream == stream,
+            Target::Positions(ReadSource::Query(query)) => {
+                query.matches(&event.event_type, event.tags.iter().map(String::as_str))
+            }
         }
     }
 }

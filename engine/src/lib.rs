@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_storage::{
-    AppendResult, CurrentRevision, ExpectedRevision, ReadFilter, ReadSource, Store, StreamAppend,
-    StreamInfo, StreamMetadata,
+    AppendCondition, AppendResult, CurrentRevision, ExpectedRevision, ReadFilter, ReadSource,
+    Store, StreamAppend, StreamInfo, StreamMetadata,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::task::TaskTracker;
@@ -406,9 +406,10 @@ impl Engine {
                 self.authorize(by, Access::Read, stream)?;
                 Ok(Visibility::everything())
             }
-            ReadSource::All | ReadSource::Category(_) | ReadSource::EventType(_) => {
-                Ok(self.inner.security.authorizer().visibility(by))
-            }
+            ReadSource::All
+            | ReadSource::Category(_)
+            | ReadSource::EventType(_)
+            | ReadSource::Query(_) => Ok(self.inner.security.authorizer().visibility(by)),
         }
     }
 
@@ -438,6 +439,23 @@ impl Engine {
         by: &Principal,
         parts: Vec<StreamAppend>,
     ) -> Result<Vec<AppendResult>> {
+        self.append_multi_if(by, parts, None).await
+    }
+
+    /// [`Engine::append_multi`] with a DCB condition (see
+    /// [`cairn_storage::Store::append_multi_if`]): it fails with
+    /// `AppendConditionFailed`, writing nothing, when an event matching the
+    /// condition's query exists after its position. The condition counts every
+    /// event, also of streams `by` may not read: such a conflict tells the
+    /// caller only that some matching event was written after its read, and
+    /// where (positions are no secret: filtered reads checkpoint past hidden
+    /// events too).
+    pub async fn append_multi_if(
+        &self,
+        by: &Principal,
+        parts: Vec<StreamAppend>,
+        condition: Option<AppendCondition>,
+    ) -> Result<Vec<AppendResult>> {
         if parts.is_empty() {
             return Err(Error::InvalidArgument(
                 "an append needs at least one stream".into(),
@@ -456,7 +474,7 @@ impl Engine {
                     .map(|event| event.size() + part.stream.len())
             })
             .sum();
-        let outcome = self.admitted_append(by, parts).await;
+        let outcome = self.admitted_append(by, parts, condition).await;
         let result = match &outcome {
             Ok(_) => metrics::AppendResult::Ok,
             Err(error) => metrics::AppendResult::of_error(error),
@@ -473,12 +491,13 @@ impl Engine {
         &self,
         by: &Principal,
         parts: Vec<StreamAppend>,
+        condition: Option<AppendCondition>,
     ) -> Result<Vec<AppendResult>> {
         for part in &parts {
             self.authorize(by, Access::Write, &part.stream)?;
         }
         let _permit = self.inner.writes.enter()?;
-        Ok(self.inner.store.append_multi(parts).await?)
+        Ok(self.inner.store.append_multi_if(parts, condition).await?)
     }
 
     /// Every metric in the Prometheus/OpenMetrics text format: the live

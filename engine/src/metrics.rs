@@ -45,6 +45,8 @@ pub enum AppendResult {
     Ok,
     /// An expected revision did not hold.
     WrongExpectedRevision,
+    /// A DCB append condition did not hold.
+    ConditionFailed,
     /// A stream was deleted or tombstoned.
     StreamDeleted,
     /// An event id was already written elsewhere.
@@ -61,9 +63,10 @@ pub enum AppendResult {
 
 impl AppendResult {
     /// Every result, so that each series exists (at 0) from the start.
-    const ALL: [AppendResult; 8] = [
+    const ALL: [AppendResult; 9] = [
         AppendResult::Ok,
         AppendResult::WrongExpectedRevision,
+        AppendResult::ConditionFailed,
         AppendResult::StreamDeleted,
         AppendResult::DuplicateEventId,
         AppendResult::Invalid,
@@ -79,6 +82,7 @@ impl AppendResult {
             Error::Store(Store::WrongExpectedRevision { .. }) => {
                 AppendResult::WrongExpectedRevision
             }
+            Error::Store(Store::AppendConditionFailed { .. }) => AppendResult::ConditionFailed,
             Error::Store(Store::StreamNotFound { .. } | Store::StreamTombstoned { .. }) => {
                 AppendResult::StreamDeleted
             }
@@ -98,6 +102,7 @@ impl AppendResult {
         match self {
             AppendResult::Ok => "ok",
             AppendResult::WrongExpectedRevision => "wrong_expected_revision",
+            AppendResult::ConditionFailed => "condition_failed",
             AppendResult::StreamDeleted => "stream_deleted",
             AppendResult::DuplicateEventId => "duplicate_event_id",
             AppendResult::Invalid => "invalid",

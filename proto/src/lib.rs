@@ -76,6 +76,9 @@ pub mod reason {
     pub const TOKEN_NOT_FOUND: &str = "TOKEN_NOT_FOUND";
     /// A scavenge or backup is already running (metadata `operation`).
     pub const OPERATION_IN_PROGRESS: &str = "OPERATION_IN_PROGRESS";
+    /// A DCB append condition failed (metadata `position`: the first
+    /// conflicting event).
+    pub const APPEND_CONDITION_FAILED: &str = "APPEND_CONDITION_FAILED";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -112,6 +115,7 @@ mod tests {
             reason::USER_EXISTS,
             reason::TOKEN_NOT_FOUND,
             reason::OPERATION_IN_PROGRESS,
+            reason::APPEND_CONDITION_FAILED,
         ];
         let mut documented = Vec::new();
         for value in 1.. {

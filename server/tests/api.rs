@@ -422,6 +422,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
                 r#type: "E".into(),
                 ..Default::default()
             }],
+            condition: None,
         })
         .await
         .unwrap_err();
@@ -432,6 +433,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
             stream: "s-1".into(),
             expected: None,
             events: vec![],
+            condition: None,
         })
         .await
         .unwrap_err();
@@ -441,6 +443,7 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
             stream: "s-1".into(),
             expected: Some(pb::ExpectedRevision { kind: None }),
             events: vec![],
+            condition: None,
         })
         .await
         .unwrap_err();

@@ -393,7 +393,33 @@ fn proposed_event() -> impl Strategy<Value = pb::ProposedEvent> {
         content_type: prop_oneof![2 => Just(String::new()), 1 => text()],
         metadata: bytes().prop_map(Into::into),
         data: bytes().prop_map(Into::into),
+        tags: prop_oneof![3 => Just(Vec::new()), 1 => prop::collection::vec(text(), 0..80)],
     })
+}
+
+/// A DCB query: mostly small, sometimes over the item limit.
+fn query() -> impl Strategy<Value = pb::Query> {
+    let item = || {
+        message!(pb::QueryItem {
+            types: prop::collection::vec(text(), 0..3),
+            tags: prop::collection::vec(text(), 0..3),
+        })
+    };
+    prop_oneof![
+        4 => prop::collection::vec(item(), 0..4),
+        1 => prop::collection::vec(item(), 90..120),
+    ]
+    .prop_map(|items| pb::Query { items })
+}
+
+fn condition() -> impl Strategy<Value = Option<pb::AppendCondition>> {
+    prop::option::weighted(
+        0.3,
+        message!(pb::AppendCondition {
+            query: prop::option::weighted(0.9, query()),
+            after: prop::option::of(number()),
+        }),
+    )
 }
 
 fn append_request() -> impl Strategy<Value = pb::AppendRequest> {
@@ -401,6 +427,7 @@ fn append_request() -> impl Strategy<Value = pb::AppendRequest> {
         stream: text(),
         expected: expected(),
         events: prop::collection::vec(proposed_event(), 0..4),
+        condition: condition(),
     })
 }
 
@@ -444,6 +471,7 @@ fn read_request() -> impl Strategy<Value = pb::ReadRequest> {
         ),
         max_count: number(),
         filter: filter(),
+        query: prop::option::weighted(0.3, query()),
     })
 }
 
@@ -459,6 +487,7 @@ fn subscribe_request() -> impl Strategy<Value = pb::SubscribeRequest> {
         ),
         filter: filter(),
         checkpoint_interval: number32(),
+        query: prop::option::weighted(0.3, query()),
     })
 }
 
@@ -563,8 +592,8 @@ fn structured() -> impl Strategy<Value = Wire> {
     }
     prop_oneof![
         3 => one(0, append_request()),
-        1 => one(1, prop::collection::vec(append_request(), 0..4)
-            .prop_map(|parts| pb::AppendMultiRequest { parts })),
+        1 => one(1, (prop::collection::vec(append_request(), 0..4), condition())
+            .prop_map(|(parts, condition)| pb::AppendMultiRequest { parts, condition })),
         3 => one(2, read_request()),
         1 => one(3, delete_request()),
         1 => one(4, delete_request()),

@@ -130,6 +130,7 @@ async fn echoed_input_in_errors_is_capped() {
             r#type: "Placed".into(),
             ..Default::default()
         }],
+        condition: None,
     };
     let status = streams.append(request).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
@@ -213,6 +214,7 @@ async fn undecodable_and_oversized_requests_get_the_documented_codes() {
             data: vec![0u8; 100 * 1024 * 1024].into(),
             ..Default::default()
         }],
+        condition: None,
     };
     let status = streams.append(huge).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");

@@ -329,6 +329,7 @@ mod tests {
             created: std::time::SystemTime::UNIX_EPOCH,
             metadata: data.metadata.clone(),
             data: data.data.clone(),
+            tags: Vec::new(),
         };
         assert_eq!(decode::<OrderEvent>(&recorded).expect("decode"), event);
     }

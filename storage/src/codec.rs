@@ -18,11 +18,18 @@ use crate::model::{EventData, RecordedEvent, StreamMetadata};
 /// [`EventIdEntry`]). A version-1 database is migrated at open by storing the
 /// new version: its 24-byte entries stay and are read as entries without a
 /// stamp, whose retries are compared against the stored records instead.
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// Version 3 added event tags: tagged records (record version 2) and the
+/// `tag_index` column family. Older databases hold no tags, so their
+/// migration is creating the (empty) column family and storing the version.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version `Store::open` migrates from.
 pub const OLDEST_MIGRATED_FORMAT: u32 = 1;
-/// Version byte leading every `log` record.
+/// Version byte leading a `log` record without tags.
 const RECORD_VERSION: u8 = 1;
+/// Version byte leading a `log` record with tags (format 3): the layout of
+/// version 1 plus the tags after the data.
+const RECORD_VERSION_TAGGED: u8 = 2;
 /// Version byte leading every `streams` value.
 const STREAM_VERSION: u8 = 1;
 
@@ -44,8 +51,10 @@ pub mod cf {
     pub const EVENT_IDS: &str = "event_ids";
     /// (segment, kind) -> counters.
     pub const SEGMENTS: &str = "segments";
+    /// (tag, position) -> (), one entry per tag of an event (format 3).
+    pub const TAG_INDEX: &str = "tag_index";
     /// Every column family, in open order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         META,
         LOG,
         STREAM_INDEX,
@@ -54,6 +63,7 @@ pub mod cf {
         TYPE_INDEX,
         EVENT_IDS,
         SEGMENTS,
+        TAG_INDEX,
     ];
 }
 
@@ -156,7 +166,7 @@ pub fn stream_index_key(stream_id: u64, revision: u64) -> [u8; 16] {
     key
 }
 
-/// `category_index` / `type_index` key prefix: name length (u16) ++ name. The
+/// `category_index` / `type_index` / `tag_index` key prefix: name length (u16) ++ name. The
 /// length makes the prefix of one name never a prefix of another's keys.
 pub fn name_index_prefix(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + name.len() + 8);
@@ -165,7 +175,7 @@ pub fn name_index_prefix(name: &str) -> Vec<u8> {
     key
 }
 
-/// `category_index` / `type_index` key: prefix ++ position.
+/// `category_index` / `type_index` / `tag_index` key: prefix ++ position.
 pub fn name_index_key(name: &str, position: u64) -> Vec<u8> {
     let mut key = name_index_prefix(name);
     key.extend_from_slice(&position.to_be_bytes());
@@ -251,8 +261,16 @@ impl EventIdEntry {
 
 /// The hash of an event's content that an idempotent retry must match: crc32 of
 /// `u16 len ++ event type ++ u16 len ++ content type ++ u32 len ++ metadata ++
-/// u32 len ++ data` (the lengths keep a byte moving between fields a change).
-pub fn content_hash(event_type: &str, content_type: &str, metadata: &[u8], data: &[u8]) -> u32 {
+/// u32 len ++ data`, followed, only when the event has tags, by `u16 count ++
+/// (u16 len ++ tag)*` (the lengths keep a byte moving between fields a change;
+/// an untagged event hashes as it did before tags existed).
+pub fn content_hash<'t>(
+    event_type: &str,
+    content_type: &str,
+    metadata: &[u8],
+    data: &[u8],
+    tags: impl ExactSizeIterator<Item = &'t str>,
+) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     for short in [event_type.as_bytes(), content_type.as_bytes()] {
         hasher.update(&(short.len() as u16).to_be_bytes());
@@ -261,6 +279,13 @@ pub fn content_hash(event_type: &str, content_type: &str, metadata: &[u8], data:
     for long in [metadata, data] {
         hasher.update(&(long.len() as u32).to_be_bytes());
         hasher.update(long);
+    }
+    if tags.len() > 0 {
+        hasher.update(&(tags.len() as u16).to_be_bytes());
+        for tag in tags {
+            hasher.update(&(tag.len() as u16).to_be_bytes());
+            hasher.update(tag.as_bytes());
+        }
     }
     hasher.finalize()
 }
@@ -282,7 +307,9 @@ fn time_from_nanos(nanos: i64) -> SystemTime {
 
 /// Encodes a `log` record. Layout (big-endian):
 /// `u8 version | u64 revision | [16] id | i64 created_ns | u16+stream | u16+type |
-/// u16+content_type | u32+metadata | u32+data | u32 crc32(position ++ all before)`.
+/// u16+content_type | u32+metadata | u32+data | [u16 count | (u16+tag)*] |
+/// u32 crc32(position ++ all before)`. The tags are there only in version 2,
+/// which is written exactly when the event has tags.
 pub fn encode_record(
     position: u64,
     stream: &str,
@@ -292,7 +319,11 @@ pub fn encode_record(
 ) -> Vec<u8> {
     let mut record =
         Vec::with_capacity(1 + 8 + 16 + 8 + 2 + 2 + 2 + 4 + 4 + 4 + stream.len() + event.size());
-    record.push(RECORD_VERSION);
+    record.push(if event.tags.is_empty() {
+        RECORD_VERSION
+    } else {
+        RECORD_VERSION_TAGGED
+    });
     record.extend_from_slice(&revision.to_be_bytes());
     record.extend_from_slice(event.id.as_bytes());
     record.extend_from_slice(&nanos_since_epoch(created).to_be_bytes());
@@ -307,6 +338,13 @@ pub fn encode_record(
     for long in [&event.metadata[..], &event.data[..]] {
         record.extend_from_slice(&(long.len() as u32).to_be_bytes());
         record.extend_from_slice(long);
+    }
+    if !event.tags.is_empty() {
+        record.extend_from_slice(&(event.tags.len() as u16).to_be_bytes());
+        for tag in &event.tags {
+            record.extend_from_slice(&(tag.len() as u16).to_be_bytes());
+            record.extend_from_slice(tag.as_bytes());
+        }
     }
     let crc = record_crc(position, &record);
     record.extend_from_slice(&crc.to_be_bytes());
@@ -389,18 +427,53 @@ pub struct RecordHeader<'a> {
     /// Where the metadata and the data lie in the record.
     metadata: std::ops::Range<usize>,
     data: std::ops::Range<usize>,
+    /// Where the tags lie (`u16 len ++ tag`, each checked UTF-8); empty
+    /// for a record without tags.
+    tags: std::ops::Range<usize>,
+}
+
+/// The tags of a decoded record, borrowed from its bytes.
+#[derive(Debug, Clone)]
+pub struct Tags<'r> {
+    bytes: &'r [u8],
+}
+
+impl<'r> Iterator for Tags<'r> {
+    type Item = &'r str;
+
+    fn next(&mut self) -> Option<&'r str> {
+        if self.bytes.len() < 2 {
+            return None;
+        }
+        let len = u16::from_be_bytes([self.bytes[0], self.bytes[1]]) as usize;
+        let end = (2 + len).min(self.bytes.len());
+        let tag = &self.bytes[2..end];
+        self.bytes = &self.bytes[end..];
+        // `decode_header` checked every tag's length and UTF-8.
+        std::str::from_utf8(tag).ok()
+    }
 }
 
 impl RecordHeader<'_> {
     /// [`content_hash`] of the record. `record` must be the bytes this header
     /// was decoded from.
     pub fn content_hash(&self, record: &[u8]) -> u32 {
+        let tags: Vec<&str> = self.tags(record).collect();
         content_hash(
             self.event_type,
             self.content_type,
             &record[self.metadata.clone()],
             &record[self.data.clone()],
+            tags.into_iter(),
         )
+    }
+
+    /// The record's tags. `record` must be the bytes this header was decoded
+    /// from.
+    pub fn tags<'r>(&self, record: &'r [u8]) -> Tags<'r> {
+        Tags {
+            bytes: &record[self.tags.clone()],
+        }
     }
 
     /// The owned event at `position`. `record` must be the bytes this header was
@@ -420,6 +493,7 @@ impl RecordHeader<'_> {
             created: self.created,
             metadata: record.slice(self.metadata.clone()),
             data: record.slice(self.data.clone()),
+            tags: self.tags(&record).map(str::to_owned).collect(),
         }
     }
 }
@@ -434,13 +508,17 @@ pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
         position,
     };
     let version_range = reader.take(1)?;
-    if record[version_range.start] != RECORD_VERSION {
-        return Err(corrupt(
-            cf::LOG,
-            position.to_string(),
-            "unknown record version",
-        ));
-    }
+    let tagged = match record[version_range.start] {
+        RECORD_VERSION => false,
+        RECORD_VERSION_TAGGED => true,
+        _ => {
+            return Err(corrupt(
+                cf::LOG,
+                position.to_string(),
+                "unknown record version",
+            ));
+        }
+    };
     let revision = reader.u64()?;
     let id_range = reader.take(16)?;
     let id = Uuid::from_slice(&record[id_range])
@@ -456,6 +534,27 @@ pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
     let metadata = reader.take(len)?;
     let len = reader.u32()?;
     let data = reader.take(len)?;
+    let tags_start = reader.offset;
+    if tagged {
+        let count = reader.u16()?;
+        if count == 0 {
+            return Err(corrupt(
+                cf::LOG,
+                position.to_string(),
+                "a tagged record with no tags",
+            ));
+        }
+        for _ in 0..count {
+            let len = reader.u16()?;
+            reader.str(len, "tag")?;
+        }
+    }
+    // The tags' region starts after the count.
+    let tags = if tagged {
+        tags_start + 2..reader.offset
+    } else {
+        tags_start..tags_start
+    };
     if reader.offset + 4 != record.len() {
         return Err(corrupt(
             cf::LOG,
@@ -472,6 +571,7 @@ pub fn decode_header(position: u64, record: &[u8]) -> Result<RecordHeader<'_>> {
         content_type,
         metadata,
         data,
+        tags,
     })
 }
 
@@ -676,6 +776,7 @@ mod tests {
             content_type: "application/json".into(),
             metadata: Bytes::from_static(b"{\"m\":1}"),
             data: Bytes::from_static(b"{\"d\":2}"),
+            tags: Vec::new(),
         };
         let created = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         let record = encode_record(42, "order-1", 7, created, &event);
@@ -703,6 +804,50 @@ mod tests {
             assert!(error.to_string().contains("at key 42"), "{error}");
         }
         assert!(decode_record(42, record[..record.len() - 3].to_vec()).is_err());
+        assert_eq!(
+            record[0], RECORD_VERSION,
+            "an untagged event keeps record version 1"
+        );
+    }
+
+    #[test]
+    fn tagged_record_round_trip_and_damage() {
+        let event = EventData::json("Registered", "{}").with_tags(["user:1", "tenant:é"]);
+        let created = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let record = encode_record(5, "user-1", 0, created, &event);
+        assert_eq!(record[0], RECORD_VERSION_TAGGED);
+        let decoded = decode_record(5, record.clone()).unwrap();
+        assert_eq!(
+            decoded.tags,
+            vec!["user:1".to_owned(), "tenant:é".to_owned()]
+        );
+        assert_eq!(decoded.data, event.data);
+        let header = decode_header(5, &record).unwrap();
+        assert_eq!(
+            header.tags(&record).collect::<Vec<_>>(),
+            ["user:1", "tenant:é"]
+        );
+        // The content hash covers the tags, so a retry with other tags differs.
+        let untagged = EventData {
+            tags: Vec::new(),
+            ..event.clone()
+        };
+        assert_ne!(
+            header.content_hash(&record),
+            decode_header(5, &encode_record(5, "user-1", 0, created, &untagged))
+                .unwrap()
+                .content_hash(&encode_record(5, "user-1", 0, created, &untagged))
+        );
+        // Every byte of the tag region is covered by the crc.
+        let tags_at = record.len() - 4 - "tenant:é".len();
+        for index in [tags_at - 2, tags_at, record.len() - 5] {
+            let mut flipped = record.clone();
+            flipped[index] ^= 0x01;
+            assert!(matches!(
+                decode_record(5, flipped),
+                Err(Error::Corrupt { .. })
+            ));
+        }
     }
 
     #[test]

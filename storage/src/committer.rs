@@ -33,10 +33,11 @@ use crate::codec::{self, AppendStamp, EventIdEntry, SegmentCounter, StreamRecord
 use crate::error::{Error, Result};
 use crate::live::CommitNotice;
 use crate::model::{
-    AppendResult, CurrentRevision, EventData, ExpectedRevision, RecordedEvent, StreamAppend,
-    StreamMetadata, category_of,
+    AppendResult, CurrentRevision, Direction, EventData, ExpectedRevision, RecordedEvent,
+    StreamAppend, StreamMetadata, category_of,
 };
 use crate::observe::CommittedGroup;
+use crate::query::{AppendCondition, Cursor, View};
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
 
@@ -52,9 +53,13 @@ pub(crate) struct Command {
 }
 
 impl Command {
-    pub(crate) fn append(parts: Vec<StreamAppend>, reply: AppendReply) -> Self {
+    pub(crate) fn append(
+        parts: Vec<StreamAppend>,
+        condition: Option<AppendCondition>,
+        reply: AppendReply,
+    ) -> Self {
         Self {
-            request: Request::Append { parts },
+            request: Request::Append { parts, condition },
             reply: Reply::Append(reply),
         }
     }
@@ -94,7 +99,7 @@ impl Command {
 
     fn size_hint(&self) -> usize {
         match &self.request {
-            Request::Append { parts } => parts
+            Request::Append { parts, .. } => parts
                 .iter()
                 .flat_map(|part| &part.events)
                 .map(|event| event.size() + 64)
@@ -108,6 +113,8 @@ impl Command {
 enum Request {
     Append {
         parts: Vec<StreamAppend>,
+        /// A DCB condition checked with the parts' expectations.
+        condition: Option<AppendCondition>,
     },
     Delete {
         stream: String,
@@ -397,7 +404,9 @@ impl Committer {
 
     fn prepare(&mut self, request: Request, group: &mut Group) -> Outcome {
         match request {
-            Request::Append { parts } => Outcome::Append(self.prepare_append(parts, group)),
+            Request::Append { parts, condition } => {
+                Outcome::Append(self.prepare_append(parts, condition.as_ref(), group))
+            }
             Request::Delete {
                 stream,
                 expected,
@@ -434,6 +443,7 @@ impl Committer {
     fn prepare_append(
         &mut self,
         parts: Vec<StreamAppend>,
+        condition: Option<&AppendCondition>,
         group: &mut Group,
     ) -> Result<Vec<AppendResult>> {
         // The request's event ids, all parts in order. A request is an
@@ -473,6 +483,14 @@ impl Committer {
                 });
             }
             plans.push(Ok(record));
+        }
+        // The DCB condition, unless the request is an exact retry (then its own
+        // events would be the conflict; the original result comes back).
+        if let Some(condition) = condition
+            && !exact_retry
+            && let Some(position) = self.condition_conflict(condition, group)?
+        {
+            return Err(Error::AppendConditionFailed { position });
         }
         // Pass 2: apply.
         let created = SystemTime::now();
@@ -530,6 +548,13 @@ impl Committer {
                     codec::name_index_key(&event.event_type, position),
                     [],
                 );
+                for tag in &event.tags {
+                    group.batch.put_cf(
+                        shared.cf(cf::TAG_INDEX),
+                        codec::name_index_key(tag, position),
+                        [],
+                    );
+                }
                 let entry = EventIdEntry {
                     stream_id: record.id,
                     revision,
@@ -562,6 +587,7 @@ impl Committer {
                     // Ring memory must match what `RingLimits::max_bytes` counts.
                     metadata: bytes::Bytes::copy_from_slice(&event.metadata),
                     data: bytes::Bytes::copy_from_slice(&event.data),
+                    tags: event.tags,
                 }));
                 record.next_revision += 1;
                 self.head += 1;
@@ -579,6 +605,55 @@ impl Committer {
             group.overlay.insert(part.stream, record);
         }
         Ok(results)
+    }
+
+    /// The first position after the condition's `after` holding an event that
+    /// matches its query: among the committed events (the database, which only
+    /// this thread writes) and then those earlier in this group. `None`: the
+    /// condition holds.
+    fn condition_conflict(
+        &self,
+        condition: &AppendCondition,
+        group: &Group,
+    ) -> Result<Option<u64>> {
+        let start = condition.after.map_or(0, |after| after.saturating_add(1));
+        let committed_head = group
+            .events
+            .first()
+            .map_or(self.head, |event| event.position);
+        if start < committed_head {
+            let db = &self.shared.db;
+            let view = View::Database(db);
+            let mut cursor = Cursor::new(
+                db,
+                &view,
+                &condition.query,
+                start,
+                committed_head,
+                Direction::Forwards,
+            )?;
+            let log = self.shared.cf(cf::LOG);
+            while let Some(position) = cursor.next_position()? {
+                // Scavenged since the index entry was read: not an event any more.
+                let Some(value) = db.get_pinned_cf(log, codec::log_key(position))? else {
+                    continue;
+                };
+                let header = codec::decode_header(position, &value)?;
+                if condition.query.matches_record(&header, &value) {
+                    return Ok(Some(position));
+                }
+            }
+        }
+        Ok(group
+            .events
+            .iter()
+            .filter(|event| event.position >= start)
+            .find(|event| {
+                condition
+                    .query
+                    .matches(&event.event_type, event.tags.iter().map(String::as_str))
+            })
+            .map(|event| event.position))
     }
 
     /// Tracks the `Written` counters of the segment being filled; when `position`
@@ -895,6 +970,7 @@ fn event_hash(event: &EventData) -> u32 {
         &event.content_type,
         &event.metadata,
         &event.data,
+        event.tags.iter().map(String::as_str),
     )
 }
 

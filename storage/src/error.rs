@@ -25,6 +25,16 @@ pub enum Error {
         current: CurrentRevision,
     },
 
+    /// A DCB append condition failed: an event matching its query exists after
+    /// the position it names. Nothing of the request was written.
+    #[error(
+        "append condition failed: the event at position {position} matches the condition's query"
+    )]
+    AppendConditionFailed {
+        /// The first conflicting event's position.
+        position: u64,
+    },
+
     /// The stream does not exist (never written, or soft-deleted and not recreated).
     #[error("stream '{stream}' not found")]
     StreamNotFound {

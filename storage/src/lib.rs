@@ -25,6 +25,8 @@
 //! - `catalog`: in-memory stream heads and the visibility rule.
 //! - `committer`: the single writer thread (group commit).
 //! - `read`: read paths. `scavenge`: physical removal of hidden events.
+//! - `query`: DCB queries, tags and append conditions; the index cursor
+//!   shared by query reads and the committer's condition check.
 //! - `backup`: online backups, their verification, restore.
 //! - `damage`: locating damage in the write-ahead log. `repair`: `Store::repair`.
 //! - `observe`: the commit observer (metrics) and memory/disk figures.
@@ -40,6 +42,7 @@ mod error;
 mod live;
 mod model;
 mod observe;
+mod query;
 mod read;
 mod repair;
 mod scavenge;
@@ -60,7 +63,7 @@ pub mod codec_seam {
 
 /// Every RocksDB column family of a Cairn database, in open order (see
 /// FORMAT.md), for tools and tests that open the files directly.
-pub const COLUMN_FAMILIES: [&str; 8] = codec::cf::ALL;
+pub const COLUMN_FAMILIES: [&str; 9] = codec::cf::ALL;
 pub use backup::{
     BackupFile, BackupManifest, MANIFEST_FILE, VerifiedBackup, read_manifest, restore,
     verify_backup,
@@ -76,6 +79,10 @@ pub use model::{
     validate_stored_stream_name, validate_stream_name,
 };
 pub use observe::{CommitObserver, CommittedGroup, MemoryUsage};
+pub use query::{
+    AppendCondition, MAX_QUERY_BYTES, MAX_QUERY_ITEM_VALUES, MAX_QUERY_ITEMS, MAX_TAG_BYTES,
+    MAX_TAGS_PER_EVENT, Query, QueryItem,
+};
 pub use read::{ReadKind, ReadStats, StreamListPage};
 pub use repair::RepairReport;
 pub use scavenge::{ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};

@@ -49,6 +49,11 @@ pub struct EventData {
     pub metadata: Bytes,
     /// The payload.
     pub data: Bytes,
+    /// DCB tags (see [`crate::Query`]): at most
+    /// [`MAX_TAGS_PER_EVENT`](crate::MAX_TAGS_PER_EVENT), each 1..=
+    /// [`MAX_TAG_BYTES`](crate::MAX_TAG_BYTES) bytes, none twice. Indexed
+    /// with the event.
+    pub tags: Vec<String>,
 }
 
 impl EventData {
@@ -60,7 +65,15 @@ impl EventData {
             content_type: "application/json".to_owned(),
             metadata: Bytes::new(),
             data: data.into(),
+            tags: Vec::new(),
         }
+    }
+
+    /// Sets the event's DCB tags.
+    #[must_use]
+    pub fn with_tags<S: Into<String>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Replaces the id (for deterministic ids and idempotent retries).
@@ -70,9 +83,13 @@ impl EventData {
         self
     }
 
-    /// Bytes this event counts against the size limits.
+    /// Bytes this event counts against the size limits (its tags included).
     pub fn size(&self) -> usize {
-        self.event_type.len() + self.content_type.len() + self.metadata.len() + self.data.len()
+        self.event_type.len()
+            + self.content_type.len()
+            + self.metadata.len()
+            + self.data.len()
+            + self.tags.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -97,6 +114,8 @@ pub struct RecordedEvent {
     pub metadata: Bytes,
     /// The payload.
     pub data: Bytes,
+    /// DCB tags, as appended.
+    pub tags: Vec<String>,
 }
 
 /// What a writer expects the stream's current revision to be.
@@ -292,6 +311,9 @@ pub enum ReadSource {
     Category(String),
     /// Every event of one type, by position.
     EventType(String),
+    /// Every event matching a DCB query, by position, served from the type
+    /// and tag indexes.
+    Query(crate::query::Query),
 }
 
 impl ReadSource {
@@ -593,6 +615,11 @@ pub struct ReadPage {
     /// For position-ordered sources: the last position examined, matching or not.
     /// A filtered subscriber may checkpoint here.
     pub scanned_through: Option<u64>,
+    /// The published head when the page was read (the position the next event
+    /// gets): the page is consistent through `head - 1`. A DCB decision that
+    /// read every page of a query forwards passes the last page's `head - 1`
+    /// as its condition's `after`.
+    pub head: u64,
 }
 
 /// Head and size of the store.
@@ -756,6 +783,7 @@ impl Limits {
                         event.id
                     )));
                 }
+                crate::query::validate_tags(&event.id, &event.tags)?;
                 if event.event_type.len() > MAX_TYPE_NAME_BYTES
                     || event.content_type.len() > MAX_TYPE_NAME_BYTES
                 {

@@ -19,6 +19,7 @@ use crate::model::{
     Direction, FilterMatcher, ReadFrom, ReadPage, ReadRequest, ReadSource, RecordedEvent,
     StreamInfo,
 };
+use crate::query::{Cursor, Query, View};
 use crate::store::{Shared, Store};
 
 /// Records examined per call at most, relative to the page size, so a sparse
@@ -35,13 +36,14 @@ const MIN_SCAN_BYTES: usize = 64 * 1024 * 1024;
 impl RecordedEvent {
     /// Bytes this event counts against a read's byte budget
     /// ([`ReadRequest::max_bytes`]): its variable-length fields (stream name,
-    /// type, content type, metadata, data).
+    /// type, content type, metadata, data, tags).
     pub fn size(&self) -> usize {
         self.stream.len()
             + self.event_type.len()
             + self.content_type.len()
             + self.metadata.len()
             + self.data.len()
+            + self.tags.iter().map(String::len).sum::<usize>()
     }
 }
 
@@ -64,7 +66,7 @@ pub struct ReadStats {
     pub events_by_kind: [u64; ReadKind::COUNT],
 }
 
-/// What a read reads, for counting reads by kind (bounded: four values).
+/// What a read reads, for counting reads by kind (bounded: five values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReadKind {
     /// One stream.
@@ -75,17 +77,20 @@ pub enum ReadKind {
     Category,
     /// An event-type index (`$et-...`).
     EventType,
+    /// A DCB query (type and tag indexes).
+    Query,
 }
 
 impl ReadKind {
     /// How many kinds there are.
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
     /// Every kind, in [`ReadKind::index`] order.
     pub const ALL: [ReadKind; ReadKind::COUNT] = [
         ReadKind::Stream,
         ReadKind::All,
         ReadKind::Category,
         ReadKind::EventType,
+        ReadKind::Query,
     ];
 
     /// The kind of a read of `source`.
@@ -95,6 +100,7 @@ impl ReadKind {
             ReadSource::All => ReadKind::All,
             ReadSource::Category(_) => ReadKind::Category,
             ReadSource::EventType(_) => ReadKind::EventType,
+            ReadSource::Query(_) => ReadKind::Query,
         }
     }
 
@@ -103,13 +109,15 @@ impl ReadKind {
         self as usize
     }
 
-    /// A short lowercase name (`stream`, `all`, `category`, `event_type`).
+    /// A short lowercase name (`stream`, `all`, `category`, `event_type`,
+    /// `query`).
     pub fn name(self) -> &'static str {
         match self {
             ReadKind::Stream => "stream",
             ReadKind::All => "all",
             ReadKind::Category => "category",
             ReadKind::EventType => "event_type",
+            ReadKind::Query => "query",
         }
     }
 }
@@ -228,6 +236,9 @@ impl Store {
     /// `LimitExceeded`.
     pub fn read(&self, request: &ReadRequest) -> Result<ReadPage> {
         request.filter.validate()?;
+        if let ReadSource::Query(query) = &request.source {
+            query.validate()?;
+        }
         let shared = self.shared();
         let mut guard = ReadGuard::start(&shared.reads);
         let max = request.max_count.min(shared.limits.max_read_page);
@@ -256,7 +267,12 @@ impl Store {
                 max,
                 &mut budget,
             ),
+            ReadSource::Query(query) => reader.query(query, request, max, &mut budget),
         };
+        let page = page.map(|mut page| {
+            page.head = head;
+            page
+        });
         guard.records = budget.records;
         guard.bytes = budget.examined as u64;
         let kind = ReadKind::of(&request.source).index();
@@ -456,6 +472,25 @@ impl Reader<'_> {
         mut keep: impl FnMut(&RecordHeader<'_>) -> bool,
         events: &mut Vec<RecordedEvent>,
     ) -> Result<usize> {
+        self.fetch_with(
+            positions,
+            forwards,
+            budget,
+            |header, _| keep(header),
+            events,
+        )
+    }
+
+    /// [`Reader::fetch`] with a `keep` that also sees the record's bytes
+    /// (for the parts of a record the header borrows, such as its tags).
+    fn fetch_with(
+        &self,
+        positions: &[u64],
+        forwards: bool,
+        budget: &mut Budget,
+        mut keep: impl FnMut(&RecordHeader<'_>, &[u8]) -> bool,
+        events: &mut Vec<RecordedEvent>,
+    ) -> Result<usize> {
         let Some(&first) = positions.first() else {
             return Ok(0);
         };
@@ -479,7 +514,7 @@ impl Reader<'_> {
             budget.examined += value.len();
             budget.records += 1;
             let header = codec::decode_header(position, value)?;
-            if keep(&header) {
+            if keep(&header, value) {
                 let event = header.to_event(position, value);
                 budget.bytes += event.size();
                 events.push(event);
@@ -628,6 +663,124 @@ impl Reader<'_> {
             }
         }
         Ok(page)
+    }
+
+    /// A DCB query: the candidates of the query's indexes (see
+    /// [`Cursor`]), each record checked against the query, the visibility
+    /// rule and the request's filter. Paged like the index reads: `next` is
+    /// the first candidate not taken, `scanned_through` the last examined.
+    fn query(
+        &self,
+        query: &Query,
+        request: &ReadRequest,
+        max: usize,
+        budget: &mut Budget,
+    ) -> Result<ReadPage> {
+        let mut page = ReadPage::default();
+        if max == 0 || self.head == 0 {
+            return Ok(page);
+        }
+        let last = self.head - 1;
+        let start = match (request.direction, request.from) {
+            (Direction::Forwards, ReadFrom::Start) => 0,
+            (Direction::Forwards, ReadFrom::At(position)) => position,
+            (Direction::Forwards, ReadFrom::End) | (Direction::Backwards, ReadFrom::Start) => {
+                return Ok(page);
+            }
+            (Direction::Backwards, ReadFrom::End) => last,
+            (Direction::Backwards, ReadFrom::At(position)) => position.min(last),
+        };
+        if start > last {
+            return Ok(page);
+        }
+        let forwards = request.direction == Direction::Forwards;
+        let view = View::Snapshot(self.snapshot);
+        let mut cursor = Cursor::new(
+            &self.shared.db,
+            &view,
+            query,
+            start,
+            self.head,
+            request.direction,
+        )?;
+        let scan_limit = max.saturating_mul(SCAN_FACTOR).max(MIN_SCAN);
+        let mut visible = Visibility {
+            catalog: &self.shared.catalog,
+            seen: HashMap::new(),
+            now: self.now,
+            matcher: &self.matcher,
+        };
+        let mut scanned = 0usize;
+        let mut pending: Vec<u64> = Vec::new();
+        while page.events.len() < max && !budget.full() {
+            let Some(position) = cursor.peek() else { break };
+            if scanned == scan_limit || budget.scanned_enough() {
+                break;
+            }
+            cursor.next_position()?;
+            scanned += 1;
+            pending.push(position);
+            if pending.len() >= max - page.events.len()
+                && let Some(rest) = self.take_matching(
+                    query,
+                    &mut pending,
+                    forwards,
+                    budget,
+                    &mut visible,
+                    &mut page,
+                )?
+            {
+                page.next = Some(rest);
+                return Ok(page);
+            }
+        }
+        if let Some(rest) = self.take_matching(
+            query,
+            &mut pending,
+            forwards,
+            budget,
+            &mut visible,
+            &mut page,
+        )? {
+            page.next = Some(rest);
+            return Ok(page);
+        }
+        page.next = cursor.peek();
+        if page.next.is_none() && forwards {
+            // Every position through the head was a non-candidate or examined.
+            page.scanned_through = Some(last);
+        }
+        Ok(page)
+    }
+
+    /// `take_visible` for a query: the pending candidates that match the
+    /// query (checked on the record: an item's types and all its tags) and
+    /// are visible.
+    fn take_matching(
+        &self,
+        query: &Query,
+        pending: &mut Vec<u64>,
+        forwards: bool,
+        budget: &mut Budget,
+        visible: &mut Visibility<'_>,
+        page: &mut ReadPage,
+    ) -> Result<Option<u64>> {
+        let keep = |header: &RecordHeader<'_>, record: &[u8]| {
+            query.matches_record(header, record)
+                && visible.check(
+                    header.stream,
+                    header.revision,
+                    header.created,
+                    header.event_type,
+                )
+        };
+        let consumed = self.fetch_with(pending, forwards, budget, keep, &mut page.events)?;
+        if consumed > 0 {
+            page.scanned_through = Some(pending[consumed - 1]);
+        }
+        let rest = pending.get(consumed).copied();
+        pending.clear();
+        Ok(rest)
     }
 
     /// Fetches the pending index positions into the page (see `fetch`) and

@@ -193,6 +193,12 @@ impl Store {
                     shared.cf(cf::TYPE_INDEX),
                     codec::name_index_key(header.event_type, position),
                 );
+                for tag in header.tags(&value) {
+                    batch.delete_cf(
+                        shared.cf(cf::TAG_INDEX),
+                        codec::name_index_key(tag, position),
+                    );
+                }
                 batch.delete_cf(shared.cf(cf::EVENT_IDS), header.id.as_bytes());
                 removed_here.0 += 1;
                 removed_here.1 += value.len() as u64;
@@ -227,6 +233,7 @@ impl Store {
                 cf::STREAM_INDEX,
                 cf::CATEGORY_INDEX,
                 cf::TYPE_INDEX,
+                cf::TAG_INDEX,
                 cf::EVENT_IDS,
             ] {
                 shared

@@ -31,6 +31,7 @@ use crate::model::{
     AppendResult, CurrentRevision, ExpectedRevision, Limits, SegmentStats, StoreInfo, StreamAppend,
     StreamInfo, StreamMetadata, validate_stored_stream_name,
 };
+use crate::query::AppendCondition;
 use crate::ticket::{self, Ticket};
 
 /// When an append is acknowledged, relative to stable storage.
@@ -567,7 +568,30 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::append(parts, AppendReply::Multi(reply)))
+        self.submit(|reply| Command::append(parts, None, AppendReply::Multi(reply)))
+    }
+
+    /// [`Store::append_multi`] with a DCB condition (when given): the request
+    /// fails with [`Error::AppendConditionFailed`], writing nothing, when an
+    /// event matching the condition's query exists after its position. The
+    /// committer checks it together with the parts' expectations, against
+    /// every committed event and those earlier in the same group, so no event
+    /// can slip in between the check and the write. An exact retry of a written
+    /// request returns its original result whatever the condition says.
+    pub fn append_multi_if(
+        &self,
+        parts: Vec<StreamAppend>,
+        condition: Option<AppendCondition>,
+    ) -> Ticket<Vec<AppendResult>> {
+        if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
+            return Ticket::ready(Err(error));
+        }
+        if let Some(condition) = &condition
+            && let Err(error) = condition.query.validate()
+        {
+            return Ticket::ready(Err(error));
+        }
+        self.submit(|reply| Command::append(parts, condition, AppendReply::Multi(reply)))
     }
 
     /// Appends to one stream; see [`Store::append_multi`].
@@ -581,7 +605,7 @@ impl Store {
         if let Err(error) = self.inner.shared.limits.validate_append(&parts) {
             return Ticket::ready(Err(error));
         }
-        self.submit(|reply| Command::append(parts, AppendReply::Single(reply)))
+        self.submit(|reply| Command::append(parts, None, AppendReply::Single(reply)))
     }
 
     /// Soft-deletes a stream: it reads as not found until written again, and its

@@ -97,9 +97,22 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
         text(24),
         bytes(64),
         bytes(256),
+        // Untagged records keep record version 1; tagged ones are version 2.
+        proptest::collection::vec(text(8), 0..3),
     )
         .prop_map(
-            |(position, stream, revision, nanos, id, event_type, content_type, metadata, data)| {
+            |(
+                position,
+                stream,
+                revision,
+                nanos,
+                id,
+                event_type,
+                content_type,
+                metadata,
+                data,
+                tags,
+            )| {
                 let created = if nanos >= 0 {
                     UNIX_EPOCH + Duration::from_nanos(nanos as u64)
                 } else {
@@ -116,6 +129,7 @@ fn log_record() -> impl Strategy<Value = LogRecord> {
                         content_type,
                         metadata,
                         data,
+                        tags,
                     },
                 }
             },
@@ -234,6 +248,7 @@ proptest! {
         prop_assert_eq!(&event.content_type, &record.event.content_type);
         prop_assert_eq!(&event.metadata, &record.event.metadata);
         prop_assert_eq!(&event.data, &record.event.data);
+        prop_assert_eq!(&event.tags, &record.event.tags);
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn batch(size: usize) -> Vec<EventData> {
                 content_type: "application/json".to_owned(),
                 metadata: Bytes::from(format!("m:{id}")),
                 data: payload(id, batch, index, size),
+                tags: Vec::new(),
             }
         })
         .collect()

@@ -309,6 +309,7 @@ impl Model {
                         created: UNIX_EPOCH,
                         metadata: event.metadata.clone(),
                         data: event.data.clone(),
+                        tags: event.tags.clone(),
                     },
                     present: true,
                 });
@@ -460,6 +461,12 @@ impl Model {
                 .collect(),
             ReadSource::EventType(name) => visible
                 .filter(|event| &event.event_type == name)
+                .cloned()
+                .collect(),
+            ReadSource::Query(query) => visible
+                .filter(|event| {
+                    query.matches(&event.event_type, event.tags.iter().map(String::as_str))
+                })
                 .cloned()
                 .collect(),
         };
@@ -692,6 +699,7 @@ impl Runner {
                         Bytes::new()
                     },
                     data,
+                    tags: Vec::new(),
                 }
             })
             .collect()

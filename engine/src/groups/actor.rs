@@ -186,6 +186,7 @@ fn json_event(event_type: &str, data: Vec<u8>) -> EventData {
         content_type: "application/json".to_owned(),
         metadata: Default::default(),
         data: data.into(),
+        tags: Vec::new(),
     }
 }
 

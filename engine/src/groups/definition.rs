@@ -214,6 +214,7 @@ pub fn validate_group_source(source: &ReadSource) -> Result<(), Error> {
         ReadSource::EventType(event_type) => {
             event_type.starts_with('$').then_some("a system event type")
         }
+        ReadSource::Query(_) => Some("a DCB query (groups follow streams and indexes)"),
     };
     match refused {
         Some(what) => Err(Error::InvalidArgument(format!(

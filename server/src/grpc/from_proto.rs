@@ -66,7 +66,52 @@ pub fn event(event: pb::ProposedEvent) -> Result<EventData, Status> {
         content_type,
         metadata: event.metadata,
         data: event.data,
+        tags: event.tags,
     })
+}
+
+/// A DCB query; its limits are checked by the store.
+pub fn query(query: pb::Query) -> cairn_storage::Query {
+    cairn_storage::Query::of(
+        query
+            .items
+            .into_iter()
+            .map(|item| cairn_storage::QueryItem {
+                types: item.types,
+                tags: item.tags,
+            }),
+    )
+}
+
+/// A DCB append condition. A condition without a query is refused: "no event
+/// may exist" is `Query {}` (every event), never a default.
+pub fn condition(
+    condition: Option<pb::AppendCondition>,
+) -> Result<Option<cairn_storage::AppendCondition>, Status> {
+    let Some(condition) = condition else {
+        return Ok(None);
+    };
+    let Some(query) = condition.query else {
+        return Err(invalid_argument(
+            "an append condition needs a `query` (an empty Query matches every event)",
+        ));
+    };
+    Ok(Some(cairn_storage::AppendCondition::new(
+        self::query(query),
+        condition.after,
+    )))
+}
+
+/// The source of a read or subscription: `query` when given (then `stream`
+/// must be empty), else the stream name.
+pub fn source(stream: &str, query: Option<pb::Query>) -> Result<ReadSource, Status> {
+    match query {
+        Some(_) if !stream.is_empty() => Err(invalid_argument(
+            "give either `stream` or `query`, not both",
+        )),
+        Some(query) => Ok(ReadSource::Query(self::query(query))),
+        None => ReadSource::parse(stream).map_err(store_status),
+    }
 }
 
 /// Checks that a client may write to (append, delete, set metadata of) this
@@ -76,6 +121,8 @@ pub fn writable_stream(stream: &str) -> Result<(), Status> {
 }
 
 /// One stream's part of an append.
+/// A part's own `condition` is not looked at: `Append` takes it off the request
+/// (see [`condition`]), and a part of `AppendMulti` with one is refused there.
 pub fn append(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
     writable_stream(&request.stream)?;
     let expected = expected_revision(request.expected, &format!("append to '{}'", request.stream))?;
@@ -94,7 +141,7 @@ pub fn append(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
 /// A read request. `max_count` 0 (no limit) is represented as `u64::MAX`.
 pub fn read(request: pb::ReadRequest) -> Result<(ReadRequest, u64), Status> {
     use pb::read_request::From;
-    let source = ReadSource::parse(&request.stream).map_err(store_status)?;
+    let source = source(&request.stream, request.query)?;
     let direction = match pb::Direction::try_from(request.direction) {
         Ok(pb::Direction::Forwards) => Direction::Forwards,
         Ok(pb::Direction::Backwards) => Direction::Backwards,

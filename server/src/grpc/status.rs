@@ -188,6 +188,11 @@ fn store_code_and_reason(error: &StoreError) -> (Code, &'static str, HashMap<Str
                 ),
             ]),
         ),
+        StoreError::AppendConditionFailed { position } => (
+            Code::FailedPrecondition,
+            reason::APPEND_CONDITION_FAILED,
+            meta(&[("position", position.to_string())]),
+        ),
         StoreError::StreamNotFound { stream } => (
             Code::NotFound,
             reason::STREAM_NOT_FOUND,

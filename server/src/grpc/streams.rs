@@ -70,9 +70,10 @@ impl StreamsService {
         &self,
         by: &Principal,
         parts: Vec<StreamAppend>,
+        condition: Option<cairn_storage::AppendCondition>,
     ) -> Result<Vec<cairn_storage::AppendResult>, Status> {
         self.engine
-            .append_multi(by, parts)
+            .append_multi_if(by, parts, condition)
             .await
             .map_err(|error| to_status(&error))
     }
@@ -204,8 +205,10 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("append", stream = %Escaped(&request.stream), events = request.events.len(), outcome = tracing::field::Empty);
         async {
             let result = async {
+                let mut request = request;
+                let condition = from_proto::condition(request.condition.take())?;
                 let part = from_proto::append(request)?;
-                let mut results = self.commit(&by, vec![part]).await?;
+                let mut results = self.commit(&by, vec![part], condition).await?;
                 results
                     .pop()
                     .ok_or_else(|| Status::internal("append returned no result"))
@@ -235,13 +238,22 @@ impl Streams for StreamsService {
                     "append_multi needs at least one part",
                 )));
             }
+            if request.parts.iter().any(|part| part.condition.is_some()) {
+                return outcome(Err(invalid_argument(
+                    "append_multi takes one condition for the whole request, not one per part",
+                )));
+            }
+            let condition = match from_proto::condition(request.condition) {
+                Ok(condition) => condition,
+                Err(status) => return outcome(Err(status)),
+            };
             let parts = request
                 .parts
                 .into_iter()
                 .map(from_proto::append)
                 .collect::<Result<Vec<_>, _>>();
             let result = match parts {
-                Ok(parts) => self.commit(&by, parts).await,
+                Ok(parts) => self.commit(&by, parts, condition).await,
                 Err(status) => Err(status),
             };
             outcome(result.map(|results| {
@@ -612,6 +624,7 @@ fn read_chunk(
     }
     response.next = page.next;
     response.scanned_through = page.scanned_through;
+    response.consistent_through = page.head.checked_sub(1);
     responses.push((response, held));
     Ok(Chunk {
         responses,

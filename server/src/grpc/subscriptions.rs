@@ -9,7 +9,6 @@ use cairn_engine::Escaped;
 use cairn_engine::{EndReason, Engine, Feed, FeedReceiver, SubscribeRequest};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::subscriptions_server::Subscriptions;
-use cairn_storage::ReadSource;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -58,8 +57,7 @@ impl Subscriptions for SubscriptionsService {
         let request = request.into_inner();
         let span = tracing::info_span!("subscribe", stream = %Escaped(&request.stream));
         span.in_scope(|| {
-            let source =
-                ReadSource::parse(&request.stream).map_err(|error| to_status(&error.into()))?;
+            let source = from_proto::source(&request.stream, request.query)?;
             let filter = from_proto::filter(request.filter.unwrap_or_default())?;
             let receiver = self
                 .engine

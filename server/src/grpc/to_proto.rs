@@ -20,6 +20,7 @@ pub fn event_owned(event: RecordedEvent) -> pb::RecordedEvent {
         created: Some(prost_types::Timestamp::from(event.created)),
         metadata: event.metadata,
         data: event.data,
+        tags: event.tags,
     }
 }
 

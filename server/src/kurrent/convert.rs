@@ -142,6 +142,7 @@ pub(super) fn proposed_event(
         content_type: content_type.clone(),
         metadata: custom_metadata,
         data,
+        tags: Vec::new(),
     })
 }
 
@@ -209,6 +210,7 @@ pub(super) fn read_event(
                 created: event.created,
                 metadata: Bytes::new(),
                 data: Bytes::from(format!("{}@{}", event.revision, event.stream)),
+                tags: Vec::new(),
             };
             let link = recorded(&link_event, index, event.position, form);
             if resolve_links {

@@ -630,6 +630,7 @@ fn link_mask(index: &str) -> u128 {
         created: UNIX_EPOCH,
         metadata: Bytes::new(),
         data: Bytes::new(),
+        tags: Vec::new(),
     };
     let read = convert::read_event(&probe, Some(index), true, UuidForm::String);
     let link_id = match read.content {
@@ -1267,6 +1268,7 @@ mod tests {
             created: UNIX_EPOCH,
             metadata: Bytes::new(),
             data: Bytes::new(),
+            tags: Vec::new(),
         };
         let response = delivered(&event, Some(index), 2, UuidForm::String);
         let Some(pb::read_resp::Content::Event(read)) = response.content else {

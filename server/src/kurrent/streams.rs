@@ -440,6 +440,7 @@ impl StreamsService {
             created: std::time::SystemTime::now(),
             metadata: bytes::Bytes::new(),
             data: bytes::Bytes::from(metadata::to_json(&info.metadata)),
+            tags: Vec::new(),
         };
         let mut recorded = convert::recorded(&event, &name, revision, form);
         recorded.commit_position = 0;

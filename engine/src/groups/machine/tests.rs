@@ -59,6 +59,7 @@ fn event(position: u64, stream: &str, revision: u64) -> RecordedEvent {
         created: SystemTime::UNIX_EPOCH,
         metadata: Bytes::new(),
         data: Bytes::from_static(b"{}"),
+        tags: Vec::new(),
     }
 }
 
