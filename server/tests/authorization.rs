@@ -9,8 +9,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use cairn_client::{
-    Client, Error, EventData, ExpectedRevision, GroupOptions, NewUser, ReadOptions, StreamAppend,
-    StreamMetadata, SubscribeOptions, SubscriptionMessage,
+    AppendCondition, Client, Error, EventData, ExpectedRevision, GroupOptions, NewUser, Query,
+    QueryItem, ReadOptions, StreamAppend, StreamMetadata, SubscribeOptions, SubscriptionMessage,
 };
 use cairn_testkit::TestServer;
 
@@ -43,6 +43,24 @@ async fn drain(client: &Client, source: &str) -> Result<Vec<String>, Error> {
 
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "conditional append to private-1",
+            allowed: &["alice"],
+            call: |client| {
+                Box::pin(async {
+                    let query = Query::of([QueryItem::types(["Nothing"])]);
+                    client
+                        .append_if(
+                            "private-1",
+                            ExpectedRevision::Any,
+                            vec![event("Secret")],
+                            AppendCondition::new(query, None),
+                        )
+                        .await
+                        .map(drop)
+                })
+            },
+        },
         Case {
             name: "append to private-1",
             allowed: &["alice"],
@@ -383,6 +401,26 @@ async fn events_of_unreadable_streams_never_reach_a_user() {
         drain(client("olga"), "$ce-private").await.unwrap(),
         Vec::<String>::new()
     );
+    // A DCB query read is an index read: filtered the same way.
+    let secret = Query::of([QueryItem::types(["Secret"])]);
+    let by_query = |client: &Client| {
+        let secret = secret.clone();
+        let client = client.clone();
+        async move {
+            client
+                .read_query(secret, ReadOptions::forwards())
+                .await
+                .unwrap()
+                .collect_all()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|event| event.stream)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(by_query(client("bob")).await, Vec::<String>::new());
+    assert!(by_query(client("alice")).await.contains(&"private-1".to_owned()));
 
     let listed = |page: cairn_client::StreamPage| {
         page.streams

@@ -2,7 +2,8 @@
 //! profiles, credit set by a manager, and the saga step that reserves credit
 //! for an order.
 //!
-//! Writes only `customer-*` and `email-*` streams. Its read model owns the
+//! Writes only `customer-*` streams; an email address is held once through a
+//! DCB condition on the registrations' `email:` tags (see [`register`]). Its read model owns the
 //! `customers` table. Password hashes never leave this module's aggregate:
 //! the read model does not store them.
 
@@ -10,14 +11,17 @@ use std::collections::{HashMap, HashSet};
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use cairn_client::{Client, ExpectedRevision, Filter, RecordedEvent, StreamAppend};
+use cairn_client::{
+    Client, Decider, Decision, ExpectedRevision, Filter, Query, QueryItem, ReadOptions,
+    RecordedEvent, StreamAppend,
+};
 use rusqlite::Transaction;
 use uuid::Uuid;
 
 use crate::catalog::millis;
 use crate::error::{Result, ShopError};
 use crate::events::{
-    CUSTOMER, CustomerEvent, EMAIL, EmailEvent, OrderEvent, ProductEvent, decode, derived_id,
+    CUSTOMER, CustomerEvent, OrderEvent, ProductEvent, decode, derived_id,
     encode, id_of, stream,
 };
 use crate::eventstore::{Aggregate, execute, load};
@@ -91,27 +95,21 @@ impl Aggregate for Customer {
     }
 }
 
-/// Who holds an email address.
-#[derive(Debug, Clone, Default)]
-struct EmailClaim {
-    customer_id: Option<Uuid>,
+/// The DCB tag of one email address: `email:<uuid v5 of mailto:address>`
+/// (a fixed 42 bytes, however long the address).
+fn email_tag(email: &str) -> String {
+    let key = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("mailto:{email}").as_bytes());
+    format!("email:{key}")
 }
 
-impl Aggregate for EmailClaim {
-    type Event = EmailEvent;
-    fn apply(&mut self, event: &EmailEvent) {
-        let EmailEvent::EmailClaimed { customer_id } = event;
-        self.customer_id = Some(*customer_id);
-    }
+/// The events that decide who holds an email address: registrations carrying
+/// its tag. The first one holds it.
+fn email_query(email: &str) -> Query {
+    Query::of([QueryItem::types([REGISTERED]).with_tags([email_tag(email)])])
 }
 
-/// The stream that guards one email address.
-fn email_stream(email: &str) -> String {
-    stream(
-        EMAIL,
-        Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("mailto:{email}").as_bytes()),
-    )
-}
+/// `CustomerRegistered`, the event type [`email_query`] looks for.
+const REGISTERED: &str = "CustomerRegistered";
 
 /// Hashes a password with argon2id and a random salt (CPU-heavy: runs on a
 /// blocking thread).
@@ -129,9 +127,11 @@ async fn hash_password(password: String) -> Result<String> {
     .map_err(|error| ShopError::Internal(error.to_string()))?
 }
 
-/// Registers a customer; returns their id. The customer's stream and the
-/// email's claim are written in one atomic multi-stream append, so an address
-/// is never held by two customers nor claimed by a customer that does not exist.
+/// Registers a customer; returns their id. "An email address is registered
+/// once" is a DCB condition, not a claim stream: the registration event carries
+/// the address's tag, and it is appended only if no registration with that tag
+/// was written after the read that found none (else the decision is made
+/// again, and refused).
 pub async fn register(client: &Client, name: &str, email: &str, password: &str) -> Result<Uuid> {
     let name = validate::text("name", name)?;
     let email = validate::email(email)?;
@@ -142,27 +142,40 @@ pub async fn register(client: &Client, name: &str, email: &str, password: &str) 
         email: email.clone(),
         password_hash,
     };
-    let parts = vec![
-        StreamAppend::new(
-            stream(CUSTOMER, id),
-            ExpectedRevision::NoStream,
-            vec![encode(&registered, Uuid::new_v4())?],
-        ),
-        StreamAppend::new(
-            email_stream(&email),
-            ExpectedRevision::NoStream,
-            vec![encode(
-                &EmailEvent::EmailClaimed { customer_id: id },
-                Uuid::new_v4(),
-            )?],
-        ),
-    ];
-    match client.append_multi(parts).await {
-        Ok(_) => Ok(id),
-        Err(cairn_client::Error::WrongExpectedRevision { .. }) => Err(ShopError::Conflict(
-            format!("a customer with email '{email}' is already registered"),
-        )),
-        Err(error) => Err(error.into()),
+    let event = encode(&registered, Uuid::new_v4())?.tags([email_tag(&email)]);
+    let decided = Decider::new(client.clone(), email_query(&email))
+        .run(
+            || false,
+            |taken, _| *taken = true,
+            |taken| {
+                if *taken {
+                    return Err(ShopError::Conflict(format!(
+                        "a customer with email '{email}' is already registered"
+                    )));
+                }
+                Ok(Decision::append(
+                    vec![StreamAppend::new(
+                        stream(CUSTOMER, id),
+                        ExpectedRevision::NoStream,
+                        vec![event.clone()],
+                    )],
+                    id,
+                ))
+            },
+        )
+        .await?;
+    Ok(decided.value)
+}
+
+/// The customer holding `email`: the stream of the first registration
+/// carrying its tag.
+async fn holder_of(client: &Client, email: &str) -> Result<Option<Uuid>> {
+    let mut registrations = client
+        .read_query(email_query(email), ReadOptions::forwards().max_count(1))
+        .await?;
+    match registrations.next_event().await? {
+        Some(event) => Ok(Some(id_of(&event.stream)?)),
+        None => Ok(None),
     }
 }
 
@@ -170,8 +183,7 @@ pub async fn register(client: &Client, name: &str, email: &str, password: &str) 
 pub async fn login(client: &Client, email: &str, password: &str) -> Result<Uuid> {
     let refused = || ShopError::Invalid("unknown email or wrong password".into());
     let email = validate::email(email).map_err(|_| refused())?;
-    let claim = load::<EmailClaim>(client, &email_stream(&email)).await?;
-    let customer_id = claim.state.customer_id.ok_or_else(refused)?;
+    let customer_id = holder_of(client, &email).await?.ok_or_else(refused)?;
     let customer = load::<Customer>(client, &stream(CUSTOMER, customer_id))
         .await?
         .state;

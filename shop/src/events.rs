@@ -18,8 +18,6 @@ pub const CATEGORY: &str = "category";
 pub const PRODUCT: &str = "product";
 /// Customers, their credit and credit reservations: `customer-<id>`.
 pub const CUSTOMER: &str = "customer";
-/// Email uniqueness claims: `email-<uuid v5 of the lower-cased address>`.
-pub const EMAIL: &str = "email";
 /// Orders: `order-<id>`.
 pub const ORDER: &str = "order";
 /// Invoices, one per approved order: `invoice-<order id>`.
@@ -177,7 +175,8 @@ pub enum CustomerEvent {
     CustomerRegistered {
         /// Display name.
         name: String,
-        /// Email address (unique among customers, see [`EmailEvent`]).
+        /// Email address, lower-cased; unique among customers (a DCB
+        /// condition on the event's `email:` tag, see `customers::register`).
         email: String,
         /// Argon2 PHC string; the password itself is never stored.
         password_hash: String,
@@ -220,16 +219,6 @@ pub enum CustomerEvent {
         order_id: Uuid,
         /// Amount in cents.
         amount_cents: i64,
-    },
-}
-
-/// Events of `email-<uuid>`: at most one customer holds an address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EmailEvent {
-    /// A customer registered with the address.
-    EmailClaimed {
-        /// The customer.
-        customer_id: Uuid,
     },
 }
 

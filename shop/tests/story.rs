@@ -379,3 +379,72 @@ async fn bad_input_gets_clear_4xx_answers() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     shop.assert_running();
 }
+
+/// "An email address is registered once" holds among racing registrations:
+/// the rule is a DCB condition on the registrations' email tag (no claim
+/// stream), so of eight concurrent sign-ups with one address (in any case)
+/// exactly one succeeds and the others get 409, and login finds that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_registrations_of_one_email_register_it_once() {
+    let shop = Shop::start().await;
+    let emails = [
+        "bea@example.com",
+        "Bea@example.com",
+        "BEA@example.com",
+        "bea@Example.com",
+        "bea@EXAMPLE.com",
+        "bEa@example.com",
+        "beA@example.com",
+        " bea@example.com",
+    ];
+    let (a, b, c, d, e, f, g, h) = tokio::join!(
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[0], "password": "password 0" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[1], "password": "password 1" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[2], "password": "password 2" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[3], "password": "password 3" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[4], "password": "password 4" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[5], "password": "password 5" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[6], "password": "password 6" })),
+        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[7], "password": "password 7" })),
+    );
+    let answers = [a, b, c, d, e, f, g, h];
+    let winners: Vec<usize> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (status, _))| status.is_success())
+        .map(|(index, _)| index)
+        .collect();
+    assert_eq!(winners.len(), 1, "{answers:?}");
+    for (status, answer) in &answers {
+        if !status.is_success() {
+            assert_eq!(*status, StatusCode::CONFLICT, "{answer}");
+        }
+    }
+    let winner = winners[0];
+    let id = answers[winner].1["id"].as_str().expect("id").to_owned();
+    let (status, answer) = shop
+        .post(
+            "/api/login",
+            json!({ "email": "bea@example.com", "password": format!("password {winner}") }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["id"], id.as_str());
+    // No claim stream: the address lives only in the registration's tag.
+    let client = shop.cairn.client().await;
+    let registered = client
+        .read_query(
+            cairn_client::Query::of([cairn_client::QueryItem::types(["CustomerRegistered"])]),
+            cairn_client::ReadOptions::forwards(),
+        )
+        .await
+        .expect("query read")
+        .collect_all()
+        .await
+        .expect("events");
+    assert_eq!(registered.len(), 1);
+    assert_eq!(registered[0].stream, format!("customer-{id}"));
+    assert_eq!(registered[0].tags.len(), 1);
+    assert!(registered[0].tags[0].starts_with("email:"));
+    shop.assert_running();
+}

@@ -516,6 +516,7 @@ fn event_json(event: &RecordedEvent, shown: usize) -> Value {
         "id": event.id.to_string(),
         "type": event.event_type,
         "content_type": event.content_type,
+        "tags": event.tags,
         "created_ms": unix_ms(event.created),
         "data": payload_json(&event.data, shown),
         "metadata": payload_json(&event.metadata, shown),

@@ -231,6 +231,7 @@
         ['id', event.id, 'event-id'],
         ['type', event.type, 'event-type'],
         ['content type', event.content_type],
+        ['tags', (event.tags || []).join(', ') || '(none)', 'event-tags'],
         ['created', when(event.created_ms)],
       ]),
       el('h4', {}, 'Data'), ...payloadBlock('event-data', event.data),
