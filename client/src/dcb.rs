@@ -19,7 +19,7 @@
 //!     .run(
 //!         || false,
 //!         |taken, _event| *taken = true,
-//!         |taken| {
+//!         |taken| -> cairn_client::Result<Decision<bool>> {
 //!             if *taken {
 //!                 return Ok(Decision::nothing(false));
 //!             }
