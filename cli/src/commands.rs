@@ -160,6 +160,9 @@ pub enum Command {
         /// Event id (default: random).
         #[arg(long)]
         id: Option<Uuid>,
+        /// A DCB tag for the event (repeat for several).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
     },
     /// Read a stream, $all, $ce-<category> or $et-<type>; prints one JSON line per event.
     Read {
@@ -327,6 +330,8 @@ struct EventLine<'a> {
     id: String,
     #[serde(rename = "type")]
     event_type: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
     data: serde_json::Value,
 }
 
@@ -441,13 +446,14 @@ pub async fn run_client_command(
             data,
             expected,
             id,
+            tags,
         } => {
             let expected = parse_expected(&expected)?;
             let data = match data.strip_prefix('@') {
                 Some(path) => std::fs::read(PathBuf::from(path))?,
                 None => data.into_bytes(),
             };
-            let mut event = EventData::json_text(event_type, data);
+            let mut event = EventData::json_text(event_type, data).tags(tags);
             if let Some(id) = id {
                 event = event.id(id);
             }
@@ -494,6 +500,7 @@ pub async fn run_client_command(
                     revision: event.revision,
                     id: event.id.to_string(),
                     event_type: &event.event_type,
+                    tags: &event.tags,
                     data,
                 })?;
             }

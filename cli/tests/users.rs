@@ -334,3 +334,41 @@ async fn stream_acls_are_set_from_the_command_line() {
     assert!(denied.contains("read metadata"), "{denied}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn events_are_appended_with_tags_and_read_back_with_them() {
+    let server = TestServer::start_secure().await;
+    let admin = ["--user", "admin", "--password", ADMIN_PASSWORD];
+    let append = join(
+        &admin,
+        &[
+            "append",
+            "course-1",
+            "CourseDefined",
+            "{}",
+            "--tag",
+            "course:1",
+            "--tag",
+            "term:2026",
+        ],
+    );
+    ok(&cairn(&server, &append, "").await, "append --tag");
+    let plain = join(&admin, &["append", "course-1", "Renamed", "{}"]);
+    ok(&cairn(&server, &plain, "").await, "append");
+    let read = join(&admin, &["read", "course-1"]);
+    let lines = ok(&cairn(&server, &read, "").await, "read");
+    assert_eq!(
+        lines[0]["tags"],
+        serde_json::json!(["course:1", "term:2026"])
+    );
+    assert!(lines[1].get("tags").is_none(), "{}", lines[1]);
+    let duplicate = join(
+        &admin,
+        &["append", "course-1", "T", "{}", "--tag", "x", "--tag", "x"],
+    );
+    let error = failed(
+        &cairn(&server, &duplicate, "").await,
+        "append --tag x --tag x",
+    );
+    assert!(error.contains("twice"), "{error}");
+}

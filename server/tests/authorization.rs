@@ -420,7 +420,11 @@ async fn events_of_unreadable_streams_never_reach_a_user() {
         }
     };
     assert_eq!(by_query(client("bob")).await, Vec::<String>::new());
-    assert!(by_query(client("alice")).await.contains(&"private-1".to_owned()));
+    assert!(
+        by_query(client("alice"))
+            .await
+            .contains(&"private-1".to_owned())
+    );
 
     let listed = |page: cairn_client::StreamPage| {
         page.streams

@@ -21,8 +21,7 @@ use uuid::Uuid;
 use crate::catalog::millis;
 use crate::error::{Result, ShopError};
 use crate::events::{
-    CUSTOMER, CustomerEvent, OrderEvent, ProductEvent, decode, derived_id,
-    encode, id_of, stream,
+    CUSTOMER, CustomerEvent, OrderEvent, ProductEvent, decode, derived_id, encode, id_of, stream,
 };
 use crate::eventstore::{Aggregate, execute, load};
 use crate::readmodel::Projection;

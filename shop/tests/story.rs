@@ -398,14 +398,38 @@ async fn racing_registrations_of_one_email_register_it_once() {
         " bea@example.com",
     ];
     let (a, b, c, d, e, f, g, h) = tokio::join!(
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[0], "password": "password 0" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[1], "password": "password 1" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[2], "password": "password 2" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[3], "password": "password 3" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[4], "password": "password 4" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[5], "password": "password 5" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[6], "password": "password 6" })),
-        shop.post("/api/customers", json!({ "name": "Bea", "email": emails[7], "password": "password 7" })),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[0], "password": "password 0" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[1], "password": "password 1" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[2], "password": "password 2" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[3], "password": "password 3" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[4], "password": "password 4" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[5], "password": "password 5" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[6], "password": "password 6" })
+        ),
+        shop.post(
+            "/api/customers",
+            json!({ "name": "Bea", "email": emails[7], "password": "password 7" })
+        ),
     );
     let answers = [a, b, c, d, e, f, g, h];
     let winners: Vec<usize> = answers
