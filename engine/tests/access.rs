@@ -225,6 +225,138 @@ async fn system_streams_are_for_admins_by_default() {
 }
 
 #[tokio::test]
+async fn snapshot_streams_are_decided_by_their_base_streams_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = secure_engine(dir.path()).await;
+    engine
+        .append_multi(&admin(), vec![part("diary-alice", "{}")])
+        .await
+        .unwrap();
+    set_acl(
+        &engine,
+        "diary-alice",
+        r#"{"$r": ["alice", "bob"], "$w": "alice", "$d": [], "$mr": [], "$mw": []}"#,
+    )
+    .await;
+    let snapshots = "$snapshot-diary-alice";
+
+    // Write and metadata write follow the base stream's write; a writer of
+    // `diary-alice` keeps its snapshots' retention.
+    engine
+        .append_multi(&alice(), vec![part(snapshots, "{}")])
+        .await
+        .expect("a writer of the base stream writes its snapshots");
+    engine
+        .set_metadata(
+            &alice(),
+            snapshots.into(),
+            ExpectedRevision::Any,
+            StreamMetadata {
+                max_count: Some(3),
+                // Ignored: the snapshot stream's own ACL never decides.
+                custom: Some(r#"{"$acl": {"$r": "$all", "$w": "$all"}}"#.into()),
+                ..StreamMetadata::default()
+            },
+        )
+        .await
+        .expect("a writer of the base stream sets its snapshots' metadata");
+    denied(
+        engine
+            .append_multi(&bob(), vec![part(snapshots, "{}")])
+            .await,
+        "write",
+        snapshots,
+    );
+    denied(
+        engine
+            .set_metadata(
+                &bob(),
+                snapshots.into(),
+                ExpectedRevision::Any,
+                StreamMetadata::default(),
+            )
+            .await,
+        "write metadata",
+        snapshots,
+    );
+    // Read and metadata read follow the base stream's read, not its `$mr`.
+    for reader in [alice(), bob()] {
+        engine
+            .read_access(&reader, &ReadSource::Stream(snapshots.into()))
+            .expect("a reader of the base stream reads its snapshots");
+        engine
+            .stream_info(&reader, snapshots)
+            .expect("a reader of the base stream reads its snapshots' metadata");
+    }
+    denied(
+        engine.read_access(&olga(), &ReadSource::Stream(snapshots.into())),
+        "read",
+        snapshots,
+    );
+    denied(
+        engine
+            .append_multi(&olga(), vec![part(snapshots, "{}")])
+            .await,
+        "write",
+        snapshots,
+    );
+    // Delete follows the base stream's delete (nobody here but admins).
+    denied(
+        engine
+            .delete(&alice(), snapshots.into(), ExpectedRevision::Any, false)
+            .await,
+        "delete",
+        snapshots,
+    );
+    // In `$all` a snapshot is visible exactly to the base stream's readers;
+    // it is never in the base stream's category.
+    let visible = |principal: &Principal, source: ReadSource| {
+        let visibility = engine.read_access(principal, &source).unwrap();
+        let page = engine
+            .store()
+            .read(&ReadRequest::forwards(source, 1000))
+            .unwrap();
+        page.events
+            .into_iter()
+            .filter(|event| visibility.admits(&event.stream))
+            .map(|event| event.stream)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(visible(&bob(), ReadSource::All), ["diary-alice", snapshots]);
+    assert!(visible(&olga(), ReadSource::All).is_empty());
+    assert_eq!(
+        visible(&admin(), ReadSource::Category("diary".into())),
+        ["diary-alice"]
+    );
+    // Revoking read on the base stream revokes it on the snapshots.
+    set_acl(&engine, "diary-alice", r#"{"$r": "alice", "$w": "alice"}"#).await;
+    denied(
+        engine.read_access(&bob(), &ReadSource::Stream(snapshots.into())),
+        "read",
+        snapshots,
+    );
+    assert!(visible(&bob(), ReadSource::All).is_empty());
+
+    // Only `$snapshot-<client stream>` is writable among `$` names.
+    for reserved in [
+        "$snapshot-",
+        "$snapshot-$sys-users",
+        "$snapshots-diary",
+        "$diary",
+    ] {
+        assert!(
+            matches!(
+                engine
+                    .append_multi(&admin(), vec![part(reserved, "{}")])
+                    .await,
+                Err(Error::Store(cairn_storage::Error::InvalidArgument(_)))
+            ),
+            "{reserved} must stay reserved"
+        );
+    }
+}
+
+#[tokio::test]
 async fn index_reads_and_subscriptions_show_only_readable_streams() {
     let dir = tempfile::tempdir().unwrap();
     let engine = secure_engine(dir.path()).await;

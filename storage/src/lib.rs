@@ -78,6 +78,7 @@ pub use model::{
     SegmentStats, StoreInfo, StreamAppend, StreamInfo, StreamMetadata, StreamState, category_of,
     validate_stored_stream_name, validate_stream_name,
 };
+pub use model::{SNAPSHOT_STREAM_PREFIX, snapshot_base};
 pub use observe::{CommitObserver, CommittedGroup, MemoryUsage};
 pub use query::{
     AppendCondition, MAX_QUERY_BYTES, MAX_QUERY_ITEM_VALUES, MAX_QUERY_ITEMS, MAX_TAG_BYTES,

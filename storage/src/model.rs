@@ -712,12 +712,29 @@ fn validate_nonempty(what: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a name a client may write to: 1..=1024 bytes, not reserved (`$...`).
+/// Prefix of a stream's snapshot companion: `$snapshot-order-42` holds the
+/// aggregate snapshots of `order-42` (written by clients' aggregate
+/// repositories, never changing `order-42` itself). It is the one `$` name a
+/// client may write; its access is decided by the base stream's ACL, and its
+/// category is `$snapshot`, never the base stream's.
+pub const SNAPSHOT_STREAM_PREFIX: &str = "$snapshot-";
+
+/// The base stream of a snapshot stream (`order-42` for `$snapshot-order-42`),
+/// or `None` when `stream` is not a snapshot stream: the base must be a name
+/// a client may write that is not `$`-prefixed itself.
+pub fn snapshot_base(stream: &str) -> Option<&str> {
+    let base = stream.strip_prefix(SNAPSHOT_STREAM_PREFIX)?;
+    (!base.is_empty() && !base.starts_with('$')).then_some(base)
+}
+
+/// Checks a name a client may write to: 1..=1024 bytes, not reserved (`$...`)
+/// except for a snapshot stream `$snapshot-<name>` (see [`snapshot_base`]).
 pub fn validate_stream_name(stream: &str) -> Result<()> {
     validate_nonempty("stream name", stream)?;
-    if stream.starts_with('$') {
+    if stream.starts_with('$') && snapshot_base(stream).is_none() {
         return Err(Error::InvalidArgument(format!(
-            "stream name '{stream}' is reserved: names starting with '$' belong to the system"
+            "stream name '{stream}' is reserved: names starting with '$' belong to the system \
+             (except '{SNAPSHOT_STREAM_PREFIX}<stream>', the snapshots of a client stream)"
         )));
     }
     Ok(())

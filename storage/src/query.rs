@@ -250,6 +250,31 @@ impl<'a> View<'a> {
     }
 }
 
+/// The direction and bound every list of one cursor shares.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    forwards: bool,
+    /// Forwards: the exclusive end (the head). Backwards the walk ends at 0.
+    head: u64,
+}
+
+impl Walk {
+    /// Whether `a` comes before `b` in the walk's order.
+    fn before(self, a: u64, b: u64) -> bool {
+        if self.forwards { a < b } else { a > b }
+    }
+
+    /// The first of two positions in the walk's order.
+    fn first(self, a: u64, b: u64) -> u64 {
+        if self.before(b, a) { b } else { a }
+    }
+
+    /// The last of two positions in the walk's order.
+    fn last(self, a: u64, b: u64) -> u64 {
+        if self.before(a, b) { b } else { a }
+    }
+}
+
 /// One list of positions in index order: an index prefix, or the log itself.
 struct Postings<'a> {
     iterator: DBRawIteratorWithThreadMode<'a, DB>,
@@ -260,7 +285,18 @@ struct Postings<'a> {
 }
 
 impl Postings<'_> {
-    fn read_current(&mut self, forwards: bool, bound: u64) -> Result<()> {
+    fn key(&self, position: u64) -> Vec<u8> {
+        match &self.prefix {
+            Some(prefix) => {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&position.to_be_bytes());
+                key
+            }
+            None => codec::log_key(position).to_vec(),
+        }
+    }
+
+    fn read_current(&mut self, walk: Walk) -> Result<()> {
         self.current = None;
         if !self.iterator.valid() {
             return self.iterator.status().map_err(Error::from);
@@ -282,44 +318,157 @@ impl Postings<'_> {
                 codec::read_u64(key)
             }
         };
-        // Forwards, `bound` is the exclusive end; backwards, the inclusive start.
-        let inside = if forwards {
-            position < bound
-        } else {
-            position >= bound
-        };
-        if inside {
+        if !walk.forwards || position < walk.head {
             self.current = Some(position);
         }
         Ok(())
     }
 
-    fn advance(&mut self, forwards: bool, bound: u64) -> Result<()> {
-        if forwards {
+    /// Moves to the first entry at or after `target` in the walk's order.
+    fn seek(&mut self, target: u64, walk: Walk) -> Result<()> {
+        let key = self.key(target);
+        if walk.forwards {
+            self.iterator.seek(&key);
+        } else {
+            self.iterator.seek_for_prev(&key);
+        }
+        self.read_current(walk)
+    }
+
+    fn advance(&mut self, walk: Walk) -> Result<()> {
+        if walk.forwards {
             self.iterator.next();
         } else {
             self.iterator.prev();
         }
-        self.read_current(forwards, bound)
+        self.read_current(walk)
     }
 }
 
-/// The positions of candidate events of a query, in read order, each once: a
-/// merge of one postings list per item (the item's first tag, or one list per
-/// type of a type-only item; the whole log when the query matches everything).
-/// Candidates are a superset of the matches: the caller checks each record with
-/// [`Query::matches`] (an item's other tags and its types are checked there).
+/// A set of positions built from postings lists: a list, the union of
+/// several (any of an item's types; any of a query's items) or their
+/// intersection (all of an item's tags, and one of its types). Every node
+/// stands on its first position not yet taken, in the walk's order.
+enum Node<'a> {
+    List(Postings<'a>),
+    Union(Vec<Node<'a>>),
+    /// `children` is never empty; `done` once one of them is exhausted.
+    Intersection {
+        children: Vec<Node<'a>>,
+        done: bool,
+    },
+}
+
+impl Node<'_> {
+    fn current(&self, walk: Walk) -> Option<u64> {
+        match self {
+            Node::List(list) => list.current,
+            Node::Union(children) => children
+                .iter()
+                .filter_map(|child| child.current(walk))
+                .reduce(|a, b| walk.first(a, b)),
+            // Settled by `settle`: every child on the same position.
+            Node::Intersection { done: true, .. } => None,
+            Node::Intersection { children, .. } => children[0].current(walk),
+        }
+    }
+
+    /// Moves every part to its first entry at or after `target`.
+    fn seek(&mut self, target: u64, walk: Walk) -> Result<()> {
+        match self {
+            Node::List(list) => {
+                if list
+                    .current
+                    .is_some_and(|current| walk.before(current, target))
+                {
+                    list.seek(target, walk)?;
+                }
+                Ok(())
+            }
+            Node::Union(children) => {
+                for child in children {
+                    child.seek(target, walk)?;
+                }
+                Ok(())
+            }
+            Node::Intersection { done: true, .. } => Ok(()),
+            Node::Intersection { children, done } => {
+                for child in children.iter_mut() {
+                    child.seek(target, walk)?;
+                }
+                *done = !settle(children, walk)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves past the current position.
+    fn advance(&mut self, walk: Walk) -> Result<()> {
+        let Some(current) = self.current(walk) else {
+            return Ok(());
+        };
+        match self {
+            Node::List(list) => list.advance(walk),
+            Node::Union(children) => {
+                for child in children {
+                    if child.current(walk) == Some(current) {
+                        child.advance(walk)?;
+                    }
+                }
+                Ok(())
+            }
+            Node::Intersection { children, done } => {
+                children[0].advance(walk)?;
+                *done = !settle(children, walk)?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Leapfrogs an intersection's children onto their first common position:
+/// each child seeks to the furthest position any child stands on, until all
+/// agree. Returns false when one child is exhausted (then so is the
+/// intersection). Costs a seek per step, so the rarest list bounds the work,
+/// whichever comes first in the item.
+fn settle(children: &mut [Node<'_>], walk: Walk) -> Result<bool> {
+    loop {
+        let mut target: Option<u64> = None;
+        for child in children.iter() {
+            let Some(position) = child.current(walk) else {
+                return Ok(false);
+            };
+            target = Some(target.map_or(position, |target| walk.last(target, position)));
+        }
+        let Some(target) = target else {
+            return Ok(false);
+        };
+        if children
+            .iter()
+            .all(|child| child.current(walk) == Some(target))
+        {
+            return Ok(true);
+        }
+        for child in children.iter_mut() {
+            child.seek(target, walk)?;
+        }
+    }
+}
+
+/// The positions of the events a query's indexes match, in read order, each
+/// once: the union over its items of (all of the item's tags) ∩ (any of its
+/// types), from `tag_index` and `type_index`; the whole log when the query
+/// matches everything. The indexes match exactly what [`Query::matches`]
+/// does, but callers still check each record (its crc, and the query, which
+/// costs nothing more once the record is decoded).
 pub(crate) struct Cursor<'a> {
-    lists: Vec<Postings<'a>>,
-    forwards: bool,
-    /// Forwards: the exclusive end (the head); backwards: the inclusive start.
-    bound: u64,
+    root: Node<'a>,
+    walk: Walk,
 }
 
 impl<'a> Cursor<'a> {
-    /// A cursor over the candidates of `query` from `start` (inclusive) in
-    /// `direction`, below `head`. Forwards it stops before `head`; backwards
-    /// `start` must be below `head`.
+    /// A cursor over the matches of `query` from `start` (inclusive) in
+    /// `direction`, below `head`.
     pub(crate) fn new(
         db: &'a DB,
         view: &View<'a>,
@@ -328,85 +477,69 @@ impl<'a> Cursor<'a> {
         head: u64,
         direction: Direction,
     ) -> Result<Self> {
-        let forwards = direction == Direction::Forwards;
-        let mut lists = Vec::new();
-        let mut add = |column_family: &str, prefix: Option<Vec<u8>>| {
-            let mut iterator = view.iterator(db, column_family);
-            let key = match &prefix {
-                Some(prefix) => {
-                    let mut key = prefix.clone();
-                    key.extend_from_slice(&start.to_be_bytes());
-                    key
-                }
-                None => codec::log_key(start).to_vec(),
-            };
-            if forwards {
-                iterator.seek(&key);
-            } else {
-                iterator.seek_for_prev(&key);
-            }
-            lists.push(Postings {
-                iterator,
+        let walk = Walk {
+            forwards: direction == Direction::Forwards,
+            head,
+        };
+        let list = |column_family: &str, prefix: Option<Vec<u8>>| -> Result<Node<'a>> {
+            let mut postings = Postings {
+                iterator: view.iterator(db, column_family),
                 prefix,
                 current: None,
-            });
+            };
+            postings.seek(start, walk)?;
+            Ok(Node::List(postings))
         };
-        if query.matches_everything() {
-            add(cf::LOG, None);
+        let root = if query.matches_everything() {
+            list(cf::LOG, None)?
         } else {
-            // Every (cf, prefix) once: two items on the same tag share a list.
-            let mut seen = HashSet::new();
+            let mut items = Vec::with_capacity(query.items.len());
             for item in &query.items {
-                if let Some(tag) = item.tags.first() {
-                    if seen.insert((cf::TAG_INDEX, tag.as_str())) {
-                        add(cf::TAG_INDEX, Some(codec::name_index_prefix(tag)));
-                    }
-                } else {
-                    for event_type in &item.types {
-                        if seen.insert((cf::TYPE_INDEX, event_type.as_str())) {
-                            add(cf::TYPE_INDEX, Some(codec::name_index_prefix(event_type)));
-                        }
-                    }
+                let mut required = Vec::new();
+                // Each tag once (an item may name one twice).
+                let tags: HashSet<&str> = item.tags.iter().map(String::as_str).collect();
+                for tag in tags {
+                    required.push(list(cf::TAG_INDEX, Some(codec::name_index_prefix(tag)))?);
                 }
+                if !item.types.is_empty() {
+                    let types: HashSet<&str> = item.types.iter().map(String::as_str).collect();
+                    let mut any_type = Vec::with_capacity(types.len());
+                    for event_type in types {
+                        any_type.push(list(
+                            cf::TYPE_INDEX,
+                            Some(codec::name_index_prefix(event_type)),
+                        )?);
+                    }
+                    required.push(Node::Union(any_type));
+                }
+                let node = if required.len() == 1 {
+                    required.pop().expect("one part")
+                } else {
+                    let done = !settle(&mut required, walk)?;
+                    Node::Intersection {
+                        children: required,
+                        done,
+                    }
+                };
+                items.push(node);
             }
-        }
-        let bound = if forwards { head } else { 0 };
-        for list in &mut lists {
-            list.read_current(forwards, bound)?;
-        }
-        Ok(Self {
-            lists,
-            forwards,
-            bound,
-        })
-    }
-
-    /// The next candidate position, or `None` at the end.
-    pub(crate) fn next_position(&mut self) -> Result<Option<u64>> {
-        let forwards = self.forwards;
-        let best = self
-            .lists
-            .iter()
-            .filter_map(|list| list.current)
-            .reduce(|a, b| if forwards { a.min(b) } else { a.max(b) });
-        let Some(best) = best else {
-            return Ok(None);
+            Node::Union(items)
         };
-        for list in &mut self.lists {
-            if list.current == Some(best) {
-                list.advance(forwards, self.bound)?;
-            }
-        }
-        Ok(Some(best))
+        Ok(Self { root, walk })
     }
 
-    /// The candidate the cursor stands on, without moving.
+    /// The next matching position, or `None` at the end.
+    pub(crate) fn next_position(&mut self) -> Result<Option<u64>> {
+        let current = self.root.current(self.walk);
+        if current.is_some() {
+            self.root.advance(self.walk)?;
+        }
+        Ok(current)
+    }
+
+    /// The position the cursor stands on, without moving.
     pub(crate) fn peek(&self) -> Option<u64> {
-        let forwards = self.forwards;
-        self.lists
-            .iter()
-            .filter_map(|list| list.current)
-            .reduce(|a, b| if forwards { a.min(b) } else { a.max(b) })
+        self.root.current(self.walk)
     }
 }
 

@@ -665,8 +665,8 @@ impl Reader<'_> {
         Ok(page)
     }
 
-    /// A DCB query: the candidates of the query's indexes (see
-    /// [`Cursor`]), each record checked against the query, the visibility
+    /// A DCB query: the matches of the query's indexes (see [`Cursor`]),
+    /// each record checked against the query once more, the visibility
     /// rule and the request's filter. Paged like the index reads: `next` is
     /// the first candidate not taken, `scanned_through` the last examined.
     fn query(
@@ -747,7 +747,7 @@ impl Reader<'_> {
         }
         page.next = cursor.peek();
         if page.next.is_none() && forwards {
-            // Every position through the head was a non-candidate or examined.
+            // Every position through the head was examined or matched nothing.
             page.scanned_through = Some(last);
         }
         Ok(page)

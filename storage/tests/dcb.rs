@@ -637,3 +637,38 @@ fn an_old_format_directory_is_migrated_and_keeps_working() {
     let events = query_read(&store, &Query::of([QueryItem::tags(["k"])]), 10);
     assert_eq!(positions(&events), vec![1]);
 }
+
+#[test]
+fn a_query_reads_only_what_its_rarest_index_list_allows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path(), Durability::Unsynced);
+    // 3,000 events carry the common tag; every 1,000th also the rare one, and
+    // the other 2,997 are of a type the query does not ask for either.
+    let events: Vec<EventData> = (0..3000)
+        .map(|n| {
+            if n % 1000 == 999 {
+                tagged("Wanted", &["tenant:1", "rare"])
+            } else {
+                tagged("Other", &["tenant:1"])
+            }
+        })
+        .collect();
+    store
+        .append("bulk-1", ExpectedRevision::Any, events)
+        .wait()
+        .unwrap();
+    let cases = [
+        Query::of([QueryItem::tags(["tenant:1", "rare"])]),
+        Query::of([QueryItem::types(["Wanted"]).with_tags(["tenant:1"])]),
+    ];
+    for query in cases {
+        let before = store.read_stats().records_examined;
+        let events = query_read(&store, &query, 100);
+        let examined = store.read_stats().records_examined - before;
+        assert_eq!(positions(&events), vec![999, 1999, 2999], "{query:?}");
+        assert_eq!(
+            examined, 3,
+            "{query:?}: the intersection of the indexes, not a scan"
+        );
+    }
+}

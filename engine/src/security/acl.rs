@@ -14,6 +14,13 @@
 //! ([`DefaultAcls`]); an empty list admits nobody but admins. Admins and the
 //! system principal pass every check.
 //!
+//! A snapshot stream `$snapshot-S` (aggregate snapshots of `S`, see
+//! [`cairn_storage::snapshot_base`]) has no ACL of its own: every access to
+//! it is decided by `S`'s ACL ([`Access::on_snapshot_base`]), so whoever may
+//! read `S` may read the state derived from it, and whoever may write `S` may
+//! write its snapshots. A `$acl` in its own metadata is ignored, so writing
+//! that metadata (retention) never opens the snapshots wider than `S`.
+//!
 //! Index reads (`$all`, `$ce-...`, `$et-...`) are open to every
 //! authenticated user but *filtered*: a [`Visibility`] admits an event only
 //! when its stream's read ACL admits the caller, so an event of a stream the
@@ -24,7 +31,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cairn_storage::Store;
+use cairn_storage::{Store, snapshot_base};
 
 use super::{Principal, Role};
 use crate::{Error, Result};
@@ -62,6 +69,18 @@ impl Access {
             Access::Delete => "$d",
             Access::MetadataRead => "$mr",
             Access::MetadataWrite => "$mw",
+        }
+    }
+
+    /// The access to the base stream `S` that decides this access to
+    /// `$snapshot-S`: reading its events or metadata needs `S`'s read;
+    /// writing its events or metadata (the retention the writer of snapshots
+    /// sets) needs `S`'s write; deleting needs `S`'s delete.
+    pub fn on_snapshot_base(self) -> Access {
+        match self {
+            Access::Read | Access::MetadataRead => Access::Read,
+            Access::Write | Access::MetadataWrite => Access::Write,
+            Access::Delete => Access::Delete,
         }
     }
 
@@ -276,6 +295,10 @@ impl Authorizer {
         if !self.enabled || principal.is_admin() {
             return true;
         }
+        let (access, stream) = match snapshot_base(stream) {
+            Some(base) => (access.on_snapshot_base(), base),
+            None => (access, stream),
+        };
         let own = self.stream_acl(stream);
         let grantees = match own.of(access) {
             Some(grantees) => grantees,
@@ -375,10 +398,13 @@ impl Visibility {
         let Some(filtered) = &self.0 else {
             return true;
         };
+        // A snapshot stream's events are admitted by its base stream's ACL,
+        // so the decision is as fresh as the base stream's metadata.
+        let acl_stream = snapshot_base(stream).unwrap_or(stream);
         let revision = filtered
             .authorizer
             .store
-            .metadata_revision(stream)
+            .metadata_revision(acl_stream)
             .flatten();
         let mut decided = filtered
             .decided
@@ -426,6 +452,15 @@ mod tests {
             let alice = Principal::user("alice", []);
             assert!(!acl.of(Access::Read).unwrap().admit(&alice));
         }
+    }
+
+    #[test]
+    fn snapshot_access_maps_to_the_base_streams_read_write_or_delete() {
+        assert_eq!(Access::Read.on_snapshot_base(), Access::Read);
+        assert_eq!(Access::MetadataRead.on_snapshot_base(), Access::Read);
+        assert_eq!(Access::Write.on_snapshot_base(), Access::Write);
+        assert_eq!(Access::MetadataWrite.on_snapshot_base(), Access::Write);
+        assert_eq!(Access::Delete.on_snapshot_base(), Access::Delete);
     }
 
     #[test]
