@@ -7,6 +7,7 @@
 //! cairn-bench crash     [--runs R] [--clients N]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--dir PATH] [--json FILE]
+//! cairn-bench dcb       [--stores cairn,umadb] [--seconds 20] [--dir PATH] [--json FILE]
 //! cairn-bench persistent [--addr URL] [--events N] [--json FILE]
 //! cairn-bench large     [--addr URL] [--sizes 65536,1048576] [--counts 2000,200] [--json FILE]
 //! cairn-bench many-streams [--addr URL] [--streams N] [--clients W] [--json FILE]
@@ -36,6 +37,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod clock;
 mod compare;
 mod crash;
+mod dcb;
 mod disk;
 mod fanout;
 mod large;
@@ -94,6 +96,10 @@ enum Command {
     /// Cairn and its peers (PostgreSQL, Redis, NATS, UmaDB) through W1-W6 in
     /// one run: one table with Cairn/peer ratios (peers from bench/peers.sh).
     Compare(compare::CompareArgs),
+    /// Dynamic consistency boundaries: conditional appends (1 and 16
+    /// clients), racing deciders and tag-query reads, Cairn and UmaDB in one
+    /// run, one table with Cairn/UmaDB ratios.
+    Dcb(dcb::DcbArgs),
     /// Consumer groups: events/s delivered and acked with 1 and 4 consumers.
     Persistent(persistent::PersistentArgs),
     /// Large events (64 KiB and 1 MiB): sequential durable appends and reads
@@ -131,6 +137,7 @@ fn main() -> ExitCode {
         Command::Storage(args) => storage::run(&args),
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
         Command::Compare(args) => block_on(compare::run(&args)),
+        Command::Dcb(args) => block_on(dcb::run(&args)),
         Command::Persistent(args) => block_on(persistent::run(&args)),
         Command::Large(args) => block_on(large::run(&args)),
         Command::ManyStreams(args) => block_on(many_streams::run(&args)),

@@ -22,6 +22,7 @@
 //! This crate only speaks the gRPC protocol (`cairn-proto`); it never sees the
 //! storage engine.
 
+mod aggregate;
 mod builder;
 mod dcb;
 mod error;
@@ -47,6 +48,10 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use transport::{Route, Transport};
 
+pub use aggregate::{
+    Aggregate, AggregateError, CodecError, Executed, Loaded, Repository, RepositoryOptions,
+    SNAPSHOT_EVENT_TYPE, SNAPSHOT_STREAM_PREFIX, SnapshotIgnored, SnapshotUse, snapshot_stream,
+};
 pub use builder::ClientBuilder;
 pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};

@@ -64,6 +64,8 @@ pub struct GroupSettings {
     pub checkpoint_after_events: Option<u32>,
     /// ...or this long after progress (default 1 s).
     pub checkpoint_after: Option<Duration>,
+    /// Most consumers connected at once (default 0: only the server's limit).
+    pub max_consumers: Option<u32>,
 }
 
 fn millis(duration: Duration) -> u32 {
@@ -85,6 +87,7 @@ impl GroupSettings {
             max_in_flight_per_consumer: self.max_in_flight_per_consumer,
             checkpoint_after_events: self.checkpoint_after_events,
             checkpoint_after_ms: self.checkpoint_after.map(millis),
+            max_consumers: self.max_consumers,
         }
     }
 
@@ -102,6 +105,7 @@ impl GroupSettings {
             max_in_flight_per_consumer: settings.max_in_flight_per_consumer,
             checkpoint_after_events: settings.checkpoint_after_events,
             checkpoint_after: duration(settings.checkpoint_after_ms),
+            max_consumers: settings.max_consumers,
         }
     }
 }

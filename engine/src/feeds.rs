@@ -277,8 +277,9 @@ impl Feeds {
 pub enum Feed {
     /// First message: the subscription's id.
     Confirmation(u64),
-    /// The next event.
-    Event(RecordedEvent),
+    /// The next event, shared with the live ring and every other
+    /// subscription that receives it (nothing is copied per subscriber).
+    Event(Arc<RecordedEvent>),
     /// History is exhausted; live delivery follows.
     CaughtUp {
         /// The committed head at that moment.
@@ -444,7 +445,7 @@ impl Subscription {
     /// Delivers `event` if it is at or after the cursor. `bytes` is what it
     /// holds from the budgets already (a catch-up page's share); without it
     /// the event's size is reserved first.
-    async fn deliver(&mut self, event: &RecordedEvent, bytes: Option<BytePermit>) -> Step {
+    async fn deliver(&mut self, event: &Arc<RecordedEvent>, bytes: Option<BytePermit>) -> Step {
         let at_or_after_cursor = match self.target {
             Target::Stream(_) => event.revision >= self.cursor,
             Target::Positions(_) => event.position >= self.cursor,
@@ -456,7 +457,8 @@ impl Subscription {
             Some(bytes) => bytes,
             None => self.reserve(event.size()).await?,
         };
-        self.send_holding(Feed::Event(event.clone()), bytes).await?;
+        self.send_holding(Feed::Event(Arc::clone(event)), bytes)
+            .await?;
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.cursor = match self.target {
             Target::Stream(_) => event.revision + 1,
@@ -599,13 +601,13 @@ impl Subscription {
             };
             let bytes = page.events.iter().map(RecordedEvent::size).sum();
             self.resize(&mut permit, bytes).await?;
-            for event in &page.events {
+            for event in page.events {
                 if !self.visibility.admits(&event.stream) {
                     continue;
                 }
                 self.skip_to(event.position).await?;
                 let share = permit.split(event.size());
-                self.deliver(event, Some(share)).await?;
+                self.deliver(&Arc::new(event), Some(share)).await?;
             }
             drop(permit);
             if let Some(scanned) = page.scanned_through {

@@ -533,6 +533,7 @@ fn group_settings() -> impl Strategy<Value = Option<pb::GroupSettings>> {
         max_in_flight_per_consumer: prop::option::of(number32()),
         checkpoint_after_events: prop::option::of(number32()),
         checkpoint_after_ms: prop::option::of(number32()),
+        max_consumers: prop::option::of(number32()),
     }))
 }
 

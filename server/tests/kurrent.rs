@@ -2,7 +2,9 @@
 //! listener): the real Python client `kurrentdbclient` against it
 //! (tests/python/test_kurrent.py), events crossing between `cairn.v1` and
 //! the facade unchanged, server features and unimplemented services, and
-//! credentials and ACLs enforced through the facade on a secure server.
+//! credentials and ACLs enforced through the facade on a secure server
+//! (where only Gossip.Read and ServerFeatures.GetSupportedMethods are
+//! anonymous).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,6 +13,10 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use cairn_client::{EventData, ExpectedRevision, ReadOptions, StreamMetadata};
+use cairn_proto::kurrent::gossip as gossip_pb;
+use cairn_proto::kurrent::gossip::gossip_client::GossipClient;
+use cairn_proto::kurrent::persistent as persistent_pb;
+use cairn_proto::kurrent::persistent::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use cairn_proto::kurrent::server_features::server_features_client::ServerFeaturesClient;
 use cairn_proto::kurrent::shared;
 use cairn_proto::kurrent::streams as pb;
@@ -319,7 +325,7 @@ async fn credentials_and_acls_apply_through_the_facade() {
         .unwrap();
     let ca = std::fs::read(&server.tls.as_ref().unwrap().files.ca).unwrap();
     let channel = cairn_testkit::tls_channel(server.kurrent_address.unwrap(), &ca, None).await;
-    let mut kurrent = StreamsClient::new(channel);
+    let mut kurrent = StreamsClient::new(channel.clone());
     let reader = basic("reader", PASSWORD);
     let admin_credentials = basic("admin", ADMIN_PASSWORD);
     let append = |authorization: Option<&str>| {
@@ -335,6 +341,38 @@ async fn credentials_and_acls_apply_through_the_facade() {
         request
     };
 
+    // Discovery is anonymous, as on KurrentDB (clients call it before they
+    // authenticate): gossip names the leader, features list the methods.
+    let cluster = GossipClient::new(channel.clone())
+        .read(shared::Empty {})
+        .await
+        .expect("anonymous Gossip.Read")
+        .into_inner();
+    assert_eq!(cluster.members.len(), 1, "{cluster:?}");
+    assert_eq!(
+        cluster.members[0].state,
+        gossip_pb::member_info::VNodeState::Leader as i32
+    );
+    let methods = ServerFeaturesClient::new(channel.clone())
+        .get_supported_methods(shared::Empty {})
+        .await
+        .expect("anonymous ServerFeatures.GetSupportedMethods")
+        .into_inner();
+    assert!(!methods.methods.is_empty());
+    // Nothing else is: an anonymous read or persistent-subscription list is
+    // UNAUTHENTICATED.
+    let status = read_events(
+        &mut kurrent,
+        with_auth(read_stream_request("guarded"), None),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    let status = PersistentSubscriptionsClient::new(channel)
+        .list(persistent_pb::ListReq { options: None })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     // No credentials, or wrong ones: UNAUTHENTICATED.
     let status = kurrent.append(append(None)).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated);

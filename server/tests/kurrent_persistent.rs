@@ -2,7 +2,8 @@
 //! Python client `kurrentdbclient` against them
 //! (tests/python/test_kurrent_persistent.py), groups crossing between the
 //! facade and `cairn.v1` both ways, the bounds of a Read call's messages in
-//! bytes and in ids, and credentials and access on a secure server.
+//! bytes and in ids, a group's `max_subscriber_count` and the trailers of
+//! its refusal, and credentials and access on a secure server.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -251,6 +252,56 @@ async fn groups_cross_between_the_facade_and_cairn_v1() {
     }
     assert_eq!(acked, 1);
     drop(sender);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_subscriber_count_is_kept_and_refuses_with_kurrentdb_trailers() {
+    let server = TestServer::start_with(kurrent_on).await;
+    let cairn = server.client().await;
+    let mut kurrent = persistent_client(&server).await;
+    let mut create = create_on_stream("solo-1", "single");
+    if let Some(settings) = create
+        .options
+        .as_mut()
+        .and_then(|options| options.settings.as_mut())
+    {
+        settings.max_subscriber_count = 1;
+    }
+    kurrent.create(create).await.unwrap();
+    // Kept by the engine: cairn.v1 shows it as the group's max_consumers.
+    let native = cairn.group_info("solo-1__single").await.unwrap();
+    assert_eq!(native.settings.max_consumers, Some(1));
+
+    let (first, _responses) = open_read(&mut kurrent, "solo-1", "single").await;
+    let (sender, receiver) = mpsc::channel(1);
+    sender.send(read_options("solo-1", "single")).await.unwrap();
+    // Refused at the call or at its first message, as tonic delivers it.
+    let status = match kurrent.read(ReceiverStream::new(receiver)).await {
+        Err(status) => status,
+        Ok(response) => response.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("Maximum subscriptions reached"),
+        "{}",
+        status.message()
+    );
+    let trailer = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(trailer("exception"), "maximum-subscribers-reached");
+    assert_eq!(trailer("stream-name"), "solo-1");
+    assert_eq!(trailer("group-name"), "single");
+    drop((first, sender));
     server.stop().await;
 }
 

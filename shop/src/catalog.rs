@@ -1,12 +1,20 @@
 //! The catalog service: categories and products (name, price, supplier, units
 //! in stock), and the saga step that reserves stock for an order.
 //!
-//! Writes only `category-*` and `product-*` streams. Its read model owns the
-//! `categories` and `products` tables.
+//! Writes only `category-*` and `product-*` streams (and the snapshots of
+//! the latter, `$snapshot-product-*`). Its read model owns the `categories`
+//! and `products` tables.
+//!
+//! A product's stream grows with every order (stock reserved, refused,
+//! released) without bound, so products load through a
+//! [`cairn_client::Repository`] with snapshots: the latest snapshot, then
+//! only the events after it ([`PRODUCT_SNAPSHOT_EVERY`]).
 
 use std::collections::{HashMap, HashSet};
 
-use cairn_client::{Client, Filter, RecordedEvent};
+use cairn_client::{
+    AggregateError, Client, CodecError, EventData, Filter, RecordedEvent, Repository,
+};
 use rusqlite::Transaction;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -45,8 +53,9 @@ impl Aggregate for Category {
     }
 }
 
-/// A product as its stream tells it.
-#[derive(Debug, Clone, Default)]
+/// A product as its stream tells it. Its snapshot is this struct as JSON
+/// (schema [`PRODUCT_SNAPSHOT_SCHEMA`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Product {
     /// Whether it was added (a stream holding only refusals has not).
     pub exists: bool,
@@ -71,6 +80,90 @@ pub struct Product {
 impl Aggregate for Product {
     type Event = ProductEvent;
     fn apply(&mut self, event: &ProductEvent) {
+        self.fold(event);
+    }
+}
+
+/// Products snapshot after this many events not covered by a snapshot.
+pub const PRODUCT_SNAPSHOT_EVERY: u64 = 100;
+
+/// The layout of product snapshots: bump it whenever [`Product`]'s fields
+/// or [`Product::fold`] change, so older snapshots are ignored.
+pub const PRODUCT_SNAPSHOT_SCHEMA: &str = "shop.product/1";
+
+impl cairn_client::Aggregate for Product {
+    type Event = ProductEvent;
+    const SNAPSHOT_SCHEMA: &'static str = PRODUCT_SNAPSHOT_SCHEMA;
+
+    fn decode(event: &RecordedEvent) -> std::result::Result<ProductEvent, CodecError> {
+        Ok(decode::<ProductEvent>(event)?)
+    }
+
+    fn apply(&mut self, event: &ProductEvent) {
+        self.fold(event);
+    }
+
+    fn to_snapshot(&self) -> std::result::Result<Vec<u8>, CodecError> {
+        Ok(serde_json::to_vec(self)?)
+    }
+
+    fn from_snapshot(bytes: &[u8]) -> std::result::Result<Self, CodecError> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// The repository products load and change through (snapshots on).
+pub fn products(client: &Client) -> Repository<Product> {
+    Repository::new(client.clone()).snapshot_every(PRODUCT_SNAPSHOT_EVERY)
+}
+
+/// Loads a product (from its latest snapshot).
+pub async fn load_product(client: &Client, id: Uuid) -> Result<Product> {
+    products(client)
+        .load(&stream(PRODUCT, id))
+        .await
+        .map(|loaded| loaded.state)
+        .map_err(|error| shop_error(error.widen()))
+}
+
+/// Runs a command on a product (see [`crate::eventstore::execute`], whose
+/// contract it keeps): an append refused because its (derived) event ids
+/// were already written counts as done, a redelivered cause already had its
+/// effect.
+async fn execute_product<T: Clone>(
+    client: &Client,
+    id: Uuid,
+    mut decide: impl FnMut(&Product) -> Result<(Vec<EventData>, T)>,
+) -> Result<T> {
+    let mut decided = None;
+    let outcome = products(client)
+        .execute(&stream(PRODUCT, id), |product| {
+            let (events, output) = decide(product)?;
+            decided = Some(output.clone());
+            Ok((events, output))
+        })
+        .await;
+    match outcome {
+        Ok(executed) => Ok(executed.output),
+        Err(AggregateError::Client(cairn_client::Error::DuplicateEventId(_))) => decided
+            .ok_or_else(|| ShopError::Internal("a duplicate event id before any decision".into())),
+        Err(error) => Err(shop_error(error)),
+    }
+}
+
+/// A repository failure as the shop's error.
+fn shop_error(error: AggregateError<ShopError>) -> ShopError {
+    match error {
+        AggregateError::Rejected(error) => error,
+        AggregateError::Client(error) => ShopError::Cairn(error),
+        AggregateError::Conflict { .. } => ShopError::Conflict(error.to_string()),
+        other => ShopError::BadEvent(other.to_string()),
+    }
+}
+
+impl Product {
+    /// Folds one event in (both aggregate traits' `apply`).
+    fn fold(&mut self, event: &ProductEvent) {
         match event {
             ProductEvent::ProductAdded {
                 category_id,
@@ -207,10 +300,7 @@ pub async fn add_product(client: &Client, product: NewProduct) -> Result<Uuid> {
     require_category(client, product.category_id).await?;
     let id = Uuid::new_v4();
     let event = encode(&event, Uuid::new_v4())?;
-    execute::<Product, _>(client, &stream(PRODUCT, id), |_| {
-        Ok((vec![event.clone()], id))
-    })
-    .await
+    execute_product(client, id, |_| Ok((vec![event.clone()], id))).await
 }
 
 /// Changes a product's details, price and/or stock in one atomic append.
@@ -234,7 +324,7 @@ pub async fn update_product(client: &Client, id: Uuid, changes: ProductChanges) 
     }
     // Ids fixed before the loop: a retry after a lost response is a replay.
     let ids = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
-    execute::<Product, _>(client, &stream(PRODUCT, id), |product| {
+    execute_product(client, id, |product| {
         if !product.exists || product.deleted {
             return Err(ShopError::NotFound {
                 what: "product",
@@ -269,7 +359,7 @@ pub async fn update_product(client: &Client, id: Uuid, changes: ProductChanges) 
 /// Withdraws a product.
 pub async fn delete_product(client: &Client, id: Uuid) -> Result<()> {
     let event = encode(&ProductEvent::ProductDeleted {}, Uuid::new_v4())?;
-    execute::<Product, _>(client, &stream(PRODUCT, id), |product| {
+    execute_product(client, id, |product| {
         if !product.exists || product.deleted {
             return Err(ShopError::NotFound {
                 what: "product",
@@ -308,7 +398,7 @@ impl Handler for StockHandler {
                 quantity,
             } => {
                 let decision_id = derived_id(event.id, "catalog-decision");
-                execute::<Product, _>(client, &stream(PRODUCT, product_id), |product| {
+                execute_product(client, product_id, |product| {
                     if product.decided.contains(&order_id) {
                         return Ok((vec![], ()));
                     }
@@ -338,17 +428,15 @@ impl Handler for StockHandler {
             }
             OrderEvent::OrderRejected { product_id, .. } => {
                 let release_id = derived_id(event.id, "catalog-release");
-                execute::<Product, _>(
-                    client,
-                    &stream(PRODUCT, product_id),
-                    |product| match product.reservations.get(&order_id) {
+                execute_product(client, product_id, |product| {
+                    match product.reservations.get(&order_id) {
                         Some(&quantity) => {
                             let release = ProductEvent::StockReleased { order_id, quantity };
                             Ok((vec![encode(&release, release_id)?], ()))
                         }
                         None => Ok((vec![], ())),
-                    },
-                )
+                    }
+                })
                 .await
             }
             OrderEvent::OrderApproved { .. } => Ok(()),

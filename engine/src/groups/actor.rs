@@ -15,6 +15,7 @@
 //! ends every consumer's call.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_storage::{
@@ -451,7 +452,8 @@ impl GroupActor {
         match item {
             Some(Ok(Feed::Event(event))) => {
                 self.last_feed_error = None;
-                self.machine.source_event(event, now());
+                self.machine
+                    .source_event(Arc::unwrap_or_clone(event), now());
             }
             Some(Ok(Feed::Checkpoint { position })) => {
                 self.machine.source_checkpoint(position, now());

@@ -79,6 +79,12 @@ pub struct GroupSettings {
     pub checkpoint_after_events: u32,
     /// ...or this long after the last write, whichever comes first.
     pub checkpoint_after_ms: u32,
+    /// Most consumers connected at once; 0: no limit of the group's own (the
+    /// server's `max_consumers_per_group` applies either way). Checked when a
+    /// consumer joins: lowering it leaves the consumers already connected.
+    /// Records written before this setting existed read as 0.
+    #[serde(default)]
+    pub max_consumers: u32,
 }
 
 impl Default for GroupSettings {
@@ -90,6 +96,7 @@ impl Default for GroupSettings {
             max_in_flight_per_consumer: 64,
             checkpoint_after_events: 100,
             checkpoint_after_ms: 1_000,
+            max_consumers: 0,
         }
     }
 }
@@ -359,6 +366,14 @@ mod tests {
             serde_json::from_slice::<GroupRecord>(&json).unwrap(),
             record
         );
+    }
+
+    #[test]
+    fn settings_stored_before_max_consumers_read_as_unlimited() {
+        let stored = br#"{"strategy":"RoundRobin","max_retries":10,"message_timeout_ms":30000,"max_in_flight_per_consumer":64,"checkpoint_after_events":100,"checkpoint_after_ms":1000}"#;
+        let settings: GroupSettings = serde_json::from_slice(stored).unwrap();
+        assert_eq!(settings, GroupSettings::default());
+        assert_eq!(settings.max_consumers, 0);
     }
 
     #[test]

@@ -454,7 +454,10 @@ impl GroupMachine {
 
     // ----- consumers -----
 
-    /// Admits a consumer, unless the group already has `max_consumers`.
+    /// Admits a consumer, unless the group already has `max_consumers` (the
+    /// server's limit) or its own `settings.max_consumers` (when not 0),
+    /// whichever is lower; the refusal names the limit that applied (the
+    /// server's when they are equal).
     /// `max_in_flight` 0 takes the group's limit; a larger one is capped by it.
     /// Deliveries to it may be queued at once: tell it it joined before
     /// carrying them out (and [`leave`](Self::leave) if that fails).
@@ -465,6 +468,13 @@ impl GroupMachine {
         max_consumers: usize,
         now: Instant,
     ) -> Result<Joined, Error> {
+        let own_limit = usize::try_from(self.settings.max_consumers).unwrap_or(usize::MAX);
+        if own_limit > 0 && own_limit < max_consumers && self.consumers.len() >= own_limit {
+            return Err(Error::LimitExceeded(format!(
+                "group '{}' already has {own_limit} consumers (its max_consumers setting)",
+                self.group
+            )));
+        }
         if self.consumers.len() >= max_consumers {
             return Err(Error::LimitExceeded(format!(
                 "group '{}' already has {max_consumers} consumers (the server's max_consumers_per_group)",

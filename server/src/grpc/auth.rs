@@ -2,7 +2,9 @@
 //! the `authorization` metadata (HTTP Basic or a bearer token) and the peer
 //! address, asks the engine who that is, and either stores the
 //! [`Principal`] in the request's extensions or answers UNAUTHENTICATED
-//! before any adapter runs. Health checks and reflection need no credentials.
+//! before any adapter runs. Health checks, reflection and two KurrentDB
+//! discovery methods (Gossip.Read, ServerFeatures.GetSupportedMethods) need
+//! no credentials, and get no principal.
 //!
 //! Adapters take the caller with [`principal`] and hand it to the engine,
 //! which makes every access decision. This module never logs a credential.
@@ -27,6 +29,21 @@ const OPEN_PREFIXES: [&str; 3] = [
     "/grpc.reflection.v1.",
     "/grpc.reflection.v1alpha.",
 ];
+
+/// Methods served without credentials, matched exactly: KurrentDB answers
+/// them anonymously and its clients call them before authenticating (to find
+/// the leader and the methods the server has). They reveal only the
+/// advertised host and port and the list of implemented methods; their
+/// handlers take no principal. Nothing else of those services is open.
+const OPEN_METHODS: [&str; 2] = [
+    "/event_store.client.gossip.Gossip/Read",
+    "/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
+];
+
+/// Whether a call to `path` is served without credentials.
+fn is_open(path: &str) -> bool {
+    OPEN_PREFIXES.iter().any(|open| path.starts_with(open)) || OPEN_METHODS.contains(&path)
+}
 
 /// The caller of `request`, as the authentication layer found it. A request
 /// that did not pass the layer has no principal and is refused: a missing
@@ -115,7 +132,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = request.uri().path();
-        if OPEN_PREFIXES.iter().any(|open| path.starts_with(open)) {
+        if is_open(path) {
             return Box::pin(inner.call(request));
         }
         if !self.security.enabled() {
@@ -169,6 +186,29 @@ mod tests {
             credentials_of(&header("bearer cairn_abc")).unwrap(),
             Credentials::Bearer("cairn_abc".into())
         );
+    }
+
+    #[test]
+    fn only_health_reflection_and_the_kurrent_discovery_methods_are_open() {
+        for open in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/event_store.client.gossip.Gossip/Read",
+            "/event_store.client.server_features.ServerFeatures/GetSupportedMethods",
+        ] {
+            assert!(is_open(open), "{open}");
+        }
+        for closed in [
+            "/event_store.client.streams.Streams/Read",
+            "/event_store.client.gossip.Gossip/ReadAll",
+            "/event_store.client.gossip.Gossip/",
+            "/event_store.client.server_features.ServerFeatures/GetSupportedMethodsX",
+            "/event_store.client.operations.Operations/StartScavenge",
+            "/cairn.v1.Streams/Read",
+            "/event_store.client.gossip.Gossip/Read/",
+        ] {
+            assert!(!is_open(closed), "{closed}");
+        }
     }
 
     #[test]

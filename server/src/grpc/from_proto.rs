@@ -305,6 +305,7 @@ pub fn group_settings(base: GroupSettings, patch: &pb::GroupSettings) -> GroupSe
         checkpoint_after_ms: patch
             .checkpoint_after_ms
             .unwrap_or(base.checkpoint_after_ms),
+        max_consumers: patch.max_consumers.unwrap_or(base.max_consumers),
     }
 }
 

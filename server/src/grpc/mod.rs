@@ -24,7 +24,6 @@ use cairn_proto::v1::operations_server::OperationsServer;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use cairn_proto::v1::server_server::ServerServer;
 use cairn_proto::v1::streams_server::StreamsServer;
-use cairn_proto::v1::subscriptions_server::SubscriptionsServer;
 use cairn_proto::v1::users_server::UsersServer;
 use cairn_storage::Durability;
 use tokio::net::TcpListener;
@@ -183,9 +182,7 @@ pub async fn serve(
     let streams = StreamsServer::new(streams::StreamsService::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let subscriptions =
-        SubscriptionsServer::new(subscriptions::SubscriptionsService::new(engine.clone()))
-            .max_encoding_message_size(max_message);
+    let subscriptions = subscriptions::SubscriptionsService::new(engine.clone(), max_message);
     let persistent_subscriptions =
         PersistentSubscriptionsServer::new(persistent::PersistentService::new(engine.clone()))
             .max_decoding_message_size(persistent::CONSUME_MESSAGE_BYTES)

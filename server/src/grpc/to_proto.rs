@@ -1,6 +1,8 @@
 //! Domain -> proto: converts engine and storage results into outgoing
 //! `cairn.v1` messages.
 
+use std::sync::Arc;
+
 use cairn_proto::v1 as pb;
 use cairn_storage::{AppendResult, RecordedEvent, StreamInfo, StreamMetadata, StreamState};
 
@@ -21,6 +23,22 @@ pub fn event_owned(event: RecordedEvent) -> pb::RecordedEvent {
         metadata: event.metadata,
         data: event.data,
         tags: event.tags,
+    }
+}
+
+/// A recorded event by reference (for events shared by many subscriptions).
+pub fn event_ref(event: &RecordedEvent) -> pb::RecordedEvent {
+    pb::RecordedEvent {
+        id: uuid_text(&event.id),
+        stream: event.stream.clone(),
+        revision: event.revision,
+        position: event.position,
+        r#type: event.event_type.clone(),
+        content_type: event.content_type.clone(),
+        created: Some(prost_types::Timestamp::from(event.created)),
+        metadata: event.metadata.clone(),
+        data: event.data.clone(),
+        tags: event.tags.clone(),
     }
 }
 
@@ -83,6 +101,7 @@ pub fn group_settings(settings: &GroupSettings) -> pb::GroupSettings {
         max_in_flight_per_consumer: Some(settings.max_in_flight_per_consumer),
         checkpoint_after_events: Some(settings.checkpoint_after_events),
         checkpoint_after_ms: Some(settings.checkpoint_after_ms),
+        max_consumers: Some(settings.max_consumers),
     }
 }
 
@@ -132,7 +151,7 @@ pub fn feed(feed: Feed) -> pb::SubscribeResponse {
         Feed::Confirmation(id) => Content::Confirmation(pb::Confirmation {
             subscription_id: id.to_string(),
         }),
-        Feed::Event(event) => Content::Event(event_owned(event)),
+        Feed::Event(event) => Content::Event(event_owned(Arc::unwrap_or_clone(event))),
         Feed::CaughtUp { head } => Content::CaughtUp(pb::CaughtUp {
             head_position: head,
         }),

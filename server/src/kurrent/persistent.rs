@@ -31,8 +31,10 @@
 //! Pinned (Cairn's pinned-by-stream). Cairn groups cannot store the rest:
 //! `min_checkpoint_count`, `read_batch_size`, `history_buffer_size` and
 //! `extra_statistics` are accepted and ignored (info shows the KurrentDB
-//! defaults); `max_subscriber_count` is not kept per group (the server's
-//! `max_consumers_per_group` applies, info shows 0); `resolve_links` is not
+//! defaults); `max_subscriber_count` is the group's `max_consumers` (0: no
+//! limit of its own; the server's `max_consumers_per_group` applies either
+//! way, and a Read beyond either is KurrentDB's "Maximum subscriptions
+//! reached"); `resolve_links` is not
 //! kept: groups on `$ce-`/`$et-` always deliver the event with its link (as
 //! `resolve_links = true`), other sources have no links. An update changes
 //! settings only: the start is fixed at creation (groups resume from their
@@ -251,15 +253,25 @@ fn group_status(error: Error, stream: &str, group: &str) -> Status {
     }
 }
 
-/// A join refused for the server's consumer limit, as KurrentDB words it
-/// (clients raise their "maximum subscriptions reached" error on it).
+/// A join refused for a consumer limit (the group's `max_subscriber_count`
+/// or the server's), as KurrentDB words it: clients match the message's
+/// start ("Maximum subscriptions reached") or the `exception` trailer and
+/// raise their "maximum subscriptions reached" error, naming the stream and
+/// group from the trailers.
 fn join_status(error: Error, stream: &str, group: &str) -> Status {
     match error {
         Error::LimitExceeded(message) => error::with_trailers(
             Code::FailedPrecondition,
-            format!("Maximum subscriptions reached. {message}"),
+            format!(
+                "Maximum subscriptions reached for subscription group '{}' on stream '{}': {message}",
+                error::echoed(group),
+                error::echoed(stream)
+            ),
             "maximum-subscribers-reached",
-            &[],
+            &[
+                ("stream-name", error::echoed(stream).to_owned()),
+                ("group-name", error::echoed(group).to_owned()),
+            ],
         ),
         other => group_status(other, stream, group),
     }
@@ -317,6 +329,8 @@ struct WireSettings {
     message_timeout_ms: Option<i64>,
     checkpoint_after_ms: Option<i64>,
     strategy: Strategy,
+    /// 0: no limit of the group's own.
+    max_subscriber_count: i32,
 }
 
 /// 100 ns ticks as milliseconds.
@@ -377,6 +391,7 @@ impl WireSettings {
                 CheckpointAfter::CheckpointAfterMs(ms) => i64::from(ms),
             }),
             strategy,
+            max_subscriber_count: settings.max_subscriber_count,
         })
     }
 
@@ -395,10 +410,13 @@ impl WireSettings {
                 CheckpointAfter::CheckpointAfterMs(ms) => i64::from(ms),
             }),
             strategy: strategy_numbered(settings.named_consumer_strategy)?,
+            max_subscriber_count: settings.max_subscriber_count,
         })
     }
 
-    /// `base` with these settings; unset (zero) counts keep `base`'s.
+    /// `base` with these settings; unset (zero) counts keep `base`'s, except
+    /// `max_subscriber_count`, whose 0 means "no limit" (clients always send
+    /// it, Update included).
     fn apply(&self, base: &GroupSettings) -> Result<GroupSettings, Status> {
         let non_negative = |value: i64, what: &str| -> Result<u32, Status> {
             if value < 0 {
@@ -428,6 +446,8 @@ impl WireSettings {
                 0 => base.max_in_flight_per_consumer,
                 size => size.min(MAX_IN_FLIGHT_LIMIT),
             };
+        let max_consumers =
+            non_negative(i64::from(self.max_subscriber_count), "max_subscriber_count")?;
         Ok(GroupSettings {
             strategy: self.strategy,
             max_retries,
@@ -435,6 +455,7 @@ impl WireSettings {
             max_in_flight_per_consumer,
             checkpoint_after_events,
             checkpoint_after_ms,
+            max_consumers,
         })
     }
 }
@@ -608,7 +629,7 @@ fn subscription_info(report: &GroupReport) -> pb::SubscriptionInfo {
         total_in_flight_messages: saturating_i32(status.in_flight),
         outstanding_messages_count: saturating_i32(status.in_flight),
         named_consumer_strategy: strategy_name(settings.strategy).to_owned(),
-        max_subscriber_count: 0,
+        max_subscriber_count: saturating_i32(u64::from(settings.max_consumers)),
         parked_message_count: saturating_i64(report.parked),
     }
 }
@@ -1291,8 +1312,19 @@ mod tests {
             message_timeout_ms: Some(0),
             checkpoint_after_ms: Some(2_000),
             strategy: Strategy::PinnedByStream,
+            max_subscriber_count: 1,
         };
         let settings = wire.apply(&GroupSettings::default()).unwrap();
+        assert_eq!(settings.max_consumers, 1);
+        let unlimited = WireSettings {
+            max_subscriber_count: 0,
+            ..wire
+        };
+        let with_limit = GroupSettings {
+            max_consumers: 3,
+            ..GroupSettings::default()
+        };
+        assert_eq!(unlimited.apply(&with_limit).unwrap().max_consumers, 0);
         assert_eq!(settings.max_retries, 3);
         assert_eq!(settings.checkpoint_after_events, 50);
         assert_eq!(settings.max_in_flight_per_consumer, MAX_IN_FLIGHT_LIMIT);
@@ -1300,6 +1332,11 @@ mod tests {
         assert_eq!(settings.checkpoint_after_ms, 2_000);
         let negative = WireSettings {
             max_retry_count: -1,
+            ..wire
+        };
+        assert!(negative.apply(&GroupSettings::default()).is_err());
+        let negative = WireSettings {
+            max_subscriber_count: -1,
             ..wire
         };
         assert!(negative.apply(&GroupSettings::default()).is_err());

@@ -3,7 +3,8 @@
 with the real Python client `kurrentdbclient` (PyPI), unchanged: groups on a
 stream, on `$ce-` and on `$all` (filtered, from a position); create, read,
 ack, nack park/retry/skip, replay parked, get info, list, update, delete;
-and the server's consumer limit as "maximum subscriptions reached".
+and a group's max_subscriber_count and the server's consumer limit as
+"maximum subscriptions reached".
 
 Usage: python3 test_kurrent_persistent.py CONNECTION_STRING MAX_CONSUMERS
 
@@ -311,6 +312,33 @@ def more_consumers_than_the_server_takes_is_maximum_subscriptions_reached(client
     else:
         raise AssertionError("one consumer more than the limit joined")
     for subscription in subscriptions:
+        subscription.stop()
+    client.delete_subscription(group, stream)
+
+
+@check
+def a_groups_max_subscriber_count_refuses_the_consumer_beyond_it(client):
+    stream = unique("solo")
+    group = unique("single")
+    client.create_subscription_to_stream(group, stream, max_subscriber_count=1)
+    assert info_of(client, group, stream).max_subscriber_count == 1
+    first = client.read_subscription_to_stream(group, stream, timeout=TIMEOUT)
+    try:
+        client.read_subscription_to_stream(group, stream, timeout=TIMEOUT)
+    except MaximumSubscriptionsReachedError:
+        pass
+    else:
+        raise AssertionError("a second reader joined a group of max_subscriber_count 1")
+    assert len(info_of(client, group, stream).connections) == 1
+    # Raised by an update, the limit lets the second reader in; the client
+    # updates from the info it reads, so an unrelated update keeps it.
+    client.update_subscription_to_stream(group, stream, max_subscriber_count=2)
+    client.update_subscription_to_stream(group, stream, max_retry_count=3)
+    info = info_of(client, group, stream)
+    assert info.max_subscriber_count == 2 and info.max_retry_count == 3, info
+    second = client.read_subscription_to_stream(group, stream, timeout=TIMEOUT)
+    assert len(info_of(client, group, stream).connections) == 2
+    for subscription in (first, second):
         subscription.stop()
     client.delete_subscription(group, stream)
 

@@ -40,6 +40,7 @@ fn settings(strategy: Routing) -> GroupSettings {
         max_in_flight_per_consumer: 10,
         checkpoint_after_events: 1,
         checkpoint_after_ms: 1_000,
+        max_consumers: 0,
     }
 }
 
@@ -161,6 +162,42 @@ fn join_is_refused_beyond_max_consumers_and_capped_in_flight() {
         machine.join("c".into(), 1, 2, now),
         Err(Error::LimitExceeded(_))
     ));
+}
+
+#[test]
+fn join_is_refused_beyond_the_groups_own_max_consumers() {
+    let now = Instant::now();
+    let own = GroupSettings {
+        max_consumers: 1,
+        ..settings(Routing::RoundRobin)
+    };
+    let mut machine = GroupMachine::new(&definition("s", own.clone()), None, now).unwrap();
+    let first = machine.join("a".into(), 0, 256, now).unwrap().consumer;
+    match machine.join("b".into(), 0, 256, now) {
+        Err(Error::LimitExceeded(message)) => {
+            assert!(message.contains("its max_consumers"), "{message}");
+        }
+        other => panic!("a second consumer joined a group of one: {other:?}"),
+    }
+    // The server's lower limit is the one named when it applies first.
+    match machine.join("b".into(), 0, 1, now) {
+        Err(Error::LimitExceeded(message)) => {
+            assert!(message.contains("max_consumers_per_group"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A place frees up when the consumer leaves; 0 lifts the group's limit.
+    machine.leave(first, false, now);
+    machine.join("b".into(), 0, 256, now).unwrap();
+    machine.update(
+        GroupSettings {
+            max_consumers: 0,
+            ..own
+        },
+        now,
+    );
+    machine.join("c".into(), 0, 256, now).unwrap();
+    assert_eq!(machine.status().consumers.len(), 2);
 }
 
 #[test]
@@ -575,6 +612,7 @@ impl Tunables {
             max_in_flight_per_consumer: self.max_in_flight_per_consumer,
             checkpoint_after_events: self.checkpoint_after_events,
             checkpoint_after_ms: self.checkpoint_after_ms,
+            max_consumers: 0,
         }
     }
 }
