@@ -1260,11 +1260,14 @@ fn table(report: &Report) -> String {
     }
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     out.push_str(&markdown_table_with(&header_refs, &cells, &[0]));
-    let _ = writeln!(
-        out,
-        "\nCairn ÷ UmaDB: above 1 means Cairn is ahead (throughput Cairn ÷ UmaDB, latency \
-         UmaDB ÷ Cairn).\n"
-    );
+    if cairn.is_some() && umadb.is_some() {
+        let _ = writeln!(
+            out,
+            "\nCairn ÷ UmaDB: above 1 means Cairn is ahead (throughput Cairn ÷ UmaDB, latency \
+             UmaDB ÷ Cairn)."
+        );
+    }
+    let _ = writeln!(out);
     for run in &report.runs {
         let _ = writeln!(
             out,

@@ -223,8 +223,10 @@ pub enum SnapshotIgnored {
         /// The stream's last revision.
         head: Option<u64>,
     },
-    /// The events right after it are gone (deleted, truncated, or the stream
-    /// deleted and recreated): the first event after it is `next`.
+    /// The stream still starts where the snapshot's state started, but the
+    /// events right after the snapshot cannot be read (hidden by `max_age`,
+    /// or deleted between the load's reads): the first event after it is
+    /// `next`.
     Gap {
         /// The snapshot's revision.
         revision: u64,
@@ -317,11 +319,20 @@ impl AggregateError {
 
 /// Loads and runs commands on aggregates of type `A`, one stream per
 /// aggregate. Cheap to clone (it holds a [`Client`]).
-#[derive(Debug)]
 pub struct Repository<A> {
     client: Client,
     options: RepositoryOptions,
     aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> std::fmt::Debug for Repository<A> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Repository")
+            .field("aggregate", &std::any::type_name::<A>())
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl<A> Clone for Repository<A> {
@@ -409,8 +420,17 @@ impl<A: Aggregate> Repository<A> {
                 },
             }
         };
-        if let SnapshotUse::Ignored(why) = &snapshot {
-            tracing::warn!(stream, ?why, "snapshot ignored; replaying the whole stream");
+        match &snapshot {
+            // Only a corrupt snapshot is news: the others are a recreated or
+            // truncated stream, or a layout change, and heal with the next
+            // snapshot written.
+            SnapshotUse::Ignored(why @ SnapshotIgnored::Undecodable(_)) => {
+                tracing::warn!(stream, ?why, "snapshot ignored; replaying the whole stream");
+            }
+            SnapshotUse::Ignored(why) => {
+                tracing::debug!(stream, ?why, "snapshot ignored; replaying the whole stream");
+            }
+            _ => {}
         }
         let loaded = match self.fold(stream, A::default(), None).await? {
             Fold::Missing | Fold::Gap { .. } => Loaded {

@@ -206,7 +206,7 @@ impl Client {
         options: ReadOptions,
     ) -> Result<EventStream> {
         let source = source.into();
-        let is_stream = !source.starts_with('$');
+        let is_stream = is_stream_name(&source);
         let from = match options.from {
             ReadFrom::Default => None,
             ReadFrom::Start => Some(pb::read_request::From::Start(())),
@@ -382,6 +382,13 @@ impl Client {
             .await?;
         Ok(response.into_inner().status() == ServingStatus::Serving)
     }
+}
+
+/// Whether `source` names one stream (read by revision) rather than an index
+/// (`$all`, `$ce-...`, `$et-...`, read by position). `$snapshot-...` and
+/// `$sys-...` are streams.
+fn is_stream_name(source: &str) -> bool {
+    !(source == "$all" || source.starts_with("$ce-") || source.starts_with("$et-"))
 }
 
 fn filter_to_proto(filter: Filter) -> pb::ReadFilter {

@@ -171,7 +171,7 @@ impl Client {
     ) -> Result<Subscription> {
         use pb::subscribe_request::From;
         let source = source.into();
-        let is_stream = !source.starts_with('$');
+        let is_stream = crate::is_stream_name(&source);
         let from = match options.from {
             SubscribeFrom::Start => From::Start(()),
             SubscribeFrom::End => From::End(()),

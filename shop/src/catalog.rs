@@ -578,3 +578,45 @@ pub(crate) fn millis(event: &RecordedEvent) -> i64 {
         .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_client::Aggregate as _;
+
+    use super::*;
+
+    #[test]
+    fn a_product_snapshot_restores_the_state_it_was_taken_of() {
+        let (order, refused) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut product = Product::default();
+        for event in [
+            ProductEvent::ProductAdded {
+                category_id: Uuid::new_v4(),
+                name: "Tea".into(),
+                price_cents: 450,
+                supplier: "Leaf & Co".into(),
+                stock: 10,
+            },
+            ProductEvent::StockReserved {
+                order_id: order,
+                customer_id: Uuid::new_v4(),
+                quantity: 3,
+                unit_price_cents: 450,
+                total_cents: 1350,
+            },
+            ProductEvent::StockRefused {
+                order_id: refused,
+                reason: "too many".into(),
+            },
+        ] {
+            product.fold(&event);
+        }
+        let bytes = product.to_snapshot().expect("encode");
+        let restored = Product::from_snapshot(&bytes).expect("decode");
+        assert_eq!(restored, product);
+        assert_eq!(restored.stock, 7);
+        assert_eq!(restored.reservations.get(&order), Some(&3));
+        assert!(restored.decided.contains(&refused));
+        assert!(Product::from_snapshot(b"{\"exists\": 1}").is_err());
+    }
+}

@@ -676,9 +676,9 @@ async fn place_order(
         }
         .into());
     }
-    let product =
-        load::<catalog::Product>(&state.client, &stream(PRODUCT, request.product_id)).await?;
-    if !product.state.exists || product.state.deleted {
+    // From its latest snapshot: a product's stock events grow without bound.
+    let product = catalog::load_product(&state.client, request.product_id).await?;
+    if !product.exists || product.deleted {
         return Err(ShopError::NotFound {
             what: "product",
             id: request.product_id.to_string(),
