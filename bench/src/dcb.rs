@@ -535,10 +535,14 @@ where
     Op: Fn(Arc<S>, usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Result<Step, BoxError>> + Send + 'static,
 {
+    // Every connection first: a failed connect leaves no task waiting.
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(Arc::new(store.connect_another().await?));
+    }
     let barrier = Arc::new(Barrier::new(clients + 1));
     let mut tasks = Vec::with_capacity(clients);
-    for c in 0..clients {
-        let connection = Arc::new(store.connect_another().await?);
+    for (c, connection) in connections.into_iter().enumerate() {
         let barrier = Arc::clone(&barrier);
         let op = op.clone();
         tasks.push(tokio::spawn(async move {

@@ -778,3 +778,55 @@ async fn appends_are_bounded_in_bytes_and_batch_appends_in_open_correlations() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_append_past_its_deadline_is_refused_unwritten() {
+    let server = TestServer::start_with(kurrent_on).await;
+    let mut kurrent = StreamsClient::new(kurrent_channel(&server).await);
+    let with_deadline = |stream: &str, seconds: i64| {
+        let mut request = batch_request(uuid::Uuid::new_v4(), Some(stream), true);
+        if let Some(options) = request.options.as_mut() {
+            options.deadline_option =
+                Some(pb::batch_append_req::options::DeadlineOption::Deadline(
+                    prost_types::Duration { seconds, nanos: 0 },
+                ));
+        }
+        request
+    };
+    let mut answers = kurrent
+        .batch_append(tokio_stream::iter(vec![
+            with_deadline("late", 0),
+            with_deadline("in-time", 60),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let late = answers.message().await.unwrap().expect("an answer");
+    let Some(pb::batch_append_resp::Result::Error(error)) = late.result else {
+        panic!("expected an error, got {late:?}");
+    };
+    assert_eq!(error.code, tonic::Code::DeadlineExceeded as i32);
+    assert_eq!(error.message, "Timeout");
+    let in_time = answers.message().await.unwrap().expect("an answer");
+    assert!(
+        matches!(
+            in_time.result,
+            Some(pb::batch_append_resp::Result::Success(_))
+        ),
+        "{in_time:?}"
+    );
+    let late_events = read_events(
+        &mut kurrent,
+        tonic::Request::new(read_stream_request("late")),
+    )
+    .await
+    .unwrap();
+    assert!(late_events.is_empty(), "{late_events:?}");
+    let in_time_events = read_events(
+        &mut kurrent,
+        tonic::Request::new(read_stream_request("in-time")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(in_time_events.len(), 1);
+}

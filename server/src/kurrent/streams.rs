@@ -904,6 +904,31 @@ struct PendingBatch {
     events: Accumulated,
     /// An error answered already: the rest of this correlation is dropped.
     failed: bool,
+    /// The client's deadline for this append, from its options: a batch whose
+    /// final message comes after it is refused unwritten.
+    deadline: Option<std::time::Instant>,
+}
+
+/// When a batch's options say it must be done by: `deadline` is a duration
+/// from now (clients since 21.10), `deadline_21_10_0` a wall-clock time.
+fn batch_deadline(
+    option: Option<pb::batch_append_req::options::DeadlineOption>,
+) -> Option<std::time::Instant> {
+    use pb::batch_append_req::options::DeadlineOption;
+    let now = std::time::Instant::now();
+    match option? {
+        DeadlineOption::Deadline(duration) => {
+            let duration = std::time::Duration::try_from(duration).unwrap_or_default();
+            Some(now.checked_add(duration).unwrap_or(now))
+        }
+        DeadlineOption::Deadline21100(timestamp) => {
+            let at = std::time::SystemTime::try_from(timestamp).ok()?;
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            Some(now.checked_add(left).unwrap_or(now))
+        }
+    }
 }
 
 impl StreamsService {
@@ -1008,6 +1033,7 @@ impl StreamsService {
                         expected: batch_expected(options.expected_stream_position),
                         events: Accumulated::new(),
                         failed: false,
+                        deadline: batch_deadline(options.deadline_option),
                     },
                 );
             }
@@ -1056,6 +1082,24 @@ impl StreamsService {
                 continue;
             };
             if batch.failed {
+                continue;
+            }
+            if batch
+                .deadline
+                .is_some_and(|deadline| std::time::Instant::now() >= deadline)
+            {
+                // As KurrentDB answers an append whose deadline passed; it
+                // was never submitted, so nothing of it is written.
+                let status = Status::deadline_exceeded("Timeout");
+                let result =
+                    pb::batch_append_resp::Result::Error(error::from_status(&status, None));
+                if responses
+                    .send(Ok(answer(result, &batch.stream, batch.expected)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
                 continue;
             }
             let span = tracing::info_span!("kurrent_batch_append", stream = %Escaped(&batch.stream), events = batch.events.events.len());
