@@ -131,6 +131,19 @@ pub enum Command {
     ReplayTruncated,
     /// Test seam: the actor panics (to test the registry's supervision).
     Crash,
+    /// Restart: write the checkpoint, end every consumer (they reconnect), and
+    /// end so that the supervisor starts the group afresh from its checkpoint
+    /// and stored settings (KurrentDB's RestartSubsystem).
+    Restart,
+}
+
+/// How an actor's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// For good: the group was deleted or the server is stopping.
+    Finished,
+    /// Asked to restart ([`Command::Restart`]).
+    Restart,
 }
 
 /// A group's actor.
@@ -227,8 +240,9 @@ impl GroupActor {
         })
     }
 
-    /// Runs until the group is deleted or the server shuts down.
-    pub async fn run(mut self) {
+    /// Runs until the group is deleted, the server shuts down, or a restart
+    /// is asked for.
+    pub async fn run(mut self) -> RunEnd {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut shutdown = self.shutdown.clone();
@@ -236,10 +250,18 @@ impl GroupActor {
             let wants_source = self.machine.wants_source() && self.feed.is_some();
             tokio::select! {
                 command = self.commands.recv() => {
-                    let Some(command) = command else { return };
+                    let Some(command) = command else { return RunEnd::Finished };
+                    if matches!(command, Command::Restart) {
+                        self.flush_checkpoint().await;
+                        self.end_all(EndReason::Failed(Error::Internal(format!(
+                            "persistent subscription group '{}' was restarted; reconnect",
+                            self.definition.group
+                        ))));
+                        return RunEnd::Restart;
+                    }
                     if let Some(reason) = self.handle(command) {
                         self.end_all(reason);
-                        return;
+                        return RunEnd::Finished;
                     }
                 }
                 item = next_feed(&mut self.feed), if wants_source => {
@@ -249,7 +271,7 @@ impl GroupActor {
                 () = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
                     self.flush_checkpoint().await;
                     self.end_all(EndReason::ShuttingDown);
-                    return;
+                    return RunEnd::Finished;
                 }
             }
             self.carry_out();
@@ -318,6 +340,8 @@ impl GroupActor {
                 "group '{}' was told to crash (test seam)",
                 self.definition.group
             ),
+            // Handled by `run` before it gets here.
+            Command::Restart => {}
         }
         None
     }

@@ -30,7 +30,7 @@ use tracing::Instrument;
 pub use actor::{ConsumerMessage, ConsumerStatus, GroupStatus, NackAction};
 pub use definition::{Checkpoint, FilterSpec, GroupDefinition, GroupSettings, Strategy};
 
-use actor::{Command, GroupActor};
+use actor::{Command, GroupActor, RunEnd};
 use definition::{
     GROUPS_STREAM, GroupRecord, checkpoint_stream, parked_stream, validate_group_name,
 };
@@ -233,16 +233,28 @@ impl Groups {
                 .tasks()
                 .spawn(actor.run().instrument(span))
                 .await;
-            let panic = match outcome {
-                Ok(()) => return,
-                Err(error) => error,
+            let asked = match outcome {
+                Ok(RunEnd::Finished) => return,
+                Ok(RunEnd::Restart) => {
+                    tracing::info!(%group, "persistent subscription group restarting on request");
+                    true
+                }
+                Err(panic) => {
+                    tracing::error!(%group, error = %panic, "persistent subscription group actor failed; restarting it from its checkpoint");
+                    false
+                }
             };
-            tracing::error!(%group, error = %panic, "persistent subscription group actor failed; restarting it from its checkpoint");
+            let mut first_attempt = true;
             loop {
                 if *self.inner.shutdown.borrow() {
                     return;
                 }
-                tokio::time::sleep(RESTART_DELAY).await;
+                // A restart on request starts at once; after a failure (or
+                // a failed restart) the actor waits first.
+                if !(asked && first_attempt) {
+                    tokio::time::sleep(RESTART_DELAY).await;
+                }
+                first_attempt = false;
                 match self.restart(&group, filter.clone()).await {
                     Ok(Some(restarted)) => {
                         actor = restarted;
@@ -289,6 +301,29 @@ impl Groups {
             "persistent subscription group actor restarted"
         );
         Ok(Some(actor))
+    }
+
+    /// Restarts every group (KurrentDB's RestartSubsystem): each writes its
+    /// checkpoint, ends its consumers (they reconnect; what they held is
+    /// redelivered) and starts again from its checkpoint and stored
+    /// settings. Groups that cannot run are left as they are. Returns how many
+    /// were asked to restart.
+    pub async fn restart_all(&self) -> usize {
+        let running: Vec<mpsc::Sender<Command>> = self
+            .lock()
+            .values()
+            .filter_map(|handle| match &handle.state {
+                HandleState::Running(commands) => Some(commands.clone()),
+                HandleState::Broken(_) => None,
+            })
+            .collect();
+        let mut asked = 0;
+        for commands in running {
+            if commands.send(Command::Restart).await.is_ok() {
+                asked += 1;
+            }
+        }
+        asked
     }
 
     /// Test seam: makes a group's actor panic, to exercise supervision.

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 pub(super) const REPORTED_VERSION: &str = "24.10.0";
 
 /// `(service, method, features)` of every implemented method.
-pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 16] = [
+pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 17] = [
     (
         "event_store.client.streams.streams",
         "read",
@@ -68,6 +68,11 @@ pub(super) const IMPLEMENTED: [(&str, &str, &[&str]); 16] = [
         "event_store.client.persistent_subscriptions.persistentsubscriptions",
         "list",
         &["stream", "all"],
+    ),
+    (
+        "event_store.client.persistent_subscriptions.persistentsubscriptions",
+        "restartsubsystem",
+        &[],
     ),
     (
         "event_store.client.operations.operations",

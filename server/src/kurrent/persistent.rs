@@ -962,13 +962,21 @@ impl PersistentSubscriptions for PersistentService {
         ))
     }
 
+    /// Restarts every consumer group, as KurrentDB restarts its subsystem:
+    /// each writes its checkpoint, drops its consumers (they reconnect; what
+    /// they held comes again) and starts from its checkpoint and stored
+    /// settings.
     async fn restart_subsystem(
         &self,
-        _: Request<shared::Empty>,
+        request: Request<shared::Empty>,
     ) -> Result<Response<shared::Empty>, Status> {
-        Err(Status::unimplemented(
-            "RestartSubsystem is not implemented by Cairn's KurrentDB facade: Cairn has no persistent-subscription subsystem to restart (each group restarts itself after a failure)",
-        ))
+        self.authorize_management(&request)?;
+        let restarted = self.engine.groups().restart_all().await;
+        tracing::info!(
+            restarted,
+            "persistent subscriptions restarted (RestartSubsystem)"
+        );
+        Ok(Response::new(shared::Empty {}))
     }
 
     async fn read(

@@ -423,6 +423,17 @@ impl StreamsService {
             }
             Err(error) => return Err(error::to_status("Read", &error)),
         };
+        if info.state == cairn_storage::StreamState::Tombstoned {
+            // KurrentDB deletes a tombstoned stream's metadata with it: its
+            // `$$` stream reads as deleted, not as missing; the status comes
+            // as the read's first item, as KurrentDB sends it (clients read
+            // it from the stream, not from the call).
+            let status = error::to_status(
+                "Read",
+                &Error::Store(StoreError::StreamTombstoned { stream: name }),
+            );
+            return Ok(Box::pin(tokio_stream::iter([Err(status)])));
+        }
         let Some(revision) = info.metadata_revision else {
             return Ok(Box::pin(tokio_stream::iter([Ok(stream_not_found(&name))])));
         };
