@@ -622,6 +622,7 @@ impl Reader<'_> {
                     pending.push(position);
                     if pending.len() >= max - page.events.len()
                         && let Some(rest) = self.take_visible(
+                            None,
                             &mut pending,
                             forwards,
                             budget,
@@ -641,9 +642,14 @@ impl Reader<'_> {
             }
         }
         iterator.status()?;
-        if let Some(rest) =
-            self.take_visible(&mut pending, forwards, budget, &mut visible, &mut page)?
-        {
+        if let Some(rest) = self.take_visible(
+            None,
+            &mut pending,
+            forwards,
+            budget,
+            &mut visible,
+            &mut page,
+        )? {
             // Stopped inside the pending positions: they come before anything
             // the loop stopped at.
             page.next = Some(rest);
@@ -721,8 +727,8 @@ impl Reader<'_> {
             scanned += 1;
             pending.push(position);
             if pending.len() >= max - page.events.len()
-                && let Some(rest) = self.take_matching(
-                    query,
+                && let Some(rest) = self.take_visible(
+                    Some(query),
                     &mut pending,
                     forwards,
                     budget,
@@ -734,8 +740,8 @@ impl Reader<'_> {
                 return Ok(page);
             }
         }
-        if let Some(rest) = self.take_matching(
-            query,
+        if let Some(rest) = self.take_visible(
+            Some(query),
             &mut pending,
             forwards,
             budget,
@@ -753,12 +759,14 @@ impl Reader<'_> {
         Ok(page)
     }
 
-    /// `take_visible` for a query: the pending candidates that match the
-    /// query (checked on the record: an item's types and all its tags) and
-    /// are visible.
-    fn take_matching(
+    /// Fetches the pending index positions into the page (see `fetch`) and
+    /// clears them; with a `query`, only records matching it (checked on the
+    /// record: an item's types and all its tags) are kept. Returns the first
+    /// position not consumed when the page's budget stopped it early;
+    /// `scanned_through` then ends before it.
+    fn take_visible(
         &self,
-        query: &Query,
+        query: Option<&Query>,
         pending: &mut Vec<u64>,
         forwards: bool,
         budget: &mut Budget,
@@ -766,7 +774,7 @@ impl Reader<'_> {
         page: &mut ReadPage,
     ) -> Result<Option<u64>> {
         let keep = |header: &RecordHeader<'_>, record: &[u8]| {
-            query.matches_record(header, record)
+            query.is_none_or(|query| query.matches_record(header, record))
                 && visible.check(
                     header.stream,
                     header.revision,
@@ -775,34 +783,6 @@ impl Reader<'_> {
                 )
         };
         let consumed = self.fetch_with(pending, forwards, budget, keep, &mut page.events)?;
-        if consumed > 0 {
-            page.scanned_through = Some(pending[consumed - 1]);
-        }
-        let rest = pending.get(consumed).copied();
-        pending.clear();
-        Ok(rest)
-    }
-
-    /// Fetches the pending index positions into the page (see `fetch`) and
-    /// clears them. Returns the first position not consumed when the page's
-    /// budget stopped it early; `scanned_through` then ends before it.
-    fn take_visible(
-        &self,
-        pending: &mut Vec<u64>,
-        forwards: bool,
-        budget: &mut Budget,
-        visible: &mut Visibility<'_>,
-        page: &mut ReadPage,
-    ) -> Result<Option<u64>> {
-        let keep = |header: &RecordHeader<'_>| {
-            visible.check(
-                header.stream,
-                header.revision,
-                header.created,
-                header.event_type,
-            )
-        };
-        let consumed = self.fetch(pending, forwards, budget, keep, &mut page.events)?;
         if consumed > 0 {
             page.scanned_through = Some(pending[consumed - 1]);
         }
