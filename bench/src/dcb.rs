@@ -355,7 +355,6 @@ mod uma {
     use umadb_client::{AsyncUmaDbClient, UmaDbClient};
     use umadb_dcb::{
         DcbAppendCondition, DcbError, DcbEvent, DcbEventStoreAsync as _, DcbQuery, DcbQueryItem,
-        DcbReadResponseAsync as _,
     };
 
     use super::{Condition, DcbStore, Outcome, ReadEvent, TagRead, TaggedEvent, Which};

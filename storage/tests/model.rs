@@ -1,19 +1,22 @@
 //! Property test: the store against a simple in-memory model of the log.
 //!
 //! Random sequences of appends (single and multi-stream, with every kind of
-//! expectation), idempotent retries, soft deletes, tombstones and metadata
-//! changes run against a real store and a plain `Vec` of events. Every outcome
-//! is compared as it happens; at the end every read path is compared with the
-//! model, then again after a scavenge and after reopening the directory.
+//! expectation, tagged events and DCB append conditions), idempotent retries,
+//! soft deletes, tombstones, metadata changes and scavenges run against a real
+//! store and a plain `Vec` of events. Every outcome is compared as it happens
+//! (errors exactly, including a condition's conflict position); at the end every
+//! read path, DCB query reads included, is compared with the model, then again
+//! after a scavenge and after reopening the directory, and conditions are probed
+//! at each of those points.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cairn_storage::{
-    AppendResult, CurrentRevision, Direction, Durability, Error, EventData, ExpectedRevision,
-    ReadFilter, ReadFrom, ReadRequest, ReadSource, RecordedEvent, Store, StoreOptions,
-    StreamAppend, StreamInfo, StreamMetadata, StreamState,
+    AppendCondition, AppendResult, CurrentRevision, Direction, Durability, Error, EventData,
+    ExpectedRevision, Query, QueryItem, ReadFilter, ReadFrom, ReadRequest, ReadSource,
+    RecordedEvent, Store, StoreOptions, StreamAppend, StreamInfo, StreamMetadata, StreamState,
 };
 use cairn_testkit::{numbered, try_read_all};
 use proptest::prelude::*;
@@ -30,6 +33,12 @@ const TOLERATE_NO_STREAM_RETRY_BUG: bool = false;
 
 const STREAMS: [&str; 4] = ["a-1", "a-2", "b-1", "c"];
 const TYPES: [&str; 3] = ["Created", "Updated", "Closed"];
+/// The tag alphabet: an event carries up to two of them, a query item names
+/// up to two.
+const TAGS: [&str; 4] = ["user:1", "user:2", "order:1", "order:2"];
+/// A stream no op writes: conditional appends of no events to it probe a
+/// condition without changing the log (`Runner::probe_conditions`).
+const PROBE: &str = "probe";
 /// Large enough for any read of a test case in one page.
 const ALL: usize = 10_000;
 
@@ -136,6 +145,34 @@ fn holds(expected: ExpectedRevision, current: CurrentRevision) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether `event` matches `query`, written out here rather than taken from
+/// `Query::matches` so that the model does not share the store's code: an item
+/// matches when the event's type is one of its types (any, when it has none)
+/// and the event carries all of its tags; a query with no items matches all.
+fn query_matches(query: &Query, event: &RecordedEvent) -> bool {
+    query.items.is_empty()
+        || query.items.iter().any(|item| {
+            (item.types.is_empty() || item.types.contains(&event.event_type))
+                && item.tags.iter().all(|tag| event.tags.contains(tag))
+        })
+}
+
+/// The store's check of a query the model can generate (a few short values):
+/// no empty type or tag.
+fn validate_query(query: &Query) -> Result<(), Error> {
+    let empty = query
+        .items
+        .iter()
+        .flat_map(|item| item.types.iter().chain(&item.tags))
+        .any(String::is_empty);
+    if empty {
+        return Err(Error::InvalidArgument(
+            "a query's types and tags must not be empty strings".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn category(stream: &str) -> Option<&str> {
@@ -253,7 +290,32 @@ impl Model {
         }))
     }
 
-    fn append(&mut self, parts: &[StreamAppend]) -> Result<Vec<AppendResult>, Error> {
+    /// The first position after the condition's `after` holding an event that
+    /// matches its query. Every event still stored counts, visible or hidden by
+    /// a delete or metadata; a scavenged one does not. Only events of earlier
+    /// requests exist here: the request's own events are not in the log yet.
+    fn conflict(&self, condition: &AppendCondition) -> Option<u64> {
+        let start = condition.after.map_or(0, |after| after.saturating_add(1));
+        self.events
+            .iter()
+            .filter(|event| event.present && event.event.position >= start)
+            .find(|event| query_matches(&condition.query, &event.event))
+            .map(|event| event.event.position)
+    }
+
+    /// An append request, with a DCB condition or without. The checks run in
+    /// the store's order: the request's validation (only the query can be
+    /// invalid here), then per part a tombstone, an idempotent replay and the
+    /// expected revision, then the condition unless the whole request is an
+    /// exact retry (which returns its original result whatever the condition).
+    fn append(
+        &mut self,
+        parts: &[StreamAppend],
+        condition: Option<&AppendCondition>,
+    ) -> Result<Vec<AppendResult>, Error> {
+        if let Some(condition) = condition {
+            validate_query(&condition.query)?;
+        }
         let exact = self.exact_retry(parts);
         let mut replays = Vec::new();
         for part in parts {
@@ -273,6 +335,12 @@ impl Model {
                 });
             }
             replays.push(replay);
+        }
+        if let Some(condition) = condition
+            && !exact
+            && let Some(position) = self.conflict(condition)
+        {
+            return Err(Error::AppendConditionFailed { position });
         }
         let request_first = self.events.len() as u64;
         let count = parts.iter().map(|part| part.events.len()).sum();
@@ -464,9 +532,7 @@ impl Model {
                 .cloned()
                 .collect(),
             ReadSource::Query(query) => visible
-                .filter(|event| {
-                    query.matches(&event.event_type, event.tags.iter().map(String::as_str))
-                })
+                .filter(|event| query_matches(query, event))
                 .cloned()
                 .collect(),
         };
@@ -493,6 +559,62 @@ struct EventSpec {
     type_index: usize,
     binary: bool,
     with_metadata: bool,
+    /// Which of `TAGS` the event carries (bit `i`: `TAGS[i]`).
+    tags: u8,
+}
+
+/// The names of `alphabet` whose bits are set in `mask`, in alphabet order.
+fn names(mask: u8, alphabet: &[&str]) -> Vec<String> {
+    alphabet
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| mask & (1 << index) != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect()
+}
+
+/// A condition's `after` before it is resolved against the head.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    /// `None`: no matching event may exist at all.
+    Anywhere,
+    /// `head - k` (0 when the log is shorter): `k = 1` is a decision that read
+    /// everything, so only a concurrent write could conflict.
+    BeforeHead(u64),
+    /// A position in `0..head`.
+    Earlier(Index),
+}
+
+/// A DCB condition before it is resolved.
+#[derive(Debug, Clone)]
+struct ConditionSpec {
+    /// Query items as (types, tags) bit masks over `TYPES` and `TAGS`.
+    items: Vec<(u8, u8)>,
+    /// Adds an item with an empty tag, which the store refuses.
+    invalid: bool,
+    after: After,
+}
+
+impl ConditionSpec {
+    fn resolve(&self, head: u64) -> AppendCondition {
+        let mut items: Vec<QueryItem> = self
+            .items
+            .iter()
+            .map(|(types, tags)| QueryItem {
+                types: names(*types, &TYPES),
+                tags: names(*tags, &TAGS),
+            })
+            .collect();
+        if self.invalid {
+            items.push(QueryItem::tags([""]));
+        }
+        let after = match self.after {
+            After::Anywhere => None,
+            After::BeforeHead(k) => Some(head.saturating_sub(k)),
+            After::Earlier(index) => Some(index.index(head.max(1) as usize) as u64),
+        };
+        AppendCondition::new(Query::of(items), after)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -538,6 +660,20 @@ enum Op {
         max_count: Option<u64>,
         truncate_before: Option<u64>,
     },
+    /// `Append` with a DCB condition.
+    ConditionalAppend {
+        stream: usize,
+        expect: Expect,
+        events: Vec<EventSpec>,
+        condition: ConditionSpec,
+    },
+    /// `Multi` with a DCB condition.
+    ConditionalMulti {
+        parts: Vec<(usize, Expect, Vec<EventSpec>)>,
+        condition: ConditionSpec,
+    },
+    /// Removes the hidden events (and their ids) in the middle of a run.
+    Scavenge,
 }
 
 fn expect_strategy() -> impl Strategy<Value = Expect> {
@@ -551,18 +687,83 @@ fn expect_strategy() -> impl Strategy<Value = Expect> {
     ]
 }
 
+/// A bit mask of at most two of `len` names.
+fn mask_strategy(len: usize) -> impl Strategy<Value = u8> {
+    subsequence((0..len).collect::<Vec<_>>(), 0..=2).prop_map(|chosen| {
+        chosen
+            .into_iter()
+            .fold(0u8, |mask, index| mask | 1 << index)
+    })
+}
+
+/// Expectations for conditional appends: mostly `Any`, so that the condition
+/// decides most of them, and the failing kinds still (a request failing
+/// both its expectation and its condition reports the expectation).
+fn conditional_expect_strategy() -> impl Strategy<Value = Expect> {
+    prop_oneof![
+        8 => Just(Expect::Any),
+        1 => Just(Expect::NoStream),
+        1 => Just(Expect::StreamExists),
+        2 => Just(Expect::Near(0)),
+        1 => Just(Expect::Near(-1)),
+    ]
+}
+
 fn events_strategy() -> impl Strategy<Value = Vec<EventSpec>> {
-    let event = (0..TYPES.len(), any::<bool>(), any::<bool>()).prop_map(
-        |(type_index, binary, with_metadata)| EventSpec {
+    let event = (
+        0..TYPES.len(),
+        any::<bool>(),
+        any::<bool>(),
+        mask_strategy(TAGS.len()),
+    )
+        .prop_map(|(type_index, binary, with_metadata, tags)| EventSpec {
             type_index,
             binary,
             with_metadata,
-        },
-    );
+            tags,
+        });
     prop_oneof![
         1 => Just(Vec::new()),
         8 => proptest::collection::vec(event, 1..=3),
     ]
+}
+
+fn condition_strategy() -> impl Strategy<Value = ConditionSpec> {
+    let item = (mask_strategy(TYPES.len()), mask_strategy(TAGS.len()));
+    let items = prop_oneof![
+        // No items: the query matches every event.
+        1 => Just(Vec::new()),
+        6 => proptest::collection::vec(item, 1..=2),
+    ];
+    let after = prop_oneof![
+        2 => Just(After::Anywhere),
+        3 => Just(After::BeforeHead(1)),
+        2 => Just(After::BeforeHead(2)),
+        2 => any::<Index>().prop_map(After::Earlier),
+    ];
+    (items, proptest::bool::weighted(0.05), after).prop_map(|(items, invalid, after)| {
+        ConditionSpec {
+            items,
+            invalid,
+            after,
+        }
+    })
+}
+
+fn multi_parts_strategy<E: Strategy<Value = Expect>>(
+    expect: E,
+) -> impl Strategy<Value = Vec<(usize, Expect, Vec<EventSpec>)>> {
+    (
+        subsequence((0..STREAMS.len()).collect::<Vec<_>>(), 2..=3),
+        proptest::collection::vec((expect, events_strategy()), 3),
+    )
+        .prop_map(|(streams, specs)| {
+            streams
+                .into_iter()
+                .zip(specs)
+                .map(|(stream, (expect, events))| (stream, expect, events))
+                .collect()
+        })
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -570,13 +771,17 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     prop_oneof![
         12 => (stream.clone(), expect_strategy(), events_strategy())
             .prop_map(|(stream, expect, events)| Op::Append { stream, expect, events }),
-        4 => (
-            subsequence((0..STREAMS.len()).collect::<Vec<_>>(), 2..=3),
-            proptest::collection::vec((expect_strategy(), events_strategy()), 3),
-        )
-            .prop_map(|(streams, specs)| Op::Multi {
-                parts: streams.into_iter().zip(specs).map(|(stream, (expect, events))| (stream, expect, events)).collect(),
+        4 => multi_parts_strategy(expect_strategy()).prop_map(|parts| Op::Multi { parts }),
+        6 => (stream.clone(), conditional_expect_strategy(), events_strategy(), condition_strategy())
+            .prop_map(|(stream, expect, events, condition)| Op::ConditionalAppend {
+                stream,
+                expect,
+                events,
+                condition,
             }),
+        3 => (multi_parts_strategy(conditional_expect_strategy()), condition_strategy())
+            .prop_map(|(parts, condition)| Op::ConditionalMulti { parts, condition }),
+        1 => Just(Op::Scavenge),
         4 => any::<Index>().prop_map(|which| Op::Retry { which }),
         1 => (any::<Index>(), any::<Index>()).prop_map(|(which, event)| Op::RetryChanged { which, event }),
         1 => any::<Index>().prop_map(|which| Op::RetrySubset { which }),
@@ -615,6 +820,8 @@ fn resolve(expect: Expect, last: Option<u64>) -> ExpectedRevision {
 struct SentAppend {
     parts: Vec<StreamAppend>,
     multi: bool,
+    /// Sent through `append_multi_if` when set (`multi` or not).
+    condition: Option<AppendCondition>,
 }
 
 /// Runs one case: the store and the model side by side.
@@ -624,6 +831,8 @@ struct Runner {
     model: Model,
     sent: Vec<SentAppend>,
     next_event: u128,
+    /// Bytes every scavenge so far removed.
+    bytes_removed: u64,
 }
 
 fn options() -> StoreOptions {
@@ -643,6 +852,7 @@ impl Runner {
             model: Model::default(),
             sent: Vec::new(),
             next_event: 1,
+            bytes_removed: 0,
         }
     }
 
@@ -654,6 +864,7 @@ impl Runner {
             model,
             sent,
             next_event,
+            bytes_removed,
         } = self;
         // The old store must be closed (RocksDB's lock) before the new one opens.
         drop(store);
@@ -664,6 +875,7 @@ impl Runner {
             model,
             sent,
             next_event,
+            bytes_removed,
         }
     }
 
@@ -699,7 +911,7 @@ impl Runner {
                         Bytes::new()
                     },
                     data,
-                    tags: Vec::new(),
+                    tags: names(spec.tags, &TAGS),
                 }
             })
             .collect()
@@ -712,8 +924,14 @@ impl Runner {
     }
 
     fn send(&mut self, request: SentAppend) {
-        let expected = self.model.append(&request.parts);
-        let actual = if request.multi {
+        let expected = self
+            .model
+            .append(&request.parts, request.condition.as_ref());
+        let actual = if let Some(condition) = &request.condition {
+            self.store
+                .append_multi_if(request.parts.clone(), Some(condition.clone()))
+                .wait()
+        } else if request.multi {
             self.store.append_multi(request.parts.clone()).wait()
         } else {
             let part = request.parts[0].clone();
@@ -722,7 +940,11 @@ impl Runner {
                 .wait()
                 .map(|result| vec![result])
         };
-        assert_eq!(actual, expected, "append {:?}", request.parts);
+        assert_eq!(
+            actual, expected,
+            "append {:?} with {:?}",
+            request.parts, request.condition
+        );
         self.fill_created();
         self.sent.push(request);
     }
@@ -752,6 +974,39 @@ impl Runner {
         }
     }
 
+    /// Scavenges the store and the model: the store removes exactly the
+    /// events the model holds hidden, and both forget them (their ids, and
+    /// their weight in append conditions).
+    fn scavenge(&mut self) {
+        let hidden = self.model.hidden_present();
+        let report = self.store.scavenge().expect("scavenge");
+        assert_eq!(
+            report.removed, hidden,
+            "events removed by the scavenge: {report:?}"
+        );
+        self.model.scavenge();
+        self.bytes_removed += report.bytes_removed;
+    }
+
+    /// Conditional appends of no events to `PROBE`, one per fixed query and
+    /// `after` (anywhere, from the start, from the middle, the last position):
+    /// each either holds (and writes nothing) or names the first conflicting
+    /// position, which shows exactly which stored events, hidden ones included,
+    /// a condition still counts. Leaves the log as it was.
+    fn probe_conditions(&mut self) {
+        let head = self.model.head();
+        for query in fixed_queries() {
+            for after in [None, Some(0), Some(head / 2), head.checked_sub(1)] {
+                self.send(SentAppend {
+                    parts: vec![StreamAppend::new(PROBE, ExpectedRevision::Any, Vec::new())],
+                    multi: true,
+                    condition: Some(AppendCondition::new(query.clone(), after)),
+                });
+            }
+        }
+        assert_eq!(self.store.info().head, head, "probes write nothing");
+    }
+
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Append {
@@ -763,6 +1018,7 @@ impl Runner {
                 self.send(SentAppend {
                     parts: vec![part],
                     multi: false,
+                    condition: None,
                 });
             }
             Op::Multi { parts } => {
@@ -770,8 +1026,39 @@ impl Runner {
                     .iter()
                     .map(|(stream, expect, events)| self.part(*stream, *expect, events))
                     .collect();
-                self.send(SentAppend { parts, multi: true });
+                self.send(SentAppend {
+                    parts,
+                    multi: true,
+                    condition: None,
+                });
             }
+            Op::ConditionalAppend {
+                stream,
+                expect,
+                events,
+                condition,
+            } => {
+                let condition = condition.resolve(self.model.head());
+                let part = self.part(*stream, *expect, events);
+                self.send(SentAppend {
+                    parts: vec![part],
+                    multi: false,
+                    condition: Some(condition),
+                });
+            }
+            Op::ConditionalMulti { parts, condition } => {
+                let condition = condition.resolve(self.model.head());
+                let parts = parts
+                    .iter()
+                    .map(|(stream, expect, events)| self.part(*stream, *expect, events))
+                    .collect();
+                self.send(SentAppend {
+                    parts,
+                    multi: true,
+                    condition: Some(condition),
+                });
+            }
+            Op::Scavenge => self.scavenge(),
             Op::Retry { which } => {
                 if self.sent.is_empty() {
                     return;
@@ -823,7 +1110,8 @@ impl Runner {
                 if self.sent.is_empty() {
                     return;
                 }
-                let original = self.sent[which.index(self.sent.len())].parts[0].clone();
+                let sent = self.sent[which.index(self.sent.len())].clone();
+                let original = sent.parts[0].clone();
                 let from = STREAMS
                     .iter()
                     .position(|name| *name == original.stream)
@@ -834,6 +1122,7 @@ impl Runner {
                 self.send(SentAppend {
                     parts: vec![part],
                     multi: false,
+                    condition: sent.condition,
                 });
             }
             Op::Delete { stream, expect } | Op::Tombstone { stream, expect } => {
@@ -1066,6 +1355,117 @@ fn check_filtered(store: &Store, model: &Model, source: &ReadSource, filter: &Re
     }
 }
 
+/// Queries every check reads and probes with: type-only, tag-only,
+/// type and tags, several items, a tag nobody carries, and the two ways of
+/// matching everything (no items; an item without types and tags).
+fn fixed_queries() -> Vec<Query> {
+    vec![
+        Query::of([QueryItem::types(["Created", "Closed"])]),
+        Query::of([QueryItem::tags(["user:1"])]),
+        Query::of([QueryItem::types(["Updated"]).with_tags(["user:2", "order:1"])]),
+        Query::of([
+            QueryItem::types(["Created"]).with_tags(["order:2"]),
+            QueryItem::tags(["user:1", "order:1"]),
+            QueryItem::types(["Closed", "Unknown"]),
+        ]),
+        Query::of([QueryItem::tags(["nobody"])]),
+        Query::all(),
+        Query::of([QueryItem::tags(["user:2"]), QueryItem::default()]),
+    ]
+}
+
+/// A DCB query read against the model's visible matching events, forwards
+/// and backwards, in pages of 1 and in one page, each page checked for the
+/// paging contract: at most `max_count` events, `head` the model's head,
+/// `next` past the page's events, `scanned_through` (when given) at or past
+/// them and before `next`; a complete forwards read has scanned through the
+/// last position. Then reads from the middle of the log in both directions.
+fn check_query(store: &Store, model: &Model, query: &Query) {
+    let source = ReadSource::Query(query.clone());
+    let forwards = model.read(&source).expect("a query read never fails");
+    let mut backwards = forwards.clone();
+    backwards.reverse();
+    let head = model.head();
+    for (direction, from, want) in [
+        (Direction::Forwards, ReadFrom::Start, &forwards),
+        (Direction::Backwards, ReadFrom::End, &backwards),
+    ] {
+        let ahead = |a: u64, b: u64| match direction {
+            Direction::Forwards => a > b,
+            Direction::Backwards => a < b,
+        };
+        for size in [1, ALL] {
+            let context = format!("{direction:?} read of {query:?} in pages of {size}");
+            let mut paged = request(&source, direction, from, size);
+            let mut got: Vec<RecordedEvent> = Vec::new();
+            let mut pages = 0;
+            loop {
+                pages += 1;
+                assert!(pages <= head + 2, "{context}: paging does not end");
+                let page = store.read(&paged).expect("query read");
+                assert_eq!(page.head, head, "{context}: head");
+                assert!(page.events.len() <= size, "{context}: page size");
+                let last = page.events.last().map(|event| event.position);
+                if let (Some(last), Some(next)) = (last, page.next) {
+                    assert!(ahead(next, last), "{context}: next {next} after {last}");
+                }
+                if let Some(through) = page.scanned_through {
+                    if let Some(last) = last {
+                        assert!(
+                            !ahead(last, through),
+                            "{context}: scanned through {through} before {last}"
+                        );
+                    }
+                    if let Some(next) = page.next {
+                        assert!(
+                            ahead(next, through),
+                            "{context}: next {next} within scanned {through}"
+                        );
+                    }
+                }
+                got.extend(page.events);
+                match page.next {
+                    Some(next) => paged.from = ReadFrom::At(next),
+                    None => {
+                        if direction == Direction::Forwards {
+                            assert_eq!(
+                                page.scanned_through,
+                                head.checked_sub(1),
+                                "{context}: a complete read scanned through the head"
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+            assert_eq!(&got, want, "{context}");
+        }
+    }
+    let middle = head / 2;
+    for (direction, want) in [
+        (
+            Direction::Forwards,
+            forwards
+                .iter()
+                .filter(|event| event.position >= middle)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+        (
+            Direction::Backwards,
+            backwards
+                .iter()
+                .filter(|event| event.position <= middle)
+                .cloned()
+                .collect(),
+        ),
+    ] {
+        let got = try_read_all(store, request(&source, direction, ReadFrom::At(middle), 2))
+            .expect("query read");
+        assert_eq!(got, want, "{direction:?} read of {query:?} from {middle}");
+    }
+}
+
 /// What the live ring should hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ring {
@@ -1169,6 +1569,10 @@ fn check_all(store: &Store, model: &Model, ring: Ring) {
         &by_regex_and_type_prefix,
     );
 
+    for query in fixed_queries() {
+        check_query(store, model, &query);
+    }
+
     let live = store.live();
     assert_eq!(
         live.wait_beyond(model.head().saturating_sub(1), Duration::ZERO),
@@ -1208,15 +1612,11 @@ fn run(ops: &[Op]) {
         runner.apply(op);
     }
     check_all(&runner.store, &runner.model, Ring::Everything);
+    runner.probe_conditions();
 
-    let hidden = runner.model.hidden_present();
-    let report = runner.store.scavenge().expect("scavenge");
-    assert_eq!(
-        report.removed, hidden,
-        "events removed by the scavenge: {report:?}"
-    );
-    runner.model.scavenge();
+    runner.scavenge();
     check_all(&runner.store, &runner.model, Ring::Everything);
+    runner.probe_conditions();
     let segments = runner.store.segments().expect("segments");
     if runner.model.head() > 0 {
         assert_eq!(segments.len(), 1, "{segments:?}");
@@ -1230,7 +1630,7 @@ fn run(ops: &[Op]) {
             "{segments:?}"
         );
         assert_eq!(
-            segments[0].bytes_removed, report.bytes_removed,
+            segments[0].bytes_removed, runner.bytes_removed,
             "{segments:?}"
         );
     }
@@ -1241,6 +1641,7 @@ fn run(ops: &[Op]) {
         &runner.model,
         Ring::Since(runner.model.head()),
     );
+    runner.probe_conditions();
     assert_eq!(
         runner.store.scavenge().expect("second scavenge").removed,
         0,
@@ -1256,14 +1657,17 @@ fn run(ops: &[Op]) {
             type_index: stream % TYPES.len(),
             binary: false,
             with_metadata: false,
+            tags: 1 << (stream % TAGS.len()),
         };
         let part = runner.part(stream, Expect::Any, &[spec]);
         runner.send(SentAppend {
             parts: vec![part],
             multi: false,
+            condition: None,
         });
     }
     check_all(&runner.store, &runner.model, Ring::Since(reopened_at));
+    runner.probe_conditions();
 }
 
 proptest! {
