@@ -39,8 +39,8 @@
 use cairn_proto::v1 as pb;
 
 use crate::error::{Error, Result};
-use crate::subscription::{SubscribeFrom, SubscribeOptions, Subscription};
-use crate::types::{AppendResult, Direction, ReadFrom, ReadOptions, RecordedEvent};
+use crate::subscription::{SubscribeOptions, Subscription};
+use crate::types::{AppendResult, ReadOptions, RecordedEvent};
 use crate::{Client, EventStream, ExpectedRevision, StreamAppend};
 
 /// One alternative of a [`Query`]: events of any of `types` (any type when
@@ -147,24 +147,8 @@ impl Client {
     /// Reads the events matching `query`, by position (from the type and tag
     /// indexes). `options.from` is a position; a filter applies on top.
     pub async fn read_query(&self, query: Query, options: ReadOptions) -> Result<EventStream> {
-        let from = match options.from {
-            ReadFrom::Default => None,
-            ReadFrom::Start => Some(pb::read_request::From::Start(())),
-            ReadFrom::End => Some(pb::read_request::From::End(())),
-            ReadFrom::At(at) => Some(pb::read_request::From::Position(at)),
-        };
-        let request = pb::ReadRequest {
-            stream: String::new(),
-            direction: match options.direction {
-                Direction::Forwards => pb::Direction::Forwards as i32,
-                Direction::Backwards => pb::Direction::Backwards as i32,
-            },
-            from,
-            max_count: options.max_count.unwrap_or(0),
-            filter: options.filter.map(crate::filter_to_proto),
-            query: Some(query.into_proto()),
-        };
-        self.read_request(request).await
+        self.read_request(String::new(), options, Some(query.into_proto()))
+            .await
     }
 
     /// Appends to one stream if `expected` holds and `condition` does.
@@ -209,20 +193,8 @@ impl Client {
         query: Query,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        use pb::subscribe_request::From;
-        let from = match options.from {
-            SubscribeFrom::Start => From::Start(()),
-            SubscribeFrom::End => From::End(()),
-            SubscribeFrom::After(at) => From::AfterPosition(at),
-        };
-        let request = pb::SubscribeRequest {
-            stream: String::new(),
-            from: Some(from),
-            filter: options.filter.map(crate::filter_to_proto),
-            checkpoint_interval: options.checkpoint_interval,
-            query: Some(query.into_proto()),
-        };
-        self.subscribe_request(request).await
+        self.subscribe_request(String::new(), options, Some(query.into_proto()))
+            .await
     }
 }
 

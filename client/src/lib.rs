@@ -186,17 +186,7 @@ impl Client {
 
     /// Appends to several streams atomically (all parts or none).
     pub async fn append_multi(&self, parts: Vec<StreamAppend>) -> Result<Vec<AppendResult>> {
-        let request = pb::AppendMultiRequest {
-            parts: parts.into_iter().map(StreamAppend::into_proto).collect(),
-            condition: None,
-        };
-        let response = self.streams.clone().append_multi(request).await?;
-        Ok(response
-            .into_inner()
-            .results
-            .into_iter()
-            .map(AppendResult::from)
-            .collect())
+        self.append_multi_if(parts, None).await
     }
 
     /// Reads `source`: a stream, `$all`, `$ce-<category>` or `$et-<type>`.
@@ -205,32 +195,36 @@ impl Client {
         source: impl Into<String>,
         options: ReadOptions,
     ) -> Result<EventStream> {
-        let source = source.into();
-        let is_stream = is_stream_name(&source);
+        self.read_request(source.into(), options, None).await
+    }
+
+    /// Reads `stream` (a name), or with `query` the events matching it
+    /// (`stream` empty); `options.from` is a revision only for a stream name.
+    async fn read_request(
+        &self,
+        stream: String,
+        options: ReadOptions,
+        query: Option<pb::Query>,
+    ) -> Result<EventStream> {
+        let by_revision = query.is_none() && is_stream_name(&stream);
         let from = match options.from {
             ReadFrom::Default => None,
             ReadFrom::Start => Some(pb::read_request::From::Start(())),
             ReadFrom::End => Some(pb::read_request::From::End(())),
-            ReadFrom::At(at) if is_stream => Some(pb::read_request::From::Revision(at)),
+            ReadFrom::At(at) if by_revision => Some(pb::read_request::From::Revision(at)),
             ReadFrom::At(at) => Some(pb::read_request::From::Position(at)),
         };
-        let filter = options.filter.map(filter_to_proto);
         let request = pb::ReadRequest {
-            stream: source,
+            stream,
             direction: match options.direction {
                 Direction::Forwards => pb::Direction::Forwards as i32,
                 Direction::Backwards => pb::Direction::Backwards as i32,
             },
             from,
             max_count: options.max_count.unwrap_or(0),
-            filter,
-            query: None,
+            filter: options.filter.map(filter_to_proto),
+            query,
         };
-        self.read_request(request).await
-    }
-
-    /// Sends one read request and streams its events.
-    async fn read_request(&self, request: pb::ReadRequest) -> Result<EventStream> {
         let response = self.streams.clone().read(request).await?;
         Ok(EventStream {
             inner: response.into_inner(),

@@ -169,30 +169,33 @@ impl Client {
         source: impl Into<String>,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
+        self.subscribe_request(source.into(), options, None).await
+    }
+
+    /// Subscribes to `stream` (a name), or with `query` to the events
+    /// matching it (`stream` empty); `After` is a revision only for a stream
+    /// name.
+    pub(crate) async fn subscribe_request(
+        &self,
+        stream: String,
+        options: SubscribeOptions,
+        query: Option<pb::Query>,
+    ) -> Result<Subscription> {
         use pb::subscribe_request::From;
-        let source = source.into();
-        let is_stream = crate::is_stream_name(&source);
+        let by_revision = query.is_none() && crate::is_stream_name(&stream);
         let from = match options.from {
             SubscribeFrom::Start => From::Start(()),
             SubscribeFrom::End => From::End(()),
-            SubscribeFrom::After(at) if is_stream => From::AfterRevision(at),
+            SubscribeFrom::After(at) if by_revision => From::AfterRevision(at),
             SubscribeFrom::After(at) => From::AfterPosition(at),
         };
         let request = pb::SubscribeRequest {
-            stream: source,
+            stream,
             from: Some(from),
             filter: options.filter.map(crate::filter_to_proto),
             checkpoint_interval: options.checkpoint_interval,
-            query: None,
+            query,
         };
-        self.subscribe_request(request).await
-    }
-
-    /// Sends one subscribe request.
-    pub(crate) async fn subscribe_request(
-        &self,
-        request: pb::SubscribeRequest,
-    ) -> Result<Subscription> {
         let response = self.subscriptions.clone().subscribe(request).await?;
         Ok(Subscription {
             inner: response.into_inner(),

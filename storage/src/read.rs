@@ -529,6 +529,37 @@ impl Reader<'_> {
         Ok(consumed)
     }
 
+    /// Where a position-ordered page starts (inclusive) and the last
+    /// position it may reach (`head - 1`); `None` when the page is empty
+    /// whatever the source holds (no room, an empty store, forwards from the
+    /// end, backwards from the start, or a start beyond the head).
+    fn position_start(&self, request: &ReadRequest, max: usize) -> Option<(u64, u64)> {
+        if max == 0 || self.head == 0 {
+            return None;
+        }
+        let last = self.head - 1;
+        let start = match (request.direction, request.from) {
+            (Direction::Forwards, ReadFrom::Start) => 0,
+            (Direction::Forwards, ReadFrom::At(position)) => position,
+            (Direction::Forwards, ReadFrom::End) | (Direction::Backwards, ReadFrom::Start) => {
+                return None;
+            }
+            (Direction::Backwards, ReadFrom::End) => last,
+            (Direction::Backwards, ReadFrom::At(position)) => position.min(last),
+        };
+        (start <= last).then_some((start, last))
+    }
+
+    /// The visibility rule and the request's filter, for one page.
+    fn visibility(&self) -> Visibility<'_> {
+        Visibility {
+            catalog: &self.shared.catalog,
+            seen: HashMap::new(),
+            now: self.now,
+            matcher: &self.matcher,
+        }
+    }
+
     /// `$all` (no index) or a category / event type (an index of positions).
     fn positions(
         &self,
@@ -538,22 +569,10 @@ impl Reader<'_> {
         budget: &mut Budget,
     ) -> Result<ReadPage> {
         let mut page = ReadPage::default();
-        if max == 0 || self.head == 0 {
+        let Some((start, last)) = self.position_start(request, max) else {
             return Ok(page);
-        }
-        let last = self.head - 1;
-        let forwards = request.direction == Direction::Forwards;
-        let start = match (request.direction, request.from) {
-            (Direction::Forwards, ReadFrom::Start) => 0,
-            (Direction::Forwards, ReadFrom::At(position)) => position,
-            (Direction::Forwards, ReadFrom::End) => return Ok(page),
-            (Direction::Backwards, ReadFrom::End) => last,
-            (Direction::Backwards, ReadFrom::At(position)) => position.min(last),
-            (Direction::Backwards, ReadFrom::Start) => return Ok(page),
         };
-        if start > last {
-            return Ok(page);
-        }
+        let forwards = request.direction == Direction::Forwards;
         let scan_limit = max.saturating_mul(SCAN_FACTOR).max(MIN_SCAN);
         let column_family = index.as_ref().map_or(cf::LOG, |(name, _)| *name);
         let prefix = index.as_ref().map(|(_, prefix)| prefix.as_slice());
@@ -573,12 +592,7 @@ impl Reader<'_> {
         }
         let mut scanned = 0usize;
         let mut pending: Vec<u64> = Vec::new();
-        let mut visible = Visibility {
-            catalog: &self.shared.catalog,
-            seen: HashMap::new(),
-            now: self.now,
-            matcher: &self.matcher,
-        };
+        let mut visible = self.visibility();
         while iterator.valid() && page.events.len() < max && !budget.full() {
             let Some(key) = iterator.key() else { break };
             let position = match prefix {
@@ -683,22 +697,9 @@ impl Reader<'_> {
         budget: &mut Budget,
     ) -> Result<ReadPage> {
         let mut page = ReadPage::default();
-        if max == 0 || self.head == 0 {
+        let Some((start, last)) = self.position_start(request, max) else {
             return Ok(page);
-        }
-        let last = self.head - 1;
-        let start = match (request.direction, request.from) {
-            (Direction::Forwards, ReadFrom::Start) => 0,
-            (Direction::Forwards, ReadFrom::At(position)) => position,
-            (Direction::Forwards, ReadFrom::End) | (Direction::Backwards, ReadFrom::Start) => {
-                return Ok(page);
-            }
-            (Direction::Backwards, ReadFrom::End) => last,
-            (Direction::Backwards, ReadFrom::At(position)) => position.min(last),
         };
-        if start > last {
-            return Ok(page);
-        }
         let forwards = request.direction == Direction::Forwards;
         let view = View::Snapshot(self.snapshot);
         let mut cursor = Cursor::new(
@@ -710,12 +711,7 @@ impl Reader<'_> {
             request.direction,
         )?;
         let scan_limit = max.saturating_mul(SCAN_FACTOR).max(MIN_SCAN);
-        let mut visible = Visibility {
-            catalog: &self.shared.catalog,
-            seen: HashMap::new(),
-            now: self.now,
-            matcher: &self.matcher,
-        };
+        let mut visible = self.visibility();
         let mut scanned = 0usize;
         let mut pending: Vec<u64> = Vec::new();
         while page.events.len() < max && !budget.full() {

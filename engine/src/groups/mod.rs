@@ -233,28 +233,27 @@ impl Groups {
                 .tasks()
                 .spawn(actor.run().instrument(span))
                 .await;
-            let asked = match outcome {
+            // A restart on request starts at once; after a failure (or a
+            // failed restart) the actor waits first.
+            let mut wait = match outcome {
                 Ok(RunEnd::Finished) => return,
                 Ok(RunEnd::Restart) => {
                     tracing::info!(%group, "persistent subscription group restarting on request");
-                    true
+                    false
                 }
                 Err(panic) => {
                     tracing::error!(%group, error = %panic, "persistent subscription group actor failed; restarting it from its checkpoint");
-                    false
+                    true
                 }
             };
-            let mut first_attempt = true;
             loop {
                 if *self.inner.shutdown.borrow() {
                     return;
                 }
-                // A restart on request starts at once; after a failure (or
-                // a failed restart) the actor waits first.
-                if !(asked && first_attempt) {
+                if wait {
                     tokio::time::sleep(RESTART_DELAY).await;
                 }
-                first_attempt = false;
+                wait = true;
                 match self.restart(&group, filter.clone()).await {
                     Ok(Some(restarted)) => {
                         actor = restarted;

@@ -26,20 +26,10 @@ pub fn event_owned(event: RecordedEvent) -> pb::RecordedEvent {
     }
 }
 
-/// A recorded event by reference (for events shared by many subscriptions).
+/// A recorded event by reference (for events shared by many subscriptions):
+/// the same conversion on a copy (its `Bytes` share their buffers).
 pub fn event_ref(event: &RecordedEvent) -> pb::RecordedEvent {
-    pb::RecordedEvent {
-        id: uuid_text(&event.id),
-        stream: event.stream.clone(),
-        revision: event.revision,
-        position: event.position,
-        r#type: event.event_type.clone(),
-        content_type: event.content_type.clone(),
-        created: Some(prost_types::Timestamp::from(event.created)),
-        metadata: event.metadata.clone(),
-        data: event.data.clone(),
-        tags: event.tags.clone(),
-    }
+    event_owned(event.clone())
 }
 
 /// The canonical (hyphenated, lower-case) text of an id, formatted directly
