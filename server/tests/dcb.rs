@@ -309,3 +309,68 @@ async fn the_decider_registers_an_email_once_among_racing_clients() {
         .unwrap();
     assert_eq!(events.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_conditions_and_query_requests_are_invalid_arguments() {
+    use cairn_proto::v1 as pb;
+    let server = TestServer::start().await;
+    let mut raw = pb::streams_client::StreamsClient::new(server.channel().await);
+    let part = || pb::AppendRequest {
+        stream: "s-1".into(),
+        expected: Some(pb::ExpectedRevision {
+            kind: Some(pb::expected_revision::Kind::Any(())),
+        }),
+        events: vec![pb::ProposedEvent {
+            r#type: "T".into(),
+            ..Default::default()
+        }],
+        condition: None,
+    };
+    // A condition without a query is refused, not read as "nothing may exist".
+    let without_query = raw
+        .append(pb::AppendRequest {
+            condition: Some(pb::AppendCondition {
+                query: None,
+                after: None,
+            }),
+            ..part()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(without_query.code(), tonic::Code::InvalidArgument);
+    assert!(
+        without_query.message().contains("query"),
+        "{without_query:?}"
+    );
+    // AppendMulti takes one condition for the request, never one per part.
+    let per_part = raw
+        .append_multi(pb::AppendMultiRequest {
+            parts: vec![pb::AppendRequest {
+                condition: Some(pb::AppendCondition {
+                    query: Some(pb::Query::default()),
+                    after: None,
+                }),
+                ..part()
+            }],
+            condition: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(per_part.code(), tonic::Code::InvalidArgument);
+    assert!(per_part.message().contains("one condition"), "{per_part:?}");
+    // A read names a stream or a query, not both.
+    let both = raw
+        .read(pb::ReadRequest {
+            stream: "s-1".into(),
+            query: Some(pb::Query::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), tonic::Code::InvalidArgument);
+    let info = cairn_client::Client::from_channel(server.channel().await)
+        .info()
+        .await
+        .unwrap();
+    assert_eq!(info.head_position, 0, "nothing refused was written");
+}

@@ -1,7 +1,9 @@
 //! Crash tests: a real child process appends with `Durability::Sync` and is killed
 //! with SIGKILL at a random moment; the parent reopens the directory and checks
 //! that every acknowledged event is there, intact, at the place it was
-//! acknowledged, and that positions and revisions have no gaps.
+//! acknowledged, and that positions and revisions have no gaps; every event is
+//! tagged with its batch, and the tag index after the kill finds exactly the
+//! batch's events.
 //!
 //! The child is this same test binary, re-executed to run only `crash_child`
 //! with `CAIRN_CRASH_CHILD_DIR` set (works under `cargo test` and `cargo nextest`,
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cairn_storage::{
-    AppendResult, Durability, EventData, ExpectedRevision, ReadSource, RecordedEvent, Store,
-    StoreOptions,
+    AppendResult, Durability, EventData, ExpectedRevision, Query, QueryItem, ReadSource,
+    RecordedEvent, Store, StoreOptions,
 };
 use cairn_testkit::read_all;
 use uuid::Uuid;
@@ -66,7 +68,8 @@ fn batch(size: usize) -> Vec<EventData> {
                 content_type: "application/json".to_owned(),
                 metadata: Bytes::from(format!("m:{id}")),
                 data: payload(id, batch, index, size),
-                tags: Vec::new(),
+                // The tag index must survive the kill like the records.
+                tags: vec![format!("batch:{batch}")],
             }
         })
         .collect()
@@ -375,6 +378,29 @@ fn verify(dir: &Path, acks: &[Ack]) {
         batches.entry(batch).or_default().push((index, size, event));
     }
     for (batch, members) in &batches {
+        // The tag index agrees with the records: a DCB query of the batch's
+        // tag finds exactly its events.
+        let tag = format!("batch:{batch}");
+        let tagged = read_all(
+            &store,
+            ReadSource::Query(Query::of([QueryItem::tags([tag.clone()])])),
+        );
+        assert_eq!(
+            tagged
+                .iter()
+                .map(|event| event.position)
+                .collect::<Vec<_>>(),
+            members
+                .iter()
+                .map(|(_, _, event)| event.position)
+                .collect::<Vec<_>>(),
+            "the tag index of batch {batch}"
+        );
+        assert!(
+            members
+                .iter()
+                .all(|(_, _, event)| event.tags == [tag.clone()])
+        );
         let size = members[0].1;
         assert_eq!(members.len(), size, "batch {batch} is torn: {members:?}");
         for (offset, (index, _, event)) in members.iter().enumerate() {
