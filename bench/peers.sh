@@ -3,7 +3,8 @@
 # one on 127.0.0.1 with a fresh data directory and durable settings, stop it by
 # its PID.
 #
-#   bench/peers.sh install               install the missing peers
+#   bench/peers.sh install [--wait]      install the missing peers (UmaDB builds in
+#                                        the background; --wait waits for it)
 #   bench/peers.sh check NAME            exit 0 if NAME can be started here
 #   bench/peers.sh start NAME DIR PORT   start NAME on a fresh DIR, wait until ready
 #   bench/peers.sh stop NAME             stop NAME (started by `start`) by its PID
@@ -57,7 +58,8 @@ check() {
 }
 
 install() {
-    local packages=()
+    local wait=${1:-} packages=()
+    [[ -z $wait || $wait == --wait ]] || die "usage: $0 install [--wait]"
     pg_bin >/dev/null || packages+=(postgresql)
     command -v redis-server >/dev/null || packages+=(redis-server)
     if ! command -v nats-server >/dev/null; then
@@ -70,6 +72,8 @@ install() {
     # UmaDB's build (and cairn-bench's `umadb` feature) compile .proto files
     # with protoc.
     command -v protoc >/dev/null || packages+=(protobuf-compiler)
+    # UmaDB's dependencies compile C (aws-lc, its TLS library) with cc.
+    umadb_bin >/dev/null || command -v cc >/dev/null || packages+=(build-essential)
     if ((${#packages[@]})); then
         echo "apt-get install ${packages[*]}" >&2
         apt-get update -qq
@@ -79,6 +83,8 @@ install() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >&2
     fi
     if ! umadb_bin >/dev/null; then
+        command -v cargo >/dev/null ||
+            die "cargo not found: UmaDB is built with cargo install (install Rust with rustup first)"
         # UmaDB is a Rust program: its build takes many minutes on two cores, so
         # it runs niced in the background, in its own target directory (never
         # the workspace's: that would change its feature unification).
@@ -86,7 +92,21 @@ install() {
         mkdir -p "$UMADB_TARGET" "$(dirname "$UMADB_LOG")"
         CARGO_TARGET_DIR=$UMADB_TARGET nohup nice -n 15 cargo install umadb --locked \
             >"$UMADB_LOG" 2>&1 </dev/null &
-        echo "  pid $!; run \`bench/peers.sh check umadb\` later" >&2
+        local pid=$!
+        if [[ $wait == --wait ]]; then
+            echo "  pid $pid; waiting for it (two cores: several minutes)" >&2
+            wait "$pid" || { tail -n 20 "$UMADB_LOG" >&2; die "cargo install umadb failed (log: $UMADB_LOG)"; }
+        else
+            echo "  pid $pid; run \`bench/peers.sh check umadb\` later" >&2
+        fi
+    fi
+    if [[ $wait == --wait ]]; then
+        local name missing=0
+        for name in postgres redis nats umadb; do
+            check "$name" >&2 || missing=1
+        done
+        ((missing == 0)) || die "some peers are still missing (above)"
+        echo "all four peers installed" >&2
     fi
 }
 
@@ -176,7 +196,7 @@ stop() {
 }
 
 case ${1:-} in
-install) install ;;
+install) [[ $# -le 2 ]] || die "usage: $0 install [--wait]"; install "${2:-}" ;;
 check) [[ $# == 2 ]] || die "usage: $0 check NAME"; check "$2" ;;
 start) [[ $# == 4 ]] || die "usage: $0 start NAME DIR PORT"; start "$2" "$3" "$4" ;;
 stop) [[ $# == 2 ]] || die "usage: $0 stop NAME"; stop "$2" ;;

@@ -6,8 +6,20 @@
 //! Every store starts empty on a fresh data directory under `--dir` (Cairn by
 //! [`ServerProcess`], the peers by `bench/peers.sh`) and is stopped after its
 //! W6. Within a store the workloads run in WORKLOAD.md's order: W4 and W5
-//! read what W1-W3 wrote. A peer that is not installed, or fails, is reported
-//! in the table instead of stopping the run.
+//! read what W1-W3 wrote.
+//!
+//! Every peer of `--peers` (all four by default) runs each time: one that is
+//! not installed stops the run before anything is measured, unless
+//! `--skip-missing` is given (the header then names what was skipped). A
+//! store that fails during its workloads is reported in the table, the other
+//! stores still run, and the command exits non-zero at the end.
+//!
+//! Beside each workload's figure, the CPU it cost per event (see
+//! [`crate::cpu`]): the server's (Cairn's child process; a peer's server
+//! process as `peers.sh start` reports it, with every process below it, so
+//! PostgreSQL's backends count) and the client's (this process, with W6's
+//! subscriber process once it has exited), sampled right before and after the
+//! workload.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -16,6 +28,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::BoxError;
+use crate::cpu::{CpuMeter, CpuUse, with_cpu};
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
 use crate::peers::{self, Peer, PeerServer};
@@ -60,6 +73,11 @@ pub(crate) struct CompareArgs {
     /// Length of each fdatasync probe.
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     fsync_seconds: f64,
+
+    /// Run without the peers that are not installed (the header says which)
+    /// instead of stopping before anything is measured.
+    #[arg(long)]
+    skip_missing: bool,
 }
 
 /// A store of the comparison.
@@ -104,8 +122,12 @@ struct StoreRun {
     /// The disk's rate around W1 and W2.
     around: Around,
     results: Vec<Measured>,
+    /// The CPU each workload of `results` cost, by workload id.
+    cpu: Vec<(String, CpuUse)>,
     /// Why the store was not measured, or where it failed.
     error: Option<String>,
+    /// Not installed and left out (`--skip-missing`).
+    skipped: bool,
 }
 
 /// The disk's fdatasync rate around a workload: the mean of the probes right
@@ -120,6 +142,46 @@ impl StoreRun {
     fn find(&self, id: &str) -> Option<&Measured> {
         self.results.iter().find(|result| result.id == id)
     }
+
+    fn cpu(&self, id: &str) -> Option<&CpuUse> {
+        self.cpu
+            .iter()
+            .find(|(own, _)| own == id)
+            .map(|(_, cpu)| cpu)
+    }
+
+    fn new(store: Store) -> Self {
+        Self {
+            store,
+            fsync_before: None,
+            around: Around::default(),
+            results: Vec::new(),
+            cpu: Vec::new(),
+            error: None,
+            skipped: false,
+        }
+    }
+}
+
+/// The peers of `selected` that cannot be started here, with the reason.
+fn missing_peers(selected: &[Peer]) -> Vec<(Peer, String)> {
+    Peer::ALL
+        .into_iter()
+        .filter(|peer| selected.contains(peer))
+        .filter_map(|peer| peers::available(peer).err().map(|reason| (peer, reason)))
+        .collect()
+}
+
+/// The error for missing peers without `--skip-missing`.
+fn missing_error(missing: &[(Peer, String)]) -> String {
+    let mut text = String::from(
+        "compare runs every peer each time, and these are not available here (install them \
+         with bench/peers.sh install, or pass --skip-missing):",
+    );
+    for (peer, reason) in missing {
+        let _ = write!(text, "\n  {}: {reason}", peer.name());
+    }
+    text
 }
 
 /// Runs `cairn-bench compare`.
@@ -147,6 +209,10 @@ pub(crate) async fn run(args: &CompareArgs) -> Result<(), BoxError> {
         );
     }
     let binary = server::server_binary(args.server_bin.as_deref())?;
+    let missing = missing_peers(&args.peers);
+    if !missing.is_empty() && !args.skip_missing {
+        return Err(missing_error(&missing).into());
+    }
     let scratch = tempfile::Builder::new()
         .prefix("cairn-bench-compare-")
         .tempdir_in(&dir)?;
@@ -162,18 +228,13 @@ pub(crate) async fn run(args: &CompareArgs) -> Result<(), BoxError> {
     let mut runs = Vec::new();
     for store in stores {
         let data = scratch.path().join(store.title().to_lowercase());
-        let mut run = StoreRun {
-            store,
-            fsync_before: None,
-            around: Around::default(),
-            results: Vec::new(),
-            error: None,
-        };
+        let mut run = StoreRun::new(store);
         if let Store::Peer(peer) = store
-            && let Err(reason) = peers::available(peer)
+            && let Some((_, reason)) = missing.iter().find(|(own, _)| *own == peer)
         {
-            eprintln!("{}: not available: {reason}", store.title());
-            run.error = Some(format!("not available: {reason}"));
+            eprintln!("{}: skipped, not available: {reason}", store.title());
+            run.error = Some(format!("skipped (--skip-missing), not available: {reason}"));
+            run.skipped = true;
             runs.push(run);
             continue;
         }
@@ -186,16 +247,7 @@ pub(crate) async fn run(args: &CompareArgs) -> Result<(), BoxError> {
             dir: scratch.path(),
             length: probe,
         };
-        let outcome = measure_store(
-            store,
-            &binary,
-            &data,
-            cap,
-            probe,
-            &mut run.around,
-            &mut run.results,
-        )
-        .await;
+        let outcome = measure_store(&binary, &data, cap, probe, &mut run).await;
         if let Err(error) = outcome {
             eprintln!("{}: FAILED: {error}", store.title());
             run.error = Some(error.to_string());
@@ -211,12 +263,17 @@ pub(crate) async fn run(args: &CompareArgs) -> Result<(), BoxError> {
     eprintln!("measuring the fdatasync rate again ...");
     let fsync_after = disk::fdatasync_rate(scratch.path(), probe)?;
 
+    let left_out = Peer::ALL
+        .into_iter()
+        .filter(|peer| !args.peers.contains(peer))
+        .collect();
     let report = Report {
         machine,
         dir,
         null,
         runs,
         fsync_after,
+        left_out,
     };
     println!("{}", table(&report));
     if let Some(path) = &args.json {
@@ -226,20 +283,28 @@ pub(crate) async fn run(args: &CompareArgs) -> Result<(), BoxError> {
         )?;
         eprintln!("figures written to {}", path.display());
     }
-    Ok(())
+    let failed: Vec<&str> = report
+        .runs
+        .iter()
+        .filter(|run| run.error.is_some() && !run.skipped)
+        .map(|run| run.store.title())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} failed (see the table's notes)", failed.join(", ")).into())
+    }
 }
 
-/// Starts `store` on `data`, runs the workloads, stops it.
+/// Starts `run.store` on `data`, runs the workloads into `run`, stops it.
 async fn measure_store(
-    store: Store,
     binary: &Path,
     data: &Path,
     cap: Duration,
     probe: Probe<'_>,
-    around: &mut Around,
-    results: &mut Vec<Measured>,
+    run: &mut StoreRun,
 ) -> Result<(), BoxError> {
-    match store {
+    match run.store {
         Store::Cairn => {
             std::fs::create_dir_all(data)?;
             let mut server = ServerProcess::start(
@@ -250,10 +315,10 @@ async fn measure_store(
             )
             .await?;
             let address = server.address().to_owned();
+            let meter = CpuMeter::new(server.pid());
             let target = Cairn::connect(&address).await?;
             let subscriber = ["subscriber".to_owned(), "--addr".to_owned(), address];
-            let outcome =
-                workloads_in_order(&target, &subscriber, cap, probe, around, results).await;
+            let outcome = workloads_in_order(&target, &subscriber, cap, (probe, meter), run).await;
             drop(target);
             server.stop()?;
             outcome
@@ -261,23 +326,31 @@ async fn measure_store(
         Store::Peer(peer) => {
             let mut server = PeerServer::start(peer, data)?;
             let address = server.address().to_owned();
+            let meter = CpuMeter::new(server.pid());
+            if server.pid().is_none() {
+                eprintln!(
+                    "  note: peers.sh printed no pid: no server CPU for {}",
+                    peer.name()
+                );
+            }
+            let measure = (probe, meter);
             let outcome = match peer {
                 Peer::Postgres => {
                     let target = peers::postgres::Postgres::connect(&address).await?;
-                    peer_workloads(&target, peer, &address, cap, probe, around, results).await
+                    peer_workloads(&target, peer, &address, cap, measure, run).await
                 }
                 Peer::Redis => {
                     let target = peers::redis::Redis::connect(&address).await?;
-                    peer_workloads(&target, peer, &address, cap, probe, around, results).await
+                    peer_workloads(&target, peer, &address, cap, measure, run).await
                 }
                 Peer::Nats => {
                     let target = peers::nats::Nats::connect(&address).await?;
-                    peer_workloads(&target, peer, &address, cap, probe, around, results).await
+                    peer_workloads(&target, peer, &address, cap, measure, run).await
                 }
                 #[cfg(feature = "umadb")]
                 Peer::Umadb => {
                     let target = peers::umadb::Umadb::connect(&address).await?;
-                    peer_workloads(&target, peer, &address, cap, probe, around, results).await
+                    peer_workloads(&target, peer, &address, cap, measure, run).await
                 }
                 #[cfg(not(feature = "umadb"))]
                 Peer::Umadb => Err(peers::NO_UMADB.into()),
@@ -293,9 +366,8 @@ async fn peer_workloads<T: Target>(
     peer: Peer,
     address: &str,
     cap: Duration,
-    probe: Probe<'_>,
-    around: &mut Around,
-    results: &mut Vec<Measured>,
+    measure: (Probe<'_>, CpuMeter),
+    run: &mut StoreRun,
 ) -> Result<(), BoxError> {
     let subscriber = [
         "peer-subscriber".to_owned(),
@@ -304,7 +376,7 @@ async fn peer_workloads<T: Target>(
         "--addr".to_owned(),
         address.to_owned(),
     ];
-    workloads_in_order(target, &subscriber, cap, probe, around, results).await
+    workloads_in_order(target, &subscriber, cap, measure, run).await
 }
 
 /// Where and how long the fdatasync probes run.
@@ -322,49 +394,72 @@ impl Probe<'_> {
 }
 
 /// The round trip and W1-W6 in order, with fdatasync probes right before and
-/// after W1 and W2 (the workloads judged against the disk); `subscriber` is
-/// the argument list that starts W6's subscriber process (this executable).
+/// after W1 and W2 (the workloads judged against the disk) and CPU samples
+/// right before and after each workload (inside the probes, so a probe's
+/// fsyncs never count); `subscriber` is the argument list that starts W6's
+/// subscriber process (this executable).
 async fn workloads_in_order<T: Target>(
     target: &T,
     subscriber: &[String],
     cap: Duration,
-    probe: Probe<'_>,
-    around: &mut Around,
-    results: &mut Vec<Measured>,
+    (probe, meter): (Probe<'_>, CpuMeter),
+    run: &mut StoreRun,
 ) -> Result<(), BoxError> {
-    let mut record = |result: Measured| {
+    let mut record = |result: Measured, cpu: CpuUse| {
         eprintln!(
-            "  {}: {} events in {:.2} s, {:.0} ev/s, p50 {:.3} ms, p99 {:.3} ms{}",
+            "  {}: {} events in {:.2} s, {:.0} ev/s, p50 {:.3} ms, p99 {:.3} ms, \
+             CPU µs/ev server {} client {}{}",
             result.id,
             result.events,
             result.seconds,
             result.events_per_second(),
             result.latency.p50_us / 1_000.0,
             result.latency.p99_us / 1_000.0,
+            CpuUse::cell(cpu.server_us_per_event()),
+            CpuUse::cell(cpu.client_us_per_event()),
             if result.capped { " (capped)" } else { "" }
         );
-        results.push(result);
+        run.cpu.push((result.id.clone(), cpu));
+        run.results.push(result);
     };
-    record(workloads::round_trips(target).await?);
+    let cpu = meter.sample();
+    let rtt = workloads::round_trips(target).await?;
+    let used = meter.since(cpu, rtt.events);
+    record(rtt, used);
     let before = probe.rate()?;
+    let cpu = meter.sample();
     let w1 = workloads::w1(target, cap).await?;
-    around.w1 = Some((before + probe.rate()?) / 2.0);
+    let used = meter.since(cpu, w1.events);
+    run.around.w1 = Some((before + probe.rate()?) / 2.0);
     let mut written = w1.events;
-    record(w1);
+    record(w1, used);
     let before = probe.rate()?;
+    let cpu = meter.sample();
     let w2 = workloads::w2(target, cap).await?;
-    around.w2 = Some((before + probe.rate()?) / 2.0);
+    let used = meter.since(cpu, w2.events);
+    run.around.w2 = Some((before + probe.rate()?) / 2.0);
     written += w2.events;
-    record(w2);
+    record(w2, used);
+    let cpu = meter.sample();
     let w3 = workloads::w3(target, cap).await?;
+    let used = meter.since(cpu, w3.events);
     written += w3.events;
     let w3_complete = !w3.capped;
-    record(w3);
-    record(workloads::w4(target, written, cap).await?);
+    record(w3, used);
+    let cpu = meter.sample();
+    let w4 = workloads::w4(target, written, cap).await?;
+    let used = meter.since(cpu, w4.events);
+    record(w4, used);
     if w3_complete {
-        record(workloads::w5(target).await?);
+        let cpu = meter.sample();
+        let w5 = workloads::w5(target).await?;
+        let used = meter.since(cpu, w5.events);
+        record(w5, used);
     }
-    record(w6::w6_with(target, subscriber).await?);
+    let cpu = meter.sample();
+    let w6 = w6::w6_with(target, subscriber).await?;
+    let used = meter.since(cpu, w6.events);
+    record(w6, used);
     conflicts_rejected(target).await?;
     eprintln!("  wrong expected revisions rejected, nothing written");
     Ok(())
@@ -409,6 +504,8 @@ struct Report {
     null: Measured,
     runs: Vec<StoreRun>,
     fsync_after: SyncRate,
+    /// Peers not selected by `--peers`.
+    left_out: Vec<Peer>,
 }
 
 /// A row of the table: how to get the figure from a store's run, and whether
@@ -602,6 +699,23 @@ fn table(report: &Report) -> String {
         "null loop (W1's client loop without the store): {} ev/s",
         thousands(report.null.events_per_second())
     );
+    let skipped: Vec<&str> = report
+        .runs
+        .iter()
+        .filter(|run| run.skipped)
+        .map(|run| run.store.title())
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            out,
+            "SKIPPED, not installed (--skip-missing): {}",
+            skipped.join(", ")
+        );
+    }
+    if !report.left_out.is_empty() {
+        let names: Vec<&str> = report.left_out.iter().map(|peer| peer.name()).collect();
+        let _ = writeln!(out, "left out by --peers: {}", names.join(", "));
+    }
     let _ = writeln!(out);
 
     let cairn = report.runs.iter().find(|run| run.store == Store::Cairn);
@@ -644,6 +758,13 @@ fn table(report: &Report) -> String {
         out,
         "\nCairn ÷ peer: above 1 means Cairn is ahead (throughput Cairn ÷ peer, latency peer ÷ Cairn).\n"
     );
+    out.push_str(&cpu_table(report));
+    let _ = writeln!(
+        out,
+        "\nCPU per event: user + system time over the workload ÷ its events; srv: the server's \
+         process and every process below it (PostgreSQL's backends), cli: cairn-bench with W6's \
+         subscriber process (/proc/<pid>/stat, 10 ms ticks).\n"
+    );
     for run in &report.runs {
         let _ = writeln!(
             out,
@@ -660,6 +781,48 @@ fn table(report: &Report) -> String {
     out
 }
 
+/// The second table: per store and workload, the figure and the CPU it cost
+/// per event on each side.
+fn cpu_table(report: &Report) -> String {
+    let mut rows = Vec::new();
+    for run in &report.runs {
+        for result in &run.results {
+            if result.events == 0 {
+                continue;
+            }
+            let cpu = run.cpu(&result.id).copied().unwrap_or_default();
+            let total = cpu
+                .server_us_per_event()
+                .zip(cpu.client_us_per_event())
+                .map(|(server, client)| server + client);
+            rows.push(vec![
+                run.store.title().to_owned(),
+                result.id.clone(),
+                format!(
+                    "{}{}",
+                    thousands(result.events_per_second()),
+                    capped(result)
+                ),
+                CpuUse::cell(cpu.server_us_per_event()),
+                CpuUse::cell(cpu.client_us_per_event()),
+                CpuUse::cell(total),
+            ]);
+        }
+    }
+    markdown_table_with(
+        &[
+            "store",
+            "workload",
+            "ev/s",
+            "srv µs/ev",
+            "cli µs/ev",
+            "both µs/ev",
+        ],
+        &rows,
+        &[0, 1],
+    )
+}
+
 /// The report as JSON.
 fn to_json(report: &Report) -> Value {
     json!({
@@ -669,6 +832,7 @@ fn to_json(report: &Report) -> Value {
         "dir": report.dir.display().to_string(),
         "null_loop": report.null.to_json(),
         "fdatasync_at_the_end": report.fsync_after.to_json(),
+        "peers_left_out": report.left_out.iter().map(|peer| peer.name()).collect::<Vec<_>>(),
         "stores": report.runs.iter().map(|run| json!({
             "store": run.store.title(),
             "settings": run.store.settings(),
@@ -679,7 +843,12 @@ fn to_json(report: &Report) -> Value {
             "fdatasync_around_w1_per_second": run.around.w1.map(round),
             "fdatasync_around_w2_per_second": run.around.w2.map(round),
             "error": run.error,
-            "workloads": run.results.iter().map(Measured::to_json).collect::<Vec<_>>(),
+            "skipped": run.skipped,
+            "workloads": run
+                .results
+                .iter()
+                .map(|result| with_cpu(result.to_json(), run.cpu(&result.id)))
+                .collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -687,6 +856,24 @@ fn to_json(report: &Report) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_peers_are_named_with_their_reason_and_the_way_out() {
+        let text = missing_error(&[
+            (Peer::Redis, "redis-server not installed".to_owned()),
+            (Peer::Umadb, "built without UmaDB's client".to_owned()),
+        ]);
+        assert!(
+            text.contains("\n  redis: redis-server not installed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  umadb: built without UmaDB's client"),
+            "{text}"
+        );
+        assert!(text.contains("--skip-missing"), "{text}");
+        assert!(text.contains("bench/peers.sh install"), "{text}");
+    }
 
     #[test]
     fn ratios_say_how_far_ahead_cairn_is() {

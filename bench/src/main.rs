@@ -6,11 +6,12 @@
 //! cairn-bench subscribe [--addr URL] [--json FILE]
 //! cairn-bench crash     [--runs R] [--clients N]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
-//! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--dir PATH] [--json FILE]
+//! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--skip-missing] [--dir PATH] [--json FILE]
 //! cairn-bench dcb       [--stores cairn,umadb] [--seconds 20] [--dir PATH] [--json FILE]
 //! cairn-bench persistent [--addr URL] [--events N] [--json FILE]
 //! cairn-bench large     [--addr URL] [--sizes 65536,1048576] [--counts 2000,200] [--json FILE]
 //! cairn-bench many-streams [--addr URL] [--streams N] [--clients W] [--json FILE]
+//! cairn-bench scale     [--events 20000000] [--streams N] [--server-arg FLAG]... [--json FILE]
 //! cairn-bench fanout    [--addr URL] [--subscribers 1,10,100] [--events K] [--json FILE]
 //! cairn-bench soak      [--addr URL --server-pid PID] [--duration 1h] [--sample-seconds 10]
 //! ```
@@ -23,11 +24,14 @@
 //!   checks that every acknowledged event survived exactly once.
 //! - `storage`: the storage engine alone, in-process, against the disk's
 //!   fdatasync rate.
+//! - `scale`: a store filled to tens of millions of events in millions of
+//!   streams, with append, read, memory and disk figures at checkpoints.
 //!
 //! Module map: `workload` builds the event, `workloads` runs W1-W5 (and W6's
 //! writer), `w6` the subscriber process, `target` the store seam, `server`
 //! the child `cairn` process, `verify` the crash test's checker, `disk`,
-//! `stats`, `machine`, `report` and `targets` the measuring and reporting.
+//! `stats`, `machine`, `report`, `cpu` and `targets` the measuring and
+//! reporting.
 
 /// The same allocator as the `cairn` binary, so client-side figures are not
 /// dominated by glibc's malloc either.
@@ -36,6 +40,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod clock;
 mod compare;
+mod cpu;
 mod crash;
 mod dcb;
 mod disk;
@@ -47,6 +52,7 @@ mod peers;
 mod persistent;
 mod report;
 mod run;
+mod scale;
 mod server;
 mod soak;
 mod stats;
@@ -108,6 +114,10 @@ enum Command {
     /// 1,000,000 streams of one event each from 16 clients: append rate, and
     /// the server's memory and data-directory size as they grow.
     ManyStreams(many_streams::ManyStreamsArgs),
+    /// Scale: fill a fresh store with 20,000,000 events in 10,000,000 streams
+    /// and measure appends, stream reads, `$all` reads, RSS, disk and CPU per
+    /// event at 1M, 5M, 10M and the end.
+    Scale(scale::ScaleArgs),
     /// Fan-out: one writer, 1/10/100 live subscribers of `$all`: delivery
     /// latency and total delivered events/s.
     Fanout(fanout::FanoutArgs),
@@ -141,6 +151,7 @@ fn main() -> ExitCode {
         Command::Persistent(args) => block_on(persistent::run(&args)),
         Command::Large(args) => block_on(large::run(&args)),
         Command::ManyStreams(args) => block_on(many_streams::run(&args)),
+        Command::Scale(args) => block_on(scale::run(&args)),
         Command::Fanout(args) => block_on(fanout::run(&args)),
         Command::Soak(args) => block_on(soak::run(&args)),
         Command::PeerSubscriber(args) => block_on(peers::subscriber(&args)),

@@ -132,7 +132,7 @@ impl Probe {
 }
 
 /// `VmRSS` of a process, in bytes.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -141,7 +141,7 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 
 /// The sizes of the files under `dir`, summed. Files that vanish while it is
 /// walked (RocksDB deletes obsolete files) count as nothing.
-fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let Ok(entry) = entry else { continue };

@@ -7,6 +7,11 @@
 //! WORKLOAD.md's order on that one store, which starts empty: W4 and W5 read
 //! what W1-W3 wrote. When `--only` leaves out a workload whose data a later one
 //! reads, the same streams and counts are written untimed first.
+//!
+//! Each workload's row also says the CPU it cost per event (see
+//! [`crate::cpu`]): the server's (only for a server this run started: with
+//! `--addr` its process is unknown) and this client's, W6's subscriber process
+//! included.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::BoxError;
+use crate::cpu::{CpuMeter, CpuUse, with_cpu};
 use crate::disk::{self, SyncRate};
 use crate::machine::Machine;
 use crate::report::{markdown_table_with, thousands};
@@ -88,6 +94,8 @@ struct RunReport {
     /// fdatasync/s just before and after W1 and W2, which are compared with
     /// the disk: its rate drifts within minutes.
     around: Vec<(String, (f64, f64))>,
+    /// The CPU each workload of `results` cost, by workload id.
+    cpu: Vec<(String, CpuUse)>,
 }
 
 impl RunReport {
@@ -107,6 +115,14 @@ impl RunReport {
             .map(|(id, (before, after))| (id.clone(), (before + after) / 2.0))
             .collect();
         verdicts(&self.results, self.fsync_reference(), &own, self.durable())
+    }
+
+    /// The CPU workload `id` cost.
+    fn cpu(&self, id: &str) -> Option<&CpuUse> {
+        self.cpu
+            .iter()
+            .find(|(own, _)| own == id)
+            .map(|(_, cpu)| cpu)
     }
 
     /// The probes around workload `id`, if it had its own.
@@ -187,7 +203,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
     let (address, mut server) = server::given_or_started(
         args.addr.as_deref(),
         args.server_bin.as_deref(),
-        args.unsynced,
+        (args.unsynced, &[]),
         scratch.path(),
     )
     .await?;
@@ -206,8 +222,15 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
         info.version, info.durability
     );
 
-    let (results, filled, around) =
-        workloads_in_order(&target, &address, &selected, cap, (scratch.path(), probe)).await?;
+    let meter = CpuMeter::new(server.as_ref().and_then(server::ServerProcess::pid));
+    let (results, filled, around, cpu) = workloads_in_order(
+        &target,
+        &address,
+        &selected,
+        cap,
+        (scratch.path(), probe, meter),
+    )
+    .await?;
 
     eprintln!("measuring the fdatasync rate again ...");
     let fsync_after = disk::fdatasync_rate(scratch.path(), probe)?;
@@ -229,6 +252,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
         filled,
         results,
         around,
+        cpu,
     };
     println!("{}", table(&report));
     if let Some(path) = &args.json {
@@ -240,17 +264,20 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
 
 /// Runs the null loop, the round trip and the selected workloads in order.
 /// W1 and W2, which are compared with the disk, get an fdatasync probe of
-/// their own just before and after (`probe`: directory and length). Returns
-/// the results, the workloads written untimed instead, and the probes.
+/// their own just before and after (`probe`: directory and length), and
+/// every workload CPU samples just before and after it, inside the probes.
+/// Returns the results, the workloads written untimed instead, the probes and
+/// the CPU.
 async fn workloads_in_order(
     target: &Cairn,
     address: &str,
     selected: &[&str],
     cap: Duration,
-    probe: (&Path, Duration),
+    probe: (&Path, Duration, CpuMeter),
 ) -> Result<Outcome, BoxError> {
-    let (probe_dir, probe_length) = probe;
+    let (probe_dir, probe_length, meter) = probe;
     let mut around = Vec::new();
+    let mut cpu = Vec::new();
     let mut results = Vec::new();
     let mut filled = Vec::new();
     let mut record = |result: Measured| {
@@ -269,7 +296,10 @@ async fn workloads_in_order(
     eprintln!("null loop ...");
     record(workloads::null_loop());
     eprintln!("round trips ...");
-    record(workloads::round_trips(target).await?);
+    let sample = meter.sample();
+    let rtt = workloads::round_trips(target).await?;
+    cpu.push((rtt.id.clone(), meter.since(sample, rtt.events)));
+    record(rtt);
 
     let fills = fills_needed(selected);
     for workload in WORKLOADS {
@@ -290,6 +320,7 @@ async fn workloads_in_order(
         } else {
             None
         };
+        let sample = meter.sample();
         let result = match workload {
             "W1" => workloads::w1(target, cap).await?,
             "W2" => workloads::w2(target, cap).await?,
@@ -301,17 +332,30 @@ async fn workloads_in_order(
             "W5" => workloads::w5(target).await?,
             _ => w6::w6(target, address).await?,
         };
+        let used = meter.since(sample, result.events);
+        eprintln!(
+            "  CPU µs/ev: server {}, client {}",
+            CpuUse::cell(used.server_us_per_event()),
+            CpuUse::cell(used.client_us_per_event())
+        );
+        cpu.push((result.id.clone(), used));
         if let Some(before) = before {
             let after = disk::fdatasync_rate(probe_dir, probe_length)?.per_second;
             around.push((workload.to_owned(), (before, after)));
         }
         record(result);
     }
-    Ok((results, filled, around))
+    Ok((results, filled, around, cpu))
 }
 
-/// What [`workloads_in_order`] returns: results, fills, probes around W1/W2.
-type Outcome = (Vec<Measured>, Vec<String>, Vec<(String, (f64, f64))>);
+/// What [`workloads_in_order`] returns: results, fills, probes around W1/W2,
+/// CPU per workload.
+type Outcome = (
+    Vec<Measured>,
+    Vec<String>,
+    Vec<(String, (f64, f64))>,
+    Vec<(String, CpuUse)>,
+);
 
 /// Milliseconds from microseconds, three decimals.
 fn ms(us: f64) -> String {
@@ -364,7 +408,17 @@ fn table(report: &RunReport) -> String {
     let _ = writeln!(out);
 
     let header = [
-        "workload", "events", "ops", "s", "ev/s", "ops/s", "p50 ms", "p99 ms", "note",
+        "workload",
+        "events",
+        "ops",
+        "s",
+        "ev/s",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "srv µs/ev",
+        "cli µs/ev",
+        "note",
     ];
     let rows: Vec<Vec<String>> = report
         .results
@@ -405,11 +459,23 @@ fn table(report: &RunReport) -> String {
                 thousands(result.operations_per_second()),
                 ms(result.latency.p50_us),
                 ms(result.latency.p99_us),
+                CpuUse::cell(report.cpu(&result.id).and_then(CpuUse::server_us_per_event)),
+                CpuUse::cell(report.cpu(&result.id).and_then(CpuUse::client_us_per_event)),
                 note,
             ]
         })
         .collect();
     out.push_str(&markdown_table_with(&header, &rows, &[0, header.len() - 1]));
+    let _ = writeln!(
+        out,
+        "\nsrv / cli µs/ev: CPU (user + system) over the workload ÷ its events, of the server \
+         process{} and of cairn-bench with W6's subscriber process (/proc/<pid>/stat, 10 ms ticks).",
+        if report.started_server {
+            ""
+        } else {
+            " (unknown with --addr)"
+        }
+    );
 
     let verdicts = report.verdicts();
     if !verdicts.is_empty() {
@@ -458,7 +524,7 @@ fn json(report: &RunReport) -> Value {
         "fdatasync_reference_per_second": round(report.fsync_reference()),
         "filled_untimed": report.filled,
         "workloads": report.results.iter().map(|result| {
-            let mut figures = result.to_json();
+            let mut figures = with_cpu(result.to_json(), report.cpu(&result.id));
             if let Some((before, after)) = report.around(&result.id) {
                 figures["fdatasync_around"] = json!({
                     "before_per_second": round(before),

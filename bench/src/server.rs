@@ -41,17 +41,21 @@ impl Durability {
 
 /// The server a benchmark talks to: `addr` when given, else a fresh `cairn`
 /// (see [`server_binary`]) started on `scratch/data` with `unsynced` durability
-/// or not, logging to `scratch/server.log`. Returns its address and the started
-/// process, if any, for the caller to stop at the end.
+/// or not and the flags `extra` added, logging to `scratch/server.log`.
+/// Returns its address and the started process, if any, for the caller to stop
+/// at the end.
 pub(crate) async fn given_or_started(
     addr: Option<&str>,
     server_bin: Option<&Path>,
-    unsynced: bool,
+    (unsynced, extra): (bool, &[String]),
     scratch: &Path,
 ) -> Result<(String, Option<ServerProcess>), BoxError> {
     if let Some(addr) = addr {
         if unsynced {
             eprintln!("note: --unsynced has no effect with --addr");
+        }
+        if !extra.is_empty() {
+            eprintln!("note: --server-arg has no effect with --addr");
         }
         return Ok((addr.to_owned(), None));
     }
@@ -63,13 +67,21 @@ pub(crate) async fn given_or_started(
     };
     let data = scratch.join("data");
     eprintln!(
-        "starting {} --durability {} on {} ...",
+        "starting {} --durability {}{}{} on {} ...",
         binary.display(),
         durability.flag(),
+        if extra.is_empty() { "" } else { " " },
+        extra.join(" "),
         data.display()
     );
-    let started =
-        ServerProcess::start(&binary, &data, durability, &scratch.join("server.log")).await?;
+    let started = ServerProcess::start_with(
+        &binary,
+        &data,
+        durability,
+        &scratch.join("server.log"),
+        extra,
+    )
+    .await?;
     Ok((started.address().to_owned(), Some(started)))
 }
 
@@ -93,6 +105,11 @@ pub(crate) struct ServerArgs {
     /// The `cairn` binary. Default: `cairn` next to this executable.
     #[arg(long, value_name = "PATH")]
     pub(crate) server_bin: Option<PathBuf>,
+
+    /// A flag for the started server, added after the benchmark's own
+    /// (repeat it, e.g. `--server-arg=--block-cache-bytes=1073741824`).
+    #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    pub(crate) server_args: Vec<String>,
 }
 
 /// A benchmark's server and its scratch directory (removed when dropped).
@@ -123,7 +140,7 @@ impl ServerArgs {
         let (address, server) = given_or_started(
             self.addr.as_deref(),
             self.server_bin.as_deref(),
-            self.unsynced,
+            (self.unsynced, &self.server_args),
             scratch.path(),
         )
         .await?;
@@ -211,6 +228,19 @@ impl ServerProcess {
         durability: Durability,
         log: &Path,
     ) -> Result<Self, BoxError> {
+        Self::start_with(binary, data, durability, log, &[]).await
+    }
+
+    /// [`Self::start`] with the flags `extra` after the benchmark's own; they
+    /// must not repeat those (`--listen`, `--data`, `--durability`, ...): the
+    /// server rejects a flag given twice.
+    pub(crate) async fn start_with(
+        binary: &Path,
+        data: &Path,
+        durability: Durability,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<Self, BoxError> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let log_file = File::options().create(true).append(true).open(log)?;
@@ -232,6 +262,7 @@ impl ServerProcess {
             .arg(durability.flag())
             .arg("--log-level")
             .arg("warn")
+            .args(extra)
             .current_dir(data.parent().unwrap_or(data))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

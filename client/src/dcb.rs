@@ -135,7 +135,7 @@ impl AppendCondition {
         Self { query, after }
     }
 
-    fn into_proto(self) -> pb::AppendCondition {
+    pub(crate) fn into_proto(self) -> pb::AppendCondition {
         pb::AppendCondition {
             query: Some(self.query.into_proto()),
             after: self.after,

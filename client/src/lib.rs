@@ -23,6 +23,7 @@
 //! storage engine.
 
 mod aggregate;
+mod append_stream;
 mod builder;
 mod dcb;
 mod error;
@@ -52,6 +53,7 @@ pub use aggregate::{
     Aggregate, AggregateError, CodecError, Executed, Loaded, Repository, RepositoryOptions,
     SNAPSHOT_EVENT_TYPE, SNAPSHOT_STREAM_PREFIX, SnapshotIgnored, SnapshotUse, snapshot_stream,
 };
+pub use append_stream::{AppendAnswer, AppendSession};
 pub use builder::ClientBuilder;
 pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};

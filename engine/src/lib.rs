@@ -660,7 +660,9 @@ impl Engine {
     pub fn stream_info(&self, by: &Principal, stream: &str) -> Result<StreamInfo> {
         cairn_storage::validate_stored_stream_name(stream)?;
         self.authorize(by, Access::MetadataRead, stream)?;
-        self.inner.store.stream_info(stream).ok_or_else(|| {
+        // The fallible lookup: a stream record that cannot be read is an error
+        // for the caller, never "no such stream".
+        self.inner.store.try_stream_info(stream)?.ok_or_else(|| {
             Error::Store(cairn_storage::Error::StreamNotFound {
                 stream: stream.to_owned(),
             })

@@ -101,6 +101,10 @@ pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store,
         durability: settings.durability.into(),
         limits: settings.limits(),
         block_cache_bytes: settings.block_cache_bytes.max(1024 * 1024),
+        catalog: cairn_storage::CatalogLimits {
+            max_streams: settings.stream_cache_streams.max(1),
+            max_bytes: settings.stream_cache_bytes,
+        },
         ring: cairn_storage::RingLimits {
             max_events: settings.live_ring_events.max(1),
             ..cairn_storage::RingLimits::default()

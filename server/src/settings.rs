@@ -92,6 +92,10 @@ impl std::fmt::Display for Listen {
 /// Default of [`Settings::block_cache_bytes`]: 256 MiB.
 pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
+/// Defaults of [`Settings::stream_cache_streams`] and
+/// [`Settings::stream_cache_bytes`]: the storage engine's.
+const DEFAULT_STREAM_CACHE: cairn_storage::CatalogLimits = cairn_storage::CatalogLimits::DEFAULT;
+
 /// The resolved settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Settings {
@@ -150,6 +154,12 @@ pub struct Settings {
     /// RocksDB's block cache (decompressed data blocks, shared by every
     /// column family), bytes.
     pub block_cache_bytes: usize,
+    /// Most stream records (heads, states, metadata) kept in memory; the rest
+    /// are read from disk when used.
+    pub stream_cache_streams: usize,
+    /// Most bytes of stream records kept in memory (names and custom
+    /// metadata plus a fixed overhead per stream).
+    pub stream_cache_bytes: usize,
     /// Run a scavenge this often, milliseconds; 0: only when asked.
     pub auto_scavenge_interval_ms: u64,
     /// Log format.
@@ -364,6 +374,8 @@ impl Settings {
             connection_idle_timeout_ms: 120_000,
             client_stall_timeout_ms: 60_000,
             block_cache_bytes: DEFAULT_BLOCK_CACHE_BYTES,
+            stream_cache_streams: DEFAULT_STREAM_CACHE.max_streams,
+            stream_cache_bytes: DEFAULT_STREAM_CACHE.max_bytes,
             auto_scavenge_interval_ms: 0,
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -456,6 +468,12 @@ pub struct SettingsArgs {
     /// RocksDB block cache in bytes [default: 268435456].
     #[arg(long, env = "CAIRN_BLOCK_CACHE_BYTES")]
     pub block_cache_bytes: Option<usize>,
+    /// Most stream records cached in memory [default: 100000].
+    #[arg(long, env = "CAIRN_STREAM_CACHE_STREAMS")]
+    pub stream_cache_streams: Option<usize>,
+    /// Most bytes of stream records cached in memory [default: 67108864].
+    #[arg(long, env = "CAIRN_STREAM_CACHE_BYTES")]
+    pub stream_cache_bytes: Option<usize>,
     /// Scavenge every this many ms; 0: only when asked [default: 0].
     #[arg(long, env = "CAIRN_AUTO_SCAVENGE_INTERVAL_MS")]
     pub auto_scavenge_interval_ms: Option<u64>,
@@ -532,6 +550,11 @@ impl SettingsArgs {
             .set_default("kurrent_listen", "127.0.0.1:2113")?
             .set_default("http_listen", "127.0.0.1:2114")?
             .set_default("block_cache_bytes", DEFAULT_BLOCK_CACHE_BYTES as u64)?
+            .set_default(
+                "stream_cache_streams",
+                DEFAULT_STREAM_CACHE.max_streams as u64,
+            )?
+            .set_default("stream_cache_bytes", DEFAULT_STREAM_CACHE.max_bytes as u64)?
             .set_default("auto_scavenge_interval_ms", 0u64)?
             .set_default("log_format", "human")?
             .set_default("log_level", "info")?
@@ -618,13 +641,21 @@ impl SettingsArgs {
                     .map(|v| v.expose().to_owned()),
             ),
         ];
-        let facades: [(&str, Option<String>); 5] = [
+        let facades: [(&str, Option<String>); 7] = [
             ("kurrent_listen", self.kurrent_listen.map(|v| text(&v))),
             ("kurrent_advertise", self.kurrent_advertise.clone()),
             ("http_listen", self.http_listen.map(|v| text(&v))),
             (
                 "block_cache_bytes",
                 self.block_cache_bytes.map(|v| text(&v)),
+            ),
+            (
+                "stream_cache_streams",
+                self.stream_cache_streams.map(|v| text(&v)),
+            ),
+            (
+                "stream_cache_bytes",
+                self.stream_cache_bytes.map(|v| text(&v)),
             ),
             (
                 "auto_scavenge_interval_ms",

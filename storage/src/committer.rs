@@ -358,7 +358,9 @@ impl Committer {
                     synced: self.shared.durability == Durability::Sync,
                 });
             }
-            self.shared.catalog.apply(group.overlay);
+            self.shared
+                .catalog
+                .apply(group.overlay, self.next_stream_id);
             let notice = CommitNotice {
                 head: self.head,
                 changed_streams: group.changed_streams,
@@ -422,13 +424,14 @@ impl Committer {
         }
     }
 
-    /// The stream's record as of this point in the group.
-    fn record(&self, stream: &str, group: &Group) -> Option<StreamRecord> {
-        group
-            .overlay
-            .get(stream)
-            .cloned()
-            .or_else(|| self.shared.catalog.get(stream))
+    /// The stream's record as of this point in the group: the group's own
+    /// change, else the catalog's latest (`catalog.rs`, invariant 1: the
+    /// database already holds every earlier group, whose writes returned).
+    fn record(&self, stream: &str, group: &Group) -> Result<Option<StreamRecord>> {
+        if let Some(record) = group.overlay.get(stream) {
+            return Ok(Some(record.clone()));
+        }
+        self.shared.catalog.get_latest(&self.shared.db, stream)
     }
 
     fn new_record(&mut self) -> StreamRecord {
@@ -462,7 +465,7 @@ impl Committer {
         for part in &parts {
             let (entries, rest) = part_entries.split_at(part.events.len());
             part_entries = rest;
-            let record = self.record(&part.stream, group);
+            let record = self.record(&part.stream, group)?;
             if record.as_ref().is_some_and(|record| record.tombstoned) {
                 return Err(Error::StreamTombstoned {
                     stream: part.stream.clone(),
@@ -701,7 +704,7 @@ impl Committer {
             if part.events.is_empty() {
                 continue;
             }
-            let Some(record) = self.record(&part.stream, group) else {
+            let Some(record) = self.record(&part.stream, group)? else {
                 return Ok(false);
             };
             let mut part_first_revision = None;
@@ -878,7 +881,7 @@ impl Committer {
         tombstone: bool,
         group: &mut Group,
     ) -> Result<CurrentRevision> {
-        let existing = self.record(stream, group);
+        let existing = self.record(stream, group)?;
         if existing.as_ref().is_some_and(|record| record.tombstoned) {
             return Err(Error::StreamTombstoned {
                 stream: stream.to_owned(),
@@ -924,7 +927,7 @@ impl Committer {
                 Error::InvalidArgument(format!("custom stream metadata is not valid JSON: {error}"))
             })?;
         }
-        let existing = self.record(stream, group);
+        let existing = self.record(stream, group)?;
         if existing.as_ref().is_some_and(|record| record.tombstoned) {
             return Err(Error::StreamTombstoned {
                 stream: stream.to_owned(),

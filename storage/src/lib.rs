@@ -22,7 +22,8 @@
 //! Module map:
 //! - `model`: request/response types and input validation.
 //! - `codec`: byte layouts of keys and values (the format).
-//! - `catalog`: in-memory stream heads and the visibility rule.
+//! - `catalog`: the bounded cache of stream records (heads, states,
+//!   metadata) over the `streams` column family, and the visibility rule.
 //! - `committer`: the single writer thread (group commit).
 //! - `read`: read paths. `scavenge`: physical removal of hidden events.
 //! - `query`: DCB queries, tags and append conditions; the index cursor
@@ -68,6 +69,7 @@ pub use backup::{
     BackupFile, BackupManifest, MANIFEST_FILE, VerifiedBackup, read_manifest, restore,
     verify_backup,
 };
+pub use catalog::{CatalogLimits, CatalogUsage, ENTRY_OVERHEAD_BYTES};
 pub use error::{Error, Result};
 pub use live::{CommitListener, CommitNotice, Live, RingLimits};
 pub use model::{

@@ -3,8 +3,10 @@
 //! RocksDB snapshot and never wait for the committer.
 //!
 //! Every path applies the same visibility rule (`StreamRecord::is_visible`) and
-//! never returns anything at or beyond the published head, so a read never shows
-//! an event whose stream the catalog does not know yet.
+//! never returns anything at or beyond the published head it took at its
+//! start. A stream record may be newer than that head (`catalog.rs`,
+//! invariant 3), so no path takes a bound on positions from a record: the
+//! head bounds every one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::time::SystemTime;
 
 use rocksdb::{DB, DBRawIteratorWithThreadMode, IteratorMode, ReadOptions, SnapshotWithThreadMode};
 
-use crate::catalog::Catalog;
+use crate::catalog::Fill;
 use crate::codec::{self, RecordHeader, StreamRecord, cf};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -323,6 +325,9 @@ impl Store {
         }
         let mut page = StreamListPage::default();
         let mut bytes = 0usize;
+        // The column family itself, not the catalog's cache: a listing walks
+        // names in order. It may show a group that is durable but not yet
+        // published (`catalog.rs`, invariant 3).
         let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
         for item in shared.db.iterator_cf(shared.cf(cf::STREAMS), mode) {
             let (key, value) = item?;
@@ -367,7 +372,10 @@ impl Reader<'_> {
         max: usize,
         budget: &mut Budget,
     ) -> Result<ReadPage> {
-        let record = self.shared.catalog.get(stream);
+        let record = self
+            .shared
+            .catalog
+            .get(&self.shared.db, stream, Fill::Yes)?;
         let record = match record {
             None => {
                 return Err(Error::StreamNotFound {
@@ -422,10 +430,6 @@ impl Reader<'_> {
             if revision >= end || revision < first {
                 break;
             }
-            if positions.len() == max {
-                next = Some(revision);
-                break;
-            }
             let value = iterator.value().unwrap_or_default();
             if value.len() != 8 {
                 return Err(Error::Corrupt {
@@ -434,8 +438,24 @@ impl Reader<'_> {
                     reason: "value is not an 8-byte position".into(),
                 });
             }
+            let position = codec::read_u64(value);
+            if position >= self.head {
+                // Written by a group not yet published: the record (and the
+                // snapshot) may be ahead of the head this read took. A
+                // stream's positions grow with its revisions, so forwards
+                // nothing readable follows; backwards, older revisions do.
+                if forwards {
+                    break;
+                }
+                iterator.prev();
+                continue;
+            }
+            if positions.len() == max {
+                next = Some(revision);
+                break;
+            }
             revisions.push(revision);
-            positions.push(codec::read_u64(value));
+            positions.push(position);
             if forwards {
                 iterator.next();
             } else {
@@ -444,8 +464,8 @@ impl Reader<'_> {
         }
         iterator.status()?;
         let keep = |header: &RecordHeader<'_>| {
-            record.is_visible(header.revision, header.created, self.now)
-                && self.matcher.matches(header.stream, header.event_type)
+            Ok(record.is_visible(header.revision, header.created, self.now)
+                && self.matcher.matches(header.stream, header.event_type))
         };
         let consumed = self.fetch(&positions, forwards, budget, keep, &mut page.events)?;
         page.next = revisions.get(consumed).copied().or(next);
@@ -463,13 +483,14 @@ impl Reader<'_> {
     /// position is not the entry it already stands on, so runs of adjacent
     /// positions (a stream written in batches) cost a step each, not a lookup.
     /// Positions are monotonic in the direction of the read (index order).
-    /// Records `keep` refuses are checked and parsed but never copied.
+    /// Records `keep` refuses are checked and parsed but never copied; an
+    /// error of `keep` ends the page with that error.
     fn fetch(
         &self,
         positions: &[u64],
         forwards: bool,
         budget: &mut Budget,
-        mut keep: impl FnMut(&RecordHeader<'_>) -> bool,
+        mut keep: impl FnMut(&RecordHeader<'_>) -> Result<bool>,
         events: &mut Vec<RecordedEvent>,
     ) -> Result<usize> {
         self.fetch_with(
@@ -488,7 +509,7 @@ impl Reader<'_> {
         positions: &[u64],
         forwards: bool,
         budget: &mut Budget,
-        mut keep: impl FnMut(&RecordHeader<'_>, &[u8]) -> bool,
+        mut keep: impl FnMut(&RecordHeader<'_>, &[u8]) -> Result<bool>,
         events: &mut Vec<RecordedEvent>,
     ) -> Result<usize> {
         let Some(&first) = positions.first() else {
@@ -514,7 +535,7 @@ impl Reader<'_> {
             budget.examined += value.len();
             budget.records += 1;
             let header = codec::decode_header(position, value)?;
-            if keep(&header, value) {
+            if keep(&header, value)? {
                 let event = header.to_event(position, value);
                 budget.bytes += event.size();
                 events.push(event);
@@ -553,7 +574,7 @@ impl Reader<'_> {
     /// The visibility rule and the request's filter, for one page.
     fn visibility(&self) -> Visibility<'_> {
         Visibility {
-            catalog: &self.shared.catalog,
+            shared: self.shared,
             seen: HashMap::new(),
             now: self.now,
             matcher: &self.matcher,
@@ -626,7 +647,7 @@ impl Reader<'_> {
                         header.revision,
                         header.created,
                         header.event_type,
-                    ) {
+                    )? {
                         let event = header.to_event(position, value);
                         budget.bytes += event.size();
                         page.events.push(event);
@@ -770,13 +791,15 @@ impl Reader<'_> {
         page: &mut ReadPage,
     ) -> Result<Option<u64>> {
         let keep = |header: &RecordHeader<'_>, record: &[u8]| {
-            query.is_none_or(|query| query.matches_record(header, record))
-                && visible.check(
-                    header.stream,
-                    header.revision,
-                    header.created,
-                    header.event_type,
-                )
+            if query.is_some_and(|query| !query.matches_record(header, record)) {
+                return Ok(false);
+            }
+            visible.check(
+                header.stream,
+                header.revision,
+                header.created,
+                header.event_type,
+            )
         };
         let consumed = self.fetch_with(pending, forwards, budget, keep, &mut page.events)?;
         if consumed > 0 {
@@ -789,10 +812,15 @@ impl Reader<'_> {
 }
 
 /// The visibility rule plus the request's filter, for one page. Stream records
-/// are copied out of the catalog once per stream and page, so the catalog lock is
-/// held only for single lookups and never delays the committer for a whole page.
+/// are copied out of the catalog once per stream and page, so the catalog's
+/// lock is held only for single lookups and never delays the committer for a
+/// whole page. A page walks positions, not streams, so a record it has to read
+/// from the database is not put into the catalog's cache (`Fill::No`): one
+/// reader catching up on `$all` must not evict the committer's working set.
+/// The records may be newer than the page's head (`catalog.rs`, invariant 3);
+/// they only decide visibility of events below it.
 struct Visibility<'a> {
-    catalog: &'a Catalog,
+    shared: &'a Shared,
     seen: HashMap<String, Option<StreamRecord>>,
     now: SystemTime,
     matcher: &'a FilterMatcher,
@@ -805,23 +833,24 @@ impl Visibility<'_> {
         revision: u64,
         created: SystemTime,
         event_type: &str,
-    ) -> bool {
+    ) -> Result<bool> {
         if !self.matcher.matches(stream, event_type) {
-            return false;
+            return Ok(false);
         }
         let visible = |record: Option<&StreamRecord>| {
-            // A stream below the published head is always in the catalog; treat a
-            // missing one as hidden rather than guess.
+            // An event below the published head was written in the same batch
+            // as its stream's record, so the record exists; treat a missing one
+            // as hidden rather than guess.
             record.is_some_and(|record| record.is_visible(revision, created, self.now))
         };
-        // One hash lookup per event; the name is copied and the catalog's lock
-        // taken only for a stream's first event in the page.
+        // One hash lookup per event; the name is copied and the catalog asked
+        // only for a stream's first event in the page.
         if let Some(record) = self.seen.get(stream) {
-            return visible(record.as_ref());
+            return Ok(visible(record.as_ref()));
         }
-        let record = self.catalog.get(stream);
+        let record = self.shared.catalog.get(&self.shared.db, stream, Fill::No)?;
         let answer = visible(record.as_ref());
         self.seen.insert(stream.to_owned(), record);
-        answer
+        Ok(answer)
     }
 }

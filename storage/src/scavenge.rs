@@ -27,6 +27,7 @@ use std::time::SystemTime;
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
+use crate::catalog::Fill;
 use crate::codec::{self, SegmentCounter, cf, meta_key};
 use crate::error::Result;
 use crate::model::{ScavengeReport, category_of};
@@ -166,16 +167,17 @@ impl Store {
                 report.scanned += 1;
                 progress.scanned.fetch_add(1, Ordering::Relaxed);
                 let header = codec::decode_header(position, &value)?;
-                let stream_id = {
-                    let catalog = shared.catalog.read();
-                    match catalog.get(header.stream) {
-                        Some(record)
-                            if !record.is_visible(header.revision, header.created, now) =>
-                        {
-                            Some(record.id)
-                        }
-                        _ => None,
+                // One lookup per record, no lock held across the database
+                // read of a miss, and nothing put into the cache (a walk over
+                // every stream must not evict the working set). The record
+                // may be newer than `head` (`catalog.rs`, invariant 3): a
+                // delete that is durable but not yet published already counts,
+                // which is the decision every reader makes an instant later.
+                let stream_id = match shared.catalog.get(&shared.db, header.stream, Fill::No)? {
+                    Some(record) if !record.is_visible(header.revision, header.created, now) => {
+                        Some(record.id)
                     }
+                    _ => None,
                 };
                 let Some(stream_id) = stream_id else { continue };
                 batch.delete_cf(shared.cf(cf::LOG), codec::log_key(position));

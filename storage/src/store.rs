@@ -9,7 +9,6 @@
 //! acknowledged. `StoreOptions::write_fault` is the seam tests use to reach those
 //! paths.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,10 +19,8 @@ use rocksdb::{
     DBRecoveryMode, IteratorMode, Options,
 };
 
-use crate::catalog::Catalog;
-use crate::codec::{
-    self, FORMAT_VERSION, OLDEST_MIGRATED_FORMAT, SegmentCounter, StreamRecord, cf, meta_key,
-};
+use crate::catalog::{Catalog, CatalogLimits, CatalogUsage, Fill};
+use crate::codec::{self, FORMAT_VERSION, OLDEST_MIGRATED_FORMAT, SegmentCounter, cf, meta_key};
 use crate::committer::{AppendReply, Command, Committer, GroupLimits};
 use crate::error::{Error, Result};
 use crate::live::{Live, RingLimits};
@@ -107,6 +104,12 @@ pub struct StoreOptions {
     pub limits: Limits,
     /// Bounds of the in-memory ring of recent events.
     pub ring: RingLimits,
+    /// Bounds of the stream catalog's cache of stream records (heads, states,
+    /// metadata). Every record stays in the database; these bound only the
+    /// memory of the ones in use, so a store of any number of streams opens
+    /// and runs in the same memory. A stream outside the cache costs one
+    /// RocksDB read (usually from the block cache) when it is next used.
+    pub catalog: CatalogLimits,
     /// Requests waiting for the committer. A request that finds the queue full
     /// is answered at once with [`Error::Overloaded`]; callers never block.
     pub queue_capacity: usize,
@@ -136,6 +139,7 @@ impl Default for StoreOptions {
             durability: Durability::Sync,
             limits: Limits::default(),
             ring: RingLimits::default(),
+            catalog: CatalogLimits::default(),
             queue_capacity: 8192,
             max_group_requests: 2048,
             max_group_bytes: 32 * 1024 * 1024,
@@ -411,20 +415,11 @@ impl Store {
         let next_stream_id = read_u64(meta_key::NEXT_STREAM_ID, "next_stream_id")?;
         let events_removed = read_u64(meta_key::EVENTS_REMOVED, "events_removed")?;
 
-        let mut streams = HashMap::new();
-        let streams_cf = db
-            .cf_handle(cf::STREAMS)
-            .ok_or_else(|| Error::Io("streams column family missing".into()))?;
-        for item in db.iterator_cf(streams_cf, IteratorMode::Start) {
-            let (key, value) = item?;
-            let name = String::from_utf8(key.to_vec()).map_err(|_| Error::Corrupt {
-                column_family: cf::STREAMS,
-                key: String::from_utf8_lossy(&key).into_owned(),
-                reason: "stream name is not UTF-8".into(),
-            })?;
-            let record = StreamRecord::decode(&name, &value)?;
-            streams.insert(name, record);
-        }
+        // No stream record is read here: the catalog loads them as they are
+        // used, and counts them from `next_stream_id` (`catalog.rs`,
+        // invariant 5).
+        let next_stream_id = next_stream_id.max(1);
+        let catalog = Catalog::new(options.catalog, next_stream_id);
 
         let segment_number = codec::segment_of(head);
         let segments = db
@@ -437,11 +432,16 @@ impl Store {
             Some(value) => codec::decode_counts(&value)?,
             None => (0, 0),
         };
-        tracing::info!(path = %path.display(), head, streams = streams.len(), "store opened");
+        tracing::info!(
+            path = %path.display(),
+            head,
+            streams = catalog.stream_count(),
+            "store opened"
+        );
 
         let shared = Arc::new(Shared {
             db,
-            catalog: Catalog::new(streams),
+            catalog,
             live: Live::new(head, options.ring),
             durability: options.durability,
             limits: options.limits,
@@ -458,7 +458,7 @@ impl Store {
         let committer = Committer::new(
             Arc::clone(&shared),
             head,
-            next_stream_id.max(1),
+            next_stream_id,
             (segment_number, events, bytes),
             GroupLimits {
                 max_commands: options.max_group_requests.max(1),
@@ -653,25 +653,49 @@ impl Store {
     }
 
     /// What the store knows about one stream (also deleted ones); `None` if never
-    /// written, deleted or given metadata.
+    /// written, deleted or given metadata, and also when its record cannot be
+    /// read (a RocksDB error or a damaged record, logged as an error; see
+    /// [`Store::try_stream_info`]).
+    ///
+    /// The info may be a moment ahead of [`Live::head`]: a group that is
+    /// durable but not yet published already shows here (`catalog.rs`,
+    /// invariant 3), so its last revision may not be readable yet.
     pub fn stream_info(&self, stream: &str) -> Option<StreamInfo> {
-        self.inner
-            .shared
+        self.try_stream_info(stream).unwrap_or_else(|error| {
+            tracing::error!(stream, %error, "a stream record could not be read");
+            None
+        })
+    }
+
+    /// [`Store::stream_info`] with the error of a record that cannot be read.
+    pub fn try_stream_info(&self, stream: &str) -> Result<Option<StreamInfo>> {
+        let shared = &self.inner.shared;
+        Ok(shared
             .catalog
-            .get(stream)
-            .map(|record| record.info(stream))
+            .get(&shared.db, stream, Fill::Yes)?
+            .map(|record| record.info(stream)))
     }
 
     /// How often the stream's metadata was set (`Some(None)`: never; `None`:
-    /// no such stream), without copying the stream's record: callers that
-    /// cache something derived from the metadata check it against this.
+    /// no such stream, or its record cannot be read, which is logged as an
+    /// error), without building the stream's info: callers that cache
+    /// something derived from the metadata check it against this. Like
+    /// [`Store::stream_info`], it may be a moment ahead of the head.
     pub fn metadata_revision(&self, stream: &str) -> Option<Option<u64>> {
-        self.inner
-            .shared
-            .catalog
-            .read()
-            .get(stream)
-            .map(|record| record.metadata_revision)
+        let shared = &self.inner.shared;
+        match shared.catalog.get(&shared.db, stream, Fill::Yes) {
+            Ok(record) => record.map(|record| record.metadata_revision),
+            Err(error) => {
+                tracing::error!(stream, %error, "a stream record could not be read");
+                None
+            }
+        }
+    }
+
+    /// What the stream catalog's cache holds now (at most
+    /// [`StoreOptions::catalog`]).
+    pub fn catalog_usage(&self) -> CatalogUsage {
+        self.inner.shared.catalog.usage()
     }
 
     /// Streams whose name starts with `prefix`, in name order, starting after
@@ -697,7 +721,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner);
         StoreInfo {
             head,
-            stream_count: shared.catalog.len() as u64,
+            stream_count: shared.catalog.stream_count(),
             event_count: head.saturating_sub(removed),
         }
     }

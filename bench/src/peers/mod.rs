@@ -123,6 +123,9 @@ pub(crate) struct PeerServer {
     peer: Peer,
     /// The client's address.
     address: String,
+    /// The server's process id (PostgreSQL: the postmaster), as `peers.sh
+    /// start` prints it on its last line; `None` if it printed none.
+    pid: Option<u32>,
     /// Whether it still has to be stopped.
     running: bool,
 }
@@ -148,9 +151,14 @@ impl PeerServer {
             )
             .into());
         }
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()
+            .and_then(|line| line.trim().parse().ok());
         Ok(Self {
             peer,
             address: peer.address(port),
+            pid,
             running: true,
         })
     }
@@ -158,6 +166,11 @@ impl PeerServer {
     /// The client's address.
     pub(crate) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// The server's process id, whose process tree is the server's CPU.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// `peers.sh stop`.

@@ -1,10 +1,12 @@
 //! The `cairn.v1` gRPC facade: with `kurrent/` (the KurrentDB-compatible
 //! facade, which reuses its `auth` layer), the only code of the daemon that
-//! names tonic or `cairn_proto`. One adapter per service (`streams`, `subscriptions`,
+//! names tonic or `cairn_proto`. One adapter per service (`streams`, with its
+//! `append_stream` call, `subscriptions`,
 //! `persistent`, `server_info`, `users`, `operations`), one conversion module per direction
 //! (`from_proto`, `to_proto`), and one error mapping (`status`). Every
 //! decision is the engine's; adapters only convert.
 
+mod append_stream;
 pub(crate) mod auth;
 mod from_proto;
 mod operations;

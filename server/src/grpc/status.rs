@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use cairn_engine::Error;
 use cairn_proto::reason;
+use cairn_proto::v1 as pb;
 use cairn_storage::Error as StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -34,6 +35,25 @@ fn status_with_reason(
         message,
         ErrorDetails::with_error_info(reason, reason::ERROR_DOMAIN, metadata),
     )
+}
+
+/// What `status` carries as an `AppendError`: AppendStream answers a failed
+/// request with exactly what the unary call's status would carry (code,
+/// message, ErrorInfo reason and metadata), so the one mapping above serves
+/// both. A reason outside `ErrorReason` (never sent by this server) reads as
+/// `ERROR_REASON_UNSPECIFIED`.
+pub fn append_error(status: &Status) -> pb::AppendError {
+    let (reason, metadata) = match status.get_details_error_info() {
+        Some(info) => (info.reason, info.metadata),
+        None => (String::new(), HashMap::new()),
+    };
+    pb::AppendError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+        reason: pb::ErrorReason::from_str_name(&reason).unwrap_or(pb::ErrorReason::Unspecified)
+            as i32,
+        metadata,
+    }
 }
 
 /// An INVALID_ARGUMENT status for malformed requests caught in the adapter.
@@ -641,6 +661,31 @@ mod tests {
             };
             assert!(matches, "{error:?} came back as {client:?}");
         }
+    }
+
+    /// AppendStream's per-request error carries what the unary status does,
+    /// for every error: the code, the message, the reason (as the enum value
+    /// of the same name) and the metadata.
+    #[test]
+    fn append_errors_carry_what_the_status_carries() {
+        for (error, code, expected_reason) in cases() {
+            let status = to_status(&error);
+            let carried = append_error(&status);
+            assert_eq!(carried.code, code as i32, "{error}");
+            assert_eq!(carried.message, status.message(), "{error}");
+            let reason = pb::ErrorReason::try_from(carried.reason).expect("a known reason");
+            assert_eq!(reason.as_str_name(), expected_reason, "{error}");
+            assert_eq!(carried.metadata, reason_of(&status).1, "{error}");
+        }
+        let carried = append_error(&to_status(&Error::Store(
+            StoreError::WrongExpectedRevision {
+                stream: "order-1".into(),
+                expected: ExpectedRevision::Exact(1),
+                current: CurrentRevision::Revision(4),
+            },
+        )));
+        assert_eq!(carried.metadata["stream"], "order-1");
+        assert_eq!(carried.metadata["current"], "4");
     }
 
     /// A huge name in an error's metadata is capped like the message: the

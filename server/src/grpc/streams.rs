@@ -2,6 +2,7 @@
 //! `from_proto`, calls the engine (writes are bounded there; reads run on the
 //! blocking pool), maps errors with `status::to_status`, and converts results
 //! with `to_proto`. Each call runs in a span carrying the stream and the outcome.
+//! `AppendStream` is served by `append_stream`, over the same conversions.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -152,7 +153,7 @@ type Sent = (Result<pb::ReadResponse, Status>, BytePermit);
 /// When the call's `grpc-timeout` runs out, if the client set one (gRPC over
 /// HTTP/2: 1 to 8 digits and a unit, `H` `M` `S` `m` `u` `n`). tonic enforces
 /// it only until the response starts; the read task enforces it for the rest.
-fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
+pub(super) fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let digits = value.get(..value.len().checked_sub(1)?)?;
     let unit = value.get(digits.len()..)?;
@@ -172,8 +173,41 @@ fn deadline_of(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// What an `AppendRequest` asks of the engine: its one part and its
+/// condition, converted and checked as far as the adapter checks (the engine
+/// and the store check the rest). Shared by `Append` and `AppendStream`.
+pub(super) fn append_parts(
+    mut request: pb::AppendRequest,
+) -> Result<(Vec<StreamAppend>, Option<cairn_storage::AppendCondition>), Status> {
+    let condition = from_proto::condition(request.condition.take())?;
+    let part = from_proto::append(request)?;
+    Ok((vec![part], condition))
+}
+
+/// What an `AppendMultiRequest` asks of the engine: its parts and its
+/// condition, as [`append_parts`]. Shared by `AppendMulti` and `AppendStream`.
+pub(super) fn multi_parts(
+    request: pb::AppendMultiRequest,
+) -> Result<(Vec<StreamAppend>, Option<cairn_storage::AppendCondition>), Status> {
+    if request.parts.is_empty() {
+        return Err(invalid_argument("append_multi needs at least one part"));
+    }
+    if request.parts.iter().any(|part| part.condition.is_some()) {
+        return Err(invalid_argument(
+            "append_multi takes one condition for the whole request, not one per part",
+        ));
+    }
+    let condition = from_proto::condition(request.condition)?;
+    let parts = request
+        .parts
+        .into_iter()
+        .map(from_proto::append)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((parts, condition))
+}
+
 /// UNAVAILABLE because the server is shutting down.
-fn shutting_down() -> Status {
+pub(super) fn shutting_down() -> Status {
     to_status(&Error::ShuttingDown)
 }
 
@@ -205,10 +239,8 @@ impl Streams for StreamsService {
         let span = tracing::info_span!("append", stream = %Escaped(&request.stream), events = request.events.len(), outcome = tracing::field::Empty);
         async {
             let result = async {
-                let mut request = request;
-                let condition = from_proto::condition(request.condition.take())?;
-                let part = from_proto::append(request)?;
-                let mut results = self.commit(&by, vec![part], condition).await?;
+                let (parts, condition) = append_parts(request)?;
+                let mut results = self.commit(&by, parts, condition).await?;
                 results
                     .pop()
                     .ok_or_else(|| Status::internal("append returned no result"))
@@ -233,27 +265,8 @@ impl Streams for StreamsService {
             .collect();
         let span = tracing::info_span!("append_multi", streams = ?streams, outcome = tracing::field::Empty);
         async {
-            if request.parts.is_empty() {
-                return outcome(Err(invalid_argument(
-                    "append_multi needs at least one part",
-                )));
-            }
-            if request.parts.iter().any(|part| part.condition.is_some()) {
-                return outcome(Err(invalid_argument(
-                    "append_multi takes one condition for the whole request, not one per part",
-                )));
-            }
-            let condition = match from_proto::condition(request.condition) {
-                Ok(condition) => condition,
-                Err(status) => return outcome(Err(status)),
-            };
-            let parts = request
-                .parts
-                .into_iter()
-                .map(from_proto::append)
-                .collect::<Result<Vec<_>, _>>();
-            let result = match parts {
-                Ok(parts) => self.commit(&by, parts, condition).await,
+            let result = match multi_parts(request) {
+                Ok((parts, condition)) => self.commit(&by, parts, condition).await,
                 Err(status) => Err(status),
             };
             outcome(result.map(|results| {
@@ -264,6 +277,22 @@ impl Streams for StreamsService {
         }
         .instrument(span)
         .await
+    }
+
+    type AppendStreamStream = super::append_stream::Answers;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendStreamRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let by = auth::principal(&request)?;
+        Ok(Response::new(super::append_stream::start(
+            self.engine.clone(),
+            by,
+            deadline,
+            request.into_inner(),
+        )))
     }
 
     type ReadStream = ReadStream;
