@@ -43,6 +43,11 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     unsynced: bool,
 
+    /// Send every append over one streaming `AppendStream` call that all of a
+    /// run's clients share (W2's 16 clients then use one connection).
+    #[arg(long)]
+    streaming: bool,
+
     /// Run only these workloads, e.g. `w1,w4` (the null loop and the round
     /// trip always run).
     #[arg(long, value_delimiter = ',', value_name = "W1,W2,...")]
@@ -86,6 +91,8 @@ struct RunReport {
     durability: String,
     address: String,
     started_server: bool,
+    /// Appends went over one shared `AppendStream` call (`--streaming`).
+    streaming: bool,
     fsync_before: SyncRate,
     fsync_after: SyncRate,
     /// Workloads written untimed because `--only` left them out.
@@ -208,7 +215,11 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
     )
     .await?;
 
-    let target = Cairn::connect(&address).await?;
+    let target = if args.streaming {
+        Cairn::connect_streaming(&address).await?
+    } else {
+        Cairn::connect(&address).await?
+    };
     let info = target.client().info().await?;
     if info.head_position != 0 {
         return Err(format!(
@@ -247,6 +258,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
         durability: info.durability,
         address,
         started_server: server.is_some(),
+        streaming: args.streaming,
         fsync_before,
         fsync_after,
         filled,
@@ -384,6 +396,12 @@ fn table(report: &RunReport) -> String {
             " (NOT durable: acknowledged before fsync)"
         }
     );
+    if report.streaming {
+        let _ = writeln!(
+            out,
+            "appends: --streaming, every client's appends over ONE AppendStream call on one connection"
+        );
+    }
     let _ = writeln!(
         out,
         "data and probe in: {} ({})",
@@ -519,6 +537,7 @@ fn json(report: &RunReport) -> Value {
             "address": report.address,
             "started_by_run": report.started_server,
         },
+        "streaming": report.streaming,
         "fdatasync_before": report.fsync_before.to_json(),
         "fdatasync_after": report.fsync_after.to_json(),
         "fdatasync_reference_per_second": round(report.fsync_reference()),

@@ -8,10 +8,11 @@
 //! knows about gRPC except [`Cairn`].
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_client::{
-    AppendResult, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, SubscribeOptions,
+    AppendResult, AppendSession, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, SubscribeOptions,
     SubscriptionMessage,
 };
 use uuid::Uuid;
@@ -169,6 +170,10 @@ pub(crate) struct Cairn {
     address: String,
     /// This connection.
     client: Client,
+    /// With `--streaming`: every append goes over this one `AppendStream`
+    /// call, and `connect_another` shares it (many logical clients, one
+    /// connection, many appends in flight).
+    session: Option<Arc<AppendSession>>,
 }
 
 impl Cairn {
@@ -178,7 +183,16 @@ impl Cairn {
         Ok(Self {
             address: address.to_owned(),
             client,
+            session: None,
         })
+    }
+
+    /// Connects to the server at `address` and opens one streaming append
+    /// call, which this target and every `connect_another` of it share.
+    pub(crate) async fn connect_streaming(address: &str) -> Result<Self, BoxError> {
+        let mut target = Self::connect(address).await?;
+        target.session = Some(Arc::new(target.client.append_session().await?));
+        Ok(target)
     }
 
     /// The underlying client, for Cairn-only calls (`info`).
@@ -201,6 +215,9 @@ impl Target for Cairn {
     type Subscription = CairnSubscription;
 
     async fn connect_another(&self) -> Result<Self, BoxError> {
+        if self.session.is_some() {
+            return Ok(self.clone());
+        }
         Self::connect(&self.address).await
     }
 
@@ -214,7 +231,10 @@ impl Target for Cairn {
             .into_iter()
             .map(|event| EventData::json_text(EVENT_TYPE, event.data).id(event.id))
             .collect();
-        let result = self.client.append(stream, expected.into(), events).await?;
+        let result = match &self.session {
+            Some(session) => session.append(stream, expected.into(), events).await?,
+            None => self.client.append(stream, expected.into(), events).await?,
+        };
         Ok(result.into())
     }
 
