@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_client::{
-    AppendResult, AppendSession, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, SubscribeOptions,
-    SubscriptionMessage,
+    AppendResult, AppendSession, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions,
+    SubscribeOptions, SubscriptionMessage,
 };
 use uuid::Uuid;
 

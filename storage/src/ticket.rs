@@ -24,6 +24,10 @@ struct SlotState<T> {
     closed: bool,
     /// The task to wake when the answer arrives (async callers only).
     waker: Option<Waker>,
+    /// A thread blocks in [`Ticket::wait`]: only then is the condvar
+    /// notified (a notify is a futex syscall even with no waiter, one per
+    /// append on the hot path of async callers).
+    thread_waiting: bool,
 }
 
 /// The caller's half: resolves to the committer's answer.
@@ -44,6 +48,7 @@ pub(crate) fn channel<T>() -> (Ticket<T>, Responder<T>) {
             answer: None,
             closed: false,
             waker: None,
+            thread_waiting: false,
         }),
         answered: Condvar::new(),
     });
@@ -77,6 +82,7 @@ impl<T> Ticket<T> {
             if state.closed {
                 return Err(Error::ShuttingDown);
             }
+            state.thread_waiting = true;
             state = self
                 .slot
                 .answered
@@ -120,7 +126,9 @@ impl<T> Responder<T> {
 
     fn wake(&self, state: &mut SlotState<T>) {
         state.closed = true;
-        self.slot.answered.notify_all();
+        if state.thread_waiting {
+            self.slot.answered.notify_all();
+        }
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
