@@ -1,29 +1,61 @@
-//! The single writer: drains the request queue in groups, checks each request
-//! against the stream heads, writes one RocksDB `WriteBatch` per group with one
-//! WAL sync, then publishes and answers.
+//! The committer: two threads that turn the request queue into RocksDB write
+//! batches, one group at a time, with one WAL sync per group.
+//!
+//! - The **preparer** (`Committer::run`, thread `cairn-committer`) takes each
+//!   command off the queue and prepares it at once into the *open group*:
+//!   checks it against the stream heads, assigns positions, puts its records
+//!   into the group's `WriteBatch`.
+//! - The **writer** (`Writer::run`, thread `cairn-writer`) waits until the open
+//!   group is non-empty and the preparer has added everything queued so far,
+//!   and takes it whole (so everything that arrives while a group syncs joins
+//!   the next group, and a lone request goes at once), seals it (the counters go into its
+//!   batch), writes it, applies it to the catalog, publishes it to the live ring
+//!   and answers its requests. While it writes, the taken group is the
+//!   *in-flight group* and the preparer fills the next open group.
+//!
+//! The open group, the view of the in-flight group and the poison live in one
+//! [`Pipeline`] (a mutex and a condvar); the preparer holds its lock while it
+//! prepares one command, the writer only to take a group and to retire it.
 //!
 //! Invariants this module keeps:
-//! - Only this thread writes `log`, `stream_index`, `streams`, the name indexes,
-//!   `event_ids`, the `head`/`next_stream_id` meta keys and the `Written` segment
-//!   counters. (The scavenger deletes hidden records and writes its own counters;
-//!   the keys never overlap.)
+//! - Only these two threads write `log`, `stream_index`, `streams`, the name
+//!   indexes, `event_ids`, the `head`/`next_stream_id` meta keys and the
+//!   `Written` segment counters, and only the writer calls `DB::write`. (The
+//!   scavenger deletes hidden records and writes its own counters; the keys
+//!   never overlap.)
+//! - The preparer's lookups see, in order: the open group, the in-flight group
+//!   (its stream records, event ids and events), then the catalog and the
+//!   database. The writer retires the in-flight view, under the pipeline's lock,
+//!   only after `Catalog::apply` (catalog.rs, invariant 1), so no lookup ever
+//!   falls through to a catalog or database that lacks a prepared change.
 //! - A request is checked entirely before any of it enters the batch: a failing
 //!   part leaves no trace (atomic multi-stream appends).
-//! - Nobody is answered before the group's write returned.
-//! - Fail-stop: when the group's write fails, or anything panics while a group is
-//!   handled, the store is poisoned. Every request of that group, every request
-//!   still queued and every later one gets `Error::Poisoned`; none is told its
-//!   write happened, and none gets a check result (such as a wrong expected
-//!   revision) computed against requests of the group that were not written. The
-//!   thread keeps running so that nothing queued is answered `ShuttingDown`, and a
-//!   restart recovers from what RocksDB holds.
+//! - Nobody is answered before the write of their group returned, and groups are
+//!   written and answered in order by the one writer: a check result computed
+//!   against the in-flight group (such as a wrong expected revision) goes out
+//!   only after that group is durable.
+//! - Fail-stop: when a write fails, or the writer panics, the store is poisoned:
+//!   the in-flight group, the open group, every request still queued and every
+//!   later one get `Error::Poisoned`. When the preparer panics while preparing a
+//!   command, the open group's batch may hold half of it, so that command and
+//!   the open group are poisoned (the in-flight group is written as prepared).
+//!   None is told its write happened, and none gets a check result computed
+//!   against requests that were not written. Both threads keep running so that
+//!   nothing queued is answered `ShuttingDown`, and a restart recovers from
+//!   what RocksDB holds.
 //! - Positions are assigned in queue order with no gap; the head meta key is
 //!   written in the same batch, so a restart never reuses a position.
+//! - Group limits (requests and bytes) bound the open group: when it is full
+//!   the preparer waits until the writer takes it. Requests count against the
+//!   queue's bound (`Shared::queued`) until the writer takes their group.
+//! - Shutdown: when the queue closes the preparer drains it, hands over the
+//!   last open group and joins the writer, which writes that group and exits.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use rocksdb::{WriteBatch, WriteOptions};
@@ -196,7 +228,8 @@ pub(crate) struct GroupLimits {
     pub max_bytes: usize,
 }
 
-/// The committer's own state. Everything here is private to the committer thread.
+/// The preparer's own state. Everything here is private to the preparer
+/// thread; what the writer needs travels in the [`Group`].
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     /// Next position to assign.
@@ -205,15 +238,78 @@ pub(crate) struct Committer {
     /// Counters of the segment holding `head` (events, bytes written).
     segment: (u64, u64, u64),
     group_limits: GroupLimits,
-    /// The test seam consulted before each group's write (`StoreOptions::write_fault`).
+    /// The test seam consulted before each group's write; handed to the writer.
     write_fault: Option<WriteFault>,
-    /// Set after a failed write or a panic; every later request gets it.
-    poisoned: Option<Error>,
+    /// The open group and the in-flight view, shared with the writer.
+    pipeline: Arc<Pipeline>,
     /// Shared copy of the poison for callers that check before queueing.
     poison_flag: Arc<Mutex<Option<Error>>>,
 }
 
-/// The work of one group in progress.
+/// The writer's state: everything it needs besides the group it took.
+struct Writer {
+    shared: Arc<Shared>,
+    /// The test seam consulted before each group's write (`StoreOptions::write_fault`).
+    write_fault: Option<WriteFault>,
+    /// The open group's bounds, the preparer's too.
+    limits: GroupLimits,
+    pipeline: Arc<Pipeline>,
+    poison_flag: Arc<Mutex<Option<Error>>>,
+}
+
+/// What the preparer and the writer share.
+struct Pipeline {
+    state: Mutex<PipeState>,
+    /// Signalled when the open group gains a request, when the writer takes or
+    /// retires a group, on poison and on close.
+    changed: Condvar,
+}
+
+struct PipeState {
+    /// The group the preparer fills; it also points at the in-flight group.
+    open: Group,
+    /// Set after a failed write or a panic; every later request gets it.
+    poisoned: Option<Error>,
+    /// Set by the preparer once the queue is closed and drained: the writer
+    /// writes what is open and exits.
+    closed: bool,
+}
+
+impl Pipeline {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, PipeState>) -> MutexGuard<'a, PipeState> {
+        self.changed
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Poisons the store: records `error`, publishes it to callers (before anyone
+/// is answered, so that a caller who sees `Poisoned` and retries is refused
+/// before queueing) and answers every request of the open group with it.
+fn poison(
+    state: &mut PipeState,
+    error: &Error,
+    poison_flag: &Mutex<Option<Error>>,
+    shared: &Shared,
+) {
+    tracing::error!(%error, "the store now refuses writes");
+    state.poisoned = Some(error.clone());
+    *poison_flag.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+    let open = std::mem::take(&mut state.open);
+    shared
+        .queued
+        .fetch_sub(open.replies.len(), std::sync::atomic::Ordering::Relaxed);
+    for reply in open.replies {
+        reply.fail(error);
+    }
+}
+
+/// The work of one group in progress: the open group while the preparer fills
+/// it, then the writer's.
 #[derive(Default)]
 struct Group {
     batch: WriteBatch,
@@ -225,6 +321,55 @@ struct Group {
     changed_streams: Vec<String>,
     /// One per request, in queue order.
     outcomes: Vec<Outcome>,
+    /// One per request, in queue order (the same as `outcomes`).
+    replies: Vec<Reply>,
+    /// The requests' size hints, summed (for `GroupLimits::max_bytes`).
+    bytes: usize,
+    /// The position of the group's first event (for `WriteFaultContext`).
+    first_position: u64,
+    /// `head`, `next_stream_id` and the segment counters after the group's last
+    /// request: what sealing puts into the batch.
+    counters: (u64, u64, (u64, u64, u64)),
+    /// The group the writer took and has not applied to the catalog yet; the
+    /// preparer's lookups see it after this group's own changes.
+    in_flight: Option<Arc<InFlight>>,
+}
+
+/// What the preparer sees of the in-flight group. Shared by `Arc`: the writer
+/// keeps it while it writes, the open group points at it.
+struct InFlight {
+    overlay: HashMap<String, StreamRecord>,
+    new_ids: HashMap<Uuid, EventIdEntry>,
+    events: Vec<Arc<RecordedEvent>>,
+}
+
+impl Group {
+    /// The stream's record from this group or the in-flight one, if either
+    /// changed it.
+    fn record(&self, stream: &str) -> Option<&StreamRecord> {
+        self.overlay.get(stream).or_else(|| {
+            self.in_flight
+                .as_ref()
+                .and_then(|in_flight| in_flight.overlay.get(stream))
+        })
+    }
+
+    fn event_id(&self, id: &Uuid) -> Option<EventIdEntry> {
+        self.new_ids.get(id).copied().or_else(|| {
+            self.in_flight
+                .as_ref()
+                .and_then(|in_flight| in_flight.new_ids.get(id).copied())
+        })
+    }
+
+    /// Events not yet in the database: the in-flight group's, then this
+    /// group's, in position order.
+    fn unwritten_events(&self) -> impl Iterator<Item = &Arc<RecordedEvent>> {
+        self.in_flight
+            .iter()
+            .flat_map(|in_flight| in_flight.events.iter())
+            .chain(self.events.iter())
+    }
 }
 
 impl Committer {
@@ -237,6 +382,14 @@ impl Committer {
         write_fault: Option<WriteFault>,
         poison_flag: Arc<Mutex<Option<Error>>>,
     ) -> Self {
+        let pipeline = Arc::new(Pipeline {
+            state: Mutex::new(PipeState {
+                open: Group::default(),
+                poisoned: None,
+                closed: false,
+            }),
+            changed: Condvar::new(),
+        });
         Self {
             shared,
             head,
@@ -244,31 +397,46 @@ impl Committer {
             segment,
             group_limits,
             write_fault,
-            poisoned: None,
+            pipeline,
             poison_flag,
         }
     }
 
-    /// Runs until every sender is gone and the queue is drained.
-    pub(crate) fn run(mut self, queue: Receiver<Command>) {
-        while let Ok(first) = queue.recv() {
-            let mut bytes = first.size_hint();
-            let mut commands = vec![first];
-            while commands.len() < self.group_limits.max_commands
-                && bytes < self.group_limits.max_bytes
-            {
-                match queue.try_recv() {
-                    Ok(command) => {
-                        bytes += command.size_hint();
-                        commands.push(command);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.shared
-                .queued
-                .fetch_sub(commands.len(), std::sync::atomic::Ordering::Relaxed);
-            self.commit_group(commands);
+    /// Starts the writer and the preparer. The returned handle is the
+    /// preparer's, which joins the writer before it ends: joining it joins both.
+    pub(crate) fn start(mut self, queue: Receiver<Command>) -> std::io::Result<JoinHandle<()>> {
+        let writer = Writer {
+            shared: Arc::clone(&self.shared),
+            write_fault: self.write_fault.take(),
+            limits: self.group_limits,
+            pipeline: Arc::clone(&self.pipeline),
+            poison_flag: Arc::clone(&self.poison_flag),
+        };
+        let writer = std::thread::Builder::new()
+            .name("cairn-writer".into())
+            .spawn(move || writer.run())?;
+        let pipeline = Arc::clone(&self.pipeline);
+        let started = std::thread::Builder::new()
+            .name("cairn-committer".into())
+            .spawn(move || self.run(queue, writer));
+        if started.is_err() {
+            // The writer would wait for groups forever: let it go.
+            pipeline.lock().closed = true;
+            pipeline.changed.notify_all();
+        }
+        started
+    }
+
+    /// Runs until every sender is gone and the queue is drained, then lets the
+    /// writer finish the last group and waits for it.
+    fn run(mut self, queue: Receiver<Command>, writer: JoinHandle<()>) {
+        while let Ok(command) = queue.recv() {
+            self.take(command);
+        }
+        self.pipeline.lock().closed = true;
+        self.pipeline.changed.notify_all();
+        if writer.join().is_err() {
+            tracing::error!("the writer thread panicked outside its guard");
         }
         tracing::debug!(
             head = self.head,
@@ -276,76 +444,156 @@ impl Committer {
         );
     }
 
-    /// Commits one group and answers every request in it, also when the write
-    /// fails or something panics (then all of them get `Poisoned`).
-    fn commit_group(&mut self, commands: Vec<Command>) {
-        let mut requests = Vec::with_capacity(commands.len());
-        let mut replies = VecDeque::with_capacity(commands.len());
-        for Command { request, reply } in commands {
-            requests.push(request);
-            replies.push_back(reply);
+    /// Prepares one command into the open group, once the group has room; a
+    /// poisoned store answers it at once.
+    fn take(&mut self, command: Command) {
+        let size = command.size_hint();
+        let Command { request, reply } = command;
+        let pipeline = Arc::clone(&self.pipeline);
+        let mut state = pipeline.lock();
+        let limits = self.group_limits;
+        while state.poisoned.is_none()
+            && !state.open.replies.is_empty()
+            && (state.open.replies.len() >= limits.max_commands
+                || state.open.bytes >= limits.max_bytes)
+        {
+            state = pipeline.wait(state);
         }
-        if let Some(error) = &self.poisoned {
-            for reply in replies {
-                reply.fail(error);
-            }
+        if let Some(error) = &state.poisoned {
+            self.shared
+                .queued
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            reply.fail(error);
             return;
         }
-        let before = (self.head, self.next_stream_id, self.segment);
-        // The replies live outside the unwinding code: after a panic every one not
-        // yet answered is still here to be told `Poisoned` (a dropped reply would
-        // read as `ShuttingDown`), and the thread lives on to answer the queue.
-        let handled = panic::catch_unwind(AssertUnwindSafe(|| {
-            let outcomes = self.write_group(requests)?;
-            for outcome in outcomes {
-                if let Some(reply) = replies.pop_front() {
+        if state.open.replies.is_empty() {
+            state.open.first_position = self.head;
+        }
+        // The reply lives outside the unwinding code: after a panic it is still
+        // here to be told `Poisoned` (a dropped reply would read as
+        // `ShuttingDown`).
+        let prepared =
+            panic::catch_unwind(AssertUnwindSafe(|| self.prepare(request, &mut state.open)));
+        match prepared {
+            Ok(outcome) => {
+                let open = &mut state.open;
+                open.outcomes.push(outcome);
+                open.replies.push(reply);
+                open.bytes += size;
+                open.counters = (self.head, self.next_stream_id, self.segment);
+            }
+            Err(payload) => {
+                let error = Error::Poisoned(format!(
+                    "the committer thread panicked: {}",
+                    panic_message(payload.as_ref())
+                ));
+                // The open group's batch may hold part of this command.
+                poison(&mut state, &error, &self.poison_flag, &self.shared);
+                self.shared
+                    .queued
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                reply.fail(&error);
+            }
+        }
+        drop(state);
+        pipeline.changed.notify_all();
+    }
+}
+
+impl Writer {
+    /// Takes, writes and answers groups until the preparer closed the pipeline
+    /// and nothing is open.
+    fn run(self) {
+        loop {
+            let mut state = self.pipeline.lock();
+            while !self.may_take(&state) {
+                state = self.pipeline.wait(state);
+            }
+            if state.open.replies.is_empty() {
+                return;
+            }
+            let mut group = std::mem::take(&mut state.open);
+            let in_flight = Arc::new(InFlight {
+                overlay: std::mem::take(&mut group.overlay),
+                new_ids: std::mem::take(&mut group.new_ids),
+                events: std::mem::take(&mut group.events),
+            });
+            state.open.in_flight = Some(Arc::clone(&in_flight));
+            self.shared
+                .queued
+                .fetch_sub(group.replies.len(), std::sync::atomic::Ordering::Relaxed);
+            drop(state);
+            self.pipeline.changed.notify_all();
+            self.commit_group(group, in_flight);
+        }
+    }
+
+    /// Whether to take the open group now: it holds a request, and nothing
+    /// more is on its way to it, or it is full, or the queue closed. "On its
+    /// way": `Shared::queued` counts every request submitted and not yet taken
+    /// by the writer, so a count above the open group's means the preparer
+    /// has more queued work to add (and notifies when it added it). This keeps
+    /// today's batching: everything queued while a group syncs joins the next
+    /// group, and a lone request is taken at once.
+    fn may_take(&self, state: &PipeState) -> bool {
+        let open = &state.open;
+        if open.replies.is_empty() {
+            return state.closed;
+        }
+        let full =
+            open.replies.len() >= self.limits.max_commands || open.bytes >= self.limits.max_bytes;
+        full || state.closed
+            || self
+                .shared
+                .queued
+                .load(std::sync::atomic::Ordering::Acquire)
+                <= open.replies.len()
+    }
+
+    /// Writes one group and answers every request in it, also when the write
+    /// fails or something panics (then all of them, and the open group, get
+    /// `Poisoned`).
+    fn commit_group(&self, mut group: Group, in_flight: Arc<InFlight>) {
+        let replies = std::mem::take(&mut group.replies);
+        // The replies live outside the unwinding code, as in `Committer::take`.
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| self.write_group(group, in_flight)));
+        let error = match handled {
+            Ok(Ok(outcomes)) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     reply.send(outcome);
                 }
+                return;
             }
-            Ok(())
-        }));
-        let error = match handled {
-            Ok(Ok(())) => return,
             Ok(Err(error)) => error,
             Err(payload) => Error::Poisoned(format!(
                 "the committer thread panicked: {}",
                 panic_message(payload.as_ref())
             )),
         };
-        tracing::error!(%error, "the store now refuses writes");
-        (self.head, self.next_stream_id, self.segment) = before;
-        self.poisoned = Some(error.clone());
-        // Set before anyone of the group is answered, so that a caller who sees
-        // `Poisoned` and tries again is refused before queueing.
-        *self
-            .poison_flag
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
+        {
+            let mut state = self.pipeline.lock();
+            // Nothing of this group is in the catalog: nobody may look at it.
+            state.open.in_flight = None;
+            poison(&mut state, &error, &self.poison_flag, &self.shared);
+        }
+        self.pipeline.changed.notify_all();
         for reply in replies {
             reply.fail(&error);
         }
     }
 
-    /// Checks every request, writes the group's batch and publishes it. Returns
-    /// one outcome per request, in order, or the poison when the write failed
-    /// (then nothing of the group reached the catalog or the live ring).
-    fn write_group(&mut self, requests: Vec<Request>) -> Result<Vec<Outcome>> {
-        let mut group = Group::default();
-        let context = WriteFaultContext {
-            requests: requests.len(),
-            events: 0,
-            first_position: self.head,
-        };
-        for request in requests {
-            let outcome = self.prepare(request, &mut group);
-            group.outcomes.push(outcome);
-        }
-        let wrote_something = !group.overlay.is_empty() || !group.events.is_empty();
+    /// Seals and writes the group's batch and publishes it. Returns one outcome
+    /// per request, in order, or the poison when the write failed (then nothing
+    /// of the group reached the catalog or the live ring).
+    fn write_group(&self, mut group: Group, in_flight: Arc<InFlight>) -> Result<Vec<Outcome>> {
+        let (head, next_stream_id, _) = group.counters;
+        let wrote_something = !in_flight.overlay.is_empty() || !in_flight.events.is_empty();
         if wrote_something {
-            self.put_counters(&mut group.batch);
+            self.put_counters(&mut group.batch, group.counters);
             let context = WriteFaultContext {
-                events: group.events.len(),
-                ..context
+                requests: group.outcomes.len(),
+                events: in_flight.events.len(),
+                first_position: group.first_position,
             };
             let started = std::time::Instant::now();
             self.write(std::mem::take(&mut group.batch), &context)
@@ -353,19 +601,30 @@ impl Committer {
             if let Some(observer) = self.shared.observer.get() {
                 observer.group_committed(&CommittedGroup {
                     requests: group.outcomes.len(),
-                    events: group.events.len(),
+                    events: in_flight.events.len(),
                     write: started.elapsed(),
                     synced: self.shared.durability == Durability::Sync,
                 });
             }
+            // A copy of the changed records only (the batch is never copied):
+            // the preparer must go on seeing them until the catalog has them.
             self.shared
                 .catalog
-                .apply(group.overlay, self.next_stream_id);
+                .apply(in_flight.overlay.clone(), next_stream_id);
+        }
+        // Retired only now: every lookup that misses the open group finds the
+        // group's changes in the catalog, and its events in the database.
+        let retired = self.pipeline.lock().open.in_flight.take();
+        drop(retired);
+        self.pipeline.changed.notify_all();
+        if wrote_something {
+            let events = Arc::try_unwrap(in_flight)
+                .map_or_else(|shared| shared.events.clone(), |owned| owned.events);
             let notice = CommitNotice {
-                head: self.head,
+                head,
                 changed_streams: group.changed_streams,
             };
-            self.shared.live.publish(group.events, &notice);
+            self.shared.live.publish(events, &notice);
         }
         Ok(group.outcomes)
     }
@@ -388,22 +647,21 @@ impl Committer {
             .map_err(rocksdb::Error::into_string)
     }
 
-    fn put_counters(&mut self, batch: &mut WriteBatch) {
+    /// Seals a group: the counters as of its last request go into its batch.
+    fn put_counters(&self, batch: &mut WriteBatch, counters: (u64, u64, (u64, u64, u64))) {
+        let (head, next_stream_id, (segment, events, bytes)) = counters;
         let meta = self.shared.cf(cf::META);
-        batch.put_cf(meta, meta_key::HEAD, self.head.to_be_bytes());
-        batch.put_cf(
-            meta,
-            meta_key::NEXT_STREAM_ID,
-            self.next_stream_id.to_be_bytes(),
-        );
-        let (segment, events, bytes) = self.segment;
+        batch.put_cf(meta, meta_key::HEAD, head.to_be_bytes());
+        batch.put_cf(meta, meta_key::NEXT_STREAM_ID, next_stream_id.to_be_bytes());
         batch.put_cf(
             self.shared.cf(cf::SEGMENTS),
             codec::segment_key(segment, SegmentCounter::Written),
             codec::encode_counts(events, bytes),
         );
     }
+}
 
+impl Committer {
     fn prepare(&mut self, request: Request, group: &mut Group) -> Outcome {
         match request {
             Request::Append { parts, condition } => {
@@ -425,10 +683,11 @@ impl Committer {
     }
 
     /// The stream's record as of this point in the group: the group's own
-    /// change, else the catalog's latest (`catalog.rs`, invariant 1: the
-    /// database already holds every earlier group, whose writes returned).
+    /// change, else the in-flight group's, else the catalog's latest
+    /// (`catalog.rs`, invariant 1: the database holds every group before the
+    /// in-flight one, whose writes returned and which the catalog applied).
     fn record(&self, stream: &str, group: &Group) -> Result<Option<StreamRecord>> {
-        if let Some(record) = group.overlay.get(stream) {
+        if let Some(record) = group.record(stream) {
             return Ok(Some(record.clone()));
         }
         self.shared.catalog.get_latest(&self.shared.db, stream)
@@ -612,17 +871,19 @@ impl Committer {
 
     /// The first position after the condition's `after` holding an event that
     /// matches its query: among the committed events (the database, which only
-    /// this thread writes) and then those earlier in this group. `None`: the
-    /// condition holds.
+    /// the writer writes), then those of the in-flight group and those earlier
+    /// in this group. `None`: the condition holds.
     fn condition_conflict(
         &self,
         condition: &AppendCondition,
         group: &Group,
     ) -> Result<Option<u64>> {
         let start = condition.after.map_or(0, |after| after.saturating_add(1));
+        // Every position below the in-flight group's first (or this group's,
+        // or the head) is in the database.
         let committed_head = group
-            .events
-            .first()
+            .unwritten_events()
+            .next()
             .map_or(self.head, |event| event.position);
         if start < committed_head {
             let db = &self.shared.db;
@@ -648,8 +909,7 @@ impl Committer {
             }
         }
         Ok(group
-            .events
-            .iter()
+            .unwritten_events()
             .filter(|event| event.position >= start)
             .find(|event| {
                 condition
@@ -844,8 +1104,8 @@ impl Committer {
         ids.iter()
             .zip(stored)
             .map(|(id, stored)| {
-                if let Some(entry) = group.new_ids.get(id) {
-                    return Ok(Some(*entry));
+                if let Some(entry) = group.event_id(id) {
+                    return Ok(Some(entry));
                 }
                 match stored? {
                     Some(value) => EventIdEntry::decode(id, &value).map(Some),
@@ -857,12 +1117,11 @@ impl Committer {
 
     /// The stream name of the event at `position` (for error messages).
     fn stream_name_at(&self, position: u64, group: &Group) -> Option<String> {
-        if position >= self.shared.live.head() {
-            return group
-                .events
-                .iter()
-                .find(|event| event.position == position)
-                .map(|e| e.stream.clone());
+        if let Some(event) = group
+            .unwritten_events()
+            .find(|event| event.position == position)
+        {
+            return Some(event.stream.clone());
         }
         let value = self
             .shared

@@ -169,8 +169,11 @@ pub(crate) struct Shared {
     pub(crate) block_cache_capacity: usize,
     /// Told of every committed group (`Store::observe_commits`); set once.
     pub(crate) observer: std::sync::OnceLock<Arc<dyn crate::observe::CommitObserver>>,
-    /// Requests in the committer's queue: raised when one is queued, lowered
-    /// when the committer takes it (`Store::queue_depth`).
+    /// Requests waiting for a write: raised when one is queued, lowered when
+    /// the committer's writer takes the group holding it, or when it is
+    /// answered without one (`Store::queue_depth`). The queue's bound applies
+    /// to this count, so requests the preparer already took into the open
+    /// group still count against it.
     pub(crate) queued: std::sync::atomic::AtomicUsize,
 }
 
@@ -468,9 +471,8 @@ impl Store {
             Arc::clone(&poison),
         );
         let (sender, receiver) = sync_channel(queue_capacity);
-        let handle = std::thread::Builder::new()
-            .name("cairn-committer".into())
-            .spawn(move || committer.run(receiver))
+        let handle = committer
+            .start(receiver)
             .map_err(|error| Error::Io(format!("cannot start the committer thread: {error}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -532,7 +534,20 @@ impl Store {
         // Counted before the send so that the committer's decrement never
         // comes first (the depth never wraps below zero).
         let queued = &self.inner.shared.queued;
-        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Raised only below the bound, never above it even for an instant: the
+        // committer's writer reads the count to tell whether requests are still
+        // on their way to the open group.
+        let admitted = queued.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |depth| (depth < self.inner.queue_capacity).then_some(depth + 1),
+        );
+        if admitted.is_err() {
+            make(responder).reply.fail(&Error::Overloaded {
+                capacity: self.inner.queue_capacity,
+            });
+            return ticket;
+        }
         let sent = sender.try_send(make(responder));
         if sent.is_err() {
             queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
