@@ -317,7 +317,7 @@ struct ConsumeResponses {
     /// Set once the consumer's own side ended (it closed or left).
     left: Arc<AtomicBool>,
     /// Set when the consumer sent a STOP nack, which removes it from the group
-    /// while its side may still be open: the call then ends CANCELLED.
+    /// while its side may still be open: the call then ends FAILED_PRECONDITION.
     stopped: Arc<AtomicBool>,
     /// The closing status was sent.
     ended: bool,
@@ -343,7 +343,7 @@ impl Stream for ConsumeResponses {
                 },
                 None if self.stopped.load(Ordering::Acquire) => {
                     self.ended = true;
-                    return Poll::Ready(Some(Err(Status::cancelled(
+                    return Poll::Ready(Some(Err(Status::failed_precondition(
                         "the consumer ended its call with a STOP nack",
                     ))));
                 }
