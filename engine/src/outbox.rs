@@ -276,8 +276,11 @@ impl<T> OutboxReceiver<T> {
                     return Poll::Ready(Some(item));
                 }
                 Poll::Ready(None) => state.receiver = None,
-                // Empty, and nothing more will come.
-                Poll::Pending if state.closing => {}
+                // Empty, and nothing more will come. `Pending` alone does not
+                // say empty: tokio's channel also answers `Pending` when the
+                // task used up its cooperative budget (it has woken the task
+                // to poll again), and ending then would drop what is left.
+                Poll::Pending if state.closing && receiver.is_empty() => {}
                 Poll::Pending => {
                     if !state
                         .waker
@@ -369,6 +372,23 @@ mod tests {
         assert_eq!(outbox.drained().await, Ok(()));
         drop(outbox);
         assert_eq!(reader.await.expect("reader"), vec![0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_yields_everything_buffered_beyond_one_poll_budget() {
+        // tokio's channel answers `Pending` once a task used up its
+        // cooperative budget (128 takes); a closed channel must not read that
+        // as "empty" and end early (an AppendStream lost answers so).
+        let (outbox, mut receiver) = channel::<u32>(1000, Some(STALL));
+        for n in 0..1000 {
+            outbox.try_send(n).expect("room");
+        }
+        outbox.close(Some(1000));
+        let mut seen = Vec::new();
+        while let Some(item) = receiver.recv().await {
+            seen.push(item);
+        }
+        assert_eq!(seen, (0..=1000).collect::<Vec<_>>());
     }
 
     #[tokio::test(start_paused = true)]
