@@ -268,7 +268,9 @@ impl<T> OutboxReceiver<T> {
     /// Polls for the next item: what is buffered, then the closing item, then
     /// `None`.
     pub fn poll_recv(&mut self, context: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut state = self.shared.lock();
+        let mut guard = self.shared.lock();
+        // One reborrow of the guard, so its fields borrow apart.
+        let state = &mut *guard;
         if let Some(receiver) = state.receiver.as_mut() {
             match receiver.poll_recv(context) {
                 Poll::Ready(Some(item)) => {
