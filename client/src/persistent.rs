@@ -273,6 +273,25 @@ pub struct Delivery {
     requests: mpsc::Sender<pb::ConsumeRequest>,
 }
 
+/// The call's next message; `None` once it ended OK, or ended with the
+/// `CONSUMER_STOPPED` status that answers this consumer's own STOP nack.
+async fn next_response(
+    responses: &mut tonic::Streaming<pb::ConsumeResponse>,
+) -> Result<Option<pb::ConsumeResponse>> {
+    use tonic_types::StatusExt;
+    match responses.message().await {
+        Ok(message) => Ok(message),
+        Err(status)
+            if status
+                .get_details_error_info()
+                .is_some_and(|info| info.reason == cairn_proto::reason::CONSUMER_STOPPED) =>
+        {
+            Ok(None)
+        }
+        Err(status) => Err(status.into()),
+    }
+}
+
 async fn send(
     requests: &mpsc::Sender<pb::ConsumeRequest>,
     content: pb::consume_request::Content,
@@ -322,12 +341,12 @@ impl Consumer {
         self.max_in_flight
     }
 
-    /// The next event; `Ok(None)` when the server ended the call without an
-    /// error (after [`NackAction::Stop`]).
+    /// The next event; `Ok(None)` when the call ended without an error, or
+    /// as this consumer asked with [`NackAction::Stop`].
     pub async fn next(&mut self) -> Result<Option<Delivery>> {
         use pb::consume_response::Content;
         loop {
-            let Some(response) = self.responses.message().await? else {
+            let Some(response) = next_response(&mut self.responses).await? else {
                 return Ok(None);
             };
             if let Some(Content::Event(event)) = response.content {
@@ -357,7 +376,7 @@ impl Consumer {
         let drain = async {
             // Events that still arrive go back to the group when the server
             // sees the close.
-            while responses.message().await?.is_some() {}
+            while next_response(&mut responses).await?.is_some() {}
             Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(5), drain).await {

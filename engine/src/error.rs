@@ -85,6 +85,10 @@ pub enum Error {
         /// The configured stall timeout.
         timeout_ms: u64,
     },
+    /// A persistent-subscription consumer ended its own call with a STOP
+    /// nack (what it held went back to its group).
+    #[error("the consumer ended its call with a STOP nack")]
+    ConsumerStopped,
     /// No user of that name.
     #[error("user '{user}' does not exist")]
     UserNotFound {
@@ -153,6 +157,8 @@ pub enum EndReason {
     /// The feed or session failed (stream deleted, storage error, bad message
     /// from the consumer, the group's actor failed, ...).
     Failed(Error),
+    /// The consumer asked for the end with a STOP nack.
+    Stopped,
 }
 
 impl EndReason {
@@ -162,6 +168,7 @@ impl EndReason {
             EndReason::ShuttingDown => Error::ShuttingDown,
             EndReason::GroupDeleted { group } => Error::GroupNotFound { group },
             EndReason::Failed(error) => error,
+            EndReason::Stopped => Error::ConsumerStopped,
         }
     }
 }

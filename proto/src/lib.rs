@@ -79,6 +79,8 @@ pub mod reason {
     /// A DCB append condition failed (metadata `position`: the first
     /// conflicting event).
     pub const APPEND_CONDITION_FAILED: &str = "APPEND_CONDITION_FAILED";
+    /// The consumer ended its own Consume call with a STOP nack.
+    pub const CONSUMER_STOPPED: &str = "CONSUMER_STOPPED";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -116,6 +118,7 @@ mod tests {
             reason::TOKEN_NOT_FOUND,
             reason::OPERATION_IN_PROGRESS,
             reason::APPEND_CONDITION_FAILED,
+            reason::CONSUMER_STOPPED,
         ];
         let mut documented = Vec::new();
         for value in 1.. {

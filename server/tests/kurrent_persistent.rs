@@ -255,6 +255,60 @@ async fn groups_cross_between_the_facade_and_cairn_v1() {
     server.stop().await;
 }
 
+/// A STOP nack ends that subscriber's Read call with FAILED_PRECONDITION
+/// (not as a server failure) while its side is still open; the event goes to
+/// the next subscriber without counting a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_nack_ends_the_read_and_gives_the_event_back() {
+    let server = TestServer::start_with(kurrent_on).await;
+    let cairn = server.client().await;
+    let mut kurrent = persistent_client(&server).await;
+    kurrent
+        .create(create_on_stream("order-5", "stopper"))
+        .await
+        .unwrap();
+    cairn
+        .append(
+            "order-5",
+            ExpectedRevision::NoStream,
+            vec![EventData::json_text("Placed", "{}")],
+        )
+        .await
+        .unwrap();
+    let (sender, mut responses) = open_read(&mut kurrent, "order-5", "stopper").await;
+    let delivered = next_event(&mut responses).await;
+    let id = string_id(&delivered.event.unwrap().id);
+    sender
+        .send(pb::ReadReq {
+            content: Some(pb::read_req::Content::Nack(pb::read_req::Nack {
+                id: Bytes::new(),
+                ids: vec![shared::Uuid {
+                    value: Some(shared::uuid::Value::String(id.to_string())),
+                }],
+                action: pb::read_req::nack::Action::Stop.into(),
+                reason: "stopping".into(),
+            })),
+        })
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), responses.message())
+        .await
+        .expect("the call ends")
+        .expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("STOP nack"), "{status:?}");
+
+    let (_again, mut responses) = open_read(&mut kurrent, "order-5", "stopper").await;
+    let redelivered = next_event(&mut responses).await;
+    assert_eq!(
+        redelivered.count,
+        Some(pb::read_resp::read_event::Count::RetryCount(0))
+    );
+    assert_eq!(string_id(&redelivered.event.unwrap().id), id);
+    drop(sender);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_subscriber_count_is_kept_and_refuses_with_kurrentdb_trailers() {
     let server = TestServer::start_with(kurrent_on).await;

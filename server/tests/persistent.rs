@@ -648,6 +648,105 @@ async fn deleting_a_group_ends_its_consumers() {
     server.stop().await;
 }
 
+/// A STOP nack ends that consumer's call (OK through the client, the
+/// documented FAILED_PRECONDITION / CONSUMER_STOPPED on the wire) while its
+/// request side is still open; everything it held goes to the next consumer
+/// without counting a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_nack_ends_only_that_consumer_and_gives_back_what_it_held() {
+    use cairn_proto::v1 as pb;
+    use cairn_proto::v1::persistent_subscriptions_client::PersistentSubscriptionsClient;
+    use tonic_types::StatusExt;
+
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let ids = fill(&client, "stop-1", 5).await;
+    client
+        .create_group("stop", "stop-1", GroupOptions::default())
+        .await
+        .expect("create");
+
+    let stopping_client = server.client().await;
+    let mut stopping = stopping_client
+        .consume("stop", "stopping", 5)
+        .await
+        .expect("consume");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_delivery(&mut stopping).await);
+    }
+    held[2].nack(NackAction::Stop, "").await.expect("nack");
+    let ended = tokio::time::timeout(DEADLINE, stopping.next())
+        .await
+        .expect("the call ends");
+    assert!(matches!(ended, Ok(None)), "{ended:?}");
+    // Its deliveries' request side is still open: only the STOP ended it.
+    drop(held);
+
+    let mut next = client.consume("stop", "next", 5).await.expect("consume");
+    let mut given_back = HashSet::new();
+    for _ in 0..5 {
+        let delivery = next_delivery(&mut next).await;
+        assert_eq!(delivery.retry_count, 0, "a STOP counts no retry");
+        delivery.ack().await.expect("ack");
+        given_back.insert(delivery.event.id);
+    }
+    assert_eq!(given_back, ids.iter().copied().collect::<HashSet<_>>());
+    next.close().await.expect("close");
+
+    // On the wire.
+    fill(&client, "stop-1", 1).await;
+    let mut raw = PersistentSubscriptionsClient::new(server.channel().await);
+    let (requests, outgoing) = tokio::sync::mpsc::channel(8);
+    requests
+        .send(pb::ConsumeRequest {
+            content: Some(pb::consume_request::Content::Open(pb::ConsumeOpen {
+                group: "stop".into(),
+                consumer_name: "raw".into(),
+                max_in_flight: 1,
+            })),
+        })
+        .await
+        .unwrap();
+    let mut responses = raw
+        .consume(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+        .await
+        .expect("consume")
+        .into_inner();
+    let event_id = loop {
+        let message = tokio::time::timeout(DEADLINE, responses.message())
+            .await
+            .expect("a message")
+            .expect("message")
+            .expect("open");
+        if let Some(pb::consume_response::Content::Event(event)) = message.content {
+            break event.event.expect("the event").id;
+        }
+    };
+    requests
+        .send(pb::ConsumeRequest {
+            content: Some(pb::consume_request::Content::Nack(pb::Nack {
+                event_ids: vec![event_id],
+                action: pb::NackAction::Stop.into(),
+                reason: String::new(),
+            })),
+        })
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(DEADLINE, responses.message())
+        .await
+        .expect("the call ends")
+        .expect_err("ended with the STOP status");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        status.get_details_error_info().map(|info| info.reason),
+        Some(cairn_proto::reason::CONSUMER_STOPPED.to_owned())
+    );
+    assert!(status.message().contains("STOP nack"), "{status:?}");
+    drop(requests);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn update_changes_settings_and_keeps_the_rest() {
     let server = TestServer::start().await;

@@ -606,20 +606,29 @@ impl Writer {
                     synced: self.shared.durability == Durability::Sync,
                 });
             }
-            // A copy of the changed records only (the batch is never copied):
-            // the preparer must go on seeing them until the catalog has them.
-            self.shared
-                .catalog
-                .apply(in_flight.overlay.clone(), next_stream_id);
         }
-        // Retired only now: every lookup that misses the open group finds the
-        // group's changes in the catalog, and its events in the database.
-        let retired = self.pipeline.lock().open.in_flight.take();
-        drop(retired);
+        // Retired, and its records handed to the catalog, in one step under
+        // the pipeline lock: the preparer looks records up only under that
+        // lock, so it finds each changed record in the in-flight view or in
+        // the catalog, never in neither. The writer then holds the view's
+        // only reference, so the records move instead of being copied.
+        let events = {
+            let mut state = self.pipeline.lock();
+            drop(state.open.in_flight.take());
+            let InFlight {
+                overlay, events, ..
+            } = Arc::try_unwrap(in_flight).unwrap_or_else(|shared| InFlight {
+                overlay: shared.overlay.clone(),
+                new_ids: HashMap::new(),
+                events: shared.events.clone(),
+            });
+            if wrote_something {
+                self.shared.catalog.apply(overlay, next_stream_id);
+            }
+            events
+        };
         self.pipeline.changed.notify_all();
         if wrote_something {
-            let events = Arc::try_unwrap(in_flight)
-                .map_or_else(|shared| shared.events.clone(), |owned| owned.events);
             let notice = CommitNotice {
                 head,
                 changed_streams: group.changed_streams,

@@ -72,7 +72,8 @@ impl Store {
         self.shared().observer.set(observer).is_ok()
     }
 
-    /// Requests queued for the committer, not yet taken into a group.
+    /// Requests submitted and not yet taken by the writer: queued for the
+    /// preparer, or prepared into the open group (`Shared::queued`).
     pub fn queue_depth(&self) -> usize {
         self.shared().queued.load(Ordering::Relaxed)
     }

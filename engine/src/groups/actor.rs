@@ -307,7 +307,18 @@ impl GroupActor {
                 ids,
                 action,
                 reason,
-            } => self.machine.nack(consumer, &ids, action, &reason, now),
+            } => {
+                // A STOP removes the consumer: it is told why before its
+                // sender goes (`Effect::Release`), behind what it was sent
+                // already. There is room: its channel holds its in-flight
+                // limit, `Joined` and this.
+                if action == NackAction::Stop
+                    && let Some(sender) = self.consumers.get(&consumer)
+                {
+                    let _ = sender.try_send(ConsumerMessage::End(EndReason::Stopped));
+                }
+                self.machine.nack(consumer, &ids, action, &reason, now);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.machine.status());
             }

@@ -604,6 +604,8 @@ impl Groups {
             0 => group_limit,
             asked => asked.min(group_limit),
         };
+        // Its in-flight events, `Joined` and one `End`: the actor's `End` to a
+        // consumer always fits.
         let (sender, receiver) = mpsc::channel(max_in_flight as usize + 2);
         let (joined, commands) = self
             .ask(group, |reply| Command::Join {

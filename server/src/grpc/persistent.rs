@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use cairn_engine::Escaped;
-use cairn_engine::groups::{ConsumerMessage, GroupConsumer, NackAction};
+use cairn_engine::groups::{ConsumerMessage, GroupConsumer};
 use cairn_engine::{EndReason, Engine, Error, Groups};
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptions;
@@ -193,14 +193,10 @@ impl PersistentSubscriptions for PersistentService {
             .map_err(status)?;
         tracing::debug!(parent: &span, consumer = consumer.id(), "consumer joined");
         let left = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::new(AtomicBool::new(false));
-        tokio::spawn(
-            read_acks(requests, consumer, Arc::clone(&left), Arc::clone(&stopped)).instrument(span),
-        );
+        tokio::spawn(read_acks(requests, consumer, Arc::clone(&left)).instrument(span));
         Ok(Response::new(Box::pin(ConsumeResponses {
             receiver,
             left,
-            stopped,
             ended: false,
         })))
     }
@@ -214,7 +210,6 @@ async fn read_acks(
     mut requests: Streaming<pb::ConsumeRequest>,
     consumer: GroupConsumer,
     left: Arc<AtomicBool>,
-    stopped: Arc<AtomicBool>,
 ) {
     use pb::consume_request::Content;
     let (ending, graceful) = loop {
@@ -236,15 +231,8 @@ async fn read_acks(
             Some(Content::Nack(nack)) => {
                 let action = from_proto::nack_action(nack.action);
                 match checked_ids(nack.event_ids) {
-                    Ok(ids) => {
-                        if action == NackAction::Stop {
-                            // A stop removes this consumer from its group, which
-                            // closes its responses: that close is the end it
-                            // asked for, not a failure of the group.
-                            stopped.store(true, Ordering::Release);
-                        }
-                        consumer.nack(ids, action, nack.reason).await
-                    }
+                    // A STOP ends the responses with the group's `End`.
+                    Ok(ids) => consumer.nack(ids, action, nack.reason).await,
                     Err(error) => break (Some(error), false),
                 }
             }
@@ -316,9 +304,6 @@ struct ConsumeResponses {
     receiver: mpsc::Receiver<ConsumerMessage>,
     /// Set once the consumer's own side ended (it closed or left).
     left: Arc<AtomicBool>,
-    /// Set when the consumer sent a STOP nack, which removes it from the group
-    /// while its side may still be open: the call then ends FAILED_PRECONDITION.
-    stopped: Arc<AtomicBool>,
     /// The closing status was sent.
     ended: bool,
 }
@@ -341,12 +326,6 @@ impl Stream for ConsumeResponses {
                     Some(response) => return Poll::Ready(Some(Ok(response))),
                     None => continue,
                 },
-                None if self.stopped.load(Ordering::Acquire) => {
-                    self.ended = true;
-                    return Poll::Ready(Some(Err(Status::failed_precondition(
-                        "the consumer ended its call with a STOP nack",
-                    ))));
-                }
                 None if self.left.load(Ordering::Acquire) => return Poll::Ready(None),
                 None => EndReason::Failed(Error::Internal(
                     "the consumer group's actor stopped unexpectedly; reconnect".into(),

@@ -184,6 +184,11 @@ fn code_and_reason(error: &Error) -> (Code, &'static str, HashMap<String, String
             reason::OPERATION_IN_PROGRESS,
             meta(&[("operation", operation.clone())]),
         ),
+        Error::ConsumerStopped => (
+            Code::FailedPrecondition,
+            reason::CONSUMER_STOPPED,
+            meta(&[]),
+        ),
         _ => (Code::Internal, reason::INTERNAL, meta(&[])),
     }
 }

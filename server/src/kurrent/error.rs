@@ -138,6 +138,7 @@ pub(super) fn to_status(operation: &str, error: &Error) -> Status {
         Error::ShuttingDown => Status::unavailable("the server is shutting down"),
         Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
         Error::ClientStalled { .. } => Status::aborted(format!("Consumer too slow: {error}")),
+        Error::ConsumerStopped => Status::failed_precondition(error.to_string()),
         Error::Unauthenticated(message) => Status::unauthenticated(message.clone()),
         Error::PermissionDenied { .. } => with_trailers(
             Code::PermissionDenied,
