@@ -7,10 +7,11 @@
 //!    each its own, like separate services; subscriptions of one connection
 //!    share its HTTP/2 flow-control window). The round starts when every one
 //!    has received `CaughtUp`.
-//! 2. One writer, on a connection of its own, appends `--events` K single
-//!    events (default 2,000) to a fresh stream `fanout-<round>`, each waited for
-//!    (durable unless `--unsynced`), then one end marker. Every event's data
-//!    carries `t`, the monotonic clock just before its append call.
+//! 2. One writer, on a connection of its own, appends `--events` K events
+//!    (default 2,000) to a fresh stream `fanout-<round>` in appends of
+//!    `--batch` B (default 1), each waited for (durable unless `--unsynced`),
+//!    then one end marker. Every event's data carries `t`, the monotonic clock
+//!    just before its append call.
 //! 3. Each subscriber records `receipt - t` for each of the K events and
 //!    checks that it gets revisions 0, 1, 2, ... with the writer's ids, each
 //!    exactly once and in order, and nothing between the last event and the
@@ -37,7 +38,7 @@ use crate::stats::{Latency, round, round_to};
 use crate::subscribe::{ServerBench, ServerBenchArgs, write_json};
 use crate::target::{Cairn, Delivery, EventSubscription, Expected, NewEvent, SubscribeAt, Target};
 use crate::workload::{event_id, event_time, payload, workload_stream};
-use crate::workloads::{check_appended, single_appends};
+use crate::workloads::{batched_appends, check_appended};
 
 /// Options of `cairn-bench fanout`.
 #[derive(Debug, clap::Args)]
@@ -61,6 +62,12 @@ pub(crate) struct FanoutArgs {
     /// Subscribers sharing one `Client` connection.
     #[arg(long, value_name = "M", default_value_t = 1)]
     per_connection: usize,
+
+    /// Events per append call (the K events go in appends of B, each waited
+    /// for). 1 measures fan-out at one durable append per sync; more lets the
+    /// writer outrun the disk's sync rate, so the fan-out itself is measured.
+    #[arg(long, value_name = "B", default_value_t = 1)]
+    batch: u64,
 }
 
 /// The event ids' case number (see `workloads::case`) for the round with
@@ -138,6 +145,9 @@ pub(crate) async fn run(args: &FanoutArgs) -> Result<(), BoxError> {
     if args.per_connection == 0 {
         return Err("--per-connection must be at least 1".into());
     }
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
     if args.subscribers.is_empty() || args.subscribers.contains(&0) {
         return Err("--subscribers must list counts of at least 1".into());
     }
@@ -146,8 +156,8 @@ pub(crate) async fn run(args: &FanoutArgs) -> Result<(), BoxError> {
     let mut rounds = Vec::with_capacity(args.subscribers.len());
     for (index, &subscribers) in (0u32..).zip(&args.subscribers) {
         eprintln!(
-            "{subscribers} subscriber(s), {} single appends ...",
-            args.events
+            "{subscribers} subscriber(s), {} events in appends of {} ...",
+            args.events, args.batch
         );
         let round = fan_out(&bench, subscribers, args, index).await?;
         eprintln!(
@@ -161,10 +171,11 @@ pub(crate) async fn run(args: &FanoutArgs) -> Result<(), BoxError> {
     }
 
     let fsync_after = bench.finish()?;
-    println!("{}", table(&bench, &fsync_after, &rounds));
+    println!("{}", table(&bench, &fsync_after, &rounds, args.batch));
     if let Some(path) = &args.server.json {
         let mut figures = bench.json("cairn-bench fanout", &fsync_after);
         figures["per_connection"] = json!(args.per_connection);
+        figures["batch"] = json!(args.batch);
         figures["rounds"] = rounds.iter().map(Round::to_json).collect();
         write_json(path, &figures)?;
     }
@@ -213,7 +224,7 @@ async fn fan_out(
     let target = &bench.target;
     let start_ns = clock::monotonic_ns();
     let began = Instant::now();
-    let appends = single_appends(target, case, &stream, count).await?;
+    let appends = batched_appends(target, case, &stream, count, args.batch).await?;
     let writer_seconds = began.elapsed().as_secs_f64();
     // The end marker: a subscriber that sees it right after revision K-1 has
     // received nothing twice.
@@ -318,9 +329,13 @@ async fn receive(
 }
 
 /// The report as text.
-fn table(bench: &ServerBench, fsync_after: &SyncRate, rounds: &[Round]) -> String {
+fn table(bench: &ServerBench, fsync_after: &SyncRate, rounds: &[Round], batch: u64) -> String {
     let ms = |us: f64| format!("{:.3}", us / 1_000.0);
     let mut out = bench.header("cairn-bench fanout", fsync_after);
+    let _ = writeln!(
+        out,
+        "The writer appends {batch} event(s) per call, each call waited for.\n"
+    );
     let rows: Vec<Vec<String>> = rounds
         .iter()
         .map(|round| {

@@ -466,18 +466,39 @@ pub(crate) async fn single_appends<T: Target>(
     stream: &str,
     count: u64,
 ) -> Result<Vec<u64>, BoxError> {
-    let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    batched_appends(target, case, stream, count, 1).await
+}
+
+/// `count` events to `stream` in appends of `batch` events (the last may hold
+/// fewer), each waited for, revisions 0.. and ids `event_id(case, 0, seq)`;
+/// every event's `t` is taken just before its append call. Returns the
+/// latency of each append call.
+pub(crate) async fn batched_appends<T: Target>(
+    target: &T,
+    case: u32,
+    stream: &str,
+    count: u64,
+    batch: u64,
+) -> Result<Vec<u64>, BoxError> {
+    let batch = batch.max(1);
+    let mut latencies = Vec::with_capacity(usize::try_from(count.div_ceil(batch)).unwrap_or(0));
     let mut last = None;
-    for seq in 0..count {
+    let mut seq = 0;
+    while seq < count {
         let began = Instant::now();
         let expected = Expected::after(last);
-        let id = event_id(case, 0, seq);
-        let data = payload(&id, stream, seq);
-        let appended = target
-            .append(stream, expected, vec![NewEvent { id, data }])
-            .await?;
-        last = Some(check_appended(stream, expected, 1, appended)?);
+        let events: Vec<NewEvent> = (seq..count.min(seq + batch))
+            .map(|seq| {
+                let id = event_id(case, 0, seq);
+                let data = payload(&id, stream, seq);
+                NewEvent { id, data }
+            })
+            .collect();
+        let size = events.len() as u64;
+        let appended = target.append(stream, expected, events).await?;
+        last = Some(check_appended(stream, expected, size, appended)?);
         latencies.push(nanos_since(began));
+        seq += size;
     }
     Ok(latencies)
 }
