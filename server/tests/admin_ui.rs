@@ -18,22 +18,20 @@
 use std::time::Duration;
 
 use cairn_client::{
-    Client, Consumer, EventData, ExpectedRevision, GroupOptions, NackAction, NewUser, StreamAppend,
-    StreamMetadata,
+    Client, Consumer, EventData, ExpectedRevision, GroupOptions, NackAction, StreamAppend,
 };
 use cairn_server::Listen;
 use cairn_testkit::browser::{Browser, chromium_available};
 use cairn_testkit::http::{HttpIo, HttpResponse, basic, connect, get, request, send_request};
-use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within};
+use cairn_testkit::{
+    ADMIN_PASSWORD, ALICE_ONLY_ACL, SecureSetup, TestServer, USER_PASSWORD, eventually_within,
+    set_acl,
+};
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 /// Generous bound for anything that should happen "soon".
 const DEADLINE: Duration = Duration::from_secs(30);
-
-const PRIVATE_ACL: &str =
-    r#"{"$acl": {"$r": ["alice"], "$w": "alice", "$d": [], "$mr": ["alice"], "$mw": ["alice"]}}"#;
-const PASSWORD: &str = "a long enough password";
 
 fn with_http(settings: &mut cairn_server::Settings) {
     settings.http_listen = Listen::At("127.0.0.1:0".parse().unwrap());
@@ -392,33 +390,16 @@ async fn in_chromium_a_person_finds_a_stream_reads_it_tails_and_replays_parked_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_secure_mode_the_api_checks_access_as_the_grpc_calls_do() {
-    let server = TestServer::start_secure_with(|settings, _| with_http(settings)).await;
-    let admin = server.admin().await;
-    for (user, roles) in [
-        ("reader", &[][..]),
-        ("alice", &[][..]),
-        ("operator", &["ops"][..]),
-    ] {
-        admin
-            .create_user(NewUser::new(user, PASSWORD).roles(roles.iter().copied()))
-            .await
-            .expect("create user");
-    }
-    let reader = basic("reader", PASSWORD);
-    let alice = basic("alice", PASSWORD);
-    let operator = basic("operator", PASSWORD);
+    let SecureSetup { server, admin } = SecureSetup::start_with(
+        |settings, _| with_http(settings),
+        &[("reader", &[]), ("alice", &[]), ("operator", &["ops"])],
+    )
+    .await;
+    let reader = basic("reader", USER_PASSWORD);
+    let alice = basic("alice", USER_PASSWORD);
+    let operator = basic("operator", USER_PASSWORD);
     let root = basic("admin", ADMIN_PASSWORD);
-    admin
-        .set_stream_metadata(
-            "private-1",
-            ExpectedRevision::Any,
-            StreamMetadata {
-                custom_json: Some(PRIVATE_ACL.into()),
-                ..StreamMetadata::default()
-            },
-        )
-        .await
-        .expect("private ACL");
+    set_acl(&admin, "private-1", ALICE_ONLY_ACL).await;
     admin
         .append(
             "private-1",

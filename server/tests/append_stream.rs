@@ -13,11 +13,13 @@ use std::sync::Arc;
 
 use cairn_client::{
     AppendCondition, Client, Error, ExpectedRevision, Query, QueryItem, ReadOptions, StreamAppend,
-    StreamMetadata,
 };
 use cairn_proto::v1 as pb;
 use cairn_proto::v1::streams_client::StreamsClient;
-use cairn_testkit::{TestServer, client_event, client_numbered, read_all_client};
+use cairn_testkit::{
+    ALICE_ONLY_ACL, SecureSetup, TestServer, USER_PASSWORD, client_event, client_numbered,
+    read_all_client, set_acl,
+};
 use tokio::io::AsyncBufReadExt;
 
 /// `n` of a `client_numbered` event.
@@ -308,21 +310,12 @@ async fn retries_over_the_stream_and_unary_return_the_original_result() {
     server.stop().await;
 }
 
-const PRIVATE_ACL: &str =
-    r#"{"$acl": {"$r": ["alice"], "$w": "alice", "$d": [], "$mr": ["alice"], "$mw": ["alice"]}}"#;
-const PASSWORD: &str = "a long enough password";
-
 /// Every request of a session is authorized on its own for the call's user,
 /// as the unary call is: a denied one is PERMISSION_DENIED and writes
 /// nothing (also as part of a multi), the others go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_request_is_authorized_for_the_calls_user() {
-    let server = TestServer::start_secure().await;
-    let admin = server.admin().await;
-    admin
-        .create_user(cairn_client::NewUser::new("bob", PASSWORD))
-        .await
-        .unwrap();
+    let SecureSetup { server, admin } = SecureSetup::start(&[("bob", &[])]).await;
     admin
         .append(
             "private-1",
@@ -331,18 +324,8 @@ async fn each_request_is_authorized_for_the_calls_user() {
         )
         .await
         .unwrap();
-    admin
-        .set_stream_metadata(
-            "private-1",
-            ExpectedRevision::Any,
-            StreamMetadata {
-                custom_json: Some(PRIVATE_ACL.into()),
-                ..StreamMetadata::default()
-            },
-        )
-        .await
-        .unwrap();
-    let bob = server.connect_as("bob", PASSWORD).await;
+    set_acl(&admin, "private-1", ALICE_ONLY_ACL).await;
+    let bob = server.connect_as("bob", USER_PASSWORD).await;
     let session = bob.append_session().await.unwrap();
     let event = || vec![client_event("Noted", "{}")];
     let denied = session.append("private-1", ExpectedRevision::Any, event());

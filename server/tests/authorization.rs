@@ -9,14 +9,10 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use cairn_client::{
-    AppendCondition, Client, Error, EventData, ExpectedRevision, GroupOptions, NewUser, Query,
-    QueryItem, ReadOptions, StreamAppend, StreamMetadata, SubscribeOptions, SubscriptionMessage,
+    AppendCondition, Client, Error, EventData, ExpectedRevision, GroupOptions, Query, QueryItem,
+    ReadOptions, StreamAppend, StreamMetadata, SubscribeOptions, SubscriptionMessage,
 };
-use cairn_testkit::TestServer;
-
-const PRIVATE_ACL: &str =
-    r#"{"$acl": {"$r": ["alice"], "$w": "alice", "$d": [], "$mr": ["alice"], "$mw": ["alice"]}}"#;
-const PASSWORD: &str = "a long enough password";
+use cairn_testkit::{ALICE_ONLY_ACL, SecureSetup, TestServer, USER_PASSWORD, set_acl};
 
 type Call<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
 
@@ -130,7 +126,7 @@ fn cases() -> Vec<Case> {
                             "private-1",
                             ExpectedRevision::Any,
                             StreamMetadata {
-                                custom_json: Some(PRIVATE_ACL.into()),
+                                custom_json: Some(ALICE_ONLY_ACL.into()),
                                 ..StreamMetadata::default()
                             },
                         )
@@ -275,14 +271,12 @@ async fn snapshot(admin: &Client) -> String {
     lines.join("\n")
 }
 
-async fn setup(server: &TestServer) -> (Client, Vec<(&'static str, Client)>) {
-    let admin = server.admin().await;
-    for (user, roles) in [("alice", vec![]), ("bob", vec![]), ("olga", vec!["ops"])] {
-        admin
-            .create_user(NewUser::new(user, PASSWORD).roles(roles))
-            .await
-            .expect("create user");
-    }
+/// A secure server with plain users `alice` and `bob` and `olga` of `ops`,
+/// streams `open-1` and `private-1` (which only `alice` may use), and groups
+/// on `private-1` and `$ce-private`; with the admin's client and each user's.
+async fn setup() -> (TestServer, Client, Vec<(&'static str, Client)>) {
+    let SecureSetup { server, admin } =
+        SecureSetup::start(&[("alice", &[]), ("bob", &[]), ("olga", &["ops"])]).await;
     admin
         .append("open-1", ExpectedRevision::NoStream, vec![event("Public")])
         .await
@@ -295,17 +289,7 @@ async fn setup(server: &TestServer) -> (Client, Vec<(&'static str, Client)>) {
         )
         .await
         .unwrap();
-    admin
-        .set_stream_metadata(
-            "private-1",
-            ExpectedRevision::Any,
-            StreamMetadata {
-                custom_json: Some(PRIVATE_ACL.into()),
-                ..StreamMetadata::default()
-            },
-        )
-        .await
-        .unwrap();
+    set_acl(&admin, "private-1", ALICE_ONLY_ACL).await;
     admin
         .create_group("g-private", "private-1", GroupOptions::default())
         .await
@@ -316,9 +300,9 @@ async fn setup(server: &TestServer) -> (Client, Vec<(&'static str, Client)>) {
         .unwrap();
     let mut users = Vec::new();
     for user in ["alice", "bob", "olga"] {
-        users.push((user, server.connect_as(user, PASSWORD).await));
+        users.push((user, server.connect_as(user, USER_PASSWORD).await));
     }
-    (admin, users)
+    (server, admin, users)
 }
 
 fn is_denied(error: &Error) -> bool {
@@ -327,8 +311,7 @@ fn is_denied(error: &Error) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_is_allowed_or_denied_as_documented_and_denials_change_nothing() {
-    let server = TestServer::start_secure().await;
-    let (admin, users) = setup(&server).await;
+    let (server, admin, users) = setup().await;
 
     // Every denied case first, then check nothing changed.
     let before = snapshot(&admin).await;
@@ -379,8 +362,7 @@ async fn every_rpc_is_allowed_or_denied_as_documented_and_denials_change_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_unreadable_streams_never_reach_a_user() {
-    let server = TestServer::start_secure().await;
-    let (admin, users) = setup(&server).await;
+    let (server, admin, users) = setup().await;
     let client = |name: &str| &users.iter().find(|(user, _)| *user == name).unwrap().1;
 
     for source in ["$all", "$ce-private", "$et-Secret"] {
@@ -472,12 +454,11 @@ async fn events_of_unreadable_streams_never_reach_a_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_valid_credentials_are_unauthenticated_and_change_nothing() {
-    let server = TestServer::start_secure().await;
-    let (admin, _users) = setup(&server).await;
+    let (server, admin, _users) = setup().await;
     let before = snapshot(&admin).await;
     let anonymous = server.client().await;
     let wrong = server.connect_as("alice", "not the password").await;
-    let unknown = server.connect_as("mallory", PASSWORD).await;
+    let unknown = server.connect_as("mallory", USER_PASSWORD).await;
     let bad_token = server.connect_with_token("cairn_not-a-token").await;
     // Each wrong credential is one failed login from this address; a few
     // stay under the rate limit (engine/tests/users.rs tests the limit).
@@ -517,7 +498,7 @@ async fn calls_without_valid_credentials_are_unauthenticated_and_change_nothing(
     assert_eq!(snapshot(&admin).await, before);
 
     // A disabled user is refused, a re-enabled one served again.
-    let alice = server.connect_as("alice", PASSWORD).await;
+    let alice = server.connect_as("alice", USER_PASSWORD).await;
     alice.info().await.unwrap();
     admin.disable_user("alice").await.unwrap();
     assert!(matches!(alice.info().await, Err(Error::Unauthenticated(_))));

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use cairn_client::{EventData, ExpectedRevision, ReadOptions, StreamMetadata};
+use cairn_client::{EventData, ExpectedRevision, ReadOptions};
 use cairn_proto::kurrent::gossip as gossip_pb;
 use cairn_proto::kurrent::gossip::gossip_client::GossipClient;
 use cairn_proto::kurrent::persistent as persistent_pb;
@@ -22,7 +22,7 @@ use cairn_proto::kurrent::shared;
 use cairn_proto::kurrent::streams as pb;
 use cairn_proto::kurrent::streams::streams_client::StreamsClient;
 use cairn_server::Listen;
-use cairn_testkit::{ADMIN_PASSWORD, TestServer};
+use cairn_testkit::{ADMIN_PASSWORD, SecureSetup, TestServer, USER_PASSWORD, set_acl};
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
@@ -295,13 +295,8 @@ fn with_auth<T>(message: T, authorization: Option<&str>) -> tonic::Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_and_acls_apply_through_the_facade() {
-    const PASSWORD: &str = "a long enough password";
-    let server = TestServer::start_secure_with(|settings, _| kurrent_on(settings)).await;
-    let admin = server.admin().await;
-    admin
-        .create_user(cairn_client::NewUser::new("reader", PASSWORD))
-        .await
-        .unwrap();
+    let SecureSetup { server, admin } =
+        SecureSetup::start_with(|settings, _| kurrent_on(settings), &[("reader", &[])]).await;
     admin
         .append(
             "guarded",
@@ -310,23 +305,16 @@ async fn credentials_and_acls_apply_through_the_facade() {
         )
         .await
         .unwrap();
-    admin
-        .set_stream_metadata(
-            "guarded",
-            ExpectedRevision::Any,
-            StreamMetadata {
-                custom_json: Some(
-                    r#"{"$acl":{"$r":["reader"],"$w":"$admins","$d":"$admins"}}"#.into(),
-                ),
-                ..StreamMetadata::default()
-            },
-        )
-        .await
-        .unwrap();
+    set_acl(
+        &admin,
+        "guarded",
+        r#"{"$acl":{"$r":["reader"],"$w":"$admins","$d":"$admins"}}"#,
+    )
+    .await;
     let ca = std::fs::read(&server.tls.as_ref().unwrap().files.ca).unwrap();
     let channel = cairn_testkit::tls_channel(server.kurrent_address.unwrap(), &ca, None).await;
     let mut kurrent = StreamsClient::new(channel.clone());
-    let reader = basic("reader", PASSWORD);
+    let reader = basic("reader", USER_PASSWORD);
     let admin_credentials = basic("admin", ADMIN_PASSWORD);
     let append = |authorization: Option<&str>| {
         let mut request = tonic::Request::new(tokio_stream::iter(append_requests(
@@ -515,6 +503,8 @@ async fn python_eventsourcing_application_runs_on_the_facade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_kurrentdb_client_over_tls_with_users_and_acls() {
+    // Not USER_PASSWORD (it has spaces): this one goes into a connection URI
+    // unescaped.
     const READER_PASSWORD: &str = "reader-long-enough-password";
     require_python_client();
     let server = TestServer::start_secure_with(|settings, _| kurrent_on(settings)).await;
@@ -539,17 +529,7 @@ async fn python_kurrentdb_client_over_tls_with_users_and_acls() {
             )
             .await
             .unwrap();
-        admin
-            .set_stream_metadata(
-                stream,
-                ExpectedRevision::Any,
-                StreamMetadata {
-                    custom_json: Some(acl.into()),
-                    ..StreamMetadata::default()
-                },
-            )
-            .await
-            .unwrap();
+        set_acl(&admin, stream, acl).await;
     }
     let port = server.kurrent_address.unwrap().port();
     let ca = server.tls.as_ref().unwrap().files.ca.display().to_string();

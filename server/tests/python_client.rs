@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cairn_testkit::TestServer;
+use cairn_testkit::{SecureSetup, TestServer};
 
 const PYTHON_PACKAGES: &str = "grpcio grpcio-tools grpcio-reflection";
 
@@ -63,15 +63,7 @@ async fn run_script(name: &str, args: &[String], summary_prefix: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpc_client_over_tls_with_a_token() {
     require_python_grpc();
-    let server = cairn_testkit::TestServer::start_secure().await;
-    let admin = server.admin().await;
-    admin
-        .create_user(cairn_client::NewUser::new(
-            "python",
-            "a long enough password",
-        ))
-        .await
-        .expect("create the user");
+    let SecureSetup { server, admin } = SecureSetup::start(&[("python", &[])]).await;
     let token = admin
         .create_token(cairn_client::NewToken::for_user("python").name("python test"))
         .await

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use cairn_client::{
-    Aggregate, AggregateError, Client, CodecError, Error, EventData, ExpectedRevision, NewUser,
-    ReadOptions, RecordedEvent, Repository, SNAPSHOT_EVENT_TYPE, SnapshotIgnored, SnapshotUse,
-    StreamMetadata, snapshot_stream,
+    Aggregate, AggregateError, Client, CodecError, Error, EventData, ExpectedRevision, ReadOptions,
+    RecordedEvent, Repository, SNAPSHOT_EVENT_TYPE, SnapshotIgnored, SnapshotUse, StreamMetadata,
+    snapshot_stream,
 };
-use cairn_testkit::TestServer;
+use cairn_testkit::{SecureSetup, TestServer, USER_PASSWORD, set_acl};
 
 /// Numbers folded in order: their count, sum and an order-sensitive hash,
 /// so any lost, repeated or reordered event shows.
@@ -397,31 +397,19 @@ async fn untrusted_snapshots_are_ignored_with_a_full_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_of_a_stream_load_its_snapshots_which_never_show_in_its_category() {
-    const PASSWORD: &str = "a long enough password";
-    let server = TestServer::start_secure().await;
-    let admin = server.admin().await;
-    for user in ["alice", "bob", "carol"] {
-        admin
-            .create_user(NewUser::new(user, PASSWORD))
-            .await
-            .expect("create user");
-    }
+    let SecureSetup { server, admin } =
+        SecureSetup::start(&[("alice", &[]), ("bob", &[]), ("carol", &[])]).await;
     let stream = "tally-acl";
     append_numbers(&admin, stream, 0..20).await;
-    admin
-        .set_stream_metadata(
-            stream,
-            ExpectedRevision::Any,
-            StreamMetadata {
-                custom_json: Some(r#"{"$acl": {"$r": ["alice", "bob"], "$w": "alice"}}"#.into()),
-                ..StreamMetadata::default()
-            },
-        )
-        .await
-        .unwrap();
+    set_acl(
+        &admin,
+        stream,
+        r#"{"$acl": {"$r": ["alice", "bob"], "$w": "alice"}}"#,
+    )
+    .await;
 
     // alice writes the stream, so she writes (and bounds) its snapshots.
-    let alice = server.connect_as("alice", PASSWORD).await;
+    let alice = server.connect_as("alice", USER_PASSWORD).await;
     let executed = Repository::<Tally>::new(alice)
         .snapshot_every(10)
         .execute(stream, add(20))
@@ -430,7 +418,7 @@ async fn readers_of_a_stream_load_its_snapshots_which_never_show_in_its_category
     assert_eq!(executed.snapshot, Some(20));
 
     // bob only reads the stream: he loads from the snapshot all the same.
-    let bob = server.connect_as("bob", PASSWORD).await;
+    let bob = server.connect_as("bob", USER_PASSWORD).await;
     let bobs = Repository::<Tally>::new(bob.clone()).snapshot_every(10);
     let loaded = bobs.load(stream).await.unwrap();
     assert_eq!(loaded.snapshot, SnapshotUse::Used { revision: 20 });
@@ -459,7 +447,7 @@ async fn readers_of_a_stream_load_its_snapshots_which_never_show_in_its_category
     );
 
     // carol may not read the stream: nor its snapshots.
-    let carol = server.connect_as("carol", PASSWORD).await;
+    let carol = server.connect_as("carol", USER_PASSWORD).await;
     let denied = Repository::<Tally>::new(carol.clone()).load(stream).await;
     assert!(
         matches!(

@@ -101,6 +101,23 @@ fn open(dir: &std::path::Path, faults: Option<&Arc<Faults>>) -> Store {
     .expect("open")
 }
 
+/// A store on a new directory whose writer passes every group through a
+/// [`Faults`] hook (to [`plug`] or fail it), with `before` already appended
+/// and acknowledged: one event of the type given to each stream, in order,
+/// at positions 0, 1, ...
+fn hooked_store(before: &[(&str, &str)]) -> (tempfile::TempDir, Arc<Faults>, Store) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faults = Arc::new(Faults::default());
+    let store = open(dir.path(), Some(&faults));
+    for (stream, event_type) in before {
+        store
+            .append(*stream, ExpectedRevision::NoStream, vec![event(event_type)])
+            .wait()
+            .unwrap_or_else(|error| panic!("{event_type} to {stream} before the test: {error}"));
+    }
+    (dir, faults, store)
+}
+
 fn event(event_type: &str) -> EventData {
     EventData::json(event_type, r#"{"n":1}"#)
 }
@@ -126,9 +143,7 @@ fn assert_poisoned<T: std::fmt::Debug>(result: Result<T, Error>) {
 
 #[test]
 fn expectations_are_checked_against_the_in_flight_group() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let faults = Arc::new(Faults::default());
-    let store = open(dir.path(), Some(&faults));
+    let (_dir, faults, store) = hooked_store(&[]);
     // r0 of "s" is in flight while the next three are prepared.
     let first = plug(&faults, || {
         store.append("s", ExpectedRevision::NoStream, vec![event("A")])
@@ -244,9 +259,7 @@ fn many_writers_with_exact_expectations_on_shared_streams() {
 
 #[test]
 fn a_retry_of_an_in_flight_append_returns_the_original_result() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let faults = Arc::new(Faults::default());
-    let store = open(dir.path(), Some(&faults));
+    let (_dir, faults, store) = hooked_store(&[]);
     let events = vec![event("Placed"), event("Paid")];
     // The original is in flight; the retry is prepared against it.
     let original = plug(&faults, || {
@@ -290,13 +303,8 @@ fn a_retry_of_an_in_flight_append_returns_the_original_result() {
 
 #[test]
 fn a_condition_conflicting_with_the_in_flight_group_fails_with_its_position() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let faults = Arc::new(Faults::default());
-    let store = open(dir.path(), Some(&faults));
-    store
-        .append("other", ExpectedRevision::NoStream, vec![event("Noise")])
-        .wait()
-        .expect("an unrelated event at position 0");
+    // An unrelated event at position 0.
+    let (_dir, faults, store) = hooked_store(&[("other", "Noise")]);
     let reserved = plug(&faults, || {
         store.append(
             "seats",
@@ -335,13 +343,7 @@ fn a_condition_conflicting_with_the_in_flight_group_fails_with_its_position() {
 
 #[test]
 fn a_failed_write_poisons_the_in_flight_and_the_open_group() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let faults = Arc::new(Faults::default());
-    let store = open(dir.path(), Some(&faults));
-    store
-        .append("kept", ExpectedRevision::NoStream, vec![event("Kept")])
-        .wait()
-        .expect("acknowledged before the failure");
+    let (dir, faults, store) = hooked_store(&[("kept", "Kept")]);
     *lock(&faults.fail) = true;
     let in_flight = plug(&faults, || {
         store.append("lost-1", ExpectedRevision::NoStream, vec![event("Lost")])

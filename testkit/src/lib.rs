@@ -11,6 +11,10 @@
 //!   [`ADMIN_PASSWORD`]; [`TestServer::connect_as`],
 //!   [`TestServer::connect_with_token`] and [`TestServer::client_builder`]
 //!   connect to it.
+//! - [`SecureSetup`]: the set-up of access-control tests, a secure server
+//!   with its `admin` client and the users a test names (password
+//!   [`USER_PASSWORD`]); [`set_acl`] puts an ACL such as [`ALICE_ONLY_ACL`]
+//!   on a stream.
 //! - [`eventually`]: polls a condition until it holds, with a deadline and a
 //!   message naming what was awaited (and what was last seen, when the check
 //!   returns a [`Result`]); [`eventually_blocking`] is the same for synchronous
@@ -34,6 +38,9 @@
 
 pub mod browser;
 pub mod http;
+mod secure;
+
+pub use secure::{ALICE_ONLY_ACL, SecureSetup, USER_PASSWORD, set_acl};
 
 use std::fmt::Debug;
 use std::future::Future;
