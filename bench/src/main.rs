@@ -29,7 +29,9 @@
 //!
 //! Module map: `workload` builds the event, `workloads` runs W1-W5 (and W6's
 //! writer), `w6` the subscriber process, `target` the store seam, `server`
-//! the child `cairn` process, `verify` the crash test's checker, `disk`,
+//! the child `cairn` process, `sample` what it reads of the server from
+//! outside (RSS, data-directory size, free space), `verify` the crash test's
+//! checker, `disk`,
 //! `stats`, `machine`, `report`, `cpu` and `targets` the measuring and
 //! reporting.
 
@@ -52,6 +54,7 @@ mod peers;
 mod persistent;
 mod report;
 mod run;
+mod sample;
 mod scale;
 mod server;
 mod soak;

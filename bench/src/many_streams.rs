@@ -19,7 +19,7 @@
 //! count every appended event and stream.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,7 +29,8 @@ use tokio::sync::Barrier;
 
 use crate::BoxError;
 use crate::machine::Machine;
-use crate::report::{markdown_table_with, server_header, thousands, write_server_json};
+use crate::report::{markdown_table_with, server_header, thousands};
+use crate::sample::{Probe, Usage, mib, per_event};
 use crate::server::ServerArgs;
 use crate::stats::{Latency, round, round_to};
 use crate::target::{Cairn, Expected, NewEvent, Target};
@@ -81,23 +82,28 @@ const POLL: Duration = Duration::from_millis(20);
 /// Memory and disk use at one moment.
 #[derive(Debug, Clone)]
 struct Sample {
-    /// When: `appending`, `end`, `settled`, `stopped`.
+    /// When: `start`, `appending`, `end`, `settled`, `stopped`.
     when: &'static str,
     /// Events acknowledged by then.
     events: u64,
     /// Seconds since the common start.
     seconds: f64,
-    /// The server's resident memory, bytes.
-    rss: Option<u64>,
-    /// The data directory's file sizes, summed.
-    disk: Option<u64>,
+    usage: Usage,
 }
 
 impl Sample {
+    /// The server's use now, `when`, with `events` acknowledged since `start`.
+    fn now(probe: &Probe, when: &'static str, events: u64, start: Instant) -> Self {
+        Self {
+            when,
+            events,
+            seconds: start.elapsed().as_secs_f64(),
+            usage: probe.usage(),
+        }
+    }
+
     fn bytes_per_event(&self) -> Option<f64> {
-        self.disk
-            .filter(|_| self.events > 0)
-            .map(|disk| disk as f64 / self.events as f64)
+        self.usage.bytes_per_event(self.events)
     }
 
     fn to_json(&self) -> Value {
@@ -105,56 +111,11 @@ impl Sample {
             "when": self.when,
             "events": self.events,
             "seconds": round_to(self.seconds, 3),
-            "rss_bytes": self.rss,
-            "data_dir_bytes": self.disk,
+            "rss_bytes": self.usage.rss,
+            "data_dir_bytes": self.usage.disk,
             "bytes_per_event_on_disk": self.bytes_per_event().map(round),
         })
     }
-}
-
-/// Where memory and disk use are read from.
-#[derive(Debug)]
-struct Probe {
-    pid: Option<u32>,
-    data: Option<PathBuf>,
-}
-
-impl Probe {
-    fn sample(&self, when: &'static str, events: u64, seconds: f64) -> Sample {
-        Sample {
-            when,
-            events,
-            seconds,
-            rss: self.pid.and_then(rss_bytes),
-            disk: self.data.as_deref().and_then(|dir| dir_bytes(dir).ok()),
-        }
-    }
-}
-
-/// `VmRSS` of a process, in bytes.
-pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The sizes of the files under `dir`, summed. Files that vanish while it is
-/// walked (RocksDB deletes obsolete files) count as nothing.
-pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let Ok(entry) = entry else { continue };
-        let Ok(metadata) = entry.metadata() else {
-            continue;
-        };
-        if metadata.is_dir() {
-            total += dir_bytes(&entry.path()).unwrap_or(0);
-        } else {
-            total += metadata.len();
-        }
-    }
-    Ok(total)
 }
 
 /// What one client did.
@@ -177,23 +138,23 @@ pub(crate) async fn run(args: &ManyStreamsArgs) -> Result<(), BoxError> {
         .map_err(|_| "--settle-seconds must be a number >= 0")?;
     let mut session = args.server.session("cairn-bench-many-streams-").await?;
     let machine = Machine::describe(&session.dir);
-    let probe = Probe {
-        pid: session.server_pid().or(args.server_pid),
-        data: session.data_dir().or_else(|| args.data_dir.clone()),
-    };
-    if probe.pid.is_none() {
-        eprintln!("note: the server's pid is unknown (--addr without --server-pid): no RSS");
-    }
-    if probe.data.is_none() {
-        eprintln!("note: the data directory is unknown (--addr without --data-dir): no disk use");
-    }
+    let probe = Probe::of(
+        &session,
+        (args.server_pid, args.data_dir.as_deref()),
+        ("no RSS", "no disk use"),
+    );
     let target = Cairn::connect(&session.address).await?;
     let info = target.client().info().await?;
     eprintln!(
         "server {}: cairn {}, durability {}; {} streams, {} clients",
         session.address, info.version, info.durability, args.streams, args.clients
     );
-    let mut samples = vec![probe.sample("start", 0, 0.0)];
+    let mut samples = vec![Sample {
+        when: "start",
+        events: 0,
+        seconds: 0.0,
+        usage: probe.usage(),
+    }];
 
     let barrier = Arc::new(Barrier::new(args.clients + 1));
     let next = Arc::new(AtomicU64::new(0));
@@ -227,7 +188,7 @@ pub(crate) async fn run(args: &ManyStreamsArgs) -> Result<(), BoxError> {
         }
         let events = done.load(Ordering::Relaxed);
         if events >= due && events < args.streams {
-            let sample = probe.sample("appending", events, start.elapsed().as_secs_f64());
+            let sample = Sample::now(&probe, "appending", events, start);
             eprintln!("  {}", progress(&sample));
             samples.push(sample);
             due = (events / args.sample_every + 1) * args.sample_every;
@@ -243,7 +204,7 @@ pub(crate) async fn run(args: &ManyStreamsArgs) -> Result<(), BoxError> {
         latency.p99_us / 1_000.0,
         if capped { " (capped)" } else { "" }
     );
-    samples.push(probe.sample("end", appended, start.elapsed().as_secs_f64()));
+    samples.push(Sample::now(&probe, "end", appended, start));
     eprintln!("  {}", progress(&samples[samples.len() - 1]));
 
     let info = target.client().info().await?;
@@ -257,16 +218,21 @@ pub(crate) async fn run(args: &ManyStreamsArgs) -> Result<(), BoxError> {
     if !settle.is_zero() {
         eprintln!("waiting {settle:?} for background flushes ...");
         tokio::time::sleep(settle).await;
-        samples.push(probe.sample("settled", appended, start.elapsed().as_secs_f64()));
+        samples.push(Sample::now(&probe, "settled", appended, start));
         eprintln!("  {}", progress(&samples[samples.len() - 1]));
     }
     if session.server.is_some() {
         session.stop()?;
-        let stopped = Probe {
-            pid: None,
-            data: probe.data.clone(),
-        };
-        samples.push(stopped.sample("stopped", appended, start.elapsed().as_secs_f64()));
+        // No RSS: the process is gone (its pid may be someone else's by now).
+        samples.push(Sample {
+            when: "stopped",
+            events: appended,
+            seconds: start.elapsed().as_secs_f64(),
+            usage: Usage {
+                rss: None,
+                disk: probe.disk(),
+            },
+        });
         eprintln!("  {}", progress(&samples[samples.len() - 1]));
     }
 
@@ -291,11 +257,10 @@ pub(crate) async fn run(args: &ManyStreamsArgs) -> Result<(), BoxError> {
             "capped": figures.capped,
             "samples": figures.samples.iter().map(Sample::to_json).collect::<Vec<_>>(),
         });
-        write_server_json(
+        session.write_json(
             path,
             "cairn-bench many-streams",
-            (&machine, &session.dir),
-            (&info, &session.address),
+            (&machine, &info),
             document,
         )?;
     }
@@ -353,25 +318,15 @@ struct Figures {
     samples: Vec<Sample>,
 }
 
-/// `MiB` with one decimal, or `-`.
-fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(
-        || "-".to_owned(),
-        |bytes| format!("{:.1}", bytes as f64 / f64::from(1 << 20)),
-    )
-}
-
 /// One line of progress on stderr.
 fn progress(sample: &Sample) -> String {
     format!(
         "{} events at {:.1} s: RSS {} MiB, data dir {} MiB, {} B/event on disk",
         sample.events,
         sample.seconds,
-        mib(sample.rss),
-        mib(sample.disk),
-        sample
-            .bytes_per_event()
-            .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}"))
+        mib(sample.usage.rss),
+        mib(sample.usage.disk),
+        per_event(sample.bytes_per_event())
     )
 }
 
@@ -423,11 +378,9 @@ fn table(machine: &Machine, info: &cairn_client::ServerInfo, figures: &Figures) 
                 thousands(sample.events as f64),
                 format!("{:.1}", sample.seconds),
                 interval,
-                mib(sample.rss),
-                mib(sample.disk),
-                sample
-                    .bytes_per_event()
-                    .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}")),
+                mib(sample.usage.rss),
+                mib(sample.usage.disk),
+                per_event(sample.bytes_per_event()),
             ]
         })
         .collect();
@@ -454,19 +407,4 @@ fn table(machine: &Machine, info: &cairn_client::ServerInfo, figures: &Figures) 
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_rss_and_a_directory_size() {
-        assert!(rss_bytes(std::process::id()).is_some_and(|rss| rss > 0));
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::create_dir(dir.path().join("sub")).expect("sub dir");
-        std::fs::write(dir.path().join("a"), [0u8; 100]).expect("write");
-        std::fs::write(dir.path().join("sub/b"), [0u8; 23]).expect("write");
-        assert_eq!(dir_bytes(dir.path()).expect("size"), 123);
-    }
 }

@@ -36,7 +36,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,8 +47,8 @@ use serde_json::{Value, json};
 use crate::BoxError;
 use crate::cpu::{CpuMeter, CpuUse};
 use crate::machine::Machine;
-use crate::many_streams::{dir_bytes, rss_bytes};
-use crate::report::{markdown_table_with, server_header, thousands, write_server_json};
+use crate::report::{markdown_table_with, server_header, thousands};
+use crate::sample::{Probe, Usage, mib, per_event};
 use crate::server::ServerArgs;
 use crate::stats::{Latency, round, round_to};
 use crate::target::{Cairn, Expected, NewEvent, Target};
@@ -222,19 +222,6 @@ impl Random {
     }
 }
 
-/// Where the server's memory, CPU, size and free space are read.
-#[derive(Debug)]
-struct Probe {
-    pid: Option<u32>,
-    data: Option<PathBuf>,
-}
-
-/// Free bytes for an unprivileged writer on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    let stat = rustix::fs::statvfs(dir).ok()?;
-    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
 /// A timed series of operations.
 #[derive(Debug, Clone, Copy, Default)]
 struct Timed {
@@ -276,8 +263,7 @@ struct Checkpoint {
     /// The fill segment since the previous checkpoint.
     fill: Timed,
     fill_cpu: CpuUse,
-    rss: Option<u64>,
-    disk: Option<u64>,
+    usage: Usage,
     free: Option<u64>,
     append_existing: Timed,
     append_new: Timed,
@@ -287,9 +273,7 @@ struct Checkpoint {
 
 impl Checkpoint {
     fn bytes_per_event(&self) -> Option<f64> {
-        self.disk
-            .filter(|_| self.events > 0)
-            .map(|disk| disk as f64 / self.events as f64)
+        self.usage.bytes_per_event(self.events)
     }
 
     fn to_json(&self) -> Value {
@@ -303,8 +287,8 @@ impl Checkpoint {
             "fill_client_cpu_us_per_event": self.fill_cpu.client_us_per_event().map(round),
             "fill_server_cpu_seconds": self.fill_cpu.server_seconds.map(|s| round_to(s, 2)),
             "fill_client_cpu_seconds": self.fill_cpu.client_seconds.map(|s| round_to(s, 2)),
-            "rss_bytes": self.rss,
-            "data_dir_bytes": self.disk,
+            "rss_bytes": self.usage.rss,
+            "data_dir_bytes": self.usage.disk,
             "bytes_per_event_on_disk": self.bytes_per_event().map(round),
             "free_bytes": self.free,
             "append_existing_streams": self.append_existing.to_json(),
@@ -373,20 +357,14 @@ impl ScaleArgs {
 pub(crate) async fn run(args: &ScaleArgs) -> Result<(), BoxError> {
     let mut session = args.server.session("cairn-bench-scale-").await?;
     let machine = Machine::describe(&session.dir);
-    let probe = Probe {
-        pid: session.server_pid().or(args.server_pid),
-        data: session.data_dir().or_else(|| args.data_dir.clone()),
-    };
-    if probe.pid.is_none() {
-        eprintln!(
-            "note: the server's pid is unknown (--addr without --server-pid): no RSS, no server CPU"
-        );
-    }
-    if probe.data.is_none() {
-        eprintln!(
-            "note: the data directory is unknown (--addr without --data-dir): no disk use, free space not watched"
-        );
-    }
+    let probe = Probe::of(
+        &session,
+        (args.server_pid, args.data_dir.as_deref()),
+        (
+            "no RSS, no server CPU",
+            "no disk use, free space not watched",
+        ),
+    );
     let target = Cairn::connect(&session.address).await?;
     let info = target.client().info().await?;
     if info.head_position != 0 {
@@ -397,7 +375,7 @@ pub(crate) async fn run(args: &ScaleArgs) -> Result<(), BoxError> {
         .into());
     }
     let settings = args.settings(&info)?;
-    if let Some(free) = probe.data.as_deref().and_then(free_bytes)
+    if let Some(free) = probe.free()
         && free < settings.min_free
     {
         return Err(format!(
@@ -512,13 +490,7 @@ pub(crate) async fn run(args: &ScaleArgs) -> Result<(), BoxError> {
             "append_seconds": settings.append_for.as_secs_f64(),
             "checkpoints": figures.checkpoints.iter().map(Checkpoint::to_json).collect::<Vec<_>>(),
         });
-        write_server_json(
-            path,
-            "cairn-bench scale",
-            (&machine, &session.dir),
-            (&info, &session.address),
-            document,
-        )?;
+        session.write_json(path, "cairn-bench scale", (&machine, &info), document)?;
     }
     Ok(())
 }
@@ -584,7 +556,7 @@ async fn fill(
                 () = tokio::time::sleep(POLL) => {}
             }
             if outcome.stopped.is_none()
-                && let Some(free) = probe.data.as_deref().and_then(free_bytes)
+                && let Some(free) = probe.free()
                 && free < settings.min_free
             {
                 outcome.stopped = Some(format!(
@@ -673,9 +645,8 @@ async fn measure(
     let plan = settings.plan;
     let info = target.client().info().await?;
     let existing = plan.streams_after(filled);
-    let rss = probe.pid.and_then(rss_bytes);
-    let disk = probe.data.as_deref().and_then(|dir| dir_bytes(dir).ok());
-    let free = probe.data.as_deref().and_then(free_bytes);
+    let usage = probe.usage();
+    let free = probe.free();
     let writer = index;
 
     // Appends to random existing streams, each with its exact expectation.
@@ -779,8 +750,7 @@ async fn measure(
         streams: info.stream_count,
         fill: Timed::default(),
         fill_cpu: CpuUse::default(),
-        rss,
-        disk,
+        usage,
         free,
         append_existing,
         append_new,
@@ -810,14 +780,6 @@ struct Figures {
     checkpoints: Vec<Checkpoint>,
 }
 
-/// `MiB` with one decimal, or `-`.
-fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(
-        || "-".to_owned(),
-        |bytes| format!("{:.1}", bytes as f64 / f64::from(1 << 20)),
-    )
-}
-
 fn ms(us: f64) -> String {
     format!("{:.3}", us / 1_000.0)
 }
@@ -831,10 +793,8 @@ fn progress(checkpoint: &Checkpoint) -> String {
         checkpoint.append_new.events_per_second(),
         ms(checkpoint.reads.latency.p50_us),
         checkpoint.all.events_per_second(),
-        mib(checkpoint.rss),
-        checkpoint
-            .bytes_per_event()
-            .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}"))
+        mib(checkpoint.usage.rss),
+        per_event(checkpoint.bytes_per_event())
     )
 }
 
@@ -896,9 +856,8 @@ fn table(machine: &Machine, info: &cairn_client::ServerInfo, figures: &Figures) 
                     ms(c.reads.latency.p99_us)
                 ),
                 thousands(c.all.events_per_second()),
-                mib(c.rss),
-                c.bytes_per_event()
-                    .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}")),
+                mib(c.usage.rss),
+                per_event(c.bytes_per_event()),
             ]
         })
         .collect();
@@ -1019,12 +978,5 @@ mod tests {
         }
         assert!(seen.iter().all(|&hit| hit), "{seen:?}");
         assert_eq!(Random(1).below(1), 0);
-    }
-
-    #[test]
-    fn free_space_of_a_real_directory() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        assert!(free_bytes(dir.path()).is_some());
-        assert_eq!(free_bytes(Path::new("/no/such/directory")), None);
     }
 }

@@ -13,6 +13,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::BoxError;
+use crate::machine::Machine;
+use crate::report::write_server_json;
 
 /// How long a starting server may take to report SERVING (opening a large
 /// store replays its WAL).
@@ -164,6 +166,25 @@ impl Session {
     /// The started server's process id (`None` with `--addr` or once stopped).
     pub(crate) fn server_pid(&self) -> Option<u32> {
         self.server.as_ref().and_then(ServerProcess::pid)
+    }
+
+    /// Writes `figures` of `benchmark` to `path` as JSON, with the machine,
+    /// this session's directory and the server (`info`, its address) beside
+    /// them (see [`write_server_json`]).
+    pub(crate) fn write_json(
+        &self,
+        path: &Path,
+        benchmark: &str,
+        (machine, info): (&Machine, &cairn_client::ServerInfo),
+        figures: serde_json::Value,
+    ) -> Result<(), BoxError> {
+        write_server_json(
+            path,
+            benchmark,
+            (machine, &self.dir),
+            (info, &self.address),
+            figures,
+        )
     }
 
     /// Stops the started server (SIGTERM), saying so if it had to be killed.
