@@ -31,9 +31,8 @@
 //! writer), `w6` the subscriber process, `target` the store seam, `server`
 //! the child `cairn` process, `sample` what it reads of the server from
 //! outside (RSS, data-directory size, free space), `verify` the crash test's
-//! checker, `disk`,
-//! `stats`, `machine`, `report`, `cpu` and `targets` the measuring and
-//! reporting.
+//! checker, `disk`, `stats`, `machine`, `report`, `cpu` and `targets` the
+//! measuring and reporting.
 
 /// The same allocator as the `cairn` binary, so client-side figures are not
 /// dominated by glibc's malloc either.
