@@ -512,7 +512,7 @@ impl Collector for SnapshotCollector {
         gauge(
             encoder,
             "cairn_rocksdb_block_cache_usage",
-            "Bytes in RocksDB's block cache",
+            "Bytes in RocksDB's block cache (the memtables' charge included)",
             bytes,
             memory.block_cache_bytes as i64,
         )?;
@@ -533,7 +533,7 @@ impl Collector for SnapshotCollector {
         gauge(
             encoder,
             "cairn_rocksdb_memtables",
-            "Bytes of RocksDB's memtables, all column families",
+            "Bytes of RocksDB's memtables, all column families (charged to the block cache)",
             bytes,
             memory.memtable_bytes as i64,
         )?;

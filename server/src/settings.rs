@@ -151,8 +151,9 @@ pub struct Settings {
     /// responses for this long while some wait is ended (RESOURCE_EXHAUSTED
     /// `CLIENT_STALLED`) and what it buffered freed, milliseconds.
     pub client_stall_timeout_ms: u64,
-    /// RocksDB's block cache (decompressed data blocks, shared by every
-    /// column family), bytes.
+    /// RocksDB's memory, bytes: its block cache (decompressed data blocks,
+    /// shared by every column family), which also carries the memtables
+    /// (`cairn_storage::StoreOptions::block_cache_bytes`).
     pub block_cache_bytes: usize,
     /// Most stream records (heads, states, metadata) kept in memory; the rest
     /// are read from disk when used.

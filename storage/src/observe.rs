@@ -45,22 +45,24 @@ pub trait CommitObserver: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct MemoryUsage {
-    /// Bytes in the block cache (decompressed data and index blocks).
+    /// Bytes in the block cache (decompressed data and index blocks, and the
+    /// memtables' memory, which is charged to it).
     pub block_cache_bytes: u64,
     /// The block cache's capacity (it fills up to this and stays there).
     pub block_cache_capacity: u64,
     /// Bytes of the block cache pinned by open iterators and readers.
     pub block_cache_pinned_bytes: u64,
-    /// Bytes of every memtable, active and immutable, of every column family.
+    /// Bytes of every memtable, active and immutable, of every column family
+    /// (also counted in `block_cache_bytes`, where they are charged).
     pub memtable_bytes: u64,
     /// Bytes of SST index and filter blocks held outside the block cache.
     pub table_readers_bytes: u64,
 }
 
 impl MemoryUsage {
-    /// Block cache + memtables + table readers: what RocksDB holds.
+    /// Block cache (memtables included) + table readers: what RocksDB holds.
     pub fn total(&self) -> u64 {
-        self.block_cache_bytes + self.memtable_bytes + self.table_readers_bytes
+        self.block_cache_bytes + self.table_readers_bytes
     }
 }
 
