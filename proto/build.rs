@@ -3,6 +3,9 @@
 //! the encoded file descriptor set for server reflection. Then the same for the
 //! KurrentDB client contract in `kurrent/*.proto` (a separate set: its files
 //! import each other by bare name, and its descriptors are not Cairn's API).
+//! Last the node-to-node raft service `cairn/cluster/v1/raft.proto`, also a
+//! set of its own so that it stays out of the reflection descriptors: it is
+//! served only on the cluster listener and is no client's API.
 
 use std::path::PathBuf;
 
@@ -50,5 +53,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .compile_fds(kurrent_descriptors)?;
+
+    let cluster = "cairn/cluster/v1/raft.proto";
+    println!("cargo:rerun-if-changed={cluster}");
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(protox::compile([cluster], ["."])?)?;
     Ok(())
 }

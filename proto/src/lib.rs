@@ -184,3 +184,18 @@ pub mod kurrent {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kurrent_descriptor.bin"));
 }
+
+/// The node-to-node raft service of cluster mode (`proto/cairn/cluster/v1/raft.proto`,
+/// package `cairn.cluster.v1`), implemented and called by `cairn-cluster`'s
+/// network module. Each message carries one postcard-encoded openraft request,
+/// or the `Result` the receiving raft returned. Served only on the cluster
+/// listener; its descriptors are deliberately not in
+/// [`FILE_DESCRIPTOR_SET`].
+pub mod cluster {
+    /// The `cairn.cluster.v1` package: the `Raft` service (`raft_server`,
+    /// `raft_client`) and its `RaftRequest` / `RaftResponse` messages.
+    #[allow(missing_docs, clippy::all, clippy::pedantic)]
+    pub mod v1 {
+        tonic::include_proto!("cairn.cluster.v1");
+    }
+}
