@@ -1,155 +1,41 @@
 //! The RocksDB raft log store: openraft's own conformance suite, durability
 //! across a reopen, and damaged values that must fail with their index.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cairn_cluster::log_store::{COLUMN_FAMILIES, LogStoreError, RAFT_LOG_CF, RocksLogStore};
 use cairn_cluster::types::{GroupApplied, GroupEntry, TypeConfig};
 use openraft::entry::RaftEntry;
-use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::{StoreBuilder, Suite, log_id};
-use openraft::{
-    Entry, EntryPayload, LogId, Membership, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
-    Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
-};
+use openraft::{Entry, EntryPayload, LogId, Membership, RaftLogReader, StorageError, Vote};
 use rocksdb::DB;
+use support::{MemStateMachine, Model};
 use tempfile::TempDir;
 
-/// What the test state machine holds and snapshots.
+/// The test model of the state machine: the head position, which a group
+/// entry must start at and then moves by its events.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-struct State {
-    last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, openraft::BasicNode>,
+struct Head {
     head: u64,
 }
 
-/// An in-memory state machine, for these tests ONLY: openraft's suite needs
-/// one beside the log store. The real state machine is the event store; this
-/// one only tracks the applied log id, the membership and the head position.
-#[derive(Debug, Clone, Default)]
-struct MemStateMachine {
-    inner: Arc<Mutex<MemInner>>,
-}
+impl Model for Head {
+    type Config = TypeConfig;
 
-#[derive(Debug, Default)]
-struct MemInner {
-    state: State,
-    /// The last built or installed snapshot: its meta and bytes.
-    current: Option<(SnapshotMeta<u64, openraft::BasicNode>, Vec<u8>)>,
-    /// Makes every built snapshot's id unique.
-    snapshots_built: u64,
-}
-
-impl MemStateMachine {
-    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
-        self.inner.lock().expect("state machine lock")
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for MemStateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let mut inner = self.lock();
-        let data = postcard::to_allocvec(&inner.state)
-            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
-        inner.snapshots_built += 1;
-        let meta = SnapshotMeta {
-            last_log_id: inner.state.last_applied,
-            last_membership: inner.state.last_membership.clone(),
-            snapshot_id: format!("snapshot-{}", inner.snapshots_built),
-        };
-        inner.current = Some((meta.clone(), data.clone()));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
-    }
-}
-
-impl RaftStateMachine<TypeConfig> for MemStateMachine {
-    type SnapshotBuilder = Self;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<
-        (
-            Option<LogId<u64>>,
-            StoredMembership<u64, openraft::BasicNode>,
-        ),
-        StorageError<u64>,
-    > {
-        let inner = self.lock();
-        Ok((
-            inner.state.last_applied,
-            inner.state.last_membership.clone(),
-        ))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<GroupApplied>, StorageError<u64>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut inner = self.lock();
-        let mut replies = Vec::new();
-        for entry in entries {
-            inner.state.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(group) => {
-                    if group.first_position != inner.state.head {
-                        return Err(StorageIOError::apply(
-                            entry.log_id,
-                            &std::io::Error::other("first_position is not the head"),
-                        )
-                        .into());
-                    }
-                    inner.state.head += group.events;
-                }
-                EntryPayload::Membership(membership) => {
-                    inner.state.last_membership =
-                        StoredMembership::new(Some(entry.log_id), membership);
-                }
-            }
-            replies.push(GroupApplied {
-                head: inner.state.head,
-            });
+    fn apply(&mut self, group: GroupEntry) -> std::io::Result<()> {
+        if group.first_position != self.head {
+            return Err(std::io::Error::other("first_position is not the head"));
         }
-        Ok(replies)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        let state: State = postcard::from_bytes(&data)
-            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
-        let mut inner = self.lock();
-        inner.state = state;
-        inner.current = Some((meta.clone(), data));
+        self.head += group.events;
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(self.lock().current.clone().map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+    fn response(&self) -> GroupApplied {
+        GroupApplied { head: self.head }
     }
 }
 
@@ -157,8 +43,10 @@ impl RaftStateMachine<TypeConfig> for MemStateMachine {
 /// empty test state machine.
 struct RocksBuilder;
 
-impl StoreBuilder<TypeConfig, RocksLogStore, MemStateMachine, TempDir> for RocksBuilder {
-    async fn build(&self) -> Result<(TempDir, RocksLogStore, MemStateMachine), StorageError<u64>> {
+impl StoreBuilder<TypeConfig, RocksLogStore, MemStateMachine<Head>, TempDir> for RocksBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(TempDir, RocksLogStore, MemStateMachine<Head>), StorageError<u64>> {
         let dir = TempDir::new().expect("temp dir");
         let store = RocksLogStore::open(dir.path()).expect("open the log store");
         Ok((dir, store, MemStateMachine::default()))

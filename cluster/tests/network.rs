@@ -4,14 +4,17 @@
 //! Then the transport's edges: an oversized or undecodable payload, a stopped
 //! raft's error travelling back in the payload, and an unreachable peer.
 //!
-//! The storage is a small in-memory log store and state machine below, not
-//! `openraft-memstore` 0.9: that crate implements the v1 `RaftStorage` trait,
-//! which openraft's `storage-v2` feature (on for the whole workspace) removes,
-//! and its type config has `Node = ()`, while the transport needs
-//! `BasicNode`'s address.
+//! The storage is a small in-memory log store below and the tests' shared
+//! in-memory state machine (`support`), not `openraft-memstore` 0.9: that
+//! crate implements the v1 `RaftStorage` trait, which openraft's `storage-v2`
+//! feature (on for the whole workspace) removes, and its type config has
+//! `Node = ()`, while the transport needs `BasicNode`'s address.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
+// `declare_raft_types!` names its default `SnapshotData` as a bare `Cursor`.
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::ops::RangeBounds;
@@ -24,13 +27,13 @@ use cairn_proto::cluster::v1::raft_client::RaftClient;
 use openraft::error::{Fatal, PayloadTooLarge, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
     BasicNode, CommittedLeaderId, Config, Entry, EntryPayload, LogId, OptionalSend, Raft,
-    RaftLogReader, RaftSnapshotBuilder, ServerState, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    RaftLogReader, ServerState, StorageError, Vote,
 };
 use serde::{Deserialize, Serialize};
+use support::Model;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -152,109 +155,26 @@ impl RaftLogStorage<C> for MemLog {
     }
 }
 
-/// What the state machine holds: every applied write, in order.
+/// The test model of the state machine: every applied write, in order.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Applied {
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
-    writes: Vec<u64>,
-}
+struct Writes(Vec<u64>);
 
-/// The last snapshot built or installed: its meta and the encoded [`Applied`].
-type StoredSnapshot = (SnapshotMeta<u64, BasicNode>, Vec<u8>);
+impl Model for Writes {
+    type Config = C;
 
-#[derive(Debug, Clone, Default)]
-struct MemStateMachine {
-    applied: Arc<Mutex<Applied>>,
-    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
-}
-
-impl MemStateMachine {
-    fn writes(&self) -> Vec<u64> {
-        self.applied.lock().expect("state lock").writes.clone()
-    }
-}
-
-fn snapshot_error(error: &(impl std::error::Error + 'static)) -> StorageError<u64> {
-    StorageError::from(StorageIOError::read_snapshot(None, error))
-}
-
-impl RaftSnapshotBuilder<C> for MemStateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<C>, StorageError<u64>> {
-        let applied = self.applied.lock().expect("state lock").clone();
-        let data = postcard::to_allocvec(&applied).map_err(|e| snapshot_error(&e))?;
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id: format!("{:?}", applied.last_applied),
-        };
-        *self.snapshot.lock().expect("snapshot lock") = Some((meta.clone(), data.clone()));
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
-    }
-}
-
-impl RaftStateMachine<C> for MemStateMachine {
-    type SnapshotBuilder = MemStateMachine;
-
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
-        let applied = self.applied.lock().expect("state lock");
-        Ok((applied.last_applied, applied.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<()>, StorageError<u64>>
-    where
-        I: IntoIterator<Item = Entry<C>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let mut applied = self.applied.lock().expect("state lock");
-        let mut responses = Vec::new();
-        for entry in entries {
-            applied.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => {}
-                EntryPayload::Normal(write) => applied.writes.push(write),
-                EntryPayload::Membership(membership) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                }
-            }
-            responses.push(());
-        }
-        Ok(responses)
-    }
-
-    async fn get_snapshot_builder(&mut self) -> MemStateMachine {
-        self.clone()
-    }
-
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        let applied: Applied = postcard::from_bytes(&data).map_err(|e| snapshot_error(&e))?;
-        *self.applied.lock().expect("state lock") = applied;
-        *self.snapshot.lock().expect("snapshot lock") = Some((meta.clone(), data));
+    fn apply(&mut self, write: u64) -> std::io::Result<()> {
+        self.0.push(write);
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<C>>, StorageError<u64>> {
-        let snapshot = self.snapshot.lock().expect("snapshot lock").clone();
-        Ok(snapshot.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+    fn response(&self) {}
+}
+
+type MemStateMachine = support::MemStateMachine<Writes>;
+
+impl MemStateMachine {
+    fn writes(&self) -> Vec<u64> {
+        self.model().0
     }
 }
 

@@ -1,0 +1,176 @@
+//! Test-only support shared by cairn-cluster's integration tests
+//! (`log_store.rs`, `network.rs`): one in-memory raft state machine, generic
+//! over the test's model of its state and so over its raft type config.
+//!
+//! It is NOT Cairn's state machine (that is the event store). openraft needs
+//! one beside a log store, so this one tracks what openraft itself asks for
+//! (the applied log id, the membership, snapshots) and hands each normal
+//! entry's data to a small [`Model`] that the test defines: the log store
+//! tests keep a head position, the network tests the writes in order.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The part of a test state machine that differs between tests: what a
+/// normal entry's data does to the state, and what each applied entry
+/// answers. It is stored in snapshots, hence serde.
+pub trait Model: Debug + Clone + Default + Serialize + DeserializeOwned + Send + 'static {
+    /// The test's raft type config. The state machine keeps membership and
+    /// snapshots for the shapes every test here uses: `u64` node ids,
+    /// [`BasicNode`] addresses, openraft's [`Entry`], in-memory snapshot data.
+    type Config: RaftTypeConfig<
+            NodeId = u64,
+            Node = BasicNode,
+            SnapshotData = Cursor<Vec<u8>>,
+            Entry = Entry<Self::Config>,
+        >;
+
+    /// Applies one normal entry's data. An error fails the apply of that
+    /// entry (openraft's fail-stop), reported with the entry's log id.
+    fn apply(&mut self, data: <Self::Config as RaftTypeConfig>::D) -> std::io::Result<()>;
+
+    /// What an applied entry answers, given the state after it. Blank and
+    /// membership entries answer too, with the state they left unchanged.
+    fn response(&self) -> <Self::Config as RaftTypeConfig>::R;
+}
+
+/// What the state machine holds and snapshots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State<M> {
+    last_applied: Option<LogId<u64>>,
+    last_membership: StoredMembership<u64, BasicNode>,
+    model: M,
+}
+
+#[derive(Debug, Default)]
+struct Inner<M> {
+    state: State<M>,
+    /// The last built or installed snapshot: its meta and bytes.
+    current: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// Makes every built snapshot's id unique.
+    snapshots_built: u64,
+}
+
+/// An in-memory raft state machine, for tests ONLY; clones share one state,
+/// so a test can keep a clone to read what raft applied.
+#[derive(Debug, Clone, Default)]
+pub struct MemStateMachine<M> {
+    inner: Arc<Mutex<Inner<M>>>,
+}
+
+impl<M: Clone> MemStateMachine<M> {
+    fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+        self.inner.lock().expect("state machine lock")
+    }
+
+    /// A copy of the test's model as applied so far.
+    // Only some of the test crates that include this module read the model.
+    #[allow(dead_code)]
+    pub fn model(&self) -> M {
+        self.lock().state.model.clone()
+    }
+}
+
+impl<M: Model> RaftSnapshotBuilder<M::Config> for MemStateMachine<M> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<M::Config>, StorageError<u64>> {
+        let mut inner = self.lock();
+        let data = postcard::to_allocvec(&inner.state)
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        inner.snapshots_built += 1;
+        let meta = SnapshotMeta {
+            last_log_id: inner.state.last_applied,
+            last_membership: inner.state.last_membership.clone(),
+            snapshot_id: format!("snapshot-{}", inner.snapshots_built),
+        };
+        inner.current = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl<M: Model> RaftStateMachine<M::Config> for MemStateMachine<M> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+        let inner = self.lock();
+        Ok((
+            inner.state.last_applied,
+            inner.state.last_membership.clone(),
+        ))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> Result<Vec<<M::Config as RaftTypeConfig>::R>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<M::Config>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        let mut replies = Vec::new();
+        for entry in entries {
+            inner.state.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(data) => inner
+                    .state
+                    .model
+                    .apply(data)
+                    .map_err(|error| StorageIOError::apply(entry.log_id, &error))?,
+                EntryPayload::Membership(membership) => {
+                    inner.state.last_membership =
+                        StoredMembership::new(Some(entry.log_id), membership);
+                }
+            }
+            replies.push(inner.state.model.response());
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<u64>> {
+        let data = snapshot.into_inner();
+        let state: State<M> = postcard::from_bytes(&data)
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        let mut inner = self.lock();
+        inner.state = state;
+        inner.current = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<M::Config>>, StorageError<u64>> {
+        Ok(self.lock().current.clone().map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
