@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use crate::BoxError;
 use crate::machine::Machine;
-use crate::report::{markdown_table_with, server_header, thousands, write_server_json};
+use crate::report::{markdown_table_with, server_header, thousands};
 use crate::server::ServerArgs;
 use crate::stats::{Latency, round, round_to};
 use crate::target::Expected;
@@ -216,13 +216,7 @@ pub(crate) async fn run(args: &LargeArgs) -> Result<(), BoxError> {
             "streams_per_size": args.streams,
             "cases": cases.iter().map(case_json).collect::<Vec<_>>(),
         });
-        write_server_json(
-            path,
-            "cairn-bench large",
-            (&machine, &session.dir),
-            (&info, &session.address),
-            figures,
-        )?;
+        session.write_json(path, "cairn-bench large", (&machine, &info), figures)?;
     }
     Ok(())
 }

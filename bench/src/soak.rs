@@ -60,6 +60,7 @@ use tokio::task::JoinSet;
 
 use crate::BoxError;
 use crate::report::markdown_table;
+use crate::sample::rss_bytes;
 use crate::server::ServerArgs;
 use crate::stats::Latency;
 
@@ -472,7 +473,8 @@ async fn abuser(load: Load, target: SocketAddr, slot: u64) -> Result<(), BoxErro
 /// The server's resources at one moment (`None`: unknown or unreadable).
 #[derive(Debug, Clone, Copy, Default)]
 struct Resources {
-    rss_kib: Option<u64>,
+    /// `VmRSS`, bytes.
+    rss: Option<u64>,
     fds: Option<u64>,
     /// utime + stime in clock ticks (USER_HZ, 100 on Linux).
     cpu_ticks: Option<u64>,
@@ -482,14 +484,7 @@ fn resources(pid: Option<u32>) -> Resources {
     let Some(pid) = pid else {
         return Resources::default();
     };
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        });
+    let rss = rss_bytes(pid);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()
         .map(|entries| entries.count() as u64);
@@ -505,7 +500,7 @@ fn resources(pid: Option<u32>) -> Resources {
             Some(utime + stime)
         });
     Resources {
-        rss_kib,
+        rss,
         fds,
         cpu_ticks,
     }
@@ -748,7 +743,7 @@ pub(crate) async fn run(args: &SoakArgs) -> Result<(), BoxError> {
         let delta = |i: usize| totals[i] - last.1[i];
         let sample = Sample {
             seconds: now.duration_since(started).as_secs_f64(),
-            rss_mib: current.rss_kib.map(|kib| kib as f64 / 1024.0),
+            rss_mib: current.rss.map(|bytes| bytes as f64 / f64::from(1 << 20)),
             rocksdb_mib,
             fds: current.fds,
             cpu_pct,

@@ -6,15 +6,15 @@
 //! UNIMPLEMENTED, and on a secure server a caller without the `ops` role is
 //! denied and nothing starts.
 
-use base64::Engine as _;
-use cairn_client::{ExpectedRevision, NewUser, ScavengeState};
+use cairn_client::{ExpectedRevision, ScavengeState};
 use cairn_proto::kurrent::operations as pb;
 use cairn_proto::kurrent::operations::operations_client::OperationsClient;
 use cairn_proto::kurrent::operations::scavenge_resp::ScavengeResult;
 use cairn_proto::kurrent::server_features::server_features_client::ServerFeaturesClient;
 use cairn_proto::kurrent::shared;
 use cairn_server::Listen;
-use cairn_testkit::{TestServer, client_event};
+use cairn_testkit::http::basic;
+use cairn_testkit::{SecureSetup, TestServer, USER_PASSWORD, client_event};
 use tonic::transport::Channel;
 
 /// Events of the deleted stream: enough that a scavenge is still running
@@ -57,13 +57,6 @@ fn result_of(response: &pb::ScavengeResp) -> (String, ScavengeResult) {
     (
         response.scavenge_id.clone(),
         ScavengeResult::try_from(response.scavenge_result).expect("a known result"),
-    )
-}
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
 
@@ -191,20 +184,15 @@ async fn start_in_progress_stop_and_not_found_answer_as_kurrentdb_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ops_role_a_scavenge_is_denied_and_nothing_starts() {
-    let server = TestServer::start_secure_with(|settings, _| kurrent_on(settings)).await;
-    let admin = server.admin().await;
-    admin
-        .create_user(NewUser::new("plain", "plain password"))
-        .await
-        .unwrap();
-    admin
-        .create_user(NewUser::new("operator", "operator password").roles(["ops"]))
-        .await
-        .unwrap();
+    let SecureSetup { server, admin } = SecureSetup::start_with(
+        |settings, _| kurrent_on(settings),
+        &[("plain", &[]), ("operator", &["ops"])],
+    )
+    .await;
     let ca = std::fs::read(&server.tls.as_ref().unwrap().files.ca).unwrap();
     let channel = cairn_testkit::tls_channel(server.kurrent_address.unwrap(), &ca, None).await;
     let mut operations = OperationsClient::new(channel);
-    let plain = basic("plain", "plain password");
+    let plain = basic("plain", USER_PASSWORD);
 
     let denied = operations
         .start_scavenge(with_auth(start_request(), &plain))
@@ -239,7 +227,7 @@ async fn without_the_ops_role_a_scavenge_is_denied_and_nothing_starts() {
     let started = operations
         .start_scavenge(with_auth(
             start_request(),
-            &basic("operator", "operator password"),
+            &basic("operator", USER_PASSWORD),
         ))
         .await
         .expect("ops may scavenge")

@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use cairn_client::{EventData, ExpectedRevision, GroupOptions};
 use cairn_proto::kurrent::persistent as pb;
 use cairn_proto::kurrent::persistent::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use cairn_proto::kurrent::shared;
 use cairn_server::Listen;
-use cairn_testkit::{ADMIN_PASSWORD, TestServer};
+use cairn_testkit::http::basic;
+use cairn_testkit::{ADMIN_PASSWORD, SecureSetup, TestServer, USER_PASSWORD};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -405,13 +405,6 @@ async fn read_messages_are_bounded_in_bytes_and_in_ids() {
     server.stop().await;
 }
 
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
 fn with_auth<T>(message: T, authorization: Option<&str>) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if let Some(value) = authorization {
@@ -424,17 +417,12 @@ fn with_auth<T>(message: T, authorization: Option<&str>) -> tonic::Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_needs_credentials_and_operator_rights() {
-    const PASSWORD: &str = "a long enough password";
-    let server = TestServer::start_secure_with(|settings, _| kurrent_on(settings)).await;
-    let admin = server.admin().await;
-    admin
-        .create_user(cairn_client::NewUser::new("worker", PASSWORD))
-        .await
-        .unwrap();
+    let SecureSetup { server, admin } =
+        SecureSetup::start_with(|settings, _| kurrent_on(settings), &[("worker", &[])]).await;
     let ca = std::fs::read(&server.tls.as_ref().unwrap().files.ca).unwrap();
     let channel = cairn_testkit::tls_channel(server.kurrent_address.unwrap(), &ca, None).await;
     let mut kurrent = PersistentSubscriptionsClient::new(channel);
-    let worker = basic("worker", PASSWORD);
+    let worker = basic("worker", USER_PASSWORD);
     let admin_credentials = basic("admin", ADMIN_PASSWORD);
 
     let status = kurrent

@@ -9,10 +9,12 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use cairn_client::{Error, EventData, ExpectedRevision, GroupOptions, NackAction, NewUser};
+use cairn_client::{Error, EventData, ExpectedRevision, GroupOptions, NackAction};
 use cairn_server::Listen;
 use cairn_testkit::http::{HttpResponse, basic, get};
-use cairn_testkit::{ADMIN_PASSWORD, TestServer, eventually_within, read_all_client};
+use cairn_testkit::{
+    ADMIN_PASSWORD, SecureSetup, TestServer, USER_PASSWORD, eventually_within, read_all_client,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Generous bound for anything that should happen "soon".
@@ -269,17 +271,12 @@ async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
 
 #[tokio::test]
 async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
-    let server = TestServer::start_secure_with(|settings, _| with_http(settings)).await;
+    let SecureSetup { server, .. } = SecureSetup::start_with(
+        |settings, _| with_http(settings),
+        &[("reader", &[]), ("operator", &["ops"])],
+    )
+    .await;
     let http = server.http_address.expect("the HTTP listener is on");
-    let admin = server.admin().await;
-    admin
-        .create_user(NewUser::new("reader", "reader-password"))
-        .await
-        .expect("create user");
-    admin
-        .create_user(NewUser::new("operator", "operator-password").roles(["ops"]))
-        .await
-        .expect("create operator");
 
     // Plaintext on a TLS listener gets no HTTP answer.
     let plain = tokio::net::TcpStream::connect(http).await.expect("connect");
@@ -305,13 +302,13 @@ async fn in_secure_mode_metrics_are_served_over_tls_to_operators_only() {
     let refused = get(&server, "/metrics", Some(&wrong)).await;
     assert_eq!(refused.status, 401);
 
-    let reader = basic("reader", "reader-password");
+    let reader = basic("reader", USER_PASSWORD);
     let denied = get(&server, "/metrics", Some(&reader)).await;
     assert_eq!(denied.status, 403, "{}", denied.body);
     assert!(!denied.body.contains("cairn_appends"));
 
     for authorization in [
-        basic("operator", "operator-password"),
+        basic("operator", USER_PASSWORD),
         basic("admin", ADMIN_PASSWORD),
     ] {
         let allowed = get(&server, "/metrics", Some(&authorization)).await;

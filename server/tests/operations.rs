@@ -9,9 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Client, Error, ExpectedRevision, NewUser, ScavengeState, ScavengeStatus, StreamMetadata,
+    Client, Error, ExpectedRevision, ScavengeState, ScavengeStatus, StreamMetadata,
 };
-use cairn_testkit::{ADMIN_PASSWORD, TestServer, client_event, eventually, read_all_client};
+use cairn_testkit::{
+    SecureSetup, TestServer, USER_PASSWORD, client_event, eventually, read_all_client,
+};
 
 /// Bytes of each payload of the streams the test hides: enough that the
 /// hidden data dominates the SST files.
@@ -376,16 +378,8 @@ async fn a_stopped_scavenge_ends_early_and_leaves_the_store_consistent() {
 
 #[tokio::test]
 async fn scavenge_needs_ops_and_backup_needs_admin_and_a_denied_call_changes_nothing() {
-    let server = TestServer::start_secure().await;
-    let admin = server.connect_as("admin", ADMIN_PASSWORD).await;
-    admin
-        .create_user(NewUser::new("plain", "plain password"))
-        .await
-        .unwrap();
-    admin
-        .create_user(NewUser::new("operator", "operator password").roles(["ops"]))
-        .await
-        .unwrap();
+    let SecureSetup { server, admin } =
+        SecureSetup::start(&[("plain", &[]), ("operator", &["ops"])]).await;
     admin
         .append(
             "gone-1",
@@ -397,7 +391,7 @@ async fn scavenge_needs_ops_and_backup_needs_admin_and_a_denied_call_changes_not
     admin.delete("gone-1", ExpectedRevision::Any).await.unwrap();
     let head = admin.info().await.unwrap();
 
-    let plain = server.connect_as("plain", "plain password").await;
+    let plain = server.connect_as("plain", USER_PASSWORD).await;
     let denied = |result: Result<ScavengeStatus, Error>| {
         assert!(
             matches!(&result, Err(Error::PermissionDenied(message)) if message.contains("scavenge")),
@@ -410,10 +404,7 @@ async fn scavenge_needs_ops_and_backup_needs_admin_and_a_denied_call_changes_not
 
     let backups = tempfile::tempdir().unwrap();
     let target = backups.path().join("denied");
-    for who in [
-        &plain,
-        &server.connect_as("operator", "operator password").await,
-    ] {
+    for who in [&plain, &server.connect_as("operator", USER_PASSWORD).await] {
         let result = who.backup(target.to_string_lossy().into_owned()).await;
         assert!(
             matches!(&result, Err(Error::PermissionDenied(message)) if message.contains("back up")),
@@ -431,7 +422,7 @@ async fn scavenge_needs_ops_and_backup_needs_admin_and_a_denied_call_changes_not
     );
 
     // The ops role may.
-    let operator = server.connect_as("operator", "operator password").await;
+    let operator = server.connect_as("operator", USER_PASSWORD).await;
     operator.start_scavenge().await.expect("ops may scavenge");
     let ended = wait_for_scavenge(&operator).await;
     assert_eq!(ended.last().unwrap().state, ScavengeState::Finished);
