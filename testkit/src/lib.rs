@@ -23,6 +23,9 @@
 //!   [`client_event`] and [`client_numbered`] for the client API.
 //! - Whole-source readers: [`read_all`] and [`try_read_all`] over a storage
 //!   `Store`, [`read_all_client`] and [`read_all_client_with`] over a client.
+//! - [`FaultProxy`] ([`proxy`]): a TCP proxy on `127.0.0.1:0` in front of one
+//!   address, whose link a test can cut (dropping every open connection) and
+//!   heal, with counters of the traffic that flowed: partition tests.
 //!
 //! It is a dev-dependency only; nothing ships with it.
 //!
@@ -38,8 +41,10 @@
 
 pub mod browser;
 pub mod http;
+pub mod proxy;
 mod secure;
 
+pub use proxy::FaultProxy;
 pub use secure::{ALICE_ONLY_ACL, SecureSetup, USER_PASSWORD, set_acl};
 
 use std::fmt::Debug;
