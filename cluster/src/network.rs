@@ -5,7 +5,11 @@
 //!   built with. It hands openraft one [`GrpcConnection`] per peer, which sends
 //!   `AppendEntries`, `Vote` and `InstallSnapshot` to `http://{node.addr}` over
 //!   a lazily connected tonic channel, and ends a call that outlives
-//!   [`RPCOption::hard_ttl`] as openraft's [`Timeout`].
+//!   [`RPCOption::hard_ttl`] as openraft's [`Timeout`]. A route given with
+//!   [`GrpcNetworkFactory::with_routes`] replaces `node.addr` for that peer:
+//!   how this node reaches it, when that is not the address the membership
+//!   publishes (a node behind NAT or on another interface, or a test's
+//!   fault-injecting proxy on one directed link).
 //! - [`RaftService`] is the server side: it decodes each request, hands it to
 //!   the local [`openraft::Raft`] (`append_entries`, `vote`,
 //!   `install_snapshot`) and sends back what raft returned.
@@ -31,7 +35,8 @@
 //!
 //! This module owns the transport and nothing else: it never reads or writes
 //! the raft log, the state machine or the store, and it holds no membership
-//! (the addresses come from openraft's [`BasicNode`]s). Not built yet: the
+//! (the addresses come from openraft's [`BasicNode`]s, except where this node
+//! was given its own route to a peer). Not built yet: the
 //! design's mutual TLS between nodes (`server/CLUSTER.md`, "Membership and
 //! the node-to-node service"). The channels are plaintext `http://` and the
 //! service authenticates no peer, so it must only be served on a network that
@@ -107,7 +112,7 @@ pub enum TransportError {
     Address {
         /// The peer's node id.
         target: u64,
-        /// The address from its `BasicNode`.
+        /// The address used for it: its route, or else its `BasicNode`'s.
         addr: String,
         /// Why tonic refused it.
         source: tonic::transport::Error,
@@ -131,11 +136,17 @@ pub struct GrpcNetworkFactory {
     id: u64,
     /// The bound on one message each way (see [`DEFAULT_MAX_MESSAGE_BYTES`]).
     max_message_bytes: usize,
-    /// One channel per peer, with the address it was made for. openraft asks
-    /// for a new client per replication stream and per election; a tonic
-    /// channel multiplexes calls and reconnects by itself, so they share one
-    /// connection instead of opening a new one each time. A peer whose address
-    /// changed gets a new channel.
+    /// How this node reaches a peer when that is not the address in the
+    /// peer's [`BasicNode`]: peer id to `host:port`. The membership holds one
+    /// address per node, the same for every node that reads it; a route is
+    /// this node's alone (NAT, another interface, a proxy on one link).
+    routes: HashMap<u64, String>,
+    /// One channel per peer, with the address it was made for (the route if
+    /// there is one, else the `BasicNode`'s). openraft asks for a new client
+    /// per replication stream and per election; a tonic channel multiplexes
+    /// calls and reconnects by itself, so they share one connection instead
+    /// of opening a new one each time. A peer whose address changed gets a
+    /// new channel.
     channels: HashMap<u64, (String, Channel)>,
 }
 
@@ -146,8 +157,24 @@ impl GrpcNetworkFactory {
         Self {
             id,
             max_message_bytes,
+            routes: HashMap::new(),
             channels: HashMap::new(),
         }
+    }
+
+    /// Gives this node its own address (`host:port`) for each peer in
+    /// `routes`, used instead of the address in that peer's [`BasicNode`];
+    /// peers without a route are reached at their `BasicNode`'s address. A
+    /// route replaces an earlier one for the same peer. Errors still name the
+    /// peer's `BasicNode`, which identifies it to openraft.
+    pub fn with_routes(mut self, routes: HashMap<u64, String>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
+    /// The address this node uses for `target`: its route, else `node.addr`.
+    fn address<'a>(&'a self, target: u64, node: &'a BasicNode) -> &'a str {
+        self.routes.get(&target).unwrap_or(&node.addr)
     }
 
     /// The shared channel to `target` at `addr`, made (without connecting) if
@@ -178,7 +205,8 @@ where
     type Network = GrpcConnection;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcConnection {
-        let client = self.channel(target, &node.addr).map(|channel| {
+        let addr = self.address(target, node).to_owned();
+        let client = self.channel(target, &addr).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(self.max_message_bytes)
                 .max_encoding_message_size(self.max_message_bytes)
@@ -546,5 +574,38 @@ mod tests {
         assert!(matches!(failure, CallFailure::Network(_)));
         let failure = status_failure(RPCTypes::Vote, Status::invalid_argument("bad payload"));
         assert!(matches!(failure, CallFailure::Network(_)));
+    }
+
+    #[tokio::test]
+    async fn a_route_replaces_the_membership_address_for_its_peer_only() {
+        let mut factory =
+            GrpcNetworkFactory::new(1, DEFAULT_MAX_MESSAGE_BYTES).with_routes(HashMap::from([
+                (2, "127.0.0.1:7002".to_owned()),
+                (4, "not a uri".to_owned()),
+            ]));
+        let published = BasicNode::new("127.0.0.1:9");
+        for peer in [2, 3] {
+            let connection = RaftNetworkFactory::<crate::types::TypeConfig>::new_client(
+                &mut factory,
+                peer,
+                &published,
+            )
+            .await;
+            assert!(connection.client.is_ok(), "{:?}", connection.client);
+            // Errors name the peer as the membership knows it.
+            assert_eq!(connection.node, published);
+        }
+        // The cache holds each channel under the address it connects to.
+        assert_eq!(factory.channels[&2].0, "127.0.0.1:7002");
+        assert_eq!(factory.channels[&3].0, "127.0.0.1:9");
+        let connection =
+            RaftNetworkFactory::<crate::types::TypeConfig>::new_client(&mut factory, 4, &published)
+                .await;
+        match connection.client {
+            Err(TransportError::Address {
+                target: 4, addr, ..
+            }) => assert_eq!(addr, "not a uri"),
+            other => panic!("expected the route's address error, got {other:?}"),
+        }
     }
 }
