@@ -19,9 +19,8 @@ use std::io::Cursor;
 use std::net::SocketAddr;
 use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory, RaftService};
+use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory};
 use cairn_proto::cluster::v1::RaftRequest;
 use cairn_proto::cluster::v1::raft_client::RaftClient;
 use openraft::error::{Fatal, PayloadTooLarge, RPCError, RaftError};
@@ -33,11 +32,8 @@ use openraft::{
     RaftLogReader, ServerState, StorageError, Vote,
 };
 use serde::{Deserialize, Serialize};
-use support::Model;
+use support::{HANG_GUARD, Model, Served, leader_seen_by};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 openraft::declare_raft_types!(
     /// A test configuration: each write is a number, applied in log order.
@@ -47,10 +43,6 @@ openraft::declare_raft_types!(
 );
 
 type C = TestConfig;
-
-/// How long any one wait may take before the test fails as hung. A bound on a
-/// hang, not a measurement: elections here take well under a second.
-const HANG_GUARD: Duration = Duration::from_secs(60);
 
 // ---- in-memory storage ----
 
@@ -186,8 +178,7 @@ struct Node {
     addr: SocketAddr,
     raft: Raft<C>,
     state: MemStateMachine,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    served: Served,
 }
 
 impl Node {
@@ -214,22 +205,13 @@ impl Node {
         )
         .await
         .expect("raft starts");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = RaftService::new(raft.clone(), max_message_bytes).into_server();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
+        let served = Served::start(raft.clone(), max_message_bytes, listener);
         Node {
             id,
             addr,
             raft,
             state,
-            stop,
-            server,
+            served,
         }
     }
 
@@ -240,27 +222,8 @@ impl Node {
     /// Stops raft, then the server (whose peers then find it unreachable).
     async fn stop(self) {
         self.raft.shutdown().await.expect("raft shuts down");
-        let _ = self.stop.send(());
-        tokio::time::timeout(HANG_GUARD, self.server)
-            .await
-            .expect("server stops within the hang guard")
-            .expect("server task")
-            .expect("server ran");
+        self.served.stop(HANG_GUARD).await;
     }
-}
-
-/// Waits until `node` sees a leader other than `not`, and returns it.
-async fn leader_seen_by(node: &Node, not: Option<u64>) -> u64 {
-    let metrics = node
-        .raft
-        .wait(Some(HANG_GUARD))
-        .metrics(
-            |m| m.current_leader.is_some() && m.current_leader != not,
-            format!("node {} sees a leader other than {not:?}", node.id),
-        )
-        .await
-        .expect("a leader within the hang guard");
-    metrics.current_leader.expect("checked above")
 }
 
 /// Waits until `node` has applied exactly `log_id`.
@@ -288,7 +251,7 @@ async fn three_nodes_replicate_over_grpc_and_survive_losing_the_leader() {
         .await
         .expect("node 1 initializes the cluster");
 
-    let leader = leader_seen_by(&nodes[0], None).await;
+    let leader = leader_seen_by(&nodes[0].raft, None).await;
     let leader_node = nodes
         .iter()
         .find(|n| n.id == leader)
@@ -311,7 +274,7 @@ async fn three_nodes_replicate_over_grpc_and_survive_losing_the_leader() {
     let position = nodes.iter().position(|n| n.id == leader).expect("leader");
     nodes.remove(position).stop().await;
 
-    let new_leader = leader_seen_by(&nodes[0], Some(leader)).await;
+    let new_leader = leader_seen_by(&nodes[0].raft, Some(leader)).await;
     let survivors: BTreeSet<u64> = nodes.iter().map(|n| n.id).collect();
     assert!(
         survivors.contains(&new_leader),
@@ -399,8 +362,7 @@ async fn a_stopped_raft_answers_with_its_own_fatal_error() {
         }
         other => panic!("expected the remote raft's error, got {other:?}"),
     }
-    let _ = node.stop.send(());
-    node.server.await.expect("server task").expect("server ran");
+    node.served.stop(HANG_GUARD).await;
 }
 
 #[tokio::test]

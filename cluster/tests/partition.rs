@@ -23,26 +23,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_cluster::log_store::RocksLogStore;
-use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory, RaftService};
+use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory};
 use cairn_cluster::types::{GroupApplied, GroupEntry, TypeConfig};
 use cairn_testkit::proxy::FaultProxy;
 use openraft::{
     BasicNode, Config, Entry, EntryPayload, LogId, Raft, RaftLogReader, RaftMetrics, ServerState,
 };
 use serde::{Deserialize, Serialize};
-use support::Model;
+use support::{HANG_GUARD, Model, Served, leader_seen_by};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::watch;
 
 /// The nodes' ids.
 const IDS: [u64; 3] = [1, 2, 3];
-
-/// How long any one wait may take before the test fails as hung. A bound on a
-/// hang, not a measurement: elections here take about a second.
-const HANG_GUARD: Duration = Duration::from_secs(60);
 
 /// How long the isolated leader's write is given to (wrongly) succeed. Not a
 /// timing assertion: the write must not return `Ok` however long it is
@@ -90,8 +84,7 @@ struct Node {
     state: MemStateMachine,
     /// A clone of the node's log store, to read its raft log.
     log: RocksLogStore,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    served: Served,
     /// The log store's directory; declared last so it is removed after every
     /// handle on the database above is dropped.
     _dir: TempDir,
@@ -123,22 +116,13 @@ impl Node {
         let raft = Raft::new(id, config, network, log.clone(), state.clone())
             .await
             .expect("raft starts");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = RaftService::new(raft.clone(), DEFAULT_MAX_MESSAGE_BYTES).into_server();
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                }),
-        );
+        let served = Served::start(raft.clone(), DEFAULT_MAX_MESSAGE_BYTES, listener);
         Node {
             id,
             raft,
             state,
             log,
-            stop,
-            server,
+            served,
             _dir: dir,
         }
     }
@@ -159,12 +143,7 @@ impl Node {
 
     /// Stops the server and waits for it.
     async fn stop_server(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(HANG_GUARD, self.server)
-            .await
-            .expect("server stops within the hang guard")
-            .expect("server task")
-            .expect("server ran");
+        self.served.stop(HANG_GUARD).await;
     }
 }
 
@@ -251,20 +230,6 @@ impl Cluster {
     }
 }
 
-/// Waits until `node` sees a leader other than `not`, and returns it.
-async fn leader_seen_by(node: &Node, not: Option<u64>) -> u64 {
-    let metrics = node
-        .raft
-        .wait(Some(HANG_GUARD))
-        .metrics(
-            |m| m.current_leader.is_some() && m.current_leader != not,
-            format!("node {} sees a leader other than {not:?}", node.id),
-        )
-        .await
-        .expect("a leader within the hang guard");
-    metrics.current_leader.expect("checked above")
-}
-
 /// Waits until `node` itself is leader.
 async fn takes_office(node: &Node) {
     node.raft
@@ -341,7 +306,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_loses_its_entry_after_heali
     let cluster = Cluster::start().await;
 
     // A leader L, and three entries every node applies.
-    let leader = leader_seen_by(&cluster.nodes[0], None).await;
+    let leader = leader_seen_by(&cluster.nodes[0].raft, None).await;
     let leader_node = cluster.node(leader);
     takes_office(leader_node).await;
     let first: Vec<GroupEntry> = (0..3).map(|i| group(&format!("entry-{i}"), i)).collect();
@@ -402,7 +367,7 @@ async fn an_isolated_leader_acknowledges_nothing_and_loses_its_entry_after_heali
 
     // The majority elects L2 and acknowledges Y.
     let majority: Vec<&Node> = cluster.nodes.iter().filter(|n| n.id != leader).collect();
-    let new_leader = leader_seen_by(majority[0], Some(leader)).await;
+    let new_leader = leader_seen_by(&majority[0].raft, Some(leader)).await;
     assert_ne!(new_leader, leader);
     let new_leader_node = cluster.node(new_leader);
     takes_office(new_leader_node).await;

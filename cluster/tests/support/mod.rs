@@ -1,5 +1,5 @@
 //! Test-only support shared by cairn-cluster's integration tests
-//! (`log_store.rs`, `network.rs`): one in-memory raft state machine, generic
+//! (`log_store.rs`, `network.rs`, `partition.rs`): one in-memory raft state machine, generic
 //! over the test's model of its state and so over its raft type config.
 //!
 //! It is NOT Cairn's state machine (that is the event store). openraft needs
@@ -7,10 +7,15 @@
 //! (the applied log id, the membership, snapshots) and hands each normal
 //! entry's data to a small [`Model`] that the test defines: the log store
 //! tests keep a head position, the network tests the writes in order.
+//! [`Served`] serves a node's `cairn.cluster.v1.Raft` service on a listener
+//! until the test stops it.
 
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use cairn_cluster::network::RaftService;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -19,6 +24,77 @@ use openraft::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// How long any one wait may take before a test fails as hung. A bound on a
+/// hang, not a measurement: elections here take about a second.
+#[allow(dead_code)]
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Waits until `raft` sees a leader other than `not`, and returns it.
+#[allow(dead_code)]
+pub async fn leader_seen_by<C>(raft: &openraft::Raft<C>, not: Option<u64>) -> u64
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+{
+    let metrics = raft
+        .wait(Some(HANG_GUARD))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != not,
+            format!(
+                "node {} sees a leader other than {not:?}",
+                raft.metrics().borrow().id
+            ),
+        )
+        .await
+        .expect("a leader within the hang guard");
+    metrics.current_leader.expect("checked above")
+}
+
+/// A node's raft service, served on its listener until [`Served::stop`].
+// Only the test crates with running nodes serve one.
+#[allow(dead_code)]
+pub struct Served {
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+#[allow(dead_code)]
+impl Served {
+    /// Serves `raft` on `listener`, messages bounded to `max_message_bytes`.
+    pub fn start<C>(
+        raft: openraft::Raft<C>,
+        max_message_bytes: usize,
+        listener: TcpListener,
+    ) -> Self
+    where
+        C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let service = RaftService::new(raft, max_message_bytes).into_server();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        Self { stop, server }
+    }
+
+    /// Stops the server and waits for it, at most `hang_guard`.
+    pub async fn stop(self, hang_guard: Duration) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(hang_guard, self.server)
+            .await
+            .expect("server stops within the hang guard")
+            .expect("server task")
+            .expect("server ran");
+    }
+}
 
 /// The part of a test state machine that differs between tests: what a
 /// normal entry's data does to the state, and what each applied entry
