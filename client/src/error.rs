@@ -87,6 +87,17 @@ pub enum Error {
     /// The request exceeds a server limit.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// Cluster mode: the node does not accept writes; `leader` is the
+    /// leader's `host:port` when the node knows it. A write that was being
+    /// replicated when leadership moved has an unknown outcome: retry the
+    /// exact request (same event ids) on the leader.
+    #[error("not the leader: {message}")]
+    NotLeader {
+        /// The leader's client address, when known.
+        leader: Option<String>,
+        /// The server's message.
+        message: String,
+    },
     /// The server is shutting down, stopped accepting writes, or cannot be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -155,11 +166,19 @@ impl From<Status> for Error {
             (_, reason::OPERATION_IN_PROGRESS) => Error::OperationInProgress {
                 operation: field("operation"),
             },
+            (_, reason::NOT_LEADER) => Error::NotLeader {
+                leader: metadata.get("leader").cloned(),
+                message,
+            },
             (Code::Unauthenticated, _) => Error::Unauthenticated(message),
             (Code::PermissionDenied, _) => Error::PermissionDenied(message),
             (Code::InvalidArgument, _) => Error::InvalidArgument(message),
             (Code::ResourceExhausted | Code::OutOfRange, _) => Error::LimitExceeded(message),
             (Code::Unavailable, _) => Error::Unavailable(message),
+            // Cairn never answers UNKNOWN itself: without an ErrorInfo it is
+            // the transport's (a connection that broke mid-call, say), and the
+            // call's outcome is unknown, as with UNAVAILABLE.
+            (Code::Unknown, "") => Error::Unavailable(message),
             (Code::DataLoss, _) => Error::Corrupt(message),
             (code, _) => Error::Other { code, message },
         }

@@ -584,7 +584,7 @@ fn frame_meta<T: Serialize>(key: &'static str, value: &T) -> Result<Vec<u8>, Log
 }
 
 /// crc32(key ++ payload), big-endian, then the payload: postcard of `value`.
-fn frame<T: Serialize>(
+pub(crate) fn frame<T: Serialize>(
     key: &[u8],
     what: &'static str,
     value: &T,
@@ -599,7 +599,7 @@ fn frame<T: Serialize>(
 
 /// Checks the crc of the framed `value` stored under `key` and decodes its
 /// payload. The error says what is wrong.
-fn unframe<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, String> {
+pub(crate) fn unframe<T: DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, String> {
     let Some((stored, payload)) = value.split_first_chunk::<CRC_LEN>() else {
         return Err(format!(
             "the value is {} bytes, shorter than its crc",

@@ -30,18 +30,16 @@ openraft::declare_raft_types!(
         SnapshotData = Cursor<Vec<u8>>,
 );
 
-/// One commit group of the leader's committer, as one raft log entry.
+/// One commit group of the leader's committer, as one raft log entry: the
+/// store's [`cairn_storage::SealedGroup`], field for field, plus who
+/// proposed it.
 ///
-/// In this slice the group is carried as the committer's encoded group,
-/// opaque bytes, beside the two numbers that apply checks against the
-/// applied head (`first_position == head`, then `head += events`). The
-/// committer does not produce entries yet: nothing constructs a
-/// `GroupEntry` outside tests until cluster mode drives the committer.
+/// The batch stays opaque here: only the store decodes it
+/// (`Store::apply_replicated`), so the raft layer never depends on the
+/// record format.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupEntry {
-    /// The committer's encoded group (its events, stream records, counters
-    /// and per-request outcomes). Opaque here: only the committer's decoder
-    /// reads it, so the raft layer never depends on the record format.
+    /// The committer's sealed RocksDB write batch (`WriteBatch::data`).
     pub group: Vec<u8>,
     /// The position of the group's first event: the applied head the entry
     /// was numbered against. A mismatch at apply is a fail-stop error.
@@ -49,6 +47,56 @@ pub struct GroupEntry {
     /// How many events the group adds; the head after the entry is
     /// `first_position + events`.
     pub events: u64,
+    /// The next stream id after the group.
+    pub next_stream_id: u64,
+    /// Streams whose record the group changes.
+    pub changed_streams: Vec<String>,
+    /// The leader's column family numbering (`SealedGroup::cf_layout`).
+    pub cf_layout: u32,
+    /// Which process proposed it, so that this process's state machine can
+    /// hand the proposer's in-memory view to the store instead of reading
+    /// the group back (`crate::replicator`).
+    pub proposal: Proposal,
+}
+
+/// Who proposed an entry: a node, one run of its process (a random
+/// incarnation, so that entries replayed after a restart are never taken
+/// for the new process's own), and a sequence number within that run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposing node's id.
+    pub node: u64,
+    /// Random per process start.
+    pub incarnation: u64,
+    /// Counts the run's proposals from 1.
+    pub sequence: u64,
+}
+
+impl GroupEntry {
+    /// The entry for `group`, proposed as `proposal`.
+    pub fn new(group: cairn_storage::SealedGroup, proposal: Proposal) -> Self {
+        Self {
+            group: group.batch,
+            first_position: group.first_position,
+            events: group.events,
+            next_stream_id: group.next_stream_id,
+            changed_streams: group.changed_streams,
+            cf_layout: group.cf_layout,
+            proposal,
+        }
+    }
+
+    /// The store's view of the entry (what `Store::apply_replicated` takes).
+    pub fn sealed(&self) -> cairn_storage::SealedGroup {
+        cairn_storage::SealedGroup {
+            batch: self.group.clone(),
+            first_position: self.first_position,
+            events: self.events,
+            next_stream_id: self.next_stream_id,
+            changed_streams: self.changed_streams.clone(),
+            cf_layout: self.cf_layout,
+        }
+    }
 }
 
 /// What applying one entry answers: the head position after it.

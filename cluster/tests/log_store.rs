@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use cairn_cluster::log_store::{COLUMN_FAMILIES, LogStoreError, RAFT_LOG_CF, RocksLogStore};
-use cairn_cluster::types::{GroupApplied, GroupEntry, TypeConfig};
+use cairn_cluster::types::{GroupApplied, GroupEntry, Proposal, TypeConfig};
 use openraft::entry::RaftEntry;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::testing::{StoreBuilder, Suite, log_id};
@@ -68,6 +68,14 @@ fn group(index: u64, first_position: u64, events: u64) -> Entry<TypeConfig> {
             group: vec![index as u8; 16],
             first_position,
             events,
+            next_stream_id: 1,
+            changed_streams: vec![format!("stream-{index}")],
+            cf_layout: 7,
+            proposal: Proposal {
+                node: 1,
+                incarnation: 2,
+                sequence: index,
+            },
         }),
     }
 }

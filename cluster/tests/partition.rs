@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use cairn_cluster::log_store::RocksLogStore;
 use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory};
-use cairn_cluster::types::{GroupApplied, GroupEntry, TypeConfig};
+use cairn_cluster::types::{GroupApplied, GroupEntry, Proposal, TypeConfig};
 use cairn_testkit::proxy::FaultProxy;
 use openraft::{
     BasicNode, Config, Entry, EntryPayload, LogId, Raft, RaftLogReader, RaftMetrics, ServerState,
@@ -73,6 +73,14 @@ fn group(name: &str, first_position: u64) -> GroupEntry {
         group: name.as_bytes().to_vec(),
         first_position,
         events: 1,
+        next_stream_id: 1,
+        changed_streams: Vec::new(),
+        cf_layout: 0,
+        proposal: Proposal {
+            node: 0,
+            incarnation: 0,
+            sequence: first_position,
+        },
     }
 }
 

@@ -81,6 +81,9 @@ pub mod reason {
     pub const APPEND_CONDITION_FAILED: &str = "APPEND_CONDITION_FAILED";
     /// The consumer ended its own Consume call with a STOP nack.
     pub const CONSUMER_STOPPED: &str = "CONSUMER_STOPPED";
+    /// Cluster mode: this node does not accept writes (metadata `leader`
+    /// when the leader is known).
+    pub const NOT_LEADER: &str = "NOT_LEADER";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -119,6 +122,7 @@ mod tests {
             reason::OPERATION_IN_PROGRESS,
             reason::APPEND_CONDITION_FAILED,
             reason::CONSUMER_STOPPED,
+            reason::NOT_LEADER,
         ];
         let mut documented = Vec::new();
         for value in 1.. {

@@ -36,8 +36,8 @@ use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
 pub use settings::{
-    DEFAULT_BLOCK_CACHE_BYTES, DurabilitySetting, Listen, LogFormat, Mode, Secret, Settings,
-    SettingsArgs, SettingsError, TlsFiles,
+    ClusterSettings, DEFAULT_BLOCK_CACHE_BYTES, DurabilitySetting, Listen, LogFormat, Mode, Secret,
+    Settings, SettingsArgs, SettingsError, TlsFiles,
 };
 pub use tls::TlsError;
 
@@ -109,6 +109,7 @@ pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store,
             max_events: settings.live_ring_events.max(1),
             ..cairn_storage::RingLimits::default()
         },
+        clustered: settings.cluster()?.is_some(),
         ..base
     };
     Ok(Store::open(&settings.data, options)?)
@@ -123,6 +124,8 @@ pub struct Listeners {
     pub kurrent: Option<TcpListener>,
     /// `/metrics` and the admin UI.
     pub http: Option<TcpListener>,
+    /// Cluster mode: the node-to-node (raft) listener.
+    pub cluster: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -144,6 +147,11 @@ impl Listeners {
             grpc,
             kurrent: bind(settings.kurrent_listen).await?,
             http: bind(settings.http_listen).await?,
+            cluster: bind(match settings.cluster_listen {
+                Some(address) => Listen::At(address),
+                None => Listen::Off,
+            })
+            .await?,
         })
     }
 
@@ -210,6 +218,12 @@ pub async fn serve(
             None
         }
     };
+    let cluster = match settings.cluster()? {
+        None => None,
+        Some(cluster) => Some(std::sync::Arc::new(
+            start_cluster_node(&store, &settings, cluster, &mode).await?,
+        )),
+    };
     let engine = Engine::start(store, settings.engine_options()).await?;
     let acceptor = tls.map(|tls| {
         let stopping = engine.shutdown_signal();
@@ -227,6 +241,7 @@ pub async fn serve(
         durability: settings.durability.into(),
         connections: settings.connection_limits(),
         tls: acceptor,
+        cluster: cluster.clone(),
     };
     // The other facades stop on the engine's shutdown signal, which the gRPC
     // facade raises when `shutdown` resolves.
@@ -250,6 +265,14 @@ pub async fn serve(
         };
         facades.spawn(kurrent::serve(listener, engine.clone(), options));
     }
+    if let (Some(node), Some(listener)) = (&cluster, listeners.cluster) {
+        facades.spawn(serve_cluster(
+            listener,
+            node.raft_service(),
+            settings.connection_limits(),
+            engine.shutdown_signal(),
+        ));
+    }
     if let Some(listener) = listeners.http {
         let options = http::HttpOptions {
             connections: settings.connection_limits(),
@@ -266,8 +289,71 @@ pub async fn serve(
             Err(error) => tracing::error!(%error, "a facade task failed"),
         }
     }
+    if let Some(node) = &cluster {
+        // Before the store closes: the state machine applies to it.
+        node.shutdown().await;
+    }
     engine.close().await;
     served.map_err(ServerError::Serve)?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Starts this node's raft over `store` (opened clustered by
+/// [`open_store_with`]). Cluster mode needs the insecure mode for now:
+/// node-to-node TLS is not built, and a secure start writes the first admin
+/// user, which only a leader can.
+async fn start_cluster_node(
+    store: &Store,
+    settings: &Settings,
+    cluster: settings::ClusterSettings,
+    mode: &Mode,
+) -> Result<cairn_cluster::node::ClusterNode, ServerError> {
+    if matches!(mode, Mode::Secure(_)) {
+        return Err(ServerError::Settings(SettingsError::Invalid(
+            "cluster mode with TLS and authentication is not built yet; run the cluster \
+             with --insecure on a trusted network (server/CLUSTER.md)"
+                .into(),
+        )));
+    }
+    let options = cairn_cluster::node::NodeOptions {
+        node_id: cluster.node_id,
+        peers: cluster
+            .peers
+            .into_iter()
+            .map(|(id, (raft, client))| (id, cairn_cluster::node::Peer { raft, client }))
+            .collect(),
+        raft_dir: settings.data.join("raft"),
+        heartbeat: cluster.heartbeat,
+        election_timeout: cluster.election_timeout,
+        max_message_bytes: max_message_bytes(settings).max(CLUSTER_MESSAGE_BYTES),
+    };
+    tracing::info!(node_id = cluster.node_id, listen = %cluster.listen, "cluster node starting");
+    cairn_cluster::node::ClusterNode::start(store.clone(), options)
+        .await
+        .map_err(|error| ServerError::Serve(error.to_string()))
+}
+
+/// The smallest bound on one node-to-node message: a full commit group
+/// (`StoreOptions::max_group_bytes`) and its framing fit.
+const CLUSTER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serves the node-to-node raft service until the engine shuts down.
+async fn serve_cluster(
+    listener: TcpListener,
+    service: cairn_proto::cluster::v1::raft_server::RaftServer<
+        cairn_cluster::network::RaftService<cairn_cluster::types::TypeConfig>,
+    >,
+    limits: listener::ConnectionLimits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    tracing::info!(listen = %address, "cluster listener serving");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(listener::accept(listener, limits, None), async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        })
+        .await
+        .map_err(|error| format!("the cluster listener failed: {error}"))
 }

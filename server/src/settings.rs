@@ -183,6 +183,92 @@ pub struct Settings {
     /// Password of the `admin` user made on the first secure start; without
     /// it a random one is written to `<data>/initial-admin-password`.
     pub initial_admin_password: Option<Secret>,
+    /// Cluster mode: this node's id (a key of `cluster_peers`). Unset: a
+    /// single node, no raft (`server/CLUSTER.md`).
+    #[serde(default)]
+    pub cluster_node_id: Option<u64>,
+    /// Cluster mode: the node-to-node (raft) listen address.
+    #[serde(default)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Cluster mode: every member, this node included, as
+    /// `ID=RAFT_HOST:PORT/CLIENT_HOST:PORT` separated by commas (the raft
+    /// address peers reach it at; the `cairn.v1` address clients are
+    /// redirected to when it leads).
+    #[serde(default)]
+    pub cluster_peers: Option<String>,
+    /// Cluster mode: the leader's heartbeat interval, milliseconds.
+    #[serde(default = "default_cluster_heartbeat_ms")]
+    pub cluster_heartbeat_ms: u64,
+    /// Cluster mode: the election timeout's lower bound, milliseconds (the
+    /// upper bound is twice it).
+    #[serde(default = "default_cluster_election_timeout_ms")]
+    pub cluster_election_timeout_ms: u64,
+}
+
+fn default_cluster_heartbeat_ms() -> u64 {
+    150
+}
+
+fn default_cluster_election_timeout_ms() -> u64 {
+    750
+}
+
+/// Cluster mode as the settings describe it (`Settings::cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's id.
+    pub node_id: u64,
+    /// Where this node listens for its peers.
+    pub listen: SocketAddr,
+    /// Every member: id to (raft address, client address).
+    pub peers: std::collections::BTreeMap<u64, (String, String)>,
+    /// Leader heartbeat interval.
+    pub heartbeat: std::time::Duration,
+    /// Election timeout, lower bound.
+    pub election_timeout: std::time::Duration,
+}
+
+/// Parses `ID=RAFT/CLIENT,...`.
+fn parse_peers(
+    text: &str,
+) -> Result<std::collections::BTreeMap<u64, (String, String)>, SettingsError> {
+    let invalid = |what: String| {
+        SettingsError::Invalid(format!(
+            "--cluster-peers: {what}; expected ID=RAFT_HOST:PORT/CLIENT_HOST:PORT separated by commas"
+        ))
+    };
+    let mut peers = std::collections::BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let (id, addresses) = item
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("'{item}' has no '='")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("'{id}' is not a node id")))?;
+        let (raft, client) = addresses
+            .split_once('/')
+            .ok_or_else(|| invalid(format!("'{item}' has no '/'")))?;
+        for address in [raft, client] {
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+            {
+                return Err(invalid(format!("'{address}' is not HOST:PORT")));
+            }
+        }
+        if peers
+            .insert(id, (raft.trim().to_owned(), client.trim().to_owned()))
+            .is_some()
+        {
+            return Err(invalid(format!("node {id} is named twice")));
+        }
+    }
+    Ok(peers)
 }
 
 /// A setting that must never appear in logs or `Debug` output.
@@ -277,6 +363,44 @@ impl Settings {
                      --tls-key-file, or --insecure to serve plaintext without authentication"
                 ))),
             },
+        }
+    }
+
+    /// Cluster mode, if these settings ask for it: all of node id, listen
+    /// address and peers, or none of them.
+    pub fn cluster(&self) -> Result<Option<ClusterSettings>, SettingsError> {
+        match (
+            self.cluster_node_id,
+            self.cluster_listen,
+            self.cluster_peers.as_deref(),
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(node_id), Some(listen), Some(peers)) => {
+                let peers = parse_peers(peers)?;
+                if !peers.contains_key(&node_id) {
+                    return Err(SettingsError::Invalid(format!(
+                        "--cluster-peers does not name this node (--cluster-node-id {node_id})"
+                    )));
+                }
+                if !self.insecure && !listen.ip().is_loopback() {
+                    return Err(SettingsError::Refused(format!(
+                        "refusing to serve the node-to-node listener {listen} off loopback:                          peers are not authenticated yet (mutual TLS between nodes is not                          built); give --insecure to run a cluster on a trusted network"
+                    )));
+                }
+                Ok(Some(ClusterSettings {
+                    node_id,
+                    listen,
+                    peers,
+                    heartbeat: std::time::Duration::from_millis(self.cluster_heartbeat_ms.max(1)),
+                    election_timeout: std::time::Duration::from_millis(
+                        self.cluster_election_timeout_ms.max(2),
+                    ),
+                }))
+            }
+            _ => Err(SettingsError::Invalid(
+                "cluster mode needs all of --cluster-node-id, --cluster-listen and                  --cluster-peers"
+                    .into(),
+            )),
         }
     }
 
@@ -386,6 +510,11 @@ impl Settings {
             tls_client_ca_file: None,
             tls_reload_interval_ms: 5_000,
             initial_admin_password: None,
+            cluster_node_id: None,
+            cluster_listen: None,
+            cluster_peers: None,
+            cluster_heartbeat_ms: default_cluster_heartbeat_ms(),
+            cluster_election_timeout_ms: default_cluster_election_timeout_ms(),
         }
     }
 }
@@ -504,6 +633,21 @@ pub struct SettingsArgs {
     /// the environment variable) [default: random, written to <data>/initial-admin-password].
     #[arg(long, env = "CAIRN_INITIAL_ADMIN_PASSWORD", hide_env_values = true)]
     pub initial_admin_password: Option<Secret>,
+    /// Cluster mode: this node's id, one of --cluster-peers (server/CLUSTER.md).
+    #[arg(long, env = "CAIRN_CLUSTER_NODE_ID")]
+    pub cluster_node_id: Option<u64>,
+    /// Cluster mode: the node-to-node (raft) listen address.
+    #[arg(long, env = "CAIRN_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Cluster mode: every member as ID=RAFT_HOST:PORT/CLIENT_HOST:PORT, comma-separated.
+    #[arg(long, env = "CAIRN_CLUSTER_PEERS")]
+    pub cluster_peers: Option<String>,
+    /// Cluster mode: leader heartbeat interval in ms [default: 150].
+    #[arg(long, env = "CAIRN_CLUSTER_HEARTBEAT_MS")]
+    pub cluster_heartbeat_ms: Option<u64>,
+    /// Cluster mode: election timeout lower bound in ms, upper is twice it [default: 750].
+    #[arg(long, env = "CAIRN_CLUSTER_ELECTION_TIMEOUT_MS")]
+    pub cluster_election_timeout_ms: Option<u64>,
 }
 
 /// Why the settings could not be loaded.
@@ -663,7 +807,25 @@ impl SettingsArgs {
                 self.auto_scavenge_interval_ms.map(|v| text(&v)),
             ),
         ];
-        for (key, value) in overrides.into_iter().chain(security).chain(facades) {
+        let cluster: [(&str, Option<String>); 5] = [
+            ("cluster_node_id", self.cluster_node_id.map(|v| text(&v))),
+            ("cluster_listen", self.cluster_listen.map(|v| text(&v))),
+            ("cluster_peers", self.cluster_peers.clone()),
+            (
+                "cluster_heartbeat_ms",
+                self.cluster_heartbeat_ms.map(|v| text(&v)),
+            ),
+            (
+                "cluster_election_timeout_ms",
+                self.cluster_election_timeout_ms.map(|v| text(&v)),
+            ),
+        ];
+        for (key, value) in overrides
+            .into_iter()
+            .chain(security)
+            .chain(facades)
+            .chain(cluster)
+        {
             builder = builder.set_override_option(key, value)?;
         }
         Ok(builder.build()?.try_deserialize()?)

@@ -70,6 +70,7 @@ use crate::model::{
 };
 use crate::observe::CommittedGroup;
 use crate::query::{AppendCondition, Cursor, View};
+use crate::replication::{GroupEffect, SealedGroup};
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
 
@@ -129,6 +130,17 @@ impl Command {
         }
     }
 
+    /// Cluster mode: this node became the raft leader and has applied every
+    /// entry of earlier terms. The preparer reloads its counters from the
+    /// database (the applied state) and accepts writes again
+    /// (`replication.rs`, "Roles").
+    pub(crate) fn lead(reply: Responder<()>) -> Self {
+        Self {
+            request: Request::Lead,
+            reply: Reply::Unit(reply),
+        }
+    }
+
     fn size_hint(&self) -> usize {
         match &self.request {
             Request::Append { parts, .. } => parts
@@ -158,6 +170,8 @@ enum Request {
         expected: ExpectedRevision,
         metadata: StreamMetadata,
     },
+    /// See [`Command::lead`].
+    Lead,
 }
 
 /// Where a command's answer goes; the variant matches the command's request.
@@ -165,6 +179,7 @@ pub(crate) enum Reply {
     Append(AppendReply),
     Revision(Responder<CurrentRevision>),
     MetadataRevision(Responder<u64>),
+    Unit(Responder<()>),
 }
 
 impl Reply {
@@ -176,6 +191,7 @@ impl Reply {
             (Reply::MetadataRevision(reply), Outcome::MetadataRevision(result)) => {
                 reply.send(result);
             }
+            (Reply::Unit(reply), Outcome::Unit(result)) => reply.send(result),
             // The constructors of `Command` pair every request with its kind of
             // reply, and `Committer::prepare` answers each request with the
             // outcome of its kind, so this is never reached.
@@ -191,6 +207,7 @@ impl Reply {
             Reply::Append(reply) => reply.send(Err(error.clone())),
             Reply::Revision(reply) => reply.send(Err(error.clone())),
             Reply::MetadataRevision(reply) => reply.send(Err(error.clone())),
+            Reply::Unit(reply) => reply.send(Err(error.clone())),
         }
     }
 }
@@ -219,6 +236,7 @@ enum Outcome {
     Append(Result<Vec<AppendResult>>),
     Revision(Result<CurrentRevision>),
     MetadataRevision(Result<u64>),
+    Unit(Result<()>),
 }
 
 /// Bounds of one group.
@@ -270,6 +288,11 @@ struct PipeState {
     open: Group,
     /// Set after a failed write or a panic; every later request gets it.
     poisoned: Option<Error>,
+    /// Cluster mode: set (to [`Error::NotLeader`]) while this node may not
+    /// write: from the start, whenever it loses leadership, and after a
+    /// replicated write failed for that reason. Unlike `poisoned` it clears:
+    /// a [`Command::lead`] lifts it once the preparer reloaded its counters.
+    not_leader: Option<Error>,
     /// Set by the preparer once the queue is closed and drained: the writer
     /// writes what is open and exits.
     closed: bool,
@@ -305,6 +328,46 @@ fn poison(
         .fetch_sub(open.replies.len(), std::sync::atomic::Ordering::Relaxed);
     for reply in open.replies {
         reply.fail(error);
+    }
+}
+
+/// Cluster mode: this node may not write (it lost leadership, or never had
+/// it). Answers every request of the open group with `error` and refuses
+/// later ones until a [`Command::lead`]. The in-flight group stays in view
+/// (its writer answers it), so the preparer's lookups stay consistent.
+fn step_down(state: &mut PipeState, error: &Error, shared: &Shared) {
+    if state.not_leader.is_none() {
+        tracing::info!("this node does not accept writes: {error}");
+    }
+    state.not_leader = Some(error.clone());
+    let in_flight = state.open.in_flight.take();
+    let open = std::mem::take(&mut state.open);
+    state.open.in_flight = in_flight;
+    shared
+        .queued
+        .fetch_sub(open.replies.len(), std::sync::atomic::Ordering::Relaxed);
+    for reply in open.replies {
+        reply.fail(error);
+    }
+}
+
+/// A handle the store keeps on the pipeline, for what happens outside the
+/// queue's order (cluster mode's loss of leadership).
+pub(crate) struct Control {
+    pipeline: Arc<Pipeline>,
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Refuses writes from now on with [`Error::NotLeader`] (and answers the
+    /// open group with it) until a [`Command::lead`].
+    pub(crate) fn follow(&self, leader: Option<String>) {
+        let mut state = self.pipeline.lock();
+        if state.poisoned.is_none() {
+            step_down(&mut state, &Error::NotLeader { leader }, &self.shared);
+        }
+        drop(state);
+        self.pipeline.changed.notify_all();
     }
 }
 
@@ -382,10 +445,16 @@ impl Committer {
         write_fault: Option<WriteFault>,
         poison_flag: Arc<Mutex<Option<Error>>>,
     ) -> Self {
+        // A clustered store starts as a follower: it writes only once the
+        // cluster crate tells it it leads (`Store::lead`).
+        let not_leader = shared
+            .clustered
+            .then_some(Error::NotLeader { leader: None });
         let pipeline = Arc::new(Pipeline {
             state: Mutex::new(PipeState {
                 open: Group::default(),
                 poisoned: None,
+                not_leader,
                 closed: false,
             }),
             changed: Condvar::new(),
@@ -399,6 +468,14 @@ impl Committer {
             write_fault,
             pipeline,
             poison_flag,
+        }
+    }
+
+    /// The store's handle on the pipeline (taken before `start`).
+    pub(crate) fn control(&self) -> Control {
+        Control {
+            pipeline: Arc::clone(&self.pipeline),
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -449,6 +526,10 @@ impl Committer {
     fn take(&mut self, command: Command) {
         let size = command.size_hint();
         let Command { request, reply } = command;
+        if matches!(request, Request::Lead) {
+            self.lead(reply);
+            return;
+        }
         let pipeline = Arc::clone(&self.pipeline);
         let mut state = pipeline.lock();
         let limits = self.group_limits;
@@ -460,6 +541,13 @@ impl Committer {
             state = pipeline.wait(state);
         }
         if let Some(error) = &state.poisoned {
+            self.shared
+                .queued
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            reply.fail(error);
+            return;
+        }
+        if let Some(error) = &state.not_leader {
             self.shared
                 .queued
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -497,6 +585,39 @@ impl Committer {
         }
         drop(state);
         pipeline.changed.notify_all();
+    }
+}
+
+impl Committer {
+    /// Handles [`Command::lead`]: waits until no group is open or in flight
+    /// (after a step-down both end with `NotLeader`), reloads the counters
+    /// from the database, which holds every applied entry, and accepts writes.
+    fn lead(&mut self, reply: Reply) {
+        let pipeline = Arc::clone(&self.pipeline);
+        let mut state = pipeline.lock();
+        while state.poisoned.is_none()
+            && (state.open.in_flight.is_some() || !state.open.replies.is_empty())
+        {
+            state = pipeline.wait(state);
+        }
+        self.shared
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(error) = &state.poisoned {
+            reply.fail(error);
+            return;
+        }
+        match crate::store::stored_counters(&self.shared.db) {
+            Ok((head, next_stream_id, segment)) => {
+                self.head = head;
+                self.next_stream_id = next_stream_id;
+                self.segment = segment;
+                state.not_leader = None;
+                tracing::info!(head, "this node leads: accepting writes");
+                reply.send(Outcome::Unit(Ok(())));
+            }
+            Err(error) => reply.fail(&error),
+        }
     }
 }
 
@@ -564,6 +685,22 @@ impl Writer {
                 }
                 return;
             }
+            Ok(Err(error @ Error::NotLeader { .. })) => {
+                // Not a fault of this store: leadership moved while the group
+                // was being replicated. Nothing of it reached the catalog or
+                // the live ring (the state machine applies only committed
+                // entries; `replication.rs`).
+                {
+                    let mut state = self.pipeline.lock();
+                    state.open.in_flight = None;
+                    step_down(&mut state, &error, &self.shared);
+                }
+                self.pipeline.changed.notify_all();
+                for reply in replies {
+                    reply.fail(&error);
+                }
+                return;
+            }
             Ok(Err(error)) => error,
             Err(payload) => Error::Poisoned(format!(
                 "the committer thread panicked: {}",
@@ -585,9 +722,15 @@ impl Writer {
     /// Seals and writes the group's batch and publishes it. Returns one outcome
     /// per request, in order, or the poison when the write failed (then nothing
     /// of the group reached the catalog or the live ring).
+    ///
+    /// In cluster mode the sealed batch goes to the replicator instead of
+    /// `DB::write`: it returns once a quorum holds the entry and the state
+    /// machine applied it here, catalog and live ring included
+    /// (`Store::apply_replicated`), or with `NotLeader`.
     fn write_group(&self, mut group: Group, in_flight: Arc<InFlight>) -> Result<Vec<Outcome>> {
         let (head, next_stream_id, _) = group.counters;
         let wrote_something = !in_flight.overlay.is_empty() || !in_flight.events.is_empty();
+        let replicated = self.shared.clustered;
         if wrote_something {
             self.put_counters(&mut group.batch, group.counters);
             let context = WriteFaultContext {
@@ -596,14 +739,32 @@ impl Writer {
                 first_position: group.first_position,
             };
             let started = std::time::Instant::now();
-            self.write(std::mem::take(&mut group.batch), &context)
-                .map_err(|message| Error::Poisoned(format!("a RocksDB write failed: {message}")))?;
+            let batch = std::mem::take(&mut group.batch);
+            if replicated {
+                let sealed = SealedGroup {
+                    batch: batch.data().to_vec(),
+                    first_position: group.first_position,
+                    events: in_flight.events.len() as u64,
+                    next_stream_id,
+                    changed_streams: std::mem::take(&mut group.changed_streams),
+                    cf_layout: self.shared.cf_layout,
+                };
+                let effect = GroupEffect {
+                    overlay: in_flight.overlay.clone(),
+                    events: in_flight.events.clone(),
+                };
+                self.replicate(sealed, effect, &context)?;
+            } else {
+                self.write(batch, &context).map_err(|message| {
+                    Error::Poisoned(format!("a RocksDB write failed: {message}"))
+                })?;
+            }
             if let Some(observer) = self.shared.observer.get() {
                 observer.group_committed(&CommittedGroup {
                     requests: group.outcomes.len(),
                     events: in_flight.events.len(),
                     write: started.elapsed(),
-                    synced: self.shared.durability == Durability::Sync,
+                    synced: replicated || self.shared.durability == Durability::Sync,
                 });
             }
         }
@@ -612,6 +773,8 @@ impl Writer {
         // lock, so it finds each changed record in the in-flight view or in
         // the catalog, never in neither. The writer then holds the view's
         // only reference, so the records move instead of being copied.
+        // (Replicated groups reached the catalog and the live ring when the
+        // state machine applied them, before `replicate` returned.)
         let events = {
             let mut state = self.pipeline.lock();
             drop(state.open.in_flight.take());
@@ -622,13 +785,13 @@ impl Writer {
                 new_ids: HashMap::new(),
                 events: shared.events.clone(),
             });
-            if wrote_something {
+            if wrote_something && !replicated {
                 self.shared.catalog.apply(overlay, next_stream_id);
             }
             events
         };
         self.pipeline.changed.notify_all();
-        if wrote_something {
+        if wrote_something && !replicated {
             let notice = CommitNotice {
                 head,
                 changed_streams: group.changed_streams,
@@ -636,6 +799,29 @@ impl Writer {
             self.shared.live.publish(events, &notice);
         }
         Ok(group.outcomes)
+    }
+
+    /// Cluster mode's write: the write fault first (as for `write`), then the
+    /// replicator. No replicator attached yet reads as "not the leader".
+    fn replicate(
+        &self,
+        sealed: SealedGroup,
+        effect: GroupEffect,
+        context: &WriteFaultContext,
+    ) -> Result<()> {
+        if let Some(message) = self
+            .write_fault
+            .as_ref()
+            .and_then(|fault| fault.check(context))
+        {
+            return Err(Error::Poisoned(format!(
+                "a RocksDB write failed: {message}"
+            )));
+        }
+        match self.shared.replicator.get() {
+            Some(replicator) => replicator.replicate(sealed, effect),
+            None => Err(Error::NotLeader { leader: None }),
+        }
     }
 
     /// Writes the group's batch with one WAL sync (per `Durability`). The write
@@ -688,6 +874,8 @@ impl Committer {
             } => {
                 Outcome::MetadataRevision(self.prepare_metadata(&stream, expected, metadata, group))
             }
+            // `take` handles it before preparing anything.
+            Request::Lead => Outcome::Unit(Ok(())),
         }
     }
 

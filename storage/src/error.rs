@@ -113,6 +113,18 @@ pub enum Error {
     #[error("the store stopped accepting writes: {0}; restart to recover")]
     Poisoned(String),
 
+    /// Cluster mode: this node does not accept writes because it is not the
+    /// raft leader (or has not yet applied every entry of earlier terms). The
+    /// request was not written by this node. When the write was already handed
+    /// to raft when leadership was lost, its outcome is unknown: retry the exact
+    /// request (same event ids) on the leader, which answers the original
+    /// result if it was committed (`server/CLUSTER.md`, "In-flight appends").
+    #[error("{}", not_leader_message(.leader.as_deref()))]
+    NotLeader {
+        /// The client address of the leader, when this node knows it.
+        leader: Option<String>,
+    },
+
     /// The committer's queue is full; the request was not queued and nothing of
     /// it was written. Retry later, or send fewer requests at once.
     #[error("the committer queue is full ({capacity} requests waiting); retry later")]
@@ -223,3 +235,10 @@ impl From<rocksdb::Error> for Error {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn not_leader_message(leader: Option<&str>) -> String {
+    match leader {
+        Some(leader) => format!("this node is not the leader; send writes to {leader}"),
+        None => "this node is not the leader and no leader is known yet; retry shortly".into(),
+    }
+}

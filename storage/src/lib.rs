@@ -29,6 +29,8 @@
 //! - `query`: DCB queries, tags and append conditions; the index cursor
 //!   shared by query reads and the committer's condition check.
 //! - `backup`: online backups, their verification, restore.
+//! - `replication`: cluster mode's seam: sealed groups, the replicator,
+//!   applying replicated groups, leader and follower roles.
 //! - `damage`: locating damage in the write-ahead log. `repair`: `Store::repair`.
 //! - `observe`: the commit observer (metrics) and memory/disk figures.
 //! - `live`: published head and the ring of recent events for subscriptions.
@@ -46,6 +48,7 @@ mod observe;
 mod query;
 mod read;
 mod repair;
+mod replication;
 mod scavenge;
 mod store;
 mod ticket;
@@ -88,6 +91,7 @@ pub use query::{
 };
 pub use read::{ReadKind, ReadStats, StreamListPage};
 pub use repair::RepairReport;
+pub use replication::{GroupEffect, Replicator, SealedGroup};
 pub use scavenge::{ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -29,7 +29,7 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use crate::catalog::Fill;
 use crate::codec::{self, SegmentCounter, cf, meta_key};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ScavengeReport, category_of};
 use crate::store::Store;
 
@@ -122,6 +122,13 @@ impl Store {
     /// time: a second caller waits for the first.
     pub fn scavenge_with(&self, progress: &ScavengeProgress) -> Result<ScavengeOutcome> {
         let shared = self.shared();
+        if shared.clustered {
+            // A scavenge deletes on this node only; replicated nodes would
+            // then differ (server/CLUSTER.md, "Not built").
+            return Err(Error::InvalidArgument(
+                "scavenge is not available in cluster mode yet: it is not replicated".into(),
+            ));
+        }
         let _one_at_a_time = shared
             .scavenge_lock
             .lock()

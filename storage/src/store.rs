@@ -136,6 +136,12 @@ pub struct StoreOptions {
     /// group's RocksDB write as failed with that message (and a panic in it is a
     /// panicking committer). See [`WriteFault`]. `None` outside tests.
     pub write_fault: Option<WriteFault>,
+    /// Cluster mode: the committer hands every sealed group to the
+    /// [`Replicator`](crate::Replicator) attached with
+    /// [`Store::attach_replicator`] instead of writing it, and the store
+    /// refuses writes ([`Error::NotLeader`]) until [`Store::lead`]. `false`:
+    /// today's single-node path, no replication code runs.
+    pub clustered: bool,
 }
 
 /// The memtables together may use 1/`MEMTABLE_SHARE` of
@@ -155,6 +161,7 @@ impl Default for StoreOptions {
             block_cache_bytes: 256 * 1024 * 1024,
             max_wal_bytes: 128 * 1024 * 1024,
             write_fault: None,
+            clustered: false,
         }
     }
 }
@@ -184,6 +191,17 @@ pub(crate) struct Shared {
     /// to this count, so requests the preparer already took into the open
     /// group still count against it.
     pub(crate) queued: std::sync::atomic::AtomicUsize,
+    /// `StoreOptions::clustered`.
+    pub(crate) clustered: bool,
+    /// Cluster mode: where sealed groups go (`Store::attach_replicator`).
+    pub(crate) replicator: std::sync::OnceLock<Arc<dyn crate::replication::Replicator>>,
+    /// Fingerprint of this database's column family ids (`replication.rs`):
+    /// a replicated batch names column families by id, so every node must
+    /// number them alike.
+    pub(crate) cf_layout: u32,
+    /// Cluster mode: the head after the last applied replicated group; the
+    /// next one must start there. Also serialises applies.
+    pub(crate) applied_head: Mutex<u64>,
 }
 
 impl Shared {
@@ -205,6 +223,8 @@ struct Inner {
     committer: Mutex<Option<JoinHandle<()>>>,
     /// Set by the committer after a failed write or a panic (fail-stop).
     poison: Arc<Mutex<Option<Error>>>,
+    /// The pipeline, for cluster mode's step-down (`Store::follow`).
+    control: crate::committer::Control,
     path: PathBuf,
 }
 
@@ -305,6 +325,33 @@ pub(crate) fn open_error(path: &Path, error: rocksdb::Error) -> Error {
             reason: format!("{reason} (the log files could not be read to locate it: {scan})"),
         },
     }
+}
+
+/// The committer's counters as the database holds them: the next position,
+/// the next stream id (at least 1) and the `Written` counters of the segment
+/// holding the head. Read at open, and by a node that starts to lead.
+pub(crate) fn stored_counters(db: &DB) -> Result<(u64, u64, (u64, u64, u64))> {
+    let meta = db
+        .cf_handle(cf::META)
+        .ok_or_else(|| Error::Io("meta column family missing".into()))?;
+    let head = stored_head(db)?;
+    let next_stream_id = match db.get_cf(meta, meta_key::NEXT_STREAM_ID)? {
+        Some(value) => codec::decode_u64(cf::META, "next_stream_id", &value)?,
+        None => 0,
+    }
+    .max(1);
+    let segment_number = codec::segment_of(head);
+    let segments = db
+        .cf_handle(cf::SEGMENTS)
+        .ok_or_else(|| Error::Io("segments column family missing".into()))?;
+    let (events, bytes) = match db.get_cf(
+        segments,
+        codec::segment_key(segment_number, SegmentCounter::Written),
+    )? {
+        Some(value) => codec::decode_counts(&value)?,
+        None => (0, 0),
+    };
+    Ok((head, next_stream_id, (segment_number, events, bytes)))
 }
 
 /// The next position to assign: the stored `head`, or past the newest record if
@@ -431,27 +478,14 @@ impl Store {
                 None => Ok(0),
             }
         };
-        let head = stored_head(&db)?;
-        let next_stream_id = read_u64(meta_key::NEXT_STREAM_ID, "next_stream_id")?;
+        let (head, next_stream_id, segment) = stored_counters(&db)?;
         let events_removed = read_u64(meta_key::EVENTS_REMOVED, "events_removed")?;
 
         // No stream record is read here: the catalog loads them as they are
         // used, and counts them from `next_stream_id` (`catalog.rs`,
         // invariant 5).
-        let next_stream_id = next_stream_id.max(1);
         let catalog = Catalog::new(options.catalog, next_stream_id);
-
-        let segment_number = codec::segment_of(head);
-        let segments = db
-            .cf_handle(cf::SEGMENTS)
-            .ok_or_else(|| Error::Io("segments column family missing".into()))?;
-        let (events, bytes) = match db.get_cf(
-            segments,
-            codec::segment_key(segment_number, SegmentCounter::Written),
-        )? {
-            Some(value) => codec::decode_counts(&value)?,
-            None => (0, 0),
-        };
+        let cf_layout = crate::replication::column_family_layout(&db);
         tracing::info!(
             path = %path.display(),
             head,
@@ -472,6 +506,10 @@ impl Store {
             block_cache_capacity: options.block_cache_bytes,
             observer: std::sync::OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
+            clustered: options.clustered,
+            replicator: std::sync::OnceLock::new(),
+            cf_layout,
+            applied_head: Mutex::new(head),
         });
         let poison = Arc::new(Mutex::new(None));
         let queue_capacity = options.queue_capacity.max(1);
@@ -479,7 +517,7 @@ impl Store {
             Arc::clone(&shared),
             head,
             next_stream_id,
-            (segment_number, events, bytes),
+            segment,
             GroupLimits {
                 max_commands: options.max_group_requests.max(1),
                 max_bytes: options.max_group_bytes,
@@ -487,6 +525,7 @@ impl Store {
             options.write_fault,
             Arc::clone(&poison),
         );
+        let control = committer.control();
         let (sender, receiver) = sync_channel(queue_capacity);
         let handle = committer
             .start(receiver)
@@ -498,6 +537,7 @@ impl Store {
                 queue_capacity,
                 committer: Mutex::new(Some(handle)),
                 poison,
+                control,
                 path,
             }),
         })
@@ -505,6 +545,16 @@ impl Store {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    pub(crate) fn control(&self) -> &crate::committer::Control {
+        &self.inner.control
+    }
+
+    /// Queues a command that has no payload limits to check (cluster mode's
+    /// [`Store::lead`]).
+    pub(crate) fn submit_lead(&self) -> Ticket<()> {
+        self.submit(Command::lead)
     }
 
     /// The configured limits.

@@ -137,7 +137,7 @@ impl Daemon {
     }
 
     /// [`Daemon::start`] through `wrapper`, with `extra` flags (which may
-    /// replace `--log-level` and `--durability`).
+    /// replace `--listen`, `--log-level` and `--durability`).
     pub fn start_with(
         root: &Path,
         data: &Path,
@@ -155,8 +155,13 @@ impl Daemon {
         } else {
             &["--durability", "sync"][..]
         };
+        let listen = if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
         let mut child = cairn_command_via(root, wrapper)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(durability)
             .args(log_level)
             .arg("--data")

@@ -53,6 +53,8 @@ pub struct GrpcOptions {
     pub connections: ConnectionLimits,
     /// TLS for every connection (`None`: plaintext, insecure mode).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Cluster mode: this node's raft (cluster status); `None` on a single node.
+    pub cluster: Option<std::sync::Arc<cairn_cluster::node::ClusterNode>>,
 }
 
 impl tonic::transport::server::Connected for Connection {

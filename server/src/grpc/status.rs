@@ -277,6 +277,14 @@ fn store_code_and_reason(error: &StoreError) -> (Code, &'static str, HashMap<Str
         }
         StoreError::Poisoned(_) => (Code::Unavailable, reason::STORE_STOPPED, meta(&[])),
         StoreError::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
+        StoreError::NotLeader { leader } => (
+            Code::Unavailable,
+            reason::NOT_LEADER,
+            match leader {
+                Some(leader) => meta(&[("leader", leader.clone())]),
+                None => meta(&[]),
+            },
+        ),
         StoreError::BackupInvalid { file, position, .. } => {
             let mut pairs = Vec::new();
             if let Some(file) = file {

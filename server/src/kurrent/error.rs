@@ -192,6 +192,10 @@ fn store_status(operation: &str, error: &StoreError) -> Status {
         StoreError::DuplicateEventId { .. } => Status::already_exists(error.to_string()),
         StoreError::Overloaded { .. } => Status::unavailable("Server Is Too Busy"),
         StoreError::ShuttingDown => Status::unavailable("the server is shutting down"),
+        // Cluster mode: KurrentDB's own `not-leader` redirect names the
+        // leader's KurrentDB endpoint, which the cluster settings do not
+        // carry yet; until they do, the client is told to retry elsewhere.
+        StoreError::NotLeader { .. } => Status::unavailable(error.to_string()),
         StoreError::Io(_) | StoreError::Poisoned(_) | StoreError::UnsupportedFormat { .. } => {
             tracing::warn!(%error, "answering a KurrentDB client with a storage failure");
             Status::unavailable("a storage failure occurred (the server log has the details)")

@@ -1,0 +1,545 @@
+//! Cluster mode with real processes (issue 17, `server/CLUSTER.md`): three
+//! `cairn` daemons on loopback, eight clients appending, the leader killed
+//! with SIGKILL mid-load and restarted. Every acknowledged event must be on
+//! every node at its acknowledged position, and the three `$all`s must be
+//! identical event for event (ids, streams, revisions, positions, types,
+//! payloads, `created`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_client::{Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent};
+use common::Daemon;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+const NODES: usize = 3;
+const WRITERS: usize = 8;
+/// How long electing a leader (or a new one) may take before the test fails.
+const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Three nodes' addresses and data directories, and the daemons running.
+struct Cluster {
+    root: PathBuf,
+    clients: Vec<String>,
+    rafts: Vec<String>,
+    daemons: Vec<Option<Daemon>>,
+}
+
+impl Cluster {
+    fn new(root: &Path) -> Self {
+        let clients = (0..NODES)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let rafts = (0..NODES)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        Self {
+            root: root.to_path_buf(),
+            clients,
+            rafts,
+            daemons: (0..NODES).map(|_| None).collect(),
+        }
+    }
+
+    fn peers(&self) -> String {
+        (0..NODES)
+            .map(|index| {
+                format!(
+                    "{}={}/{}",
+                    index + 1,
+                    self.rafts[index],
+                    self.clients[index]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start(&mut self, index: usize) {
+        let data = self.root.join(format!("node-{}", index + 1));
+        let node_id = (index + 1).to_string();
+        let peers = self.peers();
+        let daemon = Daemon::start_with(
+            &self.root,
+            &data,
+            "human",
+            &[],
+            &[
+                "--listen",
+                &self.clients[index],
+                "--cluster-node-id",
+                &node_id,
+                "--cluster-listen",
+                &self.rafts[index],
+                "--cluster-peers",
+                &peers,
+            ],
+        )
+        .serving();
+        self.daemons[index] = Some(daemon);
+    }
+
+    fn kill_9(&mut self, index: usize) {
+        if let Some(mut daemon) = self.daemons[index].take() {
+            daemon.kill_9();
+        }
+    }
+
+    fn url(&self, index: usize) -> String {
+        format!("http://{}", self.clients[index])
+    }
+
+    fn stderr(&self) -> String {
+        self.daemons
+            .iter()
+            .enumerate()
+            .filter_map(|(index, daemon)| {
+                daemon
+                    .as_ref()
+                    .map(|daemon| format!("--- node {} ---\n{}", index + 1, daemon.stderr()))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The index of the node that accepts writes, found by appending a probe
+/// event to each live node until one acknowledges it. A follower's refusal
+/// must be `NotLeader`.
+async fn find_leader(cluster: &Cluster, live: &[usize]) -> usize {
+    let deadline = Instant::now() + ELECTION_DEADLINE;
+    loop {
+        for &index in live {
+            let Ok(client) = Client::connect(cluster.url(index)).await else {
+                continue;
+            };
+            let probe = EventData::binary("Probe", &b"leader?"[..]);
+            match client
+                .append("cluster-probe", ExpectedRevision::Any, vec![probe])
+                .await
+            {
+                Ok(_) => return index,
+                Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => {}
+                Err(other) => panic!("node {} answered a probe with {other}", index + 1),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among nodes {live:?} within {ELECTION_DEADLINE:?}; logs:\n{}",
+            cluster.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What an acknowledged append promised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Acknowledged {
+    stream: String,
+    revision: u64,
+    position: u64,
+}
+
+/// Where the writers send appends: the current leader's client, replaced by
+/// whoever finds the next leader first.
+struct Target {
+    urls: Vec<String>,
+    live: std::sync::Mutex<Vec<usize>>,
+    leader: Mutex<Option<(usize, Client)>>,
+}
+
+impl Target {
+    /// The leader's client, looked up again when `stale` names the one that
+    /// failed (or nothing is known).
+    async fn leader(&self, stale: Option<usize>) -> (usize, Client) {
+        let mut current = self.leader.lock().await;
+        if let Some((index, client)) = current.as_ref()
+            && Some(*index) != stale
+        {
+            return (*index, client.clone());
+        }
+        let deadline = Instant::now() + ELECTION_DEADLINE;
+        loop {
+            let live = self.live.lock().expect("live").clone();
+            for index in live {
+                let Ok(client) = Client::connect(self.urls[index].clone()).await else {
+                    continue;
+                };
+                let probe = EventData::binary("Probe", &b"leader?"[..]);
+                if client
+                    .append("cluster-probe", ExpectedRevision::Any, vec![probe])
+                    .await
+                    .is_ok()
+                {
+                    *current = Some((index, client.clone()));
+                    return (index, client);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new leader within {ELECTION_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// One writer: one-event appends to its own stream until `stop` is set,
+/// each retried with the same event id on whichever node leads until
+/// acknowledged. Counts every acknowledgement in `acknowledged_so_far`.
+async fn write(
+    target: Arc<Target>,
+    writer: usize,
+    stop: Arc<AtomicBool>,
+    acknowledged_so_far: Arc<AtomicUsize>,
+) -> HashMap<Uuid, Acknowledged> {
+    let mut acknowledged = HashMap::new();
+    let stream = format!("writer-{writer}");
+    let mut stale = None;
+    for round in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let id = Uuid::new_v4();
+        let event = EventData::binary("Written", format!("{writer}:{round}").into_bytes()).id(id);
+        let deadline = Instant::now() + ELECTION_DEADLINE * 2;
+        let result = loop {
+            let (index, client) = target.leader(stale.take()).await;
+            match client
+                .append(&stream, ExpectedRevision::Any, vec![event.clone()])
+                .await
+            {
+                Ok(result) => break result,
+                // The outcome of these is unknown (the node went away or
+                // stopped leading mid-call): retry the exact append.
+                Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "writer {writer} could not append round {round}"
+                    );
+                    stale = Some(index);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("writer {writer} round {round}: {other}"),
+            }
+        };
+        let (first, last) = result.positions.expect("one event written");
+        assert_eq!(first, last);
+        acknowledged.insert(
+            id,
+            Acknowledged {
+                stream: stream.clone(),
+                revision: result.current_revision.expect("a revision"),
+                position: first,
+            },
+        );
+        acknowledged_so_far.fetch_add(1, Ordering::Relaxed);
+    }
+    acknowledged
+}
+
+async fn read_everything(url: &str) -> Vec<RecordedEvent> {
+    let client = Client::connect(url.to_owned()).await.expect("connect");
+    client
+        .read_all(ReadOptions::forwards())
+        .await
+        .expect("read $all")
+        .collect_all()
+        .await
+        .expect("collect $all")
+}
+
+/// Reads every node until all hold the same number of events (followers
+/// apply shortly after the leader acknowledges), then returns each `$all`.
+async fn converged(cluster: &Cluster, nodes: &[usize]) -> Vec<Vec<RecordedEvent>> {
+    let deadline = Instant::now() + ELECTION_DEADLINE;
+    loop {
+        let mut all = Vec::new();
+        for &index in nodes {
+            all.push(read_everything(&cluster.url(index)).await);
+        }
+        if all.iter().all(|events| events.len() == all[0].len()) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge: {:?} events",
+            all.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let first_leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+
+    // A follower refuses writes and names the leader's client address.
+    let follower = (first_leader + 1) % NODES;
+    let refused = runtime.block_on(async {
+        let client = Client::connect(cluster.url(follower))
+            .await
+            .expect("connect");
+        client
+            .append(
+                "refused",
+                ExpectedRevision::Any,
+                vec![EventData::binary("Refused", &b"x"[..])],
+            )
+            .await
+    });
+    match refused {
+        Err(Error::NotLeader { leader, .. }) => {
+            assert_eq!(
+                leader.as_deref(),
+                Some(cluster.clients[first_leader].as_str())
+            );
+        }
+        other => panic!("a follower answered a write with {other:?}"),
+    }
+
+    let target = Arc::new(Target {
+        urls: (0..NODES).map(|index| cluster.url(index)).collect(),
+        live: std::sync::Mutex::new(all_nodes.clone()),
+        leader: Mutex::new(None),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let counted = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            runtime.spawn(write(
+                Arc::clone(&target),
+                writer,
+                Arc::clone(&stop),
+                Arc::clone(&counted),
+            ))
+        })
+        .collect();
+
+    // Let the load run, then kill the leader under it.
+    std::thread::sleep(Duration::from_millis(700));
+    let before_kill = counted.load(Ordering::Relaxed);
+    target
+        .live
+        .lock()
+        .expect("live")
+        .retain(|index| *index != first_leader);
+    let killed = Instant::now();
+    cluster.kill_9(first_leader);
+    let survivors: Vec<usize> = all_nodes
+        .iter()
+        .copied()
+        .filter(|index| *index != first_leader)
+        .collect();
+    let second_leader = runtime.block_on(find_leader(&cluster, &survivors));
+    assert_ne!(second_leader, first_leader);
+    eprintln!(
+        "failover: node {} -> node {} in {:?}",
+        first_leader + 1,
+        second_leader + 1,
+        killed.elapsed()
+    );
+
+    // The writers continue on the new leader for a while.
+    let at_failover = counted.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1_000));
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = HashMap::new();
+    for writer in writers {
+        acknowledged.extend(runtime.block_on(writer).expect("writer task"));
+    }
+    eprintln!(
+        "acknowledged: {before_kill} before the kill, {} after the failover, {} in all",
+        acknowledged.len() - at_failover,
+        acknowledged.len()
+    );
+    assert!(before_kill > 0, "nothing was acknowledged before the kill");
+    assert!(
+        acknowledged.len() > at_failover,
+        "nothing was acknowledged by the new leader"
+    );
+
+    // The killed node rejoins and catches up from the log.
+    cluster.start(first_leader);
+    let everything = runtime.block_on(converged(&cluster, &all_nodes));
+    for (index, events) in everything.iter().enumerate() {
+        assert_eq!(
+            events,
+            &everything[0],
+            "node {} holds other events than node 1",
+            index + 1
+        );
+    }
+    let events = &everything[0];
+    // Positions are gap-free from 0, and no event id appears twice.
+    for (expected, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.position, expected as u64,
+            "a gap or a reordering in $all"
+        );
+    }
+    let mut ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "an event id was written twice");
+    // Every acknowledged append is there, where it was acknowledged.
+    let by_id: HashMap<Uuid, &RecordedEvent> =
+        events.iter().map(|event| (event.id, event)).collect();
+    for (id, promised) in &acknowledged {
+        let event = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged event {id} ({promised:?}) is lost"));
+        assert_eq!(
+            (&event.stream, event.revision, event.position),
+            (&promised.stream, promised.revision, promised.position),
+            "event {id} is not where it was acknowledged"
+        );
+    }
+    drop(cluster);
+}
+
+#[test]
+fn every_node_reports_the_leader_and_term_in_its_cluster_status() {
+    use cairn_client::{ClusterMemberKind, ClusterRole, ClusterStatus};
+
+    /// `url`'s cluster status once `done` holds for it (a follower learns
+    /// of the leader, and of each entry, from the leader's next message),
+    /// within [`ELECTION_DEADLINE`].
+    async fn status_when(
+        url: String,
+        what: &str,
+        done: impl Fn(&ClusterStatus) -> bool,
+    ) -> ClusterStatus {
+        let client = Client::connect(url.clone()).await.expect("connect");
+        let deadline = Instant::now() + ELECTION_DEADLINE;
+        loop {
+            let status = client.cluster_status().await.expect("cluster status");
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url}: {what} within {ELECTION_DEADLINE:?}: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+    let leader_id = leader as u64 + 1;
+    let leader_client = cluster.clients[leader].clone();
+    let node_ids: Vec<u64> = (1..=NODES as u64).collect();
+
+    runtime.block_on(async {
+        // The leader: itself, three voters at the configured addresses, and
+        // once the cluster is quiet every follower caught up (lag 0).
+        let on_leader = status_when(cluster.url(leader), "the followers catching up", |status| {
+            status
+                .members
+                .iter()
+                .all(|member| member.id == leader_id || member.lag == Some(0))
+        })
+        .await;
+        assert!(on_leader.clustered);
+        assert_eq!(on_leader.role, ClusterRole::Leader);
+        assert_eq!(on_leader.node_id, leader_id);
+        assert_eq!(on_leader.leader_id, Some(leader_id));
+        assert_eq!(
+            on_leader.leader_client_address.as_deref(),
+            Some(leader_client.as_str())
+        );
+        assert!(on_leader.term > 0);
+        let ids: Vec<u64> = on_leader.members.iter().map(|member| member.id).collect();
+        assert_eq!(ids, node_ids);
+        for member in &on_leader.members {
+            let index = member.id as usize - 1;
+            assert_eq!(member.kind, ClusterMemberKind::Voter, "{member:?}");
+            assert_eq!(
+                member.raft_address.as_deref(),
+                Some(cluster.rafts[index].as_str())
+            );
+            assert_eq!(
+                member.client_address.as_deref(),
+                Some(cluster.clients[index].as_str())
+            );
+            if member.id == leader_id {
+                assert_eq!((member.matched_index, member.lag), (None, None));
+            } else {
+                assert_eq!(member.matched_index, on_leader.last_log_index, "{member:?}");
+            }
+        }
+
+        // Every follower: the same term and leader, the leader's client
+        // address, the same membership, no progress figures of its own, and
+        // once it applied the leader's log the same applied position.
+        for follower in all_nodes.iter().copied().filter(|index| *index != leader) {
+            let status = status_when(
+                cluster.url(follower),
+                "applying the leader's log",
+                |status| {
+                    status.leader_id.is_some()
+                        && status.last_applied_index == on_leader.last_log_index
+                },
+            )
+            .await;
+            assert_eq!(status.node_id, follower as u64 + 1);
+            assert_eq!(status.role, ClusterRole::Follower);
+            assert_eq!(status.term, on_leader.term);
+            assert_eq!(status.leader_id, Some(leader_id));
+            assert_eq!(
+                status.leader_client_address.as_deref(),
+                Some(leader_client.as_str())
+            );
+            assert_eq!(status.applied_position, on_leader.applied_position);
+            let ids: Vec<u64> = status.members.iter().map(|member| member.id).collect();
+            assert_eq!(ids, node_ids);
+            assert!(
+                status
+                    .members
+                    .iter()
+                    .all(|member| member.kind == ClusterMemberKind::Voter
+                        && member.matched_index.is_none()
+                        && member.lag.is_none()),
+                "{status:#?}"
+            );
+        }
+    });
+    drop(cluster);
+}

@@ -1,0 +1,300 @@
+//! Cluster mode's seam in the store (`server/CLUSTER.md`, "What the raft log
+//! holds"): what the committer hands to replication, and how a replicated
+//! group is applied on every node.
+//!
+//! This module owns:
+//! - [`SealedGroup`]: one commit group as one deterministic, self-contained
+//!   write: the committer's sealed RocksDB batch (events, index entries,
+//!   stream records, counters; `created` times fixed by the leader) and the
+//!   numbers apply checks. Applying the same `SealedGroup` on any node yields
+//!   the same keys and values, so every node holds the same events at the
+//!   same positions, byte for byte.
+//! - [`GroupEffect`]: the in-memory view of a group (stream records, events)
+//!   the proposing node already holds, so its state machine need not read
+//!   them back.
+//! - [`Replicator`]: what the cluster crate implements: take a sealed group,
+//!   return once a quorum holds it and this node applied it.
+//! - The apply side: [`Store::apply_replicated`], [`Store::replicated_state`],
+//!   and the roles ([`Store::lead`], [`Store::follow`]).
+//!
+//! It must not know raft: the applied raft state (log id, membership) is
+//! opaque bytes to it, kept under one meta key in the same batch as the
+//! group, so after a crash a node re-applies from exactly the entry after it.
+//!
+//! Invariants:
+//! - Only a clustered store (`StoreOptions::clustered`) replicates; a
+//!   single-node store never constructs any of these types.
+//! - Groups apply in raft log order, one at a time (`Shared::applied_head` is
+//!   held across the write), each exactly at the applied head: a group whose
+//!   first position differs is a fail-stop error, never skipped or renumbered.
+//! - The catalog and the live ring learn of a group only after its write
+//!   returned, exactly as in the single-node writer (catalog first, then the
+//!   ring): readers see a prefix of the leader's committed log.
+//! - A replicated batch names column families by RocksDB's numeric ids, so a
+//!   node applies it only when its own ids match the leader's
+//!   ([`SealedGroup::cf_layout`]); a mismatch is refused, never guessed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError};
+
+use rocksdb::{DB, IteratorMode, WriteBatch, WriteBatchIteratorCf, WriteOptions};
+
+use crate::catalog::load;
+use crate::codec::{self, StreamRecord, cf};
+use crate::error::{Error, Result};
+use crate::live::CommitNotice;
+use crate::model::RecordedEvent;
+use crate::store::Store;
+use crate::ticket::Ticket;
+
+/// The meta key holding the applied raft state (opaque to the store).
+const REPLICATED_STATE: &[u8] = b"replicated_state";
+
+/// One commit group, sealed by the leader's committer, as it is replicated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedGroup {
+    /// The group's RocksDB write batch, encoded (`WriteBatch::data`), with the
+    /// counters (`head`, `next_stream_id`, segment counters) in it.
+    pub batch: Vec<u8>,
+    /// The position of the group's first event: the applied head it was
+    /// numbered against.
+    pub first_position: u64,
+    /// How many events the group adds.
+    pub events: u64,
+    /// The next stream id after the group.
+    pub next_stream_id: u64,
+    /// Streams whose record the group changes.
+    pub changed_streams: Vec<String>,
+    /// The leader's column family numbering ([`column_family_layout`]).
+    pub cf_layout: u32,
+}
+
+impl SealedGroup {
+    /// The head after the group: the next position to assign.
+    pub fn head(&self) -> u64 {
+        self.first_position + self.events
+    }
+}
+
+/// What the proposing node's committer already holds of a group: its changed
+/// stream records and its events. Opaque outside this crate; the cluster
+/// crate only carries it from [`Replicator::replicate`] to
+/// [`Store::apply_replicated`] on the same node.
+pub struct GroupEffect {
+    pub(crate) overlay: HashMap<String, StreamRecord>,
+    pub(crate) events: Vec<Arc<RecordedEvent>>,
+}
+
+impl std::fmt::Debug for GroupEffect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupEffect")
+            .field("streams", &self.overlay.len())
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+/// Cluster mode's replication of sealed groups (implemented by the cluster
+/// crate over openraft).
+pub trait Replicator: Send + Sync + 'static {
+    /// Replicates one group. Called on the committer's writer thread, which
+    /// it blocks until the answer is known.
+    ///
+    /// `Ok(())` only once a quorum holds the group durably and this node
+    /// applied it ([`Store::apply_replicated`], handed `effect`). Otherwise
+    /// [`Error::NotLeader`]: this node is (or became) no leader, and the
+    /// group's fate is unknown to it — it may still be committed by the next
+    /// leader, and is then applied here like any other entry. Any other error
+    /// poisons the store.
+    fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<()>;
+}
+
+/// A fingerprint of the database's column family ids, in `cf::ALL` order.
+///
+/// rust-rocksdb does not expose a handle's id, but an encoded batch records
+/// it: a one-entry batch per column family is decoded for it.
+pub(crate) fn column_family_layout(db: &DB) -> u32 {
+    struct FirstId(Option<u32>);
+    impl WriteBatchIteratorCf for FirstId {
+        fn put_cf(&mut self, cf_id: u32, _key: &[u8], _value: &[u8]) {
+            self.0.get_or_insert(cf_id);
+        }
+        fn delete_cf(&mut self, _cf_id: u32, _key: &[u8]) {}
+        fn merge_cf(&mut self, _cf_id: u32, _key: &[u8], _value: &[u8]) {}
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    for name in cf::ALL {
+        let id = db.cf_handle(name).map_or(u32::MAX, |handle| {
+            let mut batch = WriteBatch::default();
+            batch.put_cf(handle, b"", b"");
+            let mut first = FirstId(None);
+            batch.iterate_cf(&mut first);
+            first.0.unwrap_or(u32::MAX)
+        });
+        hasher.update(name.as_bytes());
+        hasher.update(&id.to_be_bytes());
+    }
+    hasher.finalize()
+}
+
+impl Store {
+    /// Cluster mode: attaches the replicator sealed groups go to. Only the
+    /// first call counts; a single-node store never calls it.
+    pub fn attach_replicator(&self, replicator: Arc<dyn Replicator>) {
+        if self.shared().replicator.set(replicator).is_err() {
+            tracing::warn!("a replicator was already attached; the new one is ignored");
+        }
+    }
+
+    /// Cluster mode: this node leads and has applied every entry of earlier
+    /// terms. Resolves once the committer reloaded its counters from the
+    /// applied state and accepts writes.
+    pub fn lead(&self) -> Ticket<()> {
+        self.submit_lead()
+    }
+
+    /// Cluster mode: this node does not lead (any more). Every request from
+    /// now on, and every one not yet handed to the replicator, is answered
+    /// [`Error::NotLeader`] with `leader` (the leader's client address, when
+    /// known) until [`Store::lead`].
+    pub fn follow(&self, leader: Option<String>) {
+        self.control().follow(leader);
+    }
+
+    /// The applied raft state last stored with [`Store::apply_replicated`] or
+    /// [`Store::apply_replicated_state`], if any.
+    pub fn replicated_state(&self) -> Result<Option<Vec<u8>>> {
+        let shared = self.shared();
+        Ok(shared.db.get_cf(shared.cf(cf::META), REPLICATED_STATE)?)
+    }
+
+    /// The head after the last applied replicated group (at open: the stored
+    /// head).
+    pub fn applied_head(&self) -> u64 {
+        *self
+            .shared()
+            .applied_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores the applied raft state alone, for an entry that carries no
+    /// group (raft's blank and membership entries).
+    pub fn apply_replicated_state(&self, applied_state: &[u8]) -> Result<()> {
+        let shared = self.shared();
+        let _applying = shared
+            .applied_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(shared.cf(cf::META), REPLICATED_STATE, applied_state);
+        write_unsynced(&shared.db, batch)
+    }
+
+    /// Applies one committed group, with the raft state after it, in one
+    /// RocksDB write; then updates the catalog and publishes the events to the
+    /// live ring. `effect` is the proposing committer's view of the group when
+    /// this node proposed it (else the records and events are read back).
+    ///
+    /// The write is not synced: the entry is already durable in the raft log,
+    /// and the applied state rides in the same batch, so after a crash the
+    /// node re-applies from the entry after the last one that reached disk.
+    /// An error means the node cannot apply its log (a bug or a damaged
+    /// disk): the caller must stop applying.
+    pub fn apply_replicated(
+        &self,
+        group: &SealedGroup,
+        effect: Option<GroupEffect>,
+        applied_state: &[u8],
+    ) -> Result<()> {
+        let shared = self.shared();
+        let mut applied_head = shared
+            .applied_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if group.cf_layout != shared.cf_layout {
+            return Err(Error::Poisoned(
+                "a replicated group names column families by other ids than this node's \
+                 database (its data directory was created by another Cairn version); \
+                 rebuild this node from a snapshot"
+                    .into(),
+            ));
+        }
+        if group.first_position != *applied_head {
+            return Err(Error::Poisoned(format!(
+                "a replicated group starts at position {} but this node's applied head is {}",
+                group.first_position, *applied_head
+            )));
+        }
+        let mut batch = WriteBatch::from_data(&group.batch);
+        batch.put_cf(shared.cf(cf::META), REPLICATED_STATE, applied_state);
+        write_unsynced(&shared.db, batch)?;
+        *applied_head = group.head();
+
+        let (overlay, events) = match effect {
+            Some(GroupEffect { overlay, events }) => (overlay, events),
+            None => (
+                load_records(&shared.db, &group.changed_streams)?,
+                load_events(&shared.db, group.first_position, group.head())?,
+            ),
+        };
+        shared.catalog.apply(overlay, group.next_stream_id);
+        shared.live.publish(
+            events,
+            &CommitNotice {
+                head: group.head(),
+                changed_streams: group.changed_streams.clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+fn write_unsynced(db: &DB, batch: WriteBatch) -> Result<()> {
+    let mut options = WriteOptions::default();
+    options.set_sync(false);
+    db.write_opt(batch, &options)
+        .map_err(|error| Error::Io(error.into_string()))
+}
+
+/// The current records of `streams`, read from the database just written.
+fn load_records(db: &DB, streams: &[String]) -> Result<HashMap<String, StreamRecord>> {
+    let mut records = HashMap::with_capacity(streams.len());
+    for name in streams {
+        if let Some(record) = load(db, name)? {
+            records.insert(name.clone(), record);
+        }
+    }
+    Ok(records)
+}
+
+/// The events at positions `first..head`, read from the database just
+/// written. Every one must be there: a missing position is damage.
+fn load_events(db: &DB, first: u64, head: u64) -> Result<Vec<Arc<RecordedEvent>>> {
+    let log = db
+        .cf_handle(cf::LOG)
+        .ok_or_else(|| Error::Io("log column family missing".into()))?;
+    let start = codec::log_key(first);
+    let mut events = Vec::with_capacity(usize::try_from(head - first).unwrap_or(0));
+    let iterator = db.iterator_cf(log, IteratorMode::From(&start, rocksdb::Direction::Forward));
+    for item in iterator {
+        let (key, value) = item?;
+        let position = codec::read_u64(&key);
+        if position >= head {
+            break;
+        }
+        if position != first + events.len() as u64 {
+            break;
+        }
+        let header = codec::decode_header(position, &value)?;
+        events.push(Arc::new(header.to_event(position, &value)));
+    }
+    if events.len() as u64 != head - first {
+        return Err(Error::Corrupt {
+            column_family: cf::LOG,
+            key: format!("{:02x?}", codec::log_key(first + events.len() as u64)),
+            reason: "an applied replicated group's event is missing".into(),
+        });
+    }
+    Ok(events)
+}
