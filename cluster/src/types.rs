@@ -49,7 +49,10 @@ pub struct GroupEntry {
     pub events: u64,
     /// The next stream id after the group.
     pub next_stream_id: u64,
-    /// Streams whose record the group changes.
+    /// Every stream whose record the group writes (`SealedGroup::records`).
+    pub records: Vec<String>,
+    /// Streams whose state or metadata the group changes
+    /// (`SealedGroup::changed_streams`).
     pub changed_streams: Vec<String>,
     /// The leader's column family numbering (`SealedGroup::cf_layout`).
     pub cf_layout: u32,
@@ -80,6 +83,7 @@ impl GroupEntry {
             first_position: group.first_position,
             events: group.events,
             next_stream_id: group.next_stream_id,
+            records: group.records,
             changed_streams: group.changed_streams,
             cf_layout: group.cf_layout,
             proposal,
@@ -93,6 +97,7 @@ impl GroupEntry {
             first_position: self.first_position,
             events: self.events,
             next_stream_id: self.next_stream_id,
+            records: self.records.clone(),
             changed_streams: self.changed_streams.clone(),
             cf_layout: self.cf_layout,
         }

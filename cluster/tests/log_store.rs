@@ -69,7 +69,8 @@ fn group(index: u64, first_position: u64, events: u64) -> Entry<TypeConfig> {
             first_position,
             events,
             next_stream_id: 1,
-            changed_streams: vec![format!("stream-{index}")],
+            records: vec![format!("stream-{index}")],
+            changed_streams: Vec::new(),
             cf_layout: 7,
             proposal: Proposal {
                 node: 1,

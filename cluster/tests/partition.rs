@@ -74,6 +74,7 @@ fn group(name: &str, first_position: u64) -> GroupEntry {
         first_position,
         events: 1,
         next_stream_id: 1,
+        records: Vec::new(),
         changed_streams: Vec::new(),
         cf_layout: 0,
         proposal: Proposal {

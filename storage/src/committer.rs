@@ -746,6 +746,7 @@ impl Writer {
                     first_position: group.first_position,
                     events: in_flight.events.len() as u64,
                     next_stream_id,
+                    records: in_flight.overlay.keys().cloned().collect(),
                     changed_streams: std::mem::take(&mut group.changed_streams),
                     cf_layout: self.shared.cf_layout,
                 };

@@ -63,7 +63,12 @@ pub struct SealedGroup {
     pub events: u64,
     /// The next stream id after the group.
     pub next_stream_id: u64,
-    /// Streams whose record the group changes.
+    /// Every stream whose record the group writes (appends included): what
+    /// a node that did not propose the group reloads into its catalog.
+    pub records: Vec<String>,
+    /// Streams whose state or metadata the group changes (deletes,
+    /// tombstones, metadata): what subscriptions re-check
+    /// (`CommitNotice::changed_streams`).
     pub changed_streams: Vec<String>,
     /// The leader's column family numbering ([`column_family_layout`]).
     pub cf_layout: u32,
@@ -234,7 +239,7 @@ impl Store {
         let (overlay, events) = match effect {
             Some(GroupEffect { overlay, events }) => (overlay, events),
             None => (
-                load_records(&shared.db, &group.changed_streams)?,
+                load_records(&shared.db, &group.records)?,
                 load_events(&shared.db, group.first_position, group.head())?,
             ),
         };

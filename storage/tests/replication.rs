@@ -1,0 +1,349 @@
+//! Cluster mode's seam in the store (`src/replication.rs`), without raft: a
+//! test replicator applies every sealed group to the proposing store (with
+//! its in-memory view, as the cluster crate's state machine does) and to the
+//! other stores (reading the group back, as a follower does). Roles move
+//! between stores by hand with `lead` and `follow`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use cairn_storage::{
+    CurrentRevision, Error, EventData, ExpectedRevision, GroupEffect, ReadRequest, ReadSource,
+    RecordedEvent, Replicator, SealedGroup, Store, StoreOptions, StreamAppend, StreamMetadata,
+};
+
+/// Applies each group to `proposer` and then to every store in `others`.
+#[derive(Default)]
+struct Mirror {
+    proposer: OnceLock<Store>,
+    others: Mutex<Vec<Store>>,
+    /// When set, the group is not replicated: the proposer lost leadership.
+    refuse: AtomicBool,
+    /// Counts applied entries (the opaque "raft state" stored with each).
+    applied: Arc<AtomicU64>,
+}
+
+impl Replicator for Mirror {
+    fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), Error> {
+        if self.refuse.load(Ordering::Relaxed) {
+            return Err(Error::NotLeader {
+                leader: Some("node-2:7070".into()),
+            });
+        }
+        let entry = self.applied.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = entry.to_be_bytes();
+        let proposer = self.proposer.get().expect("proposer attached");
+        proposer.apply_replicated(&group, Some(effect), &state)?;
+        for other in self
+            .others
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            other.apply_replicated(&group, None, &state)?;
+        }
+        Ok(())
+    }
+}
+
+fn clustered(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            clustered: true,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open clustered store")
+}
+
+/// A clustered store whose groups go to its own `Mirror`.
+fn with_mirror(store: &Store, applied: &Arc<AtomicU64>) -> Arc<Mirror> {
+    let mirror = Arc::new(Mirror {
+        applied: Arc::clone(applied),
+        ..Mirror::default()
+    });
+    mirror.proposer.set(store.clone()).expect("set once");
+    store.attach_replicator(Arc::clone(&mirror) as Arc<dyn Replicator>);
+    mirror
+}
+
+fn everything(store: &Store) -> Vec<RecordedEvent> {
+    store
+        .read(&ReadRequest::forwards(ReadSource::All, 10_000))
+        .expect("read $all")
+        .events
+}
+
+fn event(n: u64) -> EventData {
+    EventData::json("Happened", format!("{{\"n\":{n}}}"))
+}
+
+#[test]
+fn a_clustered_store_refuses_writes_until_it_leads_and_after_it_follows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = clustered(dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    with_mirror(&store, &applied);
+
+    let refused = store
+        .append("s", ExpectedRevision::Any, vec![event(0)])
+        .wait();
+    assert!(
+        matches!(refused, Err(Error::NotLeader { leader: None })),
+        "{refused:?}"
+    );
+    store.lead().wait().expect("lead");
+    store
+        .append("s", ExpectedRevision::Any, vec![event(1)])
+        .wait()
+        .expect("append as leader");
+
+    store.follow(Some("node-3:7070".into()));
+    let refused = store
+        .append("s", ExpectedRevision::Any, vec![event(2)])
+        .wait();
+    match refused {
+        Err(Error::NotLeader { leader }) => assert_eq!(leader.as_deref(), Some("node-3:7070")),
+        other => panic!("a follower appended: {other:?}"),
+    }
+    // Nothing of the refused requests was written.
+    assert_eq!(everything(&store).len(), 1);
+    assert_eq!(applied.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn followers_hold_the_leaders_events_and_records_exactly() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = clustered(leader_dir.path());
+    let follower = clustered(follower_dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = with_mirror(&leader, &applied);
+    mirror.others.lock().expect("others").push(follower.clone());
+    leader.lead().wait().expect("lead");
+
+    // Appends, a multi-stream append, metadata, a soft delete, a tombstone.
+    for n in 0..5 {
+        leader
+            .append(
+                format!("order-{}", n % 2),
+                ExpectedRevision::Any,
+                vec![event(n)],
+            )
+            .wait()
+            .expect("append");
+    }
+    leader
+        .append_multi(vec![
+            StreamAppend::new("order-0", ExpectedRevision::Exact(2), vec![event(10)]),
+            StreamAppend::new("payment-1", ExpectedRevision::NoStream, vec![event(11)]),
+        ])
+        .wait()
+        .expect("multi append");
+    leader
+        .set_metadata(
+            "order-1",
+            ExpectedRevision::Any,
+            StreamMetadata {
+                max_count: Some(1),
+                ..StreamMetadata::default()
+            },
+        )
+        .wait()
+        .expect("metadata");
+    leader
+        .delete("payment-1", ExpectedRevision::Any)
+        .wait()
+        .expect("delete");
+    leader
+        .tombstone("order-0", ExpectedRevision::Any)
+        .wait()
+        .expect("tombstone");
+
+    let written = everything(&leader);
+    assert_eq!(written, everything(&follower), "$all differs");
+    assert_eq!(leader.live().head(), follower.live().head());
+    assert_eq!(leader.applied_head(), follower.applied_head());
+    for stream in ["order-0", "order-1", "payment-1"] {
+        assert_eq!(
+            leader.try_stream_info(stream).expect("leader info"),
+            follower.try_stream_info(stream).expect("follower info"),
+            "stream {stream} differs"
+        );
+    }
+    assert_eq!(
+        leader.replicated_state().expect("state"),
+        follower.replicated_state().expect("state")
+    );
+    assert_eq!(
+        leader.replicated_state().expect("state"),
+        Some(applied.load(Ordering::Relaxed).to_be_bytes().to_vec())
+    );
+}
+
+#[test]
+fn leadership_moves_and_numbering_continues_from_the_applied_head() {
+    let a_dir = tempfile::tempdir().expect("tempdir");
+    let b_dir = tempfile::tempdir().expect("tempdir");
+    let a = clustered(a_dir.path());
+    let b = clustered(b_dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let a_mirror = with_mirror(&a, &applied);
+    a_mirror.others.lock().expect("others").push(b.clone());
+    let b_mirror = with_mirror(&b, &applied);
+    b_mirror.others.lock().expect("others").push(a.clone());
+
+    a.lead().wait().expect("a leads");
+    for n in 0..3 {
+        a.append("ledger", ExpectedRevision::Any, vec![event(n)])
+            .wait()
+            .expect("a appends");
+    }
+    a.follow(Some("b".into()));
+    b.lead().wait().expect("b leads");
+    // b continues the stream a wrote, at the revision a left it: its
+    // counters and catalog came from what it applied.
+    let result = b
+        .append(
+            "ledger",
+            ExpectedRevision::Exact(2),
+            vec![event(3), event(4)],
+        )
+        .wait()
+        .expect("b appends");
+    assert_eq!(result.current, CurrentRevision::Revision(4));
+    assert_eq!(result.positions, Some((3, 4)));
+    b.follow(Some("a".into()));
+    a.lead().wait().expect("a leads again");
+    let result = a
+        .append("ledger", ExpectedRevision::Exact(4), vec![event(5)])
+        .wait()
+        .expect("a appends on top of b's events");
+    assert_eq!(result.positions, Some((5, 5)));
+    let new_stream = a
+        .append("other", ExpectedRevision::NoStream, vec![event(6)])
+        .wait()
+        .expect("a new stream");
+    assert_eq!(new_stream.positions, Some((6, 6)));
+
+    assert_eq!(everything(&a), everything(&b));
+    assert_eq!(everything(&a).len(), 7);
+    assert_eq!(a.info(), b.info());
+    assert_eq!(a.info().stream_count, 2);
+}
+
+#[test]
+fn a_failed_replication_answers_not_leader_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = clustered(dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = with_mirror(&store, &applied);
+    store.lead().wait().expect("lead");
+    store
+        .append("s", ExpectedRevision::NoStream, vec![event(0)])
+        .wait()
+        .expect("first append");
+
+    mirror.refuse.store(true, Ordering::Relaxed);
+    let lost = store
+        .append("s", ExpectedRevision::Exact(0), vec![event(1)])
+        .wait();
+    match lost {
+        Err(Error::NotLeader { leader }) => assert_eq!(leader.as_deref(), Some("node-2:7070")),
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    // The store now refuses until it leads again, and nothing is poisoned.
+    let refused = store
+        .append("s", ExpectedRevision::Exact(0), vec![event(2)])
+        .wait();
+    assert!(
+        matches!(refused, Err(Error::NotLeader { .. })),
+        "{refused:?}"
+    );
+    assert!(store.poisoned().is_none());
+
+    mirror.refuse.store(false, Ordering::Relaxed);
+    store.lead().wait().expect("lead again");
+    // The lost group left no trace: revision 0 is still the stream's last.
+    let result = store
+        .append("s", ExpectedRevision::Exact(0), vec![event(3)])
+        .wait()
+        .expect("append after leading again");
+    assert_eq!(result.positions, Some((1, 1)));
+    assert_eq!(everything(&store).len(), 2);
+}
+
+#[test]
+fn a_group_out_of_order_is_refused_not_applied() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = clustered(leader_dir.path());
+    let follower = clustered(follower_dir.path());
+
+    /// Keeps every group it applies to the leader, for the test to replay.
+    struct Recorder {
+        proposer: OnceLock<Store>,
+        groups: Mutex<Vec<SealedGroup>>,
+    }
+    impl Replicator for Recorder {
+        fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), Error> {
+            self.proposer.get().expect("proposer").apply_replicated(
+                &group,
+                Some(effect),
+                b"state",
+            )?;
+            self.groups.lock().expect("groups").push(group);
+            Ok(())
+        }
+    }
+    let recorder = Arc::new(Recorder {
+        proposer: OnceLock::new(),
+        groups: Mutex::new(Vec::new()),
+    });
+    recorder.proposer.set(leader.clone()).expect("once");
+    leader.attach_replicator(Arc::clone(&recorder) as Arc<dyn Replicator>);
+    leader.lead().wait().expect("lead");
+    for n in 0..2 {
+        leader
+            .append("s", ExpectedRevision::Any, vec![event(n)])
+            .wait()
+            .expect("append");
+    }
+    let groups = recorder.groups.lock().expect("groups").clone();
+    assert_eq!(groups.len(), 2);
+
+    // The second group before the first: refused, nothing applied.
+    let skipped = follower.apply_replicated(&groups[1], None, b"state");
+    match skipped {
+        Err(Error::Poisoned(message)) => {
+            assert!(message.contains("starts at position 1"), "{message}");
+            assert!(message.contains("applied head is 0"), "{message}");
+        }
+        other => panic!("an out-of-order group was applied: {other:?}"),
+    }
+    assert!(everything(&follower).is_empty());
+    follower
+        .apply_replicated(&groups[0], None, b"state")
+        .expect("first group");
+    // The same group twice: refused too.
+    assert!(
+        follower
+            .apply_replicated(&groups[0], None, b"state")
+            .is_err()
+    );
+    follower
+        .apply_replicated(&groups[1], None, b"state")
+        .expect("second group");
+    assert_eq!(everything(&follower), everything(&leader));
+
+    // A group from a database that numbers column families differently.
+    let mut foreign = groups[1].clone();
+    foreign.cf_layout ^= 1;
+    foreign.first_position = follower.applied_head();
+    let refused = follower.apply_replicated(&foreign, None, b"state");
+    assert!(
+        matches!(&refused, Err(Error::Poisoned(message)) if message.contains("column families")),
+        "{refused:?}"
+    );
+}
