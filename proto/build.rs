@@ -5,7 +5,9 @@
 //! import each other by bare name, and its descriptors are not Cairn's API).
 //! Last the node-to-node raft service `cairn/cluster/v1/raft.proto`, also a
 //! set of its own so that it stays out of the reflection descriptors: it is
-//! served only on the cluster listener and is no client's API.
+//! served only on the cluster listener and is no client's API. (The admin
+//! `cairn.v1.Cluster` service, `cairn/v1/cluster.proto`, is client API: it
+//! is one of the `cairn/v1` files, in the reflection set.)
 
 use std::path::PathBuf;
 
@@ -18,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cairn/v1/persistent.proto",
         "cairn/v1/users.proto",
         "cairn/v1/operations.proto",
+        "cairn/v1/cluster.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

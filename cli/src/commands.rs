@@ -243,6 +243,12 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::users::UserCommand,
     },
+    /// Cluster mode: show the cluster as a node sees it (admin).
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::cluster::ClusterCommand,
+    },
     /// Create, list and revoke bearer tokens.
     Token {
         /// What to do.
@@ -548,6 +554,7 @@ pub async fn run_client_command(
         }
         Command::User { command } => crate::users::run_user(command, connect).await,
         Command::Token { command } => crate::users::run_token(command, connect).await,
+        Command::Cluster { command } => crate::cluster::run_cluster(command, connect).await,
         Command::Whoami => crate::users::run_whoami(connect).await,
     }
 }

@@ -5,6 +5,7 @@
 //! This crate sits on top of both `cairn-server` (the daemon) and
 //! `cairn-client` (the subcommands), so neither depends on the other.
 
+mod cluster;
 mod commands;
 mod operations;
 mod users;

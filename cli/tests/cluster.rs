@@ -408,6 +408,18 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
             "a gap or a reordering in $all"
         );
     }
+    // Within every stream, revisions count 0, 1, 2... in $all order: a new
+    // leader numbers on top of what it applied, never on a stale record.
+    let mut next_revision: HashMap<&str, u64> = HashMap::new();
+    for event in events {
+        let next = next_revision.entry(event.stream.as_str()).or_insert(0);
+        assert_eq!(
+            event.revision, *next,
+            "stream {} skips or repeats a revision at position {}",
+            event.stream, event.position
+        );
+        *next += 1;
+    }
     let mut ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
     ids.sort();
     ids.dedup();

@@ -25,6 +25,7 @@
 mod aggregate;
 mod append_stream;
 mod builder;
+mod cluster;
 mod dcb;
 mod error;
 mod operations;
@@ -38,6 +39,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use cairn_proto::v1 as pb;
+use cairn_proto::v1::cluster_client::ClusterClient;
 use cairn_proto::v1::operations_client::OperationsClient;
 use cairn_proto::v1::persistent_subscriptions_client::PersistentSubscriptionsClient;
 use cairn_proto::v1::server_client::ServerClient;
@@ -55,6 +57,7 @@ pub use aggregate::{
 };
 pub use append_stream::{AppendAnswer, AppendSession};
 pub use builder::ClientBuilder;
+pub use cluster::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus};
 pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};
 pub use operations::{BackupInfo, ScavengeReport, ScavengeState, ScavengeStatus};
@@ -84,6 +87,7 @@ pub struct Client {
     health: HealthClient<Transport>,
     users: UsersClient<Transport>,
     operations: OperationsClient<Transport>,
+    cluster: ClusterClient<Transport>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -171,6 +175,7 @@ impl Client {
             health: service!(HealthClient),
             users: service!(UsersClient).max_decoding_message_size(MAX_MESSAGE_BYTES),
             operations: service!(OperationsClient),
+            cluster: service!(ClusterClient),
         }
     }
 

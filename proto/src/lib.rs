@@ -1,5 +1,5 @@
 //! `cairn-proto`: Cairn's native gRPC protocol, generated from
-//! `proto/cairn/v1/cairn.proto` at build time (protox; no system protoc).
+//! `proto/cairn/v1/*.proto` at build time (protox; no system protoc).
 //!
 //! The server implements the `*_server` traits, the client uses the `*_client`
 //! stubs; both share these message types. `FILE_DESCRIPTOR_SET` feeds server
@@ -11,7 +11,10 @@
 //! assert_eq!(exact.kind, Some(Kind::Exact(3)));
 //! ```
 
-/// The `cairn.v1` package.
+/// The `cairn.v1` package: every client-facing service (`Streams`,
+/// `Subscriptions`, `PersistentSubscriptions`, `Server`, `Users`,
+/// `Operations`, and `Cluster`, cluster mode's admin status, which a single
+/// node answers too), all in [`FILE_DESCRIPTOR_SET`].
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {
     tonic::include_proto!("cairn.v1");

@@ -293,7 +293,10 @@ fn a_group_out_of_order_is_refused_not_applied() {
                 Some(effect),
                 b"state",
             )?;
-            self.groups.lock().expect("groups").push(group);
+            self.groups
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(group);
             Ok(())
         }
     }

@@ -2,12 +2,13 @@
 //! facade, which reuses its `auth` layer), the only code of the daemon that
 //! names tonic or `cairn_proto`. One adapter per service (`streams`, with its
 //! `append_stream` call, `subscriptions`,
-//! `persistent`, `server_info`, `users`, `operations`), one conversion module per direction
+//! `persistent`, `server_info`, `users`, `operations`, `cluster`), one conversion module per direction
 //! (`from_proto`, `to_proto`), and one error mapping (`status`). Every
 //! decision is the engine's; adapters only convert.
 
 mod append_stream;
 pub(crate) mod auth;
+mod cluster;
 mod from_proto;
 mod operations;
 mod persistent;
@@ -22,6 +23,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cairn_engine::Engine;
+use cairn_proto::v1::cluster_server::ClusterServer;
 use cairn_proto::v1::operations_server::OperationsServer;
 use cairn_proto::v1::persistent_subscriptions_server::PersistentSubscriptionsServer;
 use cairn_proto::v1::server_server::ServerServer;
@@ -198,6 +200,12 @@ pub async fn serve(
     let operations = OperationsServer::new(operations::OperationsService::new(engine.clone()))
         .max_decoding_message_size(operations::OPERATIONS_REQUEST_BYTES)
         .max_encoding_message_size(max_message);
+    let cluster = ClusterServer::new(cluster::ClusterService::new(
+        engine.clone(),
+        options.cluster.clone(),
+    ))
+    .max_decoding_message_size(cluster::CLUSTER_REQUEST_BYTES)
+    .max_encoding_message_size(max_message);
     let users = UsersServer::new(users::UsersService::new(engine.clone()))
         .max_decoding_message_size(users::USERS_REQUEST_BYTES)
         .max_encoding_message_size(max_message);
@@ -245,6 +253,7 @@ pub async fn serve(
         .add_service(server_info)
         .add_service(users)
         .add_service(operations)
+        .add_service(cluster)
         .serve_with_incoming_shutdown(
             listener::accept(listener, options.connections, options.tls),
             signal,
