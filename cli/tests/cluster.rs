@@ -389,6 +389,36 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
         "nothing was acknowledged by the new leader"
     );
 
+    // Read-your-writes on the follower: with `at_least` it sees every
+    // acknowledged event at once, whatever its apply lag.
+    let last_acknowledged = acknowledged
+        .values()
+        .map(|promised| promised.position)
+        .max()
+        .expect("something acknowledged");
+    let follower = survivors
+        .iter()
+        .copied()
+        .find(|index| *index != second_leader)
+        .expect("a follower survives");
+    let seen = runtime.block_on(async {
+        let client = Client::connect(cluster.url(follower))
+            .await
+            .expect("connect");
+        client
+            .read_all(ReadOptions::forwards().at_least(last_acknowledged))
+            .await
+            .expect("read on the follower")
+            .collect_all()
+            .await
+            .expect("collect")
+    });
+    let seen_ids: std::collections::HashSet<Uuid> = seen.iter().map(|event| event.id).collect();
+    assert!(
+        acknowledged.keys().all(|id| seen_ids.contains(id)),
+        "a follower read at_least({last_acknowledged}) missed an acknowledged event"
+    );
+
     // The killed node rejoins and catches up from the log.
     cluster.start(first_leader);
     let everything = runtime.block_on(converged(&cluster, &all_nodes));

@@ -231,6 +231,7 @@ impl Client {
             max_count: options.max_count.unwrap_or(0),
             filter: options.filter.map(filter_to_proto),
             query,
+            min_position: options.min_position,
         };
         let response = self.streams.clone().read(request).await?;
         Ok(EventStream {

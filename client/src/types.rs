@@ -247,6 +247,9 @@ pub struct ReadOptions {
     pub max_count: Option<u64>,
     /// Filter.
     pub filter: Option<Filter>,
+    /// Read-your-writes on any cluster node: start only once the node holds
+    /// every event up to this position (see [`ReadOptions::at_least`]).
+    pub min_position: Option<u64>,
 }
 
 impl ReadOptions {
@@ -281,6 +284,16 @@ impl ReadOptions {
     #[must_use]
     pub fn filter(mut self, filter: Filter) -> Self {
         self.filter = Some(filter);
+        self
+    }
+
+    /// Reads only once the node holds every event up to `position` (e.g. the
+    /// last position an append returned): a cluster follower that is behind
+    /// waits up to the call's deadline, then the read fails with
+    /// [`Error::Unavailable`](crate::Error::Unavailable) (`NOT_CAUGHT_UP`).
+    #[must_use]
+    pub fn at_least(mut self, position: u64) -> Self {
+        self.min_position = Some(position);
         self
     }
 }

@@ -87,6 +87,9 @@ pub mod reason {
     /// Cluster mode: this node does not accept writes (metadata `leader`
     /// when the leader is known).
     pub const NOT_LEADER: &str = "NOT_LEADER";
+    /// A read's `min_position` is beyond this node's head and it did not catch
+    /// up in time (metadata `head`).
+    pub const NOT_CAUGHT_UP: &str = "NOT_CAUGHT_UP";
     /// An internal failure (storage I/O, a failed task); the message says more.
     pub const INTERNAL: &str = "IO";
 }
@@ -126,6 +129,7 @@ mod tests {
             reason::APPEND_CONDITION_FAILED,
             reason::CONSUMER_STOPPED,
             reason::NOT_LEADER,
+            reason::NOT_CAUGHT_UP,
         ];
         let mut documented = Vec::new();
         for value in 1.. {

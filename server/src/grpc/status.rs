@@ -56,6 +56,21 @@ pub fn append_error(status: &Status) -> pb::AppendError {
     }
 }
 
+/// UNAVAILABLE / NOT_CAUGHT_UP: a read asked for `min_position` and this
+/// node's head did not pass it in time.
+pub fn not_caught_up(min_position: u64, head: u64) -> Status {
+    status_with_reason(
+        Code::Unavailable,
+        format!(
+            "this node holds events up to position {} only, not yet {min_position}; retry, or \
+             read on the leader",
+            head.saturating_sub(1)
+        ),
+        reason::NOT_CAUGHT_UP,
+        meta(&[("head", head.to_string())]),
+    )
+}
+
 /// An INVALID_ARGUMENT status for malformed requests caught in the adapter.
 pub fn invalid_argument(message: impl Into<String>) -> Status {
     to_status(&Error::InvalidArgument(message.into()))

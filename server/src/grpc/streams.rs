@@ -150,6 +150,39 @@ impl Drop for ChunkTask {
 /// budget it holds until tonic takes it from the stream.
 type Sent = (Result<pb::ReadResponse, Status>, BytePermit);
 
+/// How long a read's `min_position` waits without a deadline, and at most.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+const MAX_CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+impl StreamsService {
+    /// Waits until this node's head is beyond `position` (a follower still
+    /// applying), up to nearly the call's deadline (bounded); NOT_CAUGHT_UP
+    /// when it is not. A node already there answers at once.
+    async fn catch_up(&self, position: u64, deadline: Option<Instant>) -> Result<(), Status> {
+        let store = self.engine.store().clone();
+        if store.live().head() > position {
+            return Ok(());
+        }
+        // Nine tenths of what is left, so that the answer (with its reason)
+        // reaches the client before its own deadline cancels the call.
+        let wait = deadline
+            .map_or(CATCH_UP_WAIT, |deadline| {
+                deadline.saturating_duration_since(Instant::now()) * 9 / 10
+            })
+            .min(MAX_CATCH_UP_WAIT);
+        let head = tokio::task::spawn_blocking(move || store.live().wait_beyond(position, wait))
+            .await
+            .map_err(|error| {
+                to_status(&Error::Internal(format!("catch-up wait failed: {error}")))
+            })?;
+        if head > position {
+            Ok(())
+        } else {
+            Err(super::status::not_caught_up(position, head))
+        }
+    }
+}
+
 /// When the call's `grpc-timeout` runs out, if the client set one (gRPC over
 /// HTTP/2: 1 to 8 digits and a unit, `H` `M` `S` `m` `u` `n`). tonic enforces
 /// it only until the response starts; the read task enforces it for the rest.
@@ -304,6 +337,7 @@ impl Streams for StreamsService {
         let deadline = deadline_of(request.metadata());
         let by = auth::principal(&request)?;
         let request = request.into_inner();
+        let min_position = request.min_position;
         let span = tracing::info_span!("read", stream = %Escaped(&request.stream), outcome = tracing::field::Empty);
         // The span is entered only around synchronous work and attached to the
         // futures with `instrument`: a guard held across an `.await` would leak
@@ -316,6 +350,9 @@ impl Streams for StreamsService {
                     .map_err(|error| to_status(&error)),
             )
         })?;
+        if let Some(position) = min_position {
+            self.catch_up(position, deadline).await?;
+        }
         read.max_bytes = READ_CHUNK_BYTES;
         let limits = self.engine.store().limits();
         let page_limit = limits.max_read_page.min(READ_CHUNK_EVENTS);
