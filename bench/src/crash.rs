@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_client::{Client, EventData, ExpectedRevision, ReadFrom, ReadOptions};
+use cairn_client::{
+    AppendResult, Client, EventData, ExpectedRevision, ReadFrom, ReadOptions, RecordedEvent,
+};
 
 use crate::BoxError;
 use crate::server::{self, Durability, ServerProcess};
@@ -74,15 +76,15 @@ pub(crate) struct CrashArgs {
 /// A small, seedable generator (xorshift64*): the test needs reproducible
 /// delays and batch sizes, not statistical quality.
 #[derive(Debug, Clone)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         // A zero state would stay zero.
         Self(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -90,13 +92,13 @@ impl Rng {
     }
 
     /// Uniform-enough in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
+    pub(crate) fn between(&mut self, low: u64, high: u64) -> u64 {
         low + self.next() % (high - low + 1)
     }
 }
 
 /// The stream `k` of client `c`.
-fn stream_name(c: usize, k: usize) -> String {
+pub(crate) fn stream_name(c: usize, k: usize) -> String {
     format!("crash-{c:02}-{k:02}")
 }
 
@@ -275,10 +277,72 @@ fn check_client_error(error: &cairn_client::Error) -> Result<(), BoxError> {
 
 /// Who a client is in this round.
 #[derive(Debug, Clone, Copy)]
-struct ClientPlan {
-    run: u32,
-    client: usize,
-    seed: u64,
+pub(crate) struct ClientPlan {
+    /// The round, from 0: part of every event id.
+    pub(crate) run: u32,
+    /// The client's index: its streams and part of its event ids.
+    pub(crate) client: usize,
+    /// Seed of its stream choices and batch sizes.
+    pub(crate) seed: u64,
+}
+
+/// The next append of a client with `streams` streams: which one (an index)
+/// and how many events, half single events, half batches of 2..=10.
+pub(crate) fn next_append(rng: &mut Rng, streams: usize) -> (usize, u64) {
+    let k = usize::try_from(rng.next() % streams as u64).unwrap_or(0);
+    let count = if rng.next().is_multiple_of(2) {
+        1
+    } else {
+        rng.between(2, 10)
+    };
+    (k, count)
+}
+
+/// The events `seq..seq + count` of `plan`'s client, for `stream`. Ids are
+/// unique across rounds and clients: the round is the id's "case".
+pub(crate) fn batch(plan: ClientPlan, seq: u64, count: u64, stream: &str) -> Vec<EventData> {
+    let case = 1_000 + plan.run;
+    (seq..seq + count)
+        .map(|n| {
+            let id = event_id(case, plan.client, n);
+            EventData::json_text(EVENT_TYPE, payload(&id, stream, n)).id(id)
+        })
+        .collect()
+}
+
+/// Checks that `result` is what an append of `events` to `stream`, whose last
+/// revision was `last`, must answer (the next revisions, one position per
+/// event), and returns the acknowledgement of each event.
+pub(crate) fn acknowledgements(
+    stream: &str,
+    last: Option<u64>,
+    events: &[EventData],
+    result: &AppendResult,
+) -> Result<Vec<Ack>, BoxError> {
+    let count = events.len() as u64;
+    let first_revision = last.map_or(0, |last| last + 1);
+    let want = first_revision + count - 1;
+    let Some((first_position, last_position)) = result.positions else {
+        return Err(format!("append to {stream} acknowledged without positions").into());
+    };
+    if result.current_revision != Some(want) || last_position - first_position + 1 != count {
+        return Err(format!(
+            "append of {count} to {stream} (last revision {last:?}) answered revision {:?}, \
+             positions {first_position}..={last_position}",
+            result.current_revision
+        )
+        .into());
+    }
+    Ok((0..count)
+        .zip(events)
+        .map(|(i, event)| Ack {
+            stream: stream.to_owned(),
+            revision: first_revision + i,
+            id: event.id,
+            position: first_position + i,
+            crc: crc32fast::hash(&event.data),
+        })
+        .collect())
 }
 
 /// Appends until an error (the kill) stops it: a random stream of its own, half
@@ -294,22 +358,10 @@ async fn append_until_error(
     let mut rng = Rng::new(plan.seed);
     let mut seq = 0u64;
     let mut acknowledged = 0u64;
-    // Ids are unique across rounds: the round is the id's "case".
-    let case = 1_000 + plan.run;
     loop {
-        let k = usize::try_from(rng.next() % streams.len() as u64).unwrap_or(0);
-        let count = if rng.next().is_multiple_of(2) {
-            1
-        } else {
-            rng.between(2, 10)
-        };
+        let (k, count) = next_append(&mut rng, streams.len());
         let (stream, last) = &streams[k];
-        let events: Vec<EventData> = (seq..seq + count)
-            .map(|n| {
-                let id = event_id(case, plan.client, n);
-                EventData::json_text(EVENT_TYPE, payload(&id, stream, n)).id(id)
-            })
-            .collect();
+        let events = batch(plan, seq, count, stream);
         seq += count;
         let expected = last.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
         let result = match client.append(stream, expected, events.clone()).await {
@@ -321,37 +373,15 @@ async fn append_until_error(
                 });
             }
         };
-        let first_revision = last.map_or(0, |last| last + 1);
-        let want = first_revision + count - 1;
-        let Some((first_position, last_position)) = result.positions else {
-            return Err(format!("append to {stream} acknowledged without positions").into());
-        };
-        if result.current_revision != Some(want) || last_position - first_position + 1 != count {
-            return Err(format!(
-                "append of {count} to {stream} (expected {expected:?}) answered revision {:?}, \
-                 positions {first_position}..={last_position}",
-                result.current_revision
-            )
-            .into());
-        }
-        let mut lines = String::new();
-        for (i, event) in (0..count).zip(&events) {
-            let ack = Ack {
-                stream: stream.clone(),
-                revision: first_revision + i,
-                id: event.id,
-                position: first_position + i,
-                crc: crc32fast::hash(&event.data),
-            };
-            lines.push_str(&ack.to_line());
-        }
+        let acks = acknowledgements(stream, *last, &events, &result)?;
+        let lines: String = acks.iter().map(Ack::to_line).collect();
         record
             .lock()
             .map_err(|_| "the record file lock is poisoned")?
             .write_all(lines.as_bytes())?;
         acknowledged += count;
         counted.fetch_add(count, Ordering::SeqCst);
-        streams[k].1 = Some(want);
+        streams[k].1 = acks.last().map(|ack| ack.revision);
     }
 }
 
@@ -359,20 +389,43 @@ async fn append_until_error(
 async fn read_back(
     client: &Client,
 ) -> Result<(Vec<StoredEvent>, HashMap<String, Vec<StoredEvent>>), BoxError> {
-    let stored = |event: cairn_client::RecordedEvent| StoredEvent {
-        id: event.id,
-        stream: event.stream,
-        revision: event.revision,
-        position: event.position,
-        data: event.data,
-    };
+    let all: Vec<StoredEvent> = read_all_events(client)
+        .await?
+        .into_iter()
+        .map(stored)
+        .collect();
+    let streams = read_streams(client, &all).await?;
+    Ok((all, streams))
+}
+
+/// `$all`, whole, from the start.
+pub(crate) async fn read_all_events(client: &Client) -> Result<Vec<RecordedEvent>, BoxError> {
     let mut all = Vec::new();
     let mut read = client
         .read_all(ReadOptions::forwards().from(ReadFrom::Start))
         .await?;
     while let Some(event) = read.next_event().await? {
-        all.push(stored(event));
+        all.push(event);
     }
+    Ok(all)
+}
+
+/// What the checker compares of an event.
+pub(crate) fn stored(event: RecordedEvent) -> StoredEvent {
+    StoredEvent {
+        id: event.id,
+        stream: event.stream,
+        revision: event.revision,
+        position: event.position,
+        data: event.data,
+    }
+}
+
+/// Every stream that has an event in `all`, read whole from revision 0.
+pub(crate) async fn read_streams(
+    client: &Client,
+    all: &[StoredEvent],
+) -> Result<HashMap<String, Vec<StoredEvent>>, BoxError> {
     let mut names: Vec<&str> = all.iter().map(|event| event.stream.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -387,7 +440,7 @@ async fn read_back(
         }
         streams.insert(name.to_owned(), events);
     }
-    Ok((all, streams))
+    Ok(streams)
 }
 
 /// Every acknowledgement recorded so far.

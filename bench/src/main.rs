@@ -5,6 +5,7 @@
 //! cairn-bench run       [--addr URL] [--unsynced] [--only w1,w2,...] [--json FILE]
 //! cairn-bench subscribe [--addr URL] [--json FILE]
 //! cairn-bench crash     [--runs R] [--clients N]
+//! cairn-bench cluster-crash [--runs R] [--clients N] [--seed N] [--dir PATH] [--json FILE]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--skip-missing] [--dir PATH] [--json FILE]
 //! cairn-bench dcb       [--stores cairn,umadb] [--seconds 20] [--dir PATH] [--json FILE]
@@ -22,6 +23,10 @@
 //! - `subscribe`: live delivery latency and catch-up read rate of `$all`.
 //! - `crash`: SIGKILLs the server under concurrent appends, restarts it and
 //!   checks that every acknowledged event survived exactly once.
+//! - `cluster-crash`: the same against a three-node cluster: SIGKILLs the
+//!   leader under appends that follow the leader, measures the failover,
+//!   restarts the node and checks every node holds every acknowledged event
+//!   and the same `$all`, event for event.
 //! - `storage`: the storage engine alone, in-process, against the disk's
 //!   fdatasync rate.
 //! - `scale`: a store filled to tens of millions of events in millions of
@@ -40,6 +45,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod clock;
+mod cluster_crash;
 mod compare;
 mod cpu;
 mod crash;
@@ -95,6 +101,10 @@ enum Command {
     /// Crash test: SIGKILL the server under load, restart, and check that
     /// every acknowledged event is there exactly once.
     Crash(crash::CrashArgs),
+    /// Cluster crash test: three nodes, SIGKILL the leader under load,
+    /// measure the failover, restart it, and check that every node holds
+    /// every acknowledged event and the same `$all`.
+    ClusterCrash(cluster_crash::ClusterCrashArgs),
     /// Micro-benchmark of the storage engine: durable single-event and batched
     /// appends with 1..64 writer threads, compared with the disk's fdatasync rate.
     Storage(storage::StorageArgs),
@@ -146,6 +156,7 @@ fn main() -> ExitCode {
         Command::Run(args) => block_on(run::run(&args)),
         Command::Subscribe(args) => block_on(subscribe::run(&args)),
         Command::Crash(args) => block_on(crash::run(&args)),
+        Command::ClusterCrash(args) => block_on(cluster_crash::run(&args)),
         Command::Storage(args) => storage::run(&args),
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
         Command::Compare(args) => block_on(compare::run(&args)),

@@ -223,8 +223,15 @@ pub(crate) fn server_binary(flag: Option<&Path>) -> Result<PathBuf, BoxError> {
 /// A free port on 127.0.0.1, found by binding port 0. Another process could
 /// take it before the server binds it; the server then fails to start and says
 /// so.
-fn free_port() -> Result<u16, BoxError> {
+pub(crate) fn free_port() -> Result<u16, BoxError> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// The last `lines` lines of a server log file (empty if it cannot be read).
+pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A running `cairn` server that this process started.
@@ -262,15 +269,29 @@ impl ServerProcess {
         log: &Path,
         extra: &[String],
     ) -> Result<Self, BoxError> {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        Self::start_listening(binary, data, durability, log, &listen, extra).await
+    }
+
+    /// [`Self::start_with`] on the client address `listen` (`host:port`)
+    /// chosen by the caller: a cluster node's address must be known before
+    /// it starts (every node's `--cluster-peers` names it), and a restarted
+    /// node keeps its address.
+    pub(crate) async fn start_listening(
+        binary: &Path,
+        data: &Path,
+        durability: Durability,
+        log: &Path,
+        listen: &str,
+        extra: &[String],
+    ) -> Result<Self, BoxError> {
         let log_file = File::options().create(true).append(true).open(log)?;
         let mut command = Command::new(binary);
         // The KurrentDB and HTTP listeners run as in production, on ports
         // of their own choosing (their defaults could be taken).
         command
             .arg("--listen")
-            .arg(&listen)
+            .arg(listen)
             .args([
                 "--kurrent-listen",
                 "127.0.0.1:0",
@@ -366,9 +387,7 @@ impl ServerProcess {
 
     /// The last lines of the server's log.
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.log, 20)
     }
 
     /// SIGKILL: the process dies at once, wherever it was (a crash).
