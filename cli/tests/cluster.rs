@@ -37,6 +37,8 @@ struct Cluster {
     root: PathBuf,
     clients: Vec<String>,
     rafts: Vec<String>,
+    /// Each node's KurrentDB facade.
+    kurrents: Vec<String>,
     daemons: Vec<Option<Daemon>>,
 }
 
@@ -48,10 +50,14 @@ impl Cluster {
         let rafts = (0..NODES)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        let kurrents = (0..NODES)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         Self {
             root: root.to_path_buf(),
             clients,
             rafts,
+            kurrents,
             daemons: (0..NODES).map(|_| None).collect(),
         }
     }
@@ -60,10 +66,11 @@ impl Cluster {
         (0..NODES)
             .map(|index| {
                 format!(
-                    "{}={}/{}",
+                    "{}={}/{}/{}",
                     index + 1,
                     self.rafts[index],
-                    self.clients[index]
+                    self.clients[index],
+                    self.kurrents[index]
                 )
             })
             .collect::<Vec<_>>()
@@ -88,6 +95,8 @@ impl Cluster {
                 &self.rafts[index],
                 "--cluster-peers",
                 &peers,
+                "--kurrent-listen",
+                &self.kurrents[index],
             ],
         )
         .serving();
@@ -467,6 +476,119 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
             "event {id} is not where it was acknowledged"
         );
     }
+    drop(cluster);
+}
+
+/// A KurrentDB client's view of the cluster: gossip on every node names the
+/// same leader at its KurrentDB address, and a write sent to a follower
+/// through the KurrentDB facade is redirected there (`not-leader`), as
+/// KurrentDB's own clients expect.
+#[test]
+fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
+    use cairn_proto::kurrent::gossip::gossip_client::GossipClient;
+    use cairn_proto::kurrent::gossip::member_info::VNodeState;
+    use cairn_proto::kurrent::shared;
+    use cairn_proto::kurrent::streams as kurrent;
+    use cairn_proto::kurrent::streams::streams_client::StreamsClient;
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+    let (leader_host, leader_port) = cluster.kurrents[leader]
+        .rsplit_once(':')
+        .expect("host:port");
+
+    runtime.block_on(async {
+        for index in 0..NODES {
+            let channel = tonic::transport::Channel::from_shared(format!(
+                "http://{}",
+                cluster.kurrents[index]
+            ))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the KurrentDB facade");
+            let members = GossipClient::new(channel.clone())
+                .read(shared::Empty {})
+                .await
+                .expect("gossip")
+                .into_inner()
+                .members;
+            assert_eq!(members.len(), NODES, "node {}: {members:?}", index + 1);
+            let leaders: Vec<_> = members
+                .iter()
+                .filter(|member| member.state == VNodeState::Leader as i32)
+                .collect();
+            assert_eq!(leaders.len(), 1, "node {}: {members:?}", index + 1);
+            let endpoint = leaders[0].http_end_point.as_ref().expect("endpoint");
+            assert_eq!(
+                (endpoint.address.as_str(), endpoint.port.to_string()),
+                (leader_host, leader_port.to_owned()),
+                "node {} names another leader",
+                index + 1
+            );
+
+            let options = kurrent::append_req::Options {
+                stream_identifier: Some(shared::StreamIdentifier {
+                    stream_name: format!("kurrent-{index}").into_bytes().into(),
+                }),
+                expected_stream_revision: Some(
+                    kurrent::append_req::options::ExpectedStreamRevision::Any(shared::Empty {}),
+                ),
+            };
+            let event = kurrent::append_req::ProposedMessage {
+                id: Some(shared::Uuid {
+                    value: Some(shared::uuid::Value::String(Uuid::new_v4().to_string())),
+                }),
+                metadata: [
+                    ("type".to_owned(), "Written".to_owned()),
+                    ("content-type".to_owned(), "application/json".to_owned()),
+                ]
+                .into(),
+                custom_metadata: Vec::new().into(),
+                data: b"{}".to_vec().into(),
+            };
+            let requests = vec![
+                kurrent::AppendReq {
+                    content: Some(kurrent::append_req::Content::Options(options)),
+                },
+                kurrent::AppendReq {
+                    content: Some(kurrent::append_req::Content::ProposedMessage(event)),
+                },
+            ];
+            let answer = StreamsClient::new(channel)
+                .append(tokio_stream::iter(requests))
+                .await;
+            if index == leader {
+                answer.expect("the leader appends through the KurrentDB facade");
+                continue;
+            }
+            let status = answer.expect_err("a follower must redirect");
+            assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+            assert_eq!(status.message(), "Leader info available");
+            let trailer = |key: &str| {
+                status
+                    .metadata()
+                    .get(key)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned)
+            };
+            assert_eq!(trailer("exception").as_deref(), Some("not-leader"));
+            assert_eq!(
+                trailer("leader-endpoint-host").as_deref(),
+                Some(leader_host)
+            );
+            assert_eq!(
+                trailer("leader-endpoint-port").as_deref(),
+                Some(leader_port)
+            );
+        }
+    });
     drop(cluster);
 }
 

@@ -42,6 +42,16 @@ pub struct Peer {
     /// `host:port` of its client (`cairn.v1`) listener: where writes are
     /// redirected when it leads.
     pub client: String,
+    /// `host:port` its KurrentDB facade is reached at, when it serves one:
+    /// what KurrentDB clients are redirected to and what gossip lists.
+    pub kurrent: Option<String>,
+}
+
+impl Peer {
+    /// The `NotLeader` addresses naming this peer as the leader.
+    fn redirect(&self) -> (Option<String>, Option<String>) {
+        (Some(self.client.clone()), self.kurrent.clone())
+    }
 }
 
 /// How to run one node.
@@ -138,7 +148,7 @@ impl ClusterNode {
             raft.clone(),
             tokio::runtime::Handle::current(),
             proposals,
-            Arc::new(move |id| addresses.get(&id).map(|peer| peer.client.clone())),
+            Arc::new(move |id| addresses.get(&id).map_or((None, None), Peer::redirect)),
         )));
         tokio::spawn(watch_role(raft.clone(), store, node_id, Arc::clone(&peers)));
 
@@ -225,7 +235,7 @@ async fn watch_role(
             (is_leader, caught_up, now.current_term, now.current_leader)
         };
         if leading.is_some_and(|led| !is_leader || led != term) {
-            store.follow(None);
+            store.follow(None, None);
             leading = None;
             following = None;
         }
@@ -237,14 +247,15 @@ async fn watch_role(
                 }
             }
         } else if following != Some(leader) {
-            let address = leader
+            let (client, kurrent) = leader
                 .filter(|id| *id != node_id)
-                .and_then(|id| peers.get(&id).map(|peer| peer.client.clone()));
-            store.follow(address);
+                .and_then(|id| peers.get(&id))
+                .map_or((None, None), Peer::redirect);
+            store.follow(client, kurrent);
             following = Some(leader);
         }
         if metrics.changed().await.is_err() {
-            store.follow(None);
+            store.follow(None, None);
             return;
         }
     }

@@ -249,8 +249,9 @@ impl RaftStateMachine<TypeConfig> for StoreStateMachine {
     }
 }
 
-/// Maps a node id to the client address writes should be redirected to.
-pub type LeaderAddress = Arc<dyn Fn(u64) -> Option<String> + Send + Sync>;
+/// Maps a node id to the addresses writes are redirected to when it leads:
+/// its `cairn.v1` address and its KurrentDB-facade address, when known.
+pub type LeaderAddress = Arc<dyn Fn(u64) -> (Option<String>, Option<String>) + Send + Sync>;
 
 /// The store's replicator: proposes each sealed group to raft.
 pub struct RaftReplicator {
@@ -297,16 +298,19 @@ impl Replicator for RaftReplicator {
             // The state machine applied the entry before the error arrived.
             return Ok(());
         }
-        let leader = match &error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                forward.leader_id.and_then(|id| (self.leader_address)(id))
-            }
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => None,
+        let (leader, kurrent_leader) = match &error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => forward
+                .leader_id
+                .map_or((None, None), |id| (self.leader_address)(id)),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => (None, None),
             RaftError::Fatal(fatal) => {
                 tracing::error!(%fatal, "raft stopped; this node accepts no writes");
-                None
+                (None, None)
             }
         };
-        Err(StoreError::NotLeader { leader })
+        Err(StoreError::NotLeader {
+            leader,
+            kurrent_leader,
+        })
     }
 }

@@ -262,6 +262,7 @@ pub async fn serve(
             connections: settings.connection_limits(),
             tls: kurrent_tls,
             advertise,
+            cluster: cluster.clone(),
         };
         facades.spawn(kurrent::serve(listener, engine.clone(), options));
     }
@@ -321,7 +322,21 @@ async fn start_cluster_node(
         peers: cluster
             .peers
             .into_iter()
-            .map(|(id, (raft, client))| (id, cairn_cluster::node::Peer { raft, client }))
+            .map(|(id, peer)| {
+                let settings::PeerAddresses {
+                    raft,
+                    client,
+                    kurrent,
+                } = peer;
+                (
+                    id,
+                    cairn_cluster::node::Peer {
+                        raft,
+                        client,
+                        kurrent,
+                    },
+                )
+            })
             .collect(),
         raft_dir: settings.data.join("raft"),
         heartbeat: cluster.heartbeat,

@@ -191,9 +191,10 @@ pub struct Settings {
     #[serde(default)]
     pub cluster_listen: Option<SocketAddr>,
     /// Cluster mode: every member, this node included, as
-    /// `ID=RAFT_HOST:PORT/CLIENT_HOST:PORT` separated by commas (the raft
-    /// address peers reach it at; the `cairn.v1` address clients are
-    /// redirected to when it leads).
+    /// `ID=RAFT_HOST:PORT/CLIENT_HOST:PORT[/KURRENT_HOST:PORT]` separated by
+    /// commas (the raft address peers reach it at; the `cairn.v1` address
+    /// clients are redirected to when it leads; optionally the KurrentDB
+    /// facade's, for KurrentDB clients' redirects and gossip).
     #[serde(default)]
     pub cluster_peers: Option<String>,
     /// Cluster mode: the leader's heartbeat interval, milliseconds.
@@ -220,21 +221,33 @@ pub struct ClusterSettings {
     pub node_id: u64,
     /// Where this node listens for its peers.
     pub listen: SocketAddr,
-    /// Every member: id to (raft address, client address).
-    pub peers: std::collections::BTreeMap<u64, (String, String)>,
+    /// Every member: id to its addresses.
+    pub peers: std::collections::BTreeMap<u64, PeerAddresses>,
     /// Leader heartbeat interval.
     pub heartbeat: std::time::Duration,
     /// Election timeout, lower bound.
     pub election_timeout: std::time::Duration,
 }
 
-/// Parses `ID=RAFT/CLIENT,...`.
+/// One member's addresses (`--cluster-peers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddresses {
+    /// Where peers reach its raft listener.
+    pub raft: String,
+    /// Its `cairn.v1` listener, for redirects.
+    pub client: String,
+    /// Its KurrentDB facade, when given.
+    pub kurrent: Option<String>,
+}
+
+/// Parses `ID=RAFT/CLIENT[/KURRENT],...`.
 fn parse_peers(
     text: &str,
-) -> Result<std::collections::BTreeMap<u64, (String, String)>, SettingsError> {
+) -> Result<std::collections::BTreeMap<u64, PeerAddresses>, SettingsError> {
     let invalid = |what: String| {
         SettingsError::Invalid(format!(
-            "--cluster-peers: {what}; expected ID=RAFT_HOST:PORT/CLIENT_HOST:PORT separated by commas"
+            "--cluster-peers: {what}; expected ID=RAFT_HOST:PORT/CLIENT_HOST:PORT[/KURRENT_HOST:PORT] \
+             separated by commas"
         ))
     };
     let mut peers = std::collections::BTreeMap::new();
@@ -250,10 +263,13 @@ fn parse_peers(
             .trim()
             .parse()
             .map_err(|_| invalid(format!("'{id}' is not a node id")))?;
-        let (raft, client) = addresses
-            .split_once('/')
-            .ok_or_else(|| invalid(format!("'{item}' has no '/'")))?;
-        for address in [raft, client] {
+        let parts: Vec<&str> = addresses.split('/').map(str::trim).collect();
+        let (raft, client, kurrent) = match parts.as_slice() {
+            [raft, client] => (*raft, *client, None),
+            [raft, client, kurrent] => (*raft, *client, Some(*kurrent)),
+            _ => return Err(invalid(format!("'{item}' needs two or three addresses"))),
+        };
+        for address in [Some(raft), Some(client), kurrent].into_iter().flatten() {
             if address
                 .rsplit_once(':')
                 .is_none_or(|(_, port)| port.parse::<u16>().is_err())
@@ -261,10 +277,12 @@ fn parse_peers(
                 return Err(invalid(format!("'{address}' is not HOST:PORT")));
             }
         }
-        if peers
-            .insert(id, (raft.trim().to_owned(), client.trim().to_owned()))
-            .is_some()
-        {
+        let addresses = PeerAddresses {
+            raft: raft.to_owned(),
+            client: client.to_owned(),
+            kurrent: kurrent.map(str::to_owned),
+        };
+        if peers.insert(id, addresses).is_some() {
             return Err(invalid(format!("node {id} is named twice")));
         }
     }
@@ -384,7 +402,9 @@ impl Settings {
                 }
                 if !self.insecure && !listen.ip().is_loopback() {
                     return Err(SettingsError::Refused(format!(
-                        "refusing to serve the node-to-node listener {listen} off loopback:                          peers are not authenticated yet (mutual TLS between nodes is not                          built); give --insecure to run a cluster on a trusted network"
+                        "refusing to serve the node-to-node listener {listen} off loopback: \
+                         peers are not authenticated yet (mutual TLS between nodes is not \
+                         built); give --insecure to run a cluster on a trusted network"
                     )));
                 }
                 Ok(Some(ClusterSettings {
@@ -398,7 +418,8 @@ impl Settings {
                 }))
             }
             _ => Err(SettingsError::Invalid(
-                "cluster mode needs all of --cluster-node-id, --cluster-listen and                  --cluster-peers"
+                "cluster mode needs all of --cluster-node-id, --cluster-listen and \
+                 --cluster-peers"
                     .into(),
             )),
         }
@@ -835,6 +856,70 @@ impl SettingsArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn clustered(node_id: u64, listen: &str, peers: &str) -> Settings {
+        Settings {
+            cluster_node_id: Some(node_id),
+            cluster_listen: Some(listen.parse().expect("address")),
+            cluster_peers: Some(peers.into()),
+            ..Settings::for_tests(PathBuf::from("/tmp/unused"))
+        }
+    }
+
+    #[test]
+    fn cluster_peers_parse_with_and_without_a_kurrentdb_address() {
+        let settings = clustered(
+            2,
+            "127.0.0.1:7170",
+            "1=127.0.0.1:7170/127.0.0.1:7070, 2=127.0.0.1:7171/127.0.0.1:7071/127.0.0.1:2113",
+        );
+        let cluster = settings.cluster().expect("valid").expect("clustered");
+        assert_eq!(cluster.node_id, 2);
+        assert_eq!(
+            cluster.peers[&1],
+            PeerAddresses {
+                raft: "127.0.0.1:7170".into(),
+                client: "127.0.0.1:7070".into(),
+                kurrent: None,
+            }
+        );
+        assert_eq!(cluster.peers[&2].kurrent.as_deref(), Some("127.0.0.1:2113"));
+        assert_eq!(
+            Settings::for_tests(PathBuf::new()).cluster().expect("ok"),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_cluster_settings_are_refused_with_what_to_give() {
+        let invalid = |settings: Settings| match settings.cluster() {
+            Err(error) => error.to_string(),
+            Ok(cluster) => panic!("accepted: {cluster:?}"),
+        };
+        for (peers, expected) in [
+            ("1", "has no '='"),
+            ("x=a:1/b:2", "not a node id"),
+            ("1=a:1/b:x", "'b:x' is not HOST:PORT"),
+            ("1=a:1/b:2/c:3/d:4", "two or three addresses"),
+            ("1=a:1/b:2,1=a:1/b:2", "named twice"),
+            ("2=a:1/b:2", "does not name this node"),
+        ] {
+            let message = invalid(clustered(1, "127.0.0.1:7170", peers));
+            assert!(message.contains(expected), "{peers}: {message}");
+        }
+        let half = Settings {
+            cluster_node_id: Some(1),
+            ..Settings::for_tests(PathBuf::new())
+        };
+        assert!(invalid(half).contains("needs all of"));
+        let public = clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070");
+        assert!(invalid(public).contains("mutual TLS between nodes is not built"));
+        let insecure = Settings {
+            insecure: true,
+            ..clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070")
+        };
+        assert!(insecure.cluster().expect("insecure allows it").is_some());
+    }
 
     #[test]
     fn defaults_then_file_then_flags() {

@@ -360,11 +360,12 @@ pub(crate) struct Control {
 
 impl Control {
     /// Refuses writes from now on with [`Error::NotLeader`] (and answers the
-    /// open group with it) until a [`Command::lead`].
-    pub(crate) fn follow(&self, leader: Option<String>) {
+    /// open group with it) until a [`Command::lead`]. `error` is the
+    /// `NotLeader` to answer with (naming the leader when known).
+    pub(crate) fn follow(&self, error: Error) {
         let mut state = self.pipeline.lock();
         if state.poisoned.is_none() {
-            step_down(&mut state, &Error::NotLeader { leader }, &self.shared);
+            step_down(&mut state, &error, &self.shared);
         }
         drop(state);
         self.pipeline.changed.notify_all();
@@ -447,9 +448,10 @@ impl Committer {
     ) -> Self {
         // A clustered store starts as a follower: it writes only once the
         // cluster crate tells it it leads (`Store::lead`).
-        let not_leader = shared
-            .clustered
-            .then_some(Error::NotLeader { leader: None });
+        let not_leader = shared.clustered.then_some(Error::NotLeader {
+            leader: None,
+            kurrent_leader: None,
+        });
         let pipeline = Arc::new(Pipeline {
             state: Mutex::new(PipeState {
                 open: Group::default(),
@@ -821,7 +823,10 @@ impl Writer {
         }
         match self.shared.replicator.get() {
             Some(replicator) => replicator.replicate(sealed, effect),
-            None => Err(Error::NotLeader { leader: None }),
+            None => Err(Error::NotLeader {
+                leader: None,
+                kurrent_leader: None,
+            }),
         }
     }
 

@@ -121,8 +121,11 @@ pub enum Error {
     /// result if it was committed (`server/CLUSTER.md`, "In-flight appends").
     #[error("{}", not_leader_message(.leader.as_deref()))]
     NotLeader {
-        /// The client address of the leader, when this node knows it.
+        /// The `cairn.v1` client address of the leader, when this node knows it.
         leader: Option<String>,
+        /// The leader's KurrentDB-facade address (`host:port`), when known
+        /// (the KurrentDB `not-leader` redirect names it).
+        kurrent_leader: Option<String>,
     },
 
     /// The committer's queue is full; the request was not queued and nothing of

@@ -160,10 +160,14 @@ impl Store {
 
     /// Cluster mode: this node does not lead (any more). Every request from
     /// now on, and every one not yet handed to the replicator, is answered
-    /// [`Error::NotLeader`] with `leader` (the leader's client address, when
-    /// known) until [`Store::lead`].
-    pub fn follow(&self, leader: Option<String>) {
-        self.control().follow(leader);
+    /// [`Error::NotLeader`] with `leader` (the leader's `cairn.v1` address)
+    /// and `kurrent_leader` (its KurrentDB-facade address), when known, until
+    /// [`Store::lead`].
+    pub fn follow(&self, leader: Option<String>, kurrent_leader: Option<String>) {
+        self.control().follow(Error::NotLeader {
+            leader,
+            kurrent_leader,
+        });
     }
 
     /// The applied raft state last stored with [`Store::apply_replicated`] or

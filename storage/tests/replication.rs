@@ -28,6 +28,7 @@ impl Replicator for Mirror {
         if self.refuse.load(Ordering::Relaxed) {
             return Err(Error::NotLeader {
                 leader: Some("node-2:7070".into()),
+                kurrent_leader: None,
             });
         }
         let entry = self.applied.fetch_add(1, Ordering::Relaxed) + 1;
@@ -90,7 +91,7 @@ fn a_clustered_store_refuses_writes_until_it_leads_and_after_it_follows() {
         .append("s", ExpectedRevision::Any, vec![event(0)])
         .wait();
     assert!(
-        matches!(refused, Err(Error::NotLeader { leader: None })),
+        matches!(refused, Err(Error::NotLeader { leader: None, .. })),
         "{refused:?}"
     );
     store.lead().wait().expect("lead");
@@ -99,12 +100,12 @@ fn a_clustered_store_refuses_writes_until_it_leads_and_after_it_follows() {
         .wait()
         .expect("append as leader");
 
-    store.follow(Some("node-3:7070".into()));
+    store.follow(Some("node-3:7070".into()), None);
     let refused = store
         .append("s", ExpectedRevision::Any, vec![event(2)])
         .wait();
     match refused {
-        Err(Error::NotLeader { leader }) => assert_eq!(leader.as_deref(), Some("node-3:7070")),
+        Err(Error::NotLeader { leader, .. }) => assert_eq!(leader.as_deref(), Some("node-3:7070")),
         other => panic!("a follower appended: {other:?}"),
     }
     // Nothing of the refused requests was written.
@@ -200,7 +201,7 @@ fn leadership_moves_and_numbering_continues_from_the_applied_head() {
             .wait()
             .expect("a appends");
     }
-    a.follow(Some("b".into()));
+    a.follow(Some("b".into()), None);
     b.lead().wait().expect("b leads");
     // b continues the stream a wrote, at the revision a left it: its
     // counters and catalog came from what it applied.
@@ -214,7 +215,7 @@ fn leadership_moves_and_numbering_continues_from_the_applied_head() {
         .expect("b appends");
     assert_eq!(result.current, CurrentRevision::Revision(4));
     assert_eq!(result.positions, Some((3, 4)));
-    b.follow(Some("a".into()));
+    b.follow(Some("a".into()), None);
     a.lead().wait().expect("a leads again");
     let result = a
         .append("ledger", ExpectedRevision::Exact(4), vec![event(5)])
@@ -250,7 +251,7 @@ fn a_failed_replication_answers_not_leader_and_writes_nothing() {
         .append("s", ExpectedRevision::Exact(0), vec![event(1)])
         .wait();
     match lost {
-        Err(Error::NotLeader { leader }) => assert_eq!(leader.as_deref(), Some("node-2:7070")),
+        Err(Error::NotLeader { leader, .. }) => assert_eq!(leader.as_deref(), Some("node-2:7070")),
         other => panic!("expected NotLeader, got {other:?}"),
     }
     // The store now refuses until it leads again, and nothing is poisoned.

@@ -228,6 +228,7 @@ mod tests {
                     Peer {
                         raft: format!("10.0.0.{id}:2115"),
                         client: format!("10.0.0.{id}:7070"),
+                        kurrent: None,
                     },
                 )
             })

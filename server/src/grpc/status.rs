@@ -292,7 +292,7 @@ fn store_code_and_reason(error: &StoreError) -> (Code, &'static str, HashMap<Str
         }
         StoreError::Poisoned(_) => (Code::Unavailable, reason::STORE_STOPPED, meta(&[])),
         StoreError::ShuttingDown => (Code::Unavailable, reason::SHUTTING_DOWN, meta(&[])),
-        StoreError::NotLeader { leader } => (
+        StoreError::NotLeader { leader, .. } => (
             Code::Unavailable,
             reason::NOT_LEADER,
             match leader {

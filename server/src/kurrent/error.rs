@@ -192,9 +192,29 @@ fn store_status(operation: &str, error: &StoreError) -> Status {
         StoreError::DuplicateEventId { .. } => Status::already_exists(error.to_string()),
         StoreError::Overloaded { .. } => Status::unavailable("Server Is Too Busy"),
         StoreError::ShuttingDown => Status::unavailable("the server is shutting down"),
-        // Cluster mode: KurrentDB's own `not-leader` redirect names the
-        // leader's KurrentDB endpoint, which the cluster settings do not
-        // carry yet; until they do, the client is told to retry elsewhere.
+        // Cluster mode: KurrentDB's `not-leader` redirect (NOT_FOUND "Leader
+        // info available" with the leader's facade endpoint in trailers),
+        // which KurrentDB clients follow by reconnecting there. Without the
+        // leader's KurrentDB address (unknown leader, or a peer configured
+        // without one) the client is told to retry.
+        StoreError::NotLeader {
+            kurrent_leader: Some(leader),
+            ..
+        } => match leader.rsplit_once(':') {
+            Some((host, port)) => with_trailers(
+                Code::NotFound,
+                "Leader info available".into(),
+                "not-leader",
+                &[
+                    (
+                        "leader-endpoint-host",
+                        host.trim_matches(['[', ']']).to_owned(),
+                    ),
+                    ("leader-endpoint-port", port.to_owned()),
+                ],
+            ),
+            None => Status::unavailable(error.to_string()),
+        },
         StoreError::NotLeader { .. } => Status::unavailable(error.to_string()),
         StoreError::Io(_) | StoreError::Poisoned(_) | StoreError::UnsupportedFormat { .. } => {
             tracing::warn!(%error, "answering a KurrentDB client with a storage failure");

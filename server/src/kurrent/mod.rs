@@ -70,6 +70,8 @@ pub(crate) struct KurrentOptions {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Host and port gossip advertises (the bound address unless configured).
     pub advertise: (String, u16),
+    /// Cluster mode: this node's raft, for gossip's members.
+    pub cluster: Option<std::sync::Arc<cairn_cluster::node::ClusterNode>>,
 }
 
 /// Answers every call to a service the facade does not implement
@@ -162,7 +164,10 @@ pub(crate) async fn serve(
     let streams = StreamsServer::new(streams::StreamsService::new(engine.clone()))
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    let gossip = GossipServer::new(gossip::GossipService::new(options.advertise.clone()));
+    let gossip = GossipServer::new(gossip::GossipService::new(
+        options.advertise.clone(),
+        options.cluster.clone(),
+    ));
     let features = ServerFeaturesServer::new(features::FeaturesService);
 
     let mut stopping = engine.shutdown_signal();
