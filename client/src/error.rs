@@ -91,7 +91,7 @@ pub enum Error {
     /// leader's `host:port` when the node knows it. A write that was being
     /// replicated when leadership moved has an unknown outcome: retry the
     /// exact request (same event ids) on the leader.
-    #[error("not the leader: {message}")]
+    #[error("{message}")]
     NotLeader {
         /// The leader's client address, when known.
         leader: Option<String>,
