@@ -589,6 +589,30 @@ fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
             );
         }
     });
+
+    // The official Python client, unchanged, against the same cluster.
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/python/test_kurrent_cluster.py");
+    let mut nodes = vec![cluster.kurrents[leader].clone()];
+    nodes.extend(
+        (0..NODES)
+            .filter(|index| *index != leader)
+            .map(|index| cluster.kurrents[index].clone()),
+    );
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(&nodes)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run python3 (install Python 3 and pip install kurrentdbclient; .ci/run does)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim_end().ends_with("4 passed, 0 failed"),
+        "the KurrentDB Python client failed against the cluster ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     drop(cluster);
 }
 

@@ -359,6 +359,12 @@ pub(crate) struct Control {
 }
 
 impl Control {
+    /// The `NotLeader` this node answers writes with now, if it does not
+    /// accept writes (cluster mode); `None` on a leader or a single node.
+    pub(crate) fn refusal(&self) -> Option<Error> {
+        self.pipeline.lock().not_leader.clone()
+    }
+
     /// Refuses writes from now on with [`Error::NotLeader`] (and answers the
     /// open group with it) until a [`Command::lead`]. `error` is the
     /// `NotLeader` to answer with (naming the leader when known).

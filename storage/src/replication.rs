@@ -170,6 +170,15 @@ impl Store {
         });
     }
 
+    /// Cluster mode: why this node refuses writes right now
+    /// ([`Error::NotLeader`], naming the leader when known), or `None` when it
+    /// accepts them (the leader, or a single node). A facade can answer a
+    /// write with it before reading the request (KurrentDB's batch append
+    /// fails the whole call this way on a follower).
+    pub fn write_refusal(&self) -> Option<Error> {
+        self.control().refusal()
+    }
+
     /// The applied raft state last stored with [`Store::apply_replicated`] or
     /// [`Store::apply_replicated_state`], if any.
     pub fn replicated_state(&self) -> Result<Option<Vec<u8>>> {

@@ -1310,6 +1310,12 @@ impl Streams for StreamsService {
         request: Request<Streaming<pb::BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
         let by = auth::principal(&request)?;
+        // A cluster follower fails the whole call with KurrentDB's
+        // `not-leader`, as KurrentDB does: a batch's per-request error has no
+        // way to name the leader, and clients reconnect on this status.
+        if let Some(refusal) = self.engine.store().write_refusal() {
+            return Err(error::to_status("BatchAppend", &Error::Store(refusal)));
+        }
         let incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(BATCH_RESPONSE_BUFFER);
         let service = self.clone();
