@@ -479,6 +479,121 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
     drop(cluster);
 }
 
+/// Consumer groups run on the leader only: a follower refuses a consumer
+/// with `NotLeader`, and after the leader is killed the new leader starts
+/// the group from its durable checkpoint (replicated like any stream) and
+/// delivers everything after it.
+#[test]
+fn a_consumer_group_moves_to_the_new_leader_and_resumes_from_its_checkpoint() {
+    use cairn_client::{GroupOptions, GroupSettings};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+    let follower = (leader + 1) % NODES;
+    const EVENTS: u64 = 200;
+    let durable = runtime.block_on(async {
+        let client = Client::connect(cluster.url(leader)).await.expect("connect");
+        let events: Vec<EventData> = (0..EVENTS)
+            .map(|n| EventData::binary("Paid", n.to_string().into_bytes()))
+            .collect();
+        client
+            .append("pay-1", ExpectedRevision::NoStream, events)
+            .await
+            .expect("append");
+        let options = GroupOptions {
+            settings: GroupSettings {
+                checkpoint_after_events: Some(10),
+                ..GroupSettings::default()
+            },
+            ..GroupOptions::default()
+        };
+        client
+            .create_group("payments", "pay-1", options)
+            .await
+            .expect("create the group on the leader");
+
+        // A follower sends consumers to the leader.
+        let on_follower = Client::connect(cluster.url(follower))
+            .await
+            .expect("connect");
+        let refused = match on_follower.consume("payments", "elsewhere", 10).await {
+            Err(error) => error,
+            Ok(mut consumer) => consumer.next().await.expect_err("a follower delivered"),
+        };
+        match refused {
+            Error::NotLeader { leader: named, .. } => {
+                assert_eq!(named.as_deref(), Some(cluster.clients[leader].as_str()));
+            }
+            other => panic!("a follower answered a consumer with {other}"),
+        }
+
+        let mut consumer = client
+            .consume("payments", "payments-1", 10)
+            .await
+            .expect("consume on the leader");
+        for _ in 0..100 {
+            let delivery = consumer.next().await.expect("next").expect("open");
+            delivery.ack().await.expect("ack");
+        }
+        let deadline = Instant::now() + ELECTION_DEADLINE;
+        loop {
+            let info = client.group_info("payments").await.expect("group info");
+            if let Some(revision) = info.checkpoint_revision.filter(|revision| *revision >= 50) {
+                break revision;
+            }
+            assert!(Instant::now() < deadline, "no durable checkpoint past 50");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    cluster.kill_9(leader);
+    let survivors: Vec<usize> = all_nodes
+        .iter()
+        .copied()
+        .filter(|index| *index != leader)
+        .collect();
+    let new_leader = runtime.block_on(find_leader(&cluster, &survivors));
+    runtime.block_on(async {
+        let client = Client::connect(cluster.url(new_leader))
+            .await
+            .expect("connect");
+        let deadline = Instant::now() + ELECTION_DEADLINE;
+        let mut consumer = loop {
+            match client.consume("payments", "payments-2", 10).await {
+                Ok(consumer) => break consumer,
+                // The group starts a moment after the node leads.
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the new leader runs no group: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let first = consumer.next().await.expect("next").expect("open");
+        assert!(
+            first.event.revision <= durable + 1,
+            "the group skipped events after its checkpoint {durable}: resumed at {}",
+            first.event.revision
+        );
+        first.ack().await.expect("ack");
+        let mut last = first.event.revision;
+        while last < EVENTS - 1 {
+            let delivery = consumer.next().await.expect("next").expect("open");
+            last = last.max(delivery.event.revision);
+            delivery.ack().await.expect("ack");
+        }
+    });
+    drop(cluster);
+}
+
 /// A KurrentDB client's view of the cluster: gossip on every node names the
 /// same leader at its KurrentDB address, and a write sent to a follower
 /// through the KurrentDB facade is redirected there (`not-leader`), as
@@ -591,8 +706,8 @@ fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
     });
 
     // The official Python client, unchanged, against the same cluster.
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/python/test_kurrent_cluster.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../server/tests/python/test_kurrent_cluster.py");
     let mut nodes = vec![cluster.kurrents[leader].clone()];
     nodes.extend(
         (0..NODES)

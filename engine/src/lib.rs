@@ -236,6 +236,13 @@ impl Engine {
             options.groups,
         )
         .await?;
+        if store.is_clustered() {
+            tasks.spawn(follow_the_role(
+                store.clone(),
+                groups.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         let security = Arc::new(Security::start(&store, options.security).await?);
         let operations = Operations::start(
             store.clone(),
@@ -726,6 +733,40 @@ pub(crate) fn read_stream(
         match page.next {
             Some(next) => from = next,
             None => return Ok(events),
+        }
+    }
+}
+
+/// How often a cluster node checks whether it leads (the store's role).
+const ROLE_POLL: Duration = Duration::from_millis(100);
+
+/// Cluster mode: runs the consumer groups only while this node leads. The
+/// store's role (`Store::write_refusal`) changes when raft elects; groups
+/// start on leadership (from their durable checkpoints) and stop on its
+/// loss, so only the leader's actors write checkpoints. Polled: a role
+/// change costs at most `ROLE_POLL` of group downtime on top of the
+/// election.
+async fn follow_the_role(store: Store, groups: Groups, mut shutdown: watch::Receiver<bool>) {
+    let mut leading = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(ROLE_POLL) => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => return,
+        }
+        let leads = store.write_refusal().is_none();
+        if leads == leading {
+            continue;
+        }
+        if leads {
+            match groups.lead().await {
+                Ok(()) => leading = true,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the persistent subscription groups; retrying");
+                }
+            }
+        } else {
+            groups.follow().await;
+            leading = false;
         }
     }
 }

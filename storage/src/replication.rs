@@ -170,6 +170,12 @@ impl Store {
         });
     }
 
+    /// Whether the store was opened for cluster mode
+    /// (`StoreOptions::clustered`).
+    pub fn is_clustered(&self) -> bool {
+        self.shared().clustered
+    }
+
     /// Cluster mode: why this node refuses writes right now
     /// ([`Error::NotLeader`], naming the leader when known), or `None` when it
     /// accepts them (the leader, or a single node). A facade can answer a

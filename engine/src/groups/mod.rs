@@ -77,6 +77,9 @@ enum HandleState {
     /// The group cannot run as stored (its filter does not compile); every
     /// call but delete gets [`Error::GroupBroken`] with this reason.
     Broken(String),
+    /// Cluster mode: this node does not lead, so the group runs on the
+    /// leader; every call gets the store's `NotLeader` (naming the leader).
+    Standby,
 }
 
 /// A group's definition, live figures and parked count.
@@ -134,11 +137,81 @@ impl Groups {
                 changes: tokio::sync::Mutex::new(()),
             }),
         };
+        // A cluster node that does not lead keeps the definitions only;
+        // `lead` starts them once it does.
+        let standby = groups.inner.store.write_refusal().is_some();
         for (definition, checkpoint) in restored {
-            tracing::info!(group = %definition.group, stream = %crate::Escaped(&definition.stream), ?checkpoint, "persistent subscription group restored");
-            groups.start(definition, checkpoint)?;
+            tracing::info!(group = %definition.group, stream = %crate::Escaped(&definition.stream), ?checkpoint, standby, "persistent subscription group restored");
+            if standby {
+                groups.lock().insert(
+                    definition.group.clone(),
+                    Handle {
+                        definition,
+                        state: HandleState::Standby,
+                    },
+                );
+            } else {
+                groups.start(definition, checkpoint)?;
+            }
         }
         Ok(groups)
+    }
+
+    /// Cluster mode: this node now leads (and has applied the whole log).
+    /// The registry is rebuilt from the store, which holds every group the
+    /// earlier leaders created, updated or deleted, and every group starts
+    /// from its durable checkpoint (at-least-once, as after a restart).
+    pub(crate) async fn lead(&self) -> Result<(), Error> {
+        let _change = self.inner.changes.lock().await;
+        let reading = self.inner.store.clone();
+        let restored = tokio::task::spawn_blocking(move || restore(&reading))
+            .await
+            .map_err(|error| Error::Internal(error.to_string()))??;
+        let stale = std::mem::take(&mut *self.lock());
+        stop_all(stale, EndReason::ShuttingDown).await;
+        let count = restored.len();
+        for (definition, checkpoint) in restored {
+            self.start(definition, checkpoint)?;
+        }
+        tracing::info!(
+            groups = count,
+            "this node leads: persistent subscription groups started"
+        );
+        Ok(())
+    }
+
+    /// Cluster mode: this node stopped leading. Every running group's actor
+    /// ends without writing a checkpoint (a follower cannot write; the last
+    /// durable one stands) and its consumers get `NotLeader`, naming the
+    /// leader, so they reconnect there.
+    pub(crate) async fn follow(&self) {
+        let _change = self.inner.changes.lock().await;
+        let refusal = self
+            .inner
+            .store
+            .write_refusal()
+            .unwrap_or(cairn_storage::Error::NotLeader {
+                leader: None,
+                kurrent_leader: None,
+            });
+        let running = {
+            let mut groups = self.lock();
+            let mut running = BTreeMap::new();
+            for (name, handle) in groups.iter_mut() {
+                if matches!(handle.state, HandleState::Running(_)) {
+                    let state = std::mem::replace(&mut handle.state, HandleState::Standby);
+                    running.insert(
+                        name.clone(),
+                        Handle {
+                            definition: handle.definition.clone(),
+                            state,
+                        },
+                    );
+                }
+            }
+            running
+        };
+        stop_all(running, EndReason::Failed(Error::Store(refusal))).await;
     }
 
     /// Registers a group and starts its supervised actor. A group whose
@@ -286,6 +359,10 @@ impl Groups {
         let Some(handle) = groups.get_mut(group) else {
             return Ok(None);
         };
+        if matches!(handle.state, HandleState::Standby) {
+            // This node stopped leading meanwhile: the group runs elsewhere.
+            return Ok(None);
+        }
         let actor = self.actor(
             handle.definition.clone(),
             filter,
@@ -313,7 +390,7 @@ impl Groups {
             .values()
             .filter_map(|handle| match &handle.state {
                 HandleState::Running(commands) => Some(commands.clone()),
-                HandleState::Broken(_) => None,
+                HandleState::Broken(_) | HandleState::Standby => None,
             })
             .collect();
         let mut asked = 0;
@@ -345,9 +422,29 @@ impl Groups {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Cluster mode: the store's `NotLeader` when this node does not lead.
+    /// Groups run on the leader only, and a follower's registry may lack
+    /// groups created since it started, so its answer is a redirect, never
+    /// "not found".
+    fn refuse_unless_leading(&self) -> Result<(), Error> {
+        match self.inner.store.write_refusal() {
+            Some(refusal) => Err(Error::Store(refusal)),
+            None => Ok(()),
+        }
+    }
+
     fn commands(&self, group: &str) -> Result<mpsc::Sender<Command>, Error> {
+        self.refuse_unless_leading()?;
         match self.lock().get(group).map(|handle| &handle.state) {
             Some(HandleState::Running(commands)) => Ok(commands.clone()),
+            Some(HandleState::Standby) => {
+                Err(Error::Store(self.inner.store.write_refusal().unwrap_or(
+                    cairn_storage::Error::NotLeader {
+                        leader: None,
+                        kurrent_leader: None,
+                    },
+                )))
+            }
             Some(HandleState::Broken(reason)) => Err(Error::GroupBroken {
                 group: group.to_owned(),
                 reason: reason.clone(),
@@ -374,6 +471,7 @@ impl Groups {
 
     /// The definition of a group.
     pub fn definition(&self, group: &str) -> Result<GroupDefinition, Error> {
+        self.refuse_unless_leading()?;
         self.lock()
             .get(group)
             .map(|handle| handle.definition.clone())
@@ -468,7 +566,7 @@ impl Groups {
             handle.definition.settings = settings.clone();
             match &handle.state {
                 HandleState::Running(commands) => Some(commands.clone()),
-                HandleState::Broken(_) => None,
+                HandleState::Broken(_) | HandleState::Standby => None,
             }
         };
         // An actor that is restarting reads the new settings from the registry.
@@ -662,6 +760,19 @@ impl GroupConsumer {
                 graceful,
             })
             .await;
+    }
+}
+
+/// Ends the actors of `handles`, their consumers told `reason`.
+async fn stop_all(handles: BTreeMap<String, Handle>, reason: EndReason) {
+    for handle in handles.into_values() {
+        if let HandleState::Running(commands) = handle.state {
+            let _ = commands
+                .send(Command::Stop {
+                    reason: reason.clone(),
+                })
+                .await;
+        }
     }
 }
 
