@@ -62,6 +62,15 @@ impl Cluster {
         }
     }
 
+    /// A cluster of three nodes, all started.
+    fn started(root: &Path) -> Self {
+        let mut cluster = Self::new(root);
+        for index in 0..NODES {
+            cluster.start(index);
+        }
+        cluster
+    }
+
     fn peers(&self) -> String {
         (0..NODES)
             .map(|index| {
@@ -305,10 +314,7 @@ async fn converged(cluster: &Cluster, nodes: &[usize]) -> Vec<Vec<RecordedEvent>
 #[test]
 fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::new(root.path());
-    for index in 0..NODES {
-        cluster.start(index);
-    }
+    let mut cluster = Cluster::started(root.path());
     let runtime = runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let first_leader = runtime.block_on(find_leader(&cluster, &all_nodes));
@@ -488,10 +494,7 @@ fn a_consumer_group_moves_to_the_new_leader_and_resumes_from_its_checkpoint() {
     use cairn_client::{GroupOptions, GroupSettings};
 
     let root = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::new(root.path());
-    for index in 0..NODES {
-        cluster.start(index);
-    }
+    let mut cluster = Cluster::started(root.path());
     let runtime = runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
@@ -607,10 +610,7 @@ fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
     use cairn_proto::kurrent::streams::streams_client::StreamsClient;
 
     let root = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::new(root.path());
-    for index in 0..NODES {
-        cluster.start(index);
-    }
+    let mut cluster = Cluster::started(root.path());
     let runtime = runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
