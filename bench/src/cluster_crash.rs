@@ -51,7 +51,7 @@ use crate::verify::{Ack, Summary, verify};
 use crate::workload::{EVENT_TYPE, event_id, payload};
 
 /// Nodes in the cluster.
-const NODES: usize = 3;
+pub(crate) const NODES: usize = 3;
 /// How long the cluster may take to acknowledge an append after the kill
 /// (an election takes 1-2 s) before the round fails.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
@@ -130,11 +130,11 @@ pub(crate) struct ClusterCrashArgs {
 /// keeps its own, as every node's `--cluster-peers` names it), data
 /// directories, logs and the running processes. Index `i` is node id `i + 1`.
 #[derive(Debug)]
-struct Cluster {
+pub(crate) struct Cluster {
     /// The `cairn` binary.
     binary: PathBuf,
     /// Each node's client listener, `host:port` (as `NotLeader` names it).
-    listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
     /// Each node's node-to-node listener, `host:port`.
     raft: Vec<String>,
     /// Each node's data directory.
@@ -142,12 +142,12 @@ struct Cluster {
     /// Each node's log (stderr, appended across restarts).
     logs: Vec<PathBuf>,
     /// The processes; `None` while a node is down.
-    processes: Vec<Option<ServerProcess>>,
+    pub(crate) processes: Vec<Option<ServerProcess>>,
 }
 
 impl Cluster {
     /// Picks free loopback ports for every node and lays out `root`.
-    fn new(binary: PathBuf, root: &Path) -> Result<Self, BoxError> {
+    pub(crate) fn new(binary: PathBuf, root: &Path) -> Result<Self, BoxError> {
         let mut listen = Vec::with_capacity(NODES);
         let mut raft = Vec::with_capacity(NODES);
         for _ in 0..NODES {
@@ -190,7 +190,7 @@ impl Cluster {
 
     /// Starts every node at once (the smallest id initialises the cluster
     /// once it reaches the others) and waits until each reports SERVING.
-    async fn start_all(&mut self) -> Result<(), BoxError> {
+    pub(crate) async fn start_all(&mut self) -> Result<(), BoxError> {
         let flags: Vec<Vec<String>> = (0..NODES).map(|node| self.flags(node)).collect();
         let started = futures_util::future::try_join_all((0..NODES).map(|node| {
             ServerProcess::start_listening(
@@ -234,7 +234,7 @@ impl Cluster {
 
     /// SIGTERM to every running node, saying so for each that had to be
     /// killed.
-    fn stop_all(&mut self) -> Result<(), BoxError> {
+    pub(crate) fn stop_all(&mut self) -> Result<(), BoxError> {
         for (node, slot) in self.processes.iter_mut().enumerate() {
             if let Some(mut process) = slot.take()
                 && !process.stop()?
@@ -249,7 +249,7 @@ impl Cluster {
     }
 
     /// The last lines of every node's log.
-    fn log_tails(&self) -> String {
+    pub(crate) fn log_tails(&self) -> String {
         self.logs
             .iter()
             .enumerate()
@@ -269,9 +269,9 @@ impl Cluster {
 /// What every client shares about the cluster: where the nodes listen and
 /// which one acknowledged last (the first node an append is sent to).
 #[derive(Debug)]
-struct Route {
+pub(crate) struct Route {
     /// `http://host:port` of each node.
-    urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     /// `host:port` of each node, as `NotLeader` names the leader.
     listen: Vec<String>,
     /// The node believed to lead: the last one that acknowledged an append.
@@ -279,7 +279,7 @@ struct Route {
 }
 
 impl Route {
-    fn new(cluster: &Cluster) -> Self {
+    pub(crate) fn new(cluster: &Cluster) -> Self {
         Self {
             urls: cluster
                 .listen
@@ -293,7 +293,7 @@ impl Route {
 
     /// Where to send an attempt after `failed` answered `error`: the leader it
     /// named, else the next node.
-    fn next_node(&self, failed: usize, error: &Error) -> usize {
+    pub(crate) fn next_node(&self, failed: usize, error: &Error) -> usize {
         if let Error::NotLeader {
             leader: Some(named),
             ..
@@ -339,7 +339,7 @@ impl Connections {
 /// connection under it is reset (the killed leader), as in [`crate::crash`].
 /// Anything else (a wrong expected revision, a duplicate id) means the
 /// cluster broke a promise.
-fn outcome_unknown(error: &Error) -> bool {
+pub(crate) fn outcome_unknown(error: &Error) -> bool {
     match error {
         Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_) => true,
         Error::Other { code, .. } => matches!(

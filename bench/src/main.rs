@@ -6,6 +6,7 @@
 //! cairn-bench subscribe [--addr URL] [--json FILE]
 //! cairn-bench crash     [--runs R] [--clients N]
 //! cairn-bench cluster-crash [--runs R] [--clients N] [--seed N] [--dir PATH] [--json FILE]
+//! cairn-bench cluster-run [--only w1,w2,w3] [--max-seconds S] [--dir PATH] [--server-bin PATH] [--json FILE]
 //! cairn-bench storage   [--dir PATH] [--events N] [--unsynced] [--json FILE]
 //! cairn-bench compare   [--peers postgres,redis,nats,umadb] [--skip-missing] [--dir PATH] [--json FILE]
 //! cairn-bench dcb       [--stores cairn,umadb] [--seconds 20] [--dir PATH] [--json FILE]
@@ -27,6 +28,9 @@
 //!   leader under appends that follow the leader, measures the failover,
 //!   restarts the node and checks every node holds every acknowledged event
 //!   and the same `$all`, event for event.
+//! - `cluster-run`: W1-W3 as `run` measures them, against one node and then
+//!   against a fresh three-node cluster (through its leader), side by side
+//!   with the cluster ÷ single ratio.
 //! - `storage`: the storage engine alone, in-process, against the disk's
 //!   fdatasync rate.
 //! - `scale`: a store filled to tens of millions of events in millions of
@@ -46,6 +50,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod clock;
 mod cluster_crash;
+mod cluster_run;
 mod compare;
 mod cpu;
 mod crash;
@@ -105,6 +110,9 @@ enum Command {
     /// measure the failover, restart it, and check that every node holds
     /// every acknowledged event and the same `$all`.
     ClusterCrash(cluster_crash::ClusterCrashArgs),
+    /// W1-W3 against one node, then against a fresh three-node cluster
+    /// (appends to its leader): both side by side, with cluster ÷ single.
+    ClusterRun(cluster_run::ClusterRunArgs),
     /// Micro-benchmark of the storage engine: durable single-event and batched
     /// appends with 1..64 writer threads, compared with the disk's fdatasync rate.
     Storage(storage::StorageArgs),
@@ -157,6 +165,7 @@ fn main() -> ExitCode {
         Command::Subscribe(args) => block_on(subscribe::run(&args)),
         Command::Crash(args) => block_on(crash::run(&args)),
         Command::ClusterCrash(args) => block_on(cluster_crash::run(&args)),
+        Command::ClusterRun(args) => block_on(cluster_run::run(&args)),
         Command::Storage(args) => storage::run(&args),
         Command::Subscriber(args) => block_on(w6::subscriber(&args)),
         Command::Compare(args) => block_on(compare::run(&args)),

@@ -142,7 +142,7 @@ impl RunReport {
 }
 
 /// The selected workloads, upper-case, validated.
-fn selection(only: &[String]) -> Result<Vec<&'static str>, BoxError> {
+pub(crate) fn selection(only: &[String]) -> Result<Vec<&'static str>, BoxError> {
     if only.is_empty() {
         return Ok(WORKLOADS.to_vec());
     }
@@ -280,7 +280,7 @@ pub(crate) async fn run(args: &RunArgs) -> Result<(), BoxError> {
 /// every workload CPU samples just before and after it, inside the probes.
 /// Returns the results, the workloads written untimed instead, the probes and
 /// the CPU.
-async fn workloads_in_order(
+pub(crate) async fn workloads_in_order(
     target: &Cairn,
     address: &str,
     selected: &[&str],
@@ -362,7 +362,7 @@ async fn workloads_in_order(
 
 /// What [`workloads_in_order`] returns: results, fills, probes around W1/W2,
 /// CPU per workload.
-type Outcome = (
+pub(crate) type Outcome = (
     Vec<Measured>,
     Vec<String>,
     Vec<(String, (f64, f64))>,

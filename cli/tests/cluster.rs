@@ -610,7 +610,7 @@ fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
     use cairn_proto::kurrent::streams::streams_client::StreamsClient;
 
     let root = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::started(root.path());
+    let cluster = Cluster::started(root.path());
     let runtime = runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
@@ -844,5 +844,123 @@ fn every_node_reports_the_leader_and_term_in_its_cluster_status() {
             );
         }
     });
+    drop(cluster);
+}
+
+#[test]
+fn a_client_given_every_seed_follows_the_leader_through_a_kill_and_writes_each_append_once() {
+    /// Blocks until `done` holds, within `ELECTION_DEADLINE * 2`.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + ELECTION_DEADLINE * 2;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let first_leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+
+    // A follower is the first seed, so the first write follows a redirect.
+    let seeds: Vec<String> = (1..=NODES)
+        .map(|offset| cluster.url((first_leader + offset) % NODES))
+        .collect();
+    let client = runtime
+        .block_on(
+            Client::builder(seeds[0].clone())
+                .seeds(seeds[1..].to_vec())
+                .failover_deadline(ELECTION_DEADLINE)
+                .connect(),
+        )
+        .expect("connect to the seeds");
+
+    // One writer, one event per append with the exact expected revision: the
+    // client's own retries must keep both the id and the expectation, or a
+    // retry of a committed append fails (wrong revision, duplicate id) or
+    // writes twice.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged_so_far = Arc::new(AtomicUsize::new(0));
+    let writer = runtime.spawn({
+        let stop = Arc::clone(&stop);
+        let acknowledged_so_far = Arc::clone(&acknowledged_so_far);
+        async move {
+            let mut acknowledged: Vec<(Uuid, Acknowledged)> = Vec::new();
+            let mut replays = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let revision = acknowledged.len() as u64;
+                let expected = match revision {
+                    0 => ExpectedRevision::NoStream,
+                    _ => ExpectedRevision::Exact(revision - 1),
+                };
+                let id = Uuid::new_v4();
+                let event = EventData::binary("Followed", revision.to_be_bytes().to_vec()).id(id);
+                let result = client
+                    .append("followed", expected, vec![event])
+                    .await
+                    .unwrap_or_else(|error| panic!("append {revision} failed: {error}"));
+                let (first, last) = result.positions.expect("one event written");
+                assert_eq!(first, last);
+                assert_eq!(result.current_revision, Some(revision));
+                replays += usize::from(result.idempotent_replay);
+                acknowledged.push((
+                    id,
+                    Acknowledged {
+                        stream: "followed".into(),
+                        revision,
+                        position: first,
+                    },
+                ));
+                acknowledged_so_far.fetch_add(1, Ordering::Relaxed);
+            }
+            (acknowledged, replays)
+        }
+    });
+
+    wait_until("no append acknowledged before the kill", || {
+        acknowledged_so_far.load(Ordering::Relaxed) >= 20
+    });
+    let before_kill = acknowledged_so_far.load(Ordering::Relaxed);
+    cluster.kill_9(first_leader);
+    wait_until("no append acknowledged after the kill", || {
+        acknowledged_so_far.load(Ordering::Relaxed) >= before_kill + 20
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, replays) = runtime.block_on(writer).expect("writer task");
+    eprintln!(
+        "acknowledged {} appends ({before_kill} before the kill), {replays} as idempotent replays",
+        acknowledged.len()
+    );
+
+    // Every acknowledged append is in $all once, at its acknowledged
+    // position and revision, and the stream holds nothing else.
+    let survivors: Vec<usize> = all_nodes
+        .iter()
+        .copied()
+        .filter(|index| *index != first_leader)
+        .collect();
+    let everything = runtime.block_on(converged(&cluster, &survivors));
+    assert_eq!(everything[0], everything[1], "the survivors differ");
+    let followed: Vec<&RecordedEvent> = everything[0]
+        .iter()
+        .filter(|event| event.stream == "followed")
+        .collect();
+    assert_eq!(
+        followed.len(),
+        acknowledged.len(),
+        "the stream holds other events than the acknowledged ones"
+    );
+    for (event, (id, promised)) in followed.iter().zip(&acknowledged) {
+        assert_eq!(
+            (event.id, event.revision, event.position),
+            (*id, promised.revision, promised.position),
+            "event {id} is not (once) where it was acknowledged"
+        );
+    }
     drop(cluster);
 }

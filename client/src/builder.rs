@@ -1,15 +1,18 @@
 //! [`ClientBuilder`]: how a [`Client`] connects — plaintext or TLS, which CAs
 //! it trusts, the client certificate it presents (mutual TLS), and the
-//! credentials sent with every call.
+//! credentials sent with every call; with seeds, the cluster nodes it may
+//! use (`leader.rs` follows the leader among them).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::leader::DEFAULT_FAILOVER_DEADLINE;
 use crate::transport::{Direct, Route, TlsConnect, Transport};
-use crate::{Client, Error, Result};
+use crate::{Client, Error, Result, leader};
 
 /// PEM text, from a file or in memory.
 #[derive(Debug, Clone)]
@@ -111,6 +114,11 @@ pub struct ClientBuilder {
     identity: Option<(Pem, Pem)>,
     /// Sent with every call.
     credentials: Option<Credentials>,
+    /// Cluster mode: the other seeds (the address is the first); `None`
+    /// for a single node, whose calls are never retried.
+    seeds: Option<Vec<String>>,
+    /// How long a cluster client's write keeps trying to reach the leader.
+    failover_deadline: Duration,
 }
 
 impl ClientBuilder {
@@ -120,7 +128,58 @@ impl ClientBuilder {
             ca: None,
             identity: None,
             credentials: None,
+            seeds: None,
+            failover_deadline: DEFAULT_FAILOVER_DEADLINE,
         }
+    }
+
+    /// Cluster mode: the builder's address and `seeds` (duplicates
+    /// ignored, one scheme for all) are nodes of one cluster. The client
+    /// connects to the first that answers; writes go to the leader: on
+    /// [`Error::NotLeader`] naming it the client switches there, on
+    /// `NotLeader` without a leader, [`Error::Unavailable`] or
+    /// [`Error::Connect`] it tries the next seed, waiting 50 ms doubling up
+    /// to 1 s, until [`ClientBuilder::failover_deadline`]; then the last
+    /// error is returned. Each retry is the exact request (same event ids
+    /// and expectations), so a write committed before its leader went away
+    /// comes back with `idempotent_replay == true` instead of twice. Other
+    /// errors are answers and are never retried.
+    ///
+    /// Every other call (reads, subscriptions, users, consumer groups,
+    /// admin) goes to the node in use without retries: the leader once a
+    /// write found it, until then the first seed that answered (a follower
+    /// serves reads from its applied prefix; pass
+    /// [`ReadOptions::at_least`](crate::ReadOptions::at_least) to read your
+    /// own writes there). An [`Client::append_session`] stays on the node it
+    /// was opened on. The TLS settings and credentials apply to every node;
+    /// each node's certificate is checked against its own host name.
+    ///
+    /// Without seeds a client uses its one address and retries nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> cairn_client::Result<()> {
+    /// let client = cairn_client::Client::builder("https://node-1:7070")
+    ///     .seeds(["https://node-2:7070", "https://node-3:7070"])
+    ///     .ca_file("certs/ca.pem")
+    ///     .token("...")
+    ///     .connect()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn seeds<S: Into<String>>(mut self, seeds: impl IntoIterator<Item = S>) -> Self {
+        self.seeds
+            .get_or_insert_with(Vec::new)
+            .extend(seeds.into_iter().map(Into::into));
+        self
+    }
+
+    /// How long a cluster client's write keeps trying to reach the leader
+    /// (10 s by default, [`DEFAULT_FAILOVER_DEADLINE`]): it bounds the whole
+    /// call, attempts and waits together. Only with
+    /// [`ClientBuilder::seeds`].
+    pub fn failover_deadline(mut self, deadline: Duration) -> Self {
+        self.failover_deadline = deadline;
+        self
     }
 
     /// Trusts the CA certificates in this PEM file (instead of the
@@ -176,16 +235,8 @@ impl ClientBuilder {
     /// included; a server that refuses them answers calls with
     /// [`Error::Unauthenticated`], not here (health checks need none).
     pub async fn connect(self) -> Result<Client> {
-        let address = self.address;
-        let bad = |why: &str| Error::Connect(format!("bad address {address:?}: {why}"));
-        let origin: http::Uri = address
-            .parse()
-            .map_err(|error: http::uri::InvalidUri| bad(&error.to_string()))?;
-        let (tls, authority) = match (origin.scheme_str(), origin.authority()) {
-            (Some("http"), Some(authority)) => (false, authority.clone()),
-            (Some("https"), Some(authority)) => (true, authority.clone()),
-            _ => return Err(bad("expected http://host:port or https://host:port")),
-        };
+        let address = self.address.clone();
+        let (origin, tls, authority) = parse_address(&address)?;
         let tls = if tls {
             let roots = match &self.ca {
                 Some(ca) => {
@@ -218,9 +269,10 @@ impl ClientBuilder {
             )
         } else {
             if self.ca.is_some() || self.identity.is_some() {
-                return Err(bad(
-                    "a CA file or client certificate needs an https:// address",
-                ));
+                return Err(Error::Connect(format!(
+                    "bad address {address:?}: a CA file or client certificate needs an \
+                     https:// address"
+                )));
             }
             None
         };
@@ -229,13 +281,54 @@ impl ClientBuilder {
             .as_ref()
             .map(Credentials::header)
             .transpose()?;
-        let direct = Direct::connect(authority.to_string(), tls)
-            .await
-            .map_err(|error| Error::Connect(format!("cannot connect to {address}: {error}")))?;
-        Ok(Client::over(
-            Transport::new(Route::Direct(direct), authorization),
+        let Some(seeds) = &self.seeds else {
+            let direct = Direct::connect(authority.to_string(), tls)
+                .await
+                .map_err(|error| Error::Connect(format!("cannot connect to {address}: {error}")))?;
+            return Ok(Client::over(
+                Transport::new(Route::Direct(direct), authorization),
+                Some(origin),
+            ));
+        };
+        let mut nodes = vec![authority];
+        for seed in seeds {
+            let (seed_origin, _, seed_authority) = parse_address(seed)?;
+            if seed_origin.scheme() != origin.scheme() {
+                return Err(Error::Connect(format!(
+                    "seed {seed:?} has another scheme than {address:?}: give every node's \
+                     address with the same one"
+                )));
+            }
+            if !nodes.contains(&seed_authority) {
+                nodes.push(seed_authority);
+            }
+        }
+        let follow = leader::connect(nodes, tls, self.failover_deadline).await?;
+        let mut client = Client::over(
+            Transport::new(Route::Follow(follow.clone()), authorization),
             Some(origin),
-        ))
+        );
+        client.follow = Some(follow);
+        Ok(client)
+    }
+}
+
+/// `address` as an origin, whether it is `https://`, and its `host:port`.
+fn parse_address(address: &str) -> Result<(http::Uri, bool, http::uri::Authority)> {
+    let bad = |why: &str| Error::Connect(format!("bad address {address:?}: {why}"));
+    let origin: http::Uri = address
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| bad(&error.to_string()))?;
+    match (origin.scheme_str(), origin.authority()) {
+        (Some("http"), Some(authority)) => {
+            let authority = authority.clone();
+            Ok((origin, false, authority))
+        }
+        (Some("https"), Some(authority)) => {
+            let authority = authority.clone();
+            Ok((origin, true, authority))
+        }
+        _ => Err(bad("expected http://host:port or https://host:port")),
     }
 }
 

@@ -162,8 +162,12 @@ impl Client {
     ) -> Result<AppendResult> {
         let mut request = StreamAppend::new(stream, expected, events).into_proto();
         request.condition = Some(condition.into_proto());
-        let response = self.streams.clone().append(request).await?;
-        Ok(response.into_inner().into())
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.append(request).await
+            })
+            .await?;
+        Ok(response.into())
     }
 
     /// Appends to several streams atomically if every expectation and the
@@ -177,9 +181,12 @@ impl Client {
             parts: parts.into_iter().map(StreamAppend::into_proto).collect(),
             condition: condition.map(AppendCondition::into_proto),
         };
-        let response = self.streams.clone().append_multi(request).await?;
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.append_multi(request).await
+            })
+            .await?;
         Ok(response
-            .into_inner()
             .results
             .into_iter()
             .map(AppendResult::from)

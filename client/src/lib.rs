@@ -19,6 +19,37 @@
 //! connection returns the original result (`idempotent_replay == true`) instead of
 //! writing twice. Keep the ids when you retry.
 //!
+//! **Clusters.** [`ClientBuilder::seeds`] (or [`Client::connect_cluster`])
+//! gives several nodes' addresses; the client then sends every call to the
+//! node it uses now and moves to the leader when a write is refused
+//! ([`Error::NotLeader`]) or its node goes away ([`Error::Unavailable`],
+//! [`Error::Connect`]), retrying the write until
+//! [`ClientBuilder::failover_deadline`] (10 s by default). Each retry is the
+//! exact request (same event ids, same expected revision, same condition): if
+//! the first attempt was committed before the leader went away, the retry
+//! returns its original result with `idempotent_replay == true`; if not, the
+//! retry writes it once. Errors that are answers (`WrongExpectedRevision`,
+//! `AppendConditionFailed`, ...) are never retried. A caller that retries
+//! such a write itself must also keep its event ids: a new id per attempt is
+//! a new event, and may be written twice.
+//!
+//! ```no_run
+//! use cairn_client::{Client, EventData, ExpectedRevision};
+//!
+//! # async fn demo() -> cairn_client::Result<()> {
+//! let client = Client::connect_cluster([
+//!     "http://node-1:7070",
+//!     "http://node-2:7070",
+//!     "http://node-3:7070",
+//! ])
+//! .await?;
+//! let shipped = EventData::json_text("OrderShipped", r#"{"by":"post"}"#);
+//! let result = client.append("order-1", ExpectedRevision::Any, vec![shipped]).await?;
+//! // True when an attempt that failed over had already been committed.
+//! let _retried = result.idempotent_replay;
+//! # Ok(()) }
+//! ```
+//!
 //! This crate only speaks the gRPC protocol (`cairn-proto`); it never sees the
 //! storage engine.
 
@@ -28,6 +59,7 @@ mod builder;
 mod cluster;
 mod dcb;
 mod error;
+mod leader;
 mod operations;
 mod persistent;
 mod subscription;
@@ -36,6 +68,7 @@ mod types;
 mod users;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use cairn_proto::v1 as pb;
@@ -60,6 +93,7 @@ pub use builder::ClientBuilder;
 pub use cluster::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus};
 pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};
+pub use leader::DEFAULT_FAILOVER_DEADLINE;
 pub use operations::{BackupInfo, ScavengeReport, ScavengeState, ScavengeStatus};
 pub use persistent::{
     Consumer, ConsumerInfo, Delivery, GroupInfo, GroupOptions, GroupSettings, GroupStart,
@@ -88,6 +122,9 @@ pub struct Client {
     users: UsersClient<Transport>,
     operations: OperationsClient<Transport>,
     cluster: ClusterClient<Transport>,
+    /// Cluster mode (built with seeds): the node in use and how writes move
+    /// to the leader; `None` for one address, whose calls are never retried.
+    follow: Option<Arc<leader::Follow>>,
 }
 
 /// One stream's part of an atomic multi-stream append.
@@ -140,6 +177,21 @@ impl Client {
         Self::builder(address).connect().await
     }
 
+    /// Connects to a cluster through `seeds` (`http://host:port` or
+    /// `https://host:port`, one scheme for all), as
+    /// [`ClientBuilder::seeds`]: writes follow the leader and are retried
+    /// exactly (same event ids) while it changes. Use [`Client::builder`] with
+    /// [`ClientBuilder::seeds`] for TLS options or credentials.
+    pub async fn connect_cluster<S: Into<String>>(
+        seeds: impl IntoIterator<Item = S>,
+    ) -> Result<Self> {
+        let mut seeds = seeds.into_iter().map(Into::into);
+        let first = seeds
+            .next()
+            .ok_or_else(|| Error::Connect("a cluster client needs at least one seed".into()))?;
+        Self::builder(first).seeds(seeds).connect().await
+    }
+
     /// Starts a connection with options: TLS (CA file, client certificate)
     /// and credentials sent with every call.
     pub fn builder(address: impl Into<String>) -> ClientBuilder {
@@ -176,10 +228,13 @@ impl Client {
             users: service!(UsersClient).max_decoding_message_size(MAX_MESSAGE_BYTES),
             operations: service!(OperationsClient),
             cluster: service!(ClusterClient),
+            follow: None,
         }
     }
 
-    /// Appends `events` to `stream` if `expected` holds.
+    /// Appends `events` to `stream` if `expected` holds. On a cluster client
+    /// it goes to the leader and is retried exactly while the leader changes
+    /// (see the crate docs).
     pub async fn append(
         &self,
         stream: impl Into<String>,
@@ -187,8 +242,12 @@ impl Client {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         let request = StreamAppend::new(stream, expected, events).into_proto();
-        let response = self.streams.clone().append(request).await?;
-        Ok(response.into_inner().into())
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.append(request).await
+            })
+            .await?;
+        Ok(response.into())
     }
 
     /// Appends to several streams atomically (all parts or none).
@@ -277,13 +336,12 @@ impl Client {
             stream: stream.into(),
             expected: Some(expected.into()),
         };
-        Ok(self
-            .streams
-            .clone()
-            .delete(request)
-            .await?
-            .into_inner()
-            .deleted_at_revision)
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.delete(request).await
+            })
+            .await?;
+        Ok(response.deleted_at_revision)
     }
 
     /// Tombstones a stream: it can never be used again.
@@ -296,13 +354,12 @@ impl Client {
             stream: stream.into(),
             expected: Some(expected.into()),
         };
-        Ok(self
-            .streams
-            .clone()
-            .tombstone(request)
-            .await?
-            .into_inner()
-            .deleted_at_revision)
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.tombstone(request).await
+            })
+            .await?;
+        Ok(response.deleted_at_revision)
     }
 
     /// A stream's state and metadata.
@@ -332,13 +389,12 @@ impl Client {
             expected: Some(expected.into()),
             metadata: Some(metadata.into()),
         };
-        Ok(self
-            .streams
-            .clone()
-            .set_stream_metadata(request)
-            .await?
-            .into_inner()
-            .metadata_revision)
+        let response = self
+            .on_leader(request, |mut streams, request| async move {
+                streams.set_stream_metadata(request).await
+            })
+            .await?;
+        Ok(response.metadata_revision)
     }
 
     /// One page of streams whose name starts with `prefix`, after `after`.

@@ -1,7 +1,8 @@
 //! How a [`Client`](crate::Client) reaches the server: its own HTTP/2
 //! connection driven by hyper directly ([`Route::Direct`]), in plaintext or
 //! TLS (rustls with ring, ALPN `h2`), or a tonic [`Channel`] the caller built
-//! ([`Route::Channel`]). Either way the [`Transport`] sets the caller's
+//! ([`Route::Channel`]), or whichever node a cluster client follows now
+//! ([`Route::Follow`], see `leader.rs`). Every way the [`Transport`] sets the caller's
 //! `authorization` header on every request, unary and streaming alike.
 //!
 //! The direct connection exists for latency: tonic's `Channel` puts a
@@ -21,6 +22,8 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::body::Body;
 use tonic::transport::Channel;
+
+use crate::leader::Follow;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
@@ -43,6 +46,9 @@ pub(crate) enum Route {
     Direct(Direct),
     /// A channel the caller built.
     Channel(Channel),
+    /// The node a cluster client uses now (the leader once a write found
+    /// it), switched by `leader.rs` when a write learns of another.
+    Follow(Arc<Follow>),
 }
 
 impl std::fmt::Debug for Transport {
@@ -80,7 +86,7 @@ impl tower_service::Service<http::Request<Body>> for Transport {
     fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match &mut self.route {
             // Readiness is awaited per call, on the connection's own sender.
-            Route::Direct(_) => Poll::Ready(Ok(())),
+            Route::Direct(_) | Route::Follow(_) => Poll::Ready(Ok(())),
             Route::Channel(channel) => channel.poll_ready(context).map_err(Into::into),
         }
     }
@@ -99,6 +105,10 @@ impl tower_service::Service<http::Request<Body>> for Transport {
             Route::Channel(channel) => {
                 let response = channel.call(request);
                 Box::pin(async move { response.await.map_err(Into::into) })
+            }
+            Route::Follow(follow) => {
+                let direct = follow.route(&mut request);
+                Box::pin(async move { direct.send(request).await })
             }
         }
     }
@@ -135,15 +145,28 @@ impl TlsConnect {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
-        // `[::1]` in a URL is `::1` in a certificate.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
-            .map_err(|error| format!("{host:?} is not a host name or address: {error}"))?;
         Ok(Self {
             connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
-            server_name,
+            server_name: server_name(host)?,
         })
     }
+
+    /// The same configuration for another `host` (another cluster node): its
+    /// certificate must carry that host's name.
+    pub(crate) fn for_host(&self, host: &str) -> Result<Self, BoxError> {
+        Ok(Self {
+            connector: self.connector.clone(),
+            server_name: server_name(host)?,
+        })
+    }
+}
+
+/// The name a server's certificate must carry for `host`; `[::1]` in a URL
+/// is `::1` in a certificate.
+fn server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, BoxError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|error| format!("{host:?} is not a host name or address: {error}").into())
 }
 
 /// One HTTP/2 connection to `authority`, reopened when it has closed.
@@ -180,22 +203,30 @@ impl Direct {
         authority: String,
         tls: Option<TlsConnect>,
     ) -> Result<Self, BoxError> {
-        let direct = Self {
+        let direct = Self::lazy(authority, tls);
+        direct.sender().await?;
+        Ok(direct)
+    }
+
+    /// A connection to `authority` opened by its first call, not now.
+    pub(crate) fn lazy(authority: String, tls: Option<TlsConnect>) -> Self {
+        Self {
             inner: Arc::new(DirectInner {
                 authority,
                 tls,
                 sender: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
             }),
-        };
-        direct.sender().await?;
-        Ok(direct)
+        }
     }
 
     /// Sends one request. A connection that cannot be opened or that closed
     /// under the call is UNAVAILABLE (what tonic's `Channel` reports too); other
     /// failures go to tonic as they are, which maps HTTP/2 errors to codes.
-    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+    pub(crate) async fn send(
+        &self,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
         let unavailable = |error: &dyn std::fmt::Display| -> BoxError {
             Box::new(tonic::Status::unavailable(format!(
                 "connection to {}: {error}",
