@@ -315,6 +315,19 @@ impl Catalog {
             .store(next_stream_id.saturating_sub(1), Ordering::Release);
     }
 
+    /// Forgets every cached record (cluster mode: the database's contents
+    /// were replaced by a snapshot). Bumps the epoch like an apply, so a
+    /// reader's fill of a record read before the replacement is dropped.
+    pub(crate) fn reset(&self, next_stream_id: u64) {
+        let mut cached = self.lock();
+        cached.epoch += 1;
+        cached.records.clear();
+        cached.bytes = 0;
+        drop(cached);
+        self.stream_count
+            .store(next_stream_id.saturating_sub(1), Ordering::Release);
+    }
+
     /// Streams that exist in any state (invariant 5).
     pub(crate) fn stream_count(&self) -> u64 {
         self.stream_count.load(Ordering::Acquire)

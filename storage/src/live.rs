@@ -142,6 +142,30 @@ impl Live {
         (ring.events.len(), ring.bytes)
     }
 
+    /// Moves the head to `head` with an empty ring (cluster mode: the
+    /// database's contents were replaced by a snapshot that ends there), then
+    /// runs the listeners. Readers and subscriptions below `head` find the
+    /// ring behind them ([`Error::FellBehind`]) and read the database, as
+    /// after any eviction.
+    pub(crate) fn reset(&self, notice: &CommitNotice) {
+        {
+            let mut ring = self.ring.write().unwrap_or_else(PoisonError::into_inner);
+            ring.events.clear();
+            ring.bytes = 0;
+            ring.start = notice.head;
+        }
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = notice.head;
+        self.head_moved.notify_all();
+        for listener in self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            listener(notice);
+        }
+    }
+
     /// Publishes a durable group: ring first, then the head, then listeners.
     pub(crate) fn publish(&self, events: Vec<Arc<RecordedEvent>>, notice: &CommitNotice) {
         {

@@ -16,6 +16,10 @@
 //!   return once a quorum holds it and this node applied it.
 //! - The apply side: [`Store::apply_replicated`], [`Store::replicated_state`],
 //!   and the roles ([`Store::lead`], [`Store::follow`]).
+//! - Snapshots: a snapshot is a backup (`backup.rs`: a checkpoint and its
+//!   manifest) taken of a clustered store; [`backup_replicated_state`] reads
+//!   the raft state it holds, and [`Store::install_snapshot`] replaces a
+//!   follower's contents with a verified one.
 //!
 //! It must not know raft: the applied raft state (log id, membership) is
 //! opaque bytes to it, kept under one meta key in the same batch as the
@@ -33,14 +37,24 @@
 //! - A replicated batch names column families by RocksDB's numeric ids, so a
 //!   node applies it only when its own ids match the leader's
 //!   ([`SealedGroup::cf_layout`]); a mismatch is refused, never guessed.
+//! - Installing a snapshot copies the meta column family last, in one batch
+//!   with the deletion of the old meta keys: until it lands the store still
+//!   holds its old applied state, so a crash mid-install leaves a node that
+//!   re-installs (the cluster crate keeps the snapshot until it is done),
+//!   never one that believes a half-copied state is applied.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use rocksdb::{DB, IteratorMode, WriteBatch, WriteBatchIteratorCf, WriteOptions};
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBRecoveryMode, IteratorMode, Options, WriteBatch,
+    WriteBatchIteratorCf, WriteOptions,
+};
 
 use crate::catalog::load;
-use crate::codec::{self, StreamRecord, cf};
+use crate::codec::{self, StreamRecord, cf, meta_key};
 use crate::error::{Error, Result};
 use crate::live::CommitNotice;
 use crate::model::RecordedEvent;
@@ -272,6 +286,132 @@ impl Store {
         );
         Ok(())
     }
+}
+
+/// How many bytes of keys and values one batch of a snapshot install copies.
+const INSTALL_BATCH_BYTES: usize = 8 << 20;
+
+impl Store {
+    /// Cluster mode: replaces every key of this store with the contents of
+    /// the backup in `dir` (a raft snapshot the caller verified with
+    /// `verify_backup`), then reloads what the store keeps in memory (applied
+    /// head, catalog, live ring, scavenge counter). Returns the new applied
+    /// head.
+    ///
+    /// Only a clustered store that does not lead may install: its committer
+    /// writes nothing, and applying is held off for the whole install. The
+    /// copy is not atomic (a snapshot can be larger than memory); the meta
+    /// column family, which names the applied raft state, is replaced last
+    /// in one batch (module invariants), so the caller must keep `dir` until
+    /// this returned and call it again after a crash. Readers running during
+    /// an install may see a mix of old and new contents; a node installs a
+    /// snapshot only when it is far behind (joining, or back after its log
+    /// was compacted away).
+    pub fn install_snapshot(&self, dir: &Path) -> Result<u64> {
+        let shared = self.shared();
+        if !shared.clustered {
+            return Err(Error::InvalidArgument(
+                "only a clustered store installs raft snapshots".into(),
+            ));
+        }
+        if self.write_refusal().is_none() {
+            return Err(Error::InvalidArgument(
+                "the leader does not install snapshots".into(),
+            ));
+        }
+        let mut applied_head = shared
+            .applied_head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let snapshot = open_backup(dir)?;
+        let data_families = cf::ALL.iter().filter(|name| **name != cf::META);
+        for name in data_families.chain(std::iter::once(&cf::META)) {
+            replace_column_family(&shared.db, &snapshot, name)?;
+        }
+        drop(snapshot);
+        shared
+            .db
+            .flush_wal(true)
+            .map_err(|error| Error::Io(error.into_string()))?;
+
+        let (head, next_stream_id, _segment) = crate::store::stored_counters(&shared.db)?;
+        let events_removed = match shared
+            .db
+            .get_cf(shared.cf(cf::META), meta_key::EVENTS_REMOVED)?
+        {
+            Some(value) => codec::decode_u64(cf::META, "events_removed", &value)?,
+            None => 0,
+        };
+        *shared
+            .events_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = events_removed;
+        *applied_head = head;
+        shared.catalog.reset(next_stream_id);
+        shared.live.reset(&CommitNotice {
+            head,
+            changed_streams: Vec::new(),
+        });
+        tracing::info!(head, "installed a raft snapshot");
+        Ok(head)
+    }
+}
+
+/// The applied raft state a backup of a clustered store holds (what
+/// [`Store::replicated_state`] answered when it was taken), if any.
+pub fn backup_replicated_state(dir: &Path) -> Result<Option<Vec<u8>>> {
+    let snapshot = open_backup(dir)?;
+    let meta = snapshot
+        .cf_handle(cf::META)
+        .ok_or_else(|| Error::Io("the snapshot has no meta column family".into()))?;
+    Ok(snapshot.get_cf(meta, REPLICATED_STATE)?)
+}
+
+/// Opens a backup directory read-only, every column family.
+fn open_backup(dir: &Path) -> Result<DB> {
+    let options = crate::store::database_options(DBRecoveryMode::TolerateCorruptedTailRecords);
+    let descriptors = cf::ALL
+        .iter()
+        .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+    DB::open_cf_descriptors_read_only(&options, dir, descriptors, false).map_err(|error| {
+        Error::BackupInvalid {
+            file: None,
+            position: None,
+            reason: format!("the snapshot does not open: {}", error.into_string()),
+        }
+    })
+}
+
+/// Deletes every key of column family `name` in `db` and copies the
+/// snapshot's keys in, in batches of about [`INSTALL_BATCH_BYTES`]. The
+/// deletion rides in the first batch, so a column family that fits one
+/// batch (the meta one) is replaced in one write.
+fn replace_column_family(db: &DB, snapshot: &DB, name: &str) -> Result<()> {
+    let target = db
+        .cf_handle(name)
+        .ok_or_else(|| Error::Io(format!("the {name} column family is missing")))?;
+    let source = snapshot
+        .cf_handle(name)
+        .ok_or_else(|| Error::Io(format!("the snapshot has no {name} column family")))?;
+    let mut batch = WriteBatch::default();
+    if let Some(last) = db.iterator_cf(target, IteratorMode::End).next() {
+        let (last, _) = last?;
+        // Every key is below the last one with a zero byte appended.
+        let mut end = last.to_vec();
+        end.push(0);
+        batch.delete_range_cf(target, &[][..], &end[..]);
+    }
+    let mut bytes = 0usize;
+    for item in snapshot.iterator_cf(source, IteratorMode::Start) {
+        let (key, value) = item?;
+        bytes += key.len() + value.len();
+        batch.put_cf(target, &key, &value);
+        if bytes >= INSTALL_BATCH_BYTES {
+            write_unsynced(db, std::mem::take(&mut batch))?;
+            bytes = 0;
+        }
+    }
+    write_unsynced(db, batch)
 }
 
 fn write_unsynced(db: &DB, batch: WriteBatch) -> Result<()> {

@@ -351,3 +351,81 @@ fn a_group_out_of_order_is_refused_not_applied() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn a_follower_installs_a_snapshot_and_then_applies_the_groups_after_it() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let behind_dir = tempfile::tempdir().expect("tempdir");
+    let backups = tempfile::tempdir().expect("tempdir");
+    let leader = clustered(leader_dir.path());
+    let behind = clustered(behind_dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = with_mirror(&leader, &applied);
+    leader.lead().wait().expect("lead");
+
+    // The follower has something of its own the snapshot must replace: a
+    // stream the leader never had, as if from an old, truncated log.
+    let stale = Arc::new(AtomicU64::new(0));
+    let stale_mirror = with_mirror(&behind, &stale);
+    behind.lead().wait().expect("lead");
+    behind
+        .append("stale-only", ExpectedRevision::Any, vec![event(99)])
+        .wait()
+        .expect("stale append");
+    behind.follow(None, None);
+    drop(stale_mirror);
+    assert_eq!(stale.load(Ordering::Relaxed), 1);
+
+    for n in 0..40 {
+        leader
+            .append(
+                format!("order-{}", n % 3),
+                ExpectedRevision::Any,
+                vec![event(n)],
+            )
+            .wait()
+            .expect("append");
+    }
+    leader
+        .tombstone("order-2", ExpectedRevision::Any)
+        .wait()
+        .expect("tombstone");
+    let snapshot = backups.path().join("snapshot");
+    leader.backup(&snapshot).expect("backup");
+    assert_eq!(
+        cairn_storage::backup_replicated_state(&snapshot).expect("state in backup"),
+        leader.replicated_state().expect("state")
+    );
+
+    // The leader refuses to install; the follower installs.
+    assert!(leader.install_snapshot(&snapshot).is_err());
+    let head = behind.install_snapshot(&snapshot).expect("install");
+    assert_eq!(head, leader.applied_head());
+    assert_eq!(behind.applied_head(), head);
+    assert_eq!(behind.live().head(), head);
+    assert_eq!(everything(&behind), everything(&leader));
+    assert_eq!(
+        behind.try_stream_info("stale-only").expect("info"),
+        None,
+        "the snapshot replaces what the follower had"
+    );
+    for stream in ["order-0", "order-1", "order-2"] {
+        assert_eq!(
+            leader.try_stream_info(stream).expect("leader info"),
+            behind.try_stream_info(stream).expect("follower info"),
+            "stream {stream} differs"
+        );
+    }
+    assert_eq!(
+        behind.replicated_state().expect("state"),
+        leader.replicated_state().expect("state")
+    );
+
+    // Groups after the snapshot apply on top of it, at the applied head.
+    mirror.others.lock().expect("others").push(behind.clone());
+    leader
+        .append("order-0", ExpectedRevision::Any, vec![event(100)])
+        .wait()
+        .expect("append after the snapshot");
+    assert_eq!(everything(&behind), everything(&leader));
+}
