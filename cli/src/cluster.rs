@@ -6,19 +6,42 @@
 //! not declare connection options (they are the global `ConnectArgs`).
 //! `commands::Command::Cluster` parses it and dispatches here.
 
-use cairn_client::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus};
+use cairn_client::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus, NewClusterNode};
 use clap::Subcommand;
 
 use crate::commands::ConnectArgs;
 
 /// What `cairn cluster` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ClusterCommand {
     /// Show how the node sees the cluster: its role, term, leader, raft log
     /// and applied position, and the members (raft and client addresses,
     /// and on the leader each follower's matched log index and lag). A
     /// single node answers role single-node (admin).
     Status,
+    /// Add a node (started with --cluster-join) through the leader: it
+    /// catches up as a learner, then votes. Prints the new membership (admin).
+    Add {
+        /// Its --cluster-node-id.
+        #[arg(long)]
+        node_id: u64,
+        /// HOST:PORT of its raft listener (--cluster-listen as peers reach it).
+        #[arg(long)]
+        raft: String,
+        /// HOST:PORT of its client listener.
+        #[arg(long)]
+        client: String,
+        /// HOST:PORT of its KurrentDB facade, if it serves one.
+        #[arg(long)]
+        kurrent: Option<String>,
+    },
+    /// Remove a node through the leader (not the last voter). Prints the
+    /// new membership (admin).
+    Remove {
+        /// Its node id.
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 /// Runs `cairn cluster ...`.
@@ -33,7 +56,64 @@ pub async fn run_cluster(
             print!("{}", render_status(&status));
             Ok(())
         }
+        ClusterCommand::Add {
+            node_id,
+            raft,
+            client: client_address,
+            kurrent,
+        } => {
+            let client = connect.client().await?;
+            let members = client
+                .add_cluster_node(NewClusterNode {
+                    node_id,
+                    raft_address: raft,
+                    client_address,
+                    kurrent_address: kurrent,
+                })
+                .await?;
+            print!("{}", render_members(&members));
+            Ok(())
+        }
+        ClusterCommand::Remove { node_id } => {
+            let client = connect.client().await?;
+            let members = client.remove_cluster_node(node_id).await?;
+            print!("{}", render_members(&members));
+            Ok(())
+        }
     }
+}
+
+/// The membership after a change: one `ID KIND RAFT CLIENT` row per member
+/// under a header, columns aligned.
+fn render_members(members: &[ClusterMember]) -> String {
+    let header = ["ID", "KIND", "RAFT", "CLIENT"].map(str::to_owned);
+    let rows: Vec<[String; 4]> = std::iter::once(header)
+        .chain(members.iter().map(|member| {
+            [
+                member.id.to_string(),
+                member.kind.as_str().to_owned(),
+                or_dash(member.raft_address.as_deref()),
+                or_dash(member.client_address.as_deref()),
+            ]
+        }))
+        .collect();
+    let mut widths = [0; 4];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// `value`, or `-` when unknown.

@@ -1,13 +1,15 @@
 //! Cluster mode with real processes (issue 17, `server/CLUSTER.md`): three
 //! `cairn` daemons on loopback, eight clients appending, the leader killed
-//! with SIGKILL mid-load and restarted. Every acknowledged event must be on
+//! with SIGKILL mid-load and restarted, or cut off from both followers by a
+//! fault-injecting TCP proxy on every raft link ([`Links`], the nodes'
+//! `--cluster-routes`) and then healed. Every acknowledged event must be on
 //! every node at its acknowledged position, and the three `$all`s must be
 //! identical event for event (ids, streams, revisions, positions, types,
 //! payloads, `created`).
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_client::{Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent};
+use cairn_testkit::FaultProxy;
 use common::Daemon;
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -23,6 +26,13 @@ const NODES: usize = 3;
 const WRITERS: usize = 8;
 /// How long electing a leader (or a new one) may take before the test fails.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
+/// How long an append sent to an isolated leader is given to (wrongly)
+/// succeed. Not a timing assertion: it must not be acknowledged however long
+/// it is given; running out of time and an error both pass.
+const ISOLATED_APPEND_WAIT: Duration = Duration::from_secs(3);
+/// How long a partition test's writer waits for one attempt before it
+/// retries the exact append elsewhere (an isolated leader never answers).
+const ATTEMPT_DEADLINE: Duration = Duration::from_secs(2);
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -39,6 +49,10 @@ struct Cluster {
     rafts: Vec<String>,
     /// Each node's KurrentDB facade.
     kurrents: Vec<String>,
+    /// Each node's `--cluster-routes`, when it has one (see [`Links`]).
+    routes: Vec<Option<String>>,
+    /// Flags every node is started with besides the cluster's own.
+    extra: Vec<String>,
     daemons: Vec<Option<Daemon>>,
 }
 
@@ -58,8 +72,18 @@ impl Cluster {
             clients,
             rafts,
             kurrents,
+            routes: vec![None; NODES],
+            extra: Vec::new(),
             daemons: (0..NODES).map(|_| None).collect(),
         }
+    }
+
+    /// Makes every node started from now on reach its peers' raft listeners
+    /// through `links` instead of at the addresses `--cluster-peers` names.
+    fn route_through(&mut self, links: &Links) {
+        self.routes = (0..NODES)
+            .map(|from| Some(links.routes_from(from)))
+            .collect();
     }
 
     /// A cluster of three nodes, all started.
@@ -90,25 +114,23 @@ impl Cluster {
         let data = self.root.join(format!("node-{}", index + 1));
         let node_id = (index + 1).to_string();
         let peers = self.peers();
-        let daemon = Daemon::start_with(
-            &self.root,
-            &data,
-            "human",
-            &[],
-            &[
-                "--listen",
-                &self.clients[index],
-                "--cluster-node-id",
-                &node_id,
-                "--cluster-listen",
-                &self.rafts[index],
-                "--cluster-peers",
-                &peers,
-                "--kurrent-listen",
-                &self.kurrents[index],
-            ],
-        )
-        .serving();
+        let mut arguments = vec![
+            "--listen",
+            &self.clients[index],
+            "--cluster-node-id",
+            &node_id,
+            "--cluster-listen",
+            &self.rafts[index],
+            "--cluster-peers",
+            &peers,
+            "--kurrent-listen",
+            &self.kurrents[index],
+        ];
+        arguments.extend(self.extra.iter().map(String::as_str));
+        if let Some(routes) = &self.routes[index] {
+            arguments.extend(["--cluster-routes", routes.as_str()]);
+        }
+        let daemon = Daemon::start_with(&self.root, &data, "human", &[], &arguments).serving();
         self.daemons[index] = Some(daemon);
     }
 
@@ -133,6 +155,59 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// A [`FaultProxy`] on every directed raft link: node i reaches node j's
+/// raft listener only through proxy(i -> j) (node i's `--cluster-routes`), so
+/// cutting the four proxies touching a node isolates it both ways while the
+/// other two still reach each other. Client traffic is not proxied.
+struct Links {
+    /// proxy(i -> j) under `(i, j)`, by node index.
+    proxies: BTreeMap<(usize, usize), FaultProxy>,
+}
+
+impl Links {
+    /// Starts a proxy in front of each of `rafts` for every other node. Call
+    /// within the runtime the proxies are to run on.
+    async fn start(rafts: &[String]) -> Links {
+        let mut proxies = BTreeMap::new();
+        for from in 0..rafts.len() {
+            for to in (0..rafts.len()).filter(|to| *to != from) {
+                let target = rafts[to].parse().expect("a raft address");
+                proxies.insert((from, to), FaultProxy::start(target).await);
+            }
+        }
+        Links { proxies }
+    }
+
+    /// Node `from`'s `--cluster-routes`: every peer at its proxy.
+    fn routes_from(&self, from: usize) -> String {
+        self.proxies
+            .iter()
+            .filter(|((source, _), _)| *source == from)
+            .map(|((_, to), proxy)| format!("{}={}", to + 1, proxy.addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn proxy(&self, from: usize, to: usize) -> &FaultProxy {
+        &self.proxies[&(from, to)]
+    }
+
+    /// Cuts both directions of every link between `node` and the others.
+    fn isolate(&self, node: usize) {
+        for ((from, to), proxy) in &self.proxies {
+            if *from == node || *to == node {
+                proxy.cut();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        for proxy in self.proxies.values() {
+            proxy.heal();
+        }
     }
 }
 
@@ -187,6 +262,9 @@ struct Target {
     urls: Vec<String>,
     live: std::sync::Mutex<Vec<usize>>,
     leader: Mutex<Option<(usize, Client)>>,
+    /// How long one attempt may take before it counts as failed (outcome
+    /// unknown) and is retried; `None`: as long as the node takes.
+    attempt_deadline: Option<Duration>,
 }
 
 impl Target {
@@ -246,14 +324,18 @@ async fn write(
         let deadline = Instant::now() + ELECTION_DEADLINE * 2;
         let result = loop {
             let (index, client) = target.leader(stale.take()).await;
-            match client
-                .append(&stream, ExpectedRevision::Any, vec![event.clone()])
-                .await
-            {
-                Ok(result) => break result,
-                // The outcome of these is unknown (the node went away or
-                // stopped leading mid-call): retry the exact append.
-                Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => {
+            let attempt = client.append(&stream, ExpectedRevision::Any, vec![event.clone()]);
+            let outcome = match target.attempt_deadline {
+                Some(deadline) => tokio::time::timeout(deadline, attempt).await.ok(),
+                None => Some(attempt.await),
+            };
+            match outcome {
+                Some(Ok(result)) => break result,
+                // The outcome of these is unknown (the node went away,
+                // stopped leading mid-call, or did not answer in time, as
+                // an isolated leader never does): retry the exact append.
+                None
+                | Some(Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_))) => {
                     assert!(
                         Instant::now() < deadline,
                         "writer {writer} could not append round {round}"
@@ -261,7 +343,7 @@ async fn write(
                     stale = Some(index);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                Err(other) => panic!("writer {writer} round {round}: {other}"),
+                Some(Err(other)) => panic!("writer {writer} round {round}: {other}"),
             }
         };
         let (first, last) = result.positions.expect("one event written");
@@ -311,6 +393,73 @@ async fn converged(cluster: &Cluster, nodes: &[usize]) -> Vec<Vec<RecordedEvent>
     }
 }
 
+/// Blocks until `done` holds, within `ELECTION_DEADLINE * 2`; panics with
+/// `what` otherwise.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + ELECTION_DEADLINE * 2;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Asserts what every test ends with: the nodes' `$all`s (`everything`) are
+/// identical, positions are gap-free from 0, every stream's revisions count
+/// up without a gap, no event id appears twice, and every `acknowledged`
+/// event is there at the stream, revision and position it was acknowledged
+/// with. Returns the one `$all`.
+fn assert_identical_holding_each_once<'a>(
+    everything: &'a [Vec<RecordedEvent>],
+    acknowledged: &HashMap<Uuid, Acknowledged>,
+) -> &'a [RecordedEvent] {
+    for (index, events) in everything.iter().enumerate() {
+        assert_eq!(
+            events,
+            &everything[0],
+            "node {} holds other events than node 1",
+            index + 1
+        );
+    }
+    let events = &everything[0];
+    // Positions are gap-free from 0, and no event id appears twice.
+    for (expected, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.position, expected as u64,
+            "a gap or a reordering in $all"
+        );
+    }
+    // Within every stream, revisions count 0, 1, 2... in $all order: a new
+    // leader numbers on top of what it applied, never on a stale record.
+    let mut next_revision: HashMap<&str, u64> = HashMap::new();
+    for event in events {
+        let next = next_revision.entry(event.stream.as_str()).or_insert(0);
+        assert_eq!(
+            event.revision, *next,
+            "stream {} skips or repeats a revision at position {}",
+            event.stream, event.position
+        );
+        *next += 1;
+    }
+    let mut ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "an event id was written twice");
+    // Every acknowledged append is there, where it was acknowledged.
+    let by_id: HashMap<Uuid, &RecordedEvent> =
+        events.iter().map(|event| (event.id, event)).collect();
+    for (id, promised) in acknowledged {
+        let event = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged event {id} ({promised:?}) is lost"));
+        assert_eq!(
+            (&event.stream, event.revision, event.position),
+            (&promised.stream, promised.revision, promised.position),
+            "event {id} is not where it was acknowledged"
+        );
+    }
+    events
+}
+
 #[test]
 fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -347,6 +496,7 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
         urls: (0..NODES).map(|index| cluster.url(index)).collect(),
         live: std::sync::Mutex::new(all_nodes.clone()),
         leader: Mutex::new(None),
+        attempt_deadline: None,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let counted = Arc::new(AtomicUsize::new(0));
@@ -437,52 +587,182 @@ fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
     // The killed node rejoins and catches up from the log.
     cluster.start(first_leader);
     let everything = runtime.block_on(converged(&cluster, &all_nodes));
-    for (index, events) in everything.iter().enumerate() {
-        assert_eq!(
-            events,
-            &everything[0],
-            "node {} holds other events than node 1",
-            index + 1
-        );
-    }
-    let events = &everything[0];
-    // Positions are gap-free from 0, and no event id appears twice.
-    for (expected, event) in events.iter().enumerate() {
-        assert_eq!(
-            event.position, expected as u64,
-            "a gap or a reordering in $all"
-        );
-    }
-    // Within every stream, revisions count 0, 1, 2... in $all order: a new
-    // leader numbers on top of what it applied, never on a stale record.
-    let mut next_revision: HashMap<&str, u64> = HashMap::new();
-    for event in events {
-        let next = next_revision.entry(event.stream.as_str()).or_insert(0);
-        assert_eq!(
-            event.revision, *next,
-            "stream {} skips or repeats a revision at position {}",
-            event.stream, event.position
-        );
-        *next += 1;
-    }
-    let mut ids: Vec<Uuid> = events.iter().map(|event| event.id).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), events.len(), "an event id was written twice");
-    // Every acknowledged append is there, where it was acknowledged.
-    let by_id: HashMap<Uuid, &RecordedEvent> =
-        events.iter().map(|event| (event.id, event)).collect();
-    for (id, promised) in &acknowledged {
-        let event = by_id
-            .get(id)
-            .unwrap_or_else(|| panic!("acknowledged event {id} ({promised:?}) is lost"));
-        assert_eq!(
-            (&event.stream, event.revision, event.position),
-            (&promised.stream, promised.revision, promised.position),
-            "event {id} is not where it was acknowledged"
-        );
-    }
+    assert_identical_holding_each_once(&everything, &acknowledged);
     drop(cluster);
+}
+
+/// Appends one event with a fresh id to the `isolated` stream on `client` (an
+/// isolated leader), recording the id in `sent`, and asserts it is not
+/// acknowledged: it ends `NotLeader` / `Unavailable` or not within
+/// [`ISOLATED_APPEND_WAIT`]. The id is never sent anywhere else.
+async fn refused_while_isolated(client: &Client, sent: &mut Vec<Uuid>) {
+    let id = Uuid::new_v4();
+    sent.push(id);
+    let event = EventData::binary("Isolated", id.to_string().into_bytes()).id(id);
+    let outcome = tokio::time::timeout(
+        ISOLATED_APPEND_WAIT,
+        client.append("isolated", ExpectedRevision::Any, vec![event]),
+    )
+    .await;
+    match outcome {
+        Err(_elapsed) => {}
+        Ok(Err(Error::NotLeader { .. } | Error::Unavailable(_))) => {}
+        Ok(Ok(result)) => panic!("the isolated leader acknowledged {id}: {result:?}"),
+        Ok(Err(other)) => panic!("the isolated leader answered {id} with {other}"),
+    }
+}
+
+/// Issue 17's partition test with real processes: every raft link goes
+/// through its own proxy; cutting the leader L off from both followers (both
+/// directions) under load, L acknowledges nothing sent to it, the other two
+/// elect a leader that acknowledges, and after healing every node holds the
+/// same `$all`, with every acknowledged event once where it was acknowledged
+/// and none of the events only L was sent after the cut.
+#[test]
+fn an_isolated_leader_stops_acknowledging_and_the_majority_goes_on() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let runtime = runtime();
+    let mut cluster = Cluster::new(root.path());
+    let links = runtime.block_on(Links::start(&cluster.rafts));
+    cluster.route_through(&links);
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let all_nodes: Vec<usize> = (0..NODES).collect();
+    let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
+    let majority: Vec<usize> = all_nodes
+        .iter()
+        .copied()
+        .filter(|index| *index != leader)
+        .collect();
+
+    let target = Arc::new(Target {
+        urls: (0..NODES).map(|index| cluster.url(index)).collect(),
+        live: std::sync::Mutex::new(all_nodes.clone()),
+        leader: Mutex::new(None),
+        attempt_deadline: Some(ATTEMPT_DEADLINE),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let counted = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            runtime.spawn(write(
+                Arc::clone(&target),
+                writer,
+                Arc::clone(&stop),
+                Arc::clone(&counted),
+            ))
+        })
+        .collect();
+    wait_until("no append acknowledged before the partition", || {
+        counted.load(Ordering::Relaxed) >= 20
+    });
+    // The leader replicated through the proxies: the routes are what the
+    // nodes use, so cutting the proxies partitions them.
+    for &follower in &majority {
+        let stats = links.proxy(leader, follower).stats();
+        assert!(
+            stats.bytes_to_target > 0,
+            "nothing went from node {} to node {} through its proxy: {stats:?}",
+            leader + 1,
+            follower + 1
+        );
+    }
+
+    // Partition L. The writers look for a leader on the majority only, and
+    // move there once their attempt on L runs out of time.
+    target
+        .live
+        .lock()
+        .expect("live")
+        .retain(|index| *index != leader);
+    links.isolate(leader);
+    let mut sent_to_isolated = Vec::new();
+    let isolated = runtime
+        .block_on(Client::connect(cluster.url(leader)))
+        .expect("connect to the isolated leader");
+    runtime.block_on(refused_while_isolated(&isolated, &mut sent_to_isolated));
+
+    // The majority elects a leader of its own, which acknowledges.
+    let new_leader = runtime.block_on(find_leader(&cluster, &majority));
+    assert_ne!(new_leader, leader);
+    let on_majority = Uuid::new_v4();
+    let result = runtime
+        .block_on(async {
+            let client = Client::connect(cluster.url(new_leader)).await?;
+            let event = EventData::binary("Majority", &b"after the cut"[..]).id(on_majority);
+            client
+                .append("majority", ExpectedRevision::Any, vec![event])
+                .await
+        })
+        .unwrap_or_else(|error| {
+            panic!(
+                "the new leader, node {}, refused an append: {error}",
+                new_leader + 1
+            )
+        });
+    let (position, _) = result.positions.expect("one event written");
+    let mut acknowledged = HashMap::from([(
+        on_majority,
+        Acknowledged {
+            stream: "majority".into(),
+            revision: result.current_revision.expect("a revision"),
+            position,
+        },
+    )]);
+    let at_new_leader = counted.load(Ordering::Relaxed);
+    wait_until("the writers acknowledged nothing on the new leader", || {
+        counted.load(Ordering::Relaxed) >= at_new_leader + 20
+    });
+    // While the majority goes on, L still acknowledges nothing.
+    runtime.block_on(refused_while_isolated(&isolated, &mut sent_to_isolated));
+
+    // Heal: L learns of the newer term and follows.
+    links.heal();
+    runtime.block_on(async {
+        let deadline = Instant::now() + ELECTION_DEADLINE;
+        loop {
+            let status = isolated.cluster_status().await.expect("cluster status");
+            if status.leader_id.is_some_and(|id| id != leader as u64 + 1) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} still follows no other leader after healing: {status:#?}\nlogs:\n{}",
+                leader + 1,
+                cluster.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        acknowledged.extend(runtime.block_on(writer).expect("writer task"));
+    }
+    eprintln!(
+        "partition: node {} isolated, node {} led the majority; {} acknowledged, \
+         {} sent to the isolated leader",
+        leader + 1,
+        new_leader + 1,
+        acknowledged.len(),
+        sent_to_isolated.len()
+    );
+
+    let everything = runtime.block_on(converged(&cluster, &all_nodes));
+    let events = assert_identical_holding_each_once(&everything, &acknowledged);
+    let present: HashSet<Uuid> = events.iter().map(|event| event.id).collect();
+    for id in &sent_to_isolated {
+        assert!(
+            !present.contains(id),
+            "event {id}, sent only to the isolated leader and never acknowledged, is in $all"
+        );
+    }
+    assert!(
+        events.iter().all(|event| event.stream != "isolated"),
+        "the isolated leader's stream exists"
+    );
+    drop(cluster);
+    drop(links);
 }
 
 /// Consumer groups run on the leader only: a follower refuses a consumer
@@ -849,15 +1129,6 @@ fn every_node_reports_the_leader_and_term_in_its_cluster_status() {
 
 #[test]
 fn a_client_given_every_seed_follows_the_leader_through_a_kill_and_writes_each_append_once() {
-    /// Blocks until `done` holds, within `ELECTION_DEADLINE * 2`.
-    fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let deadline = Instant::now() + ELECTION_DEADLINE * 2;
-        while !done() {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
     let root = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::new(root.path());
     for index in 0..NODES {
@@ -963,4 +1234,70 @@ fn a_client_given_every_seed_follows_the_leader_through_a_kill_and_writes_each_a
         );
     }
     drop(cluster);
+}
+
+/// A follower down while the leader's log is compacted past it (a snapshot
+/// every 50 entries, 10 kept) cannot catch up from the log: restarted, it
+/// must receive a snapshot (a checkpoint of the leader's store), install it,
+/// then apply the log after it, and hold exactly the leader's `$all`, also
+/// after one more kill -9 and restart on the installed state.
+#[test]
+fn a_follower_back_after_the_log_was_compacted_catches_up_from_a_snapshot() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::new(root.path());
+    cluster.extra = [
+        "--cluster-snapshot-entries",
+        "50",
+        "--cluster-keep-log-entries",
+        "10",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let runtime = runtime();
+    runtime.block_on(async {
+        let leader = find_leader(&cluster, &[0, 1, 2]).await;
+        let away = (leader + 1) % NODES;
+        cluster.kill_9(away);
+        let client = Client::connect(cluster.url(leader)).await.expect("connect");
+        let last = common::append_bulk(&client, common::snapshot_test_events()).await;
+
+        cluster.start(away);
+        let reader = Client::connect(cluster.url(away)).await.expect("connect");
+        let caught_up = Instant::now() + ELECTION_DEADLINE * 15;
+        loop {
+            match reader
+                .read_all(ReadOptions::forwards().at_least(last))
+                .await
+            {
+                Ok(_) => break,
+                Err(Error::Unavailable(_)) if Instant::now() < caught_up => {}
+                Err(other) => panic!(
+                    "the returning follower did not catch up to {last}: {other}; logs:\n{}",
+                    cluster.stderr()
+                ),
+            }
+        }
+        let logs = cluster.daemons[away].as_ref().expect("running").stderr();
+        assert!(
+            logs.contains("raft snapshot installed"),
+            "the returning follower caught up without a snapshot; its log:\n{logs}"
+        );
+        // The log after the snapshot applies on top of it.
+        common::append_bulk(&client, 400).await;
+        let all = converged(&cluster, &[0, 1, 2]).await;
+        assert!(all[0].len() as u64 > last, "{} events", all[0].len());
+        assert_eq!(all[0], all[1], "nodes 1 and 2 differ");
+        assert_eq!(all[0], all[2], "nodes 1 and 3 differ");
+
+        // Killed and restarted on the installed state, it comes back.
+        cluster.kill_9(away);
+        cluster.start(away);
+        common::append_bulk(&client, 400).await;
+        let all = converged(&cluster, &[0, 1, 2]).await;
+        assert_eq!(all[0], all[1], "nodes 1 and 2 differ after the restart");
+        assert_eq!(all[0], all[2], "nodes 1 and 3 differ after the restart");
+    });
 }

@@ -189,7 +189,48 @@ impl From<pb::ClusterStatusResponse> for ClusterStatus {
     }
 }
 
+/// A node to add to the cluster ([`Client::add_cluster_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClusterNode {
+    /// Its node id (`--cluster-node-id`); 1 or more.
+    pub node_id: u64,
+    /// `host:port` of its raft listener, as every member reaches it.
+    pub raft_address: String,
+    /// `host:port` of its client listener.
+    pub client_address: String,
+    /// `host:port` of its KurrentDB facade, when it serves one.
+    pub kurrent_address: Option<String>,
+}
+
 impl Client {
+    /// Adds a node on the leader (`admin`): a learner first, a voter once it
+    /// holds the log. Answers the membership after the change; a follower
+    /// answers [`crate::Error::NotLeader`].
+    pub async fn add_cluster_node(&self, node: NewClusterNode) -> Result<Vec<ClusterMember>> {
+        let response = self
+            .cluster
+            .clone()
+            .add_node(pb::AddNodeRequest {
+                node_id: node.node_id,
+                raft_address: node.raft_address,
+                client_address: node.client_address,
+                kurrent_address: node.kurrent_address,
+            })
+            .await?;
+        Ok(members(response.into_inner()))
+    }
+
+    /// Removes a node on the leader (`admin`; not the last voter). Answers
+    /// the membership after the change.
+    pub async fn remove_cluster_node(&self, node_id: u64) -> Result<Vec<ClusterMember>> {
+        let response = self
+            .cluster
+            .clone()
+            .remove_node(pb::RemoveNodeRequest { node_id })
+            .await?;
+        Ok(members(response.into_inner()))
+    }
+
     /// How the node this client talks to sees the cluster (`admin`). A
     /// single node answers that it is not clustered.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
@@ -200,4 +241,13 @@ impl Client {
             .await?;
         Ok(response.into_inner().into())
     }
+}
+
+/// The members of a membership answer.
+fn members(response: pb::ClusterMembershipResponse) -> Vec<ClusterMember> {
+    response
+        .members
+        .into_iter()
+        .map(ClusterMember::from)
+        .collect()
 }

@@ -90,7 +90,7 @@ pub use aggregate::{
 };
 pub use append_stream::{AppendAnswer, AppendSession};
 pub use builder::ClientBuilder;
-pub use cluster::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus};
+pub use cluster::{ClusterMember, ClusterMemberKind, ClusterRole, ClusterStatus, NewClusterNode};
 pub use dcb::{AppendCondition, Decided, Decider, Decision, Query, QueryItem};
 pub use error::{Error, Result};
 pub use leader::DEFAULT_FAILOVER_DEADLINE;

@@ -3,10 +3,10 @@
 //!
 //! - [`GrpcNetworkFactory`] is the [`RaftNetworkFactory`] a node's raft is
 //!   built with. It hands openraft one [`GrpcConnection`] per peer, which sends
-//!   `AppendEntries`, `Vote` and `InstallSnapshot` to `http://{node.addr}` over
+//!   `AppendEntries`, `Vote` and `InstallSnapshot` to `http://{raft address}` over
 //!   a lazily connected tonic channel, and ends a call that outlives
 //!   [`RPCOption::hard_ttl`] as openraft's [`Timeout`]. A route given with
-//!   [`GrpcNetworkFactory::with_routes`] replaces `node.addr` for that peer:
+//!   [`GrpcNetworkFactory::with_routes`] replaces the node's raft address for that peer:
 //!   how this node reaches it, when that is not the address the membership
 //!   publishes (a node behind NAT or on another interface, or a test's
 //!   fault-injecting proxy on one directed link).
@@ -27,16 +27,19 @@
 //!
 //! Both ends bound what they decode to the configured `max_message_bytes`
 //! (tonic's `max_decoding_message_size`), and a sender refuses to send a
-//! larger request: an `AppendEntries` that is too large goes back to openraft
-//! as [`RPCError::PayloadTooLarge`] with half as many entries as a hint, so the
+//! larger request: an `AppendEntries` that is too large (or, with several
+//! entries, larger than [`APPEND_ENTRIES_BATCH_BYTES`], so that it crosses
+//! within openraft's heartbeat-long deadline) goes back to openraft as
+//! [`RPCError::PayloadTooLarge`] with half as many entries as a hint, so the
 //! replication retries with smaller batches. Snapshot chunks are bounded by
 //! openraft's `Config::snapshot_max_chunk_size`, which must stay below
 //! `max_message_bytes`.
 //!
 //! This module owns the transport and nothing else: it never reads or writes
 //! the raft log, the state machine or the store, and it holds no membership
-//! (the addresses come from openraft's [`BasicNode`]s, except where this node
-//! was given its own route to a peer). Not built yet: the
+//! (the addresses come from the membership's nodes through [`RaftAddress`]:
+//! Cairn's [`Member`], or openraft's [`BasicNode`] in tests, except where this
+//! node was given its own route to a peer). Not built yet: the
 //! design's mutual TLS between nodes (`server/CLUSTER.md`, "Membership and
 //! the node-to-node service"). The channels are plaintext `http://` and the
 //! service authenticates no peer, so it must only be served on a network that
@@ -64,11 +67,41 @@ use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
+use crate::types::Member;
+
+/// What the transport needs of a membership's node: the `host:port` its
+/// raft listener is reached at. Any openraft `Node` type that has one can
+/// be sent to.
+pub trait RaftAddress {
+    /// `host:port` of the node's node-to-node listener.
+    fn raft_address(&self) -> &str;
+}
+
+impl RaftAddress for BasicNode {
+    fn raft_address(&self) -> &str {
+        &self.addr
+    }
+}
+
+impl RaftAddress for Member {
+    fn raft_address(&self) -> &str {
+        &self.raft
+    }
+}
+
 /// The default bound on one node-to-node message, each way: 16 MiB. It must
 /// hold openraft's largest request, a batch of `Config::max_payload_entries`
 /// entries or one snapshot chunk of `Config::snapshot_max_chunk_size` (3 MiB
 /// by default); a larger batch is split (see the module docs).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most bytes one `AppendEntries` of several entries may encode to. openraft
+/// gives every `AppendEntries` one heartbeat interval to complete
+/// ([`RPCOption::hard_ttl`]); a batch that cannot cross in that time (a new
+/// or returning follower offered many large groups) would time out and be
+/// offered again, for ever. Larger batches go back to openraft as
+/// [`RPCError::PayloadTooLarge`] with fewer entries.
+pub const APPEND_ENTRIES_BATCH_BYTES: usize = 1024 * 1024;
 
 /// A failure of the transport itself, as opposed to an error the peer's raft
 /// returned. It reaches openraft inside [`NetworkError`] or [`Unreachable`].
@@ -112,7 +145,7 @@ pub enum TransportError {
     Address {
         /// The peer's node id.
         target: u64,
-        /// The address used for it: its route, or else its `BasicNode`'s.
+        /// The address used for it: its route, or else its raft address.
         addr: String,
         /// Why tonic refused it.
         source: tonic::transport::Error,
@@ -136,13 +169,13 @@ pub struct GrpcNetworkFactory {
     id: u64,
     /// The bound on one message each way (see [`DEFAULT_MAX_MESSAGE_BYTES`]).
     max_message_bytes: usize,
-    /// How this node reaches a peer when that is not the address in the
-    /// peer's [`BasicNode`]: peer id to `host:port`. The membership holds one
+    /// How this node reaches a peer when that is not the raft address in
+    /// the peer's membership node: peer id to `host:port`. The membership holds one
     /// address per node, the same for every node that reads it; a route is
     /// this node's alone (NAT, another interface, a proxy on one link).
     routes: HashMap<u64, String>,
     /// One channel per peer, with the address it was made for (the route if
-    /// there is one, else the `BasicNode`'s). openraft asks for a new client
+    /// there is one, else the node's raft address). openraft asks for a new client
     /// per replication stream and per election; a tonic channel multiplexes
     /// calls and reconnects by itself, so they share one connection instead
     /// of opening a new one each time. A peer whose address changed gets a
@@ -163,18 +196,21 @@ impl GrpcNetworkFactory {
     }
 
     /// Gives this node its own address (`host:port`) for each peer in
-    /// `routes`, used instead of the address in that peer's [`BasicNode`];
-    /// peers without a route are reached at their `BasicNode`'s address. A
+    /// `routes`, used instead of the raft address in that peer's membership
+    /// node; peers without a route are reached at their node's address. A
     /// route replaces an earlier one for the same peer. Errors still name the
-    /// peer's `BasicNode`, which identifies it to openraft.
+    /// peer's node, which identifies it to openraft.
     pub fn with_routes(mut self, routes: HashMap<u64, String>) -> Self {
         self.routes.extend(routes);
         self
     }
 
-    /// The address this node uses for `target`: its route, else `node.addr`.
-    fn address<'a>(&'a self, target: u64, node: &'a BasicNode) -> &'a str {
-        self.routes.get(&target).unwrap_or(&node.addr)
+    /// The address this node uses for `target`: its route, else the node's
+    /// raft address.
+    fn address<'a>(&'a self, target: u64, node: &'a impl RaftAddress) -> &'a str {
+        self.routes
+            .get(&target)
+            .map_or(node.raft_address(), String::as_str)
     }
 
     /// The shared channel to `target` at `addr`, made (without connecting) if
@@ -200,11 +236,12 @@ impl GrpcNetworkFactory {
 
 impl<C> RaftNetworkFactory<C> for GrpcNetworkFactory
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: RaftTypeConfig<NodeId = u64>,
+    C::Node: RaftAddress,
 {
-    type Network = GrpcConnection;
+    type Network = GrpcConnection<C::Node>;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GrpcConnection {
+    async fn new_client(&mut self, target: u64, node: &C::Node) -> GrpcConnection<C::Node> {
         let addr = self.address(target, node).to_owned();
         let client = self.channel(target, &addr).map(|channel| {
             RaftClient::new(channel)
@@ -221,15 +258,16 @@ where
     }
 }
 
-/// One node's connection to one peer, as openraft uses it.
+/// One node's connection to one peer (known to openraft as node `N`), as
+/// openraft uses it.
 #[derive(Debug)]
-pub struct GrpcConnection {
+pub struct GrpcConnection<N> {
     /// This node's id (for [`Timeout`]).
     id: u64,
     /// The peer's id.
     target: u64,
     /// The peer, for [`RemoteError`]s.
-    node: BasicNode,
+    node: N,
     /// The bound on a request this side sends.
     max_message_bytes: usize,
     /// The stub, or why there is none: an invalid address fails each call as
@@ -253,7 +291,7 @@ enum CallFailure {
 }
 
 impl CallFailure {
-    fn into_rpc_error<E: std::error::Error>(self) -> RPCError<u64, BasicNode, E> {
+    fn into_rpc_error<N: openraft::Node, E: std::error::Error>(self) -> RPCError<u64, N, E> {
         match self {
             CallFailure::Timeout(e) => RPCError::Timeout(e),
             CallFailure::Unreachable(e) => RPCError::Unreachable(e),
@@ -278,13 +316,15 @@ fn status_failure(rpc: RPCTypes, status: Status) -> CallFailure {
     }
 }
 
-impl GrpcConnection {
-    /// Sends one request and decodes the peer raft's `Result<Resp, W>`.
+impl<N: openraft::Node> GrpcConnection<N> {
+    /// Sends one request of at most `limit` encoded bytes (at most the
+    /// node-to-node bound) and decodes the peer raft's `Result<Resp, W>`.
     async fn call<Req, Resp, W>(
         &mut self,
         rpc: RPCTypes,
         request: &Req,
         option: &RPCOption,
+        limit: usize,
     ) -> Result<Result<Resp, W>, CallFailure>
     where
         Req: Serialize,
@@ -297,11 +337,12 @@ impl GrpcConnection {
         };
         let payload =
             encode(rpc, request).map_err(|e| CallFailure::Network(NetworkError::new(&e)))?;
-        if payload.len() > self.max_message_bytes {
+        let limit = limit.min(self.max_message_bytes);
+        if payload.len() > limit {
             return Err(CallFailure::TooLarge(TransportError::TooLarge {
                 rpc,
                 actual: payload.len(),
-                limit: self.max_message_bytes,
+                limit,
             }));
         }
         let message = Request::new(RaftRequest {
@@ -331,7 +372,7 @@ impl GrpcConnection {
     }
 
     /// The peer raft's error as openraft's [`RPCError::RemoteError`].
-    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<u64, BasicNode, E> {
+    fn remote<E: std::error::Error>(&self, error: E) -> RPCError<u64, N, E> {
         RPCError::RemoteError(RemoteError::new_with_node(
             self.target,
             self.node.clone(),
@@ -340,18 +381,25 @@ impl GrpcConnection {
     }
 }
 
-impl<C> RaftNetwork<C> for GrpcConnection
+impl<C> RaftNetwork<C> for GrpcConnection<C::Node>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: RaftTypeConfig<NodeId = u64>,
 {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, C::Node, RaftError<u64>>> {
         let entries = rpc.entries.len() as u64;
+        // Several entries are sent only within the batch budget; one entry
+        // alone may use the whole node-to-node bound.
+        let limit = if entries > 1 {
+            APPEND_ENTRIES_BATCH_BYTES
+        } else {
+            usize::MAX
+        };
         match self
-            .call::<_, _, Fatal<u64>>(RPCTypes::AppendEntries, &rpc, &option)
+            .call::<_, _, Fatal<u64>>(RPCTypes::AppendEntries, &rpc, &option, limit)
             .await
         {
             Ok(Ok(response)) => Ok(response),
@@ -371,13 +419,14 @@ where
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        RPCError<u64, C::Node, RaftError<u64, InstallSnapshotError>>,
     > {
         match self
             .call::<_, _, RaftError<u64, InstallSnapshotError>>(
                 RPCTypes::InstallSnapshot,
                 &rpc,
                 &option,
+                usize::MAX,
             )
             .await
         {
@@ -391,9 +440,9 @@ where
         &mut self,
         rpc: VoteRequest<u64>,
         option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<u64>, RPCError<u64, C::Node, RaftError<u64>>> {
         match self
-            .call::<_, _, Fatal<u64>>(RPCTypes::Vote, &rpc, &option)
+            .call::<_, _, Fatal<u64>>(RPCTypes::Vote, &rpc, &option, usize::MAX)
             .await
         {
             Ok(Ok(response)) => Ok(response),
@@ -414,7 +463,7 @@ pub struct RaftService<C: RaftTypeConfig> {
 
 impl<C> RaftService<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: RaftTypeConfig<NodeId = u64>,
 {
     /// The service of `raft`, refusing a request larger than
     /// `max_message_bytes` (use the same bound as the peers' factories).
@@ -469,7 +518,7 @@ fn fatal(error: RaftError<u64>) -> Fatal<u64> {
 #[tonic::async_trait]
 impl<C> RaftRpc for RaftService<C>
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: RaftTypeConfig<NodeId = u64>,
 {
     async fn append_entries(
         &self,
@@ -583,7 +632,7 @@ mod tests {
                 (2, "127.0.0.1:7002".to_owned()),
                 (4, "not a uri".to_owned()),
             ]));
-        let published = BasicNode::new("127.0.0.1:9");
+        let published = Member::new("127.0.0.1:9", "127.0.0.1:7070", None);
         for peer in [2, 3] {
             let connection = RaftNetworkFactory::<crate::types::TypeConfig>::new_client(
                 &mut factory,

@@ -13,8 +13,14 @@
 //! leader's client address, so writes are redirected there.
 //!
 //! The node with the smallest id of a fresh cluster (no vote, no log)
-//! initialises it with every configured peer as a voter; a node with raft
-//! state ignores the configured peers (membership lives in the log).
+//! initialises it with every configured peer as a voter, unless it was
+//! started to join ([`NodeOptions::join`]): such a node never initialises,
+//! it waits for a leader to add it ([`ClusterNode::add_node`]). A node with
+//! raft state ignores the configured peers for membership (membership lives
+//! in the log). Every address of another node (redirects, status, gossip)
+//! comes from the membership's [`Member`], which the leader replicated to
+//! every node; the configured peers only fill in for ids the membership
+//! does not hold yet.
 //!
 //! This module must not touch the event log except through the store's
 //! replication API.
@@ -25,42 +31,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_storage::Store;
-use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Membership, Raft, ServerState, SnapshotPolicy};
 
 use crate::log_store::RocksLogStore;
 use cairn_proto::cluster::v1::raft_server::RaftServer;
 
 use crate::network::{GrpcNetworkFactory, RaftService};
+use crate::snapshot::Snapshots;
 use crate::state_machine::{Proposals, RaftReplicator, StoreStateMachine};
-use crate::types::TypeConfig;
+use crate::types::{
+    AddPlan, Member, Members, MembershipError, RemovePlan, TypeConfig, plan_add, plan_remove,
+};
 
-/// A member of the cluster as the settings name it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// `host:port` of its node-to-node (raft) listener.
-    pub raft: String,
-    /// `host:port` of its client (`cairn.v1`) listener: where writes are
-    /// redirected when it leads.
-    pub client: String,
-    /// `host:port` its KurrentDB facade is reached at, when it serves one:
-    /// what KurrentDB clients are redirected to and what gossip lists.
-    pub kurrent: Option<String>,
-}
-
-impl Peer {
-    /// The `NotLeader` addresses naming this peer as the leader.
-    fn redirect(&self) -> (Option<String>, Option<String>) {
-        (Some(self.client.clone()), self.kurrent.clone())
-    }
-}
+/// A member of the cluster as the settings name it: the same addresses as
+/// the membership's [`Member`] (what `initialize` publishes).
+pub type Peer = Member;
 
 /// How to run one node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     /// This node's id (a key of `peers`).
     pub node_id: u64,
-    /// Every member, this node included.
+    /// Every member, this node included. A joining node needs only itself.
     pub peers: BTreeMap<u64, Peer>,
+    /// Started to join a running cluster: never initialise one, even with
+    /// the smallest id; wait until the leader adds this node.
+    pub join: bool,
+    /// This node's own address (`host:port`) for reaching some peers' raft
+    /// listeners, used instead of `Peer::raft` (which the membership
+    /// publishes to every node); peers without a route are reached there.
+    pub routes: std::collections::HashMap<u64, String>,
     /// Where the raft log lives (its own RocksDB).
     pub raft_dir: PathBuf,
     /// Leader heartbeat interval.
@@ -69,7 +69,18 @@ pub struct NodeOptions {
     pub election_timeout: Duration,
     /// The bound on one node-to-node message.
     pub max_message_bytes: usize,
+    /// Entries applied between two snapshots.
+    pub snapshot_entries: u64,
+    /// Entries the log keeps behind the newest snapshot.
+    pub keep_log_entries: u64,
 }
+
+/// The bytes of one snapshot chunk between nodes (below the node-to-node
+/// message bound).
+const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// How long sending one snapshot chunk may take, ms; the last one includes
+/// the follower's install.
+const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 10 * 60 * 1000;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +95,10 @@ pub enum NodeError {
     /// openraft refused to start.
     #[error("cannot start raft: {0}")]
     Raft(String),
+    /// The snapshot directory could not be opened, or an interrupted
+    /// install could not be finished.
+    #[error("raft snapshots: {0}")]
+    Snapshot(String),
 }
 
 /// A running node.
@@ -101,10 +116,14 @@ impl ClusterNode {
         let NodeOptions {
             node_id,
             peers,
+            join,
+            routes,
             raft_dir,
             heartbeat,
             election_timeout,
             max_message_bytes,
+            snapshot_entries,
+            keep_log_entries,
         } = options;
         if !peers.contains_key(&node_id) {
             return Err(NodeError::Settings(format!(
@@ -123,9 +142,18 @@ impl ClusterNode {
             heartbeat_interval: heartbeat_ms,
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
-            // Snapshots are not built yet (state_machine.rs): the log is
-            // kept whole, so a lagging node catches up from it.
-            snapshot_policy: SnapshotPolicy::Never,
+            // A snapshot is a checkpoint of the store (crate::snapshot):
+            // cheap to take (hard links), but packing and verifying it
+            // reads the whole store, so it is taken every
+            // `snapshot_entries` entries, and the log keeps
+            // `keep_log_entries` behind it so a briefly absent follower
+            // catches up from the log, not a snapshot.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_entries.max(1)),
+            max_in_snapshot_log_to_keep: keep_log_entries,
+            // Sending a chunk, and installing at the last one, may take long:
+            // the install verifies and copies the whole snapshot.
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             max_payload_entries: 64,
             ..Config::default()
         };
@@ -136,19 +164,32 @@ impl ClusterNode {
         );
         let log_store = RocksLogStore::open(&raft_dir)?;
         let proposals = Proposals::new(node_id);
-        let state_machine = StoreStateMachine::new(store.clone(), Arc::clone(&proposals));
-        let network = GrpcNetworkFactory::new(node_id, max_message_bytes);
+        let snapshots = Snapshots::open(raft_dir.join("snapshots"))
+            .map_err(|error| NodeError::Snapshot(error.to_string()))?;
+        // Before raft reads the store's applied state: a crash mid-install
+        // left the store's contents half replaced.
+        snapshots
+            .resume_install(&store)
+            .map_err(|error| NodeError::Snapshot(error.to_string()))?;
+        let state_machine =
+            StoreStateMachine::new(store.clone(), Arc::clone(&proposals), snapshots);
+        let network = GrpcNetworkFactory::new(node_id, max_message_bytes).with_routes(routes);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| NodeError::Raft(error.to_string()))?;
 
         let peers = Arc::new(peers);
         let addresses = Arc::clone(&peers);
+        let metrics = raft.metrics();
         store.attach_replicator(Arc::new(RaftReplicator::new(
             raft.clone(),
             tokio::runtime::Handle::current(),
             proposals,
-            Arc::new(move |id| addresses.get(&id).map_or((None, None), Peer::redirect)),
+            Arc::new(move |id| {
+                let now = metrics.borrow();
+                lookup(now.membership_config.membership(), &addresses, id)
+                    .map_or((None, None), |member| member.redirect())
+            }),
         )));
         tokio::spawn(watch_role(raft.clone(), store, node_id, Arc::clone(&peers)));
 
@@ -156,12 +197,13 @@ impl ClusterNode {
             .is_initialized()
             .await
             .map_err(|error| NodeError::Raft(error.to_string()))?;
-        if fresh && peers.keys().next() == Some(&node_id) {
-            let members: BTreeMap<u64, BasicNode> = peers
-                .iter()
-                .map(|(id, peer)| (*id, BasicNode::new(&peer.raft)))
-                .collect();
-            match raft.initialize(members).await {
+        if fresh && join {
+            tracing::info!(
+                node_id,
+                "waiting to be added to the cluster (--cluster-join)"
+            );
+        } else if fresh && peers.keys().next() == Some(&node_id) {
+            match raft.initialize(peers.as_ref().clone()).await {
                 Ok(()) => tracing::info!(node_id, "initialised the cluster"),
                 // Another start of this node initialised it already.
                 Err(error) => tracing::debug!(%error, "cluster already initialised"),
@@ -195,9 +237,165 @@ impl ClusterNode {
         &self.peers
     }
 
-    /// The client address of node `id`, if it is a configured peer.
-    pub fn client_address(&self, id: u64) -> Option<&str> {
-        self.peers.get(&id).map(|peer| peer.client.as_str())
+    /// The addresses of node `id`: the membership's, else the configured
+    /// peer's; `None` for an id neither names.
+    pub fn member(&self, id: u64) -> Option<Member> {
+        let metrics = self.raft.metrics();
+        let now = metrics.borrow();
+        lookup(now.membership_config.membership(), &self.peers, id)
+    }
+
+    /// Every member with its addresses: the membership's nodes, voters and
+    /// learners; before this node holds a membership (a fresh or joining
+    /// node), the configured peers.
+    pub fn members(&self) -> BTreeMap<u64, Member> {
+        let metrics = self.raft.metrics();
+        let now = metrics.borrow();
+        let membership = now.membership_config.membership();
+        if membership.nodes().next().is_none() {
+            return self.peers.as_ref().clone();
+        }
+        membership
+            .nodes()
+            .filter_map(|(id, _)| Some((*id, lookup(membership, &self.peers, *id)?)))
+            .collect()
+    }
+
+    /// Adds node `id` at `member` (`AddNode`): on the leader, as a learner
+    /// first, then, once it holds the leader's log up to the entry that
+    /// added it (waiting at most `catch_up`), as a voter. Adding a voter
+    /// again at the same addresses changes nothing; a learner left by an
+    /// add that did not finish is resumed. Answers the membership after the
+    /// change; see [`plan_add`] for what is refused.
+    pub async fn add_node(
+        &self,
+        id: u64,
+        member: Member,
+        catch_up: Duration,
+    ) -> Result<Members, MembershipError> {
+        let current = self.leader_membership()?;
+        if plan_add(&current, id, &member)? == AddPlan::Unchanged {
+            return Ok(Members::of(&current));
+        }
+        let raft_address = member.raft.clone();
+        let added = self
+            .raft
+            .add_learner(id, member, false)
+            .await
+            .map_err(|error| self.change_error(id, error))?;
+        // The learner holds everything up to the entry that added it; what
+        // follows it receives as a voter. Stop waiting also once this node
+        // stops leading (no replication): the promotion below then answers
+        // NOT_LEADER.
+        let holds = added.log_id.index;
+        let waited = self
+            .raft
+            .wait(Some(catch_up))
+            .metrics(
+                |now| {
+                    now.replication.as_ref().is_none_or(|replication| {
+                        replication
+                            .get(&id)
+                            .is_some_and(|matched| matched.is_some_and(|log| log.index >= holds))
+                    })
+                },
+                "the new learner holds the log",
+            )
+            .await;
+        match waited {
+            Ok(_) => {}
+            Err(openraft::metrics::WaitError::Timeout(..)) => {
+                return Err(MembershipError::NotCaughtUp {
+                    id,
+                    raft: raft_address,
+                    waited_seconds: catch_up.as_secs(),
+                });
+            }
+            Err(openraft::metrics::WaitError::ShuttingDown) => {
+                return Err(MembershipError::Stopped);
+            }
+        }
+        let promoted = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+            .await
+            .map_err(|error| self.change_error(id, error))?;
+        Ok(Members::of(
+            &promoted.membership.unwrap_or_else(|| self.membership()),
+        ))
+    }
+
+    /// Removes node `id` (`RemoveNode`) on the leader: a voter leaves the
+    /// voters and the membership in one change, a learner the membership.
+    /// The leader may remove itself: it steps down once the change commits
+    /// and the remaining voters elect. Answers the membership after the
+    /// change; see [`plan_remove`] for what is refused.
+    pub async fn remove_node(&self, id: u64) -> Result<Members, MembershipError> {
+        let current = self.leader_membership()?;
+        let change = match plan_remove(&current, id)? {
+            RemovePlan::Voter => ChangeMembers::RemoveVoters([id].into()),
+            RemovePlan::Learner => ChangeMembers::RemoveNodes([id].into()),
+        };
+        let changed = self
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(|error| self.change_error(id, error))?;
+        Ok(Members::of(
+            &changed.membership.unwrap_or_else(|| self.membership()),
+        ))
+    }
+
+    /// The membership of this node's log now.
+    fn membership(&self) -> Membership<u64, Member> {
+        let metrics = self.raft.metrics();
+        let now = metrics.borrow();
+        now.membership_config.membership().clone()
+    }
+
+    /// The membership, when this node leads; else `NotLeader` naming the
+    /// leader it knows.
+    fn leader_membership(&self) -> Result<Membership<u64, Member>, MembershipError> {
+        let metrics = self.raft.metrics();
+        let now = metrics.borrow();
+        if now.state.is_leader() && now.current_leader == Some(self.node_id) {
+            return Ok(now.membership_config.membership().clone());
+        }
+        let (client, kurrent) = now
+            .current_leader
+            .filter(|leader| *leader != self.node_id)
+            .and_then(|leader| lookup(now.membership_config.membership(), &self.peers, leader))
+            .map_or((None, None), |member| member.redirect());
+        Err(MembershipError::NotLeader { client, kurrent })
+    }
+
+    /// What raft's refusal of a membership change of node `id` means to
+    /// the caller.
+    fn change_error(
+        &self,
+        id: u64,
+        error: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>,
+    ) -> MembershipError {
+        use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                let (client, kurrent) = forward
+                    .leader_node
+                    .or_else(|| forward.leader_id.and_then(|leader| self.member(leader)))
+                    .map_or((None, None), |member| member.redirect());
+                MembershipError::NotLeader { client, kurrent }
+            }
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(change)) => match change {
+                ChangeMembershipError::InProgress(_) => MembershipError::InProgress,
+                ChangeMembershipError::EmptyMembership(_) => MembershipError::LastVoter { id },
+                // Removed by a concurrent change between the two steps.
+                ChangeMembershipError::LearnerNotFound(_) => MembershipError::NotMember { id },
+            },
+            RaftError::Fatal(fatal) => {
+                tracing::error!(%fatal, "raft stopped during a membership change");
+                MembershipError::Stopped
+            }
+        }
     }
 
     /// Stops raft (the store stays open; the caller closes it).
@@ -224,15 +422,22 @@ async fn watch_role(
     let mut metrics = raft.metrics();
     // The term the store leads in, when it does.
     let mut leading: Option<u64> = None;
-    // The leader the store was last told to follow.
-    let mut following: Option<Option<u64>> = None;
+    // The leader addresses the store was last told to follow. Compared as
+    // addresses, not as a leader id: a joining node learns of the leader
+    // before the membership entry that names its addresses.
+    let mut following: Option<(Option<String>, Option<String>)> = None;
     loop {
-        let (is_leader, caught_up, term, leader) = {
+        let (is_leader, caught_up, term, redirect) = {
             let now = metrics.borrow_and_update();
             let is_leader = now.state == ServerState::Leader && now.current_leader == Some(node_id);
             let applied = now.last_applied.map(|id| id.index);
             let caught_up = applied.is_some() && applied >= now.last_log_index;
-            (is_leader, caught_up, now.current_term, now.current_leader)
+            let redirect = now
+                .current_leader
+                .filter(|id| *id != node_id)
+                .and_then(|id| lookup(now.membership_config.membership(), &peers, id))
+                .map_or((None, None), |member| member.redirect());
+            (is_leader, caught_up, now.current_term, redirect)
         };
         if leading.is_some_and(|led| !is_leader || led != term) {
             store.follow(None, None);
@@ -246,17 +451,30 @@ async fn watch_role(
                     Err(error) => tracing::error!(%error, "the store cannot start to lead"),
                 }
             }
-        } else if following != Some(leader) {
-            let (client, kurrent) = leader
-                .filter(|id| *id != node_id)
-                .and_then(|id| peers.get(&id))
-                .map_or((None, None), Peer::redirect);
+        } else if following.as_ref() != Some(&redirect) {
+            let (client, kurrent) = redirect.clone();
             store.follow(client, kurrent);
-            following = Some(leader);
+            following = Some(redirect);
         }
         if metrics.changed().await.is_err() {
             store.follow(None, None);
             return;
         }
     }
+}
+
+/// The addresses of node `id`: the membership's (what `initialize` or
+/// `AddNode` wrote, the same on every node), else the configured peer's (a
+/// node that does not hold the membership yet). A membership node without a
+/// client address (none Cairn writes) falls back to the settings too.
+fn lookup(
+    membership: &Membership<u64, Member>,
+    peers: &BTreeMap<u64, Peer>,
+    id: u64,
+) -> Option<Member> {
+    membership
+        .get_node(&id)
+        .filter(|member| !member.client.is_empty())
+        .or_else(|| peers.get(&id))
+        .cloned()
 }

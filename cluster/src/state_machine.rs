@@ -20,13 +20,11 @@
 //! the committer answers `NotLeader`; when the state machine already took
 //! it, the entry was applied and the write succeeded.
 //!
-//! Not built yet: snapshots. The raft config must disable them
-//! (`SnapshotPolicy::Never`), so the log is never purged and a lagging node
-//! always catches up from the log; `build_snapshot` and `install_snapshot`
-//! answer an error naming that.
+//! Snapshots are the store itself ([`crate::snapshot`]): building one takes a
+//! checkpoint of the store, installing one (on a node the leader's log can no
+//! longer catch up) replaces the store's contents with a verified checkpoint.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -34,22 +32,37 @@ use cairn_storage::{Error as StoreError, GroupEffect, Replicator, SealedGroup, S
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, Raft, RaftSnapshotBuilder, SnapshotMeta,
+    Entry, EntryPayload, LogId, OptionalSend, Raft, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::types::{GroupApplied, GroupEntry, Proposal, TypeConfig};
+use crate::snapshot::Snapshots;
+use crate::types::{GroupApplied, GroupEntry, Member, Proposal, TypeConfig};
 
 /// The key the applied state's crc covers (it lives under the store's own
 /// meta key; this names it for the frame).
 const APPLIED_STATE_KEY: &[u8] = b"replicated_state";
 
-/// What the store keeps of raft, in the same batch as each applied entry.
+/// What the store keeps of raft, in the same batch as each applied entry
+/// (and so in every snapshot of the store, `crate::snapshot`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct AppliedState {
-    last_applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
+pub(crate) struct AppliedState {
+    pub(crate) last_applied: Option<LogId<u64>>,
+    pub(crate) membership: StoredMembership<u64, Member>,
+}
+
+impl AppliedState {
+    /// The framed bytes the store keeps.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, crate::log_store::LogStoreError> {
+        frame(self)
+    }
+
+    /// The state as the store holds it (crc-framed).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+        crate::log_store::unframe(APPLIED_STATE_KEY, bytes)
+            .map_err(|reason| format!("the applied raft state is damaged: {reason}"))
+    }
 }
 
 /// The in-memory views of groups this process proposed and has not yet seen
@@ -102,13 +115,19 @@ impl Proposals {
 pub struct StoreStateMachine {
     store: Store,
     proposals: Arc<Proposals>,
+    snapshots: Snapshots,
 }
 
 impl StoreStateMachine {
     /// The state machine applying to `store`, taking proposers' views from
-    /// `proposals` (the same table the node's [`RaftReplicator`] fills).
-    pub fn new(store: Store, proposals: Arc<Proposals>) -> Self {
-        Self { store, proposals }
+    /// `proposals` (the same table the node's [`RaftReplicator`] fills),
+    /// keeping its raft snapshots in `snapshots`.
+    pub fn new(store: Store, proposals: Arc<Proposals>, snapshots: Snapshots) -> Self {
+        Self {
+            store,
+            proposals,
+            snapshots,
+        }
     }
 
     /// The applied state as stored (boxed: openraft's error is large).
@@ -119,13 +138,8 @@ impl StoreStateMachine {
             .map_err(|error| Box::new(StorageIOError::read_state_machine(&error).into()))?;
         match stored {
             None => Ok(AppliedState::default()),
-            Some(bytes) => crate::log_store::unframe(APPLIED_STATE_KEY, &bytes).map_err(|reason| {
-                Box::new(
-                    StorageIOError::read_state_machine(&std::io::Error::other(format!(
-                        "the applied raft state is damaged: {reason}"
-                    )))
-                    .into(),
-                )
+            Some(bytes) => AppliedState::decode(&bytes).map_err(|reason| {
+                Box::new(StorageIOError::read_state_machine(&std::io::Error::other(reason)).into())
             }),
         }
     }
@@ -150,20 +164,20 @@ fn apply_entries(
         match entry.payload {
             EntryPayload::Normal(group) => {
                 let effect = proposals.take(&group.proposal);
-                let framed = frame(&state).map_err(|error| failed(&error))?;
+                let framed = state.encode().map_err(|error| failed(&error))?;
                 store
                     .apply_replicated(&group.sealed(), effect, &framed)
                     .map_err(|error| failed(&error))?;
             }
             EntryPayload::Blank => {
-                let framed = frame(&state).map_err(|error| failed(&error))?;
+                let framed = state.encode().map_err(|error| failed(&error))?;
                 store
                     .apply_replicated_state(&framed)
                     .map_err(|error| failed(&error))?;
             }
             EntryPayload::Membership(membership) => {
                 state.membership = StoredMembership::new(Some(log_id), membership);
-                let framed = frame(&state).map_err(|error| failed(&error))?;
+                let framed = state.encode().map_err(|error| failed(&error))?;
                 store
                     .apply_replicated_state(&framed)
                     .map_err(|error| failed(&error))?;
@@ -180,17 +194,38 @@ fn frame(state: &AppliedState) -> Result<Vec<u8>, crate::log_store::LogStoreErro
     crate::log_store::frame(APPLIED_STATE_KEY, "applied raft state", state)
 }
 
-/// Why a snapshot operation failed: snapshots are not built yet.
-fn snapshots_not_built() -> std::io::Error {
-    std::io::Error::other(
-        "raft snapshots are not built yet (server/CLUSTER.md): the log is kept whole and a \
-         lagging node catches up from it",
+/// A snapshot failure as openraft's storage error.
+fn snapshot_failed(
+    meta: Option<&crate::snapshot::Meta>,
+    error: &dyn std::fmt::Display,
+) -> StorageError<u64> {
+    StorageIOError::write_snapshot(
+        meta.map(SnapshotMeta::signature),
+        &std::io::Error::other(error.to_string()),
     )
+    .into()
+}
+
+/// Opens a snapshot archive for openraft to send.
+async fn open_archive(
+    meta: &crate::snapshot::Meta,
+    archive: &std::path::Path,
+) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+    tokio::fs::File::open(archive)
+        .await
+        .map(Box::new)
+        .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error).into())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StoreStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        Err(StorageIOError::write_snapshot(None, &snapshots_not_built()).into())
+        let (store, snapshots) = (self.store.clone(), self.snapshots.clone());
+        let (meta, archive) = tokio::task::spawn_blocking(move || snapshots.build(&store))
+            .await
+            .map_err(|error| snapshot_failed(None, &error))?
+            .map_err(|error| snapshot_failed(None, &error))?;
+        let snapshot = open_archive(&meta, &archive).await?;
+        Ok(Snapshot { meta, snapshot })
     }
 }
 
@@ -199,7 +234,7 @@ impl RaftStateMachine<TypeConfig> for StoreStateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, Member>), StorageError<u64>> {
         let state = self.read_applied().map_err(|error| *error)?;
         Ok((state.last_applied, state.membership))
     }
@@ -230,22 +265,48 @@ impl RaftStateMachine<TypeConfig> for StoreStateMachine {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Err(StorageIOError::write_snapshot(None, &snapshots_not_built()).into())
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        tokio::fs::File::create(self.snapshots.incoming())
+            .await
+            .map(Box::new)
+            .map_err(|error| StorageIOError::write_snapshot(None, &error).into())
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        _snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        Err(StorageIOError::write_snapshot(Some(meta.signature()), &snapshots_not_built()).into())
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        drop(snapshot);
+        let (store, snapshots, owned) = (self.store.clone(), self.snapshots.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || snapshots.install(&store, &owned))
+            .await
+            .map_err(|error| snapshot_failed(Some(meta), &error))?
+            .map_err(|error| {
+                tracing::error!(%error, "a raft snapshot from the leader was refused");
+                snapshot_failed(Some(meta), &error)
+            })
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(None)
+        let snapshots = self.snapshots.clone();
+        let current = tokio::task::spawn_blocking(move || snapshots.current())
+            .await
+            .map_err(|error| snapshot_failed(None, &error))?
+            .map_err(|error| snapshot_failed(None, &error))?;
+        match current {
+            None => Ok(None),
+            Some((meta, archive)) => {
+                let snapshot = open_archive(&meta, &archive).await?;
+                Ok(Some(Snapshot { meta, snapshot }))
+            }
+        }
     }
 }
 

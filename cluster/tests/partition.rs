@@ -24,11 +24,9 @@ use std::time::Duration;
 
 use cairn_cluster::log_store::RocksLogStore;
 use cairn_cluster::network::{DEFAULT_MAX_MESSAGE_BYTES, GrpcNetworkFactory};
-use cairn_cluster::types::{GroupApplied, GroupEntry, Proposal, TypeConfig};
+use cairn_cluster::types::{GroupApplied, GroupEntry, Member, Proposal, TypeConfig};
 use cairn_testkit::proxy::FaultProxy;
-use openraft::{
-    BasicNode, Config, Entry, EntryPayload, LogId, Raft, RaftLogReader, RaftMetrics, ServerState,
-};
+use openraft::{Config, Entry, EntryPayload, LogId, Raft, RaftLogReader, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 use support::{HANG_GUARD, Model, Served, leader_seen_by};
 use tempfile::TempDir;
@@ -191,9 +189,10 @@ impl Cluster {
                 .collect();
             nodes.push(Node::start(id, listener, routes).await);
         }
-        let members: BTreeMap<u64, BasicNode> = addrs
+        // Raft-only nodes: no client listener to publish.
+        let members: BTreeMap<u64, Member> = addrs
             .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr.to_string())))
+            .map(|(id, addr)| (*id, Member::new(addr.to_string(), String::new(), None)))
             .collect();
         nodes[0]
             .raft
@@ -266,7 +265,7 @@ async fn wait_applied(node: &Node, index: u64) {
 /// Waits until all three nodes report the same leader and the same last
 /// applied log id, at `index` or beyond, and returns them.
 async fn wait_agreed(nodes: &[Node], index: u64) -> (u64, LogId<u64>) {
-    let mut watches: Vec<watch::Receiver<RaftMetrics<u64, BasicNode>>> =
+    let mut watches: Vec<watch::Receiver<RaftMetrics<u64, Member>>> =
         nodes.iter().map(|node| node.raft.metrics()).collect();
     let agreed = async {
         loop {

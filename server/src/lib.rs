@@ -338,10 +338,14 @@ async fn start_cluster_node(
                 )
             })
             .collect(),
+        join: cluster.join,
+        routes: cluster.routes.into_iter().collect(),
         raft_dir: settings.data.join("raft"),
         heartbeat: cluster.heartbeat,
         election_timeout: cluster.election_timeout,
         max_message_bytes: max_message_bytes(settings).max(CLUSTER_MESSAGE_BYTES),
+        snapshot_entries: cluster.snapshot_entries,
+        keep_log_entries: cluster.keep_log_entries,
     };
     tracing::info!(node_id = cluster.node_id, listen = %cluster.listen, "cluster node starting");
     cairn_cluster::node::ClusterNode::start(store.clone(), options)

@@ -197,6 +197,19 @@ pub struct Settings {
     /// facade's, for KurrentDB clients' redirects and gossip).
     #[serde(default)]
     pub cluster_peers: Option<String>,
+    /// Cluster mode: this node joins a running cluster: it never
+    /// initialises one (even with the smallest id) and waits until the
+    /// leader adds it (`cairn cluster add`). Its `cluster_peers` need name
+    /// only itself.
+    #[serde(default)]
+    pub cluster_join: bool,
+    /// Cluster mode: this node's own way to reach some peers' raft
+    /// listeners, as `ID=HOST:PORT` separated by commas, used instead of the
+    /// raft address `cluster_peers` publishes for them (another interface,
+    /// NAT, a test's proxy on one link). Peers without a route are reached
+    /// at their published address.
+    #[serde(default)]
+    pub cluster_routes: Option<String>,
     /// Cluster mode: the leader's heartbeat interval, milliseconds.
     #[serde(default = "default_cluster_heartbeat_ms")]
     pub cluster_heartbeat_ms: u64,
@@ -204,6 +217,22 @@ pub struct Settings {
     /// upper bound is twice it).
     #[serde(default = "default_cluster_election_timeout_ms")]
     pub cluster_election_timeout_ms: u64,
+    /// Cluster mode: raft entries applied between two snapshots (each one a
+    /// checkpoint of the store that is packed and verified whole).
+    #[serde(default = "default_cluster_snapshot_entries")]
+    pub cluster_snapshot_entries: u64,
+    /// Cluster mode: raft entries the log keeps behind the newest snapshot,
+    /// so a follower that was briefly away catches up from the log.
+    #[serde(default = "default_cluster_keep_log_entries")]
+    pub cluster_keep_log_entries: u64,
+}
+
+fn default_cluster_snapshot_entries() -> u64 {
+    20_000
+}
+
+fn default_cluster_keep_log_entries() -> u64 {
+    5_000
 }
 
 fn default_cluster_heartbeat_ms() -> u64 {
@@ -223,10 +252,21 @@ pub struct ClusterSettings {
     pub listen: SocketAddr,
     /// Every member: id to its addresses.
     pub peers: std::collections::BTreeMap<u64, PeerAddresses>,
+    /// Join a running cluster instead of initialising one
+    /// (`--cluster-join`).
+    pub join: bool,
+    /// How this node reaches some peers' raft listeners instead of their
+    /// `PeerAddresses::raft`: peer id (always another member of `peers`)
+    /// to `host:port`.
+    pub routes: std::collections::BTreeMap<u64, String>,
     /// Leader heartbeat interval.
     pub heartbeat: std::time::Duration,
     /// Election timeout, lower bound.
     pub election_timeout: std::time::Duration,
+    /// Entries between two snapshots (at least 1).
+    pub snapshot_entries: u64,
+    /// Entries the log keeps behind the newest snapshot.
+    pub keep_log_entries: u64,
 }
 
 /// One member's addresses (`--cluster-peers`).
@@ -270,10 +310,7 @@ fn parse_peers(
             _ => return Err(invalid(format!("'{item}' needs two or three addresses"))),
         };
         for address in [Some(raft), Some(client), kurrent].into_iter().flatten() {
-            if address
-                .rsplit_once(':')
-                .is_none_or(|(_, port)| port.parse::<u16>().is_err())
-            {
+            if !is_host_port(address) {
                 return Err(invalid(format!("'{address}' is not HOST:PORT")));
             }
         }
@@ -287,6 +324,66 @@ fn parse_peers(
         }
     }
     Ok(peers)
+}
+
+/// True if `address` has the shape `HOST:PORT` (a non-empty host, a `u16`
+/// port); the host is resolved only when it is used.
+fn is_host_port(address: &str) -> bool {
+    address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Parses `ID=HOST:PORT,...` (`--cluster-routes`) for node `node_id` of
+/// `peers`: every id must be another member of `peers`, each at most once.
+fn parse_routes(
+    text: &str,
+    node_id: u64,
+    peers: &std::collections::BTreeMap<u64, PeerAddresses>,
+) -> Result<std::collections::BTreeMap<u64, String>, SettingsError> {
+    let invalid = |what: String| {
+        SettingsError::Invalid(format!(
+            "--cluster-routes: {what}; expected ID=HOST:PORT separated by commas, one per peer \
+             this node reaches elsewhere than at its --cluster-peers raft address"
+        ))
+    };
+    let mut routes = std::collections::BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| invalid(format!("'{item}' has no '='")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("'{id}' is not a node id")))?;
+        let address = address.trim();
+        if !is_host_port(address) {
+            return Err(invalid(format!("'{address}' is not HOST:PORT")));
+        }
+        if id == node_id {
+            return Err(invalid(format!(
+                "node {id} is this node (--cluster-node-id), which never connects to itself"
+            )));
+        }
+        if !peers.contains_key(&id) {
+            return Err(invalid(format!(
+                "node {id} is not one of --cluster-peers ({})",
+                peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if routes.insert(id, address.to_owned()).is_some() {
+            return Err(invalid(format!("node {id} is named twice")));
+        }
+    }
+    Ok(routes)
 }
 
 /// A setting that must never appear in logs or `Debug` output.
@@ -385,13 +482,23 @@ impl Settings {
     }
 
     /// Cluster mode, if these settings ask for it: all of node id, listen
-    /// address and peers, or none of them.
+    /// address and peers, or none of them (and then no routes).
     pub fn cluster(&self) -> Result<Option<ClusterSettings>, SettingsError> {
         match (
             self.cluster_node_id,
             self.cluster_listen,
             self.cluster_peers.as_deref(),
         ) {
+            (None, None, None) if self.cluster_routes.is_some() => Err(SettingsError::Invalid(
+                "--cluster-routes is for cluster mode; give --cluster-node-id, \
+                 --cluster-listen and --cluster-peers too, or drop it"
+                    .into(),
+            )),
+            (None, None, None) if self.cluster_join => Err(SettingsError::Invalid(
+                "--cluster-join is for cluster mode; give --cluster-node-id, \
+                 --cluster-listen and --cluster-peers too, or drop it"
+                    .into(),
+            )),
             (None, None, None) => Ok(None),
             (Some(node_id), Some(listen), Some(peers)) => {
                 let peers = parse_peers(peers)?;
@@ -400,6 +507,10 @@ impl Settings {
                         "--cluster-peers does not name this node (--cluster-node-id {node_id})"
                     )));
                 }
+                let routes = match self.cluster_routes.as_deref() {
+                    Some(routes) => parse_routes(routes, node_id, &peers)?,
+                    None => std::collections::BTreeMap::new(),
+                };
                 if !self.insecure && !listen.ip().is_loopback() {
                     return Err(SettingsError::Refused(format!(
                         "refusing to serve the node-to-node listener {listen} off loopback: \
@@ -411,10 +522,14 @@ impl Settings {
                     node_id,
                     listen,
                     peers,
+                    join: self.cluster_join,
+                    routes,
                     heartbeat: std::time::Duration::from_millis(self.cluster_heartbeat_ms.max(1)),
                     election_timeout: std::time::Duration::from_millis(
                         self.cluster_election_timeout_ms.max(2),
                     ),
+                    snapshot_entries: self.cluster_snapshot_entries.max(1),
+                    keep_log_entries: self.cluster_keep_log_entries,
                 }))
             }
             _ => Err(SettingsError::Invalid(
@@ -534,8 +649,12 @@ impl Settings {
             cluster_node_id: None,
             cluster_listen: None,
             cluster_peers: None,
+            cluster_join: false,
+            cluster_routes: None,
             cluster_heartbeat_ms: default_cluster_heartbeat_ms(),
             cluster_election_timeout_ms: default_cluster_election_timeout_ms(),
+            cluster_snapshot_entries: default_cluster_snapshot_entries(),
+            cluster_keep_log_entries: default_cluster_keep_log_entries(),
         }
     }
 }
@@ -663,12 +782,24 @@ pub struct SettingsArgs {
     /// Cluster mode: every member as ID=RAFT_HOST:PORT/CLIENT_HOST:PORT, comma-separated.
     #[arg(long, env = "CAIRN_CLUSTER_PEERS")]
     pub cluster_peers: Option<String>,
+    /// Cluster mode: join a running cluster (wait to be added with `cairn cluster add`), never initialise one.
+    #[arg(long, env = "CAIRN_CLUSTER_JOIN")]
+    pub cluster_join: bool,
+    /// Cluster mode: ID=HOST:PORT,... to reach those peers' raft listeners at instead of their --cluster-peers address.
+    #[arg(long, env = "CAIRN_CLUSTER_ROUTES")]
+    pub cluster_routes: Option<String>,
     /// Cluster mode: leader heartbeat interval in ms [default: 150].
     #[arg(long, env = "CAIRN_CLUSTER_HEARTBEAT_MS")]
     pub cluster_heartbeat_ms: Option<u64>,
     /// Cluster mode: election timeout lower bound in ms, upper is twice it [default: 750].
     #[arg(long, env = "CAIRN_CLUSTER_ELECTION_TIMEOUT_MS")]
     pub cluster_election_timeout_ms: Option<u64>,
+    /// Cluster mode: raft entries between two snapshots [default: 20000].
+    #[arg(long, env = "CAIRN_CLUSTER_SNAPSHOT_ENTRIES")]
+    pub cluster_snapshot_entries: Option<u64>,
+    /// Cluster mode: raft entries kept behind the newest snapshot [default: 5000].
+    #[arg(long, env = "CAIRN_CLUSTER_KEEP_LOG_ENTRIES")]
+    pub cluster_keep_log_entries: Option<u64>,
 }
 
 /// Why the settings could not be loaded.
@@ -828,10 +959,12 @@ impl SettingsArgs {
                 self.auto_scavenge_interval_ms.map(|v| text(&v)),
             ),
         ];
-        let cluster: [(&str, Option<String>); 5] = [
+        let cluster: [(&str, Option<String>); 7] = [
             ("cluster_node_id", self.cluster_node_id.map(|v| text(&v))),
             ("cluster_listen", self.cluster_listen.map(|v| text(&v))),
             ("cluster_peers", self.cluster_peers.clone()),
+            ("cluster_join", self.cluster_join.then(|| "true".to_owned())),
+            ("cluster_routes", self.cluster_routes.clone()),
             (
                 "cluster_heartbeat_ms",
                 self.cluster_heartbeat_ms.map(|v| text(&v)),
@@ -841,11 +974,22 @@ impl SettingsArgs {
                 self.cluster_election_timeout_ms.map(|v| text(&v)),
             ),
         ];
+        let snapshots: [(&str, Option<String>); 2] = [
+            (
+                "cluster_snapshot_entries",
+                self.cluster_snapshot_entries.map(|v| text(&v)),
+            ),
+            (
+                "cluster_keep_log_entries",
+                self.cluster_keep_log_entries.map(|v| text(&v)),
+            ),
+        ];
         for (key, value) in overrides
             .into_iter()
             .chain(security)
             .chain(facades)
             .chain(cluster)
+            .chain(snapshots)
         {
             builder = builder.set_override_option(key, value)?;
         }
@@ -919,6 +1063,162 @@ mod tests {
             ..clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070")
         };
         assert!(insecure.cluster().expect("insecure allows it").is_some());
+    }
+
+    /// Three loopback members; node 1's settings with `routes`.
+    fn routed(routes: &str) -> Settings {
+        Settings {
+            cluster_routes: Some(routes.into()),
+            ..clustered(
+                1,
+                "127.0.0.1:7170",
+                "1=127.0.0.1:7170/127.0.0.1:7070,2=127.0.0.1:7171/127.0.0.1:7071,\
+                 3=127.0.0.1:7172/127.0.0.1:7072",
+            )
+        }
+    }
+
+    #[test]
+    fn cluster_routes_give_this_node_its_own_address_for_some_peers() {
+        let cluster = routed(" 2=127.0.0.1:9002 , 3=proxy.local:9003")
+            .cluster()
+            .expect("valid")
+            .expect("clustered");
+        assert_eq!(
+            cluster.routes,
+            std::collections::BTreeMap::from([
+                (2, "127.0.0.1:9002".to_owned()),
+                (3, "proxy.local:9003".to_owned()),
+            ])
+        );
+        // The membership keeps the published addresses.
+        assert_eq!(cluster.peers[&2].raft, "127.0.0.1:7171");
+        let partial = routed("3=127.0.0.1:9003").cluster().expect("valid");
+        assert_eq!(
+            partial
+                .expect("clustered")
+                .routes
+                .keys()
+                .collect::<Vec<_>>(),
+            [&3]
+        );
+        let none = clustered(1, "127.0.0.1:7170", "1=127.0.0.1:7170/127.0.0.1:7070")
+            .cluster()
+            .expect("valid")
+            .expect("clustered");
+        assert!(none.routes.is_empty());
+    }
+
+    #[test]
+    fn bad_cluster_routes_are_refused_naming_what_is_wrong() {
+        for (routes, expected) in [
+            ("2", "'2' has no '='"),
+            ("two=127.0.0.1:9002", "'two' is not a node id"),
+            ("2=127.0.0.1", "'127.0.0.1' is not HOST:PORT"),
+            ("2=127.0.0.1:http", "'127.0.0.1:http' is not HOST:PORT"),
+            ("2=:9002", "':9002' is not HOST:PORT"),
+            (
+                "4=127.0.0.1:9004",
+                "node 4 is not one of --cluster-peers (1, 2, 3)",
+            ),
+            ("1=127.0.0.1:9001", "node 1 is this node"),
+            ("2=127.0.0.1:9002,2=127.0.0.1:9012", "node 2 is named twice"),
+        ] {
+            match routed(routes).cluster() {
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(
+                        message.contains("--cluster-routes") && message.contains(expected),
+                        "{routes}: {message}"
+                    );
+                }
+                Ok(cluster) => panic!("{routes} accepted: {cluster:?}"),
+            }
+        }
+        let single = Settings {
+            cluster_routes: Some("2=127.0.0.1:9002".into()),
+            ..Settings::for_tests(PathBuf::new())
+        };
+        let message = single
+            .cluster()
+            .expect_err("routes without a cluster")
+            .to_string();
+        assert!(message.contains("is for cluster mode"), "{message}");
+    }
+
+    #[test]
+    fn cluster_routes_come_from_the_file_and_the_flag_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(
+            &file,
+            "cluster_node_id = 1\n\
+             cluster_listen = \"127.0.0.1:7170\"\n\
+             cluster_peers = \"1=127.0.0.1:7170/127.0.0.1:7070,2=127.0.0.1:7171/127.0.0.1:7071\"\n\
+             cluster_routes = \"2=127.0.0.1:9002\"\n",
+        )
+        .unwrap();
+        let from_file = SettingsArgs {
+            config: Some(file),
+            ..SettingsArgs::default()
+        };
+        let routes = |args: &SettingsArgs| {
+            args.resolve()
+                .expect("settings")
+                .cluster()
+                .expect("valid")
+                .expect("clustered")
+                .routes
+        };
+        assert_eq!(routes(&from_file)[&2], "127.0.0.1:9002");
+        let flag = SettingsArgs {
+            cluster_routes: Some("2=127.0.0.1:9012".into()),
+            ..from_file.clone()
+        };
+        assert_eq!(routes(&flag)[&2], "127.0.0.1:9012");
+    }
+
+    #[test]
+    fn cluster_join_comes_from_the_file_or_the_flag_and_needs_cluster_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        // A joining node names only itself.
+        let joining = "cluster_node_id = 4\n\
+                       cluster_listen = \"127.0.0.1:7174\"\n\
+                       cluster_peers = \"4=127.0.0.1:7174/127.0.0.1:7074\"\n";
+        std::fs::write(&file, joining).unwrap();
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        };
+        let join = |args: &SettingsArgs| {
+            args.resolve()
+                .expect("settings")
+                .cluster()
+                .expect("valid")
+                .expect("clustered")
+                .join
+        };
+        assert!(!join(&from_file), "joining is asked for, never assumed");
+        let flag = SettingsArgs {
+            cluster_join: true,
+            ..from_file.clone()
+        };
+        assert!(join(&flag));
+        std::fs::write(&file, format!("{joining}cluster_join = true\n")).unwrap();
+        assert!(join(&from_file));
+        let alone = Settings {
+            cluster_join: true,
+            ..Settings::for_tests(PathBuf::from("/tmp/unused"))
+        };
+        let message = alone
+            .cluster()
+            .expect_err("join without a cluster")
+            .to_string();
+        assert!(
+            message.contains("--cluster-join is for cluster mode"),
+            "{message}"
+        );
     }
 
     #[test]

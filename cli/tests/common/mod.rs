@@ -270,3 +270,67 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Events the cluster snapshot tests append before a node catches up
+/// (`CAIRN_SNAPSHOT_TEST_EVENTS` overrides it, e.g. 1000000 for the issue's
+/// measurement; CI runs the default).
+pub fn snapshot_test_events() -> u64 {
+    std::env::var("CAIRN_SNAPSHOT_TEST_EVENTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(20_000)
+}
+
+/// Appends `events` events to `client` in batches of 100 from four tasks
+/// (streams `bulk-<task>`); returns the position of the last one.
+pub async fn append_bulk(client: &cairn_client::Client, events: u64) -> u64 {
+    const BATCH: u64 = 100;
+    let tasks: Vec<_> = (0..4u64)
+        .map(|task| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut last = 0;
+                let mut written = task * BATCH;
+                while written < events {
+                    let batch: Vec<_> = (0..BATCH)
+                        .map(|n| {
+                            cairn_client::EventData::json_text(
+                                "Bulk",
+                                format!("{{\"n\":{}}}", written + n),
+                            )
+                        })
+                        .collect();
+                    // A leader elected a moment ago accepts writes once it
+                    // applied its log: until then the same batch is retried.
+                    let refused_until = std::time::Instant::now() + PROCESS_TIMEOUT;
+                    let result = loop {
+                        match client
+                            .append(
+                                format!("bulk-{task}"),
+                                cairn_client::ExpectedRevision::Any,
+                                batch.clone(),
+                            )
+                            .await
+                        {
+                            Ok(result) => break result,
+                            Err(cairn_client::Error::NotLeader { .. })
+                                if std::time::Instant::now() < refused_until =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            Err(other) => panic!("bulk append on the leader: {other}"),
+                        }
+                    };
+                    last = last.max(result.positions.expect("positions").1);
+                    written += 4 * BATCH;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for task in tasks {
+        last = last.max(task.await.expect("bulk task"));
+    }
+    last
+}

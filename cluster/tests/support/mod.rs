@@ -11,7 +11,8 @@
 //! until the test stops it.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::future::Future;
+use std::io::{Cursor, Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,8 +20,8 @@ use cairn_cluster::network::RaftService;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, RaftTypeConfig, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -38,7 +39,7 @@ pub const HANG_GUARD: Duration = Duration::from_secs(60);
 #[allow(dead_code)]
 pub async fn leader_seen_by<C>(raft: &openraft::Raft<C>, not: Option<u64>) -> u64
 where
-    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    C: RaftTypeConfig<NodeId = u64>,
 {
     let metrics = raft
         .wait(Some(HANG_GUARD))
@@ -71,7 +72,7 @@ impl Served {
         listener: TcpListener,
     ) -> Self
     where
-        C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+        C: RaftTypeConfig<NodeId = u64>,
     {
         let (stop, stopped) = oneshot::channel::<()>();
         let service = RaftService::new(raft, max_message_bytes).into_server();
@@ -96,19 +97,53 @@ impl Served {
     }
 }
 
+/// Snapshot data the test state machine can fill from and read back into
+/// bytes: in-memory `Cursor`s (test type configs) or a temporary file
+/// (Cairn's own type config, whose snapshots are files).
+pub trait SnapshotBytes: Sized + Send + 'static {
+    /// Data holding `bytes`, read from the start.
+    fn from_bytes(bytes: Vec<u8>) -> std::io::Result<Self>;
+    /// Everything written to the data.
+    fn into_bytes(self) -> impl Future<Output = std::io::Result<Vec<u8>>> + Send;
+}
+
+impl SnapshotBytes for Cursor<Vec<u8>> {
+    fn from_bytes(bytes: Vec<u8>) -> std::io::Result<Self> {
+        Ok(Cursor::new(bytes))
+    }
+
+    async fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        Ok(self.into_inner())
+    }
+}
+
+impl SnapshotBytes for tokio::fs::File {
+    fn from_bytes(bytes: Vec<u8>) -> std::io::Result<Self> {
+        let mut file = tempfile::tempfile()?;
+        file.write_all(&bytes)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(tokio::fs::File::from_std(file))
+    }
+
+    async fn into_bytes(self) -> std::io::Result<Vec<u8>> {
+        let mut file = self.into_std().await;
+        file.seek(SeekFrom::Start(0))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 /// The part of a test state machine that differs between tests: what a
 /// normal entry's data does to the state, and what each applied entry
 /// answers. It is stored in snapshots, hence serde.
 pub trait Model: Debug + Clone + Default + Serialize + DeserializeOwned + Send + 'static {
     /// The test's raft type config. The state machine keeps membership and
-    /// snapshots for the shapes every test here uses: `u64` node ids,
-    /// [`BasicNode`] addresses, openraft's [`Entry`], in-memory snapshot data.
-    type Config: RaftTypeConfig<
-            NodeId = u64,
-            Node = BasicNode,
-            SnapshotData = Cursor<Vec<u8>>,
-            Entry = Entry<Self::Config>,
-        >;
+    /// snapshots for the shapes every test here uses: `u64` node ids, any
+    /// node type (openraft's `BasicNode`, Cairn's `Member`), openraft's
+    /// [`Entry`], snapshot data that converts to and from bytes
+    /// ([`SnapshotBytes`]).
+    type Config: RaftTypeConfig<NodeId = u64, Entry = Entry<Self::Config>, SnapshotData: SnapshotBytes>;
 
     /// Applies one normal entry's data. An error fails the apply of that
     /// entry (openraft's fail-stop), reported with the entry's log id.
@@ -119,19 +154,26 @@ pub trait Model: Debug + Clone + Default + Serialize + DeserializeOwned + Send +
     fn response(&self) -> <Self::Config as RaftTypeConfig>::R;
 }
 
+/// The node type of model `M`'s raft type config.
+type NodeOf<M> = <<M as Model>::Config as RaftTypeConfig>::Node;
+
+/// A built or installed snapshot of model `M`: its meta and bytes.
+type KeptSnapshot<M> = (SnapshotMeta<u64, NodeOf<M>>, Vec<u8>);
+
 /// What the state machine holds and snapshots.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct State<M> {
+#[serde(bound = "")]
+struct State<M: Model> {
     last_applied: Option<LogId<u64>>,
-    last_membership: StoredMembership<u64, BasicNode>,
+    last_membership: StoredMembership<u64, NodeOf<M>>,
     model: M,
 }
 
 #[derive(Debug, Default)]
-struct Inner<M> {
+struct Inner<M: Model> {
     state: State<M>,
     /// The last built or installed snapshot: its meta and bytes.
-    current: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    current: Option<KeptSnapshot<M>>,
     /// Makes every built snapshot's id unique.
     snapshots_built: u64,
 }
@@ -139,11 +181,11 @@ struct Inner<M> {
 /// An in-memory raft state machine, for tests ONLY; clones share one state,
 /// so a test can keep a clone to read what raft applied.
 #[derive(Debug, Clone, Default)]
-pub struct MemStateMachine<M> {
+pub struct MemStateMachine<M: Model> {
     inner: Arc<Mutex<Inner<M>>>,
 }
 
-impl<M: Clone> MemStateMachine<M> {
+impl<M: Model> MemStateMachine<M> {
     fn lock(&self) -> MutexGuard<'_, Inner<M>> {
         self.inner.lock().expect("state machine lock")
     }
@@ -168,9 +210,11 @@ impl<M: Model> RaftSnapshotBuilder<M::Config> for MemStateMachine<M> {
             snapshot_id: format!("snapshot-{}", inner.snapshots_built),
         };
         inner.current = Some((meta.clone(), data.clone()));
+        let snapshot = SnapshotBytes::from_bytes(data)
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(snapshot),
         })
     }
 }
@@ -180,7 +224,7 @@ impl<M: Model> RaftStateMachine<M::Config> for MemStateMachine<M> {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, NodeOf<M>>), StorageError<u64>> {
         let inner = self.lock();
         Ok((
             inner.state.last_applied,
@@ -223,16 +267,21 @@ impl<M: Model> RaftStateMachine<M::Config> for MemStateMachine<M> {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<<M::Config as RaftTypeConfig>::SnapshotData>, StorageError<u64>> {
+        let empty = SnapshotBytes::from_bytes(Vec::new())
+            .map_err(|error| StorageIOError::write_snapshot(None, &error))?;
+        Ok(Box::new(empty))
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, NodeOf<M>>,
+        snapshot: Box<<M::Config as RaftTypeConfig>::SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
+        let data = snapshot
+            .into_bytes()
+            .await
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
         let state: State<M> = postcard::from_bytes(&data)
             .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
         let mut inner = self.lock();
@@ -244,9 +293,14 @@ impl<M: Model> RaftStateMachine<M::Config> for MemStateMachine<M> {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<M::Config>>, StorageError<u64>> {
-        Ok(self.lock().current.clone().map(|(meta, data)| Snapshot {
+        let Some((meta, data)) = self.lock().current.clone() else {
+            return Ok(None);
+        };
+        let snapshot = SnapshotBytes::from_bytes(data)
+            .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(snapshot),
         }))
     }
 }

@@ -1,31 +1,48 @@
-//! The `cairn.v1.Cluster` gRPC adapter: cluster mode's admin status
+//! The `cairn.v1.Cluster` gRPC adapter: cluster mode's admin calls
 //! (`server/CLUSTER.md`, "Membership and the node-to-node service").
 //!
-//! This module owns one answer, `Status`, in two shapes: a single node's
-//! (not clustered; the store's head) and a cluster node's, read from this
-//! node's raft metrics. The metrics are copied into a plain [`RaftView`]
+//! This module owns three answers. `Status` comes in two shapes: a single
+//! node's (not clustered; the store's head) and a cluster node's, read from
+//! this node's raft metrics. The metrics are copied into a plain [`RaftView`]
 //! first, under the metrics channel's read lock and with no await, so the
 //! conversion to the wire ([`clustered`]) is a pure function of plain data,
-//! tested below without a raft. The access check is the engine's security
-//! ([`cairn_engine::Principal::require_any`], admin only, as the users and
-//! backup calls): a denied call returns before anything of the cluster is
-//! read.
+//! tested below without a raft. `AddNode` and `RemoveNode` hand the request
+//! to [`ClusterNode::add_node`] / [`ClusterNode::remove_node`] (the rules are
+//! `cairn_cluster::types::plan_add` / `plan_remove`) and map the outcome:
+//! the membership to [`membership_response`], a refusal to a status in
+//! exactly one function, [`membership_status`]. The access check is the
+//! engine's security ([`cairn_engine::Principal::require_any`], admin only,
+//! as the users and backup calls): a denied call returns before anything of
+//! the cluster is read or changed. A single node refuses the membership
+//! calls as FAILED_PRECONDITION (it has no raft).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cairn_cluster::node::{ClusterNode, Peer};
+use cairn_cluster::types::{Member, Members, MembershipError};
 use cairn_engine::Engine;
+use cairn_proto::reason;
 use cairn_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth;
-use super::status::to_status;
+use super::status::{invalid_argument, to_status};
 
-/// Largest request the service decodes: its one request has no fields.
-pub const CLUSTER_REQUEST_BYTES: usize = 1024;
+/// Largest request the service decodes: an `AddNodeRequest` with three
+/// addresses of `cairn_cluster::types::MAX_ADDRESS_BYTES` fits with room,
+/// so a longer address gets the check's own error, not tonic's.
+pub const CLUSTER_REQUEST_BYTES: usize = 4096;
 /// The operation named in a denied call's error.
 const SEE_STATUS: &str = "see the cluster status";
+/// The operation named in a denied `AddNode` or `RemoveNode`.
+const CHANGE_MEMBERSHIP: &str = "change the cluster membership";
+/// How long `AddNode` waits for the new learner to receive the log before
+/// it answers DEADLINE_EXCEEDED (the learner stays; adding it again
+/// resumes).
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// The service.
 #[derive(Clone)]
@@ -41,6 +58,20 @@ impl ClusterService {
     /// The service over `engine`, clustered when `node` is given.
     pub fn new(engine: Engine, node: Option<Arc<ClusterNode>>) -> Self {
         Self { engine, node }
+    }
+
+    /// The caller's admin check for a membership change, then this node's
+    /// raft (a single node has none).
+    fn changer<T>(&self, request: &Request<T>) -> Result<&ClusterNode, Status> {
+        let by = auth::principal(request)?;
+        by.require_any(&[], CHANGE_MEMBERSHIP)
+            .map_err(|error| to_status(&error))?;
+        self.node.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node is not clustered; membership changes need cluster mode \
+                 (--cluster-node-id, --cluster-listen, --cluster-peers)",
+            )
+        })
     }
 }
 
@@ -60,6 +91,103 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         Ok(Response::new(status))
     }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::ClusterMembershipResponse>, Status> {
+        let node = self.changer(&request)?;
+        let pb::AddNodeRequest {
+            node_id,
+            raft_address,
+            client_address,
+            kurrent_address,
+        } = request.into_inner();
+        let member = Member::new(raft_address, client_address, kurrent_address);
+        tracing::info!(node_id, %member, "adding a cluster node");
+        let membership = node
+            .add_node(node_id, member, CATCH_UP)
+            .await
+            .map_err(|error| membership_status(&error))?;
+        Ok(Response::new(membership_response(&membership)))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::ClusterMembershipResponse>, Status> {
+        let node = self.changer(&request)?;
+        let node_id = request.into_inner().node_id;
+        tracing::info!(node_id, "removing a cluster node");
+        let membership = node
+            .remove_node(node_id)
+            .await
+            .map_err(|error| membership_status(&error))?;
+        Ok(Response::new(membership_response(&membership)))
+    }
+}
+
+/// The one mapping of a refused or failed membership change to a status.
+/// A refusal that a client can act on by reason carries `ErrorInfo` (the
+/// same as writes for NOT_LEADER); the messages are the error's own words,
+/// which name no path.
+fn membership_status(error: &MembershipError) -> Status {
+    let with_reason = |code: Code, reason: &str| {
+        Status::with_error_details(
+            code,
+            error.to_string(),
+            ErrorDetails::with_error_info(reason, reason::ERROR_DOMAIN, HashMap::new()),
+        )
+    };
+    match error {
+        MembershipError::InvalidNodeId | MembershipError::InvalidAddress { .. } => {
+            invalid_argument(error.to_string())
+        }
+        MembershipError::AlreadyMember { .. }
+        | MembershipError::AddressTaken { .. }
+        | MembershipError::LastVoter { .. } => Status::failed_precondition(error.to_string()),
+        MembershipError::NotMember { .. } => Status::not_found(error.to_string()),
+        MembershipError::NotLeader { client, kurrent } => to_status(&cairn_engine::Error::Store(
+            cairn_storage::Error::NotLeader {
+                leader: client.clone(),
+                kurrent_leader: kurrent.clone(),
+            },
+        )),
+        MembershipError::InProgress => with_reason(Code::Aborted, reason::OPERATION_IN_PROGRESS),
+        MembershipError::NotCaughtUp { .. } => {
+            with_reason(Code::DeadlineExceeded, reason::DEADLINE_EXCEEDED)
+        }
+        // Raft stopped: nothing more of the cause reaches the client (the
+        // server log has it).
+        _ => with_reason(Code::Unavailable, reason::STORE_STOPPED),
+    }
+}
+
+/// The membership after a change, as the wire has it: every node with its
+/// addresses, voter or learner.
+fn membership_response(membership: &Members) -> pb::ClusterMembershipResponse {
+    pb::ClusterMembershipResponse {
+        members: membership
+            .nodes
+            .iter()
+            .map(|(&id, member)| {
+                let kind = if membership.voters.contains(&id) {
+                    pb::ClusterMemberKind::Voter
+                } else {
+                    pb::ClusterMemberKind::Learner
+                };
+                pb::ClusterMember {
+                    id,
+                    raft_address: member.raft.clone(),
+                    client_address: member.client.clone(),
+                    kurrent_address: member.kurrent.clone().unwrap_or_default(),
+                    kind: kind as i32,
+                    matched_index: None,
+                    lag: None,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// What the status needs of one instant of this node's raft metrics, as
@@ -78,8 +206,8 @@ struct RaftView {
     last_log_index: Option<u64>,
     /// Index of the last entry it applied.
     last_applied_index: Option<u64>,
-    /// The membership of its log: id to raft address.
-    members: BTreeMap<u64, String>,
+    /// The membership of its log: id to the addresses it holds.
+    members: BTreeMap<u64, Member>,
     /// The voters among `members`; the others are learners.
     voters: BTreeSet<u64>,
     /// Only while it leads: per member (itself included, as openraft
@@ -116,7 +244,7 @@ impl RaftView {
             last_applied_index: now.last_applied.as_ref().map(|log_id| log_id.index),
             members: membership
                 .nodes()
-                .map(|(id, node)| (*id, node.addr.clone()))
+                .map(|(id, member)| (*id, member.clone()))
                 .collect(),
             voters: membership.voter_ids().collect(),
             matched: now.replication.as_ref().map(|replication| {
@@ -146,6 +274,7 @@ fn single_node(head: u64) -> pb::ClusterStatusResponse {
             id: 0,
             raft_address: String::new(),
             client_address: String::new(),
+            kurrent_address: String::new(),
             kind: pb::ClusterMemberKind::Voter as i32,
             matched_index: None,
             lag: None,
@@ -163,23 +292,30 @@ fn lag(last_log_index: Option<u64>, matched: Option<u64>) -> u64 {
 }
 
 /// A cluster node's answer from its raft `view`, its configured `peers`
-/// (the client addresses: raft's membership knows only raft addresses) and
-/// its store's applied head.
+/// and its store's applied head. Every address is the membership's (the
+/// same on every node); the configured peers fill in only for an id the
+/// membership does not hold with a client address (the leader of a node
+/// that has not received the membership yet).
 fn clustered(
     view: &RaftView,
     peers: &BTreeMap<u64, Peer>,
     applied_position: u64,
 ) -> pb::ClusterStatusResponse {
-    let client_address = |id: u64| {
-        peers
+    let addresses = |id: u64| {
+        view.members
             .get(&id)
-            .map(|peer| peer.client.clone())
+            .filter(|member| !member.client.is_empty())
+            .or_else(|| peers.get(&id))
+    };
+    let client_address = |id: u64| {
+        addresses(id)
+            .map(|member| member.client.clone())
             .unwrap_or_default()
     };
     let members = view
         .members
         .iter()
-        .map(|(&id, raft_address)| {
+        .map(|(&id, member)| {
             // Progress is the leader's knowledge of the others; its own row
             // has none.
             let progress = view
@@ -194,8 +330,11 @@ fn clustered(
             };
             pb::ClusterMember {
                 id,
-                raft_address: raft_address.clone(),
+                raft_address: member.raft.clone(),
                 client_address: client_address(id),
+                kurrent_address: addresses(id)
+                    .and_then(|member| member.kurrent.clone())
+                    .unwrap_or_default(),
                 kind: kind as i32,
                 matched_index: progress.flatten(),
                 lag: progress.map(|matched| lag(view.last_log_index, matched)),
@@ -245,10 +384,7 @@ mod tests {
             leader: Some(1),
             last_log_index: Some(9),
             last_applied_index: Some(9),
-            members: peers()
-                .into_iter()
-                .map(|(id, peer)| (id, peer.raft))
-                .collect(),
+            members: peers(),
             voters: [1, 2, 3].into(),
             matched: None,
         }
@@ -311,19 +447,162 @@ mod tests {
     }
 
     #[test]
-    fn learners_and_unknown_addresses_are_reported_as_such() {
+    fn an_added_learner_is_reported_with_the_addresses_the_membership_holds() {
         let mut follower = view(2, pb::ClusterRole::Follower);
         // Node 4 joined as a learner; this node's settings do not name it.
-        follower.members.insert(4, "10.0.0.4:2115".into());
+        follower.members.insert(
+            4,
+            Member::new(
+                "10.0.0.4:2115",
+                "10.0.0.4:7070",
+                Some("10.0.0.4:2113".into()),
+            ),
+        );
         // No leader known (an election is running).
         follower.leader = None;
         let status = clustered(&follower, &peers(), 0);
         let added = &status.members[3];
         assert_eq!(added.id, 4);
         assert_eq!(added.kind, pb::ClusterMemberKind::Learner as i32);
-        assert_eq!(added.client_address, "");
+        assert_eq!(added.raft_address, "10.0.0.4:2115");
+        assert_eq!(added.client_address, "10.0.0.4:7070");
+        assert_eq!(added.kurrent_address, "10.0.0.4:2113");
         assert_eq!(status.leader_id, None);
         assert_eq!(status.leader_client_address, "");
+    }
+
+    #[test]
+    fn the_membership_wins_over_the_settings_which_fill_in_only_what_it_lacks() {
+        let mut joined = view(4, pb::ClusterRole::Follower);
+        // The leader moved its client listener since this node's settings
+        // were written; node 3's entry has no client address.
+        joined.members.get_mut(&1).expect("node 1").client = "10.0.1.1:7070".into();
+        joined.members.get_mut(&3).expect("node 3").client = String::new();
+        let status = clustered(&joined, &peers(), 0);
+        assert_eq!(status.leader_client_address, "10.0.1.1:7070");
+        assert_eq!(status.members[0].client_address, "10.0.1.1:7070");
+        assert_eq!(status.members[2].client_address, "10.0.0.3:7070");
+        // A joining node that holds no membership yet knows its leader's
+        // address only if its settings name it.
+        let mut joining = view(4, pb::ClusterRole::Learner);
+        joining.members.clear();
+        joining.voters.clear();
+        let status = clustered(&joining, &peers(), 0);
+        assert!(status.members.is_empty());
+        assert_eq!(status.leader_client_address, "10.0.0.1:7070");
+        let status = clustered(&joining, &BTreeMap::new(), 0);
+        assert_eq!(status.leader_client_address, "");
+    }
+
+    fn reason_of(status: &Status) -> Option<String> {
+        status.get_details_error_info().map(|info| info.reason)
+    }
+
+    #[test]
+    fn each_membership_refusal_maps_to_its_status() {
+        let cases = [
+            (
+                MembershipError::InvalidNodeId,
+                Code::InvalidArgument,
+                Some(reason::INVALID_ARGUMENT),
+            ),
+            (
+                MembershipError::InvalidAddress {
+                    which: "raft",
+                    reason: "no port".into(),
+                },
+                Code::InvalidArgument,
+                Some(reason::INVALID_ARGUMENT),
+            ),
+            (
+                MembershipError::AlreadyMember {
+                    id: 2,
+                    existing: Member::new("10.0.0.2:2115", "10.0.0.2:7070", None),
+                },
+                Code::FailedPrecondition,
+                None,
+            ),
+            (
+                MembershipError::AddressTaken {
+                    raft: "10.0.0.2:2115".into(),
+                    owner: 2,
+                },
+                Code::FailedPrecondition,
+                None,
+            ),
+            (
+                MembershipError::LastVoter { id: 1 },
+                Code::FailedPrecondition,
+                None,
+            ),
+            (MembershipError::NotMember { id: 9 }, Code::NotFound, None),
+            (
+                MembershipError::InProgress,
+                Code::Aborted,
+                Some(reason::OPERATION_IN_PROGRESS),
+            ),
+            (
+                MembershipError::NotCaughtUp {
+                    id: 4,
+                    raft: "10.0.0.4:2115".into(),
+                    waited_seconds: 60,
+                },
+                Code::DeadlineExceeded,
+                Some(reason::DEADLINE_EXCEEDED),
+            ),
+            (
+                MembershipError::Stopped,
+                Code::Unavailable,
+                Some(reason::STORE_STOPPED),
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = membership_status(&error);
+            assert_eq!(status.code(), code, "{error}");
+            assert_eq!(status.message(), error.to_string());
+            assert_eq!(reason_of(&status).as_deref(), reason, "{error}");
+        }
+    }
+
+    #[test]
+    fn not_leader_is_answered_as_writes_are_with_the_leaders_address() {
+        let status = membership_status(&MembershipError::NotLeader {
+            client: Some("10.0.0.1:7070".into()),
+            kurrent: None,
+        });
+        assert_eq!(status.code(), Code::Unavailable);
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, reason::NOT_LEADER);
+        assert_eq!(info.metadata["leader"], "10.0.0.1:7070");
+        let unknown = membership_status(&MembershipError::NotLeader {
+            client: None,
+            kurrent: None,
+        });
+        assert_eq!(reason_of(&unknown).as_deref(), Some(reason::NOT_LEADER));
+    }
+
+    #[test]
+    fn the_membership_answer_lists_every_node_with_its_kind() {
+        let mut members = Members {
+            nodes: peers(),
+            voters: [1, 2].into(),
+        };
+        members.nodes.get_mut(&3).expect("node 3").kurrent = Some("10.0.0.3:2113".into());
+        let answer = membership_response(&members);
+        let rows: Vec<_> = answer
+            .members
+            .iter()
+            .map(|member| (member.id, member.kind, member.kurrent_address.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (1, pb::ClusterMemberKind::Voter as i32, ""),
+                (2, pb::ClusterMemberKind::Voter as i32, ""),
+                (3, pb::ClusterMemberKind::Learner as i32, "10.0.0.3:2113"),
+            ]
+        );
+        assert_eq!(answer.members[2].client_address, "10.0.0.3:7070");
     }
 
     #[test]

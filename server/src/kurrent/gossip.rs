@@ -2,9 +2,11 @@
 //! connect to, and which one leads.
 //!
 //! A single node answers one alive Leader at the advertised host and port.
-//! A cluster node answers every configured member that has a KurrentDB
-//! address (`--cluster-peers ID=RAFT/CLIENT/KURRENT`), from its own raft
-//! metrics: the leader it knows as Leader, the others as Follower, or as
+//! A cluster node answers every member that has a KurrentDB address, as the
+//! membership in its raft log holds it (`--cluster-peers
+//! ID=RAFT/CLIENT/KURRENT` at initialisation, or `cairn cluster add
+//! --kurrent`; the configured peers before this node holds a membership),
+//! from its own raft metrics: the leader it knows as Leader, the others as Follower, or as
 //! Unknown and not alive when this node is the leader and has not
 //! replicated to them (openraft's per-follower matched log id), or when no
 //! leader is known. Instance ids are fixed per member for the process
@@ -65,10 +67,11 @@ impl GossipService {
     /// The members as `node` sees them.
     fn cluster_members(node: &ClusterNode) -> Vec<pb::MemberInfo> {
         use pb::member_info::VNodeState;
+        let members = node.members();
         let metrics = node.raft().metrics().borrow().clone();
         let leader = metrics.current_leader;
         let leading = leader == Some(node.node_id());
-        node.peers()
+        members
             .iter()
             .filter_map(|(id, peer)| {
                 let (host, port) = split_host_port(peer.kurrent.as_deref()?)?;
