@@ -97,14 +97,20 @@ fn render_members(members: &[ClusterMember]) -> String {
             ]
         }))
         .collect();
-    let mut widths = [0; 4];
-    for row in &rows {
+    aligned(&rows)
+}
+
+/// `rows` (the header first) as lines of columns padded to the widest cell
+/// and two spaces apart; the last column is not padded.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(widths)
@@ -170,21 +176,7 @@ fn render_status(status: &ClusterStatus) -> String {
             ]
         }))
         .collect();
-    let mut widths = [0; 6];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&aligned(&rows));
     out
 }
 
@@ -285,5 +277,41 @@ mod tests {
             })
         ));
         assert_eq!(cli.connect.addr.as_deref(), Some("http://h:1"));
+    }
+
+    #[test]
+    fn add_and_remove_parse_their_node_and_addresses() {
+        use clap::Parser;
+        let parse = |arguments: &[&str]| {
+            crate::commands::Cli::try_parse_from(arguments).map(|cli| cli.command)
+        };
+        let added = parse(&[
+            "cairn",
+            "cluster",
+            "add",
+            "--node-id",
+            "4",
+            "--raft",
+            "h:7173",
+            "--client",
+            "h:7073",
+        ])
+        .expect("parses");
+        assert!(matches!(
+            added,
+            Some(crate::commands::Command::Cluster {
+                command: ClusterCommand::Add { node_id: 4, ref raft, ref client, kurrent: None }
+            }) if raft == "h:7173" && client == "h:7073"
+        ));
+        let removed = parse(&["cairn", "cluster", "remove", "--node-id", "2"]).expect("parses");
+        assert!(matches!(
+            removed,
+            Some(crate::commands::Command::Cluster {
+                command: ClusterCommand::Remove { node_id: 2 }
+            })
+        ));
+        // A node id and both addresses are required.
+        assert!(parse(&["cairn", "cluster", "add", "--node-id", "4"]).is_err());
+        assert!(parse(&["cairn", "cluster", "remove"]).is_err());
     }
 }

@@ -142,6 +142,21 @@ impl Live {
         (ring.events.len(), ring.bytes)
     }
 
+    /// Publishes the head of `notice`, wakes the waiters, then runs the
+    /// listeners (after the ring holds what the head covers).
+    fn announce(&self, notice: &CommitNotice) {
+        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = notice.head;
+        self.head_moved.notify_all();
+        for listener in self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            listener(notice);
+        }
+    }
+
     /// Moves the head to `head` with an empty ring (cluster mode: the
     /// database's contents were replaced by a snapshot that ends there), then
     /// runs the listeners. Readers and subscriptions below `head` find the
@@ -154,16 +169,7 @@ impl Live {
             ring.bytes = 0;
             ring.start = notice.head;
         }
-        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = notice.head;
-        self.head_moved.notify_all();
-        for listener in self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            listener(notice);
-        }
+        self.announce(notice);
     }
 
     /// Publishes a durable group: ring first, then the head, then listeners.
@@ -187,15 +193,6 @@ impl Live {
                 ring.start = notice.head;
             }
         }
-        *self.head.lock().unwrap_or_else(PoisonError::into_inner) = notice.head;
-        self.head_moved.notify_all();
-        for listener in self
-            .listeners
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            listener(notice);
-        }
+        self.announce(notice);
     }
 }
