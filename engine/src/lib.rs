@@ -212,6 +212,9 @@ struct Inner {
     metrics: metrics::Metrics,
     /// One scrape at a time (the collector encodes a shared snapshot).
     scrape: tokio::sync::Mutex<()>,
+    /// Cluster mode: where scrapes read this node's raft figures. Set once,
+    /// by the server right after start; empty on a single node.
+    cluster_figures: std::sync::OnceLock<Arc<dyn metrics::ClusterFigures>>,
 }
 
 impl Engine {
@@ -273,6 +276,7 @@ impl Engine {
                 started_at: std::time::SystemTime::now(),
                 metrics,
                 scrape: tokio::sync::Mutex::new(()),
+                cluster_figures: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -507,6 +511,15 @@ impl Engine {
         Ok(self.inner.store.append_multi_if(parts, condition).await?)
     }
 
+    /// Cluster mode: `source` gives this node's raft figures to every
+    /// scrape from now on. The source is this node's raft, which does not
+    /// change while the engine runs, so only the first call counts; a later
+    /// one is a bug and is ignored.
+    pub fn set_cluster_figures(&self, source: Arc<dyn metrics::ClusterFigures>) {
+        let first = self.inner.cluster_figures.set(source).is_ok();
+        debug_assert!(first, "the cluster figures' source is set once");
+    }
+
     /// Every metric in the Prometheus/OpenMetrics text format: the live
     /// counters and what the engine and the store know now. Storage figures
     /// are read on the blocking pool; scrapes run one at a time.
@@ -563,6 +576,11 @@ impl Engine {
             },
             process,
             uptime: self.uptime(),
+            raft: self
+                .inner
+                .cluster_figures
+                .get()
+                .map(|source| source.raft_figures()),
         };
         Ok(self.inner.metrics.render(snapshot))
     }

@@ -13,9 +13,16 @@
 //!   gathered and encodes it with the registry; a scrape never holds a lock
 //!   anyone else waits on.
 //!
+//! In cluster mode the snapshot also holds this node's raft state
+//! ([`RaftFigures`]), read through the [`ClusterFigures`] hook the server
+//! sets on the engine: the engine knows nothing of the cluster crate, only
+//! these plain figures. A single node has no hook, and no `cairn_raft_*`
+//! metric appears.
+//!
 //! Label cardinality is bounded: `result` and `kind` take a fixed set of
-//! values, and `group` one per consumer group (at most `max_groups`). No
-//! metric has a per-stream label.
+//! values, `group` one per consumer group (at most `max_groups`) and
+//! `follower` one per other member of the cluster. No metric has a
+//! per-stream label.
 //!
 //! This module must not block (the snapshot's storage figures are gathered on
 //! the blocking pool by [`crate::Engine::render_metrics`]) and must not name a
@@ -131,6 +138,12 @@ struct GroupLabel {
     group: String,
 }
 
+/// Labels of the leader's per-follower figures.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FollowerLabel {
+    follower: String,
+}
+
 /// Labels of the build info.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct BuildLabels {
@@ -169,6 +182,52 @@ pub struct ScavengeFigures {
     pub events_removed: u64,
     /// Bytes of records they removed.
     pub bytes_removed: u64,
+}
+
+/// What the leader knows of one node it replicates to (a voter or a
+/// learner; never itself).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FollowerFigures {
+    /// The node's id (its label).
+    pub id: u64,
+    /// Index of the last entry known to be on it; `None` before the leader
+    /// learnt of any (the metric is then absent, as index 0 is an entry).
+    pub matched_index: Option<u64>,
+    /// Entries of the leader's log it lacks.
+    pub lag_entries: u64,
+}
+
+/// This node's raft state at scrape time, as plain data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// This node's id.
+    pub node_id: u64,
+    /// Whether it leads now.
+    pub is_leader: bool,
+    /// Its current term.
+    pub term: u64,
+    /// Index of the last entry of its raft log; `None` while the log is
+    /// empty (index 0 is an entry, so 0 cannot stand for none).
+    pub last_log_index: Option<u64>,
+    /// Index of the last entry it applied; `None` before the first.
+    pub last_applied_index: Option<u64>,
+    /// The leader it knows; `None` while it knows none (an election).
+    pub leader_id: Option<u64>,
+    /// Voters of the membership its log holds.
+    pub voters: u64,
+    /// Only on the leader (empty elsewhere): each node it replicates to.
+    pub followers: Vec<FollowerFigures>,
+}
+
+/// Where the engine reads this node's [`RaftFigures`] at scrape time: the
+/// server implements it over its cluster node and sets it once on the
+/// engine ([`crate::Engine::set_cluster_figures`]).
+///
+/// Called on the runtime, once per scrape: it must not block or wait (copy
+/// what raft already published, as its metrics channel holds it).
+pub trait ClusterFigures: Send + Sync {
+    /// This node's raft figures now.
+    fn raft_figures(&self) -> RaftFigures;
 }
 
 /// The process, from `/proc/self` (zeros where it is not readable).
@@ -259,6 +318,8 @@ pub struct Snapshot {
     pub process: ProcessFigures,
     /// Seconds since the engine started.
     pub uptime: Duration,
+    /// This node's raft state; `None` on a single node.
+    pub raft: Option<RaftFigures>,
 }
 
 /// Histogram buckets of latencies: 100 µs to ~52 s, doubling.
@@ -760,6 +821,193 @@ impl Collector for SnapshotCollector {
             seconds,
             snapshot.uptime.as_secs_f64(),
         )?;
+        if let Some(raft) = &snapshot.raft {
+            encode_raft(encoder, raft)?;
+        }
         Ok(())
+    }
+}
+
+/// Encodes this node's raft figures (cluster mode only). A figure that is
+/// not known (no leader, an empty log, a follower the leader has no match
+/// for) has no sample rather than a made-up value.
+fn encode_raft(encoder: &mut DescriptorEncoder, raft: &RaftFigures) -> std::fmt::Result {
+    gauge(
+        encoder,
+        "cairn_raft_node_id",
+        "This node's id in the cluster",
+        None,
+        raft.node_id as i64,
+    )?;
+    gauge(
+        encoder,
+        "cairn_raft_is_leader",
+        "1 while this node leads, 0 otherwise",
+        None,
+        i64::from(raft.is_leader),
+    )?;
+    gauge(
+        encoder,
+        "cairn_raft_term",
+        "This node's current raft term",
+        None,
+        raft.term as i64,
+    )?;
+    if let Some(index) = raft.last_log_index {
+        gauge(
+            encoder,
+            "cairn_raft_last_log_index",
+            "Index of the last entry of this node's raft log",
+            None,
+            index as i64,
+        )?;
+    }
+    if let Some(index) = raft.last_applied_index {
+        gauge(
+            encoder,
+            "cairn_raft_last_applied_index",
+            "Index of the last raft entry this node applied to its store",
+            None,
+            index as i64,
+        )?;
+    }
+    if let Some(leader) = raft.leader_id {
+        gauge(
+            encoder,
+            "cairn_raft_leader_id",
+            "The id of the leader this node knows",
+            None,
+            leader as i64,
+        )?;
+    }
+    gauge(
+        encoder,
+        "cairn_raft_members",
+        "Voters of the cluster membership this node's log holds",
+        None,
+        raft.voters as i64,
+    )?;
+    if raft.followers.is_empty() {
+        return Ok(());
+    }
+    let mut matched = encoder.encode_descriptor(
+        "cairn_raft_follower_matched_index",
+        "On the leader: index of the last entry known to be on each node it replicates to",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for follower in &raft.followers {
+        if let Some(index) = follower.matched_index {
+            let label = FollowerLabel {
+                follower: follower.id.to_string(),
+            };
+            ConstGauge::new(index as i64).encode(matched.encode_family(&label)?)?;
+        }
+    }
+    let mut lag = encoder.encode_descriptor(
+        "cairn_raft_follower_lag_entries",
+        "On the leader: entries of its log each node it replicates to lacks",
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for follower in &raft.followers {
+        let label = FollowerLabel {
+            follower: follower.id.to_string(),
+        };
+        ConstGauge::new(follower.lag_entries as i64).encode(lag.encode_family(&label)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The samples of `text` whose name (and labels) start `cairn_raft_`,
+    /// as `name{labels} value` lines.
+    fn raft_samples(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|line| line.starts_with("cairn_raft_"))
+            .collect()
+    }
+
+    #[test]
+    fn a_leaders_raft_figures_are_rendered_with_one_series_per_follower() {
+        let raft = RaftFigures {
+            node_id: 1,
+            is_leader: true,
+            term: 4,
+            last_log_index: Some(9),
+            last_applied_index: Some(8),
+            leader_id: Some(1),
+            voters: 3,
+            followers: vec![
+                FollowerFigures {
+                    id: 2,
+                    matched_index: Some(7),
+                    lag_entries: 2,
+                },
+                // Nothing matched yet: no matched sample, the whole log lags.
+                FollowerFigures {
+                    id: 3,
+                    matched_index: None,
+                    lag_entries: 10,
+                },
+            ],
+        };
+        let text = Metrics::new().render(Snapshot {
+            raft: Some(raft),
+            ..Snapshot::default()
+        });
+        assert_eq!(
+            raft_samples(&text),
+            [
+                "cairn_raft_node_id 1",
+                "cairn_raft_is_leader 1",
+                "cairn_raft_term 4",
+                "cairn_raft_last_log_index 9",
+                "cairn_raft_last_applied_index 8",
+                "cairn_raft_leader_id 1",
+                "cairn_raft_members 3",
+                "cairn_raft_follower_matched_index{follower=\"2\"} 7",
+                "cairn_raft_follower_lag_entries{follower=\"2\"} 2",
+                "cairn_raft_follower_lag_entries{follower=\"3\"} 10",
+            ]
+        );
+        assert!(text.contains("# TYPE cairn_raft_follower_lag_entries gauge"));
+    }
+
+    #[test]
+    fn a_follower_without_a_leader_shows_no_leader_and_no_follower_series() {
+        let raft = RaftFigures {
+            node_id: 2,
+            is_leader: false,
+            term: 5,
+            last_log_index: None,
+            last_applied_index: None,
+            leader_id: None,
+            voters: 3,
+            followers: Vec::new(),
+        };
+        let text = Metrics::new().render(Snapshot {
+            raft: Some(raft),
+            ..Snapshot::default()
+        });
+        assert_eq!(
+            raft_samples(&text),
+            [
+                "cairn_raft_node_id 2",
+                "cairn_raft_is_leader 0",
+                "cairn_raft_term 5",
+                "cairn_raft_members 3",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_single_node_renders_no_raft_metric() {
+        let text = Metrics::new().render(Snapshot::default());
+        assert!(text.contains("cairn_uptime_seconds"), "{text}");
+        assert!(!text.contains("cairn_raft_"), "{text}");
     }
 }

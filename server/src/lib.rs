@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster_metrics;
 pub mod dev_certs;
 mod grpc;
 mod http;
@@ -225,6 +226,11 @@ pub async fn serve(
         )),
     };
     let engine = Engine::start(store, settings.engine_options()).await?;
+    if let Some(node) = &cluster {
+        engine.set_cluster_figures(std::sync::Arc::new(cluster_metrics::NodeFigures(
+            std::sync::Arc::clone(node),
+        )));
+    }
     let acceptor = tls.map(|tls| {
         let stopping = engine.shutdown_signal();
         engine.tasks().spawn(tls.reloader.run(async move {

@@ -234,6 +234,8 @@ async fn metrics_count_a_known_workload_and_parse_as_openmetrics() {
     assert!(value(text, "process_open_fds", "") > 3.0);
     assert!(value(text, "process_cpu_seconds_total", "") > 0.0);
     assert_eq!(value(text, "cairn_build_info", r#"version="0.1.0""#), 1.0);
+    // A single node has no raft: no cluster-mode figure appears.
+    assert!(!text.contains("cairn_raft_"), "{text}");
     // The group's own feed counts among the open subscriptions.
     assert!(value(text, "cairn_subscriptions_active", "") >= 1.0);
 

@@ -3,10 +3,10 @@
 //!
 //! This module owns three answers. `Status` comes in two shapes: a single
 //! node's (not clustered; the store's head) and a cluster node's, read from
-//! this node's raft metrics. The metrics are copied into a plain [`RaftView`]
-//! first, under the metrics channel's read lock and with no await, so the
-//! conversion to the wire ([`clustered`]) is a pure function of plain data,
-//! tested below without a raft. `AddNode` and `RemoveNode` hand the request
+//! this node's raft metrics. The metrics are copied into a plain
+//! [`RaftView`] first (`crate::cluster_metrics`, shared with `/metrics`), so
+//! the conversion to the wire ([`clustered`]) is a pure function of plain
+//! data, tested below without a raft. `AddNode` and `RemoveNode` hand the request
 //! to [`ClusterNode::add_node`] / [`ClusterNode::remove_node`] (the rules are
 //! `cairn_cluster::types::plan_add` / `plan_remove`) and map the outcome:
 //! the membership to [`membership_response`], a refusal to a status in
@@ -16,7 +16,7 @@
 //! the cluster is read or changed. A single node refuses the membership
 //! calls as FAILED_PRECONDITION (it has no raft).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::auth;
 use super::status::{invalid_argument, to_status};
+use crate::cluster_metrics::{RaftRole, RaftView, lag};
 
 /// Largest request the service decodes: an `AddNodeRequest` with three
 /// addresses of `cairn_cluster::types::MAX_ADDRESS_BYTES` fits with room,
@@ -190,70 +191,14 @@ fn membership_response(membership: &Members) -> pb::ClusterMembershipResponse {
     }
 }
 
-/// What the status needs of one instant of this node's raft metrics, as
-/// plain data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RaftView {
-    /// This node's id.
-    node_id: u64,
-    /// Its role.
-    role: pb::ClusterRole,
-    /// Its current term.
-    term: u64,
-    /// The leader it knows.
-    leader: Option<u64>,
-    /// Index of the last entry of its raft log.
-    last_log_index: Option<u64>,
-    /// Index of the last entry it applied.
-    last_applied_index: Option<u64>,
-    /// The membership of its log: id to the addresses it holds.
-    members: BTreeMap<u64, Member>,
-    /// The voters among `members`; the others are learners.
-    voters: BTreeSet<u64>,
-    /// Only while it leads: per member (itself included, as openraft
-    /// reports it), the index of the last entry known to be on it.
-    matched: Option<BTreeMap<u64, Option<u64>>>,
-}
-
-impl RaftView {
-    /// `node`'s metrics now. Holds the metrics channel's read lock only for
-    /// the copy.
-    fn of(node: &ClusterNode) -> Self {
-        let metrics = node.raft().metrics();
-        let now = metrics.borrow();
-        // openraft's `ServerState` has five states: the four asked for
-        // below and `Shutdown`.
-        let role = if now.state.is_leader() {
-            pb::ClusterRole::Leader
-        } else if now.state.is_follower() {
-            pb::ClusterRole::Follower
-        } else if now.state.is_candidate() {
-            pb::ClusterRole::Candidate
-        } else if now.state.is_learner() {
-            pb::ClusterRole::Learner
-        } else {
-            pb::ClusterRole::Shutdown
-        };
-        let membership = now.membership_config.membership();
-        Self {
-            node_id: node.node_id(),
-            role,
-            term: now.current_term,
-            leader: now.current_leader,
-            last_log_index: now.last_log_index,
-            last_applied_index: now.last_applied.as_ref().map(|log_id| log_id.index),
-            members: membership
-                .nodes()
-                .map(|(id, member)| (*id, member.clone()))
-                .collect(),
-            voters: membership.voter_ids().collect(),
-            matched: now.replication.as_ref().map(|replication| {
-                replication
-                    .iter()
-                    .map(|(id, matched)| (*id, matched.as_ref().map(|log_id| log_id.index)))
-                    .collect()
-            }),
-        }
+/// The wire's name of a raft role.
+fn wire_role(role: RaftRole) -> pb::ClusterRole {
+    match role {
+        RaftRole::Leader => pb::ClusterRole::Leader,
+        RaftRole::Follower => pb::ClusterRole::Follower,
+        RaftRole::Candidate => pb::ClusterRole::Candidate,
+        RaftRole::Learner => pb::ClusterRole::Learner,
+        RaftRole::Shutdown => pb::ClusterRole::Shutdown,
     }
 }
 
@@ -280,15 +225,6 @@ fn single_node(head: u64) -> pb::ClusterStatusResponse {
             lag: None,
         }],
     }
-}
-
-/// Entries of a log whose last index is `last_log_index` that a member
-/// holding up to `matched` lacks: raft indexes start at 0, so a log holds
-/// `last + 1` entries and a member that matched index `m` holds `m + 1`.
-fn lag(last_log_index: Option<u64>, matched: Option<u64>) -> u64 {
-    let entries = last_log_index.map_or(0, |last| last + 1);
-    let held = matched.map_or(0, |matched| matched + 1);
-    entries.saturating_sub(held)
 }
 
 /// A cluster node's answer from its raft `view`, its configured `peers`
@@ -344,7 +280,7 @@ fn clustered(
     pb::ClusterStatusResponse {
         node_id: view.node_id,
         clustered: true,
-        role: view.role as i32,
+        role: wire_role(view.role) as i32,
         term: view.term,
         leader_id: view.leader,
         leader_client_address: view.leader.map(client_address).unwrap_or_default(),
@@ -376,7 +312,7 @@ mod tests {
 
     /// Node `node_id`'s view of a three-voter cluster led by node 1 in term
     /// 4, with ten entries in its log.
-    fn view(node_id: u64, role: pb::ClusterRole) -> RaftView {
+    fn view(node_id: u64, role: RaftRole) -> RaftView {
         RaftView {
             node_id,
             role,
@@ -391,20 +327,22 @@ mod tests {
     }
 
     #[test]
-    fn lag_counts_the_entries_a_member_lacks() {
-        assert_eq!(lag(Some(9), Some(9)), 0);
-        assert_eq!(lag(Some(9), Some(6)), 3);
-        // Nothing matched yet: the whole log, index 0 included.
-        assert_eq!(lag(Some(9), None), 10);
-        assert_eq!(lag(None, None), 0);
-        // A report ahead of the leader's own log (metrics are not one
-        // atomic snapshot across the two) is no negative lag.
-        assert_eq!(lag(Some(3), Some(5)), 0);
+    fn each_raft_role_has_its_wire_role() {
+        let roles = [
+            (RaftRole::Leader, pb::ClusterRole::Leader),
+            (RaftRole::Follower, pb::ClusterRole::Follower),
+            (RaftRole::Candidate, pb::ClusterRole::Candidate),
+            (RaftRole::Learner, pb::ClusterRole::Learner),
+            (RaftRole::Shutdown, pb::ClusterRole::Shutdown),
+        ];
+        for (role, wire) in roles {
+            assert_eq!(wire_role(role), wire, "{role:?}");
+        }
     }
 
     #[test]
     fn the_leader_reports_each_followers_progress_but_not_its_own() {
-        let mut leader = view(1, pb::ClusterRole::Leader);
+        let mut leader = view(1, RaftRole::Leader);
         leader.matched = Some([(1, Some(9)), (2, Some(7)), (3, None)].into());
         let status = clustered(&leader, &peers(), 42);
         assert!(status.clustered);
@@ -433,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_follower_names_the_leader_and_reports_no_progress() {
-        let status = clustered(&view(2, pb::ClusterRole::Follower), &peers(), 42);
+        let status = clustered(&view(2, RaftRole::Follower), &peers(), 42);
         assert_eq!(status.node_id, 2);
         assert_eq!(status.role, pb::ClusterRole::Follower as i32);
         assert_eq!(status.term, 4);
@@ -448,7 +386,7 @@ mod tests {
 
     #[test]
     fn an_added_learner_is_reported_with_the_addresses_the_membership_holds() {
-        let mut follower = view(2, pb::ClusterRole::Follower);
+        let mut follower = view(2, RaftRole::Follower);
         // Node 4 joined as a learner; this node's settings do not name it.
         follower.members.insert(
             4,
@@ -473,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_membership_wins_over_the_settings_which_fill_in_only_what_it_lacks() {
-        let mut joined = view(4, pb::ClusterRole::Follower);
+        let mut joined = view(4, RaftRole::Follower);
         // The leader moved its client listener since this node's settings
         // were written; node 3's entry has no client address.
         joined.members.get_mut(&1).expect("node 1").client = "10.0.1.1:7070".into();
@@ -484,7 +422,7 @@ mod tests {
         assert_eq!(status.members[2].client_address, "10.0.0.3:7070");
         // A joining node that holds no membership yet knows its leader's
         // address only if its settings name it.
-        let mut joining = view(4, pb::ClusterRole::Learner);
+        let mut joining = view(4, RaftRole::Learner);
         joining.members.clear();
         joining.voters.clear();
         let status = clustered(&joining, &peers(), 0);
