@@ -37,9 +37,17 @@
 //! Every write raft relies on — [`append`](RaftLogStorage::append),
 //! [`save_vote`](RaftLogStorage::save_vote),
 //! [`truncate`](RaftLogStorage::truncate), [`purge`](RaftLogStorage::purge)
-//! — is one `WriteBatch` written with `sync = true` before the append
-//! callback is called or the future returns: a follower acknowledges an entry
-//! only once it is on its disk. `save_committed` is written without a sync:
+//! — is one `WriteBatch`, durable before openraft is told it is done: the
+//! vote, truncations and purges are written with `sync = true` before their
+//! future returns; appended entries are written without a sync (readable at
+//! once, so the leader's replication to the followers runs while its own
+//! fsync does) and their callback is called only once a dedicated thread has
+//! synced the WAL past them (one `flush_wal(true)` for every append queued
+//! meanwhile: the raft log's group commit). A follower therefore acknowledges
+//! an entry, and the leader counts itself in the entry's quorum, only once it
+//! is on that node's disk. An unsynced truncation or append lost in a crash
+//! leaves the log as it was before them, which no node has acknowledged
+//! anything about. `save_committed` is written without a sync:
 //! openraft only uses the stored committed id to re-apply sooner after a
 //! restart, and a lost update only makes it re-learn the commit from the
 //! leader (the next synced write makes it durable anyway). After any failed
@@ -176,6 +184,9 @@ pub enum LogStoreError {
     /// The blocking task that ran a RocksDB call panicked or was cancelled.
     #[error("the RocksDB task did not finish: {0}")]
     Task(#[source] tokio::task::JoinError),
+    /// The thread that syncs appended entries could not be started.
+    #[error("cannot start the raft log's sync thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// openraft's log store and log reader over two column families of a RocksDB
@@ -191,6 +202,53 @@ pub struct RocksLogStore {
     /// Set after a failed write: the state on disk is then unknown, so every
     /// later write is refused instead of building on it.
     failed: Arc<AtomicBool>,
+    /// Where `append` queues its callback for the WAL sync
+    /// ([`spawn_log_syncer`]).
+    syncs: Arc<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+}
+
+/// Starts the thread that makes appended entries durable: it waits for a
+/// queued callback, takes every other one queued by then, syncs the WAL
+/// once (`flush_wal(true)`: everything written to the database before,
+/// those entries included) and completes the callbacks in order. A failed
+/// sync sets `failed` (fail-stop) and fails every callback it held and every
+/// later one. The thread ends when the last sender is dropped, and holds the
+/// database only while it syncs, so dropping the store closes the database.
+fn spawn_log_syncer(
+    db: &Arc<DB>,
+    failed: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>, LogStoreError> {
+    let (queue, queued) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+    let db = Arc::downgrade(db);
+    std::thread::Builder::new()
+        .name("raft-log-sync".into())
+        .spawn(move || {
+            while let Ok(first) = queued.recv() {
+                let waiting: Vec<_> = std::iter::once(first).chain(queued.try_iter()).collect();
+                let synced = if failed.load(Ordering::Acquire) {
+                    Err(LogStoreError::Failed.to_string())
+                } else {
+                    match db.upgrade() {
+                        Some(db) => db.flush_wal(true).map_err(|source| {
+                            LogStoreError::RocksDb {
+                                action: "sync the raft log",
+                                source,
+                            }
+                            .to_string()
+                        }),
+                        None => Err("the raft log's database is closed".to_owned()),
+                    }
+                };
+                if synced.is_err() {
+                    failed.store(true, Ordering::Release);
+                }
+                for callback in waiting {
+                    callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+                }
+            }
+        })
+        .map_err(LogStoreError::Thread)?;
+    Ok(queue)
 }
 
 impl Debug for RocksLogStore {
@@ -234,10 +292,9 @@ impl RocksLogStore {
     /// before the runtime runs or in `spawn_blocking`.
     pub fn from_db(db: Arc<DB>) -> Result<Self, LogStoreError> {
         check_format(&db)?;
-        Ok(Self {
-            db,
-            failed: Arc::new(AtomicBool::new(false)),
-        })
+        let failed = Arc::new(AtomicBool::new(false));
+        let syncs = Arc::new(spawn_log_syncer(&db, Arc::clone(&failed))?);
+        Ok(Self { db, failed, syncs })
     }
 
     /// Runs `read` over the database on a blocking thread; a failure is
@@ -405,24 +462,29 @@ impl RaftLogStorage<TypeConfig> for RocksLogStore {
         I::IntoIter: OptionalSend,
     {
         let written = self
-            .write(ErrorSubject::Logs, true, |db| {
+            .write(ErrorSubject::Logs, false, |db| {
                 let log = cf(db, RAFT_LOG_CF)?;
                 let mut batch = WriteBatch::default();
                 for entry in entries {
                     let key = entry.log_id.index.to_be_bytes();
                     batch.put_cf(log, key, frame(&key, "a raft log entry", &entry)?);
                 }
-                // Even an empty batch goes through the write: it reports the
-                // fail-stop state, and every earlier write was synced before
-                // it returned, so the callback's promise holds either way.
+                // Even an empty batch goes through the write (it reports the
+                // fail-stop state) and waits for the next sync.
                 Ok(batch)
             })
             .await;
         match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+            // Written, not yet durable: the syncer calls back once it is.
+            Ok(()) => match self.syncs.send(callback) {
+                Ok(()) => Ok(()),
+                Err(std::sync::mpsc::SendError(callback)) => {
+                    self.failed.store(true, Ordering::Release);
+                    let error = LogStoreError::Failed;
+                    callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                    Err(storage_error(ErrorSubject::Logs, ErrorVerb::Write, error))
+                }
+            },
             Err(error) => {
                 callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
                 Err(error)

@@ -239,14 +239,15 @@ impl Engine {
             options.groups,
         )
         .await?;
+        let security = Arc::new(Security::start(&store, options.security).await?);
         if store.is_clustered() {
             tasks.spawn(follow_the_role(
                 store.clone(),
                 groups.clone(),
+                Arc::clone(&security),
                 shutdown.subscribe(),
             ));
         }
-        let security = Arc::new(Security::start(&store, options.security).await?);
         let operations = Operations::start(
             store.clone(),
             Arc::clone(&security),
@@ -736,8 +737,16 @@ pub(crate) fn read_stream(
     store: &Store,
     stream: &str,
 ) -> Result<Vec<cairn_storage::RecordedEvent>> {
+    read_stream_from(store, stream, 0)
+}
+
+/// [`read_stream`] from revision `from` on.
+pub(crate) fn read_stream_from(
+    store: &Store,
+    stream: &str,
+    mut from: u64,
+) -> Result<Vec<cairn_storage::RecordedEvent>> {
     let mut events = Vec::new();
-    let mut from = 0;
     loop {
         let request =
             cairn_storage::ReadRequest::forwards(ReadSource::Stream(stream.to_owned()), 1000)
@@ -758,20 +767,43 @@ pub(crate) fn read_stream(
 /// How often a cluster node checks whether it leads (the store's role).
 const ROLE_POLL: Duration = Duration::from_millis(100);
 
-/// Cluster mode: runs the consumer groups only while this node leads. The
-/// store's role (`Store::write_refusal`) changes when raft elects; groups
-/// start on leadership (from their durable checkpoints) and stop on its
-/// loss, so only the leader's actors write checkpoints. Polled: a role
-/// change costs at most `ROLE_POLL` of group downtime on top of the
-/// election.
-async fn follow_the_role(store: Store, groups: Groups, mut shutdown: watch::Receiver<bool>) {
+/// Cluster mode: runs the consumer groups only while this node leads, has
+/// the new leader do its security duties (`Security::lead`: the first admin
+/// of a secure cluster), and keeps the user registry up to what replication
+/// brought (`Security::catch_up`) on every node. The store's role
+/// (`Store::write_refusal`) changes when raft elects; groups start on
+/// leadership (from their durable checkpoints) and stop on its loss, so only
+/// the leader's actors write checkpoints. Polled: a role change costs at most
+/// `ROLE_POLL` of group downtime on top of the election, and a user change
+/// made on the leader takes at most `ROLE_POLL` after its replication to
+/// apply on a follower.
+async fn follow_the_role(
+    store: Store,
+    groups: Groups,
+    security: Arc<Security>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut leading = false;
+    let mut security_led = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(ROLE_POLL) => {}
             _ = shutdown.wait_for(|stopping| *stopping) => return,
         }
+        if let Err(error) = security.catch_up().await {
+            tracing::error!(%error, "cannot apply the replicated user records; retrying");
+        }
         let leads = store.write_refusal().is_none();
+        if leads && !security_led {
+            match security.lead().await {
+                Ok(()) => security_led = true,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot set up security as the new leader; retrying");
+                }
+            }
+        } else if !leads {
+            security_led = false;
+        }
         if leads == leading {
             continue;
         }

@@ -227,6 +227,8 @@ pub struct Security {
     users: users::Users,
     /// ACL decisions.
     authorizer: Arc<acl::Authorizer>,
+    /// What the start was given: a cluster's leader bootstraps with it.
+    options: SecurityOptions,
 }
 
 impl Security {
@@ -245,7 +247,25 @@ impl Security {
                 options.enabled,
             )),
             users,
+            options,
         })
+    }
+
+    /// Cluster mode: what the node just elected leader does for security
+    /// before it is trusted to have done it (see [`users::Users::lead`]);
+    /// nothing in insecure mode. Call again after an error while leading.
+    pub async fn lead(&self) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.users.lead(&self.options).await
+    }
+
+    /// Cluster mode: brings the user registry up to this node's store
+    /// ([`users::Users::catch_up`]); every node, leader or follower, calls it
+    /// every role poll.
+    pub async fn catch_up(&self) -> Result<()> {
+        self.users.catch_up().await
     }
 
     /// True unless the server runs in insecure mode.

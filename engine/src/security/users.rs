@@ -370,15 +370,105 @@ impl Users {
             hashing: Arc::new(Semaphore::new(hashers)),
             process_key: secrets::random_bytes()?,
         };
-        if options.enabled {
-            users.protect_streams().await;
+        if options.enabled && store.is_clustered() {
+            // Only the leader writes: it protects the streams and creates
+            // the first admin when it is elected (`Users::lead`).
             if users.read().users.is_empty() {
-                users.bootstrap(options).await?;
-            } else if options.initial_admin_password.is_some() {
-                tracing::info!("users exist already; initial_admin_password is not used");
+                tracing::info!(
+                    "no users yet: the first node elected leader creates the first admin"
+                );
             }
+        } else if options.enabled {
+            users.set_up(options).await?;
         }
         Ok(users)
+    }
+
+    /// What the one writer of the registry does before serving a secure
+    /// server: the admins-only ACLs on both streams, and the first admin when
+    /// there is no user at all.
+    async fn set_up(&self, options: &SecurityOptions) -> Result<()> {
+        self.protect_streams().await;
+        if self.read().users.is_empty() {
+            self.bootstrap(options).await
+        } else {
+            if options.initial_admin_password.is_some() {
+                tracing::info!("users exist already; initial_admin_password is not used");
+            }
+            Ok(())
+        }
+    }
+
+    /// Cluster mode, on the node that has just been elected leader (the only
+    /// one whose appends are accepted): folds what it has not applied yet,
+    /// then does what a single node does at a secure start
+    /// (see the module docs, "Bootstrap"). Two leaders of successive terms
+    /// cannot both create the first admin: the record is appended expecting
+    /// no stream. An error (leadership lost meanwhile, say) leaves the
+    /// registry as it was; the caller tries again while it leads.
+    pub async fn lead(&self, options: &SecurityOptions) -> Result<()> {
+        // Not under `changes`: the bootstrap's `create_user` takes it (and
+        // catches up, and refuses on a follower, again).
+        self.catch_up().await?;
+        if let Some(refusal) = self.store.write_refusal() {
+            return Err(refusal.into());
+        }
+        self.set_up(options).await
+    }
+
+    /// Cluster mode: folds the records that reached this node's store from
+    /// elsewhere since the last ones applied (appended through the leader
+    /// and replicated here, or installed with a snapshot), and forgets the
+    /// cached logins of every user they changed. Two catalog lookups when
+    /// nothing is new. Until it runs, a change made through another node is
+    /// not seen here: the engine calls it every `ROLE_POLL` (100 ms).
+    pub async fn catch_up(&self) -> Result<()> {
+        let _change = self.changes.lock().await;
+        self.catch_up_holding_changes().await
+    }
+
+    /// [`Users::catch_up`] by a caller that holds `changes`, so no change of
+    /// this registry runs meanwhile.
+    async fn catch_up_holding_changes(&self) -> Result<()> {
+        let (users_after, tokens_after) = {
+            let state = self.read();
+            (state.users_revision, state.tokens_revision)
+        };
+        let head = |stream: &str| {
+            self.store
+                .stream_info(stream)
+                .and_then(|info| info.last_revision)
+        };
+        if head(USERS_STREAM) == users_after && head(TOKENS_STREAM) == tokens_after {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            state::read_after(&store, users_after, tokens_after)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("reading user records failed: {error}")))??;
+        let touched = self.write().apply_records(records)?;
+        let mut logins = self.logins();
+        for user in touched {
+            logins.forget(&user);
+        }
+        Ok(())
+    }
+
+    /// Takes the lock that serialises changes of the registry. In cluster
+    /// mode it first refuses on a follower (the store's `NotLeader`, naming
+    /// the leader) and folds what other nodes wrote, so the checks of the
+    /// change see the registry as the leader's log has it.
+    async fn begin_change(&self) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let change = self.changes.lock().await;
+        if self.store.is_clustered() {
+            if let Some(refusal) = self.store.write_refusal() {
+                return Err(refusal.into());
+            }
+            self.catch_up_holding_changes().await?;
+        }
+        Ok(change)
     }
 
     /// Who presents `credentials` from `source`: the user with its roles,
@@ -437,7 +527,7 @@ impl Users {
         validate_full_name(&new.full_name)?;
         validate_password(&new.password)?;
         let password_hash = self.hash(new.password).await?;
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         {
             let state = self.read();
             if state.users.contains_key(&new.name) {
@@ -469,7 +559,7 @@ impl Users {
     /// enabled admin).
     pub async fn delete_user(&self, by: &Principal, name: &str) -> Result<()> {
         by.require_any(&[], MANAGE_USERS)?;
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let id = {
             let state = self.read();
             let id = state.user(name)?.id.clone();
@@ -500,7 +590,7 @@ impl Users {
 
     async fn set_disabled(&self, by: &Principal, name: &str, disabled: bool) -> Result<()> {
         by.require_any(&[], MANAGE_USERS)?;
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let id = {
             let state = self.read();
             let user = state.user(name)?;
@@ -550,7 +640,7 @@ impl Users {
         if let Some(full_name) = &update.full_name {
             validate_full_name(full_name)?;
         }
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let (id, full_name, roles) = {
             let state = self.read();
             let user = state.user(name)?;
@@ -609,7 +699,7 @@ impl Users {
             ));
         }
         let password_hash = self.hash(new.to_owned()).await?;
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let id = {
             let state = self.read();
             let user = state.user(name)?;
@@ -629,7 +719,7 @@ impl Users {
         validate_password(new)?;
         self.read().user(name)?;
         let password_hash = self.hash(new.to_owned()).await?;
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let id = self.read().user(name)?.id.clone();
         self.write_password(by, name, id, password_hash).await
     }
@@ -697,7 +787,7 @@ impl Users {
                 "a token's lifetime must be more than zero and at most 100 years".into(),
             ));
         }
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let created_ms = now_ms();
         let user_id = {
             let mut state = self.write();
@@ -782,7 +872,7 @@ impl Users {
 
     /// Revokes a token: the caller's own, or any (admin).
     pub async fn revoke_token(&self, by: &Principal, id: &str) -> Result<()> {
-        let _change = self.changes.lock().await;
+        let _change = self.begin_change().await?;
         let user = {
             let state = self.read();
             let token = state
@@ -887,14 +977,7 @@ impl Users {
 
     /// Appends a user record (the caller holds `changes`), then applies it.
     async fn write_user(&self, record: UserRecord) -> Result<()> {
-        let user = match &record {
-            UserRecord::Created { user, .. }
-            | UserRecord::Updated { user, .. }
-            | UserRecord::PasswordChanged { user, .. }
-            | UserRecord::Disabled { user, .. }
-            | UserRecord::Enabled { user, .. }
-            | UserRecord::Deleted { user, .. } => user.clone(),
-        };
+        let user = record.user().to_owned();
         let expected = self.read().users_revision;
         let revision = self
             .append(

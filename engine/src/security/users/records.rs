@@ -105,6 +105,18 @@ impl UserRecord {
             UserRecord::Deleted { .. } => "UserDeleted",
         }
     }
+
+    /// The name of the user the record changes.
+    pub fn user(&self) -> &str {
+        match self {
+            UserRecord::Created { user, .. }
+            | UserRecord::Updated { user, .. }
+            | UserRecord::PasswordChanged { user, .. }
+            | UserRecord::Disabled { user, .. }
+            | UserRecord::Enabled { user, .. }
+            | UserRecord::Deleted { user, .. } => user,
+        }
+    }
 }
 
 /// One change of one token, in `$sys-tokens`.

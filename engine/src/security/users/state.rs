@@ -264,23 +264,71 @@ impl State {
     }
 }
 
+/// Records of `$sys-users` and `$sys-tokens` read from the store, each with
+/// its revision, in stream order.
+#[derive(Default)]
+pub(super) struct Records {
+    users: Vec<(u64, UserRecord)>,
+    tokens: Vec<(u64, TokenRecord)>,
+}
+
+/// The records after revision `users_after` of `$sys-users` and after
+/// `tokens_after` of `$sys-tokens` (`None`: from the start); blocking:
+/// storage reads. A record that cannot be decoded fails the read.
+pub(super) fn read_after(
+    store: &Store,
+    users_after: Option<u64>,
+    tokens_after: Option<u64>,
+) -> Result<Records> {
+    let from = |after: Option<u64>| after.map_or(0, |revision| revision + 1);
+    let mut records = Records::default();
+    for event in crate::read_stream_from(store, USERS_STREAM, from(users_after))? {
+        records.users.push((event.revision, decode(&event)?));
+    }
+    for event in crate::read_stream_from(store, TOKENS_STREAM, from(tokens_after))? {
+        records.tokens.push((event.revision, decode(&event)?));
+    }
+    Ok(records)
+}
+
+impl State {
+    /// Applies `records` in order, skipping each one at or below the
+    /// revision already applied of its stream (this registry appended and
+    /// applied it itself after they were read), and returns the names of the
+    /// users they changed. An error means the records contradict themselves.
+    pub(super) fn apply_records(&mut self, records: Records) -> Result<Vec<String>> {
+        let mut touched = Vec::new();
+        for (revision, record) in records.users {
+            if self
+                .users_revision
+                .is_some_and(|applied| revision <= applied)
+            {
+                continue;
+            }
+            self.apply_user(&record)
+                .map_err(|error| corrupt_at(USERS_STREAM, revision, &error))?;
+            self.users_revision = Some(revision);
+            touched.push(record.user().to_owned());
+        }
+        for (revision, record) in records.tokens {
+            if self
+                .tokens_revision
+                .is_some_and(|applied| revision <= applied)
+            {
+                continue;
+            }
+            self.apply_token(&record)
+                .map_err(|error| corrupt_at(TOKENS_STREAM, revision, &error))?;
+            self.tokens_revision = Some(revision);
+        }
+        Ok(touched)
+    }
+}
+
 /// Folds both streams (blocking: storage reads).
 pub(super) fn restore(store: &Store) -> Result<State> {
     let mut state = State::default();
-    for event in crate::read_stream(store, USERS_STREAM)? {
-        let record: UserRecord = decode(&event)?;
-        state
-            .apply_user(&record)
-            .map_err(|error| corrupt(&event, &error))?;
-        state.users_revision = Some(event.revision);
-    }
-    for event in crate::read_stream(store, TOKENS_STREAM)? {
-        let record: TokenRecord = decode(&event)?;
-        state
-            .apply_token(&record)
-            .map_err(|error| corrupt(&event, &error))?;
-        state.tokens_revision = Some(event.revision);
-    }
+    state.apply_records(read_after(store, None, None)?)?;
     let now = now_ms();
     let expired: Vec<String> = state
         .tokens
@@ -313,10 +361,12 @@ pub(super) fn decode<R: serde::de::DeserializeOwned>(event: &RecordedEvent) -> R
 }
 
 pub(super) fn corrupt(event: &RecordedEvent, error: &dyn std::fmt::Display) -> Error {
-    Error::Corrupt(format!(
-        "{} revision {}: {error}",
-        event.stream, event.revision
-    ))
+    corrupt_at(&event.stream, event.revision, error)
+}
+
+/// [`corrupt`] for the record at `revision` of `stream`.
+pub(super) fn corrupt_at(stream: &str, revision: u64, error: &dyn std::fmt::Display) -> Error {
+    Error::Corrupt(format!("{stream} revision {revision}: {error}"))
 }
 
 pub(super) fn sorted(roles: &[Role]) -> Vec<Role> {
@@ -403,6 +453,56 @@ mod tests {
                 })
                 .is_err(),
             "a record of the old bob does not touch the new one"
+        );
+    }
+
+    #[test]
+    fn records_at_or_below_the_applied_revision_are_skipped_and_the_rest_applied_in_order() {
+        let mut state = State::default();
+        state
+            .apply_records(Records {
+                users: vec![(0, created("root", "1", vec![Role::Admin]))],
+                tokens: Vec::new(),
+            })
+            .unwrap();
+        // Read before this registry applied revision 0 itself: 0 is skipped
+        // (applying it twice would create root twice), 1 and 2 are new.
+        let touched = state
+            .apply_records(Records {
+                users: vec![
+                    (0, created("root", "1", vec![Role::Admin])),
+                    (1, created("bob", "2", vec![])),
+                    (
+                        2,
+                        UserRecord::Disabled {
+                            user: "bob".into(),
+                            id: "2".into(),
+                            at_ms: 2,
+                            by: "root".into(),
+                        },
+                    ),
+                ],
+                tokens: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(touched, ["bob", "bob"]);
+        assert_eq!(state.users_revision, Some(2));
+        assert!(state.users["bob"].disabled);
+        assert_eq!(state.tokens_revision, None);
+        let contradiction = state.apply_records(Records {
+            users: vec![(3, created("bob", "4", vec![]))],
+            tokens: Vec::new(),
+        });
+        match contradiction {
+            Err(Error::Corrupt(message)) => {
+                assert!(message.contains("$sys-users revision 3"), "{message}");
+            }
+            other => panic!("a user created twice was applied: {:?}", other.err()),
+        }
+        assert_eq!(
+            state.users_revision,
+            Some(2),
+            "the bad record is not applied"
         );
     }
 }
