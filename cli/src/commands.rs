@@ -226,14 +226,15 @@ pub enum Command {
         data: PathBuf,
     },
     /// Write a development CA, a server certificate and key (localhost,
-    /// 127.0.0.1, ::1 and every --host) and a client certificate and key (for
-    /// mutual TLS) into a directory, and print how to use them. Run again to
-    /// re-issue them under the same CA.
+    /// 127.0.0.1, ::1 and every --host), a client certificate and key (for
+    /// mutual TLS) and a cluster node's certificate and key (the server's
+    /// names, for mutual TLS between nodes) into a directory, and print how to
+    /// use them. Run again to re-issue them under the same CA.
     DevCerts {
         /// Directory to write into.
         #[arg(long, default_value = "certs")]
         out: PathBuf,
-        /// Another host name or IP address for the server certificate (repeatable).
+        /// Another host name or IP address for the server and node certificates (repeatable).
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
@@ -385,13 +386,16 @@ pub fn run_dev_certs(out: &Path, hosts: &[String]) -> Result<(), Box<dyn std::er
         );
     }
     println!(
-        "wrote {} (CA), {} (CA key), {} and {} (server), {} and {} (client, for mutual TLS)",
+        "wrote {} (CA), {} (CA key), {} and {} (server), {} and {} (client, for mutual TLS), \
+         {} and {} (cluster node, for mutual TLS between nodes)",
         show(&files.ca),
         show(&files.ca_key),
         show(&files.server_cert),
         show(&files.server_key),
         show(&files.client_cert),
-        show(&files.client_key)
+        show(&files.client_key),
+        show(&files.node_cert),
+        show(&files.node_key)
     );
     let serve = format!(
         "cairn --tls-cert-file {} --tls-key-file {}",
@@ -421,10 +425,22 @@ pub fn run_dev_certs(out: &Path, hosts: &[String]) -> Result<(), Box<dyn std::er
     println!("  grpcurl -cacert {} localhost:7070 list", show(&files.ca));
     println!();
     println!(
+        "Cluster mode, mutual TLS between the nodes (add to each node's --cluster-* flags; \
+         on one machine the nodes may share the files):"
+    );
+    println!(
+        "  --cluster-tls-cert-file {} --cluster-tls-key-file {} --cluster-tls-ca-file {}",
+        show(&files.node_cert),
+        show(&files.node_key),
+        show(&files.ca)
+    );
+    println!();
+    println!(
         "The first TLS start creates the user admin with CAIRN_INITIAL_ADMIN_PASSWORD, or writes a random password to <data>/initial-admin-password."
     );
     println!(
-        "The server certificate is valid for localhost, 127.0.0.1, ::1{}.",
+        "The server and node certificates are valid for localhost, 127.0.0.1, ::1{}; \
+         a node's must name the host its peers reach it at (--host).",
         hosts
             .iter()
             .map(|host| format!(", {host}"))

@@ -14,7 +14,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,12 +34,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const STREAM: &str = "membership-orders";
 
 fn address() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    format!("127.0.0.1:{port}")
+    format!("127.0.0.1:{}", common::free_port())
 }
 
 /// One `cairn` node: its id, addresses and process.

@@ -10,6 +10,10 @@
 //!   how this node reaches it, when that is not the address the membership
 //!   publishes (a node behind NAT or on another interface, or a test's
 //!   fault-injecting proxy on one directed link).
+//!   With [`GrpcNetworkFactory::with_tls`] every channel is mutual TLS: the
+//!   connector opens TCP, then a rustls handshake that presents this node's
+//!   certificate and checks the peer's against the cluster CA for the host of
+//!   the address dialled (a route's host when there is one), ALPN `h2`.
 //! - [`RaftService`] is the server side: it decodes each request, hands it to
 //!   the local [`openraft::Raft`] (`append_entries`, `vote`,
 //!   `install_snapshot`) and sends back what raft returned.
@@ -39,19 +43,21 @@
 //! the raft log, the state machine or the store, and it holds no membership
 //! (the addresses come from the membership's nodes through [`RaftAddress`]:
 //! Cairn's [`Member`], or openraft's [`BasicNode`] in tests, except where this
-//! node was given its own route to a peer). Not built yet: the
-//! design's mutual TLS between nodes (`server/CLUSTER.md`, "Membership and
-//! the node-to-node service"). The channels are plaintext `http://` and the
-//! service authenticates no peer, so it must only be served on a network that
-//! is trusted for now.
+//! node was given its own route to a peer). Without TLS the channels are
+//! plaintext `http://` and the service authenticates no peer; the server
+//! (`cairn-server`) then serves it only on loopback or with `--insecure`.
+//! The server side of mutual TLS (which client certificates the listener
+//! accepts) is the listener's, not this module's.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_proto::cluster::v1::raft_client::RaftClient;
 use cairn_proto::cluster::v1::raft_server::{Raft as RaftRpc, RaftServer};
 use cairn_proto::cluster::v1::{RaftRequest, RaftResponse};
+use hyper_util::rt::TokioIo;
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
     Timeout, Unreachable,
@@ -64,7 +70,7 @@ use openraft::raft::{
 use openraft::{BasicNode, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Response, Status};
 
 use crate::types::Member;
@@ -181,6 +187,9 @@ pub struct GrpcNetworkFactory {
     /// of opening a new one each time. A peer whose address changed gets a
     /// new channel.
     channels: HashMap<u64, (String, Channel)>,
+    /// Mutual TLS for every channel: trusted CAs and this node's identity,
+    /// ALPN `h2`. `None`: plaintext.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl GrpcNetworkFactory {
@@ -192,7 +201,19 @@ impl GrpcNetworkFactory {
             max_message_bytes,
             routes: HashMap::new(),
             channels: HashMap::new(),
+            tls: None,
         }
+    }
+
+    /// Connects to every peer over TLS with `config`: it should trust the
+    /// cluster's CA and present this node's certificate (mutual TLS). Each
+    /// peer's certificate must name the host of the address dialled (its route
+    /// or its raft address), IP address or DNS name. ALPN is set to `h2`
+    /// whatever `config` says, since the service is gRPC.
+    pub fn with_tls(mut self, mut config: rustls::ClientConfig) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        self.tls = Some(Arc::new(config));
+        self
     }
 
     /// Gives this node its own address (`host:port`) for each peer in
@@ -221,17 +242,74 @@ impl GrpcNetworkFactory {
         {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|source| TransportError::Address {
+        // The scheme stays `http`: with TLS the connector below does the
+        // handshake, and tonic's own (disabled) TLS never sees the URI.
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|source| {
+            TransportError::Address {
                 target,
                 addr: addr.to_owned(),
                 source,
-            })?
-            .connect_lazy();
+            }
+        })?;
+        let channel = match &self.tls {
+            None => endpoint.connect_lazy(),
+            Some(config) => endpoint.connect_with_connector_lazy(tls_connector(Arc::clone(config))),
+        };
         self.channels
             .insert(target, (addr.to_owned(), channel.clone()));
         Ok(channel)
     }
+}
+
+/// The connector of a TLS channel: TCP (Nagle off) to the URI's host and
+/// port, then a rustls handshake with `config` that expects the host
+/// ([`dial_target`]) in the peer's certificate. A failed handshake fails the
+/// call as `UNAVAILABLE`, like a refused connection.
+fn tls_connector(
+    config: Arc<rustls::ClientConfig>,
+) -> impl tower::Service<
+    Uri,
+    Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Future + Send,
+> + Clone
++ Send
++ 'static {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    tower::service_fn(move |uri: Uri| {
+        let connector = connector.clone();
+        async move {
+            let (host, port, name) = dial_target(&uri)?;
+            let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            let stream = connector.connect(name, stream).await?;
+            Ok(TokioIo::new(stream))
+        }
+    })
+}
+
+/// Where a TLS channel to `uri` connects (host and port) and the name the
+/// peer's certificate must hold: the URI's host as a DNS name or an IP
+/// address, an IPv6 one without the brackets the URI needs (`[::1]` is
+/// `::1`, which is how a certificate names it).
+fn dial_target(
+    uri: &Uri,
+) -> std::io::Result<(String, u16, rustls::pki_types::ServerName<'static>)> {
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid(format!("{uri} has no host")))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| invalid(format!("{uri} has no port")))?;
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|error| invalid(format!("{host:?} is not a host name or address: {error}")))?;
+    Ok((host, port, name))
 }
 
 impl<C> RaftNetworkFactory<C> for GrpcNetworkFactory
@@ -580,6 +658,35 @@ fn decode<T: DeserializeOwned>(rpc: RPCTypes, payload: &[u8]) -> Result<T, Trans
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_channel_dials_the_host_and_checks_it_as_an_address_or_a_dns_name() {
+        use rustls::pki_types::{DnsName, ServerName};
+        let target = |uri: &str| dial_target(&uri.parse::<Uri>().expect("a URI"));
+        let (host, port, name) = target("http://[::1]:7170").expect("IPv6");
+        assert_eq!((host.as_str(), port), ("::1", 7170));
+        assert_eq!(
+            name,
+            ServerName::IpAddress("::1".parse::<std::net::IpAddr>().unwrap().into())
+        );
+        // The connector dials `(host, port)`: an IPv6 literal without
+        // brackets is an address there too, not a name to resolve.
+        assert!(std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)).is_ok());
+        let (host, port, name) = target("http://10.0.0.2:7171").expect("IPv4");
+        assert_eq!((host.as_str(), port), ("10.0.0.2", 7171));
+        assert_eq!(
+            name,
+            ServerName::IpAddress("10.0.0.2".parse::<std::net::IpAddr>().unwrap().into())
+        );
+        let (host, port, name) = target("http://node-2.cairn.lan:7172").expect("DNS");
+        assert_eq!((host.as_str(), port), ("node-2.cairn.lan", 7172));
+        assert_eq!(
+            name,
+            ServerName::DnsName(DnsName::try_from("node-2.cairn.lan").unwrap())
+        );
+        let refused = target("http://node-2.cairn.lan").expect_err("no port");
+        assert!(refused.to_string().contains("has no port"), "{refused}");
+    }
 
     fn decode_error() -> postcard::Error {
         decode::<u64>(RPCTypes::Vote, &[])

@@ -73,6 +73,10 @@ pub struct NodeOptions {
     pub snapshot_entries: u64,
     /// Entries the log keeps behind the newest snapshot.
     pub keep_log_entries: u64,
+    /// Mutual TLS to the peers: the client side of every node-to-node
+    /// channel (trusted CA, this node's certificate;
+    /// [`GrpcNetworkFactory::with_tls`]). `None`: plaintext.
+    pub tls: Option<rustls::ClientConfig>,
 }
 
 /// The bytes of one snapshot chunk between nodes (below the node-to-node
@@ -124,6 +128,7 @@ impl ClusterNode {
             max_message_bytes,
             snapshot_entries,
             keep_log_entries,
+            tls,
         } = options;
         if !peers.contains_key(&node_id) {
             return Err(NodeError::Settings(format!(
@@ -173,7 +178,10 @@ impl ClusterNode {
             .map_err(|error| NodeError::Snapshot(error.to_string()))?;
         let state_machine =
             StoreStateMachine::new(store.clone(), Arc::clone(&proposals), snapshots);
-        let network = GrpcNetworkFactory::new(node_id, max_message_bytes).with_routes(routes);
+        let mut network = GrpcNetworkFactory::new(node_id, max_message_bytes).with_routes(routes);
+        if let Some(config) = tls {
+            network = network.with_tls(config);
+        }
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|error| NodeError::Raft(error.to_string()))?;

@@ -1,7 +1,10 @@
 //! Certificates for trying TLS on one machine (`cairn dev-certs`, and the
 //! tests): a development CA, a server certificate it signs (for `localhost`,
-//! `127.0.0.1`, `::1` and any extra host names), and a client certificate for
-//! trying mutual TLS. Keys are ECDSA P-256 (rcgen with ring).
+//! `127.0.0.1`, `::1` and any extra host names), a client certificate for
+//! trying mutual TLS, and a cluster node's certificate (the same names, valid
+//! both as a server and as a client certificate: a node serves its raft
+//! listener with it and presents it to its peers). Keys are ECDSA P-256
+//! (rcgen with ring).
 //!
 //! The CA's key is kept next to its certificate (`ca.key`, mode 0600) so that
 //! running `cairn dev-certs` again on the same directory re-issues the server
@@ -27,10 +30,10 @@ use rcgen::{
 const CA_NAME: &str = "Cairn development CA";
 /// How long the CA is valid.
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
-/// How long the server and client certificates are valid (below the 398
+/// How long the server, client and node certificates are valid (below the 398
 /// days clients accept for a leaf).
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-/// The host names and addresses every server certificate names.
+/// The host names and addresses every server and node certificate names.
 pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// The name in the client certificate.
 pub const CLIENT_NAME: &str = "cairn-dev-client";
@@ -139,20 +142,28 @@ impl DevCa {
     /// A server certificate for [`DEFAULT_HOSTS`] and `hosts` (DNS names or
     /// IP addresses).
     pub fn server(&self, hosts: &[String]) -> Result<Issued, DevCertError> {
-        let mut names: Vec<String> = DEFAULT_HOSTS
-            .iter()
-            .map(|host| (*host).to_owned())
-            .collect();
-        for host in hosts {
-            if !names.contains(host) {
-                names.push(host.clone());
-            }
-        }
-        let mut params = CertificateParams::new(names)?;
+        let mut params = CertificateParams::new(host_names(hosts))?;
         params
             .distinguished_name
             .push(DnType::CommonName, "cairn server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A cluster node's certificate for [`DEFAULT_HOSTS`] and `hosts`: both
+    /// extended key usages, server and client authentication, since a node
+    /// serves its raft listener with it and presents it to the peers it dials
+    /// (`--cluster-tls-cert-file`), and rustls checks the usage on either
+    /// side. It must name every host its peers dial it at.
+    pub fn node(&self, hosts: &[String]) -> Result<Issued, DevCertError> {
+        let mut params = CertificateParams::new(host_names(hosts))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "cairn node");
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         self.issue(params)
     }
 
@@ -178,6 +189,20 @@ impl DevCa {
     }
 }
 
+/// [`DEFAULT_HOSTS`] followed by those of `hosts` not among them.
+fn host_names(hosts: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = DEFAULT_HOSTS
+        .iter()
+        .map(|host| (*host).to_owned())
+        .collect();
+    for host in hosts {
+        if !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    names
+}
+
 /// The files [`write`] wrote.
 #[derive(Debug, Clone)]
 pub struct DevCertFiles {
@@ -194,12 +219,20 @@ pub struct DevCertFiles {
     pub client_cert: PathBuf,
     /// `--key-file` of a client (0600).
     pub client_key: PathBuf,
+    /// `--cluster-tls-cert-file` of a cluster node (with `ca` as its
+    /// `--cluster-tls-ca-file`): the server names' certificate, valid as a
+    /// client certificate too.
+    pub node_cert: PathBuf,
+    /// `--cluster-tls-key-file` of a cluster node (0600).
+    pub node_key: PathBuf,
     /// True when an existing CA in the directory was used.
     pub reused_ca: bool,
 }
 
-/// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem` and
-/// `client.key` into `out` (created if needed), reusing the CA already there.
+/// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem`,
+/// `client.key`, `node.pem` and `node.key` into `out` (created if needed),
+/// reusing the CA already there. The server and node certificates name
+/// [`DEFAULT_HOSTS`] and `hosts`.
 /// Every file is replaced atomically (a running server that reloads never
 /// sees half a file); keys are readable by their owner only.
 pub fn write(out: &Path, hosts: &[String]) -> Result<DevCertFiles, DevCertError> {
@@ -215,6 +248,8 @@ pub fn write(out: &Path, hosts: &[String]) -> Result<DevCertFiles, DevCertError>
         server_key: out.join("server.key"),
         client_cert: out.join("client.pem"),
         client_key: out.join("client.key"),
+        node_cert: out.join("node.pem"),
+        node_key: out.join("node.key"),
         reused_ca: files_exist(&[&out.join("ca.pem"), &out.join("ca.key")]),
     };
     let ca = if files.reused_ca {
@@ -233,6 +268,9 @@ pub fn write(out: &Path, hosts: &[String]) -> Result<DevCertFiles, DevCertError>
     let client = ca.client(CLIENT_NAME)?;
     write_file(&files.client_key, &client.key_pem, true)?;
     write_file(&files.client_cert, &client.cert_pem, false)?;
+    let node = ca.node(hosts)?;
+    write_file(&files.node_key, &node.key_pem, true)?;
+    write_file(&files.node_cert, &node.cert_pem, false)?;
     Ok(files)
 }
 
@@ -286,7 +324,12 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for key in [&first.ca_key, &first.server_key, &first.client_key] {
+            for key in [
+                &first.ca_key,
+                &first.server_key,
+                &first.client_key,
+                &first.node_key,
+            ] {
                 let mode = std::fs::metadata(key).unwrap().permissions().mode();
                 assert_eq!(mode & 0o777, 0o600, "{}", key.display());
             }
@@ -305,6 +348,83 @@ mod tests {
             &crate::tls::provider(),
         )
         .unwrap();
+        crate::tls::load_certified_key(
+            &second.node_cert,
+            &second.node_key,
+            &crate::tls::provider(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_node_certificate_verifies_as_a_server_and_as_a_client_under_its_ca() {
+        use std::sync::Arc;
+
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+
+        fn der(pem: &str) -> CertificateDer<'static> {
+            CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")
+        }
+        let ca = DevCa::generate().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der(&ca.cert_pem)).unwrap();
+        let roots = Arc::new(roots);
+        let provider = crate::tls::provider();
+        // The verifiers rustls runs in a handshake: each checks the chain to
+        // the CA and the extended key usage of its side (and the server's
+        // name).
+        let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .build()
+            .unwrap();
+        let now = UnixTime::now();
+        let as_server = |pem: &str, host: &str| {
+            let name = ServerName::try_from(host.to_owned()).expect("a host name");
+            servers
+                .verify_server_cert(&der(pem), &[], &name, &[], now)
+                .map(|_| ())
+        };
+        let as_client = |pem: &str| clients.verify_client_cert(&der(pem), &[], now).map(|_| ());
+
+        let extra = ["node-2.cairn.lan".to_owned(), "10.0.0.2".to_owned()];
+        let node = ca.node(&extra).unwrap();
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "node-2.cairn.lan",
+            "10.0.0.2",
+        ] {
+            as_server(&node.cert_pem, host)
+                .unwrap_or_else(|error| panic!("the node certificate as {host}: {error}"));
+        }
+        as_client(&node.cert_pem).expect("the node certificate as a client certificate");
+        assert!(as_server(&node.cert_pem, "node-3.cairn.lan").is_err());
+
+        // The usages are checked: a server certificate is no client
+        // certificate and a client certificate no server certificate.
+        let server = ca.server(&[]).unwrap();
+        as_server(&server.cert_pem, "localhost").unwrap();
+        let refused = as_client(&server.cert_pem).expect_err("a server-only certificate");
+        assert!(
+            matches!(refused, rustls::Error::InvalidCertificate(_)),
+            "{refused:?}"
+        );
+        let client = ca.client(CLIENT_NAME).unwrap();
+        as_client(&client.cert_pem).unwrap();
+        assert!(as_server(&client.cert_pem, CLIENT_NAME).is_err());
+
+        // Another CA's node certificate is refused on both sides.
+        let stranger = DevCa::generate().unwrap().node(&[]).unwrap();
+        assert!(as_server(&stranger.cert_pem, "localhost").is_err());
+        assert!(as_client(&stranger.cert_pem).is_err());
     }
 
     #[test]

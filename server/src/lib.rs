@@ -37,8 +37,8 @@ use cairn_storage::{Store, StoreOptions};
 use tokio::net::TcpListener;
 
 pub use settings::{
-    ClusterSettings, DEFAULT_BLOCK_CACHE_BYTES, DurabilitySetting, Listen, LogFormat, Mode, Secret,
-    Settings, SettingsArgs, SettingsError, TlsFiles,
+    ClusterSettings, ClusterTlsFiles, DEFAULT_BLOCK_CACHE_BYTES, DurabilitySetting, Listen,
+    LogFormat, Mode, Secret, Settings, SettingsArgs, SettingsError, TlsFiles,
 };
 pub use tls::TlsError;
 
@@ -219,11 +219,12 @@ pub async fn serve(
             None
         }
     };
-    let cluster = match settings.cluster()? {
-        None => None,
-        Some(cluster) => Some(std::sync::Arc::new(
-            start_cluster_node(&store, &settings, cluster, &mode).await?,
-        )),
+    let (cluster, cluster_tls) = match settings.cluster()? {
+        None => (None, None),
+        Some(cluster) => {
+            let (node, tls) = start_cluster_node(&store, &settings, cluster).await?;
+            (Some(std::sync::Arc::new(node)), tls)
+        }
     };
     let engine = Engine::start(store, settings.engine_options()).await?;
     if let Some(node) = &cluster {
@@ -277,6 +278,7 @@ pub async fn serve(
             listener,
             node.raft_service(),
             settings.connection_limits(),
+            cluster_tls,
             engine.shutdown_signal(),
         ));
     }
@@ -307,22 +309,29 @@ pub async fn serve(
 }
 
 /// Starts this node's raft over `store` (opened clustered by
-/// [`open_store_with`]). Cluster mode needs the insecure mode for now:
-/// node-to-node TLS is not built, and a secure start writes the first admin
-/// user, which only a leader can.
+/// [`open_store_with`]), and returns it with the node-to-node listener's TLS
+/// acceptor when the settings give mutual TLS between nodes (the node's
+/// channels to its peers then use the same files). The client listeners'
+/// mode is independent of it: in a secure cluster the first leader creates
+/// the first admin (`cairn_engine::Security::lead`).
 async fn start_cluster_node(
     store: &Store,
     settings: &Settings,
     cluster: settings::ClusterSettings,
-    mode: &Mode,
-) -> Result<cairn_cluster::node::ClusterNode, ServerError> {
-    if matches!(mode, Mode::Secure(_)) {
-        return Err(ServerError::Settings(SettingsError::Invalid(
-            "cluster mode with TLS and authentication is not built yet; run the cluster \
-             with --insecure on a trusted network (server/CLUSTER.md)"
-                .into(),
-        )));
-    }
+) -> Result<
+    (
+        cairn_cluster::node::ClusterNode,
+        Option<tokio_rustls::TlsAcceptor>,
+    ),
+    ServerError,
+> {
+    let (acceptor, client_tls) = match &cluster.tls {
+        None => (None, None),
+        Some(files) => {
+            let tls = tls::ClusterTls::load(files)?;
+            (Some(tls.acceptor), Some(tls.client))
+        }
+    };
     let options = cairn_cluster::node::NodeOptions {
         node_id: cluster.node_id,
         peers: cluster
@@ -352,31 +361,42 @@ async fn start_cluster_node(
         max_message_bytes: max_message_bytes(settings).max(CLUSTER_MESSAGE_BYTES),
         snapshot_entries: cluster.snapshot_entries,
         keep_log_entries: cluster.keep_log_entries,
+        tls: client_tls,
     };
-    tracing::info!(node_id = cluster.node_id, listen = %cluster.listen, "cluster node starting");
-    cairn_cluster::node::ClusterNode::start(store.clone(), options)
+    tracing::info!(
+        node_id = cluster.node_id,
+        listen = %cluster.listen,
+        mutual_tls = acceptor.is_some(),
+        "cluster node starting"
+    );
+    let node = cairn_cluster::node::ClusterNode::start(store.clone(), options)
         .await
-        .map_err(|error| ServerError::Serve(error.to_string()))
+        .map_err(|error| ServerError::Serve(error.to_string()))?;
+    Ok((node, acceptor))
 }
 
 /// The smallest bound on one node-to-node message: a full commit group
 /// (`StoreOptions::max_group_bytes`) and its framing fit.
 const CLUSTER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Serves the node-to-node raft service until the engine shuts down.
+/// Serves the node-to-node raft service until the engine shuts down; with
+/// `tls`, only to peers whose TLS client certificate the cluster CA signed
+/// (a plaintext or unauthenticated connection fails its handshake in the
+/// listener and is closed).
 async fn serve_cluster(
     listener: TcpListener,
     service: cairn_proto::cluster::v1::raft_server::RaftServer<
         cairn_cluster::network::RaftService<cairn_cluster::types::TypeConfig>,
     >,
     limits: listener::ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    tracing::info!(listen = %address, "cluster listener serving");
+    tracing::info!(listen = %address, mutual_tls = tls.is_some(), "cluster listener serving");
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(listener::accept(listener, limits, None), async move {
+        .serve_with_incoming_shutdown(listener::accept(listener, limits, tls), async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         })
         .await

@@ -225,6 +225,19 @@ pub struct Settings {
     /// so a follower that was briefly away catches up from the log.
     #[serde(default = "default_cluster_keep_log_entries")]
     pub cluster_keep_log_entries: u64,
+    /// Cluster mode: this node's certificate chain (PEM) for mutual TLS
+    /// between nodes: served by the node-to-node listener and presented to
+    /// peers as a client certificate. All three `cluster_tls_*` or none.
+    #[serde(default)]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    /// Cluster mode: the private key of `cluster_tls_cert_file` (PEM).
+    #[serde(default)]
+    pub cluster_tls_key_file: Option<PathBuf>,
+    /// Cluster mode: the CA certificates (PEM) that every node's certificate
+    /// chains to: peers are accepted, as clients and as servers, only with a
+    /// certificate signed by one of them. Read once at start.
+    #[serde(default)]
+    pub cluster_tls_ca_file: Option<PathBuf>,
 }
 
 fn default_cluster_snapshot_entries() -> u64 {
@@ -267,6 +280,24 @@ pub struct ClusterSettings {
     pub snapshot_entries: u64,
     /// Entries the log keeps behind the newest snapshot.
     pub keep_log_entries: u64,
+    /// Mutual TLS between nodes; `None`: the node-to-node traffic is
+    /// plaintext and unauthenticated (loopback or `--insecure` only).
+    pub tls: Option<ClusterTlsFiles>,
+}
+
+/// The PEM files of mutual TLS between cluster nodes
+/// (`--cluster-tls-cert-file`, `--cluster-tls-key-file`,
+/// `--cluster-tls-ca-file`): one certificate per node, used both as the
+/// node-to-node listener's server certificate and as the client certificate
+/// the node presents to its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTlsFiles {
+    /// This node's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+    /// CA certificates every peer's certificate must chain to.
+    pub ca: PathBuf,
 }
 
 /// One member's addresses (`--cluster-peers`).
@@ -499,6 +530,12 @@ impl Settings {
                  --cluster-listen and --cluster-peers too, or drop it"
                     .into(),
             )),
+            (None, None, None) if self.cluster_tls()?.is_some() => Err(SettingsError::Invalid(
+                "--cluster-tls-cert-file, --cluster-tls-key-file and --cluster-tls-ca-file are \
+                 for cluster mode; give --cluster-node-id, --cluster-listen and --cluster-peers \
+                 too, or drop them"
+                    .into(),
+            )),
             (None, None, None) => Ok(None),
             (Some(node_id), Some(listen), Some(peers)) => {
                 let peers = parse_peers(peers)?;
@@ -511,11 +548,15 @@ impl Settings {
                     Some(routes) => parse_routes(routes, node_id, &peers)?,
                     None => std::collections::BTreeMap::new(),
                 };
-                if !self.insecure && !listen.ip().is_loopback() {
+                let tls = self.cluster_tls()?;
+                // With mutual TLS every peer is authenticated by its
+                // certificate, so any address may be served.
+                if tls.is_none() && !self.insecure && !listen.ip().is_loopback() {
                     return Err(SettingsError::Refused(format!(
-                        "refusing to serve the node-to-node listener {listen} off loopback: \
-                         peers are not authenticated yet (mutual TLS between nodes is not \
-                         built); give --insecure to run a cluster on a trusted network"
+                        "refusing to serve the node-to-node listener {listen} off loopback \
+                         without authenticating peers; give --cluster-tls-cert-file, \
+                         --cluster-tls-key-file and --cluster-tls-ca-file (mutual TLS between \
+                         nodes), or --insecure to run a cluster on a trusted network"
                     )));
                 }
                 Ok(Some(ClusterSettings {
@@ -530,6 +571,7 @@ impl Settings {
                     ),
                     snapshot_entries: self.cluster_snapshot_entries.max(1),
                     keep_log_entries: self.cluster_keep_log_entries,
+                    tls,
                 }))
             }
             _ => Err(SettingsError::Invalid(
@@ -537,6 +579,38 @@ impl Settings {
                  --cluster-peers"
                     .into(),
             )),
+        }
+    }
+
+    /// The cluster's mutual TLS files: all three given, or none (`None`);
+    /// anything between is refused naming what is missing.
+    fn cluster_tls(&self) -> Result<Option<ClusterTlsFiles>, SettingsError> {
+        match (
+            &self.cluster_tls_cert_file,
+            &self.cluster_tls_key_file,
+            &self.cluster_tls_ca_file,
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(ClusterTlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "--cluster-tls-cert-file"),
+                    (key.is_none(), "--cluster-tls-key-file"),
+                    (ca.is_none(), "--cluster-tls-ca-file"),
+                ]
+                .into_iter()
+                .filter_map(|(missing, flag)| missing.then_some(flag))
+                .collect();
+                Err(SettingsError::Invalid(format!(
+                    "mutual TLS between nodes needs all of --cluster-tls-cert-file, \
+                     --cluster-tls-key-file and --cluster-tls-ca-file; missing {}",
+                    missing.join(" and ")
+                )))
+            }
         }
     }
 
@@ -655,6 +729,9 @@ impl Settings {
             cluster_election_timeout_ms: default_cluster_election_timeout_ms(),
             cluster_snapshot_entries: default_cluster_snapshot_entries(),
             cluster_keep_log_entries: default_cluster_keep_log_entries(),
+            cluster_tls_cert_file: None,
+            cluster_tls_key_file: None,
+            cluster_tls_ca_file: None,
         }
     }
 }
@@ -800,6 +877,15 @@ pub struct SettingsArgs {
     /// Cluster mode: raft entries kept behind the newest snapshot [default: 5000].
     #[arg(long, env = "CAIRN_CLUSTER_KEEP_LOG_ENTRIES")]
     pub cluster_keep_log_entries: Option<u64>,
+    /// Cluster mode: this node's certificate chain (PEM) for mutual TLS between nodes.
+    #[arg(long, env = "CAIRN_CLUSTER_TLS_CERT_FILE")]
+    pub cluster_tls_cert_file: Option<PathBuf>,
+    /// Cluster mode: private key of --cluster-tls-cert-file (PEM).
+    #[arg(long, env = "CAIRN_CLUSTER_TLS_KEY_FILE")]
+    pub cluster_tls_key_file: Option<PathBuf>,
+    /// Cluster mode: CA certificates (PEM) every node's certificate chains to.
+    #[arg(long, env = "CAIRN_CLUSTER_TLS_CA_FILE")]
+    pub cluster_tls_ca_file: Option<PathBuf>,
 }
 
 /// Why the settings could not be loaded.
@@ -974,7 +1060,7 @@ impl SettingsArgs {
                 self.cluster_election_timeout_ms.map(|v| text(&v)),
             ),
         ];
-        let snapshots: [(&str, Option<String>); 2] = [
+        let snapshots: [(&str, Option<String>); 5] = [
             (
                 "cluster_snapshot_entries",
                 self.cluster_snapshot_entries.map(|v| text(&v)),
@@ -983,6 +1069,9 @@ impl SettingsArgs {
                 "cluster_keep_log_entries",
                 self.cluster_keep_log_entries.map(|v| text(&v)),
             ),
+            ("cluster_tls_cert_file", path(&self.cluster_tls_cert_file)),
+            ("cluster_tls_key_file", path(&self.cluster_tls_key_file)),
+            ("cluster_tls_ca_file", path(&self.cluster_tls_ca_file)),
         ];
         for (key, value) in overrides
             .into_iter()
@@ -1057,12 +1146,139 @@ mod tests {
         };
         assert!(invalid(half).contains("needs all of"));
         let public = clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070");
-        assert!(invalid(public).contains("mutual TLS between nodes is not built"));
+        assert!(invalid(public).contains("--cluster-tls-ca-file (mutual TLS between nodes)"));
         let insecure = Settings {
             insecure: true,
             ..clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070")
         };
         assert!(insecure.cluster().expect("insecure allows it").is_some());
+    }
+
+    /// `settings` with the cluster TLS files that are `Some`.
+    fn with_cluster_tls(
+        settings: Settings,
+        cert: Option<&str>,
+        key: Option<&str>,
+        ca: Option<&str>,
+    ) -> Settings {
+        Settings {
+            cluster_tls_cert_file: cert.map(PathBuf::from),
+            cluster_tls_key_file: key.map(PathBuf::from),
+            cluster_tls_ca_file: ca.map(PathBuf::from),
+            ..settings
+        }
+    }
+
+    #[test]
+    fn cluster_tls_takes_all_three_files_and_then_serves_off_loopback() {
+        let public = || clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070");
+        let secured = with_cluster_tls(public(), Some("n.pem"), Some("n.key"), Some("ca.pem"))
+            .cluster()
+            .expect("mutual TLS authenticates peers off loopback")
+            .expect("clustered");
+        assert_eq!(
+            secured.tls,
+            Some(ClusterTlsFiles {
+                cert: "n.pem".into(),
+                key: "n.key".into(),
+                ca: "ca.pem".into(),
+            })
+        );
+        let plain = clustered(1, "127.0.0.1:7170", "1=127.0.0.1:7170/127.0.0.1:7070")
+            .cluster()
+            .expect("loopback")
+            .expect("clustered");
+        assert_eq!(plain.tls, None);
+        for (cert, key, ca, missing) in [
+            (
+                Some("n.pem"),
+                Some("n.key"),
+                None,
+                "missing --cluster-tls-ca-file",
+            ),
+            (
+                Some("n.pem"),
+                None,
+                Some("ca.pem"),
+                "missing --cluster-tls-key-file",
+            ),
+            (
+                None,
+                Some("n.key"),
+                Some("ca.pem"),
+                "missing --cluster-tls-cert-file",
+            ),
+            (
+                None,
+                None,
+                Some("ca.pem"),
+                "missing --cluster-tls-cert-file and --cluster-tls-key-file",
+            ),
+        ] {
+            // Refused whatever the address: a half configuration is a mistake.
+            for settings in [
+                public(),
+                clustered(1, "127.0.0.1:7170", "1=127.0.0.1:7170/127.0.0.1:7070"),
+            ] {
+                match with_cluster_tls(settings, cert, key, ca).cluster() {
+                    Err(SettingsError::Invalid(message)) => {
+                        assert!(message.contains("needs all of"), "{message}");
+                        assert!(message.ends_with(missing), "{message}");
+                    }
+                    other => panic!("{cert:?} {key:?} {ca:?}: accepted: {other:?}"),
+                }
+            }
+        }
+        let single = with_cluster_tls(
+            Settings::for_tests(PathBuf::new()),
+            Some("n.pem"),
+            Some("n.key"),
+            Some("ca.pem"),
+        );
+        match single.cluster() {
+            Err(SettingsError::Invalid(message)) => {
+                assert!(message.contains("are for cluster mode"), "{message}")
+            }
+            other => panic!("cluster TLS without cluster mode accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_tls_files_come_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(
+            &file,
+            "cluster_tls_cert_file = \"/etc/cairn/node.pem\"\n\
+             cluster_tls_key_file = \"/etc/cairn/node.key\"\n\
+             cluster_tls_ca_file = \"/etc/cairn/ca.pem\"\n",
+        )
+        .expect("write the config file");
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        }
+        .resolve()
+        .expect("settings");
+        assert_eq!(
+            from_file.cluster_tls_ca_file,
+            Some(PathBuf::from("/etc/cairn/ca.pem"))
+        );
+        assert_eq!(
+            from_file.cluster_tls_key_file,
+            Some(PathBuf::from("/etc/cairn/node.key"))
+        );
+        let flag = SettingsArgs {
+            config: Some(file),
+            cluster_tls_cert_file: Some("/run/node.pem".into()),
+            ..SettingsArgs::default()
+        }
+        .resolve()
+        .expect("settings");
+        assert_eq!(
+            flag.cluster_tls_cert_file,
+            Some(PathBuf::from("/run/node.pem"))
+        );
     }
 
     /// Three loopback members; node 1's settings with `routes`.

@@ -13,6 +13,11 @@
 //! The client CA of mutual TLS (`tls_client_ca_file`) is read once at start:
 //! changing which clients are trusted takes a restart.
 //!
+//! Cluster mode's mutual TLS between nodes ([`ClusterTls`]) uses the same
+//! loaders: one certificate per node, served by the node-to-node listener and
+//! presented to peers, and one CA that both sides check the other's
+//! certificate against. Its files are read once at start (no reload).
+//!
 //! The handshake itself runs in the listener ([`crate::listener`]), one task
 //! per connection, bounded by the handshake timeout. ALPN offers `h2` only:
 //! every facade speaks HTTP/2.
@@ -30,7 +35,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::settings::TlsFiles;
+use crate::settings::{ClusterTlsFiles, TlsFiles};
 
 /// Why TLS could not be set up or a reload failed. Every message names the
 /// file.
@@ -121,6 +126,22 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certificates)
 }
 
+/// The private key in `path` (PEM: PKCS#8, PKCS#1 or SEC1).
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|error| match error {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            what: "TLS key file",
+            path: path.to_owned(),
+            expected: "PRIVATE KEY",
+        },
+        error => TlsError::Read {
+            what: "TLS key file",
+            path: path.to_owned(),
+            error: error.to_string(),
+        },
+    })
+}
+
 /// Loads a certificate chain and its key, checking that they belong together.
 pub(crate) fn load_certified_key(
     cert: &Path,
@@ -128,23 +149,97 @@ pub(crate) fn load_certified_key(
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
     let chain = certificates("TLS certificate file", cert)?;
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|error| match error {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
-            what: "TLS key file",
-            path: key.to_owned(),
-            expected: "PRIVATE KEY",
-        },
-        error => TlsError::Read {
-            what: "TLS key file",
-            path: key.to_owned(),
-            error: error.to_string(),
-        },
-    })?;
+    let private = private_key(key)?;
+    certified_key(chain, private, cert, key, provider)
+}
+
+/// `chain` with its `private` key, refused when they do not belong together
+/// (the error names the files they came from).
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    private: PrivateKeyDer<'static>,
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
     CertifiedKey::from_der(chain, private, provider).map_err(|error| TlsError::Key {
         cert: cert.to_owned(),
         key: key.to_owned(),
         error: error.to_string(),
     })
+}
+
+/// The trust anchors in the CA file `path` (`what` names it in errors).
+fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(what, path)? {
+        roots.add(certificate).map_err(|error| TlsError::Read {
+            what,
+            path: path.to_owned(),
+            error: error.to_string(),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// A verifier that requires a client certificate chaining to `roots`.
+fn client_verifier(
+    roots: RootCertStore,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map_err(|error| TlsError::Config(error.to_string()))
+}
+
+/// Both ends of mutual TLS between cluster nodes, from one node's files.
+pub(crate) struct ClusterTls {
+    /// The node-to-node listener's handshakes: this node's certificate, and a
+    /// client certificate signed by the cluster CA required of every peer.
+    pub(crate) acceptor: TlsAcceptor,
+    /// What this node dials its peers with: the cluster CA as the only trust
+    /// anchor, this node's certificate as its client certificate (ALPN is
+    /// the network's to set).
+    pub(crate) client: rustls::ClientConfig,
+}
+
+impl ClusterTls {
+    /// Reads the files (TLS 1.2 and 1.3, ring, ALPN `h2` on the listener).
+    pub(crate) fn load(files: &ClusterTlsFiles) -> Result<Self, TlsError> {
+        let provider = provider();
+        let chain = certificates("TLS certificate file", &files.cert)?;
+        let private = private_key(&files.key)?;
+        // Refuses a key of another certificate before either side uses it.
+        let certified = certified_key(
+            chain.clone(),
+            private.clone_key(),
+            &files.cert,
+            &files.key,
+            &provider,
+        )?;
+        let config = |error: rustls::Error| TlsError::Config(error.to_string());
+        let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_client_cert_verifier(client_verifier(
+                roots("cluster TLS CA file", &files.ca)?,
+                &provider,
+            )?)
+            .with_cert_resolver(Arc::new(CurrentKey {
+                key: RwLock::new(Arc::new(certified)),
+            }) as Arc<dyn ResolvesServerCert>);
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(config)?
+            .with_root_certificates(roots("cluster TLS CA file", &files.ca)?)
+            .with_client_auth_cert(chain, private)
+            .map_err(config)?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            client,
+        })
+    }
 }
 
 /// The server side of TLS: the acceptor the listener hands connections to,
@@ -173,23 +268,10 @@ impl ServerTls {
             .map_err(|error| TlsError::Config(error.to_string()))?;
         let builder = match &files.client_ca {
             None => builder.with_no_client_auth(),
-            Some(path) => {
-                let mut roots = RootCertStore::empty();
-                for certificate in certificates("TLS client CA file", path)? {
-                    roots.add(certificate).map_err(|error| TlsError::Read {
-                        what: "TLS client CA file",
-                        path: path.clone(),
-                        error: error.to_string(),
-                    })?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    Arc::clone(&provider),
-                )
-                .build()
-                .map_err(|error| TlsError::Config(error.to_string()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+            Some(path) => builder.with_client_cert_verifier(client_verifier(
+                roots("TLS client CA file", path)?,
+                &provider,
+            )?),
         };
         let mut config =
             builder.with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);

@@ -334,3 +334,38 @@ pub async fn append_bulk(client: &cairn_client::Client, events: u64) -> u64 {
     }
     last
 }
+
+/// The first port [`free_port`] hands out is this plus a per-process offset;
+/// it stays below Linux's ephemeral range (32768-60999 by default).
+const FIXED_PORTS_START: u16 = 20_000;
+/// How many ports [`free_port`] cycles through.
+const FIXED_PORTS: u16 = 12_000;
+
+/// A loopback port for a daemon to listen on, free when this returns. Taken
+/// from below the ephemeral range, so no outgoing connection and no
+/// `bind(0)` elsewhere can take it between now and the daemon's bind (which
+/// `bind(0)`-then-release allows, and which made parallel cluster tests fail
+/// with "Address already in use"); each port is handed out once per test
+/// process, starting at an offset from the process id so that two test
+/// processes at once rarely meet (and a port in use is skipped anyway).
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(u16::MAX);
+    let _ = NEXT.compare_exchange(
+        u16::MAX,
+        (std::process::id() % u32::from(FIXED_PORTS)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..FIXED_PORTS {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % FIXED_PORTS;
+        let port = FIXED_PORTS_START + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port in {FIXED_PORTS_START}..{}",
+        FIXED_PORTS_START + FIXED_PORTS
+    );
+}
