@@ -261,14 +261,6 @@ impl Links {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// The index of the node that accepts writes, found by appending a probe
 /// event to each live node until one acknowledges it. A follower's refusal
 /// must be `NotLeader`.
@@ -279,14 +271,8 @@ async fn find_leader(cluster: &Cluster, live: &[usize]) -> usize {
             let Ok(client) = cluster.connect(index).await else {
                 continue;
             };
-            let probe = EventData::binary("Probe", &b"leader?"[..]);
-            match client
-                .append("cluster-probe", ExpectedRevision::Any, vec![probe])
-                .await
-            {
-                Ok(_) => return index,
-                Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => {}
-                Err(other) => panic!("node {} answered a probe with {other}", index + 1),
+            if common::acknowledges_a_probe(&client, index).await {
+                return index;
             }
         }
         assert!(
@@ -514,7 +500,7 @@ fn assert_identical_holding_each_once<'a>(
 fn killing_the_leader_loses_no_acknowledged_append_and_every_node_converges() {
     let root = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::started(root.path());
-    let runtime = runtime();
+    let runtime = common::runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let first_leader = runtime.block_on(find_leader(&cluster, &all_nodes));
 
@@ -671,7 +657,7 @@ async fn refused_while_isolated(client: &Client, sent: &mut Vec<Uuid>) {
 #[test]
 fn an_isolated_leader_stops_acknowledging_and_the_majority_goes_on() {
     let root = tempfile::tempdir().expect("tempdir");
-    let runtime = runtime();
+    let runtime = common::runtime();
     let mut cluster = Cluster::new(root.path());
     let links = runtime.block_on(Links::start(&cluster.rafts));
     cluster.route_through(&links);
@@ -825,7 +811,7 @@ fn a_consumer_group_moves_to_the_new_leader_and_resumes_from_its_checkpoint() {
 
     let root = tempfile::tempdir().expect("tempdir");
     let mut cluster = Cluster::started(root.path());
-    let runtime = runtime();
+    let runtime = common::runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
     let follower = (leader + 1) % NODES;
@@ -941,7 +927,7 @@ fn kurrentdb_clients_find_the_leader_through_gossip_and_not_leader() {
 
     let root = tempfile::tempdir().expect("tempdir");
     let cluster = Cluster::started(root.path());
-    let runtime = runtime();
+    let runtime = common::runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
     let (leader_host, leader_port) = cluster.kurrents[leader]
@@ -1093,7 +1079,7 @@ fn every_node_reports_the_leader_and_term_in_its_cluster_status() {
     for index in 0..NODES {
         cluster.start(index);
     }
-    let runtime = runtime();
+    let runtime = common::runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let leader = runtime.block_on(find_leader(&cluster, &all_nodes));
     let leader_id = leader as u64 + 1;
@@ -1184,7 +1170,7 @@ fn a_client_given_every_seed_follows_the_leader_through_a_kill_and_writes_each_a
     for index in 0..NODES {
         cluster.start(index);
     }
-    let runtime = runtime();
+    let runtime = common::runtime();
     let all_nodes: Vec<usize> = (0..NODES).collect();
     let first_leader = runtime.block_on(find_leader(&cluster, &all_nodes));
 
@@ -1306,7 +1292,7 @@ fn a_follower_back_after_the_log_was_compacted_catches_up_from_a_snapshot() {
     for index in 0..NODES {
         cluster.start(index);
     }
-    let runtime = runtime();
+    let runtime = common::runtime();
     runtime.block_on(async {
         let leader = find_leader(&cluster, &[0, 1, 2]).await;
         let away = (leader + 1) % NODES;
@@ -1406,7 +1392,7 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
     for index in 0..NODES {
         cluster.start(index);
     }
-    let runtime = runtime();
+    let runtime = common::runtime();
     let first_leader = runtime.block_on(async {
         // The first leader writes the generated password into its own data
         // directory, then appends the admin: the node whose file logs in

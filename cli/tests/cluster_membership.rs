@@ -135,14 +135,6 @@ impl Node {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// The value `probe` gives once it gives one, polling until [`DEADLINE`].
 async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
@@ -206,7 +198,7 @@ async fn leader(nodes: &[Node], expected: &BTreeSet<u64>) -> usize {
 #[test]
 fn a_joining_node_is_added_catches_up_and_is_removed_while_appends_go_on() {
     let root = tempfile::tempdir().expect("tempdir");
-    let runtime = runtime();
+    let runtime = common::runtime();
     let mut nodes: Vec<Node> = (1..=3).map(Node::new).collect();
     let peers = nodes.iter().map(Node::peer).collect::<Vec<_>>().join(",");
     for node in &mut nodes {
@@ -372,7 +364,7 @@ fn a_joining_node_is_added_catches_up_and_is_removed_while_appends_go_on() {
 #[test]
 fn a_node_added_after_the_log_was_compacted_joins_from_a_snapshot_through_the_cli() {
     let root = tempfile::tempdir().expect("tempdir");
-    let runtime = runtime();
+    let runtime = common::runtime();
     let events = common::snapshot_test_events();
     // About four snapshots over the run (each one reads the whole store),
     // and never fewer entries between two than the log keeps.

@@ -24,14 +24,6 @@ const NODES: usize = 3;
 /// How long electing a leader may take before the test fails.
 const ELECTION_DEADLINE: Duration = Duration::from_secs(20);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Three nodes on loopback, each started with the TLS files it was given.
 struct TlsCluster {
     /// Each node's `cairn.v1` listener (plaintext).
@@ -113,14 +105,8 @@ async fn find_leader(cluster: &TlsCluster, live: &[usize]) -> (usize, Client) {
             let Ok(client) = Client::connect(cluster.url(index)).await else {
                 continue;
             };
-            let probe = EventData::binary("Probe", &b"leader?"[..]);
-            match client
-                .append("cluster-probe", ExpectedRevision::Any, vec![probe])
-                .await
-            {
-                Ok(_) => return (index, client),
-                Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => {}
-                Err(other) => panic!("node {} answered a probe with {other}", index + 1),
+            if common::acknowledges_a_probe(&client, index).await {
+                return (index, client);
             }
         }
         assert!(
@@ -166,7 +152,7 @@ fn nodes_with_mutual_tls_elect_a_leader_and_replicate_to_every_node() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = dev_certs::write(&root.path().join("certs"), &[]).expect("dev certificates");
     let cluster = TlsCluster::start(root.path(), [&certs; NODES]);
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let all: Vec<usize> = (0..NODES).collect();
         let (_, leader) = find_leader(&cluster, &all).await;
         let position = append_one(&leader, "greetings").await;
@@ -205,7 +191,7 @@ fn the_raft_listener_takes_only_cluster_certificates_and_a_stranger_never_joins(
     let ca_pem = std::fs::read(&certs.ca).expect("read the CA");
     let read = |path: &Path| std::fs::read(path).expect("read a certificate or key");
     let raft = cluster.rafts[0].clone();
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let https = || Client::builder(format!("https://{raft}")).ca_pem(ca_pem.clone());
 
         // A certificate the cluster CA signed for client authentication gets

@@ -58,14 +58,6 @@ fn run_cairn(cwd: &Path, args: &[&str]) -> Output {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// What an acknowledged append promised about one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Written {
@@ -144,7 +136,7 @@ fn workload_events(round: usize, count: usize) -> Vec<EventData> {
 fn sigterm_exits_zero_and_a_restart_reads_everything_back() {
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    let runtime = runtime();
+    let runtime = common::runtime();
     let streams = ["order-1", "order-2", "order-3", "cart-1", "cart-2"];
 
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
@@ -334,7 +326,7 @@ fn appends_in_flight_survive(stop: Stop) {
     const STOP_AFTER: usize = 400;
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    let runtime = runtime();
+    let runtime = common::runtime();
 
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
     // Every request sent (its ids, all streams together) and every event acknowledged.
@@ -514,7 +506,7 @@ fn appends_in_flight_survive(stop: Stop) {
 fn sigterm_ends_an_open_health_watch() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut daemon = Daemon::start(root.path(), &root.path().join("data"), "json").serving();
-    let runtime = runtime();
+    let runtime = common::runtime();
     // A load balancer or grpc client-side health checking keeps a Watch open
     // for as long as the server lives; it must not keep the server alive.
     let watch = runtime.block_on(async {
@@ -543,7 +535,7 @@ fn sigterm_ends_an_open_health_watch() {
 fn sigterm_ends_a_read_whose_client_stopped_reading() {
     let root = tempfile::tempdir().expect("temp dir");
     let mut daemon = Daemon::start(root.path(), &root.path().join("data"), "json").serving();
-    let runtime = runtime();
+    let runtime = common::runtime();
     let stalled = runtime.block_on(async {
         let client = Client::connect(daemon.url()).await.expect("connect");
         // 64 MiB: far more than the server's send queue, the HTTP/2 windows and
@@ -605,7 +597,7 @@ fn a_second_server_on_a_held_data_dir_fails_clearly() {
         }
     }
     // The first server is unaffected.
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let client = Client::connect(first.url()).await.expect("connect");
         client
             .append(
@@ -826,7 +818,7 @@ fn kill_9_keeps_a_consumer_groups_checkpoint() {
 
     let root = tempfile::tempdir().expect("temp dir");
     let data = root.path().join("data");
-    let runtime = runtime();
+    let runtime = common::runtime();
     let mut daemon = Daemon::start(root.path(), &data, "json").serving();
     let (ids, acked, durable) = runtime.block_on(async {
         let client = Client::connect(daemon.url()).await.expect("connect");
@@ -966,7 +958,7 @@ fn silent_connections_at_the_fd_limit_neither_spin_nor_lock_out_clients() {
         "the server used {used} ticks of CPU in 3 s with idle connections"
     );
 
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let client_events =
             eventually_within(PROCESS_TIMEOUT, "a real client to be served", || {
                 let url = daemon.url();
@@ -1005,7 +997,7 @@ fn user_text_in_human_logs_is_escaped() {
     let mut daemon =
         Daemon::start_with(root.path(), &data, "human", &[], &["--log-level", "debug"]).serving();
     let forged = "order-1\n2026-01-01T00:00:00Z  INFO cairn: FORGED\u{1b}[31m";
-    runtime().block_on(async {
+    common::runtime().block_on(async {
         let client = cairn_client::Client::connect(daemon.url()).await.unwrap();
         // Whether the name is accepted or refused, the server logs the call.
         let _ = client

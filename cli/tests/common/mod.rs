@@ -369,3 +369,29 @@ pub fn free_port() -> u16 {
         FIXED_PORTS_START + FIXED_PORTS
     );
 }
+
+/// The runtime of a process test's client side: two workers, like the
+/// machine's cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Appends a probe event through `client` to node `index`: true when the
+/// node acknowledges it (it leads), false when it refuses as a follower or
+/// cannot be reached right now; any other answer fails the test.
+pub async fn acknowledges_a_probe(client: &cairn_client::Client, index: usize) -> bool {
+    use cairn_client::{Error, EventData, ExpectedRevision};
+    let probe = EventData::binary("Probe", &b"leader?"[..]);
+    match client
+        .append("cluster-probe", ExpectedRevision::Any, vec![probe])
+        .await
+    {
+        Ok(_) => true,
+        Err(Error::NotLeader { .. } | Error::Unavailable(_) | Error::Connect(_)) => false,
+        Err(other) => panic!("node {} answered a probe with {other}", index + 1),
+    }
+}
