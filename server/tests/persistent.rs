@@ -546,7 +546,10 @@ async fn dispatch_to_single_uses_one_consumer_until_it_leaves() {
         assert_eq!(delivery.event.id, *id);
         delivery.ack().await.expect("ack");
     }
-    let info = client.group_info("single").await.expect("info");
+    // An ack is a message on the consumer's stream: wait until the group has
+    // processed all twenty, or the last may still be in flight when the
+    // primary leaves and be redelivered to the standby (at least once).
+    let info = wait_for_info(&client, "single", |info| info.acked_total >= 20).await;
     let standby_info = info
         .consumers
         .iter()
