@@ -218,10 +218,21 @@ fn a_joining_node_is_added_catches_up_and_is_removed_while_appends_go_on() {
                 .map(|n| EventData::json_text("Placed", format!("{{\"order\":{}}}", batch * 5 + n)))
                 .collect();
             written.extend(events.iter().map(|event| event.id));
-            let result = client
-                .append(STREAM, ExpectedRevision::Any, events)
-                .await
-                .expect("the leader acknowledges");
+            // Raft may report the node as leader a role poll before its store
+            // takes writes (it answers NotLeader without a leader meanwhile):
+            // retry the same events (same ids, so at most once) until then.
+            let deadline = Instant::now() + DEADLINE;
+            let result = loop {
+                match client
+                    .append(STREAM, ExpectedRevision::Any, events.clone())
+                    .await
+                {
+                    Err(Error::NotLeader { leader: None, .. }) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => break other.expect("the leader acknowledges"),
+                }
+            };
             last_position = result.positions.expect("events were written").1;
         }
         (written, last_position)
