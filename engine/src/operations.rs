@@ -9,6 +9,11 @@
 //! name a wire type nor a metrics crate: [`Operations::totals`] is the plain
 //! method the metrics code reads.
 //!
+//! Cluster mode: a scavenge starts on the leader only (a follower answers
+//! `NotLeader`, naming the leader, and skips its schedule); the store
+//! replicates its deletions. Every node, the leader included, compacts once
+//! replicated removals stop arriving (`compact_after_scavenges`).
+//!
 //! Access: starting, stopping and watching a scavenge needs `ops` or `admin`
 //! (`Engine::authorize_operations(by, "scavenge")`); a backup needs `admin`
 //! (it writes a directory on the server's filesystem).
@@ -26,6 +31,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::security::{Principal, Role, Security};
 use crate::{Error, Result};
+
+/// How often a clustered node asks whether a compaction after replicated
+/// removals is due.
+const COMPACTION_CHECK: Duration = Duration::from_millis(500);
 
 /// The operation named in access errors and `OperationInProgress`.
 const SCAVENGE: &str = "scavenge";
@@ -177,6 +186,13 @@ impl Operations {
                 job: Mutex::new(Job::default()),
             }),
         };
+        if operations.inner.store.is_clustered() {
+            let compacting = operations.clone();
+            operations
+                .inner
+                .tasks
+                .spawn(async move { compacting.compact_after_scavenges().await });
+        }
         if let Some(interval) = schedule.filter(|interval| !interval.is_zero()) {
             let scheduled = operations.clone();
             operations
@@ -247,6 +263,14 @@ impl Operations {
     fn launch(&self, trigger: ScavengeTrigger) -> Result<ScavengeStatus> {
         if *self.inner.shutdown.borrow() {
             return Err(Error::ShuttingDown);
+        }
+        // Cluster mode: only the leader scavenges; its decisions are
+        // replicated to every node (`cairn_storage`'s scavenge module). A
+        // follower answers as it does to a write, naming the leader.
+        if self.inner.store.is_clustered()
+            && let Some(refusal) = self.inner.store.write_refusal()
+        {
+            return Err(refusal.into());
         }
         let progress = Arc::new(ScavengeProgress::new());
         let run = {
@@ -346,6 +370,28 @@ impl Operations {
         }
     }
 
+    /// Cluster mode: until shutdown, compacts this node's store once a
+    /// scavenge's replicated removals were applied here and none came for
+    /// [`cairn_storage::REMOVALS_QUIET`] (the store decides; this only asks
+    /// every so often, off the async threads).
+    async fn compact_after_scavenges(self) {
+        let mut shutdown = self.inner.shutdown.clone();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(COMPACTION_CHECK) => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => return,
+            }
+            let store = self.inner.store.clone();
+            let compacted = tokio::task::spawn_blocking(move || {
+                store.compact_after_removals(cairn_storage::REMOVALS_QUIET)
+            })
+            .await;
+            if let Err(error) = compacted {
+                tracing::error!(%error, "the compaction after a scavenge failed");
+            }
+        }
+    }
+
     /// Starts a scavenge every `interval` until shutdown; a tick that finds
     /// one running skips.
     async fn run_schedule(self, interval: Duration) {
@@ -369,6 +415,10 @@ impl Operations {
                     tracing::debug!("scheduled scavenge skipped: one is running");
                 }
                 Err(Error::ShuttingDown) => return,
+                // A cluster's followers leave the schedule to the leader.
+                Err(Error::Store(cairn_storage::Error::NotLeader { .. })) => {
+                    tracing::debug!("scheduled scavenge skipped: this node does not lead");
+                }
                 Err(error) => tracing::warn!(%error, "scheduled scavenge not started"),
             }
         }

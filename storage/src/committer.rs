@@ -22,7 +22,8 @@
 //!   indexes, `event_ids`, the `head`/`next_stream_id` meta keys and the
 //!   `Written` segment counters, and only the writer calls `DB::write`. (The
 //!   scavenger deletes hidden records and writes its own counters; the keys
-//!   never overlap.)
+//!   never overlap. In cluster mode its chunks come through here as
+//!   `Request::Removals`, so that they are replicated with the groups.)
 //! - The preparer's lookups see, in order: the open group, the in-flight group
 //!   (its stream records, event ids and events), then the catalog and the
 //!   database. The writer retires the in-flight view, under the pipeline's lock,
@@ -71,6 +72,7 @@ use crate::model::{
 use crate::observe::CommittedGroup;
 use crate::query::{AppendCondition, Cursor, View};
 use crate::replication::{GroupEffect, SealedGroup};
+use crate::scavenge::Removals;
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
 
@@ -141,6 +143,15 @@ impl Command {
         }
     }
 
+    /// Cluster mode: one chunk of a scavenge's deletions and counters, to be
+    /// written (replicated) with the open group (`scavenge.rs`).
+    pub(crate) fn removals(removals: Removals, reply: Responder<()>) -> Self {
+        Self {
+            request: Request::Removals(removals),
+            reply: Reply::Unit(reply),
+        }
+    }
+
     fn size_hint(&self) -> usize {
         match &self.request {
             Request::Append { parts, .. } => parts
@@ -148,6 +159,7 @@ impl Command {
                 .flat_map(|part| &part.events)
                 .map(|event| event.size() + 64)
                 .sum(),
+            Request::Removals(removals) => removals.size(),
             _ => 64,
         }
     }
@@ -172,6 +184,8 @@ enum Request {
     },
     /// See [`Command::lead`].
     Lead,
+    /// See [`Command::removals`].
+    Removals(Removals),
 }
 
 /// Where a command's answer goes; the variant matches the command's request.
@@ -400,6 +414,9 @@ struct Group {
     /// `head`, `next_stream_id` and the segment counters after the group's last
     /// request: what sealing puts into the batch.
     counters: (u64, u64, (u64, u64, u64)),
+    /// Whether a scavenge's removals are in the batch (cluster mode): the
+    /// group is written even when it adds no event and changes no record.
+    removes: bool,
     /// The group the writer took and has not applied to the catalog yet; the
     /// preparer's lookups see it after this group's own changes.
     in_flight: Option<Arc<InFlight>>,
@@ -737,7 +754,8 @@ impl Writer {
     /// (`Store::apply_replicated`), or with `NotLeader`.
     fn write_group(&self, mut group: Group, in_flight: Arc<InFlight>) -> Result<Vec<Outcome>> {
         let (head, next_stream_id, _) = group.counters;
-        let wrote_something = !in_flight.overlay.is_empty() || !in_flight.events.is_empty();
+        let wrote_something =
+            !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || group.removes;
         let replicated = self.shared.clustered;
         if wrote_something {
             self.put_counters(&mut group.batch, group.counters);
@@ -888,6 +906,13 @@ impl Committer {
             }
             // `take` handles it before preparing anything.
             Request::Lead => Outcome::Unit(Ok(())),
+            Request::Removals(removals) => {
+                // Deletes of hidden records and the scavenge's own counters:
+                // no key the preparer writes (module invariants).
+                removals.add_to(&mut group.batch, &self.shared);
+                group.removes = true;
+                Outcome::Unit(Ok(()))
+            }
         }
     }
 

@@ -92,6 +92,6 @@ pub use query::{
 pub use read::{ReadKind, ReadStats, StreamListPage};
 pub use repair::RepairReport;
 pub use replication::{GroupEffect, Replicator, SealedGroup, backup_replicated_state};
-pub use scavenge::{ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};
+pub use scavenge::{REMOVALS_QUIET, ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -8,7 +8,9 @@
 //!   stream records, counters; `created` times fixed by the leader) and the
 //!   numbers apply checks. Applying the same `SealedGroup` on any node yields
 //!   the same keys and values, so every node holds the same events at the
-//!   same positions, byte for byte.
+//!   same positions, byte for byte. A scavenge's removals travel the same
+//!   way (`scavenge.rs`): a group may delete hidden records, and a group of
+//!   removals alone adds no event and writes no stream record.
 //! - [`GroupEffect`]: the in-memory view of a group (stream records, events)
 //!   the proposing node already holds, so its state machine need not read
 //!   them back.
@@ -268,6 +270,22 @@ impl Store {
         batch.put_cf(shared.cf(cf::META), REPLICATED_STATE, applied_state);
         write_unsynced(&shared.db, batch)?;
         *applied_head = group.head();
+        // A group may carry a scavenge's removals (`scavenge.rs`), whose
+        // counter it sets: the store's total follows the stored one on every
+        // node (one memtable read per group).
+        let removed = stored_events_removed(shared)?;
+        let grew = {
+            let mut total = shared
+                .events_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let grew = removed != *total;
+            *total = removed;
+            grew
+        };
+        if grew {
+            self.note_removals_applied();
+        }
 
         let (overlay, events) = match effect {
             Some(GroupEffect { overlay, events }) => (overlay, events),
@@ -285,6 +303,17 @@ impl Store {
             },
         );
         Ok(())
+    }
+}
+
+/// The events-removed counter as stored (scavenges write it).
+fn stored_events_removed(shared: &crate::store::Shared) -> Result<u64> {
+    match shared
+        .db
+        .get_cf(shared.cf(cf::META), meta_key::EVENTS_REMOVED)?
+    {
+        Some(value) => codec::decode_u64(cf::META, "events_removed", &value),
+        None => Ok(0),
     }
 }
 
@@ -335,13 +364,7 @@ impl Store {
             .map_err(|error| Error::Io(error.into_string()))?;
 
         let (head, next_stream_id, _segment) = crate::store::stored_counters(&shared.db)?;
-        let events_removed = match shared
-            .db
-            .get_cf(shared.cf(cf::META), meta_key::EVENTS_REMOVED)?
-        {
-            Some(value) => codec::decode_u64(cf::META, "events_removed", &value)?,
-            None => 0,
-        };
+        let events_removed = stored_events_removed(shared)?;
         *shared
             .events_removed
             .lock()

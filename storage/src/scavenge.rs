@@ -20,21 +20,91 @@
 //! the final compaction (RocksDB reclaims the space in its own compactions).
 //! This module owns the scavenge's progress and report types; it must not
 //! write anything but deletions of hidden records and the removal counters.
+//!
+//! **Cluster mode.** A scavenge runs on the leader only, and its decisions are
+//! replicated, not its work: each chunk of deletions (with the counters) goes
+//! through the committer as one request ([`Removals`]), so it becomes part of
+//! a raft entry and every node deletes exactly the same keys at the same
+//! point of the log. Nodes therefore stay identical, byte for byte, whatever
+//! their clocks or their metadata timing; a follower never decides anything.
+//! A chunk is durable when its entry is (a quorum's raft logs), and the
+//! scavenge waits for each chunk to be applied here before it reads the
+//! counters again. A stop, a leader change (the next chunk is refused with
+//! `NotLeader`) or a crash leaves every node with the same prefix of chunks;
+//! the space comes back on every node in its own compaction
+//! ([`Store::compact_after_removals`], which the engine runs once removals
+//! stop arriving).
 
 use std::sync::PoisonError;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use crate::catalog::Fill;
 use crate::codec::{self, SegmentCounter, cf, meta_key};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{ScavengeReport, category_of};
 use crate::store::Store;
 
 /// Records deleted per batch.
 const CHUNK: usize = 4096;
+
+/// The column families a scavenge deletes from, compacted after it.
+const SCAVENGED_FAMILIES: [&str; 6] = [
+    cf::LOG,
+    cf::STREAM_INDEX,
+    cf::CATEGORY_INDEX,
+    cf::TYPE_INDEX,
+    cf::TAG_INDEX,
+    cf::EVENT_IDS,
+];
+
+/// One chunk of a scavenge's decisions: the keys to delete and the counters
+/// to put, by column family name. Built by the scavenge; written as one
+/// batch on a single node, and handed to the committer in cluster mode
+/// (module docs), which adds it to a group unchanged.
+#[derive(Debug, Default)]
+pub(crate) struct Removals {
+    deletes: Vec<(&'static str, Vec<u8>)>,
+    puts: Vec<(&'static str, Vec<u8>, Vec<u8>)>,
+    /// Key bytes held, for the committer's group byte limit.
+    bytes: usize,
+}
+
+impl Removals {
+    fn delete(&mut self, family: &'static str, key: impl Into<Vec<u8>>) {
+        let key = key.into();
+        self.bytes += key.len() + 16;
+        self.deletes.push((family, key));
+    }
+
+    fn put(&mut self, family: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len() + 16;
+        self.puts.push((family, key, value));
+    }
+
+    /// How many bytes of keys and values the chunk carries.
+    pub(crate) fn size(&self) -> usize {
+        self.bytes
+    }
+
+    /// Adds every deletion, then every put, to `batch`.
+    pub(crate) fn add_to(&self, batch: &mut WriteBatch, shared: &crate::store::Shared) {
+        for (family, key) in &self.deletes {
+            batch.delete_cf(shared.cf(family), key);
+        }
+        for (family, key, value) in &self.puts {
+            batch.put_cf(shared.cf(family), key, value);
+        }
+    }
+}
+
+/// How long no replicated removal must have arrived before a clustered
+/// node compacts ([`Store::compact_after_removals`]): a running scavenge
+/// sends a chunk far more often than this.
+pub const REMOVALS_QUIET: Duration = Duration::from_secs(2);
 
 /// A running scavenge's progress, shared between the scavenge (which updates
 /// it) and whoever watches or stops it. Every counter only grows during one
@@ -122,12 +192,11 @@ impl Store {
     /// time: a second caller waits for the first.
     pub fn scavenge_with(&self, progress: &ScavengeProgress) -> Result<ScavengeOutcome> {
         let shared = self.shared();
-        if shared.clustered {
-            // A scavenge deletes on this node only; replicated nodes would
-            // then differ (server/CLUSTER.md, "Not built").
-            return Err(Error::InvalidArgument(
-                "scavenge is not available in cluster mode yet: it is not replicated".into(),
-            ));
+        if shared.clustered
+            && let Some(refusal) = self.write_refusal()
+        {
+            // Only the leader decides what to remove (module docs).
+            return Err(refusal);
         }
         let _one_at_a_time = shared
             .scavenge_lock
@@ -137,8 +206,6 @@ impl Store {
         let now = SystemTime::now();
         let mut report = ScavengeReport::default();
         let mut stopped = false;
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
         let segment_count = head.div_ceil(codec::SEGMENT_SIZE);
         progress
             .segments_total
@@ -148,7 +215,7 @@ impl Store {
             let start = segment * codec::SEGMENT_SIZE;
             let end = (start + codec::SEGMENT_SIZE).min(head);
             let mut removed_here = (0u64, 0u64);
-            let mut batch = WriteBatch::default();
+            let mut removals = Removals::default();
             let mut in_batch = 0usize;
             let mode = IteratorMode::From(&codec::log_key(start), rocksdb::Direction::Forward);
             for item in shared.db.iterator_cf(shared.cf(cf::LOG), mode) {
@@ -156,11 +223,10 @@ impl Store {
                     stopped = true;
                     if in_batch > 0 {
                         self.commit_removals(
-                            std::mem::take(&mut batch),
+                            std::mem::take(&mut removals),
                             segment,
                             &mut removed_here,
                             &mut report,
-                            &sync,
                             progress,
                         )?;
                     }
@@ -187,107 +253,106 @@ impl Store {
                     _ => None,
                 };
                 let Some(stream_id) = stream_id else { continue };
-                batch.delete_cf(shared.cf(cf::LOG), codec::log_key(position));
-                batch.delete_cf(
-                    shared.cf(cf::STREAM_INDEX),
+                removals.delete(cf::LOG, codec::log_key(position));
+                removals.delete(
+                    cf::STREAM_INDEX,
                     codec::stream_index_key(stream_id, header.revision),
                 );
                 if let Some(category) = category_of(header.stream) {
-                    batch.delete_cf(
-                        shared.cf(cf::CATEGORY_INDEX),
+                    removals.delete(
+                        cf::CATEGORY_INDEX,
                         codec::name_index_key(category, position),
                     );
                 }
-                batch.delete_cf(
-                    shared.cf(cf::TYPE_INDEX),
+                removals.delete(
+                    cf::TYPE_INDEX,
                     codec::name_index_key(header.event_type, position),
                 );
                 for tag in header.tags(&value) {
-                    batch.delete_cf(
-                        shared.cf(cf::TAG_INDEX),
-                        codec::name_index_key(tag, position),
-                    );
+                    removals.delete(cf::TAG_INDEX, codec::name_index_key(tag, position));
                 }
-                batch.delete_cf(shared.cf(cf::EVENT_IDS), header.id.as_bytes());
+                removals.delete(cf::EVENT_IDS, header.id.as_bytes().to_vec());
                 removed_here.0 += 1;
                 removed_here.1 += value.len() as u64;
                 in_batch += 1;
                 if in_batch == CHUNK {
                     self.commit_removals(
-                        std::mem::take(&mut batch),
+                        std::mem::take(&mut removals),
                         segment,
                         &mut removed_here,
                         &mut report,
-                        &sync,
                         progress,
                     )?;
                     in_batch = 0;
                 }
             }
             if in_batch > 0 {
-                self.commit_removals(
-                    batch,
-                    segment,
-                    &mut removed_here,
-                    &mut report,
-                    &sync,
-                    progress,
-                )?;
+                self.commit_removals(removals, segment, &mut removed_here, &mut report, progress)?;
             }
             progress.segments_done.fetch_add(1, Ordering::Relaxed);
         }
-        if report.removed > 0 && !stopped {
-            for name in [
-                cf::LOG,
-                cf::STREAM_INDEX,
-                cf::CATEGORY_INDEX,
-                cf::TYPE_INDEX,
-                cf::TAG_INDEX,
-                cf::EVENT_IDS,
-            ] {
-                shared
-                    .db
-                    .compact_range_cf(shared.cf(name), None::<&[u8]>, None::<&[u8]>);
-            }
+        // A clustered node compacts once the replicated removals stop
+        // arriving (`compact_after_removals`), the leader included.
+        if report.removed > 0 && !stopped && !shared.clustered {
+            self.compact_scavenged();
         }
         tracing::info!(?report, stopped, "scavenge finished");
         Ok(ScavengeOutcome { report, stopped })
     }
 
     /// Writes one chunk of deletions with the segment's and the store's removal
-    /// counters, synced.
+    /// counters: synced, on a single node; through the committer, and so
+    /// through the raft log, in cluster mode (module docs), returning once it
+    /// is applied here.
     fn commit_removals(
         &self,
-        mut batch: WriteBatch,
+        mut removals: Removals,
         segment: u64,
         removed: &mut (u64, u64),
         report: &mut ScavengeReport,
-        sync: &WriteOptions,
         progress: &ScavengeProgress,
     ) -> Result<()> {
         let shared = self.shared();
-        let segments = shared.cf(cf::SEGMENTS);
         let key = codec::segment_key(segment, SegmentCounter::Removed);
-        let (events, bytes) = match shared.db.get_cf(segments, key)? {
+        let (events, bytes) = match shared.db.get_cf(shared.cf(cf::SEGMENTS), key)? {
             Some(value) => codec::decode_counts(&value)?,
             None => (0, 0),
         };
-        batch.put_cf(
-            segments,
+        removals.put(
+            cf::SEGMENTS,
             key,
             codec::encode_counts(events + removed.0, bytes + removed.1),
         );
-        let mut total = shared
-            .events_removed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        batch.put_cf(
-            shared.cf(cf::META),
-            meta_key::EVENTS_REMOVED,
-            (*total + removed.0).to_be_bytes(),
-        );
-        shared.db.write_opt(batch, sync)?;
-        *total += removed.0;
+        if shared.clustered {
+            // Applying the entry reloads the store's removal total
+            // (`Store::apply_replicated`), on this node as on the others.
+            let total = *shared
+                .events_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            removals.put(
+                cf::META,
+                meta_key::EVENTS_REMOVED,
+                (total + removed.0).to_be_bytes(),
+            );
+            self.submit_removals(removals).wait()?;
+        } else {
+            let mut total = shared
+                .events_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            removals.put(
+                cf::META,
+                meta_key::EVENTS_REMOVED,
+                (*total + removed.0).to_be_bytes(),
+            );
+            let mut batch = WriteBatch::default();
+            removals.add_to(&mut batch, shared);
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            shared.db.write_opt(batch, &sync)?;
+            *total += removed.0;
+        }
         report.removed += removed.0;
         report.bytes_removed += removed.1;
         progress.removed.fetch_add(removed.0, Ordering::Relaxed);
@@ -296,5 +361,47 @@ impl Store {
             .fetch_add(removed.1, Ordering::Relaxed);
         *removed = (0, 0);
         Ok(())
+    }
+
+    /// Compacts every column family a scavenge deletes from, so the space of
+    /// the deleted records comes back.
+    fn compact_scavenged(&self) {
+        let shared = self.shared();
+        for name in SCAVENGED_FAMILIES {
+            shared
+                .db
+                .compact_range_cf(shared.cf(name), None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+
+    /// Cluster mode: compacts once replicated removals (a scavenge's chunks,
+    /// on any node) were applied and none arrived for `quiet`. Returns whether
+    /// it compacted. Blocks for the compaction: call it off the async
+    /// threads. A single-node scavenge compacts by itself and never makes
+    /// this do anything.
+    pub fn compact_after_removals(&self, quiet: Duration) -> bool {
+        let shared = self.shared();
+        {
+            let mut last = shared
+                .removals_applied_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match *last {
+                Some(at) if at.elapsed() >= quiet => *last = None,
+                _ => return false,
+            }
+        }
+        tracing::info!("compacting after replicated scavenge removals");
+        self.compact_scavenged();
+        true
+    }
+
+    /// Notes that a replicated group removed events here (called by apply).
+    pub(crate) fn note_removals_applied(&self) {
+        *self
+            .shared()
+            .removals_applied_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 }

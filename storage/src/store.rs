@@ -177,6 +177,9 @@ pub(crate) struct Shared {
     pub(crate) events_removed: Mutex<u64>,
     /// Serialises scavenges.
     pub(crate) scavenge_lock: Mutex<()>,
+    /// Cluster mode: when a replicated group last removed events here, until
+    /// the compaction after it (`Store::compact_after_removals`).
+    pub(crate) removals_applied_at: Mutex<Option<std::time::Instant>>,
     /// What reads did (`Store::read_stats`).
     pub(crate) reads: crate::read::ReadCounters,
     /// The block cache every column family shares (`Store::memory_usage`).
@@ -501,6 +504,7 @@ impl Store {
             limits: options.limits,
             events_removed: Mutex::new(events_removed),
             scavenge_lock: Mutex::new(()),
+            removals_applied_at: Mutex::new(None),
             reads: crate::read::ReadCounters::default(),
             cache,
             block_cache_capacity: options.block_cache_bytes,
@@ -555,6 +559,12 @@ impl Store {
     /// [`Store::lead`]).
     pub(crate) fn submit_lead(&self) -> Ticket<()> {
         self.submit(Command::lead)
+    }
+
+    /// Cluster mode: queues one chunk of a scavenge's decisions; it resolves
+    /// once the chunk was replicated and applied here (`scavenge.rs`).
+    pub(crate) fn submit_removals(&self, removals: crate::scavenge::Removals) -> Ticket<()> {
+        self.submit(|reply| Command::removals(removals, reply))
     }
 
     /// The configured limits.

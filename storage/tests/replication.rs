@@ -429,3 +429,140 @@ fn a_follower_installs_a_snapshot_and_then_applies_the_groups_after_it() {
         .expect("append after the snapshot");
     assert_eq!(everything(&behind), everything(&leader));
 }
+
+/// Records physically present in `store`'s log: a backup's verification
+/// reads every one of them (hidden ones included).
+fn records_on_disk(store: &Store, backups: &std::path::Path, name: &str) -> u64 {
+    let dir = backups.join(name);
+    store.backup(&dir).expect("backup");
+    cairn_storage::verify_backup(&dir)
+        .expect("verify backup")
+        .records_checked
+}
+
+#[test]
+fn a_scavenge_on_the_leader_removes_the_same_records_on_every_follower() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let backups = tempfile::tempdir().expect("tempdir");
+    let leader = clustered(leader_dir.path());
+    let follower = clustered(follower_dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = with_mirror(&leader, &applied);
+    mirror.others.lock().expect("others").push(follower.clone());
+    leader.lead().wait().expect("lead");
+
+    // 3 kept, 5 in a deleted stream, 6 in a stream capped at 2: 9 hidden.
+    for (stream, count) in [("keep-1", 3u64), ("gone-1", 5), ("capped-1", 6)] {
+        for n in 0..count {
+            leader
+                .append(stream, ExpectedRevision::Any, vec![event(n)])
+                .wait()
+                .expect("append");
+        }
+    }
+    leader
+        .delete("gone-1", ExpectedRevision::Any)
+        .wait()
+        .expect("delete");
+    leader
+        .set_metadata(
+            "capped-1",
+            ExpectedRevision::Any,
+            StreamMetadata {
+                max_count: Some(2),
+                ..StreamMetadata::default()
+            },
+        )
+        .wait()
+        .expect("metadata");
+    let before = everything(&leader);
+    let written = records_on_disk(&follower, backups.path(), "follower-before");
+    assert_eq!(
+        written,
+        records_on_disk(&leader, backups.path(), "leader-before")
+    );
+
+    // A follower decides nothing: it answers as it does to a write.
+    follower.follow(Some("leader:7070".into()), None);
+    match follower.scavenge() {
+        Err(Error::NotLeader { leader, .. }) => assert_eq!(leader.as_deref(), Some("leader:7070")),
+        other => panic!("a follower scavenged: {other:?}"),
+    }
+
+    let report = leader.scavenge().expect("scavenge on the leader");
+    assert_eq!(report.removed, 9, "{report:?}");
+    // Reads did not change (the records were hidden); the disk did, alike.
+    assert_eq!(everything(&leader), before);
+    assert_eq!(everything(&follower), before);
+    assert_eq!(leader.info(), follower.info());
+    assert_eq!(leader.info().event_count, written - 9);
+    assert_eq!(
+        records_on_disk(&leader, backups.path(), "leader-after"),
+        written - 9
+    );
+    assert_eq!(
+        records_on_disk(&follower, backups.path(), "follower-after"),
+        written - 9,
+        "the follower removed the same records"
+    );
+    assert_eq!(
+        leader.replicated_state().expect("state"),
+        follower.replicated_state().expect("state")
+    );
+    // Each node compacts once the removals stop (here: at once).
+    assert!(follower.compact_after_removals(std::time::Duration::ZERO));
+    assert!(!follower.compact_after_removals(std::time::Duration::ZERO));
+
+    // A second scavenge finds nothing; groups go on at the same head.
+    assert_eq!(leader.scavenge().expect("again").removed, 0);
+    leader
+        .append("keep-1", ExpectedRevision::Any, vec![event(50)])
+        .wait()
+        .expect("append after the scavenge");
+    assert_eq!(everything(&follower), everything(&leader));
+
+    // The counters survive a restart of the follower.
+    let info = follower.info();
+    mirror.others.lock().expect("others").clear();
+    drop(follower);
+    let reopened = clustered(follower_dir.path());
+    assert_eq!(reopened.info(), info);
+}
+
+#[test]
+fn a_scavenge_that_loses_leadership_stops_with_not_leader_and_nodes_stay_alike() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = clustered(leader_dir.path());
+    let follower = clustered(follower_dir.path());
+    let applied = Arc::new(AtomicU64::new(0));
+    let mirror = with_mirror(&leader, &applied);
+    mirror.others.lock().expect("others").push(follower.clone());
+    leader.lead().wait().expect("lead");
+    for n in 0..4 {
+        leader
+            .append("gone-1", ExpectedRevision::Any, vec![event(n)])
+            .wait()
+            .expect("append");
+    }
+    leader
+        .delete("gone-1", ExpectedRevision::Any)
+        .wait()
+        .expect("delete");
+    let entries = applied.load(Ordering::Relaxed);
+
+    mirror.refuse.store(true, Ordering::Relaxed);
+    let refused = leader.scavenge();
+    assert!(
+        matches!(refused, Err(Error::NotLeader { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        applied.load(Ordering::Relaxed),
+        entries,
+        "nothing replicated"
+    );
+    assert_eq!(leader.info(), follower.info());
+    assert_eq!(leader.info().event_count, 4);
+}
