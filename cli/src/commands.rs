@@ -228,7 +228,8 @@ pub enum Command {
     /// Write a development CA, a server certificate and key (localhost,
     /// 127.0.0.1, ::1 and every --host), a client certificate and key (for
     /// mutual TLS) and a cluster node's certificate and key (the server's
-    /// names, for mutual TLS between nodes) into a directory, and print how to
+    /// names and cairn-node, for mutual TLS between nodes with
+    /// --cluster-tls-peer-name cairn-node) into a directory, and print how to
     /// use them. Run again to re-issue them under the same CA.
     DevCerts {
         /// Directory to write into.
@@ -426,25 +427,30 @@ pub fn run_dev_certs(out: &Path, hosts: &[String]) -> Result<(), Box<dyn std::er
     println!();
     println!(
         "Cluster mode, mutual TLS between the nodes (add to each node's --cluster-* flags; \
-         on one machine the nodes may share the files):"
+         on one machine the nodes may share the files; the peer name makes the raft \
+         listeners take node certificates only, not client.pem):"
     );
     println!(
-        "  --cluster-tls-cert-file {} --cluster-tls-key-file {} --cluster-tls-ca-file {}",
+        "  --cluster-tls-cert-file {} --cluster-tls-key-file {} --cluster-tls-ca-file {} \
+         --cluster-tls-peer-name {}",
         show(&files.node_cert),
         show(&files.node_key),
-        show(&files.ca)
+        show(&files.ca),
+        cairn_server::dev_certs::NODE_PEER_NAME
     );
     println!();
     println!(
         "The first TLS start creates the user admin with CAIRN_INITIAL_ADMIN_PASSWORD, or writes a random password to <data>/initial-admin-password."
     );
     println!(
-        "The server and node certificates are valid for localhost, 127.0.0.1, ::1{}; \
-         a node's must name the host its peers reach it at (--host).",
+        "The server and node certificates are valid for localhost, 127.0.0.1, ::1{}, \
+         the node certificate for {} too; a node's must name the host its peers reach it \
+         at (--host).",
         hosts
             .iter()
             .map(|host| format!(", {host}"))
-            .collect::<String>()
+            .collect::<String>(),
+        cairn_server::dev_certs::NODE_PEER_NAME
     );
     Ok(())
 }

@@ -6,7 +6,10 @@
 //! `cairn_server::dev_certs`). The nodes elect and replicate over it; the raft
 //! listener refuses plaintext, no client certificate, a certificate of another
 //! CA and a server-only certificate; a node whose certificate another CA
-//! signed never joins. The client listeners stay plaintext on loopback.
+//! signed never joins. With `--cluster-tls-peer-name cairn-node` the nodes
+//! elect and replicate as well, and the raft listener also refuses the CA's
+//! client certificate (it lacks the name), logging it at warn. The client
+//! listeners stay plaintext on loopback.
 
 mod common;
 
@@ -35,8 +38,8 @@ struct TlsCluster {
 
 impl TlsCluster {
     /// Starts node `i` (id `i + 1`) with `tls[i]`'s node certificate, key and
-    /// CA as its `--cluster-tls-*`.
-    fn start(root: &Path, tls: [&DevCertFiles; NODES]) -> Self {
+    /// CA as its `--cluster-tls-*`, and `extra` flags.
+    fn start(root: &Path, tls: [&DevCertFiles; NODES], extra: &[&str]) -> Self {
         let clients: Vec<String> = (0..NODES)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
@@ -52,7 +55,7 @@ impl TlsCluster {
                 let node_id = (index + 1).to_string();
                 let files = tls[index];
                 let data = root.join(format!("node-{node_id}"));
-                let arguments = [
+                let mut arguments = vec![
                     "--listen",
                     &clients[index],
                     "--cluster-node-id",
@@ -68,6 +71,7 @@ impl TlsCluster {
                     "--cluster-tls-ca-file",
                     path(&files.ca),
                 ];
+                arguments.extend_from_slice(extra);
                 Daemon::start_with(root, &data, "human", &[], &arguments).serving()
             })
             .collect();
@@ -147,18 +151,88 @@ async fn assert_holds(cluster: &TlsCluster, index: usize, stream: &str, position
     assert_eq!(positions, [position], "node {}: {events:?}", index + 1);
 }
 
+/// What a node logs when its raft listener refuses a handshake
+/// (`cairn_server::listener`).
+const REFUSAL_LOGGED: &str = "refused a node-to-node TLS handshake";
+
+/// The lines of node `index`'s log that report a refused node-to-node
+/// handshake.
+fn refusals_logged(cluster: &TlsCluster, index: usize) -> Vec<String> {
+    cluster.daemons[index]
+        .stderr()
+        .lines()
+        .map(common::strip_ansi)
+        .filter(|line| line.contains(REFUSAL_LOGGED))
+        .collect()
+}
+
 #[test]
-fn nodes_with_mutual_tls_elect_a_leader_and_replicate_to_every_node() {
+fn nodes_with_mutual_tls_and_a_peer_name_elect_replicate_and_refuse_the_cas_client_certificate() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = dev_certs::write(&root.path().join("certs"), &[]).expect("dev certificates");
-    let cluster = TlsCluster::start(root.path(), [&certs; NODES]);
+    let cluster = TlsCluster::start(
+        root.path(),
+        [&certs; NODES],
+        &["--cluster-tls-peer-name", dev_certs::NODE_PEER_NAME],
+    );
+    let ca_pem = std::fs::read(&certs.ca).expect("read the CA");
+    let read = |path: &Path| std::fs::read(path).expect("read a certificate or key");
+    let raft = cluster.rafts[0].clone();
     common::runtime().block_on(async {
+        // The node certificates carry the peer name: the nodes take each
+        // other as peers.
         let all: Vec<usize> = (0..NODES).collect();
         let (_, leader) = find_leader(&cluster, &all).await;
         let position = append_one(&leader, "greetings").await;
-        for index in all {
+        for &index in &all {
             assert_holds(&cluster, index, "greetings", position).await;
         }
+        for &index in &all {
+            let refusals = refusals_logged(&cluster, index);
+            assert!(refusals.is_empty(), "node {}: {refusals:?}", index + 1);
+        }
+
+        // The CA signed client.pem for client authentication, but it lacks
+        // the name: refused in the handshake, and node 1 says so at warn
+        // with the reason. A node's certificate still reaches the service.
+        let https = || Client::builder(format!("https://{raft}")).ca_pem(ca_pem.clone());
+        let refused = reaches_the_raft_listener(
+            https().identity_pem(read(&certs.client_cert), read(&certs.client_key)),
+        )
+        .await;
+        assert!(
+            refused.is_err(),
+            "the CA's client certificate got through a peer-name check"
+        );
+        let channel = cairn_testkit::tls_channel(
+            raft.parse().expect("a raft address"),
+            &ca_pem,
+            Some((&read(&certs.node_cert), &read(&certs.node_key))),
+        )
+        .await;
+        let answer = RaftClient::new(channel)
+            .vote(RaftRequest::default())
+            .await
+            .expect_err("an empty vote");
+        assert_eq!(answer.code(), Code::InvalidArgument, "{answer:?}");
+        let warned = cairn_testkit::eventually("node 1 logging the refusal", || async {
+            let refusals = refusals_logged(&cluster, 0);
+            refusals
+                .iter()
+                .find(|line| line.contains(dev_certs::CLIENT_NAME))
+                .cloned()
+                .ok_or(refusals)
+        })
+        .await;
+        assert!(warned.contains("WARN"), "{warned}");
+        assert!(warned.contains("peer=127.0.0.1:"), "{warned}");
+        assert!(
+            warned.contains(&format!(
+                "certificate not valid for name \"{}\"",
+                dev_certs::NODE_PEER_NAME
+            )),
+            "{warned}"
+        );
     });
 }
 
@@ -187,7 +261,7 @@ fn the_raft_listener_takes_only_cluster_certificates_and_a_stranger_never_joins(
     // between it and the others completes a handshake.
     let stranger =
         dev_certs::write(&root.path().join("stranger"), &[]).expect("stranger certificates");
-    let cluster = TlsCluster::start(root.path(), [&certs, &certs, &stranger]);
+    let cluster = TlsCluster::start(root.path(), [&certs, &certs, &stranger], &[]);
     let ca_pem = std::fs::read(&certs.ca).expect("read the CA");
     let read = |path: &Path| std::fs::read(path).expect("read a certificate or key");
     let raft = cluster.rafts[0].clone();
@@ -271,34 +345,79 @@ fn the_raft_listener_takes_only_cluster_certificates_and_a_stranger_never_joins(
     });
 }
 
-#[test]
-fn a_node_given_only_some_of_the_cluster_tls_files_exits_naming_the_missing_ones() {
-    let root = tempfile::tempdir().expect("tempdir");
-    let certs = dev_certs::write(&root.path().join("certs"), &[]).expect("dev certificates");
+/// Starts one node of a new cluster on `root/<data>` with the cluster flags
+/// and `tls`, and returns its stderr once it has exited (failing if it
+/// served or exited 0).
+fn exits_at_start(root: &Path, data: &str, tls: &[&str]) -> String {
     let raft = format!("127.0.0.1:{}", free_port());
     let peers = format!("1={raft}/127.0.0.1:{}", free_port());
-    let arguments = [
+    let mut arguments = vec![
         "--cluster-node-id",
         "1",
         "--cluster-listen",
         &raft,
         "--cluster-peers",
         &peers,
-        "--cluster-tls-cert-file",
-        path(&certs.node_cert),
     ];
-    let data = root.path().join("data");
-    match Daemon::start_with(root.path(), &data, "human", &[], &arguments) {
+    arguments.extend_from_slice(tls);
+    let data = root.join(data);
+    match Daemon::start_with(root, &data, "human", &[], &arguments) {
         common::Started::Exited { status, stderr } => {
             assert!(!status.success(), "{status}");
-            assert!(
-                stderr.contains("missing --cluster-tls-key-file and --cluster-tls-ca-file"),
-                "{stderr}"
-            );
+            stderr
         }
-        common::Started::Serving(daemon) => panic!(
-            "served with half the cluster TLS files; stderr:\n{}",
-            daemon.stderr()
-        ),
+        common::Started::Serving(daemon) => {
+            panic!("served with {tls:?}; stderr:\n{}", daemon.stderr())
+        }
     }
+}
+
+#[test]
+fn a_node_given_only_some_of_the_cluster_tls_files_or_a_certificate_without_the_peer_name_exits_saying_so()
+ {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = dev_certs::write(&root.path().join("certs"), &[]).expect("dev certificates");
+    let stderr = exits_at_start(
+        root.path(),
+        "half",
+        &["--cluster-tls-cert-file", path(&certs.node_cert)],
+    );
+    assert!(
+        stderr.contains("missing --cluster-tls-key-file and --cluster-tls-ca-file"),
+        "{stderr}"
+    );
+    let stderr = exits_at_start(
+        root.path(),
+        "no-files",
+        &["--cluster-tls-peer-name", dev_certs::NODE_PEER_NAME],
+    );
+    assert!(
+        stderr.contains(
+            "--cluster-tls-peer-name needs --cluster-tls-cert-file, --cluster-tls-key-file and \
+             --cluster-tls-ca-file"
+        ),
+        "{stderr}"
+    );
+    // Its own certificate must carry the name its peers will require:
+    // client.pem (of the same CA) does not.
+    let stderr = exits_at_start(
+        root.path(),
+        "unnamed",
+        &[
+            "--cluster-tls-cert-file",
+            path(&certs.client_cert),
+            "--cluster-tls-key-file",
+            path(&certs.client_key),
+            "--cluster-tls-ca-file",
+            path(&certs.ca),
+            "--cluster-tls-peer-name",
+            dev_certs::NODE_PEER_NAME,
+        ],
+    );
+    let expected = format!(
+        "the cluster TLS certificate file {} is not valid for --cluster-tls-peer-name {}",
+        certs.client_cert.display(),
+        dev_certs::NODE_PEER_NAME
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
 }

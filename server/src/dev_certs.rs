@@ -1,10 +1,10 @@
 //! Certificates for trying TLS on one machine (`cairn dev-certs`, and the
 //! tests): a development CA, a server certificate it signs (for `localhost`,
 //! `127.0.0.1`, `::1` and any extra host names), a client certificate for
-//! trying mutual TLS, and a cluster node's certificate (the same names, valid
-//! both as a server and as a client certificate: a node serves its raft
-//! listener with it and presents it to its peers). Keys are ECDSA P-256
-//! (rcgen with ring).
+//! trying mutual TLS, and a cluster node's certificate (the same names and
+//! [`NODE_PEER_NAME`], valid both as a server and as a client certificate: a
+//! node serves its raft listener with it and presents it to its peers). Keys
+//! are ECDSA P-256 (rcgen with ring).
 //!
 //! The CA's key is kept next to its certificate (`ca.key`, mode 0600) so that
 //! running `cairn dev-certs` again on the same directory re-issues the server
@@ -37,6 +37,10 @@ const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 pub const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// The name in the client certificate.
 pub const CLIENT_NAME: &str = "cairn-dev-client";
+/// The DNS name every node certificate carries besides its hosts: give nodes
+/// `--cluster-tls-peer-name cairn-node` and their raft listeners take only
+/// the CA's node certificates as peers, not its client certificate.
+pub const NODE_PEER_NAME: &str = "cairn-node";
 
 /// Why certificates could not be made or written.
 #[derive(Debug, thiserror::Error)]
@@ -150,13 +154,18 @@ impl DevCa {
         self.issue(params)
     }
 
-    /// A cluster node's certificate for [`DEFAULT_HOSTS`] and `hosts`: both
-    /// extended key usages, server and client authentication, since a node
-    /// serves its raft listener with it and presents it to the peers it dials
-    /// (`--cluster-tls-cert-file`), and rustls checks the usage on either
-    /// side. It must name every host its peers dial it at.
+    /// A cluster node's certificate for [`DEFAULT_HOSTS`], `hosts` and
+    /// [`NODE_PEER_NAME`] (the name `--cluster-tls-peer-name` requires of
+    /// peers): both extended key usages, server and client authentication,
+    /// since a node serves its raft listener with it and presents it to the
+    /// peers it dials (`--cluster-tls-cert-file`), and rustls checks the usage
+    /// on either side. It must name every host its peers dial it at.
     pub fn node(&self, hosts: &[String]) -> Result<Issued, DevCertError> {
-        let mut params = CertificateParams::new(host_names(hosts))?;
+        let mut names = host_names(hosts);
+        if !names.iter().any(|name| name == NODE_PEER_NAME) {
+            names.push(NODE_PEER_NAME.to_owned());
+        }
+        let mut params = CertificateParams::new(names)?;
         params
             .distinguished_name
             .push(DnType::CommonName, "cairn node");
@@ -221,7 +230,8 @@ pub struct DevCertFiles {
     pub client_key: PathBuf,
     /// `--cluster-tls-cert-file` of a cluster node (with `ca` as its
     /// `--cluster-tls-ca-file`): the server names' certificate, valid as a
-    /// client certificate too.
+    /// client certificate too, and for [`NODE_PEER_NAME`]
+    /// (`--cluster-tls-peer-name cairn-node`).
     pub node_cert: PathBuf,
     /// `--cluster-tls-key-file` of a cluster node (0600).
     pub node_key: PathBuf,
@@ -232,7 +242,8 @@ pub struct DevCertFiles {
 /// Writes `ca.pem`, `ca.key`, `server.pem`, `server.key`, `client.pem`,
 /// `client.key`, `node.pem` and `node.key` into `out` (created if needed),
 /// reusing the CA already there. The server and node certificates name
-/// [`DEFAULT_HOSTS`] and `hosts`.
+/// [`DEFAULT_HOSTS`] and `hosts`, the node certificate [`NODE_PEER_NAME`]
+/// too.
 /// Every file is replaced atomically (a running server that reloads never
 /// sees half a file); keys are readable by their owner only.
 pub fn write(out: &Path, hosts: &[String]) -> Result<DevCertFiles, DevCertError> {
@@ -425,6 +436,32 @@ mod tests {
         let stranger = DevCa::generate().unwrap().node(&[]).unwrap();
         assert!(as_server(&stranger.cert_pem, "localhost").is_err());
         assert!(as_client(&stranger.cert_pem).is_err());
+    }
+
+    #[test]
+    fn only_the_node_certificate_carries_the_peer_name() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+
+        let peer_name = ServerName::try_from(NODE_PEER_NAME).expect("a DNS name");
+        let valid_for_peer_name = |pem: &str| {
+            let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate");
+            webpki::EndEntityCert::try_from(&der)
+                .expect("a certificate")
+                .verify_is_valid_for_subject_name(&peer_name)
+                .is_ok()
+        };
+        let ca = DevCa::generate().unwrap();
+        assert!(valid_for_peer_name(&ca.node(&[]).unwrap().cert_pem));
+        // With extra hosts too, one of them the peer name itself.
+        let node = ca
+            .node(&[NODE_PEER_NAME.to_owned(), "node-2.cairn.lan".to_owned()])
+            .unwrap();
+        assert!(valid_for_peer_name(&node.cert_pem));
+        assert!(!valid_for_peer_name(&ca.server(&[]).unwrap().cert_pem));
+        assert!(!valid_for_peer_name(
+            &ca.client(CLIENT_NAME).unwrap().cert_pem
+        ));
     }
 
     #[test]

@@ -367,6 +367,11 @@ async fn start_cluster_node(
         node_id = cluster.node_id,
         listen = %cluster.listen,
         mutual_tls = acceptor.is_some(),
+        peer_name = cluster
+            .tls
+            .as_ref()
+            .and_then(|files| files.peer_name.as_ref())
+            .map(|name| name.as_ref()),
         "cluster node starting"
     );
     let node = cairn_cluster::node::ClusterNode::start(store.clone(), options)
@@ -381,8 +386,9 @@ const CLUSTER_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Serves the node-to-node raft service until the engine shuts down; with
 /// `tls`, only to peers whose TLS client certificate the cluster CA signed
-/// (a plaintext or unauthenticated connection fails its handshake in the
-/// listener and is closed).
+/// (and that is valid for the peer name, when one is set): a plaintext or
+/// unauthenticated connection fails its handshake in the listener, is
+/// closed and logged at warn ([`listener::accept_peers`]).
 async fn serve_cluster(
     listener: TcpListener,
     service: cairn_proto::cluster::v1::raft_server::RaftServer<
@@ -396,7 +402,7 @@ async fn serve_cluster(
     tracing::info!(listen = %address, mutual_tls = tls.is_some(), "cluster listener serving");
     tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(listener::accept(listener, limits, tls), async move {
+        .serve_with_incoming_shutdown(listener::accept_peers(listener, limits, tls), async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         })
         .await

@@ -9,16 +9,22 @@
 //! (the accept loop never waits for a client), bounded by the handshake
 //! timeout as a whole, so a client that trickles its hello is closed too; a
 //! failed handshake (a plaintext client, an untrusted client certificate) is
-//! logged at debug and the connection closed. The deadlines sit under TLS:
-//! handshake bytes and TLS records count as traffic.
+//! logged at debug and the connection closed. The node-to-node listener
+//! ([`accept_peers`]) logs a handshake TLS refused at warn instead, with the
+//! peer's address and rustls' reason, at most once per peer IP per minute
+//! ([`RefusalLog`]): there a refusal is a misconfigured node or a probe, which
+//! an operator should see. The deadlines sit under TLS: handshake bytes and
+//! TLS records count as traffic.
 //!
 //! This module knows sockets and TLS, not protocols; a facade adapts
 //! [`Connection`] to its transport (the gRPC facade implements tonic's
 //! `Connected` for it).
 
+use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +37,13 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// The shortest and longest pause after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+/// The node-to-node listener logs a refused handshake at warn at most once
+/// per peer IP in this long.
+const PEER_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Most peer IPs whose last warned refusal [`RefusalLog`] remembers.
+const PEER_REFUSAL_LOG_ADDRESSES: usize = 1024;
 
 /// Bounds on accepted connections.
 #[derive(Debug, Clone, Copy)]
@@ -208,15 +221,115 @@ impl AsyncWrite for Connection {
     }
 }
 
+/// When refused node-to-node handshakes were last logged at warn, per peer
+/// IP: a node that keeps redialling with a certificate the listener refuses
+/// (every few hundred milliseconds) logs once per interval, not once per
+/// attempt. Bounded: once it remembers `capacity` addresses it forgets those
+/// past the interval, and if none is, a refusal from yet another address is
+/// logged at debug only (those already warned about cover the flood).
+#[derive(Debug)]
+pub(crate) struct RefusalLog {
+    /// At most one warning per IP in this long.
+    interval: Duration,
+    /// Most addresses remembered.
+    capacity: usize,
+    /// Each address's last warning. Locked only to look up and insert, never
+    /// across an await.
+    warned: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl RefusalLog {
+    fn new(interval: Duration, capacity: usize) -> Self {
+        Self {
+            interval,
+            capacity,
+            warned: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a refusal of `ip` at `now` is logged at warn (and if so,
+    /// `now` is remembered as its last warning).
+    fn warn(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        let recent = |at: &Instant| now.saturating_duration_since(*at) < self.interval;
+        if warned.get(&ip).is_some_and(recent) {
+            return false;
+        }
+        if !warned.contains_key(&ip) && warned.len() >= self.capacity {
+            warned.retain(|_, at| recent(at));
+            if warned.len() >= self.capacity {
+                return false;
+            }
+        }
+        warned.insert(ip, now);
+        true
+    }
+}
+
+/// How a listener logs a failed TLS handshake.
+#[derive(Debug, Clone)]
+enum Refusals {
+    /// At debug (the client listeners: a client's failure is its own).
+    Debug,
+    /// TLS refusals at warn through the log's rate limit, other failures (a
+    /// peer that closed mid-handshake) at debug: the node-to-node listener.
+    Warn(Arc<RefusalLog>),
+}
+
+impl Refusals {
+    /// Logs that the handshake with `peer` failed with `error`.
+    fn handshake_failed(&self, peer: Option<SocketAddr>, error: &io::Error) {
+        let refused_by_tls = error
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>());
+        match (self, peer) {
+            (Refusals::Warn(log), Some(address))
+                if refused_by_tls && log.warn(address.ip(), Instant::now()) =>
+            {
+                tracing::warn!(
+                    peer = %address,
+                    reason = %error,
+                    "refused a node-to-node TLS handshake (a misconfigured node or not a node; \
+                     further refusals of this address are logged at debug for a minute)"
+                );
+            }
+            _ => tracing::debug!(?peer, %error, "TLS handshake failed; closing the connection"),
+        }
+    }
+}
+
 /// Accepts on `listener` within `limits` until the returned stream is
 /// dropped, in plaintext or, with `tls`, handshaking each connection first.
 /// The accept loop runs as its own task; it waits for a free slot before
 /// accepting, so at the limit clients queue in the backlog (a connection in
-/// its TLS handshake holds a slot too).
+/// its TLS handshake holds a slot too). A failed handshake is logged at
+/// debug.
 pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<TlsAcceptor>,
+) -> ReceiverStream<io::Result<Connection>> {
+    accept_logging(listener, limits, tls, Refusals::Debug)
+}
+
+/// [`accept`] for the node-to-node (raft) listener: a handshake TLS refuses
+/// (a certificate the cluster CA did not sign or without the peer name, a
+/// plaintext peer) is logged at warn with the peer's address and rustls'
+/// reason, at most once per peer IP per minute.
+pub fn accept_peers(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+) -> ReceiverStream<io::Result<Connection>> {
+    let log = RefusalLog::new(PEER_REFUSAL_LOG_INTERVAL, PEER_REFUSAL_LOG_ADDRESSES);
+    accept_logging(listener, limits, tls, Refusals::Warn(Arc::new(log)))
+}
+
+fn accept_logging(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+    refusals: Refusals,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (sender, receiver) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -284,6 +397,7 @@ pub fn accept(
                     let handshake = acceptor.accept(timed);
                     let sender = sender.clone();
                     let timeout = limits.handshake_timeout;
+                    let refusals = refusals.clone();
                     tokio::spawn(async move {
                         let peer = handshake
                             .get_ref()
@@ -291,7 +405,7 @@ pub fn accept(
                         let stream = match tokio::time::timeout(timeout, handshake).await {
                             Ok(Ok(stream)) => stream,
                             Ok(Err(error)) => {
-                                tracing::debug!(?peer, %error, "TLS handshake failed; closing the connection");
+                                refusals.handshake_failed(peer, &error);
                                 return;
                             }
                             Err(_) => {
@@ -315,4 +429,47 @@ pub fn accept(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_logged_at_warn_once_per_address_per_interval() {
+        let log = RefusalLog::new(Duration::from_secs(60), 1024);
+        let node: IpAddr = [10, 0, 0, 2].into();
+        let probe: IpAddr = [10, 0, 0, 9].into();
+        let start = Instant::now();
+        assert!(log.warn(node, start));
+        assert!(!log.warn(node, start + Duration::from_secs(1)));
+        assert!(!log.warn(node, start + Duration::from_secs(59)));
+        assert!(
+            log.warn(probe, start + Duration::from_secs(30)),
+            "another address"
+        );
+        assert!(
+            log.warn(node, start + Duration::from_secs(60)),
+            "a minute later"
+        );
+        assert!(!log.warn(node, start + Duration::from_secs(61)));
+        assert!(!log.warn(probe, start + Duration::from_secs(89)));
+        assert!(log.warn(probe, start + Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn a_full_refusal_log_forgets_old_addresses_and_never_grows_past_its_capacity() {
+        let log = RefusalLog::new(Duration::from_secs(60), 2);
+        let address = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let start = Instant::now();
+        assert!(log.warn(address(1), start));
+        assert!(log.warn(address(2), start + Duration::from_secs(10)));
+        // Full, and both are recent: a third address is not warned about.
+        assert!(!log.warn(address(3), start + Duration::from_secs(20)));
+        // Address 1's warning is past the interval: it is forgotten for 3.
+        assert!(log.warn(address(3), start + Duration::from_secs(65)));
+        assert!(!log.warn(address(2), start + Duration::from_secs(65)));
+        let remembered = log.warned.lock().expect("not poisoned").len();
+        assert_eq!(remembered, 2);
+    }
 }

@@ -238,6 +238,13 @@ pub struct Settings {
     /// certificate signed by one of them. Read once at start.
     #[serde(default)]
     pub cluster_tls_ca_file: Option<PathBuf>,
+    /// Cluster mode: a DNS name every node's certificate carries (a SAN
+    /// dNSName): the raft listener accepts a peer only with a certificate of
+    /// the cluster CA valid for it, so a CA that also signs client or other
+    /// services' certificates does not make them peers. Needs the three
+    /// `cluster_tls_*` files; this node's own certificate must carry it too.
+    #[serde(default)]
+    pub cluster_tls_peer_name: Option<String>,
 }
 
 fn default_cluster_snapshot_entries() -> u64 {
@@ -298,6 +305,10 @@ pub struct ClusterTlsFiles {
     pub key: PathBuf,
     /// CA certificates every peer's certificate must chain to.
     pub ca: PathBuf,
+    /// The DNS name a peer's certificate must also be valid for
+    /// (`--cluster-tls-peer-name`); `None`: any client certificate of the CA
+    /// is a peer.
+    pub peer_name: Option<rustls::pki_types::DnsName<'static>>,
 }
 
 /// One member's addresses (`--cluster-peers`).
@@ -322,18 +333,8 @@ fn parse_peers(
         ))
     };
     let mut peers = std::collections::BTreeMap::new();
-    for item in text
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
-        let (id, addresses) = item
-            .split_once('=')
-            .ok_or_else(|| invalid(format!("'{item}' has no '='")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| invalid(format!("'{id}' is not a node id")))?;
+    for item in node_items(text) {
+        let (item, id, addresses) = item.map_err(invalid)?;
         let parts: Vec<&str> = addresses.split('/').map(str::trim).collect();
         let (raft, client, kurrent) = match parts.as_slice() {
             [raft, client] => (*raft, *client, None),
@@ -355,6 +356,36 @@ fn parse_peers(
         }
     }
     Ok(peers)
+}
+
+/// The items of a comma-separated `ID=VALUE` list (`--cluster-peers`,
+/// `--cluster-routes`), empty items skipped: each item, its node id and its
+/// value, or what is wrong with it.
+fn node_items(text: &str) -> impl Iterator<Item = Result<(&str, u64, &str), String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (id, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("'{item}' has no '='"))?;
+            let id = id
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{}' is not a node id", id.trim()))?;
+            Ok((item, id, value))
+        })
+}
+
+/// `--cluster-tls-peer-name`: a DNS name (a certificate carries it as a SAN
+/// dNSName), not an IP address nor a wildcard.
+fn parse_peer_name(name: &str) -> Result<rustls::pki_types::DnsName<'static>, SettingsError> {
+    rustls::pki_types::DnsName::try_from(name.trim().to_owned()).map_err(|_| {
+        SettingsError::Invalid(format!(
+            "--cluster-tls-peer-name '{name}' is not a DNS name (letters, digits, '-' and \
+             '.', like cairn-node)"
+        ))
+    })
 }
 
 /// True if `address` has the shape `HOST:PORT` (a non-empty host, a `u16`
@@ -379,18 +410,8 @@ fn parse_routes(
         ))
     };
     let mut routes = std::collections::BTreeMap::new();
-    for item in text
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
-        let (id, address) = item
-            .split_once('=')
-            .ok_or_else(|| invalid(format!("'{item}' has no '='")))?;
-        let id: u64 = id
-            .trim()
-            .parse()
-            .map_err(|_| invalid(format!("'{id}' is not a node id")))?;
+    for item in node_items(text) {
+        let (_, id, address) = item.map_err(invalid)?;
         let address = address.trim();
         if !is_host_port(address) {
             return Err(invalid(format!("'{address}' is not HOST:PORT")));
@@ -583,18 +604,32 @@ impl Settings {
     }
 
     /// The cluster's mutual TLS files: all three given, or none (`None`);
-    /// anything between is refused naming what is missing.
+    /// anything between is refused naming what is missing, and so is a peer
+    /// name without the files or one that is no DNS name.
     fn cluster_tls(&self) -> Result<Option<ClusterTlsFiles>, SettingsError> {
         match (
             &self.cluster_tls_cert_file,
             &self.cluster_tls_key_file,
             &self.cluster_tls_ca_file,
         ) {
+            (None, None, None) if self.cluster_tls_peer_name.is_some() => {
+                Err(SettingsError::Invalid(
+                    "--cluster-tls-peer-name needs --cluster-tls-cert-file, \
+                     --cluster-tls-key-file and --cluster-tls-ca-file (it narrows which \
+                     certificates of the cluster CA are peers); give them too, or drop it"
+                        .into(),
+                ))
+            }
             (None, None, None) => Ok(None),
             (Some(cert), Some(key), Some(ca)) => Ok(Some(ClusterTlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
                 ca: ca.clone(),
+                peer_name: self
+                    .cluster_tls_peer_name
+                    .as_deref()
+                    .map(parse_peer_name)
+                    .transpose()?,
             })),
             (cert, key, ca) => {
                 let missing: Vec<&str> = [
@@ -732,6 +767,7 @@ impl Settings {
             cluster_tls_cert_file: None,
             cluster_tls_key_file: None,
             cluster_tls_ca_file: None,
+            cluster_tls_peer_name: None,
         }
     }
 }
@@ -886,6 +922,9 @@ pub struct SettingsArgs {
     /// Cluster mode: CA certificates (PEM) every node's certificate chains to.
     #[arg(long, env = "CAIRN_CLUSTER_TLS_CA_FILE")]
     pub cluster_tls_ca_file: Option<PathBuf>,
+    /// Cluster mode: a DNS name every node's certificate carries; peers without it are refused.
+    #[arg(long, env = "CAIRN_CLUSTER_TLS_PEER_NAME")]
+    pub cluster_tls_peer_name: Option<String>,
 }
 
 /// Why the settings could not be loaded.
@@ -1060,7 +1099,7 @@ impl SettingsArgs {
                 self.cluster_election_timeout_ms.map(|v| text(&v)),
             ),
         ];
-        let snapshots: [(&str, Option<String>); 5] = [
+        let snapshots: [(&str, Option<String>); 6] = [
             (
                 "cluster_snapshot_entries",
                 self.cluster_snapshot_entries.map(|v| text(&v)),
@@ -1072,6 +1111,7 @@ impl SettingsArgs {
             ("cluster_tls_cert_file", path(&self.cluster_tls_cert_file)),
             ("cluster_tls_key_file", path(&self.cluster_tls_key_file)),
             ("cluster_tls_ca_file", path(&self.cluster_tls_ca_file)),
+            ("cluster_tls_peer_name", self.cluster_tls_peer_name.clone()),
         ];
         for (key, value) in overrides
             .into_iter()
@@ -1182,6 +1222,7 @@ mod tests {
                 cert: "n.pem".into(),
                 key: "n.key".into(),
                 ca: "ca.pem".into(),
+                peer_name: None,
             })
         );
         let plain = clustered(1, "127.0.0.1:7170", "1=127.0.0.1:7170/127.0.0.1:7070")
@@ -1278,6 +1319,118 @@ mod tests {
         assert_eq!(
             flag.cluster_tls_cert_file,
             Some(PathBuf::from("/run/node.pem"))
+        );
+    }
+
+    #[test]
+    fn a_cluster_tls_peer_name_needs_the_three_files_and_a_dns_name() {
+        let public = || clustered(1, "10.0.0.1:7170", "1=10.0.0.1:7170/10.0.0.1:7070");
+        let named = |settings: Settings, name: &str| Settings {
+            cluster_tls_peer_name: Some(name.into()),
+            ..settings
+        };
+        let secured = |name: &str| {
+            named(
+                with_cluster_tls(public(), Some("n.pem"), Some("n.key"), Some("ca.pem")),
+                name,
+            )
+            .cluster()
+        };
+        let cluster = secured("cairn-node")
+            .expect("a peer name with the three files")
+            .expect("clustered");
+        let tls = cluster.tls.expect("mutual TLS");
+        assert_eq!(
+            tls.peer_name.as_ref().map(|name| name.as_ref()),
+            Some("cairn-node")
+        );
+        for bad in ["", "10.0.0.1", "*.cairn.lan", "cairn node"] {
+            match secured(bad) {
+                Err(SettingsError::Invalid(message)) => {
+                    assert!(message.contains("is not a DNS name"), "{bad:?}: {message}")
+                }
+                other => panic!("peer name {bad:?} accepted: {other:?}"),
+            }
+        }
+        // Without the files, in cluster mode or not: refused, naming them.
+        for settings in [
+            clustered(1, "127.0.0.1:7170", "1=127.0.0.1:7170/127.0.0.1:7070"),
+            Settings::for_tests(PathBuf::new()),
+        ] {
+            match named(settings, "cairn-node").cluster() {
+                Err(SettingsError::Invalid(message)) => assert!(
+                    message.starts_with(
+                        "--cluster-tls-peer-name needs --cluster-tls-cert-file, \
+                         --cluster-tls-key-file and --cluster-tls-ca-file"
+                    ),
+                    "{message}"
+                ),
+                other => panic!("a peer name without the TLS files accepted: {other:?}"),
+            }
+        }
+        // Half the files: the missing ones are named first.
+        match named(
+            with_cluster_tls(public(), Some("n.pem"), None, None),
+            "cairn-node",
+        )
+        .cluster()
+        {
+            Err(SettingsError::Invalid(message)) => assert!(
+                message.ends_with("missing --cluster-tls-key-file and --cluster-tls-ca-file"),
+                "{message}"
+            ),
+            other => panic!("half the TLS files accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cluster_tls_peer_name_comes_from_its_flag_and_the_config_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cairn.toml");
+        std::fs::write(&file, "cluster_tls_peer_name = \"cairn-node\"\n")
+            .expect("write the config file");
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        }
+        .resolve()
+        .expect("settings");
+        assert_eq!(
+            from_file.cluster_tls_peer_name.as_deref(),
+            Some("cairn-node")
+        );
+        let flag = SettingsArgs {
+            config: Some(file),
+            cluster_tls_peer_name: Some("node.cairn.lan".into()),
+            ..SettingsArgs::default()
+        }
+        .resolve()
+        .expect("settings");
+        assert_eq!(
+            flag.cluster_tls_peer_name.as_deref(),
+            Some("node.cairn.lan")
+        );
+        // The flag and its variable, as clap reads them.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: SettingsArgs,
+        }
+        use clap::{CommandFactory, Parser};
+        let parsed = Cli::try_parse_from(["cairn", "--cluster-tls-peer-name", "cairn-node"])
+            .expect("the flag parses");
+        assert_eq!(
+            parsed.settings.cluster_tls_peer_name.as_deref(),
+            Some("cairn-node")
+        );
+        let command = Cli::command();
+        let argument = command
+            .get_arguments()
+            .find(|argument| argument.get_id() == "cluster_tls_peer_name")
+            .expect("the argument");
+        assert_eq!(
+            argument.get_env(),
+            Some(std::ffi::OsStr::new("CAIRN_CLUSTER_TLS_PEER_NAME"))
         );
     }
 

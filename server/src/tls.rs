@@ -16,7 +16,12 @@
 //! Cluster mode's mutual TLS between nodes ([`ClusterTls`]) uses the same
 //! loaders: one certificate per node, served by the node-to-node listener and
 //! presented to peers, and one CA that both sides check the other's
-//! certificate against. Its files are read once at start (no reload).
+//! certificate against. Its files are read once at start (no reload). With
+//! a peer name (`--cluster-tls-peer-name`), the node-to-node listener also
+//! requires the client certificate to be valid for that DNS name
+//! ([`PeerNameVerifier`]), so that the CA's other client certificates (users,
+//! services) are no peers; the node's own certificate is checked for it at
+//! start, since its peers check it in turn.
 //!
 //! The handshake itself runs in the listener ([`crate::listener`]), one task
 //! per connection, bounded by the handshake timeout. ALPN offers `h2` only:
@@ -27,12 +32,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use tokio_rustls::TlsAcceptor;
 
 use crate::settings::{ClusterTlsFiles, TlsFiles};
@@ -70,6 +80,21 @@ pub enum TlsError {
         /// The key file.
         key: PathBuf,
         /// What rustls said.
+        error: String,
+    },
+    /// This node's certificate lacks the peer name its peers require.
+    #[error(
+        "the cluster TLS certificate file {} is not valid for --cluster-tls-peer-name {name}, \
+         so its peers would refuse it ({error}); issue it with {name} as a DNS name among its \
+         subject alternative names, or drop --cluster-tls-peer-name",
+        cert.display()
+    )]
+    PeerName {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The peer name.
+        name: String,
+        /// Why the name check failed (rustls-webpki, in rustls' words).
         error: String,
     },
     /// rustls refused the configuration (e.g. a client CA it cannot use).
@@ -186,16 +211,115 @@ fn roots(what: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
 fn client_verifier(
     roots: RootCertStore,
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
         .build()
         .map_err(|error| TlsError::Config(error.to_string()))
 }
 
+/// A client certificate verifier that takes only certificates its `inner`
+/// verifier takes (the chain to the cluster CA, validity, client
+/// authentication usage) AND that are valid for `name` as a DNS name
+/// (`--cluster-tls-peer-name`: a SAN dNSName, as a server certificate is
+/// checked for its host). A refusal fails the handshake with a
+/// `bad_certificate` alert. Everything else is `inner`'s.
+#[derive(Debug)]
+pub(crate) struct PeerNameVerifier {
+    /// The cluster CA's verifier.
+    inner: Arc<dyn ClientCertVerifier>,
+    /// What every peer's certificate must be valid for.
+    name: ServerName<'static>,
+}
+
+impl PeerNameVerifier {
+    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>, name: DnsName<'static>) -> Self {
+        Self {
+            inner,
+            name: ServerName::DnsName(name),
+        }
+    }
+}
+
+/// Whether the leaf `certificate` is valid for `name` (its SANs; webpki
+/// parses the certificate); if not, the certificate error a handshake fails
+/// with.
+fn valid_for(
+    certificate: &CertificateDer<'_>,
+    name: &ServerName<'_>,
+) -> Result<(), CertificateError> {
+    let refused = |error: webpki::Error| match error {
+        webpki::Error::CertNotValidForName(context) => CertificateError::NotValidForNameContext {
+            expected: context.expected,
+            presented: context.presented,
+        },
+        webpki::Error::BadDer | webpki::Error::BadDerTime | webpki::Error::TrailingData(_) => {
+            CertificateError::BadEncoding
+        }
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    webpki::EndEntityCert::try_from(certificate)
+        .and_then(|leaf| leaf.verify_is_valid_for_subject_name(name))
+        .map_err(refused)
+}
+
+impl ClientCertVerifier for PeerNameVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        valid_for(end_entity, &self.name).map_err(rustls::Error::InvalidCertificate)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+}
+
 /// Both ends of mutual TLS between cluster nodes, from one node's files.
 pub(crate) struct ClusterTls {
     /// The node-to-node listener's handshakes: this node's certificate, and a
-    /// client certificate signed by the cluster CA required of every peer.
+    /// client certificate signed by the cluster CA (and valid for the peer
+    /// name, when there is one) required of every peer.
     pub(crate) acceptor: TlsAcceptor,
     /// What this node dials its peers with: the cluster CA as the only trust
     /// anchor, this node's certificate as its client certificate (ALPN is
@@ -204,11 +328,22 @@ pub(crate) struct ClusterTls {
 }
 
 impl ClusterTls {
-    /// Reads the files (TLS 1.2 and 1.3, ring, ALPN `h2` on the listener).
+    /// Reads the files (TLS 1.2 and 1.3, ring, ALPN `h2` on the listener);
+    /// with a peer name, refuses a certificate of this node that lacks it.
     pub(crate) fn load(files: &ClusterTlsFiles) -> Result<Self, TlsError> {
         let provider = provider();
         let chain = certificates("TLS certificate file", &files.cert)?;
         let private = private_key(&files.key)?;
+        if let Some(name) = &files.peer_name {
+            // `certificates` returns at least one: the leaf.
+            valid_for(&chain[0], &ServerName::DnsName(name.clone())).map_err(|error| {
+                TlsError::PeerName {
+                    cert: files.cert.clone(),
+                    name: name.as_ref().to_owned(),
+                    error: error.to_string(),
+                }
+            })?;
+        }
         // Refuses a key of another certificate before either side uses it.
         let certified = certified_key(
             chain.clone(),
@@ -218,13 +353,14 @@ impl ClusterTls {
             &provider,
         )?;
         let config = |error: rustls::Error| TlsError::Config(error.to_string());
+        let mut peers = client_verifier(roots("cluster TLS CA file", &files.ca)?, &provider)?;
+        if let Some(name) = &files.peer_name {
+            peers = Arc::new(PeerNameVerifier::new(peers, name.clone()));
+        }
         let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(config)?
-            .with_client_cert_verifier(client_verifier(
-                roots("cluster TLS CA file", &files.ca)?,
-                &provider,
-            )?)
+            .with_client_cert_verifier(peers)
             .with_cert_resolver(Arc::new(CurrentKey {
                 key: RwLock::new(Arc::new(certified)),
             }) as Arc<dyn ResolvesServerCert>);
@@ -410,5 +546,199 @@ async fn tick(poll: &mut Option<tokio::time::Interval>) {
             poll.tick().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::{AlertDescription, ClientConfig, ClientConnection, Connection, ServerConnection};
+
+    use super::*;
+    use crate::dev_certs::{self, DevCertFiles, NODE_PEER_NAME};
+
+    fn peer_name() -> DnsName<'static> {
+        DnsName::try_from(NODE_PEER_NAME).expect("a DNS name")
+    }
+
+    /// `certs`' node files, with `peer_name`.
+    fn cluster_files(certs: &DevCertFiles, peer_name: Option<DnsName<'static>>) -> ClusterTlsFiles {
+        ClusterTlsFiles {
+            cert: certs.node_cert.clone(),
+            key: certs.node_key.clone(),
+            ca: certs.ca.clone(),
+            peer_name,
+        }
+    }
+
+    /// What a peer dialling with `cert` and `key` (trusting `ca`) sends.
+    fn dialler(ca: &Path, cert: &Path, key: &Path) -> ClientConfig {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots("CA", ca).expect("the CA"))
+            .with_client_auth_cert(
+                certificates("cert", cert).expect("the certificate"),
+                private_key(key).expect("the key"),
+            )
+            .expect("a client configuration")
+    }
+
+    /// A handshake between `client` (dialling `localhost`) and `server`, in
+    /// memory, to its end: what processing the other side's bytes last said,
+    /// the client's first.
+    fn handshake(client: ClientConfig, server: &TlsAcceptor) -> [Result<(), rustls::Error>; 2] {
+        let name = ServerName::try_from("localhost").expect("a name");
+        let mut sides = [
+            Connection::Client(ClientConnection::new(Arc::new(client), name).expect("client")),
+            Connection::Server(ServerConnection::new(Arc::clone(server.config())).expect("server")),
+        ];
+        let mut results = [Ok(()), Ok(())];
+        // A TLS 1.3 handshake with client authentication takes four flights
+        // (and an alert or the session tickets); more rounds change nothing.
+        for round in 0..12 {
+            let (from, to) = (round % 2, 1 - round % 2);
+            let mut bytes = Vec::new();
+            while sides[from].wants_write() {
+                sides[from].write_tls(&mut bytes).expect("write to memory");
+            }
+            let mut unread = bytes.as_slice();
+            while !unread.is_empty() && results[to].is_ok() {
+                sides[to].read_tls(&mut unread).expect("read from memory");
+                if let Err(error) = sides[to].process_new_packets() {
+                    results[to] = Err(error);
+                }
+            }
+        }
+        for (side, result) in sides.iter().zip(&results) {
+            if result.is_ok() {
+                assert!(!side.is_handshaking(), "a handshake that did not end");
+            }
+        }
+        results
+    }
+
+    #[test]
+    fn with_a_peer_name_the_listener_takes_only_cluster_certificates_valid_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dev_certs::write(dir.path(), &[]).expect("dev certificates");
+        let stranger =
+            dev_certs::write(&dir.path().join("stranger"), &[]).expect("another CA's certificates");
+        let named = ClusterTls::load(&cluster_files(&certs, Some(peer_name()))).expect("load");
+        let unnamed = ClusterTls::load(&cluster_files(&certs, None)).expect("load");
+
+        // A node's certificate carries the name: every peer dials with it.
+        let [client, server] = handshake(named.client.clone(), &named.acceptor);
+        client.expect("the dialling node");
+        server.expect("the listening node");
+
+        // The CA's client certificate lacks it: taken without a peer name,
+        // refused with one, and the dialler gets the alert.
+        let client_pem = || dialler(&certs.ca, &certs.client_cert, &certs.client_key);
+        let [client, server] = handshake(client_pem(), &unnamed.acceptor);
+        client.expect("the client certificate without a peer name");
+        server.expect("the client certificate without a peer name");
+        let [client, server] = handshake(client_pem(), &named.acceptor);
+        match server {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            })) => {
+                assert_eq!(expected.to_str(), NODE_PEER_NAME);
+                assert_eq!(
+                    presented,
+                    [format!("DnsName(\"{}\")", dev_certs::CLIENT_NAME)]
+                );
+            }
+            other => panic!("the client certificate on the listener: {other:?}"),
+        }
+        match client {
+            Err(rustls::Error::AlertReceived(AlertDescription::BadCertificate)) => {}
+            other => panic!("the client certificate's dialler: {other:?}"),
+        }
+
+        // The name is no substitute for the CA: another CA's node
+        // certificate carries it and is refused for its chain (both CAs
+        // have the same name, so as a bad signature).
+        let [_, server] = handshake(
+            dialler(&certs.ca, &stranger.node_cert, &stranger.node_key),
+            &named.acceptor,
+        );
+        match server {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature | CertificateError::UnknownIssuer,
+            )) => {}
+            other => panic!("another CA's node certificate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_peer_name_verifier_hands_everything_else_to_the_cluster_ca_verifier() {
+        let ca = dev_certs::DevCa::generate().expect("a CA");
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).expect("PEM"))
+            .expect("a root");
+        let inner = client_verifier(roots, &provider()).expect("a verifier");
+        let verifier = PeerNameVerifier::new(Arc::clone(&inner), peer_name());
+        let hints = |verifier: &dyn ClientCertVerifier| {
+            let subjects = verifier.root_hint_subjects().iter();
+            subjects
+                .map(|name| name.as_ref().to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(hints(&verifier), hints(inner.as_ref()));
+        assert!(!hints(&verifier).is_empty(), "the CA's name as the hint");
+        assert_eq!(
+            verifier.supported_verify_schemes(),
+            inner.supported_verify_schemes()
+        );
+        assert!(verifier.offer_client_auth() && verifier.client_auth_mandatory());
+        assert!(!verifier.requires_raw_public_keys());
+        let now = UnixTime::now();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        verifier
+            .verify_client_cert(&der(&ca.node(&[]).expect("node").cert_pem), &[], now)
+            .expect("a node certificate");
+        // A server-only certificate is refused by the CA verifier's usage
+        // check whatever its names.
+        let server = ca.server(&[NODE_PEER_NAME.to_owned()]).expect("server");
+        match verifier.verify_client_cert(&der(&server.cert_pem), &[], now) {
+            Err(rustls::Error::InvalidCertificate(error)) => assert!(
+                !matches!(error, CertificateError::NotValidForNameContext { .. }),
+                "{error:?}"
+            ),
+            other => panic!("a server-only certificate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_node_whose_own_certificate_lacks_the_peer_name_does_not_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dev_certs::write(dir.path(), &[]).expect("dev certificates");
+        let files = ClusterTlsFiles {
+            cert: certs.client_cert.clone(),
+            key: certs.client_key.clone(),
+            ..cluster_files(&certs, Some(peer_name()))
+        };
+        let error = match ClusterTls::load(&files) {
+            Err(error @ TlsError::PeerName { .. }) => error.to_string(),
+            Err(other) => panic!("another error: {other}"),
+            Ok(_) => panic!("loaded a certificate without the peer name"),
+        };
+        let expected = format!(
+            "the cluster TLS certificate file {} is not valid for --cluster-tls-peer-name \
+             cairn-node",
+            certs.client_cert.display()
+        );
+        assert!(error.starts_with(&expected), "{error}");
+        assert!(error.contains("certificate is only valid for"), "{error}");
+        // The node's certificate from `cairn dev-certs` carries it; without
+        // a peer name the client certificate loads as before.
+        ClusterTls::load(&cluster_files(&certs, Some(peer_name()))).expect("node.pem");
+        ClusterTls::load(&ClusterTlsFiles {
+            peer_name: None,
+            ..files
+        })
+        .expect("no peer name, no check");
     }
 }
