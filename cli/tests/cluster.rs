@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_client::{Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent};
+use cairn_client::{
+    Client, Error, EventData, ExpectedRevision, ReadOptions, RecordedEvent, ScavengeState,
+};
 use cairn_testkit::FaultProxy;
 use common::{Daemon, free_port};
 use tokio::sync::Mutex;
@@ -183,6 +185,28 @@ impl Cluster {
             .basic(user, password)
             .connect()
             .await
+    }
+
+    /// A cluster client of every node (ClientBuilder::seeds) whose first
+    /// seed is node `first`, the others following in order, logged in as the
+    /// harness's login in a secure cluster; it tries other nodes for up to
+    /// [`ELECTION_DEADLINE`].
+    async fn connect_seeded(&self, first: usize) -> Result<Client, Error> {
+        let seeds: Vec<String> = (1..NODES)
+            .map(|offset| self.url((first + offset) % NODES))
+            .collect();
+        let builder = self
+            .client_builder(first)
+            .seeds(seeds)
+            .failover_deadline(ELECTION_DEADLINE);
+        let login = self
+            .secure
+            .as_ref()
+            .and_then(|secure| secure.login.as_ref());
+        match login {
+            Some((user, password)) => builder.basic(user, password).connect().await,
+            None => builder.connect().await,
+        }
     }
 
     /// A builder for node `index`, trusting the secure cluster's CA.
@@ -1277,6 +1301,9 @@ fn a_client_given_every_seed_follows_the_leader_through_a_kill_and_writes_each_a
 /// must receive a snapshot (a checkpoint of the leader's store), install it,
 /// then apply the log after it, and hold exactly the leader's `$all`, also
 /// after one more kill -9 and restart on the installed state.
+/// Also: a scavenge, after the snapshot, is refused on a follower (naming
+/// the leader) and, started on the leader, removes the same records on every
+/// node (its deletions are replicated entries).
 #[test]
 fn a_follower_back_after_the_log_was_compacted_catches_up_from_a_snapshot() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -1335,7 +1362,86 @@ fn a_follower_back_after_the_log_was_compacted_catches_up_from_a_snapshot() {
         let all = converged(&cluster, &[0, 1, 2]).await;
         assert_eq!(all[0], all[1], "nodes 1 and 2 differ after the restart");
         assert_eq!(all[0], all[2], "nodes 1 and 3 differ after the restart");
+
+        scavenge_removes_alike_on_every_node(&cluster).await;
     });
+}
+
+/// Deletes `bulk-0`, checks that a follower refuses a scavenge with
+/// `NotLeader` naming the leader, scavenges on the leader, and waits until
+/// every node counts the same events, all of `bulk-0`'s removed, with
+/// identical `$all`s.
+async fn scavenge_removes_alike_on_every_node(cluster: &Cluster) {
+    let leader = find_leader(cluster, &[0, 1, 2]).await;
+    let follower = (leader + 1) % NODES;
+    let client = &Client::connect(cluster.url(leader)).await.expect("connect");
+    let before = read_everything(&cluster.url(leader)).await;
+    let doomed = before
+        .iter()
+        .filter(|event| event.stream == "bulk-0")
+        .count() as u64;
+    assert!(doomed > 0, "bulk-0 holds no event");
+    client
+        .delete("bulk-0", ExpectedRevision::Any)
+        .await
+        .expect("delete bulk-0");
+    let on_follower = Client::connect(cluster.url(follower))
+        .await
+        .expect("connect to the follower");
+    match on_follower.start_scavenge().await {
+        Err(Error::NotLeader {
+            leader: Some(named),
+            ..
+        }) => assert_eq!(named, cluster.clients[leader]),
+        other => panic!("a follower answered a scavenge with {other:?}"),
+    }
+    let started = client
+        .start_scavenge()
+        .await
+        .expect("scavenge on the leader");
+    let status = until_some(
+        cluster,
+        "the scavenge ends",
+        Duration::from_millis(100),
+        || {
+            let client = client.clone();
+            async move {
+                let status = client.scavenge_status().await.expect("scavenge status");
+                (status.run == started.run && status.state != ScavengeState::Running)
+                    .then_some(status)
+            }
+        },
+    )
+    .await;
+    assert_eq!(status.state, ScavengeState::Finished, "{status:?}");
+    assert_eq!(status.removed, doomed, "{status:?}");
+
+    let leader_count = client.info().await.expect("leader info").event_count;
+    assert_eq!(leader_count, before.len() as u64 - doomed);
+    for index in 0..NODES {
+        let node = Client::connect(cluster.url(index)).await.expect("connect");
+        until_some(
+            cluster,
+            "every node counts the removal",
+            Duration::from_millis(100),
+            || {
+                let node = node.clone();
+                async move {
+                    let count = node.info().await.expect("info").event_count;
+                    (count == leader_count).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    let all = converged(cluster, &[0, 1, 2]).await;
+    assert_eq!(all[0], all[1], "nodes 1 and 2 differ after the scavenge");
+    assert_eq!(all[0], all[2], "nodes 1 and 3 differ after the scavenge");
+    let visible: Vec<_> = before
+        .into_iter()
+        .filter(|event| event.stream != "bulk-0")
+        .collect();
+    assert_eq!(all[0], visible, "the scavenge changed what reads see");
 }
 
 /// Polls `attempt` every `every` until it returns `Some`, failing the test
@@ -1377,12 +1483,15 @@ async fn logged_in_as(client: &Client) -> Option<String> {
 /// user created on the leader logs in on every node and a token issued on
 /// the leader works on the followers; a follower refuses user changes with
 /// `NotLeader`, unauthenticated calls and a user without the admin role's
-/// cluster status; after a kill -9 of the leader, the user disabled through
-/// the new leader is refused on every node, the old leader included once it
-/// is back.
+/// cluster status, while a cluster client whose first seed is a follower
+/// creates the user and a token through the leader (one token); after a
+/// kill -9 of the leader, the user disabled through that client (which
+/// fails over to the new leader) is refused on every node, the old leader
+/// included once it is back.
 #[test]
 fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover() {
-    use cairn_client::{NewToken, NewUser};
+    use cairn_client::{ClusterRole, NewToken, NewUser};
+    const REDIRECTED_TOKEN: &str = "issued through a follower";
     const ALICE_PASSWORD: &str = "alice's long enough password";
 
     let root = tempfile::tempdir().expect("tempdir");
@@ -1448,7 +1557,7 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
     );
     let followers: Vec<usize> = (0..NODES).filter(|index| *index != leader).collect();
 
-    let alice_token = runtime.block_on(async {
+    let (alice_token, seeded) = runtime.block_on(async {
         // Without credentials, or over plaintext, a follower serves nothing.
         let anonymous = cluster
             .client_builder(followers[0])
@@ -1484,11 +1593,30 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
             ),
             other => panic!("a follower created a user: {other:?}"),
         }
-        let admin = cluster.connect(leader).await.expect("connect");
-        admin
+        // A cluster client that starts on a follower follows its NotLeader
+        // to the leader, for user changes as for writes.
+        let seeded = cluster
+            .connect_seeded(followers[0])
+            .await
+            .expect("connect to the seeds");
+        seeded
             .create_user(NewUser::new("alice", ALICE_PASSWORD))
             .await
-            .expect("create alice on the leader");
+            .expect("create alice through a client whose first seed is a follower");
+        assert_eq!(
+            seeded.cluster_status().await.expect("status").role,
+            ClusterRole::Leader,
+            "the client stayed on the follower"
+        );
+        // A token too: a follower refuses before issuing one, so following
+        // its refusal issues exactly one (checked on each follower below).
+        cluster
+            .connect_seeded(followers[1])
+            .await
+            .expect("connect to the seeds")
+            .create_token(NewToken::for_user("alice").name(REDIRECTED_TOKEN))
+            .await
+            .expect("a token for alice through a client whose first seed is a follower");
         let alice = cluster
             .connect_as(leader, "alice", ALICE_PASSWORD)
             .await
@@ -1504,25 +1632,39 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
         let token = alice
             .create_token(NewToken::own().name("on every node"))
             .await
-            .expect("alice's token")
-            .secret;
+            .expect("alice's token");
         for &index in &followers {
-            // The admin sees alice (and her token) once the follower caught
-            // up; only then does alice log in there, so no attempt fails.
+            // The admin sees alice (and her own token) once the follower
+            // caught up; only then does alice log in there, so no attempt
+            // fails.
             let admin = cluster.connect(index).await.expect("connect");
-            until_some(
+            let tokens = until_some(
                 &cluster,
                 "alice on every node",
                 Duration::from_millis(50),
                 || {
                     let admin = &admin;
+                    let own = &token.details.id;
                     async move {
                         let tokens = admin.list_tokens(Some("alice")).await.ok()?;
-                        (!tokens.is_empty()).then_some(())
+                        tokens
+                            .iter()
+                            .any(|listed| listed.id == *own)
+                            .then_some(tokens)
                     }
                 },
             )
             .await;
+            let redirected = tokens
+                .iter()
+                .filter(|listed| listed.name == REDIRECTED_TOKEN)
+                .count();
+            assert_eq!(
+                redirected,
+                1,
+                "node {}: tokens issued through a follower",
+                index + 1
+            );
             let alice = cluster
                 .connect_as(index, "alice", ALICE_PASSWORD)
                 .await
@@ -1538,7 +1680,7 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
             assert_eq!(notes.len(), 1, "node {}: alice's notes", index + 1);
             let by_token = cluster
                 .client_builder(index)
-                .token(token.clone())
+                .token(token.secret.clone())
                 .connect()
                 .await
                 .expect("connect");
@@ -1560,19 +1702,27 @@ fn a_secure_cluster_replicates_users_and_tokens_to_every_node_through_a_failover
                 "a wrong password logged in"
             );
         }
-        token
+        (token.secret, seeded)
     });
 
-    // The leader dies; alice is disabled through the next one.
+    // The leader dies; the cluster client, still on it, disables alice
+    // through the next one.
     cluster.kill_9(leader);
-    let survivors = followers.clone();
-    let new_leader = runtime.block_on(find_leader(&cluster, &survivors));
     runtime.block_on(async {
-        let admin = cluster.connect(new_leader).await.expect("connect");
-        admin
+        seeded
             .disable_user("alice")
             .await
-            .expect("disable alice on the new leader");
+            .expect("disable alice through the cluster client across the failover");
+        let status = seeded.cluster_status().await.expect("status");
+        assert_eq!(status.role, ClusterRole::Leader, "{status:?}");
+        assert!(
+            followers
+                .iter()
+                .any(|&index| status.node_id == index as u64 + 1),
+            "the client uses node {} (the killed leader is node {})",
+            status.node_id,
+            leader + 1
+        );
     });
     cluster.start(leader);
     runtime.block_on(async {

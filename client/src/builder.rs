@@ -139,14 +139,17 @@ impl ClientBuilder {
     /// [`Error::NotLeader`] naming it the client switches there, on
     /// `NotLeader` without a leader, [`Error::Unavailable`] or
     /// [`Error::Connect`] it tries the next seed, waiting 50 ms doubling up
-    /// to 1 s, until [`ClientBuilder::failover_deadline`]; then the last
+    /// to 250 ms, until [`ClientBuilder::failover_deadline`]; then the last
     /// error is returned. Each retry is the exact request (same event ids
     /// and expectations), so a write committed before its leader went away
     /// comes back with `idempotent_replay == true` instead of twice. Other
     /// errors are answers and are never retried.
     ///
-    /// Every other call (reads, subscriptions, users, consumer groups,
-    /// admin) goes to the node in use without retries: the leader once a
+    /// User and token changes, membership changes and scavenge start/stop
+    /// follow the leader the same way (`create_token` only after
+    /// `NotLeader`: see `Client::create_token`). Every other call (reads,
+    /// subscriptions, consumer groups, user and status queries) goes to the
+    /// node in use without retries: the leader once a
     /// write found it, until then the first seed that answered (a follower
     /// serves reads from its applied prefix; pass
     /// [`ReadOptions::at_least`](crate::ReadOptions::at_least) to read your

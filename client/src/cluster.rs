@@ -21,9 +21,14 @@
 //!
 //! The call needs the `admin` role. A single node answers too: not
 //! clustered, role [`ClusterRole::SingleNode`], itself as the only member.
+//! The status is the answering node's: a cluster client asks the node it
+//! uses now, while membership changes ([`Client::add_cluster_node`],
+//! [`Client::remove_cluster_node`]) go to the leader and are retried there
+//! while the leader changes, as writes are.
 
 use cairn_proto::v1 as pb;
 
+use crate::leader::Resend;
 use crate::{Client, Result};
 
 /// The role a node plays.
@@ -206,29 +211,50 @@ impl Client {
     /// Adds a node on the leader (`admin`): a learner first, a voter once it
     /// holds the log. Answers the membership after the change; a follower
     /// answers [`crate::Error::NotLeader`].
+    ///
+    /// A cluster client sends it to the leader and retries it while the
+    /// leader changes; adding a voter again at the same addresses changes
+    /// nothing, and a learner left by an add that did not finish is
+    /// resumed, so a retry answers the membership as once. Like a write,
+    /// the call ends at the client's
+    /// [`failover_deadline`](crate::ClientBuilder::failover_deadline) (10 s
+    /// by default) with [`crate::Error::Unavailable`], while the leader waits
+    /// up to a minute for a new node to catch up: give a client that adds
+    /// nodes with a long log to copy a longer deadline, or add the node
+    /// again to resume.
     pub async fn add_cluster_node(&self, node: NewClusterNode) -> Result<Vec<ClusterMember>> {
+        let request = pb::AddNodeRequest {
+            node_id: node.node_id,
+            raft_address: node.raft_address,
+            client_address: node.client_address,
+            kurrent_address: node.kurrent_address,
+        };
         let response = self
-            .cluster
-            .clone()
-            .add_node(pb::AddNodeRequest {
-                node_id: node.node_id,
-                raft_address: node.raft_address,
-                client_address: node.client_address,
-                kurrent_address: node.kurrent_address,
-            })
+            .on_leader_of(
+                &self.cluster,
+                Resend::AfterUnknownOutcome,
+                request,
+                |mut cluster, request| async move { cluster.add_node(request).await },
+            )
             .await?;
-        Ok(members(response.into_inner()))
+        Ok(members(response))
     }
 
     /// Removes a node on the leader (`admin`; not the last voter). Answers
-    /// the membership after the change.
+    /// the membership after the change. A cluster client sends it to the
+    /// leader and retries it while the leader changes: a retry of an
+    /// attempt that was committed after all answers that the node is not a
+    /// member.
     pub async fn remove_cluster_node(&self, node_id: u64) -> Result<Vec<ClusterMember>> {
         let response = self
-            .cluster
-            .clone()
-            .remove_node(pb::RemoveNodeRequest { node_id })
+            .on_leader_of(
+                &self.cluster,
+                Resend::AfterUnknownOutcome,
+                pb::RemoveNodeRequest { node_id },
+                |mut cluster, request| async move { cluster.remove_node(request).await },
+            )
             .await?;
-        Ok(members(response.into_inner()))
+        Ok(members(response))
     }
 
     /// How the node this client talks to sees the cluster (`admin`). A

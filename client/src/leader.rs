@@ -1,38 +1,70 @@
 //! Following a cluster's leader: which node a cluster client sends to, and
-//! when a write is retried on another one.
+//! when a leader-only call is retried on another one.
 //!
 //! A client built with [`ClientBuilder::seeds`](crate::ClientBuilder::seeds)
 //! holds one [`Follow`]: the seeds, and the node in use now. Every call of
 //! that client goes to the node in use (its transport asks [`Follow::route`]
-//! per request); writes (`append`, `append_if`, `append_multi`,
-//! `append_multi_if`, `delete`, `tombstone`, `set_stream_metadata`) run
-//! through [`Follow::run`], which moves the client when a node cannot take
-//! the write:
+//! per request). The calls only the leader can do run through
+//! [`Follow::run`], which moves the client when a node cannot take them:
+//! stream writes (`append`, `append_if`, `append_multi`, `append_multi_if`,
+//! `delete`, `tombstone`, `set_stream_metadata`), user and token changes
+//! (`create_user`, `delete_user`, `disable_user`, `enable_user`,
+//! `update_user`, `change_password`, `reset_password`, `create_token`,
+//! `revoke_token`), membership changes (`add_cluster_node`,
+//! `remove_cluster_node`) and `start_scavenge`/`stop_scavenge`. Reads
+//! (streams, users, tokens, `whoami`, `cluster_status`, `scavenge_status`)
+//! stay on the node in use.
 //!
 //! - `NotLeader { leader: Some(address) }`: switch to `address` (same scheme
-//!   and TLS settings as the seeds) and retry at once;
+//!   and TLS settings as the seeds) and retry at once; a second redirect in
+//!   one call, or one naming the node in use, counts as no leader known
+//!   (two nodes naming each other or a dead leader: an election is under
+//!   way);
 //! - `NotLeader { leader: None }`, `Unavailable`, `Connect`: switch to the
-//!   next seed, wait (50 ms, doubling up to 1 s) and retry;
+//!   next seed, wait (50 ms, doubling up to 250 ms: a leader elected
+//!   meanwhile takes the call within one role poll, so longer waits only
+//!   delay the failover) and retry;
 //! - any other error is the server's answer (`WrongExpectedRevision`,
-//!   `AppendConditionFailed`, ...) and is returned as it is;
+//!   `AppendConditionFailed`, `UserExists`, ...) and is returned as it is;
 //! - once the failover deadline has passed (10 s unless
 //!   [`ClientBuilder::failover_deadline`](crate::ClientBuilder::failover_deadline)
-//!   says otherwise), the last error is returned.
+//!   says otherwise), the last error is returned. The deadline also bounds
+//!   an attempt in flight: a node that never answers ends the call with
+//!   `Unavailable`.
 //!
-//! **Every retry is exact.** A write's protobuf request is built once and each
-//! attempt sends a copy of it: the same event ids, the same expected revision,
-//! the same DCB condition. That is what makes the retry safe: the outcome of
-//! a write that failed with `NotLeader`, `Unavailable` or `Connect` is
-//! unknown (the old leader may have replicated it before it went away), and
-//! the new leader answers an exact retry of a committed write with the
-//! original result and `idempotent_replay == true` instead of writing it
-//! again; a write that was not committed is written once. Callers that retry
-//! on their own must do the same: keep the event ids, never make new ones
-//! for a retry (a new id is a new event, written a second time).
+//! **Every retry is exact.** A call's protobuf request is built once and
+//! each attempt sends a copy of it: for a write the same event ids, the same
+//! expected revision, the same DCB condition. That is what makes the retry
+//! safe: the outcome of a call that failed with `NotLeader`, `Unavailable`
+//! or `Connect` is unknown (the old leader may have replicated it before it
+//! went away; a `NotLeader` from a follower comes before it did anything,
+//! but one from a leader that lost leadership while replicating the change
+//! does not), and the new leader answers an exact retry of a committed write
+//! with the original result and `idempotent_replay == true` instead of
+//! writing it again; a write that was not committed is written once. Callers
+//! that retry on their own must do the same: keep the event ids, never make
+//! new ones for a retry (a new id is a new event, written a second time).
+//!
+//! Other leader-only calls carry no id, so the server cannot tell a retry
+//! from a second request: a retry of a change the old leader committed is
+//! that change made again. For most that is the same state, or an answer
+//! that says so (each method's docs say which): `create_user` may answer
+//! `UserExists`, `delete_user` `UserNotFound`, `revoke_token`
+//! `TokenNotFound`, `remove_cluster_node` a "not a member" error,
+//! `change_password` that the current password is wrong (it is the new one
+//! now), `start_scavenge` `OperationInProgress` (or start another run:
+//! harmless, a scavenge removes only records no read shows), while
+//! `disable_user`, `enable_user`, `update_user`, `reset_password`,
+//! `add_cluster_node` and `stop_scavenge` answer as if sent once. The one
+//! call whose repeat would make something new is `create_token` (each
+//! attempt mints another secret), so it is resent only after a `NotLeader` answer
+//! ([`Resend::AfterRefusal`]); after `Unavailable` or `Connect` the client
+//! moves to the next seed and returns the error (outcome unknown:
+//! `list_tokens` shows whether the token exists).
 //!
 //! A switch is decided under one short lock and counted by a generation: an
 //! attempt that failed moves the client only if no other call moved it since
-//! that attempt started, so concurrent writes that fail together move it once.
+//! that attempt started, so concurrent calls that fail together move it once.
 //! This module owns that decision; it sends nothing itself.
 
 use std::future::Future;
@@ -46,15 +78,19 @@ use tokio::time::Instant;
 use crate::transport::{Direct, TlsConnect, Transport};
 use crate::{Client, Error, Result};
 
-/// How long a write keeps trying other nodes, unless
+/// How long a leader-only call keeps trying other nodes, unless
 /// [`ClientBuilder::failover_deadline`](crate::ClientBuilder::failover_deadline)
 /// says otherwise: long enough for a cluster to elect a new leader.
 pub const DEFAULT_FAILOVER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The wait before the first retry that is not a redirect.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-/// The longest wait between two attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts. A wait happens only while no node
+/// in reach names a leader that takes the call (an election is under way, or
+/// the named leader is gone): once one is elected it answers within a role
+/// poll, so a wait past a few of those only adds to the failover (raft's
+/// election timeout is 750-1500 ms).
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
 
 /// The node a cluster client uses now, and how it moves to another. Shared
 /// by the client's clones and by its transport.
@@ -65,7 +101,7 @@ pub(crate) struct Follow {
     /// TLS for `https://` seeds: one configuration (CAs, client
     /// certificate), checked against each node's own host name.
     tls: Option<TlsConnect>,
-    /// How long one write may keep trying.
+    /// How long one leader-only call may keep trying.
     deadline: Duration,
     /// Locked only to read or switch the node, never across an await.
     current: Mutex<Current>,
@@ -83,29 +119,53 @@ struct Current {
     next_seed: usize,
 }
 
-/// What to do after a failed write attempt.
+/// Which failed attempts of a leader-only call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// After every failure of unknown outcome (`NotLeader`, `Unavailable`,
+    /// `Connect`): for calls whose exact repeat does no harm when the first
+    /// attempt was committed (writes answer the original result, other
+    /// changes come to the same state or answer that it is there).
+    AfterUnknownOutcome,
+    /// Only after `NotLeader`, which a follower answers before it does
+    /// anything: for a call whose repeat would make something a second time
+    /// (`create_token`). After `Unavailable` or `Connect` the client moves
+    /// to another seed and returns the error.
+    AfterRefusal,
+}
+
+/// What to do after a failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Retry {
     /// Retry on the node at this client address (`host:port`).
     OnLeader(String),
     /// Retry on another seed, after a wait.
     OnAnotherNode,
+    /// Move to another seed, so the caller's next call goes there, but
+    /// return the error: the outcome is unknown and the call may not be
+    /// sent twice.
+    MoveAndReturn,
     /// The error is the answer.
     Never,
 }
 
-/// Which failures are retried, and where. Only those whose outcome is
-/// unknown or that name the node to use: everything else is the server's
-/// answer to this exact request and would be the same answer again.
-fn retry_after(error: &Error) -> Retry {
-    match error {
-        Error::NotLeader {
-            leader: Some(leader),
-            ..
-        } => Retry::OnLeader(leader.clone()),
-        Error::NotLeader { leader: None, .. } | Error::Unavailable(_) | Error::Connect(_) => {
+/// Which failures are retried under `resend`, and where. Only those whose
+/// outcome is unknown or that name the node to use: everything else is the
+/// server's answer to this exact request and would be the same answer again.
+fn retry_after(error: &Error, resend: Resend) -> Retry {
+    match (error, resend) {
+        (
+            Error::NotLeader {
+                leader: Some(leader),
+                ..
+            },
+            _,
+        ) => Retry::OnLeader(leader.clone()),
+        (Error::NotLeader { leader: None, .. }, _) => Retry::OnAnotherNode,
+        (Error::Unavailable(_) | Error::Connect(_), Resend::AfterUnknownOutcome) => {
             Retry::OnAnotherNode
         }
+        (Error::Unavailable(_) | Error::Connect(_), Resend::AfterRefusal) => Retry::MoveAndReturn,
         _ => Retry::Never,
     }
 }
@@ -143,7 +203,7 @@ impl std::fmt::Debug for Follow {
 }
 
 /// Connects to the first of `seeds` (in order) that accepts a connection; the
-/// client starts there and finds the leader with its first write.
+/// client starts there and finds the leader with its first leader-only call.
 pub(crate) async fn connect(
     seeds: Vec<Authority>,
     tls: Option<TlsConnect>,
@@ -209,10 +269,15 @@ impl Follow {
         direct
     }
 
-    /// Runs `attempt` until it succeeds, fails with an answer, or the
-    /// deadline passes, moving to the leader in between (see the module
-    /// docs). `attempt` must send the same request every time.
-    pub(crate) async fn run<T, Fut>(&self, mut attempt: impl FnMut() -> Fut) -> Result<T>
+    /// Runs `attempt` until it succeeds, fails with an answer (or with a
+    /// failure `resend` does not retry), or the deadline passes, moving to
+    /// the leader in between (see the module docs). `attempt` must send the
+    /// same request every time.
+    pub(crate) async fn run<T, Fut>(
+        &self,
+        resend: Resend,
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T>
     where
         Fut: Future<Output = Result<T>>,
     {
@@ -228,14 +293,18 @@ impl Follow {
                 Ok(Err(error)) => error,
                 Err(_) => {
                     return Err(Error::Unavailable(format!(
-                        "no node answered within the failover deadline ({:?}); the write's \
-                         outcome is unknown: retry it with the same event ids",
+                        "no node answered within the failover deadline ({:?}); the call's \
+                         outcome is unknown: retry it exactly (a write with the same event ids)",
                         self.deadline
                     )));
                 }
             };
-            let wait = match retry_after(&error) {
+            let wait = match retry_after(&error, resend) {
                 Retry::Never => return Err(error),
+                Retry::MoveAndReturn => {
+                    self.switch_to_next_seed(generation);
+                    return Err(error);
+                }
                 Retry::OnLeader(leader)
                     if self.switch_to_leader(generation, &leader) && !redirected =>
                 {
@@ -312,25 +381,44 @@ impl Current {
 }
 
 impl Client {
-    /// Sends a write: once on a single-node client; on a cluster client
-    /// through [`Follow::run`], each attempt a copy of `request` (an exact
-    /// retry by construction).
+    /// Sends a stream write through [`Client::on_leader_of`] on the Streams
+    /// service (an exact retry by construction).
     pub(crate) async fn on_leader<R, T, Fut>(
         &self,
         request: R,
-        mut call: impl FnMut(StreamsClient<Transport>, R) -> Fut,
+        call: impl FnMut(StreamsClient<Transport>, R) -> Fut,
     ) -> Result<T>
     where
         R: Clone,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.on_leader_of(&self.streams, Resend::AfterUnknownOutcome, request, call)
+            .await
+    }
+
+    /// Sends a leader-only call of `service` (a clone of one of the
+    /// client's gRPC service clients per attempt): once on a single-node
+    /// client; on a cluster client through [`Follow::run`] with `resend`,
+    /// each attempt a copy of `request`.
+    pub(crate) async fn on_leader_of<S, R, T, Fut>(
+        &self,
+        service: &S,
+        resend: Resend,
+        request: R,
+        mut call: impl FnMut(S, R) -> Fut,
+    ) -> Result<T>
+    where
+        S: Clone,
+        R: Clone,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         let mut once = |request: R| {
-            let response = call(self.streams.clone(), request);
+            let response = call(service.clone(), request);
             async move { Ok(response.await?.into_inner()) }
         };
         match &self.follow {
             None => once(request).await,
-            Some(follow) => follow.run(|| once(request.clone())).await,
+            Some(follow) => follow.run(resend, || once(request.clone())).await,
         }
     }
 }
@@ -361,20 +449,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_failures_of_unknown_outcome_are_retried() {
-        assert_eq!(
-            retry_after(&not_leader(Some("b:7070"))),
-            Retry::OnLeader("b:7070".into())
-        );
-        for error in [
-            not_leader(None),
-            Error::Unavailable("connection refused".into()),
-            Error::Connect("cannot connect".into()),
-        ] {
-            assert_eq!(retry_after(&error), Retry::OnAnotherNode, "{error}");
-        }
-        for answer in [
+    /// Errors that are the server's answer, never retried.
+    fn answers() -> Vec<Error> {
+        vec![
             Error::WrongExpectedRevision {
                 stream: "s".into(),
                 expected: "0".into(),
@@ -384,6 +461,16 @@ mod tests {
             Error::DuplicateEventId("id".into()),
             Error::StreamDeleted { stream: "s".into() },
             Error::StreamNotFound { stream: "s".into() },
+            Error::UserExists {
+                user: "alice".into(),
+            },
+            Error::UserNotFound {
+                user: "alice".into(),
+            },
+            Error::TokenNotFound { id: "t".into() },
+            Error::OperationInProgress {
+                operation: "scavenge".into(),
+            },
             Error::InvalidArgument("bad".into()),
             Error::LimitExceeded("big".into()),
             Error::PermissionDenied("no".into()),
@@ -393,20 +480,53 @@ mod tests {
                 code: tonic::Code::Internal,
                 message: "boom".into(),
             },
+        ]
+    }
+
+    #[test]
+    fn only_failures_of_unknown_outcome_are_retried() {
+        let resend = Resend::AfterUnknownOutcome;
+        assert_eq!(
+            retry_after(&not_leader(Some("b:7070")), resend),
+            Retry::OnLeader("b:7070".into())
+        );
+        for error in [
+            not_leader(None),
+            Error::Unavailable("connection refused".into()),
+            Error::Connect("cannot connect".into()),
         ] {
-            assert_eq!(retry_after(&answer), Retry::Never, "{answer}");
+            assert_eq!(retry_after(&error, resend), Retry::OnAnotherNode, "{error}");
+        }
+        for answer in answers() {
+            assert_eq!(retry_after(&answer, resend), Retry::Never, "{answer}");
         }
     }
 
     #[test]
-    fn backoff_doubles_from_50_ms_and_never_exceeds_1_s() {
-        let mut backoff = Backoff::new();
-        let waits: Vec<Duration> = (0..10).map(|_| backoff.next_wait()).collect();
-        let millis: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+    fn a_call_resent_only_after_a_refusal_follows_not_leader_and_moves_on_otherwise() {
+        let resend = Resend::AfterRefusal;
         assert_eq!(
-            millis,
-            [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000]
+            retry_after(&not_leader(Some("b:7070")), resend),
+            Retry::OnLeader("b:7070".into())
         );
+        assert_eq!(retry_after(&not_leader(None), resend), Retry::OnAnotherNode);
+        for error in [
+            Error::Unavailable("connection reset".into()),
+            Error::Connect("cannot connect".into()),
+        ] {
+            assert_eq!(retry_after(&error, resend), Retry::MoveAndReturn, "{error}");
+        }
+        for answer in answers() {
+            assert_eq!(retry_after(&answer, resend), Retry::Never, "{answer}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_50_ms_and_never_exceeds_250_ms() {
+        let mut backoff = Backoff::new();
+        let waits: Vec<Duration> = (0..8).map(|_| backoff.next_wait()).collect();
+        let millis: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [50, 100, 200, 250, 250, 250, 250, 250]);
     }
 
     #[test]
@@ -445,16 +565,18 @@ mod tests {
         assert_eq!(in_use(&follow), "a:1");
     }
 
-    /// Runs `follow.run` with an attempt that answers from `script` in turn
-    /// (the last answer repeating) and records the node in use at each try.
+    /// Runs `follow.run` under `resend` with an attempt that answers from
+    /// `script` in turn (the last answer repeating) and records the node in
+    /// use at each try.
     async fn run_script(
         follow: &Follow,
+        resend: Resend,
         script: Vec<Result<&'static str>>,
     ) -> (Result<&'static str>, Vec<String>) {
         let attempts = AtomicUsize::new(0);
         let tried = Mutex::new(Vec::new());
         let result = follow
-            .run(|| {
+            .run(resend, || {
                 let index = attempts
                     .fetch_add(1, Ordering::Relaxed)
                     .min(script.len() - 1);
@@ -471,6 +593,7 @@ mod tests {
         let follow = follow(&["a:1", "b:1", "c:1"], DEFAULT_FAILOVER_DEADLINE);
         let (result, tried) = run_script(
             &follow,
+            Resend::AfterUnknownOutcome,
             vec![
                 Err(not_leader(Some("c:1"))),
                 Err(Error::Unavailable("c went away".into())),
@@ -490,9 +613,33 @@ mod tests {
     async fn an_answer_is_returned_without_a_retry() {
         let follow = follow(&["a:1", "b:1"], DEFAULT_FAILOVER_DEADLINE);
         let conflict = Error::AppendConditionFailed { position: 4 };
-        let (result, tried) = run_script(&follow, vec![Err(conflict.clone())]).await;
-        assert_eq!(result, Err(conflict));
-        assert_eq!(tried, ["a:1"]);
+        for resend in [Resend::AfterUnknownOutcome, Resend::AfterRefusal] {
+            let (result, tried) = run_script(&follow, resend, vec![Err(conflict.clone())]).await;
+            assert_eq!(result, Err(conflict.clone()));
+            assert_eq!(tried, ["a:1"]);
+        }
+        assert_eq!(in_use(&follow), "a:1");
+    }
+
+    #[tokio::test]
+    async fn a_call_resent_only_after_a_refusal_is_not_sent_again_after_an_unknown_outcome() {
+        let follow = follow(&["a:1", "b:1", "c:1"], DEFAULT_FAILOVER_DEADLINE);
+        let (result, tried) = run_script(
+            &follow,
+            Resend::AfterRefusal,
+            vec![
+                Err(not_leader(Some("c:1"))),
+                Err(not_leader(None)),
+                Err(Error::Unavailable("b went away".into())),
+                Ok("a second token"),
+            ],
+        )
+        .await;
+        assert_eq!(result, Err(Error::Unavailable("b went away".into())));
+        assert_eq!(tried, ["a:1", "c:1", "b:1"]);
+        // The caller's next call goes to the next seed, not to the node
+        // that went away.
+        assert_eq!(in_use(&follow), "c:1");
     }
 
     #[tokio::test]
@@ -500,6 +647,7 @@ mod tests {
         let follow = follow(&["a:1", "b:1"], Duration::from_millis(300));
         let (result, tried) = run_script(
             &follow,
+            Resend::AfterUnknownOutcome,
             vec![
                 Err(not_leader(None)),
                 Err(Error::Unavailable("still electing".into())),

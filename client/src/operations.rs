@@ -19,11 +19,17 @@
 //!
 //! Scavenge calls need the `ops` or `admin` role, a backup `admin`. The backup
 //! directory is on the server's filesystem: the server writes it.
+//!
+//! In a cluster a scavenge is started and stopped by the leader: a cluster
+//! client sends [`Client::start_scavenge`] and [`Client::stop_scavenge`]
+//! there and retries them while the leader changes, as writes are;
+//! [`Client::scavenge_status`] and [`Client::backup`] go to the node in use.
 
 use std::time::SystemTime;
 
 use cairn_proto::v1 as pb;
 
+use crate::leader::Resend;
 use crate::{Client, Result};
 
 /// Where the server's scavenge job is.
@@ -164,14 +170,21 @@ pub struct BackupInfo {
 
 impl Client {
     /// Starts a scavenge on the server (`ops` or `admin`). A running one is
-    /// [`crate::Error::OperationInProgress`].
+    /// [`crate::Error::OperationInProgress`]. A cluster client sends it to
+    /// the leader and retries it while the leader changes: a retry of an
+    /// attempt that started a run after all answers
+    /// `OperationInProgress` while that run goes on, or starts another one
+    /// (harmless: a scavenge removes only records no read shows).
     pub async fn start_scavenge(&self) -> Result<ScavengeStatus> {
         let response = self
-            .operations
-            .clone()
-            .start_scavenge(pb::StartScavengeRequest {})
+            .on_leader_of(
+                &self.operations,
+                Resend::AfterUnknownOutcome,
+                pb::StartScavengeRequest {},
+                |mut operations, request| async move { operations.start_scavenge(request).await },
+            )
             .await?;
-        Ok(response.into_inner().into())
+        Ok(response.into())
     }
 
     /// The server's scavenge job (`ops` or `admin`).
@@ -185,14 +198,19 @@ impl Client {
     }
 
     /// Asks the running scavenge to stop (`ops` or `admin`); poll
-    /// [`Client::scavenge_status`] until it is no longer running.
+    /// [`Client::scavenge_status`] until it is no longer running. A cluster
+    /// client sends it to the leader and retries it while the leader
+    /// changes; asking again changes nothing.
     pub async fn stop_scavenge(&self) -> Result<ScavengeStatus> {
         let response = self
-            .operations
-            .clone()
-            .stop_scavenge(pb::StopScavengeRequest {})
+            .on_leader_of(
+                &self.operations,
+                Resend::AfterUnknownOutcome,
+                pb::StopScavengeRequest {},
+                |mut operations, request| async move { operations.stop_scavenge(request).await },
+            )
             .await?;
-        Ok(response.into_inner().into())
+        Ok(response.into())
     }
 
     /// Takes an online backup into `directory` on the server's filesystem (an

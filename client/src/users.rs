@@ -16,11 +16,23 @@
 //! Roles are names: `admin` and `ops` (the server refuses others). Managing
 //! other users needs `admin`; every user may read its own details, change its
 //! own password and manage its own tokens.
+//!
+//! In a cluster only the leader changes users and tokens (a follower answers
+//! [`Error::NotLeader`](crate::Error::NotLeader)). A client built with
+//! [`ClientBuilder::seeds`](crate::ClientBuilder::seeds) sends every change
+//! to the leader and retries it there while the leader changes, as it does
+//! writes; the lists, details and `whoami` are read on the node in use. A
+//! retry is the same request again, and the server cannot tell it from a
+//! second one: when the attempt that failed (its outcome unknown) was
+//! committed after all, the retry answers what a repeat answers, which each
+//! method's docs name. `create_token` is not retried after an unknown
+//! outcome, since its repeat would issue a second token.
 
 use std::time::{Duration, SystemTime};
 
 use cairn_proto::v1 as pb;
 
+use crate::leader::Resend;
 use crate::{Client, Result};
 
 /// A user to create. `Debug` never shows the password.
@@ -221,7 +233,10 @@ impl From<pb::TokenDetails> for TokenDetails {
 }
 
 impl Client {
-    /// Creates a user (admin).
+    /// Creates a user (admin). On a cluster client it goes to the leader
+    /// and is retried while the leader changes (see the module docs): a
+    /// retry of an attempt that was committed after all answers
+    /// [`Error::UserExists`](crate::Error::UserExists).
     pub async fn create_user(&self, new: NewUser) -> Result<UserDetails> {
         let request = pb::CreateUserRequest {
             user: new.user,
@@ -229,37 +244,68 @@ impl Client {
             password: new.password,
             roles: new.roles,
         };
-        Ok(self
-            .users
-            .clone()
-            .create(request)
-            .await?
-            .into_inner()
-            .into())
+        let response = self
+            .on_leader_of(
+                &self.users,
+                Resend::AfterUnknownOutcome,
+                request,
+                |mut users, request| async move { users.create(request).await },
+            )
+            .await?;
+        Ok(response.into())
     }
 
-    /// Deletes a user and its tokens (admin).
+    /// Deletes a user and its tokens (admin). On a cluster client it goes
+    /// to the leader and is retried while the leader changes: a retry of an
+    /// attempt that was committed after all answers
+    /// [`Error::UserNotFound`](crate::Error::UserNotFound).
     pub async fn delete_user(&self, user: impl Into<String>) -> Result<()> {
         let request = pb::DeleteUserRequest { user: user.into() };
-        self.users.clone().delete(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.delete(request).await },
+        )
+        .await?;
         Ok(())
     }
 
     /// Disables a user: its password and tokens stop working (admin).
+    /// Disabling a disabled user changes nothing, so on a cluster client,
+    /// which sends it to the leader and retries it while the leader
+    /// changes, a retry answers as the first attempt would have.
     pub async fn disable_user(&self, user: impl Into<String>) -> Result<()> {
         let request = pb::DisableUserRequest { user: user.into() };
-        self.users.clone().disable(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.disable(request).await },
+        )
+        .await?;
         Ok(())
     }
 
-    /// Enables a disabled user (admin).
+    /// Enables a disabled user (admin). Enabling an enabled user changes
+    /// nothing, so on a cluster client, which sends it to the leader and
+    /// retries it while the leader changes, a retry answers as the first
+    /// attempt would have.
     pub async fn enable_user(&self, user: impl Into<String>) -> Result<()> {
         let request = pb::EnableUserRequest { user: user.into() };
-        self.users.clone().enable(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.enable(request).await },
+        )
+        .await?;
         Ok(())
     }
 
-    /// Changes a user's full name and/or roles (admin).
+    /// Changes a user's full name and/or roles (admin). On a cluster client
+    /// it goes to the leader and is retried while the leader changes; a
+    /// retry sets the same values again.
     pub async fn update_user(
         &self,
         user: impl Into<String>,
@@ -270,16 +316,24 @@ impl Client {
             full_name: update.full_name,
             roles: update.roles.map(|roles| pb::RoleList { roles }),
         };
-        Ok(self
-            .users
-            .clone()
-            .update(request)
-            .await?
-            .into_inner()
-            .into())
+        let response = self
+            .on_leader_of(
+                &self.users,
+                Resend::AfterUnknownOutcome,
+                request,
+                |mut users, request| async move { users.update(request).await },
+            )
+            .await?;
+        Ok(response.into())
     }
 
-    /// Changes the caller's own password, given the current one.
+    /// Changes the caller's own password, given the current one. On a
+    /// cluster client it goes to the leader and is retried while the leader
+    /// changes: a retry of an attempt that was committed after all finds
+    /// `current_password` wrong (it is the old one now) and answers
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument), or
+    /// [`Error::Unauthenticated`](crate::Error::Unauthenticated) when the
+    /// client logs in with that password; log in with the new one to check.
     pub async fn change_password(
         &self,
         user: impl Into<String>,
@@ -291,11 +345,19 @@ impl Client {
             current_password: current_password.into(),
             new_password: new_password.into(),
         };
-        self.users.clone().change_password(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.change_password(request).await },
+        )
+        .await?;
         Ok(())
     }
 
-    /// Sets a user's password without the current one (admin).
+    /// Sets a user's password without the current one (admin). On a cluster
+    /// client it goes to the leader and is retried while the leader
+    /// changes; a retry sets the same password again.
     pub async fn reset_password(
         &self,
         user: impl Into<String>,
@@ -305,7 +367,13 @@ impl Client {
             user: user.into(),
             new_password: new_password.into(),
         };
-        self.users.clone().reset_password(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.reset_password(request).await },
+        )
+        .await?;
         Ok(())
     }
 
@@ -333,6 +401,21 @@ impl Client {
     }
 
     /// Creates a bearer token; its secret is in the result only.
+    ///
+    /// On a cluster client it goes to the leader, but unlike the other
+    /// changes it is sent again only after
+    /// [`Error::NotLeader`](crate::Error::NotLeader): each attempt issues a
+    /// new token, so a retry of one that was committed after all would leave
+    /// two. After [`Error::Unavailable`](crate::Error::Unavailable) or
+    /// [`Error::Connect`](crate::Error::Connect) the outcome is unknown: the
+    /// client moves to another node and returns the error, and
+    /// [`Client::list_tokens`] shows whether the token was issued (by its
+    /// name; its secret is lost: revoke it, then create another). A follower
+    /// refuses before it does anything, so following its `NotLeader` issues
+    /// one token. A leader that loses leadership while it replicates the
+    /// token answers `NotLeader` too, with the outcome unknown: then (rarely)
+    /// the retry's token is returned and the first may exist as well, its
+    /// secret never shown; list and revoke it as above.
     pub async fn create_token(&self, new: NewToken) -> Result<CreatedToken> {
         let request = pb::CreateTokenRequest {
             user: new.user.unwrap_or_default(),
@@ -341,7 +424,14 @@ impl Client {
                 .expires_in
                 .map(|lifetime| lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0)),
         };
-        let response = self.users.clone().create_token(request).await?.into_inner();
+        let response = self
+            .on_leader_of(
+                &self.users,
+                Resend::AfterRefusal,
+                request,
+                |mut users, request| async move { users.create_token(request).await },
+            )
+            .await?;
         let details = response.token.ok_or_else(|| crate::Error::Other {
             code: tonic::Code::Internal,
             message: "the server sent a token without its details".into(),
@@ -366,10 +456,19 @@ impl Client {
             .collect())
     }
 
-    /// Revokes a token by id: it stops working at once.
+    /// Revokes a token by id: it stops working at once. On a cluster client
+    /// it goes to the leader and is retried while the leader changes: a
+    /// retry of an attempt that was committed after all answers
+    /// [`Error::TokenNotFound`](crate::Error::TokenNotFound).
     pub async fn revoke_token(&self, id: impl Into<String>) -> Result<()> {
         let request = pb::RevokeTokenRequest { id: id.into() };
-        self.users.clone().revoke_token(request).await?;
+        self.on_leader_of(
+            &self.users,
+            Resend::AfterUnknownOutcome,
+            request,
+            |mut users, request| async move { users.revoke_token(request).await },
+        )
+        .await?;
         Ok(())
     }
 

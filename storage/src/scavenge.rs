@@ -323,35 +323,27 @@ impl Store {
             key,
             codec::encode_counts(events + removed.0, bytes + removed.1),
         );
+        // Only scavenges change the total, one at a time (`scavenge_lock`).
+        let total = *shared
+            .events_removed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            + removed.0;
+        removals.put(cf::META, meta_key::EVENTS_REMOVED, total.to_be_bytes());
         if shared.clustered {
-            // Applying the entry reloads the store's removal total
+            // Applying the entry sets the store's total from the stored one
             // (`Store::apply_replicated`), on this node as on the others.
-            let total = *shared
-                .events_removed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            removals.put(
-                cf::META,
-                meta_key::EVENTS_REMOVED,
-                (total + removed.0).to_be_bytes(),
-            );
             self.submit_removals(removals).wait()?;
         } else {
-            let mut total = shared
-                .events_removed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            removals.put(
-                cf::META,
-                meta_key::EVENTS_REMOVED,
-                (*total + removed.0).to_be_bytes(),
-            );
             let mut batch = WriteBatch::default();
             removals.add_to(&mut batch, shared);
             let mut sync = WriteOptions::default();
             sync.set_sync(true);
             shared.db.write_opt(batch, &sync)?;
-            *total += removed.0;
+            *shared
+                .events_removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = total;
         }
         report.removed += removed.0;
         report.bytes_removed += removed.1;

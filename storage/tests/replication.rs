@@ -69,6 +69,39 @@ fn with_mirror(store: &Store, applied: &Arc<AtomicU64>) -> Arc<Mirror> {
     mirror
 }
 
+/// A leading store whose groups its mirror applies to one follower.
+struct Pair {
+    leader: Store,
+    follower: Store,
+    mirror: Arc<Mirror>,
+    /// Entries applied so far.
+    applied: Arc<AtomicU64>,
+    /// The leader's and the follower's directories.
+    dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Pair {
+    fn leading() -> Self {
+        let dirs = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let leader = clustered(dirs.0.path());
+        let follower = clustered(dirs.1.path());
+        let applied = Arc::new(AtomicU64::new(0));
+        let mirror = with_mirror(&leader, &applied);
+        mirror.others.lock().expect("others").push(follower.clone());
+        leader.lead().wait().expect("lead");
+        Self {
+            leader,
+            follower,
+            mirror,
+            applied,
+            dirs,
+        }
+    }
+}
+
 fn everything(store: &Store) -> Vec<RecordedEvent> {
     store
         .read(&ReadRequest::forwards(ReadSource::All, 10_000))
@@ -115,14 +148,13 @@ fn a_clustered_store_refuses_writes_until_it_leads_and_after_it_follows() {
 
 #[test]
 fn followers_hold_the_leaders_events_and_records_exactly() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = clustered(leader_dir.path());
-    let follower = clustered(follower_dir.path());
-    let applied = Arc::new(AtomicU64::new(0));
-    let mirror = with_mirror(&leader, &applied);
-    mirror.others.lock().expect("others").push(follower.clone());
-    leader.lead().wait().expect("lead");
+    let Pair {
+        leader,
+        follower,
+        applied,
+        dirs: _dirs,
+        ..
+    } = Pair::leading();
 
     // Appends, a multi-stream append, metadata, a soft delete, a tombstone.
     for n in 0..5 {
@@ -442,15 +474,14 @@ fn records_on_disk(store: &Store, backups: &std::path::Path, name: &str) -> u64 
 
 #[test]
 fn a_scavenge_on_the_leader_removes_the_same_records_on_every_follower() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
     let backups = tempfile::tempdir().expect("tempdir");
-    let leader = clustered(leader_dir.path());
-    let follower = clustered(follower_dir.path());
-    let applied = Arc::new(AtomicU64::new(0));
-    let mirror = with_mirror(&leader, &applied);
-    mirror.others.lock().expect("others").push(follower.clone());
-    leader.lead().wait().expect("lead");
+    let Pair {
+        leader,
+        follower,
+        mirror,
+        dirs,
+        ..
+    } = Pair::leading();
 
     // 3 kept, 5 in a deleted stream, 6 in a stream capped at 2: 9 hidden.
     for (stream, count) in [("keep-1", 3u64), ("gone-1", 5), ("capped-1", 6)] {
@@ -526,20 +557,19 @@ fn a_scavenge_on_the_leader_removes_the_same_records_on_every_follower() {
     let info = follower.info();
     mirror.others.lock().expect("others").clear();
     drop(follower);
-    let reopened = clustered(follower_dir.path());
+    let reopened = clustered(dirs.1.path());
     assert_eq!(reopened.info(), info);
 }
 
 #[test]
 fn a_scavenge_that_loses_leadership_stops_with_not_leader_and_nodes_stay_alike() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = clustered(leader_dir.path());
-    let follower = clustered(follower_dir.path());
-    let applied = Arc::new(AtomicU64::new(0));
-    let mirror = with_mirror(&leader, &applied);
-    mirror.others.lock().expect("others").push(follower.clone());
-    leader.lead().wait().expect("lead");
+    let Pair {
+        leader,
+        follower,
+        mirror,
+        applied,
+        dirs: _dirs,
+    } = Pair::leading();
     for n in 0..4 {
         leader
             .append("gone-1", ExpectedRevision::Any, vec![event(n)])
