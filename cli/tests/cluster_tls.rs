@@ -204,17 +204,7 @@ fn nodes_with_mutual_tls_and_a_peer_name_elect_replicate_and_refuse_the_cas_clie
             refused.is_err(),
             "the CA's client certificate got through a peer-name check"
         );
-        let channel = cairn_testkit::tls_channel(
-            raft.parse().expect("a raft address"),
-            &ca_pem,
-            Some((&read(&certs.node_cert), &read(&certs.node_key))),
-        )
-        .await;
-        let answer = RaftClient::new(channel)
-            .vote(RaftRequest::default())
-            .await
-            .expect_err("an empty vote");
-        assert_eq!(answer.code(), Code::InvalidArgument, "{answer:?}");
+        node_certificate_reaches_the_raft_service(&raft, &ca_pem, &certs).await;
         let warned = cairn_testkit::eventually("node 1 logging the refusal", || async {
             let refusals = refusals_logged(&cluster, 0);
             refusals
@@ -276,17 +266,7 @@ fn the_raft_listener_takes_only_cluster_certificates_and_a_stranger_never_joins(
         )
         .await
         .expect("a client certificate of the cluster CA is accepted");
-        let channel = cairn_testkit::tls_channel(
-            raft.parse().expect("a raft address"),
-            &ca_pem,
-            Some((&read(&certs.node_cert), &read(&certs.node_key))),
-        )
-        .await;
-        let answer = RaftClient::new(channel)
-            .vote(RaftRequest::default())
-            .await
-            .expect_err("an empty vote");
-        assert_eq!(answer.code(), Code::InvalidArgument, "{answer:?}");
+        node_certificate_reaches_the_raft_service(&raft, &ca_pem, &certs).await;
 
         // No client certificate, one of another CA, and one the cluster CA
         // signed for servers only: refused in the handshake.
@@ -420,4 +400,27 @@ fn a_node_given_only_some_of_the_cluster_tls_files_or_a_certificate_without_the_
         dev_certs::NODE_PEER_NAME
     );
     assert!(stderr.contains(&expected), "{stderr}");
+}
+
+/// A node certificate gets through the raft listener's handshake to the
+/// raft service itself: an empty vote is a payload it cannot decode.
+async fn node_certificate_reaches_the_raft_service(
+    raft: &str,
+    ca_pem: &[u8],
+    certs: &DevCertFiles,
+) {
+    let channel = cairn_testkit::tls_channel(
+        raft.parse().expect("a raft address"),
+        ca_pem,
+        Some((
+            &std::fs::read(&certs.node_cert).expect("read the node certificate"),
+            &std::fs::read(&certs.node_key).expect("read the node key"),
+        )),
+    )
+    .await;
+    let answer = RaftClient::new(channel)
+        .vote(RaftRequest::default())
+        .await
+        .expect_err("an empty vote");
+    assert_eq!(answer.code(), Code::InvalidArgument, "{answer:?}");
 }
