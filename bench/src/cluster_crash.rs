@@ -53,7 +53,7 @@ use crate::workload::{EVENT_TYPE, event_id, payload};
 /// Nodes in the cluster.
 pub(crate) const NODES: usize = 3;
 /// How long the cluster may take to acknowledge an append after the kill
-/// (an election takes 1-2 s) before the round fails.
+/// (three to four election timeouts: 2.3-3 s by default) before the round fails.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one append may keep being retried across nodes before the round
 /// fails: longer than an election, so only a cluster that stays without a
@@ -107,6 +107,13 @@ pub(crate) struct ClusterCrashArgs {
     #[arg(long)]
     seed: Option<u64>,
 
+    /// Every node's `--cluster-election-timeout-ms` (default: the server's,
+    /// 750). A follower starts an election once it heard nothing from the
+    /// leader for openraft's leader lease (twice this) plus its own timeout
+    /// (one to two times this), so failover takes three to four times it.
+    #[arg(long, value_name = "MS")]
+    election_timeout_ms: Option<u64>,
+
     /// Directory for the nodes' data directories and logs (not tmpfs).
     /// Default: the system temp directory.
     #[arg(long, value_name = "PATH")]
@@ -143,6 +150,8 @@ pub(crate) struct Cluster {
     logs: Vec<PathBuf>,
     /// The processes; `None` while a node is down.
     pub(crate) processes: Vec<Option<ServerProcess>>,
+    /// Every node's `--cluster-election-timeout-ms`, when not the default.
+    election_timeout_ms: Option<u64>,
 }
 
 impl Cluster {
@@ -165,7 +174,14 @@ impl Cluster {
                 .map(|id| root.join(format!("node-{id}.log")))
                 .collect(),
             processes: (0..NODES).map(|_| None).collect(),
+            election_timeout_ms: None,
         })
+    }
+
+    /// Gives every node `--cluster-election-timeout-ms` (before it starts).
+    pub(crate) fn with_election_timeout(mut self, election_timeout_ms: Option<u64>) -> Self {
+        self.election_timeout_ms = election_timeout_ms;
+        self
     }
 
     /// `--cluster-peers`, the same for every node.
@@ -178,14 +194,19 @@ impl Cluster {
 
     /// The cluster flags of `node`.
     fn flags(&self, node: usize) -> Vec<String> {
-        vec![
+        let mut flags = vec![
             "--cluster-node-id".to_owned(),
             (node + 1).to_string(),
             "--cluster-listen".to_owned(),
             self.raft[node].clone(),
             "--cluster-peers".to_owned(),
             self.peers(),
-        ]
+        ];
+        if let Some(timeout) = self.election_timeout_ms {
+            flags.push("--cluster-election-timeout-ms".to_owned());
+            flags.push(timeout.to_string());
+        }
+        flags
     }
 
     /// Starts every node at once (the smallest id initialises the cluster
@@ -913,16 +934,19 @@ pub(crate) async fn run(args: &ClusterCrashArgs) -> Result<(), BoxError> {
     let scratch = tempfile::Builder::new()
         .prefix("cairn-bench-cluster-crash-")
         .tempdir_in(&dir)?;
-    let mut cluster = Cluster::new(binary, scratch.path())?;
+    let mut cluster =
+        Cluster::new(binary, scratch.path())?.with_election_timeout(args.election_timeout_ms);
     eprintln!(
         "cluster crash test: {NODES} nodes, {} runs, {} clients x {} streams, kill after {}..{} \
-         ms, restart {} ms after the failover, seed {seed}; nodes in {}",
+         ms, restart {} ms after the failover, election timeout {}, seed {seed}; nodes in {}",
         args.runs,
         args.clients,
         args.streams,
         args.min_delay_ms,
         args.max_delay_ms,
         args.after_failover_ms,
+        args.election_timeout_ms
+            .map_or_else(|| "the server's".to_owned(), |ms| format!("{ms} ms")),
         scratch.path().display()
     );
     cluster.start_all().await?;

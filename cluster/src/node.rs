@@ -454,7 +454,7 @@ async fn watch_role(
         }
         if is_leader {
             if leading.is_none() && caught_up {
-                match store.lead().await {
+                match store.lead(term).await {
                     Ok(()) => leading = Some(term),
                     Err(error) => tracing::error!(%error, "the store cannot start to lead"),
                 }

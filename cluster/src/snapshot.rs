@@ -364,8 +364,8 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use cairn_storage::{
-        Error as StoreError, EventData, ExpectedRevision, GroupEffect, ReadRequest, ReadSource,
-        RecordedEvent, Replicator, SealedGroup, StoreOptions,
+        Error as StoreError, EventData, ExpectedRevision, GroupEffect, Proposed, ReadRequest,
+        ReadSource, RecordedEvent, Replicator, SealedGroup, StoreOptions,
     };
     use openraft::{CommittedLeaderId, LogId};
 
@@ -378,8 +378,8 @@ mod tests {
         entries: AtomicU64,
     }
 
-    impl Replicator for Apply {
-        fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), StoreError> {
+    impl Apply {
+        fn apply(&self, group: &SealedGroup, effect: GroupEffect) -> Result<(), StoreError> {
             let index = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
             let state = AppliedState {
                 last_applied: Some(LogId::new(CommittedLeaderId::new(1, 1), index)),
@@ -389,7 +389,13 @@ mod tests {
                 .encode()
                 .map_err(|error| StoreError::Io(error.to_string()))?;
             let store = self.store.get().expect("store");
-            store.apply_replicated(&group, Some(effect), &framed)
+            store.apply_replicated(group, Some(effect), &framed)
+        }
+    }
+
+    impl Replicator for Apply {
+        fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
+            Proposed::done(self.apply(&group, effect))
         }
     }
 
@@ -413,7 +419,7 @@ mod tests {
         });
         apply.store.set(store.clone()).expect("once");
         store.attach_replicator(apply);
-        store.lead().wait().expect("lead");
+        store.lead(1).wait().expect("lead");
         for n in 0..events {
             store
                 .append(

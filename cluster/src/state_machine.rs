@@ -10,7 +10,8 @@
 //! the state machine is the event log itself: nothing else is persisted.
 //!
 //! [`RaftReplicator`] is the store's [`Replicator`]: it proposes a sealed
-//! group with `Raft::client_write` and returns once the entry is committed
+//! group with `Raft::client_write_ff` (so the committer can propose the next
+//! group meanwhile) and its [`Proposed`] resolves once the entry is committed
 //! and applied here. It leaves the committer's in-memory view of the group in
 //! a [`Proposals`] table under the entry's [`Proposal`]; the state machine
 //! takes it from there when it applies that entry, so the proposing node's
@@ -28,8 +29,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cairn_storage::{Error as StoreError, GroupEffect, Replicator, SealedGroup, Store};
-use openraft::error::{ClientWriteError, RaftError};
+use cairn_storage::{Error as StoreError, GroupEffect, Proposed, Replicator, SealedGroup, Store};
+use openraft::error::ClientWriteError;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, Raft, RaftSnapshotBuilder, SnapshotMeta,
@@ -162,6 +163,28 @@ fn apply_entries(
             )))
         };
         match entry.payload {
+            EntryPayload::Normal(group) if group.leader_term != log_id.leader_id.term => {
+                // Numbered by a leadership of another term (its proposer's
+                // writer was overtaken by an election between numbering and
+                // proposing): its positions may collide with what that
+                // election's leaders wrote. Every node holds the same entry
+                // at the same log id, so every node skips it alike.
+                drop(proposals.take(&group.proposal));
+                tracing::warn!(
+                    %log_id,
+                    numbered_in_term = group.leader_term,
+                    "a group proposed by an earlier leadership was skipped"
+                );
+                let framed = state.encode().map_err(|error| failed(&error))?;
+                store
+                    .apply_replicated_state(&framed)
+                    .map_err(|error| failed(&error))?;
+                replies.push(GroupApplied {
+                    head: store.applied_head(),
+                    skipped: true,
+                });
+                continue;
+            }
             EntryPayload::Normal(group) => {
                 let effect = proposals.take(&group.proposal);
                 let framed = state.encode().map_err(|error| failed(&error))?;
@@ -185,6 +208,7 @@ fn apply_entries(
         }
         replies.push(GroupApplied {
             head: store.applied_head(),
+            skipped: false,
         });
     }
     Ok(replies)
@@ -342,36 +366,176 @@ impl RaftReplicator {
 }
 
 impl Replicator for RaftReplicator {
-    fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), StoreError> {
+    fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
         let proposal = self.proposals.propose(effect);
         let entry = GroupEntry::new(group, proposal);
-        let written = self.runtime.block_on(self.raft.client_write(entry));
-        let error = match written {
-            Ok(_) => {
-                // Applied here: the state machine took the view (or the
-                // entry applied before the view could be left, which
-                // `propose` rules out by leaving it first).
+        // Only the hand-over to raft's core is awaited here, on the writer
+        // thread, so entries reach the log in the committer's order.
+        let receiver = match self.runtime.block_on(self.raft.client_write_ff(entry)) {
+            Ok(receiver) => receiver,
+            Err(fatal) => {
+                drop(self.proposals.take(&proposal));
+                tracing::error!(%fatal, "raft stopped; this node accepts no writes");
+                return Proposed::done(Err(StoreError::NotLeader {
+                    leader: None,
+                    kurrent_leader: None,
+                }));
+            }
+        };
+        let runtime = self.runtime.clone();
+        let proposals = Arc::clone(&self.proposals);
+        let leader_address = Arc::clone(&self.leader_address);
+        Proposed::later(move || {
+            let error = match runtime.block_on(receiver) {
+                // Applied here: the state machine took the view.
+                Ok(Ok(response)) if !response.data.skipped => return Ok(()),
+                // Skipped as stale everywhere: nothing of it was written.
+                Ok(Ok(_)) => {
+                    return Err(StoreError::NotLeader {
+                        leader: None,
+                        kurrent_leader: None,
+                    });
+                }
+                Ok(Err(error)) => Some(error),
+                // Raft's core dropped the request: it stopped.
+                Err(_) => None,
+            };
+            if proposals.take(&proposal).is_none() {
+                // The state machine applied the entry before the error
+                // arrived.
                 return Ok(());
             }
-            Err(error) => error,
-        };
-        if self.proposals.take(&proposal).is_none() {
-            // The state machine applied the entry before the error arrived.
-            return Ok(());
-        }
-        let (leader, kurrent_leader) = match &error {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => forward
-                .leader_id
-                .map_or((None, None), |id| (self.leader_address)(id)),
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(_)) => (None, None),
-            RaftError::Fatal(fatal) => {
-                tracing::error!(%fatal, "raft stopped; this node accepts no writes");
-                (None, None)
-            }
-        };
-        Err(StoreError::NotLeader {
-            leader,
-            kurrent_leader,
+            let (leader, kurrent_leader) = match &error {
+                Some(ClientWriteError::ForwardToLeader(forward)) => forward
+                    .leader_id
+                    .map_or((None, None), |id| (leader_address)(id)),
+                Some(ClientWriteError::ChangeMembershipError(_)) => (None, None),
+                None => {
+                    tracing::error!("raft stopped; this node accepts no writes");
+                    (None, None)
+                }
+            };
+            Err(StoreError::NotLeader {
+                leader,
+                kurrent_leader,
+            })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use cairn_storage::{EventData, ExpectedRevision, ReadRequest, ReadSource, StoreOptions};
+    use openraft::CommittedLeaderId;
+
+    use super::*;
+
+    /// Applies each group to the proposing store and keeps a copy, so the
+    /// test can hand the groups to another node's state machine.
+    struct Keep {
+        store: std::sync::OnceLock<Store>,
+        groups: Mutex<Vec<SealedGroup>>,
+    }
+
+    impl Replicator for Keep {
+        fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
+            let store = self.store.get().expect("store");
+            let applied = store.apply_replicated(&group, Some(effect), b"state");
+            self.groups
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(group);
+            Proposed::done(applied)
+        }
+    }
+
+    fn clustered(dir: &std::path::Path) -> Store {
+        Store::open(
+            dir,
+            StoreOptions {
+                clustered: true,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("open")
+    }
+
+    /// The entry at `index` of term `term` holding `group`.
+    fn entry(term: u64, index: u64, group: SealedGroup) -> Entry<TypeConfig> {
+        let proposal = Proposal {
+            node: 1,
+            incarnation: 0,
+            sequence: index,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(GroupEntry::new(group, proposal)),
+        }
+    }
+
+    #[test]
+    fn a_group_the_log_holds_at_another_term_than_its_own_is_skipped() {
+        let (leader_dir, follower_dir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let leader = clustered(leader_dir.path());
+        let keep = Arc::new(Keep {
+            store: std::sync::OnceLock::new(),
+            groups: Mutex::new(Vec::new()),
+        });
+        keep.store.set(leader.clone()).expect("once");
+        leader.attach_replicator(Arc::clone(&keep) as Arc<dyn Replicator>);
+        leader.lead(4).wait().expect("lead");
+        for n in 0..2 {
+            leader
+                .append(
+                    "s",
+                    ExpectedRevision::Any,
+                    vec![EventData::json("E", format!("{n}"))],
+                )
+                .wait()
+                .expect("append");
+        }
+        let groups = keep.groups.lock().expect("groups").clone();
+        assert!(groups.iter().all(|group| group.leader_term == 4));
+
+        // The first at its own term applies; the second, at a later term's
+        // log id (its proposer was overtaken by an election), is skipped:
+        // nothing of it is written, the applied state moves past it.
+        let follower = clustered(follower_dir.path());
+        let proposals = Proposals::new(2);
+        let replies = apply_entries(
+            &follower,
+            &proposals,
+            AppliedState::default(),
+            vec![
+                entry(4, 1, groups[0].clone()),
+                entry(6, 2, groups[1].clone()),
+            ],
+        )
+        .expect("apply");
+        assert_eq!(
+            replies,
+            vec![
+                GroupApplied {
+                    head: 1,
+                    skipped: false
+                },
+                GroupApplied {
+                    head: 1,
+                    skipped: true
+                }
+            ]
+        );
+        let read = follower
+            .read(&ReadRequest::forwards(ReadSource::All, 10))
+            .expect("read");
+        assert_eq!(read.events.len(), 1);
+        let stored = follower.replicated_state().expect("state").expect("some");
+        let state = AppliedState::decode(&stored).expect("decode");
+        assert_eq!(state.last_applied.map(|id| id.index), Some(2));
     }
 }

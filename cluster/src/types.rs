@@ -61,6 +61,12 @@ pub struct GroupEntry {
     pub changed_streams: Vec<String>,
     /// The leader's column family numbering (`SealedGroup::cf_layout`).
     pub cf_layout: u32,
+    /// The term of the leadership that numbered the group
+    /// (`SealedGroup::leader_term`): an entry whose log id has another term
+    /// was proposed by an earlier leadership of its node and reached the
+    /// log only after a new one began; every node skips it
+    /// (`crate::state_machine`).
+    pub leader_term: u64,
     /// Which process proposed it, so that this process's state machine can
     /// hand the proposer's in-memory view to the store instead of reading
     /// the group back (`crate::replicator`).
@@ -91,6 +97,7 @@ impl GroupEntry {
             records: group.records,
             changed_streams: group.changed_streams,
             cf_layout: group.cf_layout,
+            leader_term: group.leader_term,
             proposal,
         }
     }
@@ -105,6 +112,7 @@ impl GroupEntry {
             records: self.records.clone(),
             changed_streams: self.changed_streams.clone(),
             cf_layout: self.cf_layout,
+            leader_term: self.leader_term,
         }
     }
 }
@@ -112,11 +120,15 @@ impl GroupEntry {
 /// What applying one entry answers: the head position after it.
 ///
 /// A blank or membership entry moves no position, so it answers the head
-/// unchanged.
+/// unchanged; so does a skipped stale group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupApplied {
     /// The next position to assign after the entry was applied.
     pub head: u64,
+    /// The entry was a group numbered in another term than the one the log
+    /// holds it at ([`GroupEntry::leader_term`]), and was skipped: nothing
+    /// of it was written, its proposer answers `NotLeader`.
+    pub skipped: bool,
 }
 
 /// The longest address a [`Member`] may have, in bytes: a DNS name (253)

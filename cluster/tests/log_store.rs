@@ -35,7 +35,10 @@ impl Model for Head {
     }
 
     fn response(&self) -> GroupApplied {
-        GroupApplied { head: self.head }
+        GroupApplied {
+            head: self.head,
+            skipped: false,
+        }
     }
 }
 
@@ -72,6 +75,7 @@ fn group(index: u64, first_position: u64, events: u64) -> Entry<TypeConfig> {
             records: vec![format!("stream-{index}")],
             changed_streams: Vec::new(),
             cf_layout: 7,
+            leader_term: 1,
             proposal: Proposal {
                 node: 1,
                 incarnation: 2,

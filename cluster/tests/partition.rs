@@ -58,6 +58,7 @@ impl Model for Applied {
     fn response(&self) -> GroupApplied {
         GroupApplied {
             head: self.0.iter().map(|entry| entry.events).sum(),
+            skipped: false,
         }
     }
 }
@@ -75,6 +76,7 @@ fn group(name: &str, first_position: u64) -> GroupEntry {
         records: Vec::new(),
         changed_streams: Vec::new(),
         cf_layout: 0,
+        leader_term: 1,
         proposal: Proposal {
             node: 0,
             incarnation: 0,

@@ -13,12 +13,24 @@
 //!   and answers its requests. While it writes, the taken group is the
 //!   *in-flight group* and the preparer fills the next open group.
 //!
-//! The open group, the view of the in-flight group and the poison live in one
-//! [`Pipeline`] (a mutex and a condvar); the preparer holds its lock while it
-//! prepares one command, the writer only to take a group and to retire it.
+//! The open group, the views of the in-flight groups and the poison live in
+//! one [`Pipeline`] (a mutex and a condvar); the preparer holds its lock while
+//! it prepares one command, the writer only to take a group and to retire it.
+//!
+//! Cluster mode: the writer seals a group and proposes it to the replicator
+//! (`replication.rs`), which returns at once, and hands it to a third thread,
+//! the **completer** (`Completer::run`, thread `cairn-replicated`), which
+//! waits for each group's quorum in proposal order and answers it. Up to
+//! [`REPLICATED_GROUPS_IN_FLIGHT`] groups are in flight, each numbered after
+//! the one before (the preparer's lookups see every in-flight view), so a
+//! request arriving meanwhile waits for its own raft round trip only.
+//! When one fails (`NotLeader`: leadership lost, outcome unknown), every
+//! group in flight behind it is answered with the same error, since its
+//! checks were computed against it, and the node takes no request until it
+//! leads again ([`Command::lead`], which waits until nothing is in flight).
 //!
 //! Invariants this module keeps:
-//! - Only these two threads write `log`, `stream_index`, `streams`, the name
+//! - Only these threads write `log`, `stream_index`, `streams`, the name
 //!   indexes, `event_ids`, the `head`/`next_stream_id` meta keys and the
 //!   `Written` segment counters, and only the writer calls `DB::write`. (The
 //!   scavenger deletes hidden records and writes its own counters; the keys
@@ -32,9 +44,17 @@
 //! - A request is checked entirely before any of it enters the batch: a failing
 //!   part leaves no trace (atomic multi-stream appends).
 //! - Nobody is answered before the write of their group returned, and groups are
-//!   written and answered in order by the one writer: a check result computed
-//!   against the in-flight group (such as a wrong expected revision) goes out
-//!   only after that group is durable.
+//!   written and answered in order (by the one writer, or in cluster mode by
+//!   the one completer): a check result computed against an in-flight group
+//!   (such as a wrong expected revision) goes out only after that group is
+//!   durable.
+//! - Cluster mode: groups are proposed in position order, and once one is not
+//!   proposed (refused before the replicator: the write fault, a panic) the
+//!   writer changes the pipeline's state before it takes another group, so a
+//!   group numbered after one that is not in the log is never proposed. Each
+//!   group carries the term of the leadership it was numbered in
+//!   (`SealedGroup::leader_term`); the state machine skips one the log holds
+//!   at another term.
 //! - Fail-stop: when a write fails, or the writer panics, the store is poisoned:
 //!   the in-flight group, the open group, every request still queued and every
 //!   later one get `Error::Poisoned`. When the preparer panics while preparing a
@@ -54,7 +74,7 @@
 
 use std::collections::HashMap;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -71,7 +91,7 @@ use crate::model::{
 };
 use crate::observe::CommittedGroup;
 use crate::query::{AppendCondition, Cursor, View};
-use crate::replication::{GroupEffect, SealedGroup};
+use crate::replication::{GroupEffect, Proposed, SealedGroup};
 use crate::scavenge::Removals;
 use crate::store::{Durability, Shared, WriteFault, WriteFaultContext};
 use crate::ticket::Responder;
@@ -136,9 +156,9 @@ impl Command {
     /// entry of earlier terms. The preparer reloads its counters from the
     /// database (the applied state) and accepts writes again
     /// (`replication.rs`, "Roles").
-    pub(crate) fn lead(reply: Responder<()>) -> Self {
+    pub(crate) fn lead(term: u64, reply: Responder<()>) -> Self {
         Self {
-            request: Request::Lead,
+            request: Request::Lead { term },
             reply: Reply::Unit(reply),
         }
     }
@@ -182,8 +202,8 @@ enum Request {
         expected: ExpectedRevision,
         metadata: StreamMetadata,
     },
-    /// See [`Command::lead`].
-    Lead,
+    /// See [`Command::lead`]: the raft term this node leads in.
+    Lead { term: u64 },
     /// See [`Command::removals`].
     Removals(Removals),
 }
@@ -276,7 +296,17 @@ pub(crate) struct Committer {
     pipeline: Arc<Pipeline>,
     /// Shared copy of the poison for callers that check before queueing.
     poison_flag: Arc<Mutex<Option<Error>>>,
+    /// Cluster mode: the raft term of the current leadership (the last
+    /// [`Command::lead`]); every group numbered from then on carries it.
+    leader_term: u64,
 }
+
+/// Cluster mode: how many proposed groups may wait for their quorum at once.
+/// The writer proposes the next group while earlier ones replicate, so a
+/// request arriving meanwhile waits for one raft round trip, not for the
+/// round of the group ahead of it too. A single node keeps one group in
+/// flight: its write is its own fsync, which the next group could not share.
+pub const REPLICATED_GROUPS_IN_FLIGHT: usize = 8;
 
 /// The writer's state: everything it needs besides the group it took.
 struct Writer {
@@ -287,6 +317,44 @@ struct Writer {
     limits: GroupLimits,
     pipeline: Arc<Pipeline>,
     poison_flag: Arc<Mutex<Option<Error>>>,
+    /// Cluster mode: where proposed groups go to be waited for and answered
+    /// (the completer thread), with that thread's handle; `None` on a single
+    /// node, whose writer answers each group itself.
+    completions: Option<(Sender<Completion>, JoinHandle<()>)>,
+}
+
+/// Cluster mode: a proposed group on its way to the completer, which waits
+/// for its outcome and answers its requests (groups in proposal order).
+struct Completion {
+    proposed: Proposed,
+    outcomes: Vec<Outcome>,
+    replies: Vec<Reply>,
+    /// The group's view, retired from the open group's in-flight list once
+    /// the outcome is known.
+    in_flight: Arc<InFlight>,
+    /// For the observer: requests and events of the group, and when the
+    /// writer took it.
+    requests: usize,
+    events: usize,
+    /// Whether the group wrote anything (else nothing was proposed).
+    wrote: bool,
+    started: std::time::Instant,
+}
+
+/// Cluster mode's completion thread (`cairn-replicated`): waits for each
+/// proposed group in order, retires its view, answers its requests.
+struct Completer {
+    shared: Arc<Shared>,
+    pipeline: Arc<Pipeline>,
+    poison_flag: Arc<Mutex<Option<Error>>>,
+    /// The error of the first group that failed while others were in flight
+    /// behind it: their check results were computed against it, so each of
+    /// them is answered with it too, whatever its own outcome (an unknown
+    /// outcome either way; an exact retry finds what was committed). Cleared
+    /// once no group is in flight: nothing taken later was numbered after a
+    /// failed group (the writer takes groups again only after
+    /// [`Command::lead`], which waits for that).
+    failed: Option<Error>,
 }
 
 /// What the preparer and the writer share.
@@ -327,6 +395,7 @@ impl Pipeline {
 /// Poisons the store: records `error`, publishes it to callers (before anyone
 /// is answered, so that a caller who sees `Poisoned` and retries is refused
 /// before queueing) and answers every request of the open group with it.
+/// In-flight groups stay in view until whoever answers them retires them.
 fn poison(
     state: &mut PipeState,
     error: &Error,
@@ -336,25 +405,25 @@ fn poison(
     tracing::error!(%error, "the store now refuses writes");
     state.poisoned = Some(error.clone());
     *poison_flag.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.clone());
-    let open = std::mem::take(&mut state.open);
-    shared
-        .queued
-        .fetch_sub(open.replies.len(), std::sync::atomic::Ordering::Relaxed);
-    for reply in open.replies {
-        reply.fail(error);
-    }
+    fail_open_group(state, error, shared);
 }
 
 /// Cluster mode: this node may not write (it lost leadership, or never had
 /// it). Answers every request of the open group with `error` and refuses
-/// later ones until a [`Command::lead`]. The in-flight group stays in view
-/// (its writer answers it), so the preparer's lookups stay consistent.
+/// later ones until a [`Command::lead`]. The in-flight groups stay in view
+/// (the completer answers them), so the preparer's lookups stay consistent.
 fn step_down(state: &mut PipeState, error: &Error, shared: &Shared) {
     if state.not_leader.is_none() {
         tracing::info!("this node does not accept writes: {error}");
     }
     state.not_leader = Some(error.clone());
-    let in_flight = state.open.in_flight.take();
+    fail_open_group(state, error, shared);
+}
+
+/// Answers every request of the open group with `error` and empties it,
+/// keeping the in-flight list.
+fn fail_open_group(state: &mut PipeState, error: &Error, shared: &Shared) {
+    let in_flight = std::mem::take(&mut state.open.in_flight);
     let open = std::mem::take(&mut state.open);
     state.open.in_flight = in_flight;
     shared
@@ -363,6 +432,14 @@ fn step_down(state: &mut PipeState, error: &Error, shared: &Shared) {
     for reply in open.replies {
         reply.fail(error);
     }
+}
+
+/// Takes `in_flight` out of the open group's in-flight list.
+fn retire(state: &mut PipeState, in_flight: &Arc<InFlight>) {
+    state
+        .open
+        .in_flight
+        .retain(|view| !Arc::ptr_eq(view, in_flight));
 }
 
 /// A handle the store keeps on the pipeline, for what happens outside the
@@ -417,13 +494,19 @@ struct Group {
     /// Whether a scavenge's removals are in the batch (cluster mode): the
     /// group is written even when it adds no event and changes no record.
     removes: bool,
-    /// The group the writer took and has not applied to the catalog yet; the
-    /// preparer's lookups see it after this group's own changes.
-    in_flight: Option<Arc<InFlight>>,
+    /// Cluster mode: the term of the leadership the group is numbered in
+    /// (`SealedGroup::leader_term`).
+    leader_term: u64,
+    /// The groups the writer took and whose outcome is not known yet, oldest
+    /// first (at most one on a single node, up to
+    /// [`REPLICATED_GROUPS_IN_FLIGHT`] in cluster mode); the preparer's
+    /// lookups see them, newest first, after this group's own changes. Kept
+    /// only in the open group: a group the writer takes drops its copy.
+    in_flight: Vec<Arc<InFlight>>,
 }
 
-/// What the preparer sees of the in-flight group. Shared by `Arc`: the writer
-/// keeps it while it writes, the open group points at it.
+/// What the preparer sees of an in-flight group. Shared by `Arc`: the writer
+/// (or the completer) keeps it while it writes, the open group points at it.
 struct InFlight {
     overlay: HashMap<String, StreamRecord>,
     new_ids: HashMap<Uuid, EventIdEntry>,
@@ -431,26 +514,28 @@ struct InFlight {
 }
 
 impl Group {
-    /// The stream's record from this group or the in-flight one, if either
-    /// changed it.
+    /// The stream's record from this group or an in-flight one (the newest
+    /// that changed it), if any changed it.
     fn record(&self, stream: &str) -> Option<&StreamRecord> {
         self.overlay.get(stream).or_else(|| {
             self.in_flight
-                .as_ref()
-                .and_then(|in_flight| in_flight.overlay.get(stream))
+                .iter()
+                .rev()
+                .find_map(|in_flight| in_flight.overlay.get(stream))
         })
     }
 
     fn event_id(&self, id: &Uuid) -> Option<EventIdEntry> {
         self.new_ids.get(id).copied().or_else(|| {
             self.in_flight
-                .as_ref()
-                .and_then(|in_flight| in_flight.new_ids.get(id).copied())
+                .iter()
+                .rev()
+                .find_map(|in_flight| in_flight.new_ids.get(id).copied())
         })
     }
 
-    /// Events not yet in the database: the in-flight group's, then this
-    /// group's, in position order.
+    /// Events not known to be in the database: the in-flight groups', then
+    /// this group's, in position order.
     fn unwritten_events(&self) -> impl Iterator<Item = &Arc<RecordedEvent>> {
         self.in_flight
             .iter()
@@ -493,6 +578,7 @@ impl Committer {
             write_fault,
             pipeline,
             poison_flag,
+            leader_term: 0,
         }
     }
 
@@ -507,12 +593,28 @@ impl Committer {
     /// Starts the writer and the preparer. The returned handle is the
     /// preparer's, which joins the writer before it ends: joining it joins both.
     pub(crate) fn start(mut self, queue: Receiver<Command>) -> std::io::Result<JoinHandle<()>> {
+        let completions = if self.shared.clustered {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let completer = Completer {
+                shared: Arc::clone(&self.shared),
+                pipeline: Arc::clone(&self.pipeline),
+                poison_flag: Arc::clone(&self.poison_flag),
+                failed: None,
+            };
+            let handle = std::thread::Builder::new()
+                .name("cairn-replicated".into())
+                .spawn(move || completer.run(&receiver))?;
+            Some((sender, handle))
+        } else {
+            None
+        };
         let writer = Writer {
             shared: Arc::clone(&self.shared),
             write_fault: self.write_fault.take(),
             limits: self.group_limits,
             pipeline: Arc::clone(&self.pipeline),
             poison_flag: Arc::clone(&self.poison_flag),
+            completions,
         };
         let writer = std::thread::Builder::new()
             .name("cairn-writer".into())
@@ -551,8 +653,8 @@ impl Committer {
     fn take(&mut self, command: Command) {
         let size = command.size_hint();
         let Command { request, reply } = command;
-        if matches!(request, Request::Lead) {
-            self.lead(reply);
+        if let Request::Lead { term } = request {
+            self.lead(term, reply);
             return;
         }
         let pipeline = Arc::clone(&self.pipeline);
@@ -581,6 +683,7 @@ impl Committer {
         }
         if state.open.replies.is_empty() {
             state.open.first_position = self.head;
+            state.open.leader_term = self.leader_term;
         }
         // The reply lives outside the unwinding code: after a panic it is still
         // here to be told `Poisoned` (a dropped reply would read as
@@ -615,13 +718,14 @@ impl Committer {
 
 impl Committer {
     /// Handles [`Command::lead`]: waits until no group is open or in flight
-    /// (after a step-down both end with `NotLeader`), reloads the counters
-    /// from the database, which holds every applied entry, and accepts writes.
-    fn lead(&mut self, reply: Reply) {
+    /// (after a step-down all of them end with `NotLeader` or, applied,
+    /// succeed), reloads the counters from the database, which holds every
+    /// applied entry, and accepts writes numbered in `term`.
+    fn lead(&mut self, term: u64, reply: Reply) {
         let pipeline = Arc::clone(&self.pipeline);
         let mut state = pipeline.lock();
         while state.poisoned.is_none()
-            && (state.open.in_flight.is_some() || !state.open.replies.is_empty())
+            && (!state.open.in_flight.is_empty() || !state.open.replies.is_empty())
         {
             state = pipeline.wait(state);
         }
@@ -637,8 +741,9 @@ impl Committer {
                 self.head = head;
                 self.next_stream_id = next_stream_id;
                 self.segment = segment;
+                self.leader_term = term;
                 state.not_leader = None;
-                tracing::info!(head, "this node leads: accepting writes");
+                tracing::info!(head, term, "this node leads: accepting writes");
                 reply.send(Outcome::Unit(Ok(())));
             }
             Err(error) => reply.fail(&error),
@@ -648,15 +753,18 @@ impl Committer {
 
 impl Writer {
     /// Takes, writes and answers groups until the preparer closed the pipeline
-    /// and nothing is open.
-    fn run(self) {
+    /// and nothing is open. In cluster mode each group is proposed and handed
+    /// to the completer instead; the writer then lets the completer finish
+    /// what is in flight before it returns.
+    fn run(mut self) {
+        let completions = self.completions.take();
         loop {
             let mut state = self.pipeline.lock();
             while !self.may_take(&state) {
                 state = self.pipeline.wait(state);
             }
             if state.open.replies.is_empty() {
-                return;
+                break;
             }
             let mut group = std::mem::take(&mut state.open);
             let in_flight = Arc::new(InFlight {
@@ -664,13 +772,23 @@ impl Writer {
                 new_ids: std::mem::take(&mut group.new_ids),
                 events: std::mem::take(&mut group.events),
             });
-            state.open.in_flight = Some(Arc::clone(&in_flight));
+            state.open.in_flight = std::mem::take(&mut group.in_flight);
+            state.open.in_flight.push(Arc::clone(&in_flight));
             self.shared
                 .queued
                 .fetch_sub(group.replies.len(), std::sync::atomic::Ordering::Relaxed);
             drop(state);
             self.pipeline.changed.notify_all();
-            self.commit_group(group, in_flight);
+            match &completions {
+                None => self.commit_group(group, in_flight),
+                Some((sender, _)) => self.propose_group(group, in_flight, sender),
+            }
+        }
+        if let Some((sender, completer)) = completions {
+            drop(sender);
+            if completer.join().is_err() {
+                tracing::error!("the completer thread panicked outside its guard");
+            }
         }
     }
 
@@ -680,11 +798,16 @@ impl Writer {
     /// by the writer, so a count above the open group's means the preparer
     /// has more queued work to add (and notifies when it added it). This keeps
     /// today's batching: everything queued while a group syncs joins the next
-    /// group, and a lone request is taken at once.
+    /// group, and a lone request is taken at once. In cluster mode also only
+    /// while fewer than [`REPLICATED_GROUPS_IN_FLIGHT`] groups are in flight
+    /// (a single node has none in flight when it gets here).
     fn may_take(&self, state: &PipeState) -> bool {
         let open = &state.open;
         if open.replies.is_empty() {
             return state.closed;
+        }
+        if open.in_flight.len() >= REPLICATED_GROUPS_IN_FLIGHT {
+            return false;
         }
         let full =
             open.replies.len() >= self.limits.max_commands || open.bytes >= self.limits.max_bytes;
@@ -698,31 +821,17 @@ impl Writer {
 
     /// Writes one group and answers every request in it, also when the write
     /// fails or something panics (then all of them, and the open group, get
-    /// `Poisoned`).
+    /// `Poisoned`). A single node's path.
     fn commit_group(&self, mut group: Group, in_flight: Arc<InFlight>) {
         let replies = std::mem::take(&mut group.replies);
         // The replies live outside the unwinding code, as in `Committer::take`.
-        let handled = panic::catch_unwind(AssertUnwindSafe(|| self.write_group(group, in_flight)));
+        let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.write_group(group, Arc::clone(&in_flight))
+        }));
         let error = match handled {
             Ok(Ok(outcomes)) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     reply.send(outcome);
-                }
-                return;
-            }
-            Ok(Err(error @ Error::NotLeader { .. })) => {
-                // Not a fault of this store: leadership moved while the group
-                // was being replicated. Nothing of it reached the catalog or
-                // the live ring (the state machine applies only committed
-                // entries; `replication.rs`).
-                {
-                    let mut state = self.pipeline.lock();
-                    state.open.in_flight = None;
-                    step_down(&mut state, &error, &self.shared);
-                }
-                self.pipeline.changed.notify_all();
-                for reply in replies {
-                    reply.fail(&error);
                 }
                 return;
             }
@@ -735,7 +844,7 @@ impl Writer {
         {
             let mut state = self.pipeline.lock();
             // Nothing of this group is in the catalog: nobody may look at it.
-            state.open.in_flight = None;
+            retire(&mut state, &in_flight);
             poison(&mut state, &error, &self.poison_flag, &self.shared);
         }
         self.pipeline.changed.notify_all();
@@ -747,16 +856,10 @@ impl Writer {
     /// Seals and writes the group's batch and publishes it. Returns one outcome
     /// per request, in order, or the poison when the write failed (then nothing
     /// of the group reached the catalog or the live ring).
-    ///
-    /// In cluster mode the sealed batch goes to the replicator instead of
-    /// `DB::write`: it returns once a quorum holds the entry and the state
-    /// machine applied it here, catalog and live ring included
-    /// (`Store::apply_replicated`), or with `NotLeader`.
     fn write_group(&self, mut group: Group, in_flight: Arc<InFlight>) -> Result<Vec<Outcome>> {
         let (head, next_stream_id, _) = group.counters;
         let wrote_something =
             !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || group.removes;
-        let replicated = self.shared.clustered;
         if wrote_something {
             self.put_counters(&mut group.batch, group.counters);
             let context = WriteFaultContext {
@@ -766,32 +869,14 @@ impl Writer {
             };
             let started = std::time::Instant::now();
             let batch = std::mem::take(&mut group.batch);
-            if replicated {
-                let sealed = SealedGroup {
-                    batch: batch.data().to_vec(),
-                    first_position: group.first_position,
-                    events: in_flight.events.len() as u64,
-                    next_stream_id,
-                    records: in_flight.overlay.keys().cloned().collect(),
-                    changed_streams: std::mem::take(&mut group.changed_streams),
-                    cf_layout: self.shared.cf_layout,
-                };
-                let effect = GroupEffect {
-                    overlay: in_flight.overlay.clone(),
-                    events: in_flight.events.clone(),
-                };
-                self.replicate(sealed, effect, &context)?;
-            } else {
-                self.write(batch, &context).map_err(|message| {
-                    Error::Poisoned(format!("a RocksDB write failed: {message}"))
-                })?;
-            }
+            self.write(batch, &context)
+                .map_err(|message| Error::Poisoned(format!("a RocksDB write failed: {message}")))?;
             if let Some(observer) = self.shared.observer.get() {
                 observer.group_committed(&CommittedGroup {
                     requests: group.outcomes.len(),
                     events: in_flight.events.len(),
                     write: started.elapsed(),
-                    synced: replicated || self.shared.durability == Durability::Sync,
+                    synced: self.shared.durability == Durability::Sync,
                 });
             }
         }
@@ -800,11 +885,9 @@ impl Writer {
         // lock, so it finds each changed record in the in-flight view or in
         // the catalog, never in neither. The writer then holds the view's
         // only reference, so the records move instead of being copied.
-        // (Replicated groups reached the catalog and the live ring when the
-        // state machine applied them, before `replicate` returned.)
         let events = {
             let mut state = self.pipeline.lock();
-            drop(state.open.in_flight.take());
+            retire(&mut state, &in_flight);
             let InFlight {
                 overlay, events, ..
             } = Arc::try_unwrap(in_flight).unwrap_or_else(|shared| InFlight {
@@ -812,13 +895,13 @@ impl Writer {
                 new_ids: HashMap::new(),
                 events: shared.events.clone(),
             });
-            if wrote_something && !replicated {
+            if wrote_something {
                 self.shared.catalog.apply(overlay, next_stream_id);
             }
             events
         };
         self.pipeline.changed.notify_all();
-        if wrote_something && !replicated {
+        if wrote_something {
             let notice = CommitNotice {
                 head,
                 changed_streams: group.changed_streams,
@@ -828,30 +911,119 @@ impl Writer {
         Ok(group.outcomes)
     }
 
-    /// Cluster mode's write: the write fault first (as for `write`), then the
-    /// replicator. No replicator attached yet reads as "not the leader".
-    fn replicate(
+    /// Cluster mode: seals the group and proposes it to the replicator
+    /// (which returns without waiting for the quorum), then hands it to the
+    /// completer. A group refused before it reached the replicator (the
+    /// write fault, no replicator, a panic) changes the pipeline's state
+    /// here, before the writer takes another group: no later group, numbered
+    /// after this one, may be proposed once this one is not.
+    fn propose_group(
         &self,
-        sealed: SealedGroup,
-        effect: GroupEffect,
-        context: &WriteFaultContext,
-    ) -> Result<()> {
+        mut group: Group,
+        in_flight: Arc<InFlight>,
+        completions: &Sender<Completion>,
+    ) {
+        let replies = std::mem::take(&mut group.replies);
+        let requests = replies.len();
+        let wrote = !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || group.removes;
+        let started = std::time::Instant::now();
+        let proposed = panic::catch_unwind(AssertUnwindSafe(|| {
+            if wrote {
+                self.propose(&mut group, &in_flight)
+            } else {
+                Ok(Proposed::done(Ok(())))
+            }
+        }))
+        .unwrap_or_else(|payload| {
+            Err(Error::Poisoned(format!(
+                "the committer thread panicked: {}",
+                panic_message(payload.as_ref())
+            )))
+        });
+        let proposed = proposed.unwrap_or_else(|error| {
+            {
+                let mut state = self.pipeline.lock();
+                match &error {
+                    Error::NotLeader { .. } => step_down(&mut state, &error, &self.shared),
+                    _ if state.poisoned.is_none() => {
+                        poison(&mut state, &error, &self.poison_flag, &self.shared);
+                    }
+                    _ => {}
+                }
+            }
+            self.pipeline.changed.notify_all();
+            Proposed::done(Err(error))
+        });
+        let completion = Completion {
+            proposed,
+            outcomes: group.outcomes,
+            replies,
+            requests,
+            events: in_flight.events.len(),
+            wrote,
+            in_flight,
+            started,
+        };
+        if let Err(std::sync::mpsc::SendError(completion)) = completions.send(completion) {
+            // The completer is gone (it panicked outside its guard): nobody
+            // will learn this group's outcome.
+            let error = Error::Poisoned("the completer thread stopped".into());
+            {
+                let mut state = self.pipeline.lock();
+                retire(&mut state, &completion.in_flight);
+                if state.poisoned.is_none() {
+                    poison(&mut state, &error, &self.poison_flag, &self.shared);
+                }
+            }
+            self.pipeline.changed.notify_all();
+            for reply in completion.replies {
+                reply.fail(&error);
+            }
+        }
+    }
+
+    /// Cluster mode's write of a group that writes something: seals it, asks
+    /// the write fault, then proposes it. (A group whose requests were all
+    /// refused by their checks proposes nothing and is answered in its
+    /// turn, after the groups ahead of it.)
+    fn propose(&self, group: &mut Group, in_flight: &InFlight) -> Result<Proposed> {
+        self.put_counters(&mut group.batch, group.counters);
+        let context = WriteFaultContext {
+            requests: group.outcomes.len(),
+            events: in_flight.events.len(),
+            first_position: group.first_position,
+        };
         if let Some(message) = self
             .write_fault
             .as_ref()
-            .and_then(|fault| fault.check(context))
+            .and_then(|fault| fault.check(&context))
         {
             return Err(Error::Poisoned(format!(
                 "a RocksDB write failed: {message}"
             )));
         }
-        match self.shared.replicator.get() {
-            Some(replicator) => replicator.replicate(sealed, effect),
-            None => Err(Error::NotLeader {
+        let Some(replicator) = self.shared.replicator.get() else {
+            return Err(Error::NotLeader {
                 leader: None,
                 kurrent_leader: None,
-            }),
-        }
+            });
+        };
+        let (_, next_stream_id, _) = group.counters;
+        let sealed = SealedGroup {
+            batch: std::mem::take(&mut group.batch).data().to_vec(),
+            first_position: group.first_position,
+            events: in_flight.events.len() as u64,
+            next_stream_id,
+            records: in_flight.overlay.keys().cloned().collect(),
+            changed_streams: std::mem::take(&mut group.changed_streams),
+            cf_layout: self.shared.cf_layout,
+            leader_term: group.leader_term,
+        };
+        let effect = GroupEffect {
+            overlay: in_flight.overlay.clone(),
+            events: in_flight.events.clone(),
+        };
+        Ok(replicator.propose(sealed, effect))
     }
 
     /// Writes the group's batch with one WAL sync (per `Durability`). The write
@@ -886,6 +1058,85 @@ impl Writer {
     }
 }
 
+impl Completer {
+    /// Answers proposed groups in order until the writer is gone and every
+    /// group it sent is answered.
+    fn run(mut self, completions: &Receiver<Completion>) {
+        while let Ok(completion) = completions.recv() {
+            self.complete(completion);
+        }
+    }
+
+    /// Waits for one group's outcome, retires its view and answers its
+    /// requests. The view goes only once the outcome is known: on success
+    /// the state machine applied the group here (catalog and live ring
+    /// included) before the outcome resolved, so the preparer finds every
+    /// change in a view or in the catalog; on failure the node no longer
+    /// takes requests until [`Command::lead`], which reloads from the
+    /// database.
+    fn complete(&mut self, completion: Completion) {
+        let Completion {
+            proposed,
+            outcomes,
+            replies,
+            in_flight,
+            requests,
+            events,
+            wrote,
+            started,
+        } = completion;
+        let waited =
+            panic::catch_unwind(AssertUnwindSafe(|| proposed.wait())).unwrap_or_else(|payload| {
+                Err(Error::Poisoned(format!(
+                    "the replicator panicked: {}",
+                    panic_message(payload.as_ref())
+                )))
+            });
+        let outcome = match &self.failed {
+            Some(error) => Err(error.clone()),
+            None => waited,
+        };
+        {
+            let mut state = self.pipeline.lock();
+            retire(&mut state, &in_flight);
+            if let (Err(error), None) = (&outcome, &self.failed) {
+                if matches!(error, Error::NotLeader { .. }) {
+                    step_down(&mut state, error, &self.shared);
+                } else if state.poisoned.is_none() {
+                    poison(&mut state, error, &self.poison_flag, &self.shared);
+                }
+                self.failed = Some(error.clone());
+            }
+            if state.open.in_flight.is_empty() {
+                self.failed = None;
+            }
+        }
+        self.pipeline.changed.notify_all();
+        match outcome {
+            Ok(()) => {
+                if let Some(observer) = self.shared.observer.get()
+                    && wrote
+                {
+                    observer.group_committed(&CommittedGroup {
+                        requests,
+                        events,
+                        write: started.elapsed(),
+                        synced: true,
+                    });
+                }
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    reply.send(outcome);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    reply.fail(&error);
+                }
+            }
+        }
+    }
+}
+
 impl Committer {
     fn prepare(&mut self, request: Request, group: &mut Group) -> Outcome {
         match request {
@@ -905,7 +1156,7 @@ impl Committer {
                 Outcome::MetadataRevision(self.prepare_metadata(&stream, expected, metadata, group))
             }
             // `take` handles it before preparing anything.
-            Request::Lead => Outcome::Unit(Ok(())),
+            Request::Lead { .. } => Outcome::Unit(Ok(())),
             Request::Removals(removals) => {
                 // Deletes of hidden records and the scavenge's own counters:
                 // no key the preparer writes (module invariants).

@@ -54,6 +54,7 @@ mod store;
 mod ticket;
 
 pub use codec::{FORMAT_VERSION, SEGMENT_SIZE};
+pub use committer::REPLICATED_GROUPS_IN_FLIGHT;
 
 /// Not API: the decoders and encoders of stored records, for the decoder fuzz
 /// test (`tests/codec_fuzz.rs`). Nothing outside this crate's tests uses it.
@@ -91,7 +92,7 @@ pub use query::{
 };
 pub use read::{ReadKind, ReadStats, StreamListPage};
 pub use repair::RepairReport;
-pub use replication::{GroupEffect, Replicator, SealedGroup, backup_replicated_state};
+pub use replication::{GroupEffect, Proposed, Replicator, SealedGroup, backup_replicated_state};
 pub use scavenge::{REMOVALS_QUIET, ScavengeOutcome, ScavengeProgress, ScavengeProgressSnapshot};
 pub use store::{Durability, Store, StoreOptions, WriteFault, WriteFaultContext};
 pub use ticket::Ticket;

@@ -14,8 +14,11 @@
 //! - [`GroupEffect`]: the in-memory view of a group (stream records, events)
 //!   the proposing node already holds, so its state machine need not read
 //!   them back.
-//! - [`Replicator`]: what the cluster crate implements: take a sealed group,
-//!   return once a quorum holds it and this node applied it.
+//! - [`Replicator`]: what the cluster crate implements: take a sealed group
+//!   in the committer's order and return a [`Proposed`] that resolves once a
+//!   quorum holds it and this node applied it. Several groups may be
+//!   proposed before the first resolves (the committer keeps up to
+//!   `REPLICATED_GROUPS_IN_FLIGHT`; `committer.rs`, "Cluster mode").
 //! - The apply side: [`Store::apply_replicated`], [`Store::replicated_state`],
 //!   and the roles ([`Store::lead`], [`Store::follow`]).
 //! - Snapshots: a snapshot is a backup (`backup.rs`: a checkpoint and its
@@ -88,6 +91,13 @@ pub struct SealedGroup {
     pub changed_streams: Vec<String>,
     /// The leader's column family numbering ([`column_family_layout`]).
     pub cf_layout: u32,
+    /// The raft term of the leadership whose committer numbered the group
+    /// (what [`Store::lead`] was given). The group's positions follow from
+    /// the applied head at the start of that leadership and its own earlier
+    /// groups, so the group is valid only in that term: an entry the raft
+    /// log holds at another term's log id is a stale proposal, which every
+    /// node skips alike (the cluster crate's state machine).
+    pub leader_term: u64,
 }
 
 impl SealedGroup {
@@ -118,16 +128,47 @@ impl std::fmt::Debug for GroupEffect {
 /// Cluster mode's replication of sealed groups (implemented by the cluster
 /// crate over openraft).
 pub trait Replicator: Send + Sync + 'static {
-    /// Replicates one group. Called on the committer's writer thread, which
-    /// it blocks until the answer is known.
+    /// Proposes one group. Called on the committer's writer thread, one
+    /// group after the other in position order; the proposals must reach
+    /// the log in that order (each group is numbered after the one before).
+    /// It should return as soon as the group is on its way, without waiting
+    /// for the quorum: the writer proposes the next group meanwhile.
     ///
-    /// `Ok(())` only once a quorum holds the group durably and this node
-    /// applied it ([`Store::apply_replicated`], handed `effect`). Otherwise
-    /// [`Error::NotLeader`]: this node is (or became) no leader, and the
-    /// group's fate is unknown to it — it may still be committed by the next
-    /// leader, and is then applied here like any other entry. Any other error
-    /// poisons the store.
-    fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<()>;
+    /// The [`Proposed`] resolves to `Ok(())` only once a quorum holds the
+    /// group durably and this node applied it ([`Store::apply_replicated`],
+    /// handed `effect`). Otherwise to [`Error::NotLeader`]: this node is (or
+    /// became) no leader, and the group's fate is unknown to it — it may
+    /// still be committed by the next leader, and is then applied here like
+    /// any other entry. Any other error poisons the store.
+    fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed;
+}
+
+/// A proposed group's outcome, to wait for ([`Replicator::propose`]).
+/// Waited for on the committer's completion thread, in proposal order.
+pub struct Proposed(Box<dyn FnOnce() -> Result<()> + Send>);
+
+impl Proposed {
+    /// An outcome already known (a replicator that does its work in
+    /// `propose`, or one that refused the group at once).
+    pub fn done(outcome: Result<()>) -> Self {
+        Self(Box::new(move || outcome))
+    }
+
+    /// An outcome `wait` blocks for.
+    pub fn later(wait: impl FnOnce() -> Result<()> + Send + 'static) -> Self {
+        Self(Box::new(wait))
+    }
+
+    /// Blocks until the outcome is known.
+    pub(crate) fn wait(self) -> Result<()> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Proposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Proposed")
+    }
 }
 
 /// A fingerprint of the database's column family ids, in `cf::ALL` order.
@@ -167,11 +208,12 @@ impl Store {
         }
     }
 
-    /// Cluster mode: this node leads and has applied every entry of earlier
-    /// terms. Resolves once the committer reloaded its counters from the
-    /// applied state and accepts writes.
-    pub fn lead(&self) -> Ticket<()> {
-        self.submit_lead()
+    /// Cluster mode: this node leads in raft term `term` and has applied
+    /// every entry of earlier terms. Resolves once the committer reloaded its
+    /// counters from the applied state and accepts writes; every group it
+    /// numbers from then on carries `term` ([`SealedGroup::leader_term`]).
+    pub fn lead(&self, term: u64) -> Ticket<()> {
+        self.submit_lead(term)
     }
 
     /// Cluster mode: this node does not lead (any more). Every request from

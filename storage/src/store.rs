@@ -557,8 +557,8 @@ impl Store {
 
     /// Queues a command that has no payload limits to check (cluster mode's
     /// [`Store::lead`]).
-    pub(crate) fn submit_lead(&self) -> Ticket<()> {
-        self.submit(Command::lead)
+    pub(crate) fn submit_lead(&self, term: u64) -> Ticket<()> {
+        self.submit(|reply| Command::lead(term, reply))
     }
 
     /// Cluster mode: queues one chunk of a scavenge's decisions; it resolves

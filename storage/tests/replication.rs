@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use cairn_storage::{
-    CurrentRevision, Error, EventData, ExpectedRevision, GroupEffect, ReadRequest, ReadSource,
-    RecordedEvent, Replicator, SealedGroup, Store, StoreOptions, StreamAppend, StreamMetadata,
+    CurrentRevision, Error, EventData, ExpectedRevision, GroupEffect, Proposed, ReadRequest,
+    ReadSource, RecordedEvent, Replicator, SealedGroup, Store, StoreOptions, StreamAppend,
+    StreamMetadata,
 };
 
 /// Applies each group to `proposer` and then to every store in `others`.
@@ -24,7 +25,13 @@ struct Mirror {
 }
 
 impl Replicator for Mirror {
-    fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), Error> {
+    fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
+        Proposed::done(self.replicate(&group, effect))
+    }
+}
+
+impl Mirror {
+    fn replicate(&self, group: &SealedGroup, effect: GroupEffect) -> Result<(), Error> {
         if self.refuse.load(Ordering::Relaxed) {
             return Err(Error::NotLeader {
                 leader: Some("node-2:7070".into()),
@@ -34,14 +41,14 @@ impl Replicator for Mirror {
         let entry = self.applied.fetch_add(1, Ordering::Relaxed) + 1;
         let state = entry.to_be_bytes();
         let proposer = self.proposer.get().expect("proposer attached");
-        proposer.apply_replicated(&group, Some(effect), &state)?;
+        proposer.apply_replicated(group, Some(effect), &state)?;
         for other in self
             .others
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            other.apply_replicated(&group, None, &state)?;
+            other.apply_replicated(group, None, &state)?;
         }
         Ok(())
     }
@@ -91,7 +98,7 @@ impl Pair {
         let applied = Arc::new(AtomicU64::new(0));
         let mirror = with_mirror(&leader, &applied);
         mirror.others.lock().expect("others").push(follower.clone());
-        leader.lead().wait().expect("lead");
+        leader.lead(1).wait().expect("lead");
         Self {
             leader,
             follower,
@@ -127,7 +134,7 @@ fn a_clustered_store_refuses_writes_until_it_leads_and_after_it_follows() {
         matches!(refused, Err(Error::NotLeader { leader: None, .. })),
         "{refused:?}"
     );
-    store.lead().wait().expect("lead");
+    store.lead(1).wait().expect("lead");
     store
         .append("s", ExpectedRevision::Any, vec![event(1)])
         .wait()
@@ -227,14 +234,14 @@ fn leadership_moves_and_numbering_continues_from_the_applied_head() {
     let b_mirror = with_mirror(&b, &applied);
     b_mirror.others.lock().expect("others").push(a.clone());
 
-    a.lead().wait().expect("a leads");
+    a.lead(1).wait().expect("a leads");
     for n in 0..3 {
         a.append("ledger", ExpectedRevision::Any, vec![event(n)])
             .wait()
             .expect("a appends");
     }
     a.follow(Some("b".into()), None);
-    b.lead().wait().expect("b leads");
+    b.lead(2).wait().expect("b leads");
     // b continues the stream a wrote, at the revision a left it: its
     // counters and catalog came from what it applied.
     let result = b
@@ -248,7 +255,7 @@ fn leadership_moves_and_numbering_continues_from_the_applied_head() {
     assert_eq!(result.current, CurrentRevision::Revision(4));
     assert_eq!(result.positions, Some((3, 4)));
     b.follow(Some("a".into()), None);
-    a.lead().wait().expect("a leads again");
+    a.lead(3).wait().expect("a leads again");
     let result = a
         .append("ledger", ExpectedRevision::Exact(4), vec![event(5)])
         .wait()
@@ -272,7 +279,7 @@ fn a_failed_replication_answers_not_leader_and_writes_nothing() {
     let store = clustered(dir.path());
     let applied = Arc::new(AtomicU64::new(0));
     let mirror = with_mirror(&store, &applied);
-    store.lead().wait().expect("lead");
+    store.lead(1).wait().expect("lead");
     store
         .append("s", ExpectedRevision::NoStream, vec![event(0)])
         .wait()
@@ -297,7 +304,7 @@ fn a_failed_replication_answers_not_leader_and_writes_nothing() {
     assert!(store.poisoned().is_none());
 
     mirror.refuse.store(false, Ordering::Relaxed);
-    store.lead().wait().expect("lead again");
+    store.lead(2).wait().expect("lead again");
     // The lost group left no trace: revision 0 is still the stream's last.
     let result = store
         .append("s", ExpectedRevision::Exact(0), vec![event(3)])
@@ -320,17 +327,17 @@ fn a_group_out_of_order_is_refused_not_applied() {
         groups: Mutex<Vec<SealedGroup>>,
     }
     impl Replicator for Recorder {
-        fn replicate(&self, group: SealedGroup, effect: GroupEffect) -> Result<(), Error> {
-            self.proposer.get().expect("proposer").apply_replicated(
+        fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
+            let applied = self.proposer.get().expect("proposer").apply_replicated(
                 &group,
                 Some(effect),
                 b"state",
-            )?;
+            );
             self.groups
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(group);
-            Ok(())
+            Proposed::done(applied)
         }
     }
     let recorder = Arc::new(Recorder {
@@ -339,7 +346,7 @@ fn a_group_out_of_order_is_refused_not_applied() {
     });
     recorder.proposer.set(leader.clone()).expect("once");
     leader.attach_replicator(Arc::clone(&recorder) as Arc<dyn Replicator>);
-    leader.lead().wait().expect("lead");
+    leader.lead(1).wait().expect("lead");
     for n in 0..2 {
         leader
             .append("s", ExpectedRevision::Any, vec![event(n)])
@@ -393,13 +400,13 @@ fn a_follower_installs_a_snapshot_and_then_applies_the_groups_after_it() {
     let behind = clustered(behind_dir.path());
     let applied = Arc::new(AtomicU64::new(0));
     let mirror = with_mirror(&leader, &applied);
-    leader.lead().wait().expect("lead");
+    leader.lead(1).wait().expect("lead");
 
     // The follower has something of its own the snapshot must replace: a
     // stream the leader never had, as if from an old, truncated log.
     let stale = Arc::new(AtomicU64::new(0));
     let stale_mirror = with_mirror(&behind, &stale);
-    behind.lead().wait().expect("lead");
+    behind.lead(1).wait().expect("lead");
     behind
         .append("stale-only", ExpectedRevision::Any, vec![event(99)])
         .wait()
@@ -595,4 +602,247 @@ fn a_scavenge_that_loses_leadership_stops_with_not_leader_and_nodes_stay_alike()
     );
     assert_eq!(leader.info(), follower.info());
     assert_eq!(leader.info().event_count, 4);
+}
+
+/// One group held by [`Held`]: the group, its view until it is applied, and
+/// what its outcome is released through.
+type HeldProposal = (
+    SealedGroup,
+    Option<GroupEffect>,
+    std::sync::mpsc::Sender<Result<(), Error>>,
+);
+
+/// A replicator that holds every proposal until the test releases it, as a
+/// raft whose quorum has not answered yet.
+#[derive(Default)]
+struct Held {
+    proposer: OnceLock<Store>,
+    /// Proposals in order.
+    proposals: Mutex<Vec<HeldProposal>>,
+    /// Signalled on every proposal.
+    proposed: std::sync::Condvar,
+}
+
+impl Replicator for Held {
+    fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
+        let (release, released) = std::sync::mpsc::channel();
+        self.proposals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((group, Some(effect), release));
+        self.proposed.notify_all();
+        Proposed::later(move || {
+            // A dropped sender: the test ended without an outcome.
+            released.recv().unwrap_or(Err(Error::NotLeader {
+                leader: None,
+                kurrent_leader: None,
+            }))
+        })
+    }
+}
+
+impl Held {
+    fn attached(store: &Store) -> Arc<Self> {
+        let held = Arc::new(Self::default());
+        held.proposer.set(store.clone()).expect("once");
+        store.attach_replicator(Arc::clone(&held) as Arc<dyn Replicator>);
+        held
+    }
+
+    /// Waits until `count` groups were proposed.
+    fn await_proposals(&self, count: usize) -> Vec<SealedGroup> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut proposals = self.proposals.lock().expect("proposals");
+        while proposals.len() < count {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {count} groups proposed",
+                proposals.len()
+            );
+            proposals = self
+                .proposed
+                .wait_timeout(proposals, left)
+                .expect("proposals")
+                .0;
+        }
+        proposals.iter().map(|(group, ..)| group.clone()).collect()
+    }
+
+    /// Applies proposal `n` to the proposer, as its state machine would
+    /// once the quorum answered, and resolves it.
+    fn commit(&self, n: usize) {
+        let mut proposals = self.proposals.lock().expect("proposals");
+        let (group, effect, release) = &mut proposals[n];
+        let applied = self.proposer.get().expect("proposer").apply_replicated(
+            group,
+            effect.take(),
+            &(n as u64).to_be_bytes(),
+        );
+        release.send(applied).expect("release");
+    }
+
+    /// Resolves proposal `n` with `outcome`, applying nothing.
+    fn resolve(&self, n: usize, outcome: Result<(), Error>) {
+        let proposals = self.proposals.lock().expect("proposals");
+        proposals[n].2.send(outcome).expect("release");
+    }
+}
+
+/// A ticket's answer, once it comes (from another thread, so that the test
+/// can also see that it has not come yet).
+fn answer_of<T: Send + 'static>(
+    ticket: cairn_storage::Ticket<T>,
+) -> std::sync::mpsc::Receiver<Result<T, Error>> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || send.send(ticket.wait()));
+    receive
+}
+
+/// Nothing was answered within a short while (a request whose group waits
+/// behind a group in flight).
+fn unanswered<T: std::fmt::Debug>(answer: &std::sync::mpsc::Receiver<Result<T, Error>>) {
+    match answer.recv_timeout(std::time::Duration::from_millis(100)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        other => panic!("answered before the groups ahead of it: {other:?}"),
+    }
+}
+
+/// The answer, waited for (a test failure when none comes).
+fn answered<T>(answer: &std::sync::mpsc::Receiver<Result<T, Error>>) -> Result<T, Error> {
+    match answer.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(result) => result,
+        Err(error) => panic!("no answer: {error}"),
+    }
+}
+
+#[test]
+fn groups_are_proposed_while_earlier_ones_wait_for_their_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = clustered(dir.path());
+    let held = Held::attached(&store);
+    store.lead(7).wait().expect("lead");
+
+    let first = answer_of(store.append("s", ExpectedRevision::NoStream, vec![event(0)]));
+    held.await_proposals(1);
+    // Numbered against the first group, which is still in flight.
+    let second = answer_of(store.append("s", ExpectedRevision::Exact(0), vec![event(1)]));
+    let groups = held.await_proposals(2);
+    assert_eq!(
+        groups
+            .iter()
+            .map(|group| (group.first_position, group.events, group.leader_term))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, 7), (1, 1, 7)]
+    );
+    // Refused against the in-flight groups: its answer waits for them.
+    let refused = answer_of(store.append("s", ExpectedRevision::Exact(0), vec![event(2)]));
+    unanswered(&first);
+    unanswered(&refused);
+
+    held.commit(0);
+    assert_eq!(answered(&first).expect("first").positions, Some((0, 0)));
+    unanswered(&second);
+    unanswered(&refused);
+    held.commit(1);
+    assert_eq!(answered(&second).expect("second").positions, Some((1, 1)));
+    match answered(&refused) {
+        Err(Error::WrongExpectedRevision { current, .. }) => {
+            assert_eq!(current, CurrentRevision::Revision(1));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(everything(&store).len(), 2);
+    assert_eq!(
+        held.await_proposals(0).len(),
+        2,
+        "a refused group proposes nothing"
+    );
+}
+
+#[test]
+fn at_most_the_in_flight_bound_of_groups_wait_for_their_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = clustered(dir.path());
+    let held = Held::attached(&store);
+    store.lead(1).wait().expect("lead");
+    let bound = cairn_storage::REPLICATED_GROUPS_IN_FLIGHT;
+
+    let mut answers = Vec::new();
+    for n in 0..bound {
+        answers.push(answer_of(store.append(
+            format!("s-{n}"),
+            ExpectedRevision::Any,
+            vec![event(n as u64)],
+        )));
+        held.await_proposals(n + 1);
+    }
+    // One more waits in the open group until a group in flight is answered.
+    answers.push(answer_of(store.append(
+        "late",
+        ExpectedRevision::Any,
+        vec![event(99)],
+    )));
+    unanswered(&answers[bound]);
+    assert_eq!(held.await_proposals(0).len(), bound);
+    held.commit(0);
+    let groups = held.await_proposals(bound + 1);
+    assert_eq!(groups[bound].first_position, bound as u64);
+    for n in 1..=bound {
+        held.commit(n);
+    }
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(
+            answered(answer).expect("appended").positions,
+            Some((n as u64, n as u64))
+        );
+    }
+}
+
+#[test]
+fn a_failed_group_fails_every_group_in_flight_behind_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = clustered(dir.path());
+    let held = Held::attached(&store);
+    store.lead(1).wait().expect("lead");
+
+    let first = answer_of(store.append("s", ExpectedRevision::NoStream, vec![event(0)]));
+    held.await_proposals(1);
+    let second = answer_of(store.append("s", ExpectedRevision::Exact(0), vec![event(1)]));
+    held.await_proposals(2);
+    // Leadership is lost with both in flight. Even a success reported for
+    // the second (it cannot be in the log without the first) is answered
+    // as the first's failure: its checks were made against the first.
+    held.resolve(
+        0,
+        Err(Error::NotLeader {
+            leader: Some("node-2:7070".into()),
+            kurrent_leader: None,
+        }),
+    );
+    held.resolve(1, Ok(()));
+    for answer in [&first, &second] {
+        match answered(answer) {
+            Err(Error::NotLeader { leader, .. }) => {
+                assert_eq!(leader.as_deref(), Some("node-2:7070"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        store
+            .append("s", ExpectedRevision::Any, vec![event(2)])
+            .wait(),
+        Err(Error::NotLeader { .. })
+    ));
+
+    // Leading again (a later term), numbering starts from what was applied:
+    // nothing of the lost groups.
+    store.lead(3).wait().expect("lead again");
+    let again = answer_of(store.append("s", ExpectedRevision::NoStream, vec![event(3)]));
+    let groups = held.await_proposals(3);
+    assert_eq!((groups[2].first_position, groups[2].leader_term), (0, 3));
+    held.commit(2);
+    assert_eq!(answered(&again).expect("appended").positions, Some((0, 0)));
+    assert_eq!(everything(&store).len(), 1);
 }
