@@ -107,12 +107,13 @@ pub(crate) struct ClusterCrashArgs {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// Every node's `--cluster-election-timeout-ms` (default: the server's,
-    /// 750). A follower starts an election once it heard nothing from the
-    /// leader for openraft's leader lease (twice this) plus its own timeout
-    /// (one to two times this), so failover takes three to four times it.
-    #[arg(long, value_name = "MS")]
-    election_timeout_ms: Option<u64>,
+    /// A flag for every node's command line (repeatable), such as
+    /// `--node-arg=--cluster-election-timeout-ms=300`. A follower starts an
+    /// election once it heard nothing from the leader for openraft's leader
+    /// lease (twice the election timeout) plus its own timeout (one to two
+    /// times it), so failover takes three to four election timeouts.
+    #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 
     /// Directory for the nodes' data directories and logs (not tmpfs).
     /// Default: the system temp directory.
@@ -150,8 +151,8 @@ pub(crate) struct Cluster {
     logs: Vec<PathBuf>,
     /// The processes; `None` while a node is down.
     pub(crate) processes: Vec<Option<ServerProcess>>,
-    /// Every node's `--cluster-election-timeout-ms`, when not the default.
-    election_timeout_ms: Option<u64>,
+    /// Flags every node gets besides the cluster's own.
+    node_args: Vec<String>,
 }
 
 impl Cluster {
@@ -174,13 +175,14 @@ impl Cluster {
                 .map(|id| root.join(format!("node-{id}.log")))
                 .collect(),
             processes: (0..NODES).map(|_| None).collect(),
-            election_timeout_ms: None,
+            node_args: Vec::new(),
         })
     }
 
-    /// Gives every node `--cluster-election-timeout-ms` (before it starts).
-    pub(crate) fn with_election_timeout(mut self, election_timeout_ms: Option<u64>) -> Self {
-        self.election_timeout_ms = election_timeout_ms;
+    /// Gives every node `node_args` besides the cluster's own flags (before
+    /// it starts).
+    pub(crate) fn with_node_args(mut self, node_args: &[String]) -> Self {
+        self.node_args = node_args.to_vec();
         self
     }
 
@@ -202,10 +204,7 @@ impl Cluster {
             "--cluster-peers".to_owned(),
             self.peers(),
         ];
-        if let Some(timeout) = self.election_timeout_ms {
-            flags.push("--cluster-election-timeout-ms".to_owned());
-            flags.push(timeout.to_string());
-        }
+        flags.extend(self.node_args.iter().cloned());
         flags
     }
 
@@ -934,19 +933,17 @@ pub(crate) async fn run(args: &ClusterCrashArgs) -> Result<(), BoxError> {
     let scratch = tempfile::Builder::new()
         .prefix("cairn-bench-cluster-crash-")
         .tempdir_in(&dir)?;
-    let mut cluster =
-        Cluster::new(binary, scratch.path())?.with_election_timeout(args.election_timeout_ms);
+    let mut cluster = Cluster::new(binary, scratch.path())?.with_node_args(&args.node_args);
     eprintln!(
         "cluster crash test: {NODES} nodes, {} runs, {} clients x {} streams, kill after {}..{} \
-         ms, restart {} ms after the failover, election timeout {}, seed {seed}; nodes in {}",
+         ms, restart {} ms after the failover, node flags [{}], seed {seed}; nodes in {}",
         args.runs,
         args.clients,
         args.streams,
         args.min_delay_ms,
         args.max_delay_ms,
         args.after_failover_ms,
-        args.election_timeout_ms
-            .map_or_else(|| "the server's".to_owned(), |ms| format!("{ms} ms")),
+        args.node_args.join(" "),
         scratch.path().display()
     );
     cluster.start_all().await?;

@@ -92,6 +92,11 @@ pub(crate) struct ClusterRunArgs {
     /// Also write every figure to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+
+    /// A flag for every cluster node's command line (repeatable), such as
+    /// `--node-arg=--cluster-pipeline-depth=8`; the single node gets none.
+    #[arg(long = "node-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    node_args: Vec<String>,
 }
 
 /// The selected workloads (`run`'s parsing), only W1-W3, in run order.
@@ -340,8 +345,11 @@ pub(crate) async fn run(args: &ClusterRunArgs) -> Result<(), BoxError> {
 
     let cluster_dir = scratch.path().join("cluster");
     std::fs::create_dir_all(&cluster_dir)?;
-    let mut cluster = Cluster::new(binary, &cluster_dir)?;
-    eprintln!("cluster: starting {NODES} nodes ...");
+    let mut cluster = Cluster::new(binary, &cluster_dir)?.with_node_args(&args.node_args);
+    eprintln!(
+        "cluster: starting {NODES} nodes (with [{}]) ...",
+        args.node_args.join(" ")
+    );
     cluster.start_all().await?;
     let outcome: Result<(usize, Phase), BoxError> = async {
         let route = Route::new(&cluster);

@@ -98,6 +98,7 @@ pub fn open_store(settings: &Settings) -> Result<Store, ServerError> {
 /// Opens the store the settings describe, starting from `base` for what the
 /// settings do not cover (tests use it for the storage fault seam).
 pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store, ServerError> {
+    let cluster = settings.cluster()?;
     let options = StoreOptions {
         durability: settings.durability.into(),
         limits: settings.limits(),
@@ -110,7 +111,10 @@ pub fn open_store_with(settings: &Settings, base: StoreOptions) -> Result<Store,
             max_events: settings.live_ring_events.max(1),
             ..cairn_storage::RingLimits::default()
         },
-        clustered: settings.cluster()?.is_some(),
+        clustered: cluster.is_some(),
+        replicated_groups_in_flight: cluster.map_or(base.replicated_groups_in_flight, |cluster| {
+            cluster.pipeline_depth
+        }),
         ..base
     };
     Ok(Store::open(&settings.data, options)?)

@@ -225,6 +225,10 @@ pub struct Settings {
     /// so a follower that was briefly away catches up from the log.
     #[serde(default = "default_cluster_keep_log_entries")]
     pub cluster_keep_log_entries: u64,
+    /// Cluster mode: commit groups the leader may have proposed and not yet
+    /// seen committed at once (1 to 64; `StoreOptions::replicated_groups_in_flight`).
+    #[serde(default = "default_cluster_pipeline_depth")]
+    pub cluster_pipeline_depth: u64,
     /// Cluster mode: this node's certificate chain (PEM) for mutual TLS
     /// between nodes: served by the node-to-node listener and presented to
     /// peers as a client certificate. All three `cluster_tls_*` or none.
@@ -250,6 +254,13 @@ pub struct Settings {
 fn default_cluster_snapshot_entries() -> u64 {
     20_000
 }
+
+fn default_cluster_pipeline_depth() -> u64 {
+    cairn_storage::DEFAULT_REPLICATED_GROUPS_IN_FLIGHT as u64
+}
+
+/// The largest `cluster_pipeline_depth`.
+const MAX_CLUSTER_PIPELINE_DEPTH: u64 = 64;
 
 fn default_cluster_keep_log_entries() -> u64 {
     5_000
@@ -287,6 +298,8 @@ pub struct ClusterSettings {
     pub snapshot_entries: u64,
     /// Entries the log keeps behind the newest snapshot.
     pub keep_log_entries: u64,
+    /// Commit groups in flight at once (1 to 64).
+    pub pipeline_depth: usize,
     /// Mutual TLS between nodes; `None`: the node-to-node traffic is
     /// plaintext and unauthenticated (loopback or `--insecure` only).
     pub tls: Option<ClusterTlsFiles>,
@@ -569,6 +582,12 @@ impl Settings {
                     Some(routes) => parse_routes(routes, node_id, &peers)?,
                     None => std::collections::BTreeMap::new(),
                 };
+                if !(1..=MAX_CLUSTER_PIPELINE_DEPTH).contains(&self.cluster_pipeline_depth) {
+                    return Err(SettingsError::Invalid(format!(
+                        "--cluster-pipeline-depth must be 1 to {MAX_CLUSTER_PIPELINE_DEPTH}, not {}",
+                        self.cluster_pipeline_depth
+                    )));
+                }
                 let tls = self.cluster_tls()?;
                 // With mutual TLS every peer is authenticated by its
                 // certificate, so any address may be served.
@@ -592,6 +611,8 @@ impl Settings {
                     ),
                     snapshot_entries: self.cluster_snapshot_entries.max(1),
                     keep_log_entries: self.cluster_keep_log_entries,
+                    pipeline_depth: usize::try_from(self.cluster_pipeline_depth)
+                        .unwrap_or(usize::MAX),
                     tls,
                 }))
             }
@@ -764,6 +785,7 @@ impl Settings {
             cluster_election_timeout_ms: default_cluster_election_timeout_ms(),
             cluster_snapshot_entries: default_cluster_snapshot_entries(),
             cluster_keep_log_entries: default_cluster_keep_log_entries(),
+            cluster_pipeline_depth: default_cluster_pipeline_depth(),
             cluster_tls_cert_file: None,
             cluster_tls_key_file: None,
             cluster_tls_ca_file: None,
@@ -913,6 +935,9 @@ pub struct SettingsArgs {
     /// Cluster mode: raft entries kept behind the newest snapshot [default: 5000].
     #[arg(long, env = "CAIRN_CLUSTER_KEEP_LOG_ENTRIES")]
     pub cluster_keep_log_entries: Option<u64>,
+    /// Cluster mode: commit groups in flight at once, 1 to 64 [default: 1].
+    #[arg(long, env = "CAIRN_CLUSTER_PIPELINE_DEPTH")]
+    pub cluster_pipeline_depth: Option<u64>,
     /// Cluster mode: this node's certificate chain (PEM) for mutual TLS between nodes.
     #[arg(long, env = "CAIRN_CLUSTER_TLS_CERT_FILE")]
     pub cluster_tls_cert_file: Option<PathBuf>,
@@ -1099,7 +1124,11 @@ impl SettingsArgs {
                 self.cluster_election_timeout_ms.map(|v| text(&v)),
             ),
         ];
-        let snapshots: [(&str, Option<String>); 6] = [
+        let snapshots: [(&str, Option<String>); 7] = [
+            (
+                "cluster_pipeline_depth",
+                self.cluster_pipeline_depth.map(|v| text(&v)),
+            ),
             (
                 "cluster_snapshot_entries",
                 self.cluster_snapshot_entries.map(|v| text(&v)),
@@ -1545,6 +1574,46 @@ mod tests {
             ..from_file.clone()
         };
         assert_eq!(routes(&flag)[&2], "127.0.0.1:9012");
+    }
+
+    #[test]
+    fn the_cluster_pipeline_depth_comes_from_the_flag_or_the_file_within_its_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cairn.toml");
+        let node = "cluster_node_id = 1\n\
+                    cluster_listen = \"127.0.0.1:7171\"\n\
+                    cluster_peers = \"1=127.0.0.1:7171/127.0.0.1:7071\"\n";
+        std::fs::write(&file, node).unwrap();
+        let from_file = SettingsArgs {
+            config: Some(file.clone()),
+            ..SettingsArgs::default()
+        };
+        let depth = |args: &SettingsArgs| {
+            args.resolve()
+                .expect("settings")
+                .cluster()
+                .map(|cluster| cluster.expect("clustered").pipeline_depth)
+        };
+        assert_eq!(
+            depth(&from_file).expect("valid"),
+            cairn_storage::DEFAULT_REPLICATED_GROUPS_IN_FLIGHT
+        );
+        std::fs::write(&file, format!("{node}cluster_pipeline_depth = 4\n")).unwrap();
+        assert_eq!(depth(&from_file).expect("valid"), 4);
+        let flag = |value| SettingsArgs {
+            cluster_pipeline_depth: Some(value),
+            ..from_file.clone()
+        };
+        assert_eq!(depth(&flag(64)).expect("valid"), 64);
+        for refused in [0, 65] {
+            let message = depth(&flag(refused)).expect_err("out of range").to_string();
+            assert!(
+                message.contains(&format!(
+                    "--cluster-pipeline-depth must be 1 to 64, not {refused}"
+                )),
+                "{message}"
+            );
+        }
     }
 
     #[test]

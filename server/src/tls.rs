@@ -20,8 +20,12 @@
 //! a peer name (`--cluster-tls-peer-name`), the node-to-node listener also
 //! requires the client certificate to be valid for that DNS name
 //! ([`PeerNameVerifier`]), so that the CA's other client certificates (users,
-//! services) are no peers; the node's own certificate is checked for it at
-//! start, since its peers check it in turn.
+//! services) are no peers, and a dialling node requires the same of the
+//! listener it reaches ([`PeerNameServerVerifier`], besides the dialled
+//! host's name), so that a server of the CA that is no node (a client
+//! listener, another service at a reused address) is not taken for a peer;
+//! the node's own certificate is checked for it at start, since its peers
+//! check it in turn.
 //!
 //! The handshake itself runs in the listener ([`crate::listener`]), one task
 //! per connection, bounded by the handshake timeout. ALPN offers `h2` only:
@@ -32,7 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, DnsName, PrivateKeyDer, ServerName, UnixTime};
@@ -315,6 +320,79 @@ impl ClientCertVerifier for PeerNameVerifier {
     }
 }
 
+/// The dialling side's check of a peer name (cluster mode with
+/// `--cluster-tls-peer-name`): the peer's server certificate must pass
+/// `inner` (the cluster CA, and the name of the host dialled) and be valid
+/// for the peer name too, else the handshake fails with the certificate
+/// error. Everything else is `inner`'s.
+#[derive(Debug)]
+pub(crate) struct PeerNameServerVerifier {
+    /// The cluster CA's verifier, which checks the dialled host's name.
+    inner: Arc<dyn ServerCertVerifier>,
+    /// What every peer's certificate must be valid for, as well.
+    name: ServerName<'static>,
+}
+
+impl PeerNameServerVerifier {
+    pub(crate) fn new(inner: Arc<dyn ServerCertVerifier>, name: DnsName<'static>) -> Self {
+        Self {
+            inner,
+            name: ServerName::DnsName(name),
+        }
+    }
+}
+
+impl ServerCertVerifier for PeerNameServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        valid_for(end_entity, &self.name).map_err(rustls::Error::InvalidCertificate)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
+}
+
 /// Both ends of mutual TLS between cluster nodes, from one node's files.
 pub(crate) struct ClusterTls {
     /// The node-to-node listener's handshakes: this node's certificate, and a
@@ -322,8 +400,9 @@ pub(crate) struct ClusterTls {
     /// name, when there is one) required of every peer.
     pub(crate) acceptor: TlsAcceptor,
     /// What this node dials its peers with: the cluster CA as the only trust
-    /// anchor, this node's certificate as its client certificate (ALPN is
-    /// the network's to set).
+    /// anchor (and, with a peer name, a server certificate valid for it
+    /// required besides the dialled host's name), this node's certificate as
+    /// its client certificate (ALPN is the network's to set).
     pub(crate) client: rustls::ClientConfig,
 }
 
@@ -365,10 +444,28 @@ impl ClusterTls {
                 key: RwLock::new(Arc::new(certified)),
             }) as Arc<dyn ResolvesServerCert>);
         server.alpn_protocols = vec![b"h2".to_vec()];
-        let client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        let dialling = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(config)?
-            .with_root_certificates(roots("cluster TLS CA file", &files.ca)?)
+            .map_err(config)?;
+        let cluster_ca = roots("cluster TLS CA file", &files.ca)?;
+        let dialling = match &files.peer_name {
+            None => dialling.with_root_certificates(cluster_ca),
+            Some(name) => {
+                let inner = WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(cluster_ca),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|error| TlsError::Config(error.to_string()))?;
+                dialling
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PeerNameServerVerifier::new(
+                        inner,
+                        name.clone(),
+                    )))
+            }
+        };
+        let client = dialling
             .with_client_auth_cert(chain, private)
             .map_err(config)?;
         Ok(Self {
@@ -668,6 +765,37 @@ mod tests {
                 CertificateError::BadSignature | CertificateError::UnknownIssuer,
             )) => {}
             other => panic!("another CA's node certificate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn with_a_peer_name_a_dialling_node_takes_only_listeners_whose_certificate_carries_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certs = dev_certs::write(dir.path(), &[]).expect("dev certificates");
+        let named = ClusterTls::load(&cluster_files(&certs, Some(peer_name()))).expect("load");
+        let unnamed = ClusterTls::load(&cluster_files(&certs, None)).expect("load");
+        // A listener of the cluster CA for `localhost` whose certificate
+        // lacks the peer name (the client listeners' server certificate).
+        let not_a_node = ClusterTls::load(&ClusterTlsFiles {
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+            ca: certs.ca.clone(),
+            peer_name: None,
+        })
+        .expect("load");
+
+        let [client, server] = handshake(named.client.clone(), &unnamed.acceptor);
+        client.expect("a node's listener");
+        server.expect("a node's listener");
+        let [client, _] = handshake(unnamed.client.clone(), &not_a_node.acceptor);
+        client.expect("without a peer name, any listener of the cluster CA");
+        let [client, _] = handshake(named.client.clone(), &not_a_node.acceptor);
+        match client {
+            Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                expected,
+                ..
+            })) => assert_eq!(expected.to_str(), NODE_PEER_NAME),
+            other => panic!("a listener without the peer name: {other:?}"),
         }
     }
 

@@ -21,7 +21,8 @@
 //! (`replication.rs`), which returns at once, and hands it to a third thread,
 //! the **completer** (`Completer::run`, thread `cairn-replicated`), which
 //! waits for each group's quorum in proposal order and answers it. Up to
-//! [`REPLICATED_GROUPS_IN_FLIGHT`] groups are in flight, each numbered after
+//! `StoreOptions::replicated_groups_in_flight` groups are in flight
+//! ([`DEFAULT_REPLICATED_GROUPS_IN_FLIGHT`]), each numbered after
 //! the one before (the preparer's lookups see every in-flight view), so a
 //! request arriving meanwhile waits for its own raft round trip only.
 //! When one fails (`NotLeader`: leadership lost, outcome unknown), every
@@ -278,6 +279,9 @@ enum Outcome {
 pub(crate) struct GroupLimits {
     pub max_commands: usize,
     pub max_bytes: usize,
+    /// Groups in flight at once: 1 on a single node, the store's
+    /// `replicated_groups_in_flight` in cluster mode.
+    pub max_in_flight: usize,
 }
 
 /// The preparer's own state. Everything here is private to the preparer
@@ -301,12 +305,21 @@ pub(crate) struct Committer {
     leader_term: u64,
 }
 
-/// Cluster mode: how many proposed groups may wait for their quorum at once.
-/// The writer proposes the next group while earlier ones replicate, so a
-/// request arriving meanwhile waits for one raft round trip, not for the
-/// round of the group ahead of it too. A single node keeps one group in
-/// flight: its write is its own fsync, which the next group could not share.
-pub const REPLICATED_GROUPS_IN_FLIGHT: usize = 8;
+/// Cluster mode: how many proposed groups may wait for their quorum at once,
+/// unless `StoreOptions::replicated_groups_in_flight` says otherwise. With
+/// more than one the writer proposes the next group while earlier ones
+/// replicate, so a request arriving meanwhile waits for one raft round trip,
+/// not for the round of the group ahead of it too; but the writer then takes
+/// groups as soon as requests arrive, so there are more and smaller raft
+/// entries, each costing CPU on every node (its log append, its apply). On
+/// three nodes sharing one 2-core host that cost decides: with 8 in flight
+/// the leader spent 227-265 instead of 194 µs of CPU per event in W2 and W2 lost
+/// 8-22 % (bench/results/2026-12-04-cluster.md), so the default is one, the
+/// grouping of before. More pays where each node has its own cores and the
+/// round trip, not the CPU, bounds a group (not measured here). A single
+/// node keeps one group in flight: its write is its own fsync, which the
+/// next group could not share.
+pub const DEFAULT_REPLICATED_GROUPS_IN_FLIGHT: usize = 1;
 
 /// The writer's state: everything it needs besides the group it took.
 struct Writer {
@@ -499,7 +512,7 @@ struct Group {
     leader_term: u64,
     /// The groups the writer took and whose outcome is not known yet, oldest
     /// first (at most one on a single node, up to
-    /// [`REPLICATED_GROUPS_IN_FLIGHT`] in cluster mode); the preparer's
+    /// `GroupLimits::max_in_flight` in cluster mode); the preparer's
     /// lookups see them, newest first, after this group's own changes. Kept
     /// only in the open group: a group the writer takes drops its copy.
     in_flight: Vec<Arc<InFlight>>,
@@ -799,14 +812,14 @@ impl Writer {
     /// has more queued work to add (and notifies when it added it). This keeps
     /// today's batching: everything queued while a group syncs joins the next
     /// group, and a lone request is taken at once. In cluster mode also only
-    /// while fewer than [`REPLICATED_GROUPS_IN_FLIGHT`] groups are in flight
+    /// while fewer than `GroupLimits::max_in_flight` groups are in flight
     /// (a single node has none in flight when it gets here).
     fn may_take(&self, state: &PipeState) -> bool {
         let open = &state.open;
         if open.replies.is_empty() {
             return state.closed;
         }
-        if open.in_flight.len() >= REPLICATED_GROUPS_IN_FLIGHT {
+        if open.in_flight.len() >= self.limits.max_in_flight {
             return false;
         }
         let full =

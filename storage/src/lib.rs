@@ -54,7 +54,7 @@ mod store;
 mod ticket;
 
 pub use codec::{FORMAT_VERSION, SEGMENT_SIZE};
-pub use committer::REPLICATED_GROUPS_IN_FLIGHT;
+pub use committer::DEFAULT_REPLICATED_GROUPS_IN_FLIGHT;
 
 /// Not API: the decoders and encoders of stored records, for the decoder fuzz
 /// test (`tests/codec_fuzz.rs`). Nothing outside this crate's tests uses it.

@@ -18,7 +18,8 @@
 //!   in the committer's order and return a [`Proposed`] that resolves once a
 //!   quorum holds it and this node applied it. Several groups may be
 //!   proposed before the first resolves (the committer keeps up to
-//!   `REPLICATED_GROUPS_IN_FLIGHT`; `committer.rs`, "Cluster mode").
+//!   `StoreOptions::replicated_groups_in_flight`; `committer.rs`, "Cluster
+//!   mode").
 //! - The apply side: [`Store::apply_replicated`], [`Store::replicated_state`],
 //!   and the roles ([`Store::lead`], [`Store::follow`]).
 //! - Snapshots: a snapshot is a backup (`backup.rs`: a checkpoint and its

@@ -21,7 +21,9 @@ use rocksdb::{
 
 use crate::catalog::{Catalog, CatalogLimits, CatalogUsage, Fill};
 use crate::codec::{self, FORMAT_VERSION, OLDEST_MIGRATED_FORMAT, SegmentCounter, cf, meta_key};
-use crate::committer::{AppendReply, Command, Committer, GroupLimits};
+use crate::committer::{
+    AppendReply, Command, Committer, DEFAULT_REPLICATED_GROUPS_IN_FLIGHT, GroupLimits,
+};
 use crate::error::{Error, Result};
 use crate::live::{Live, RingLimits};
 use crate::model::{
@@ -142,6 +144,10 @@ pub struct StoreOptions {
     /// refuses writes ([`Error::NotLeader`]) until [`Store::lead`]. `false`:
     /// today's single-node path, no replication code runs.
     pub clustered: bool,
+    /// Cluster mode: how many proposed groups may wait for their quorum at
+    /// once (at least 1; a single node always keeps one group in flight).
+    /// See [`DEFAULT_REPLICATED_GROUPS_IN_FLIGHT`] for the trade-off.
+    pub replicated_groups_in_flight: usize,
 }
 
 /// The memtables together may use 1/`MEMTABLE_SHARE` of
@@ -162,6 +168,7 @@ impl Default for StoreOptions {
             max_wal_bytes: 128 * 1024 * 1024,
             write_fault: None,
             clustered: false,
+            replicated_groups_in_flight: DEFAULT_REPLICATED_GROUPS_IN_FLIGHT,
         }
     }
 }
@@ -525,6 +532,11 @@ impl Store {
             GroupLimits {
                 max_commands: options.max_group_requests.max(1),
                 max_bytes: options.max_group_bytes,
+                max_in_flight: if options.clustered {
+                    options.replicated_groups_in_flight.max(1)
+                } else {
+                    1
+                },
             },
             options.write_fault,
             Arc::clone(&poison),

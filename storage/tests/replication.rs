@@ -65,6 +65,22 @@ fn clustered(dir: &std::path::Path) -> Store {
     .expect("open clustered store")
 }
 
+/// Groups in flight at once in the pipelining tests.
+const PIPELINE_DEPTH: usize = 8;
+
+/// A clustered store that keeps up to [`PIPELINE_DEPTH`] groups in flight.
+fn pipelined(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
+        StoreOptions {
+            clustered: true,
+            replicated_groups_in_flight: PIPELINE_DEPTH,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open clustered store")
+}
+
 /// A clustered store whose groups go to its own `Mirror`.
 fn with_mirror(store: &Store, applied: &Arc<AtomicU64>) -> Arc<Mirror> {
     let mirror = Arc::new(Mirror {
@@ -719,7 +735,7 @@ fn answered<T>(answer: &std::sync::mpsc::Receiver<Result<T, Error>>) -> Result<T
 #[test]
 fn groups_are_proposed_while_earlier_ones_wait_for_their_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = clustered(dir.path());
+    let store = pipelined(dir.path());
     let held = Held::attached(&store);
     store.lead(7).wait().expect("lead");
 
@@ -763,10 +779,10 @@ fn groups_are_proposed_while_earlier_ones_wait_for_their_quorum() {
 #[test]
 fn at_most_the_in_flight_bound_of_groups_wait_for_their_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = clustered(dir.path());
+    let store = pipelined(dir.path());
     let held = Held::attached(&store);
     store.lead(1).wait().expect("lead");
-    let bound = cairn_storage::REPLICATED_GROUPS_IN_FLIGHT;
+    let bound = PIPELINE_DEPTH;
 
     let mut answers = Vec::new();
     for n in 0..bound {
@@ -802,7 +818,7 @@ fn at_most_the_in_flight_bound_of_groups_wait_for_their_quorum() {
 #[test]
 fn a_failed_group_fails_every_group_in_flight_behind_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = clustered(dir.path());
+    let store = pipelined(dir.path());
     let held = Held::attached(&store);
     store.lead(1).wait().expect("lead");
 
@@ -845,4 +861,35 @@ fn a_failed_group_fails_every_group_in_flight_behind_it() {
     held.commit(2);
     assert_eq!(answered(&again).expect("appended").positions, Some((0, 0)));
     assert_eq!(everything(&store).len(), 1);
+}
+
+#[test]
+fn with_one_group_in_flight_the_next_waits_for_its_quorum() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            clustered: true,
+            replicated_groups_in_flight: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("open");
+    let held = Held::attached(&store);
+    store.lead(1).wait().expect("lead");
+
+    let first = answer_of(store.append("a", ExpectedRevision::Any, vec![event(0)]));
+    held.await_proposals(1);
+    let second = answer_of(store.append("b", ExpectedRevision::Any, vec![event(1)]));
+    unanswered(&second);
+    assert_eq!(
+        held.await_proposals(0).len(),
+        1,
+        "proposed behind the first"
+    );
+    held.commit(0);
+    assert_eq!(answered(&first).expect("first").positions, Some((0, 0)));
+    held.await_proposals(2);
+    held.commit(1);
+    assert_eq!(answered(&second).expect("second").positions, Some((1, 1)));
 }
