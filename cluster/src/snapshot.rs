@@ -359,7 +359,7 @@ fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -399,7 +399,8 @@ mod tests {
         }
     }
 
-    fn clustered(dir: &Path) -> Store {
+    /// A clustered store in `dir` (shared with the state machine's tests).
+    pub(crate) fn clustered(dir: &Path) -> Store {
         Store::open(
             dir,
             StoreOptions {

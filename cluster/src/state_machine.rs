@@ -162,6 +162,10 @@ fn apply_entries(
                 openraft::AnyError::error(error.to_string()),
             )))
         };
+        // What the entry writes besides the applied state: a group's batch,
+        // or nothing (blank and membership entries, skipped groups).
+        let mut group_to_apply = None;
+        let mut skipped = false;
         match entry.payload {
             EntryPayload::Normal(group) if group.leader_term != log_id.leader_id.term => {
                 // Numbered by a leadership of another term (its proposer's
@@ -175,40 +179,26 @@ fn apply_entries(
                     numbered_in_term = group.leader_term,
                     "a group proposed by an earlier leadership was skipped"
                 );
-                let framed = state.encode().map_err(|error| failed(&error))?;
-                store
-                    .apply_replicated_state(&framed)
-                    .map_err(|error| failed(&error))?;
-                replies.push(GroupApplied {
-                    head: store.applied_head(),
-                    skipped: true,
-                });
-                continue;
+                skipped = true;
             }
             EntryPayload::Normal(group) => {
                 let effect = proposals.take(&group.proposal);
-                let framed = state.encode().map_err(|error| failed(&error))?;
-                store
-                    .apply_replicated(&group.sealed(), effect, &framed)
-                    .map_err(|error| failed(&error))?;
+                group_to_apply = Some((group, effect));
             }
-            EntryPayload::Blank => {
-                let framed = state.encode().map_err(|error| failed(&error))?;
-                store
-                    .apply_replicated_state(&framed)
-                    .map_err(|error| failed(&error))?;
-            }
+            EntryPayload::Blank => {}
             EntryPayload::Membership(membership) => {
                 state.membership = StoredMembership::new(Some(log_id), membership);
-                let framed = state.encode().map_err(|error| failed(&error))?;
-                store
-                    .apply_replicated_state(&framed)
-                    .map_err(|error| failed(&error))?;
             }
         }
+        let framed = state.encode().map_err(|error| failed(&error))?;
+        match group_to_apply {
+            Some((group, effect)) => store.apply_replicated(&group.sealed(), effect, &framed),
+            None => store.apply_replicated_state(&framed),
+        }
+        .map_err(|error| failed(&error))?;
         replies.push(GroupApplied {
             head: store.applied_head(),
-            skipped: false,
+            skipped,
         });
     }
     Ok(replies)
@@ -427,10 +417,11 @@ impl Replicator for RaftReplicator {
 mod tests {
     use std::sync::Mutex;
 
-    use cairn_storage::{EventData, ExpectedRevision, ReadRequest, ReadSource, StoreOptions};
+    use cairn_storage::{EventData, ExpectedRevision, ReadRequest, ReadSource};
     use openraft::CommittedLeaderId;
 
     use super::*;
+    use crate::snapshot::tests::clustered;
 
     /// Applies each group to the proposing store and keeps a copy, so the
     /// test can hand the groups to another node's state machine.
@@ -449,17 +440,6 @@ mod tests {
                 .push(group);
             Proposed::done(applied)
         }
-    }
-
-    fn clustered(dir: &std::path::Path) -> Store {
-        Store::open(
-            dir,
-            StoreOptions {
-                clustered: true,
-                ..StoreOptions::default()
-            },
-        )
-        .expect("open")
     }
 
     /// The entry at `index` of term `term` holding `group`.

@@ -68,17 +68,22 @@ fn clustered(dir: &std::path::Path) -> Store {
 /// Groups in flight at once in the pipelining tests.
 const PIPELINE_DEPTH: usize = 8;
 
-/// A clustered store that keeps up to [`PIPELINE_DEPTH`] groups in flight.
-fn pipelined(dir: &std::path::Path) -> Store {
+/// A clustered store that keeps up to `depth` groups in flight.
+fn with_depth(dir: &std::path::Path, depth: usize) -> Store {
     Store::open(
         dir,
         StoreOptions {
             clustered: true,
-            replicated_groups_in_flight: PIPELINE_DEPTH,
+            replicated_groups_in_flight: depth,
             ..StoreOptions::default()
         },
     )
     .expect("open clustered store")
+}
+
+/// A clustered store that keeps up to [`PIPELINE_DEPTH`] groups in flight.
+fn pipelined(dir: &std::path::Path) -> Store {
+    with_depth(dir, PIPELINE_DEPTH)
 }
 
 /// A clustered store whose groups go to its own `Mirror`.
@@ -866,15 +871,7 @@ fn a_failed_group_fails_every_group_in_flight_behind_it() {
 #[test]
 fn with_one_group_in_flight_the_next_waits_for_its_quorum() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(
-        dir.path(),
-        StoreOptions {
-            clustered: true,
-            replicated_groups_in_flight: 1,
-            ..StoreOptions::default()
-        },
-    )
-    .expect("open");
+    let store = with_depth(dir.path(), 1);
     let held = Held::attached(&store);
     store.lead(1).wait().expect("lead");
 
