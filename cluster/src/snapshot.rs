@@ -372,13 +372,33 @@ pub(crate) mod tests {
     use super::*;
 
     /// Applies each group to its own store with an applied state naming
-    /// entry 1, 2, ... of term 1, as the state machine would.
-    struct Apply {
+    /// entry 1, 2, ... of term 1, as the state machine would, and keeps a
+    /// copy of each (for tests that hand them to another node's state
+    /// machine).
+    pub(crate) struct Apply {
         store: std::sync::OnceLock<Store>,
         entries: AtomicU64,
+        groups: std::sync::Mutex<Vec<SealedGroup>>,
     }
 
     impl Apply {
+        /// The replicator of `store`, attached.
+        pub(crate) fn attached(store: &Store) -> Arc<Self> {
+            let apply = Arc::new(Self {
+                store: std::sync::OnceLock::new(),
+                entries: AtomicU64::new(0),
+                groups: std::sync::Mutex::new(Vec::new()),
+            });
+            apply.store.set(store.clone()).expect("once");
+            store.attach_replicator(Arc::clone(&apply) as Arc<dyn Replicator>);
+            apply
+        }
+
+        /// Every group applied so far, in order.
+        pub(crate) fn groups(&self) -> Vec<SealedGroup> {
+            self.groups.lock().expect("groups").clone()
+        }
+
         fn apply(&self, group: &SealedGroup, effect: GroupEffect) -> Result<(), StoreError> {
             let index = self.entries.fetch_add(1, Ordering::Relaxed) + 1;
             let state = AppliedState {
@@ -395,7 +415,9 @@ pub(crate) mod tests {
 
     impl Replicator for Apply {
         fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
-            Proposed::done(self.apply(&group, effect))
+            let applied = self.apply(&group, effect);
+            self.groups.lock().expect("groups").push(group);
+            Proposed::done(applied)
         }
     }
 
@@ -414,12 +436,7 @@ pub(crate) mod tests {
     /// A leading store with `events` appended.
     fn leader_with(dir: &Path, events: u64) -> Store {
         let store = clustered(dir);
-        let apply = Arc::new(Apply {
-            store: std::sync::OnceLock::new(),
-            entries: AtomicU64::new(0),
-        });
-        apply.store.set(store.clone()).expect("once");
-        store.attach_replicator(apply);
+        Apply::attached(&store);
         store.lead(1).wait().expect("lead");
         for n in 0..events {
             store

@@ -355,6 +355,15 @@ impl RaftReplicator {
     }
 }
 
+/// `NotLeader` naming no leader: the outcome is unknown and this node knows
+/// of none to redirect to.
+fn no_leader_known() -> StoreError {
+    StoreError::NotLeader {
+        leader: None,
+        kurrent_leader: None,
+    }
+}
+
 impl Replicator for RaftReplicator {
     fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
         let proposal = self.proposals.propose(effect);
@@ -366,10 +375,7 @@ impl Replicator for RaftReplicator {
             Err(fatal) => {
                 drop(self.proposals.take(&proposal));
                 tracing::error!(%fatal, "raft stopped; this node accepts no writes");
-                return Proposed::done(Err(StoreError::NotLeader {
-                    leader: None,
-                    kurrent_leader: None,
-                }));
+                return Proposed::done(Err(no_leader_known()));
             }
         };
         let runtime = self.runtime.clone();
@@ -380,12 +386,7 @@ impl Replicator for RaftReplicator {
                 // Applied here: the state machine took the view.
                 Ok(Ok(response)) if !response.data.skipped => return Ok(()),
                 // Skipped as stale everywhere: nothing of it was written.
-                Ok(Ok(_)) => {
-                    return Err(StoreError::NotLeader {
-                        leader: None,
-                        kurrent_leader: None,
-                    });
-                }
+                Ok(Ok(_)) => return Err(no_leader_known()),
                 Ok(Err(error)) => Some(error),
                 // Raft's core dropped the request: it stopped.
                 Err(_) => None,
@@ -415,32 +416,11 @@ impl Replicator for RaftReplicator {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use cairn_storage::{EventData, ExpectedRevision, ReadRequest, ReadSource};
     use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::snapshot::tests::clustered;
-
-    /// Applies each group to the proposing store and keeps a copy, so the
-    /// test can hand the groups to another node's state machine.
-    struct Keep {
-        store: std::sync::OnceLock<Store>,
-        groups: Mutex<Vec<SealedGroup>>,
-    }
-
-    impl Replicator for Keep {
-        fn propose(&self, group: SealedGroup, effect: GroupEffect) -> Proposed {
-            let store = self.store.get().expect("store");
-            let applied = store.apply_replicated(&group, Some(effect), b"state");
-            self.groups
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(group);
-            Proposed::done(applied)
-        }
-    }
+    use crate::snapshot::tests::{Apply, clustered};
 
     /// The entry at `index` of term `term` holding `group`.
     fn entry(term: u64, index: u64, group: SealedGroup) -> Entry<TypeConfig> {
@@ -462,12 +442,7 @@ mod tests {
             tempfile::tempdir().expect("tempdir"),
         );
         let leader = clustered(leader_dir.path());
-        let keep = Arc::new(Keep {
-            store: std::sync::OnceLock::new(),
-            groups: Mutex::new(Vec::new()),
-        });
-        keep.store.set(leader.clone()).expect("once");
-        leader.attach_replicator(Arc::clone(&keep) as Arc<dyn Replicator>);
+        let apply = Apply::attached(&leader);
         leader.lead(4).wait().expect("lead");
         for n in 0..2 {
             leader
@@ -479,7 +454,7 @@ mod tests {
                 .wait()
                 .expect("append");
         }
-        let groups = keep.groups.lock().expect("groups").clone();
+        let groups = apply.groups();
         assert!(groups.iter().all(|group| group.leader_term == 4));
 
         // The first at its own term applies; the second, at a later term's

@@ -345,11 +345,8 @@ struct Completion {
     /// The group's view, retired from the open group's in-flight list once
     /// the outcome is known.
     in_flight: Arc<InFlight>,
-    /// For the observer: requests and events of the group, and when the
-    /// writer took it.
-    requests: usize,
-    events: usize,
-    /// Whether the group wrote anything (else nothing was proposed).
+    /// For the observer: whether the group wrote anything (else nothing was
+    /// proposed), and when the writer took it.
     wrote: bool,
     started: std::time::Instant,
 }
@@ -431,6 +428,22 @@ fn step_down(state: &mut PipeState, error: &Error, shared: &Shared) {
     }
     state.not_leader = Some(error.clone());
     fail_open_group(state, error, shared);
+}
+
+/// Cluster mode's refusal of writes after `error`: a step-down for
+/// `NotLeader` (writes resume after the next [`Command::lead`]), else the
+/// poison, once.
+fn refuse_writes(
+    state: &mut PipeState,
+    error: &Error,
+    poison_flag: &Mutex<Option<Error>>,
+    shared: &Shared,
+) {
+    match error {
+        Error::NotLeader { .. } => step_down(state, error, shared),
+        _ if state.poisoned.is_none() => poison(state, error, poison_flag, shared),
+        _ => {}
+    }
 }
 
 /// Answers every request of the open group with `error` and empties it,
@@ -545,6 +558,23 @@ impl Group {
                 .rev()
                 .find_map(|in_flight| in_flight.new_ids.get(id).copied())
         })
+    }
+
+    /// Whether the group writes anything once `in_flight` (its own view,
+    /// taken by the writer) is sealed: events, stream records or a
+    /// scavenge's removals. A group whose requests all failed their checks
+    /// writes nothing.
+    fn writes_something(&self, in_flight: &InFlight) -> bool {
+        !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || self.removes
+    }
+
+    /// What the write fault is shown of the group's write.
+    fn fault_context(&self, in_flight: &InFlight) -> WriteFaultContext {
+        WriteFaultContext {
+            requests: self.outcomes.len(),
+            events: in_flight.events.len(),
+            first_position: self.first_position,
+        }
     }
 
     /// Events not known to be in the database: the in-flight groups', then
@@ -871,15 +901,10 @@ impl Writer {
     /// of the group reached the catalog or the live ring).
     fn write_group(&self, mut group: Group, in_flight: Arc<InFlight>) -> Result<Vec<Outcome>> {
         let (head, next_stream_id, _) = group.counters;
-        let wrote_something =
-            !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || group.removes;
+        let wrote_something = group.writes_something(&in_flight);
         if wrote_something {
             self.put_counters(&mut group.batch, group.counters);
-            let context = WriteFaultContext {
-                requests: group.outcomes.len(),
-                events: in_flight.events.len(),
-                first_position: group.first_position,
-            };
+            let context = group.fault_context(&in_flight);
             let started = std::time::Instant::now();
             let batch = std::mem::take(&mut group.batch);
             self.write(batch, &context)
@@ -937,8 +962,7 @@ impl Writer {
         completions: &Sender<Completion>,
     ) {
         let replies = std::mem::take(&mut group.replies);
-        let requests = replies.len();
-        let wrote = !in_flight.overlay.is_empty() || !in_flight.events.is_empty() || group.removes;
+        let wrote = group.writes_something(&in_flight);
         let started = std::time::Instant::now();
         let proposed = panic::catch_unwind(AssertUnwindSafe(|| {
             if wrote {
@@ -954,16 +978,12 @@ impl Writer {
             )))
         });
         let proposed = proposed.unwrap_or_else(|error| {
-            {
-                let mut state = self.pipeline.lock();
-                match &error {
-                    Error::NotLeader { .. } => step_down(&mut state, &error, &self.shared),
-                    _ if state.poisoned.is_none() => {
-                        poison(&mut state, &error, &self.poison_flag, &self.shared);
-                    }
-                    _ => {}
-                }
-            }
+            refuse_writes(
+                &mut self.pipeline.lock(),
+                &error,
+                &self.poison_flag,
+                &self.shared,
+            );
             self.pipeline.changed.notify_all();
             Proposed::done(Err(error))
         });
@@ -971,8 +991,6 @@ impl Writer {
             proposed,
             outcomes: group.outcomes,
             replies,
-            requests,
-            events: in_flight.events.len(),
             wrote,
             in_flight,
             started,
@@ -984,9 +1002,7 @@ impl Writer {
             {
                 let mut state = self.pipeline.lock();
                 retire(&mut state, &completion.in_flight);
-                if state.poisoned.is_none() {
-                    poison(&mut state, &error, &self.poison_flag, &self.shared);
-                }
+                refuse_writes(&mut state, &error, &self.poison_flag, &self.shared);
             }
             self.pipeline.changed.notify_all();
             for reply in completion.replies {
@@ -1001,16 +1017,7 @@ impl Writer {
     /// turn, after the groups ahead of it.)
     fn propose(&self, group: &mut Group, in_flight: &InFlight) -> Result<Proposed> {
         self.put_counters(&mut group.batch, group.counters);
-        let context = WriteFaultContext {
-            requests: group.outcomes.len(),
-            events: in_flight.events.len(),
-            first_position: group.first_position,
-        };
-        if let Some(message) = self
-            .write_fault
-            .as_ref()
-            .and_then(|fault| fault.check(&context))
-        {
+        if let Some(message) = self.injected_fault(&group.fault_context(in_flight)) {
             return Err(Error::Poisoned(format!(
                 "a RocksDB write failed: {message}"
             )));
@@ -1042,11 +1049,7 @@ impl Writer {
     /// Writes the group's batch with one WAL sync (per `Durability`). The write
     /// fault, when set, is asked first and may fail the write or panic instead.
     fn write(&self, batch: WriteBatch, context: &WriteFaultContext) -> Result<(), String> {
-        if let Some(message) = self
-            .write_fault
-            .as_ref()
-            .and_then(|fault| fault.check(context))
-        {
+        if let Some(message) = self.injected_fault(context) {
             return Err(message);
         }
         let mut options = WriteOptions::default();
@@ -1055,6 +1058,14 @@ impl Writer {
             .db
             .write_opt(batch, &options)
             .map_err(rocksdb::Error::into_string)
+    }
+
+    /// What the write fault (the test seam), when set, says of the group's
+    /// write: `Some(message)` fails it (or the fault panics instead).
+    fn injected_fault(&self, context: &WriteFaultContext) -> Option<String> {
+        self.write_fault
+            .as_ref()
+            .and_then(|fault| fault.check(context))
     }
 
     /// Seals a group: the counters as of its last request go into its batch.
@@ -1093,8 +1104,6 @@ impl Completer {
             outcomes,
             replies,
             in_flight,
-            requests,
-            events,
             wrote,
             started,
         } = completion;
@@ -1113,11 +1122,7 @@ impl Completer {
             let mut state = self.pipeline.lock();
             retire(&mut state, &in_flight);
             if let (Err(error), None) = (&outcome, &self.failed) {
-                if matches!(error, Error::NotLeader { .. }) {
-                    step_down(&mut state, error, &self.shared);
-                } else if state.poisoned.is_none() {
-                    poison(&mut state, error, &self.poison_flag, &self.shared);
-                }
+                refuse_writes(&mut state, error, &self.poison_flag, &self.shared);
                 self.failed = Some(error.clone());
             }
             if state.open.in_flight.is_empty() {
@@ -1131,8 +1136,8 @@ impl Completer {
                     && wrote
                 {
                     observer.group_committed(&CommittedGroup {
-                        requests,
-                        events,
+                        requests: replies.len(),
+                        events: in_flight.events.len(),
                         write: started.elapsed(),
                         synced: true,
                     });
